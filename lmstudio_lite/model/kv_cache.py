@@ -1,0 +1,38 @@
+"""A preallocated, fixed-shape KV cache owned by the generation engine."""
+from __future__ import annotations
+
+import torch
+
+from .config import ModelConfig
+
+
+class KVCache:
+    """K and V for every layer, written in place at absolute positions.
+
+    Shapes: ``k, v: [n_layer, B, n_kv_head, max_len, head_dim]``. Allocated once
+    (first touch of new memory is slow on the CI VMs) and reused across
+    generations; the model never allocates a cache itself.
+    """
+
+    def __init__(self, config: ModelConfig, batch: int, max_len: int,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        shape = (config.n_layer, batch, config.n_kv_head, max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.batch, self.max_len = batch, max_len
+
+    def fits(self, config: ModelConfig, batch: int, max_len: int, device, dtype) -> bool:
+        """True when this cache can be reused for a request of this size."""
+        return (self.k.shape[0] == config.n_layer and self.batch == batch and self.max_len >= max_len
+                and self.k.shape[2] == config.n_kv_head and self.k.shape[4] == config.head_dim
+                and self.k.device == torch.device(device) and self.k.dtype == dtype)
+
+    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v ``[B, n_kv_head, T, head_dim]`` at positions start..start+T and
+        return views of everything cached so far for this layer."""
+        end = start + k.shape[2]
+        if end > self.max_len:
+            raise IndexError(f"KV cache holds {self.max_len} positions, asked to write up to {end}")
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]

@@ -1,0 +1,59 @@
+"""Where lmstudio_lite keeps the user's models, training runs and chats.
+
+Everything moves under one folder when ``LMSTUDIO_LITE_HOME`` is set (tests and
+CI use it so they never touch a real user's data).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+HOME_ENV = "LMSTUDIO_LITE_HOME"
+
+
+@dataclass(frozen=True)
+class AppPaths:
+    home: Path
+    models: Path
+    runs: Path
+    chats: Path
+
+    def ensure(self) -> "AppPaths":
+        for p in (self.models, self.runs, self.chats):
+            p.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def app_paths(home: str | os.PathLike | None = None) -> AppPaths:
+    """The app's folders; created on first use by ``ensure()``, never at import."""
+    root = home or os.environ.get(HOME_ENV)
+    if root:
+        base = Path(root).expanduser().resolve()
+        return AppPaths(base, base / "models", base / "runs", base / "chats")
+    import platformdirs
+
+    data = Path(platformdirs.user_data_dir("lmstudio_lite", appauthor=False))
+    return AppPaths(data, data / "models", data / "runs", data / "chats")
+
+
+def bundled_models_dir() -> Path:
+    """The repository's ``models/`` folder holding the bundled default model."""
+    return Path(__file__).resolve().parent.parent / "models"
+
+
+def hf_cache_dirs() -> list[Path]:
+    """Hugging Face hub caches that may already exist on this machine (read offline)."""
+    candidates = []
+    if os.environ.get("HF_HUB_CACHE"):
+        candidates.append(Path(os.environ["HF_HUB_CACHE"]))
+    if os.environ.get("HF_HOME"):
+        candidates.append(Path(os.environ["HF_HOME"]) / "hub")
+    candidates.append(Path.home() / ".cache" / "huggingface" / "hub")
+    seen, out = set(), []
+    for c in candidates:
+        c = c.expanduser()
+        if c not in seen and c.is_dir():
+            seen.add(c)
+            out.append(c)
+    return out
