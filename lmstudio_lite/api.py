@@ -1,0 +1,127 @@
+"""The public API: ``load_model(path) -> LoadedModel``.
+
+Used by the app, the OpenAI server, the CLI and outside scripts::
+
+    from lmstudio_lite import load_model
+    m = load_model("models/lmstudio-lite-tiny", device="cpu", dtype="float32")
+    for delta in m.generate("Once upon a time", max_new_tokens=32): print(delta, end="")
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoints.folder import load_weights, read_config
+from .checkpoints.tokenizer import Tokenizer
+from .device import DeviceChoice, choose_device
+from .generation import ContextOverflowError, Engine, GenerationStream, SamplingParams
+
+
+@dataclass
+class PreparedPrompt:
+    """Prompt ids and what was cut to fit the context window (never silent)."""
+    ids: list[int]
+    dropped_turns: list[int] = field(default_factory=list)  # indexes into the original messages
+    truncated_tokens: int = 0
+
+
+class LoadedModel:
+    """A model folder loaded for inference: weights, tokenizer and an engine."""
+
+    def __init__(self, path: Path, model, tokenizer: Tokenizer, choice: DeviceChoice, hf_config: dict):
+        self.path, self.model, self.tokenizer, self.choice = path, model, tokenizer, choice
+        self.config, self.hf_config = model.config, hf_config
+        self.engine = Engine(model, tokenizer)
+        self.name = path.name
+
+    @property
+    def device(self) -> torch.device:
+        return self.choice.device
+
+    @property
+    def context_length(self) -> int:
+        return self.config.max_seq_len
+
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """LongTensor [B, T] -> FloatTensor [B, T, vocab] (float32)."""
+        with torch.inference_mode():
+            return self.model(input_ids.to(self.device)).float().cpu()
+
+    # -- prompts -----------------------------------------------------------------
+    def prompt_ids(self, prompt_or_messages) -> list[int]:
+        if isinstance(prompt_or_messages, str):
+            return self.tokenizer.encode(prompt_or_messages)
+        return self.tokenizer.encode_chat(list(prompt_or_messages), add_generation_prompt=True)
+
+    def prepare(self, prompt_or_messages, max_new_tokens: int = 256, on_overflow: str = "error") -> PreparedPrompt:
+        """Encode and check the context window. ``on_overflow="truncate"`` drops the
+        oldest turns (keeping a system prompt) or, for text, the oldest tokens."""
+        if on_overflow not in ("error", "truncate"):
+            raise ValueError("on_overflow must be 'error' or 'truncate'")
+        ids = self.prompt_ids(prompt_or_messages)
+        ctx = self.context_length
+        if len(ids) < ctx:
+            return PreparedPrompt(ids)
+        if on_overflow == "error":
+            raise ContextOverflowError(len(ids), ctx)
+        budget = ctx - max(1, min(max_new_tokens, ctx // 2))
+        if isinstance(prompt_or_messages, str):
+            keep = ids[-budget:]
+            if self.tokenizer.bos_id is not None and ids and ids[0] == self.tokenizer.bos_id:
+                keep = [ids[0]] + ids[-(budget - 1):]
+            return PreparedPrompt(keep, truncated_tokens=len(ids) - len(keep))
+        return self._drop_turns(list(prompt_or_messages), budget)
+
+    def _drop_turns(self, messages: list[dict], budget: int) -> PreparedPrompt:
+        order = [i for i, m in enumerate(messages) if m.get("role") != "system"]
+        dropped: list[int] = []
+        # Keep the newest turn always: without it there is nothing to answer.
+        while len(order) > 1:
+            dropped.append(order.pop(0))
+            kept = [m for i, m in enumerate(messages) if i not in dropped]
+            ids = self.prompt_ids(kept)
+            if len(ids) <= budget:
+                return PreparedPrompt(ids, dropped_turns=dropped)
+        ids = self.prompt_ids([m for i, m in enumerate(messages) if i not in dropped])
+        raise ContextOverflowError(len(ids), self.context_length)
+
+    # -- generation --------------------------------------------------------------
+    def generate(self, prompt_or_messages, max_new_tokens: int = 256, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
+                 seed: int | None = None, stop=(), ignore_eos: bool = False, on_overflow: str = "error",
+                 cancel: threading.Event | None = None) -> GenerationStream:
+        """Stream text deltas; ``stream.stats`` holds counts, timings and what was cut."""
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                repetition_penalty=repetition_penalty, seed=seed)
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        prepared = self.prepare(prompt_or_messages, max_new_tokens, on_overflow)
+        stream = self.engine.stream(prepared.ids, params, max_new_tokens, stop=list(stop or ()),
+                                    ignore_eos=ignore_eos, cancel=cancel)
+        stream.stats["dropped_turns"] = prepared.dropped_turns
+        stream.stats["truncated_tokens"] = prepared.truncated_tokens
+        return stream
+
+    def info(self) -> dict:
+        cfg = self.config
+        return {"name": self.name, "path": str(self.path), "family": self.hf_config.get("model_type", cfg.family),
+                "parameters": cfg.num_parameters(), "context_length": cfg.max_seq_len,
+                "dtype": str(self.choice.dtype).removeprefix("torch."), "device": self.choice.name,
+                "device_reason": self.choice.reason, "has_chat_template": self.tokenizer.has_chat_template}
+
+
+def load_model(path: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None) -> LoadedModel:
+    """Load a Hugging Face layout folder (gpt2, llama, qwen2, mistral) for inference.
+
+    Raises ``CheckpointError`` naming the file and the problem when the folder is unusable.
+    """
+    path = Path(path).expanduser().resolve()
+    choice = choose_device(device, dtype)
+    cfg, hf = read_config(path)
+    tokenizer = Tokenizer.from_folder(path)
+    model = load_weights(path, cfg, device=choice.device, dtype=choice.dtype)
+    model.prepare_for_inference()
+    return LoadedModel(path, model, tokenizer, choice, hf)

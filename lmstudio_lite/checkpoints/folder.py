@@ -1,0 +1,224 @@
+"""Read and write model folders in the Hugging Face layout (safetensors only).
+
+Weights are read tensor by tensor from memory-mapped safetensors into a model
+built on the meta device, so loading never holds two copies of the model. No
+pickle is ever opened.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..model.config import ModelConfig
+from ..model.transformer import Transformer
+from .errors import CheckpointError
+from .hf_config import config_from_hf, config_to_hf
+from .names import IGNORABLE_SUFFIXES, entries_for, normalize_name
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+INDEX_NAME = "model.safetensors.index.json"
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(path, "file is missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(path, f"not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(path, "expected a JSON object")
+    return data
+
+
+def read_config(folder: str | Path) -> tuple[ModelConfig, dict]:
+    """(our config, the raw config.json dict)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(folder, "model folder does not exist")
+    path = folder / "config.json"
+    hf = read_json(path)
+    try:
+        return config_from_hf(hf), hf
+    except (ValueError, KeyError, TypeError) as e:
+        problem = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+        raise CheckpointError(path, problem) from None
+
+
+def weight_files(folder: Path) -> dict[str, Path]:
+    """checkpoint tensor name -> the safetensors file holding it."""
+    index = folder / INDEX_NAME
+    if index.exists():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(index, "has no weight_map")
+        files = {}
+        for name, shard in weight_map.items():
+            files[name] = folder / shard
+        for shard in set(files.values()):
+            if not shard.is_file():
+                raise CheckpointError(shard, f"shard listed in {INDEX_NAME} is missing")
+        return files
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return {name: single for name in _tensor_names(single)}
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointError(folder / pickles[0], "only pickle weights found; pickle files are never executed "
+                              "here. Convert the model to safetensors (model.safetensors) first")
+    raise CheckpointError(single, "file is missing (no model.safetensors or model.safetensors.index.json)")
+
+
+def _tensor_names(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            return list(f.keys())
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(path, f"not a valid safetensors file ({e})") from None
+
+
+def load_weights(folder: str | Path, config: ModelConfig | None = None, device="cpu",
+                 dtype: torch.dtype = torch.float32) -> Transformer:
+    """Build a Transformer from a model folder's safetensors, converted to ``dtype``."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    cfg = config or read_config(folder)[0]
+    files = weight_files(folder)
+    available = {normalize_name(n, cfg): n for n in files}
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    expected = dict(model.state_dict())
+    state, handles = {}, {}
+    try:
+        for entry in entries_for(cfg):
+            raw = available.get(entry.theirs)
+            if raw is None:
+                where = files and next(iter(set(files.values())))
+                raise CheckpointError(where, f"tensor {entry.theirs!r} is missing")
+            path = files[raw]
+            if path not in handles:
+                handles[path] = safe_open(path, framework="pt", device="cpu")
+            t = _convert(handles[path].get_tensor(raw), entry)
+            want = tuple(expected[entry.ours].shape)
+            if tuple(t.shape) != want:
+                raise CheckpointError(path, f"tensor {raw!r} has shape {tuple(t.shape)}, "
+                                      f"config.json implies {want}")
+            state[entry.ours] = t.to(device=device, dtype=dtype)
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(folder, f"could not read weights ({e})") from None
+    finally:
+        handles.clear()
+    _check_unexpected(available, {e.theirs for e in entries_for(cfg)}, cfg, files)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.reset_rope()
+    return model
+
+
+def _convert(t: torch.Tensor, entry) -> torch.Tensor:
+    if entry.split is not None:
+        a, b = entry.split
+        t = t[..., a:b]
+    if entry.transpose:
+        t = t.t()
+    return t.contiguous()
+
+
+def _check_unexpected(available: dict, used: set, cfg: ModelConfig, files: dict):
+    tied_head = {"lm_head.weight"} if cfg.tie_embeddings else set()
+    extra = [raw for norm, raw in available.items()
+             if norm not in used and norm not in tied_head and not norm.endswith(IGNORABLE_SUFFIXES)]
+    if extra:
+        raise CheckpointError(files[extra[0]], f"unexpected tensors for this config: {', '.join(sorted(extra)[:3])}"
+                              + (" ..." if len(extra) > 3 else ""))
+
+
+# -- saving --------------------------------------------------------------------
+def checkpoint_state(model: Transformer) -> dict[str, torch.Tensor]:
+    """Our parameters renamed and laid out as the Hugging Face checkpoint stores them."""
+    cfg, ours = model.config, model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    fused: dict[str, list] = {}
+    for entry in entries_for(cfg):
+        t = ours[entry.ours].detach()
+        if entry.split is not None:
+            fused.setdefault(entry.theirs, []).append(t)
+            continue
+        out[entry.theirs] = (t.t() if entry.transpose else t).contiguous().cpu()
+    for name, parts in fused.items():
+        out[name] = torch.cat(parts, dim=-1).contiguous().cpu()
+    return out
+
+
+def save_folder(model: Transformer, out_dir: str | Path, tokenizer=None, dtype: torch.dtype | None = None,
+                max_shard_bytes: int | None = None, special_tokens: dict | None = None,
+                model_type: str | None = None) -> Path:
+    """Write config.json, safetensors (sharded above ``max_shard_bytes``), tokenizer
+    files and generation_config.json; each file written to a temp name then renamed."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = checkpoint_state(model)
+    if dtype is not None:
+        state = {k: v.to(dtype) for k, v in state.items()}
+    save_dtype = next(iter(state.values())).dtype
+    special = dict(special_tokens or {})
+    if tokenizer is not None:
+        special.setdefault("bos_token_id", tokenizer.bos_id)
+        special.setdefault("eos_token_id", tokenizer.eos_ids[0] if tokenizer.eos_ids else None)
+        special.setdefault("pad_token_id", tokenizer.pad_id)
+    hf = config_to_hf(model.config, model_type, special)
+    hf["torch_dtype"] = str(save_dtype).removeprefix("torch.")
+    shards = _plan_shards(state, max_shard_bytes)
+    for name in [p for p in out.glob("model*.safetensors*")]:
+        name.unlink()  # stale shards from an earlier save must not linger
+    if len(shards) == 1:
+        _atomic(out / "model.safetensors", lambda p: save_file(shards[0], p, metadata={"format": "pt"}))
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards, 1):
+            fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            _atomic(out / fname, lambda p, s=shard: save_file(s, p, metadata={"format": "pt"}))
+            weight_map.update({k: fname for k in shard})
+        total = sum(v.numel() * v.element_size() for v in state.values())
+        write_json(out / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
+    write_json(out / "config.json", hf)
+    gen = {k: special[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if special.get(k) is not None}
+    write_json(out / "generation_config.json", gen)
+    if tokenizer is not None:
+        tokenizer.save(out)
+    return out
+
+
+def _plan_shards(state: dict, max_bytes: int | None) -> list[dict]:
+    if not max_bytes:
+        return [state]
+    shards, cur, size = [], {}, 0
+    for k, v in state.items():
+        n = v.numel() * v.element_size()
+        if cur and size + n > max_bytes:
+            shards.append(cur)
+            cur, size = {}, 0
+        cur[k], size = v, size + n
+    return shards + ([cur] if cur else [])
+
+
+def _atomic(path: Path, write):
+    tmp = path.with_name(path.name + ".tmp")
+    write(str(tmp))
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict):
+    _atomic(Path(path), lambda p: Path(p).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n",
+                                                    encoding="utf-8"))

@@ -1,0 +1,80 @@
+"""config.json (Hugging Face layout) <-> our typed ModelConfig."""
+from __future__ import annotations
+
+from ..model.config import ModelConfig
+
+LLAMA_LIKE = ("llama", "qwen2", "mistral")
+SUPPORTED = ("gpt2",) + LLAMA_LIKE
+ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM",
+                 "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
+
+
+def _rope(hf: dict) -> tuple[float, dict | None]:
+    """rope theta and scaling from either the old (rope_theta + rope_scaling) or
+    the transformers 5 (rope_parameters) spelling."""
+    params = hf.get("rope_parameters") or {}
+    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    scaling = hf.get("rope_scaling") or None
+    if params and (params.get("rope_type") or params.get("type") or "default") != "default":
+        scaling = dict(params)
+    if scaling and (scaling.get("rope_type") or scaling.get("type")) in (None, "default"):
+        scaling = None
+    return theta, scaling
+
+
+def config_from_hf(hf: dict) -> ModelConfig:
+    """Map a config.json dict; raises ValueError/KeyError for what we cannot run."""
+    mt = hf.get("model_type")
+    if mt not in SUPPORTED:
+        raise ValueError(f"model_type {mt!r} is not supported (supported: {', '.join(SUPPORTED)})")
+    if mt == "gpt2":
+        C = hf["n_embd"]
+        return ModelConfig(
+            family="gpt2", vocab_size=hf["vocab_size"], n_layer=hf["n_layer"], n_head=hf["n_head"],
+            d_model=C, d_ff=hf.get("n_inner") or 4 * C, max_seq_len=hf.get("n_positions", 1024),
+            norm_eps=hf.get("layer_norm_epsilon", 1e-5), act=hf.get("activation_function", "gelu_new"),
+            tie_embeddings=hf.get("tie_word_embeddings", True), extra={"model_type": mt})
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"hidden_act {hf.get('hidden_act')!r} is not supported for {mt} (only silu)")
+    theta, scaling = _rope(hf)
+    n_head = hf["num_attention_heads"]
+    window = hf.get("sliding_window") if hf.get("use_sliding_window", mt == "mistral") else None
+    return ModelConfig(
+        family="llama", vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_head=n_head,
+        n_kv_head=hf.get("num_key_value_heads") or n_head, d_model=hf["hidden_size"],
+        head_dim=hf.get("head_dim") or 0, d_ff=hf["intermediate_size"],
+        max_seq_len=hf.get("max_position_embeddings", 2048), norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=theta, rope_scaling=scaling,
+        # Qwen2 always has q/k/v bias and no o bias; Llama's attention_bias covers all four.
+        qkv_bias=mt == "qwen2" or bool(hf.get("attention_bias", False)),
+        o_bias=mt != "qwen2" and bool(hf.get("attention_bias", False)),
+        mlp_bias=bool(hf.get("mlp_bias", False)), tie_embeddings=bool(hf.get("tie_word_embeddings", mt != "llama")),
+        act="silu", extra={"model_type": mt, "sliding_window": window})
+
+
+def config_to_hf(cfg: ModelConfig, model_type: str | None = None, special: dict | None = None) -> dict:
+    """A config.json dict that transformers loads as the same architecture."""
+    mt = model_type or cfg.extra.get("model_type") or cfg.family
+    special = {k: v for k, v in (special or {}).items() if v is not None}
+    if cfg.family == "gpt2":
+        hf = {"model_type": "gpt2", "vocab_size": cfg.vocab_size, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
+              "n_embd": cfg.d_model, "n_inner": cfg.d_ff, "n_positions": cfg.max_seq_len,
+              "n_ctx": cfg.max_seq_len, "layer_norm_epsilon": cfg.norm_eps, "activation_function": cfg.act,
+              "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+              "tie_word_embeddings": cfg.tie_embeddings}
+    else:
+        hf = {"model_type": mt, "vocab_size": cfg.vocab_size, "num_hidden_layers": cfg.n_layer,
+              "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head,
+              "hidden_size": cfg.d_model, "head_dim": cfg.head_dim, "intermediate_size": cfg.d_ff,
+              "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps, "hidden_act": "silu",
+              "rope_theta": cfg.rope_theta, "rope_scaling": cfg.rope_scaling,
+              "tie_word_embeddings": cfg.tie_embeddings, "attention_dropout": 0.0}
+        if mt == "llama":
+            hf.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
+        if mt == "mistral":
+            hf["sliding_window"] = cfg.extra.get("sliding_window")
+        if mt == "qwen2":
+            hf["use_sliding_window"] = False
+    hf["architectures"] = [ARCHITECTURES[mt]]
+    hf.update(special)
+    return hf

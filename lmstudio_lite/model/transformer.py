@@ -1,0 +1,188 @@
+"""One decoder-only transformer for the GPT-2 and Llama families.
+
+Read top to bottom: attention, MLP, block, model. Shapes: B batch, T new tokens,
+L cached length (start_pos + T), C d_model, H query heads, KV key/value heads,
+D head_dim, V vocabulary. The model is a pure function of (ids, start_pos,
+cache): the generation engine owns the cache.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .kv_cache import KVCache
+from .layers import ACTIVATIONS, Linear, RMSNorm, apply_rope, rope_tables
+
+
+def _causal_mask(T: int, L: int, device) -> torch.Tensor:
+    """[T, L] bool, True where query i (absolute position L-T+i) may see key j."""
+    q_pos = torch.arange(L - T, L, device=device).unsqueeze(1)
+    return torch.arange(L, device=device).unsqueeze(0) <= q_pos
+
+
+def attention(q, k, v, causal: bool) -> torch.Tensor:
+    """q: [B, H, T, D]; k, v: [B, KV, L, D] -> [B, H, T, D].
+
+    SDPA is the fastest path on GPU and for float32 on the CPU; for bfloat16 on
+    the CPU a plain matmul + softmax is 1.3-4.4x faster (DESIGN.md). Either way
+    the queries are grouped onto their KV head instead of repeating K/V.
+    """
+    B, H, T, D = q.shape
+    KV, L = k.shape[1], k.shape[2]
+    rep = H // KV
+    need_mask = causal and T > 1
+    if q.device.type == "cpu" and q.dtype != torch.float32:
+        qg = q.reshape(B, KV, rep * T, D)  # queries of one KV group side by side
+        scores = (qg @ k.transpose(-1, -2)) * (1.0 / math.sqrt(D))  # [B, KV, rep*T, L]
+        if need_mask:
+            mask = _causal_mask(T, L, q.device).repeat(rep, 1)
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        return (probs @ v).view(B, H, T, D)
+    if rep > 1 and T == 1:
+        # One query per head: grouping turns GQA decode into plain attention.
+        out = F.scaled_dot_product_attention(q.reshape(B, KV, rep, D), k, v)
+        return out.view(B, H, 1, D)
+    if need_mask and L == T:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=rep > 1)
+    mask = _causal_mask(T, L, q.device) if need_mask else None
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=rep > 1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        H, KV, D, C = cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.d_model
+        self.q = Linear(C, H * D, cfg.qkv_bias)
+        self.k = Linear(C, KV * D, cfg.qkv_bias)
+        self.v = Linear(C, KV * D, cfg.qkv_bias)
+        self.o = Linear(H * D, C, cfg.o_bias)
+
+    def forward(self, x, rope, layer: int, start_pos: int, cache: KVCache | None):
+        B, T, _ = x.shape
+        H, KV, D = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
+        q = self.q(x).view(B, T, H, D).transpose(1, 2)  # [B, H, T, D]
+        k = self.k(x).view(B, T, KV, D).transpose(1, 2)  # [B, KV, T, D]
+        v = self.v(x).view(B, T, KV, D).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.write(layer, start_pos, k, v)  # [B, KV, L, D]
+        y = attention(q, k, v, causal=True)
+        return self.o(y.transpose(1, 2).reshape(B, T, H * D))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gated = cfg.family == "llama"
+        self.act = ACTIVATIONS[cfg.act]
+        if self.gated:  # SwiGLU
+            self.gate = Linear(cfg.d_model, cfg.d_ff, cfg.mlp_bias)
+        self.up = Linear(cfg.d_model, cfg.d_ff, cfg.mlp_bias)
+        self.down = Linear(cfg.d_ff, cfg.d_model, cfg.mlp_bias)
+
+    def forward(self, x):
+        if self.gated:
+            return self.down(self.act(self.gate(x)) * self.up(x))
+        return self.down(self.act(self.up(x)))
+
+
+def _norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.family == "gpt2":
+        return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+    return RMSNorm(cfg.d_model, cfg.norm_eps)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1, self.attn = _norm(cfg), Attention(cfg)
+        self.norm2, self.mlp = _norm(cfg), MLP(cfg)
+
+    def forward(self, x, rope, layer, start_pos, cache):
+        x = x + self.attn(self.norm1(x), rope, layer, start_pos, cache)
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.family == "gpt2" else None
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = _norm(cfg)
+        self.head = None if cfg.tie_embeddings else Linear(cfg.d_model, cfg.vocab_size, False)
+        self._head_t: torch.Tensor | None = None  # inference copy of a tied head, stored [C, V]
+        if cfg.family == "llama":
+            cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+
+    # -- setup ---------------------------------------------------------------
+    def init_weights(self, std: float = 0.02):
+        """Random init for training from scratch (GPT-2 style, scaled residual projections)."""
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.ones_(p) if "norm" in name and name.endswith("weight") else nn.init.zeros_(p)
+            elif name.endswith(("attn.o.weight", "mlp.down.weight")):
+                nn.init.normal_(p, std=std / math.sqrt(2 * self.config.n_layer))
+            else:
+                nn.init.normal_(p, std=std)
+        self.reset_rope()
+
+    def reset_rope(self):
+        """Recompute the rotary tables (after meta-device construction or a dtype change)."""
+        if self.config.family == "llama":
+            cfg = self.config
+            cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
+            dev = self.tok_emb.weight.device
+            self.rope_cos, self.rope_sin = cos.to(dev), sin.to(dev)
+
+    def prepare_for_inference(self):
+        """Materialise a contiguous [C, V] copy of a tied head: the vocabulary
+        projection is the largest matmul of a decode step and streams fastest in
+        that layout. Training never calls this, so tied weights stay tied."""
+        self.eval()
+        if self.head is None:
+            self._head_t = self.tok_emb.weight.detach().t().contiguous()
+        return self
+
+    # -- forward -------------------------------------------------------------
+    def forward_hidden(self, ids: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None):
+        """ids [B, T] -> final normed hidden state [B, T, C]."""
+        B, T = ids.shape
+        if start_pos + T > self.config.max_seq_len:
+            raise ValueError(f"sequence of {start_pos + T} tokens exceeds the context of {self.config.max_seq_len}")
+        x = self.tok_emb(ids)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb.weight[start_pos:start_pos + T]
+        else:
+            dtype = x.dtype
+            rope = (self.rope_cos[start_pos:start_pos + T].to(dtype), self.rope_sin[start_pos:start_pos + T].to(dtype))
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, i, start_pos, cache)
+        return self.norm_f(x)
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden [.., C] -> logits [.., V]."""
+        if self.head is not None:
+            return self.head(h)
+        if self._head_t is not None and not torch.is_grad_enabled():
+            return h @ self._head_t
+        return F.linear(h, self.tok_emb.weight)
+
+    def forward(self, ids: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """ids [B, T] -> logits [B, T, V] (or [B, 1, V] with ``last_only``)."""
+        h = self.forward_hidden(ids, start_pos, cache)
+        if last_only:
+            h = h[:, -1:]
+        return self.project(h)
