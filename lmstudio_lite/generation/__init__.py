@@ -1,0 +1,6 @@
+"""Streaming generation: sampling, stop strings, and the decode loop over a KV cache."""
+from .engine import ContextOverflowError, Engine, GenerationStream
+from .sampling import SamplingParams, sample
+from .stopping import StopStringHoldback
+
+__all__ = ["ContextOverflowError", "Engine", "GenerationStream", "SamplingParams", "StopStringHoldback", "sample"]

@@ -1,0 +1,105 @@
+"""Choosing the next token from logits: pure functions, randomness passed in."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick each new token. The defaults turn every filter off and decode greedily."""
+
+    temperature: float = 0.0
+    """0 means greedy (argmax, no randomness); higher flattens the distribution."""
+    top_k: int = 0
+    """Keep only the k most likely tokens; 0 turns it off."""
+    top_p: float = 1.0
+    """Nucleus: keep the smallest set of tokens whose probability adds up to at least top_p; 1.0 is off."""
+    min_p: float = 0.0
+    """Drop tokens less likely than min_p times the most likely one; 0.0 is off."""
+    repetition_penalty: float = 1.0
+    """Hugging Face semantics: >1 discourages tokens already in the prompt or the output; 1.0 is off."""
+    seed: int | None = None
+    """The same seed with the same prompt and parameters gives the same output; None picks one at random."""
+
+    def __post_init__(self):
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
+            raise ValueError(f"top_k must be a whole number, got {self.top_k!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 turns it off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1 turns it off), got {self.top_p}")
+        if not 0 <= self.min_p < 1:
+            raise ValueError(f"min_p must be in [0, 1) (0 turns it off), got {self.min_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0 (1 turns it off), got {self.repetition_penalty}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed < 2**64):
+            raise ValueError(f"seed must be a whole number in [0, 2**64) or None, got {self.seed!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def apply_repetition_penalty(logits: torch.Tensor, prev_ids: torch.Tensor, penalty: float) -> torch.Tensor:
+    """logits [B, V], prev_ids [B, N] -> new logits [B, V]; seen tokens: positive / penalty, negative * penalty."""
+    seen = logits.gather(1, prev_ids)  # [B, N]; repeats of an id gather the same value, so scatter is consistent
+    seen = torch.where(seen < 0, seen * penalty, seen / penalty)
+    return logits.scatter(1, prev_ids, seen)
+
+
+def _top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    k = min(k, logits.shape[-1])
+    kth = torch.topk(logits, k, dim=-1).values[:, -1:]  # [B, 1]
+    return logits.masked_fill(logits < kth, float("-inf"))  # ties with the k-th token survive
+
+
+def _top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # [B, V]
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs
+    # A token is dropped once the tokens above it already reach p; the top token always stays.
+    drop_sorted = mass_before >= p
+    drop_sorted[:, 0] = False
+    drop = drop_sorted.scatter(1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def _min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    probs = logits.softmax(dim=-1)
+    floor = probs.max(dim=-1, keepdim=True).values * min_p  # [B, 1]
+    return logits.masked_fill(probs < floor, float("-inf"))
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None,
+           prev_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Pick one token per row.
+
+    logits [B, V] (any float dtype; computed in fp32), prev_ids [B, N] long (the prompt and the
+    output so far, for the repetition penalty) -> ids [B] long, on the logits' device.
+    Order: repetition penalty, then argmax when temperature is 0, else temperature, top-k, top-p,
+    min-p and a draw from ``generator``. Never syncs with the host; the input is not modified.
+    """
+    logits = logits.float()
+    if params.repetition_penalty != 1.0 and prev_ids is not None and prev_ids.numel():
+        logits = apply_repetition_penalty(logits, prev_ids.to(torch.long), params.repetition_penalty)
+    if params.greedy:
+        return logits.argmax(dim=-1)
+    logits = logits / params.temperature
+    if params.top_k > 0:
+        logits = _top_k(logits, params.top_k)
+    if params.top_p < 1.0:
+        logits = _top_p(logits, params.top_p)
+    if params.min_p > 0.0:
+        logits = _min_p(logits, params.min_p)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
