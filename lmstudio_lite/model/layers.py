@@ -21,6 +21,8 @@ class Linear(nn.Module):
         self.d_in, self.d_out = d_in, d_out
         self.weight = nn.Parameter(torch.empty(d_in, d_out))
         self.bias = nn.Parameter(torch.zeros(d_out)) if bias else None
+        if self.weight.device.type != "meta":  # checkpoint loading builds on meta and assigns
+            nn.init.normal_(self.weight, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bias is None:

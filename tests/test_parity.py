@@ -1,0 +1,103 @@
+"""Our transformer against Hugging Face transformers on random-weight tiny models."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_models import KINDS, VOCAB, build, hf_greedy
+from lmstudio_lite.checkpoints.folder import load_weights, save_folder
+from lmstudio_lite.model import KVCache
+
+PROMPT = [1, 5, 17, 42, 8, 77, 3, 64, 21, 9]
+
+
+def greedy_no_cache(model, ids, n):
+    ids = list(ids)
+    with torch.inference_mode():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    return ids[-n:]
+
+
+def greedy_cached(model, ids, n):
+    cache = KVCache(model.config, 1, len(ids) + n)
+    out = []
+    with torch.inference_mode():
+        logits = model(torch.tensor([ids]), 0, cache, last_only=True)
+        pos = len(ids)
+        for _ in range(n):
+            tok = int(logits[0, -1].argmax())
+            out.append(tok)
+            logits = model(torch.tensor([[tok]]), pos, cache)
+            pos += 1
+    return out
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def pair(request, tmp_path_factory):
+    hf = build(request.param)
+    folder = tmp_path_factory.mktemp(request.param)
+    # Small shards so every variant also exercises the sharded index path.
+    hf.save_pretrained(folder, max_shard_size="60KB" if request.param in ("qwen2", "gpt2") else "5GB")
+    ours = load_weights(folder)
+    return request.param, hf, ours, folder
+
+
+def test_logits_match(pair):
+    _, hf, ours, _ = pair
+    ids = torch.randint(0, VOCAB, (2, 23), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = hf(ids).logits
+        got = ours(ids)
+    assert (ref - got).abs().max().item() <= 1e-4
+
+
+def test_greedy_32_tokens_with_and_without_cache(pair):
+    _, hf, ours, _ = pair
+    ref = hf_greedy(hf, PROMPT, 32)
+    assert greedy_no_cache(ours, PROMPT, 32) == ref
+    assert greedy_cached(ours, PROMPT, 32) == ref
+    ours.prepare_for_inference()  # the [C, V] tied-head copy must not change anything
+    assert greedy_cached(ours, PROMPT, 32) == ref
+
+
+def test_cache_written_in_two_chunks_equals_one_prefill(pair):
+    _, _, ours, _ = pair
+    ids = torch.tensor([PROMPT])
+    cache = KVCache(ours.config, 1, 32)
+    with torch.inference_mode():
+        full = ours(ids)
+        a = ours(ids[:, :4], 0, cache)
+        b = ours(ids[:, 4:], 4, cache)
+    torch.testing.assert_close(torch.cat([a, b], 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_sharded_checkpoint_was_exercised(pair):
+    kind, _, _, folder = pair
+    if kind in ("qwen2", "gpt2"):
+        assert (folder / "model.safetensors.index.json").exists()
+
+
+def test_save_then_transformers_loads_same_logits(pair, tmp_path):
+    import transformers as tf
+
+    _, hf, ours, _ = pair
+    save_folder(ours, tmp_path / "saved", max_shard_bytes=80_000)
+    again = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()
+    ids = torch.randint(0, VOCAB, (1, 19), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits, hf(ids).logits, atol=1e-5, rtol=1e-5)
+    reloaded = load_weights(tmp_path / "saved")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids), ours(ids), atol=0, rtol=0)
+
+
+def test_bfloat16_path_agrees_with_float32(pair):
+    """The bf16 CPU attention path (matmul + softmax, grouped queries) tracks fp32."""
+    _, _, ours, folder = pair
+    low = load_weights(folder, dtype=torch.bfloat16)
+    ids = torch.tensor([PROMPT])
+    with torch.inference_mode():
+        ref = torch.softmax(ours(ids).float(), -1)
+        got = torch.softmax(low(ids).float(), -1)
+    assert (ref - got).abs().max().item() < 0.05
