@@ -1,0 +1,123 @@
+"""Decode speed: our engine against transformers, side by side in one process.
+
+    python bench/decode.py                      # both shapes, float32 + bfloat16, batch 1 and 8
+    python bench/decode.py --shapes gpt2 --dtypes float32 --batches 1 --new 32   # quick
+
+Random-weight models shaped like GPT-2 small (124M) and SmolLM2-135M (Llama,
+30 layers, 576 wide, 9 heads / 3 KV heads); 128-token prompt, greedy. Prints
+prefill ms, decode tokens/s, ours/transformers and decode as a fraction of the
+memory-bandwidth ceiling (weight bytes read per token / measured bandwidth).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from lmstudio_lite.checkpoints.folder import load_weights  # noqa: E402
+from lmstudio_lite.model import KVCache  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def hf_model(shape: str):
+    import transformers as tf
+
+    torch.manual_seed(0)
+    if shape == "gpt2":
+        return tf.GPT2LMHeadModel(tf.GPT2Config())  # 124M
+    return tf.LlamaForCausalLM(tf.LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+        tie_word_embeddings=True, rope_theta=100000.0))
+
+
+def measure_bandwidth() -> float:
+    """GB/s reading a 256 MB buffer (the decode roofline on this machine)."""
+    x = torch.ones(64 * 1024 * 1024, dtype=torch.float32)
+    x.sum()
+    t = time.perf_counter()
+    for _ in range(5):
+        x.sum()
+    return 5 * x.numel() * 4 / (time.perf_counter() - t) / 1e9
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of weights a decode step streams (the embedding table is only indexed)."""
+    total = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "emb" not in n)
+    emb = model.tok_emb.weight
+    return total + emb.numel() * emb.element_size()  # the (tied) vocabulary projection
+
+
+@torch.inference_mode()
+def run_ours(model, prompt, n_new):
+    B, T = prompt.shape
+    cache = KVCache(model.config, B, T + n_new, dtype=next(model.parameters()).dtype)
+    t0 = time.perf_counter()
+    tok = model(prompt, 0, cache, last_only=True)[:, -1].argmax(-1, keepdim=True)
+    t1 = time.perf_counter()
+    for i in range(n_new - 1):
+        tok = model(tok, T + i, cache, last_only=True)[:, -1].argmax(-1, keepdim=True)
+    t2 = time.perf_counter()
+    return (t1 - t0) * 1000, (n_new - 1) / (t2 - t1)
+
+
+@torch.inference_mode()
+def run_hf(model, prompt, n_new):
+    t0 = time.perf_counter()
+    out = model(prompt, use_cache=True, logits_to_keep=1)
+    tok = out.logits[:, -1].argmax(-1, keepdim=True)
+    past = out.cache
+    t1 = time.perf_counter()
+    for _ in range(n_new - 1):
+        out = model(tok, cache=past, use_cache=True)
+        past = out.cache
+        tok = out.logits[:, -1].argmax(-1, keepdim=True)
+    t2 = time.perf_counter()
+    return (t1 - t0) * 1000, (n_new - 1) / (t2 - t1)
+
+
+def bench_shape(shape, dtypes, batches, n_prompt, n_new, bw, repeats):
+    hf = hf_model(shape).eval()
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        for dname in dtypes:
+            dtype = DTYPES[dname]
+            ours = load_weights(d, dtype=dtype).prepare_for_inference()
+            ref = hf.to(dtype)
+            per_tok = weight_bytes_per_token(ours)
+            for B in batches:
+                prompt = torch.randint(0, ours.config.vocab_size, (B, n_prompt), generator=torch.Generator().manual_seed(0))
+                run_ours(ours, prompt, 4), run_hf(ref, prompt, 4)  # warm up both
+                o = max((run_ours(ours, prompt, n_new) for _ in range(repeats)), key=lambda r: r[1])
+                h = max((run_hf(ref, prompt, n_new) for _ in range(repeats)), key=lambda r: r[1])
+                frac = o[1] * per_tok / 1e9 / bw if B == 1 else float("nan")
+                print(f"{shape:7} {dname:9} B={B}  prefill ms ours {o[0]:7.1f} hf {h[0]:7.1f}  |  decode tok/s "
+                      f"ours {o[1] * B:7.1f} hf {h[1] * B:7.1f}  ratio {o[1] / h[1]:5.2f}x  |  "
+                      f"{frac:4.0%} of bandwidth", flush=True)
+            del ours
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", nargs="+", default=["gpt2", "smollm"])
+    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    p.add_argument("--prompt", type=int, default=128)
+    p.add_argument("--new", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args()
+    bw = measure_bandwidth()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, measured read bandwidth {bw:.1f} GB/s")
+    for shape in args.shapes:
+        bench_shape(shape, args.dtypes, args.batches, args.prompt, args.new, bw, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
