@@ -230,6 +230,12 @@ class _Generation:
                 if emit:
                     self.text += emit
                     yield emit
+            # Bytes of a character cut off by the limit still reach the user (as U+FFFD).
+            if reason == "length":
+                emit, _ = holdback.feed(detok.flush() or "")
+                if emit:
+                    self.text += emit
+                    yield emit
             # Release text held back for a stop string that never came.
             tail = holdback.flush()
             if tail:
