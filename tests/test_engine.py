@@ -38,6 +38,9 @@ class _ByteDecodeStream:
             return None if self._skip else "<eos>"
         return self._utf8.decode(bytes([token_id])) or None
 
+    def flush(self):
+        return self._utf8.decode(b"", final=True) or None
+
 
 class MockModel(torch.nn.Module):
     """Logits at each position: one-hot of ``rule(all ids up to and including it)``.
