@@ -101,3 +101,18 @@ def test_bfloat16_path_agrees_with_float32(pair):
         ref = torch.softmax(ours(ids).float(), -1)
         got = torch.softmax(low(ids).float(), -1)
     assert (ref - got).abs().max().item() < 0.05
+
+
+def test_inference_layout_keeps_logits(pair):
+    """prepare_for_inference (fused q/k/v and gate/up, [C, V] head copy) changes no logit."""
+    _, hf, _, folder = pair
+    model = load_weights(folder)
+    ids = torch.tensor([PROMPT])
+    with torch.inference_mode():
+        before = model(ids)
+        model.prepare_for_inference()
+        after = model(ids)
+        ref = hf(ids).logits
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+    assert (after - ref).abs().max().item() <= 1e-4
+    assert model.blocks[0].attn.fused is not None

@@ -18,6 +18,30 @@ from .kv_cache import KVCache
 from .layers import ACTIVATIONS, Linear, RMSNorm, apply_rope, rope_tables
 
 
+def fuse_linears(*layers: Linear):
+    """One [in, sum(out)] weight for several projections of the same input.
+
+    The layers' own parameters become column views of the fused tensor, so the
+    model holds no second copy; a decode step then streams one matrix instead
+    of two or three small ones.
+    """
+    weight = torch.cat([l.weight.data for l in layers], dim=1)
+    bias = torch.cat([l.bias.data for l in layers]) if layers[0].bias is not None else None
+    start = 0
+    for l in layers:
+        end = start + l.d_out
+        l.weight.data = weight[:, start:end]
+        if bias is not None:
+            l.bias.data = bias[start:end]
+        start = end
+    return weight, bias
+
+
+def fused_linear(x, weight, bias):
+    y = x @ weight
+    return y if bias is None else y + bias
+
+
 def _causal_mask(T: int, L: int, device) -> torch.Tensor:
     """[T, L] bool, True where query i (absolute position L-T+i) may see key j."""
     q_pos = torch.arange(L - T, L, device=device).unsqueeze(1)
@@ -62,13 +86,21 @@ class Attention(nn.Module):
         self.k = Linear(C, KV * D, cfg.qkv_bias)
         self.v = Linear(C, KV * D, cfg.qkv_bias)
         self.o = Linear(H * D, C, cfg.o_bias)
+        self.fused = None  # (weight [C, (H+2KV)D], bias) after fuse(); inference only
+
+    def fuse(self):
+        self.fused = fuse_linears(self.q, self.k, self.v)
 
     def forward(self, x, rope, layer: int, start_pos: int, cache: KVCache | None):
         B, T, _ = x.shape
         H, KV, D = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
-        q = self.q(x).view(B, T, H, D).transpose(1, 2)  # [B, H, T, D]
-        k = self.k(x).view(B, T, KV, D).transpose(1, 2)  # [B, KV, T, D]
-        v = self.v(x).view(B, T, KV, D).transpose(1, 2)
+        if self.fused is not None and not torch.is_grad_enabled():
+            q, k, v = fused_linear(x, *self.fused).split([H * D, KV * D, KV * D], dim=-1)
+        else:
+            q, k, v = self.q(x), self.k(x), self.v(x)
+        q = q.view(B, T, H, D).transpose(1, 2)  # [B, H, T, D]
+        k = k.view(B, T, KV, D).transpose(1, 2)  # [B, KV, T, D]
+        v = v.view(B, T, KV, D).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
@@ -87,10 +119,20 @@ class MLP(nn.Module):
         self.up = Linear(cfg.d_model, cfg.d_ff, cfg.mlp_bias)
         self.down = Linear(cfg.d_ff, cfg.d_model, cfg.mlp_bias)
 
-    def forward(self, x):
+        self.fused = None  # gate and up side by side after fuse(); inference only
+
+    def fuse(self):
         if self.gated:
-            return self.down(self.act(self.gate(x)) * self.up(x))
-        return self.down(self.act(self.up(x)))
+            self.fused = fuse_linears(self.gate, self.up)
+
+    def forward(self, x):
+        if not self.gated:
+            return self.down(self.act(self.up(x)))
+        if self.fused is not None and not torch.is_grad_enabled():
+            gate, up = fused_linear(x, *self.fused).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate(x), self.up(x)
+        return self.down(self.act(gate) * up)
 
 
 def _norm(cfg: ModelConfig) -> nn.Module:
@@ -146,12 +188,16 @@ class Transformer(nn.Module):
             self.rope_cos, self.rope_sin = cos.to(dev), sin.to(dev)
 
     def prepare_for_inference(self):
-        """Materialise a contiguous [C, V] copy of a tied head: the vocabulary
-        projection is the largest matmul of a decode step and streams fastest in
-        that layout. Training never calls this, so tied weights stay tied."""
+        """Inference layout: a contiguous [C, V] copy of a tied head (the largest
+        matmul of a decode step streams fastest that way) and fused q/k/v and
+        gate/up weights. Training never calls this, so tied weights stay tied."""
         self.eval()
         if self.head is None:
             self._head_t = self.tok_emb.weight.detach().t().contiguous()
+        if not any(b.attn.fused is not None for b in self.blocks):
+            for b in self.blocks:
+                b.attn.fuse()
+                b.mlp.fuse()
         return self
 
     # -- forward -------------------------------------------------------------
