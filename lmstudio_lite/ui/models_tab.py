@@ -1,0 +1,185 @@
+"""The Models tab: every local model with its size and memory estimate; load, unload, import, delete.
+
+All work goes through ``services.registry``; a folder that fails to load leaves the loaded model as
+it was and says why. When the app is shared, typed filesystem paths are refused.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from . import train_view as view
+from .common import LLM, PRIVATE, friendly
+from .train_actions import all_models, device_type
+
+
+# ---- actions (plain values in, message out) -------------------------------------------------------
+def _device_memory(services) -> tuple[int, str, str]:
+    """(total bytes, device label, dtype name) of the device models load on."""
+    from ..registry import device_memory
+
+    reg, cur = services.registry, services.registry.current
+    dtype = cur.info()["dtype"] if cur is not None else (reg.dtype or None)
+    dev = device_type(services)
+    if dtype is None:
+        dtype = "float32" if dev == "cpu" else "bfloat16"
+    try:
+        total = device_memory(dev)
+    except Exception:  # no driver, or a device without a memory query
+        total = 0
+    return total, {"cpu": "RAM"}.get(dev, dev.upper()), dtype
+
+
+def models_frame(services) -> pd.DataFrame:
+    from ..registry import memory_needed
+
+    total, label, dtype = _device_memory(services)
+    cur = services.registry.current
+    loaded = str(Path(cur.path).resolve()) if cur is not None else None
+    entries = all_models(services)
+    for e in entries:
+        e.path = str(Path(e.path).resolve())
+    rows = view.model_rows(entries, loaded, lambda e: memory_needed(e, dtype), total, label)
+    return pd.DataFrame(rows, columns=view.MODEL_COLUMNS)
+
+
+def load_model(services, name: str | None) -> str:
+    """Load a listed model by name; on failure the previously loaded model stays and the message says so."""
+    if not name:
+        return "Choose a model to load."
+    entry = next((e for e in all_models(services) if e.name == name), None)
+    if entry is None and not services.shared and Path(name).expanduser().is_dir():
+        target, by_path = name, True  # a typed folder path (refused when shared)
+    elif entry is None:
+        return f"⚠ No local model named {name!r}. Refresh the list, or import the folder first."
+    else:  # by name, so the registry keeps its display name; the unlisted loaded model by its path
+        target, by_path = (entry.path, True) if entry.source == "loaded" else (entry.name, False)
+    try:
+        model = services.registry.load(target, allow_path=by_path)
+    except Exception as e:  # CheckpointError, OSError, bad weights: report, keep the old model
+        cur = services.registry.current
+        kept = f" {cur.name} is still loaded." if cur is not None else " No model is loaded."
+        return f"⚠ Could not load {name}: {friendly(e)}{kept}"
+    info = model.info()
+    return f"Loaded **{model.name}** ({info['dtype']} on {info['device']})."
+
+
+def unload_model(services) -> str:
+    cur = services.registry.current
+    if cur is None:
+        return "No model is loaded."
+    services.registry.unload()
+    return f"Unloaded {cur.name}."
+
+
+def import_folder(services, path: str | None) -> str:
+    if services.shared:
+        return "⚠ Importing a folder by path is disabled while the app is shared."
+    if not (path or "").strip():
+        return "Type the path of a model folder to import."
+    try:
+        entry = services.registry.import_folder(path.strip())
+    except Exception as e:  # CheckpointError, FileExistsError, OSError: all worded for the user
+        return f"⚠ Could not import {path}: {friendly(e)}"
+    return f"Imported **{entry.name}** into {services.paths.models}."
+
+
+def delete_model(services, name: str | None, confirmed: bool) -> str:
+    if not name:
+        return "Choose a model to delete."
+    if not confirmed:
+        return f"Tick “Yes, delete {name}” to confirm, then press Delete again."
+    try:
+        services.registry.delete(name)
+    except (KeyError, PermissionError, OSError) as e:
+        return f"⚠ {friendly(e)}"
+    return f"Deleted {name}."
+
+
+def names(services) -> list[str]:
+    return [e.name for e in all_models(services)]
+
+
+# ---- layout and wiring ------------------------------------------------------------------------------
+def build(services) -> dict:
+    """Build the tab inside the caller's ``with gr.Tab(...)``; returns the components by name."""
+    c: dict = {"tab": enclosing_tab()}
+    cur, choices = services.registry.current, names(services)
+    c["table"] = gr.Dataframe(models_frame(services), interactive=False, wrap=True, elem_id="models-table",
+                              label="Local models")
+    with gr.Row():
+        c["pick"] = gr.Dropdown(choices, value=cur.name if cur is not None and cur.name in choices else None, label="Model",
+                                elem_id="model-pick", scale=3)
+        c["load"] = gr.Button("Load", variant="primary", elem_id="model-load")
+        c["unload"] = gr.Button("Unload", elem_id="model-unload")
+        c["refresh"] = gr.Button("Refresh", elem_id="models-refresh")
+    with gr.Row():
+        c["confirm"] = gr.Checkbox(False, label="Yes, delete the chosen model (user models only)",
+                                   elem_id="delete-confirm")
+        c["delete"] = gr.Button("Delete", variant="stop", elem_id="delete-btn")
+    with gr.Row(visible=not services.shared):
+        c["import_path"] = gr.Textbox(label="Import a model folder (path)", elem_id="import-path", scale=4)
+        c["import_btn"] = gr.Button("Import", elem_id="import-btn")
+    c["msg"] = gr.Markdown(_hint(services), elem_id="models-msg")
+    _wire(services, c)
+    return c
+
+
+def enclosing_tab():
+    """The gr.Tab this tab is built in (to refresh the list whenever it is opened), if any."""
+    from gradio.context import Context
+
+    block = Context.block
+    return block if isinstance(block, gr.Tab) else None
+
+
+def _hint(services) -> str:
+    err = services.registry.last_error
+    return f"⚠ The model given at start could not be loaded: {err}" if err else ""
+
+
+def _wire(services, c: dict):
+    def refreshed(msg: str, keep: str | None = None):
+        choices = names(services)
+        return msg, models_frame(services), gr.update(choices=choices, value=keep if keep in choices else None)
+
+    outs = [c["msg"], c["table"], c["pick"]]
+    private = PRIVATE
+    c["load"].click(lambda n: refreshed(load_model(services, n), n), c["pick"], outs, **LLM, **private)
+    c["unload"].click(lambda n: refreshed(unload_model(services), n), c["pick"], outs, **private)
+    c["refresh"].click(lambda n: refreshed("", n), c["pick"], outs, **private)
+    if c["tab"] is not None:  # a model trained or deleted elsewhere shows up when the tab is opened
+        c["tab"].select(lambda n: refreshed(gr.skip(), n), c["pick"], outs, **private)
+    c["import_btn"].click(lambda p, n: refreshed(import_folder(services, p), n), [c["import_path"], c["pick"]],
+                          outs, **private)
+    c["delete"].click(lambda n, ok: (*refreshed(delete_model(services, n, ok), n), False),
+                      [c["pick"], c["confirm"]], outs + [c["confirm"]], **private)
+
+    def models_list() -> list:
+        """Every local model: name, folder, source, family, parameters, context_length, dtype, size_bytes,
+        memory_bytes (estimate), loaded, error. ("folder", not "path": gradio_client would fetch a "path".)"""
+        return [model_record(services, e) for e in all_models(services)]
+
+    def model_load(name: str) -> str:
+        """Load a listed model by name into the registry (serves Chat and /v1); returns a message."""
+        return load_model(services, name)
+
+    gr.api(models_list, api_name="models_list", concurrency_limit=None)
+    gr.api(model_load, api_name="model_load", **LLM)
+
+
+def model_record(services, entry) -> dict:
+    from ..registry import memory_needed
+
+    d = entry.as_dict()
+    d["folder"] = d.pop("path")
+    d["memory_bytes"] = memory_needed(entry, _device_memory(services)[2]) if entry.parameters else None
+    d["loaded"] = _is_loaded(services, entry)
+    return d
+
+
+def _is_loaded(services, entry) -> bool:
+    cur = services.registry.current
+    return cur is not None and Path(cur.path).resolve() == Path(entry.path).resolve()

@@ -1,0 +1,348 @@
+"""Pure view helpers for the Train and Models tabs: status dicts and previews -> frames, markdown, HTML.
+
+No gradio and no torch here, so every rendering rule is unit-tested without a browser. The status
+dict is ``JobRunner.status()``; missing keys are tolerated (a runner that has never run returns
+little more than ``{"state": "idle"}``).
+"""
+from __future__ import annotations
+
+import html
+import json
+import re
+
+import pandas as pd
+
+ACTIVE_STATES = ("queued", "running", "cancelling")
+DONE_STATES = ("finished", "failed", "cancelled")
+MAX_PLOT_POINTS = 400  # per series: a long run is thinned so the plot stays cheap to send each second
+LOG_LINES = 200
+SERIES = ("train", "validation")
+PROBE_PROMPT_CHARS = 120
+_BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+# ---- small formatters ---------------------------------------------------------------------------
+def fmt_duration(seconds) -> str:
+    """3725 -> '1:02:05', 65 -> '1:05', None -> '?'."""
+    if seconds is None or seconds != seconds or seconds < 0:  # None, NaN, negative
+        return "?"
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def human_bytes(n) -> str:
+    if not n:
+        return "0 B"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def human_count(n) -> str:
+    """260_000 -> '260K', 124_000_000 -> '124M', 0 -> '?'."""
+    if not n:
+        return "?"
+    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            value = n / div
+            return f"{value:.0f}{suffix}" if value >= 100 else f"{value:.3g}{suffix}"
+    return str(int(n))
+
+
+def _num(value, fmt: str = "{:.4f}") -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+# ---- status -------------------------------------------------------------------------------------
+def is_active(status: dict | None) -> bool:
+    return bool(status) and status.get("state") in ACTIVE_STATES
+
+
+def signature(status: dict | None) -> tuple:
+    """What changes when there is something new to draw; equal signatures mean 'skip this poll'."""
+    s = status or {}
+    return (s.get("run_id"), s.get("state"), s.get("step"), len(s.get("history") or ()),
+            len(s.get("log") or ()), s.get("val_loss"), s.get("error"), len(s.get("probes") or ()))
+
+
+def percent(status: dict | None) -> float:
+    s = status or {}
+    total, step = s.get("total_steps") or 0, s.get("step") or 0
+    if s.get("state") == "finished":
+        return 100.0
+    return max(0.0, min(100.0, 100.0 * step / total)) if total else 0.0
+
+
+def status_markdown(status: dict | None) -> str:
+    """One or two lines: state, run, step, losses; the error in full when the run failed."""
+    s = status or {}
+    state = s.get("state") or "idle"
+    if state == "idle" or not s.get("run_id"):
+        return "**Status:** idle. Pick a base model and data, then Start."
+    head = f"**Status:** {state} · run `{s.get('run_id')}`"
+    if s.get("total_steps"):
+        head += f" · step {s.get('step') or 0}/{s['total_steps']}"
+    if s.get("epoch") is not None:
+        head += f" · epoch {s['epoch']:.2f}"
+    head += f" · loss {_num(s.get('loss'))} · val loss {_num(s.get('val_loss'))}"
+    if s.get("lr") is not None:
+        head += f" · lr {s['lr']:.2e}"
+    lines = [head]
+    if state == "failed" and s.get("error"):
+        lines.append(f"**Error:** {s['error']}")
+    if state == "finished" and s.get("model_path"):
+        lines.append(f"**New model:** `{s['model_path']}`. Use it in Chat or compare it with the base below.")
+    if state == "cancelled":
+        lines.append("Cancelled; the last checkpoint was kept." + (
+            f" Model: `{s['model_path']}`" if s.get("model_path") else ""))
+    return "\n\n".join(lines)
+
+
+def progress_html(status: dict | None) -> str:
+    """A progress bar with step count, ETA and tokens/s (HTML, escaped)."""
+    s = status or {}
+    pct = percent(s)
+    state = s.get("state") or "idle"
+    bits = [f"{pct:.0f}%"]
+    if s.get("total_steps"):
+        bits.append(f"step {s.get('step') or 0}/{s['total_steps']}")
+    if state in ACTIVE_STATES:
+        bits.append(f"ETA {fmt_duration(s.get('eta_s'))}")
+    bits.append(f"elapsed {fmt_duration(s.get('elapsed_s') or 0)}")
+    if s.get("tokens_per_s"):
+        bits.append(f"{s['tokens_per_s']:,.0f} tokens/s")
+    color = {"failed": "#d9534f", "cancelled": "#999", "cancelling": "#f0ad4e"}.get(state, "#4a90e2")
+    text = html.escape(" · ".join(bits))
+    return (f'<div class="train-progress-bar" data-percent="{pct:.1f}" data-state="{html.escape(state)}">'
+            f'<div style="background:#e5e7eb;border-radius:6px;height:14px;overflow:hidden">'
+            f'<div style="width:{pct:.1f}%;height:100%;background:{color}"></div></div>'
+            f'<div style="font-size:0.9em;margin-top:4px">{text}</div></div>')
+
+
+def loss_frame(history) -> pd.DataFrame:
+    """[(step, loss, val_loss)] -> long-form frame (step, loss, series) for gr.LinePlot(color="series")."""
+    rows = []
+    for item in history or ():
+        step, loss, val = (list(item) + [None, None, None])[:3]
+        if loss is not None:
+            rows.append((int(step), float(loss), "train"))
+        if val is not None:
+            rows.append((int(step), float(val), "validation"))
+    frame = pd.DataFrame(rows, columns=["step", "loss", "series"]).astype(
+        {"step": "int64", "loss": "float64", "series": "object"})  # typed even when empty: the plot's axes
+    parts = [_thin(frame[frame.series == name]) for name in SERIES]
+    return pd.concat(parts, ignore_index=True) if rows else frame
+
+
+def plot_value(history) -> pd.DataFrame | None:
+    """loss_frame shaped for Gradio 6.31's LinePlot, which fixes its colour series on the first frame
+    it draws (seen in the browser): None before the first point (an empty frame breaks the plot for
+    good), and a NaN placeholder row (not drawn) for a series that has no point yet."""
+    frame = loss_frame(history)
+    if not len(frame):
+        return None
+    missing = [name for name in SERIES if not (frame.series == name).any()]
+    if missing:
+        first = int(frame.step.iloc[0])
+        holes = pd.DataFrame({"step": [first] * len(missing), "loss": [float("nan")] * len(missing),
+                              "series": missing}).astype(frame.dtypes.to_dict())
+        frame = pd.concat([frame, holes], ignore_index=True)
+    return frame
+
+
+def _thin(frame: pd.DataFrame) -> pd.DataFrame:
+    if len(frame) <= MAX_PLOT_POINTS:
+        return frame
+    stride = -(-len(frame) // MAX_PLOT_POINTS)
+    keep = list(range(0, len(frame), stride))
+    if keep[-1] != len(frame) - 1:
+        keep.append(len(frame) - 1)  # always show the newest point
+    return frame.iloc[keep]
+
+
+def probes_markdown(probes) -> str:
+    """Latest probe generations; accepts [{prompt, output[, step]}], [(prompt, output)] or {prompt: output}."""
+    if not probes:
+        return "_Probe generations appear here at each evaluation._"
+    if isinstance(probes, dict):
+        probes = list(probes.items())
+    lines = []
+    for p in probes:
+        if isinstance(p, dict):
+            prompt, output = p.get("prompt", ""), p.get("output", p.get("text", ""))
+            step = f" (step {p['step']})" if p.get("step") is not None else ""
+        elif isinstance(p, (list, tuple)) and len(p) >= 2:
+            prompt, output, step = p[0], p[1], ""
+        else:
+            prompt, output, step = "", str(p), ""
+        prompt = str(prompt).strip()
+        prompt = prompt if len(prompt) <= PROBE_PROMPT_CHARS else "…" + prompt[-PROBE_PROMPT_CHARS:]
+        # stripped: '**' closing after a space is not bold in CommonMark
+        lines.append(f"**{_md_escape(prompt)}**{step} → {_md_escape(str(output).strip()) or '(nothing)'}")
+    return "\n\n".join(lines)
+
+
+def _md_escape(text: str) -> str:
+    return html.escape(text).replace("*", "\\*").replace("_", "\\_").replace("\n", " ⏎ ")
+
+
+def log_text(status: dict | None, limit: int = LOG_LINES) -> str:
+    """The newest ``limit`` log lines, newest first (a timer-updated Textbox does not autoscroll)."""
+    return "\n".join(str(line) for line in reversed(((status or {}).get("log") or [])[-limit:]))
+
+
+def status_json(status: dict | None) -> str:
+    """The status for API callers: everything but the full history (its last point is kept) and the
+    data preview (its format is kept)."""
+    s = dict(status or {"state": "idle"})
+    preview = s.pop("preview", None)
+    if isinstance(preview, dict):
+        s["data_format"] = preview.get("format")
+    history = s.pop("history", None) or []
+    s["history_points"] = len(history)
+    s["last_point"] = list(history[-1]) if history else None
+    s["log"] = list(s.get("log") or [])[-20:]
+    return json.dumps(s, default=str, indent=1)
+
+
+# ---- data preview -------------------------------------------------------------------------------
+def preview_markdown(preview: dict) -> str:
+    """Format, counts, a length histogram and the warnings, as markdown."""
+    p = preview
+    lines = [f"**Format:** {p.get('format', '?')} · **rows:** {p.get('rows', 0):,} · "
+             f"**examples:** {p.get('examples_count', p.get('rows', 0)):,} · **tokens:** {p.get('tokens', 0):,}"
+             + (f" (loss on {p['loss_tokens']:,})" if p.get("loss_tokens") is not None else "")
+             + f" · **truncated rows:** {p.get('truncated_rows', 0):,}"]
+    if p.get("train_examples") is not None:
+        lines.append(f"Split: {p['train_examples']:,} training / {p.get('val_examples', 0):,} validation examples.")
+    if p.get("task_prompt"):
+        lines.append(f"Task prompt: `{p['task_prompt']}`")
+    if p.get("histogram"):
+        lines.append("**Tokens per row:**\n\n" + histogram_text(p["histogram"]))
+    for w in p.get("warnings") or []:
+        lines.append(f"⚠️ {w}")
+    lines.append("Below: the first examples as the model sees them; **highlighted** text carries the loss.")
+    return "\n\n".join(lines)
+
+
+def histogram_text(hist, width: int = 30) -> str:
+    """[(label, count)] -> a fenced block of text bars, one line per bucket."""
+    top = max((count for _, count in hist), default=0) or 1
+    pad = max(len(str(label)) for label, _ in hist)
+    lines = [f"{str(label):>{pad}} │{'█' * max(1 if count else 0, round(width * count / top)):<{width}} {count:,}"
+             for label, count in hist]
+    return "```\n" + "\n".join(lines) + "\n```"
+
+
+def data_error_markdown(message: str) -> str:
+    return f"### ⚠ This data cannot be used\n\n{html.escape(str(message))}"
+
+
+def preview_highlight(preview: dict, limit_chars: int = 4000) -> list[tuple[str, str | None]]:
+    """Examples as HighlightedText segments: ("text", "loss") where the loss applies, else (text, None)."""
+    segments: list[tuple[str, str | None]] = []
+    rendered = preview.get("rendered") or []
+    marked = preview.get("examples") or []
+    for i in range(max(len(rendered), len(marked))):
+        if segments:
+            segments.append((f"\n──── example {i + 1} ────\n", None))
+        from_tokens = _runs_from_tokens(marked[i]) if i < len(marked) else None
+        runs = _runs_from_rendered(rendered[i]) if i < len(rendered) else None
+        # Guillemets in the data itself make the «» marks ambiguous: trust the rendered text only
+        # when its loss/no-loss runs match the token flags.
+        if runs is None or (from_tokens is not None and [lb for _, lb in runs] != [lb for _, lb in from_tokens]):
+            runs = from_tokens
+        segments += runs or []
+    return _clip(segments, limit_chars)
+
+
+def _runs_from_rendered(text: str) -> list[tuple[str, str | None]] | None:
+    """Split '«...»' marks; None when the text itself holds stray marks (then tokens are used)."""
+    out, pos = [], 0
+    for m in re.finditer(r"«(.*?)»", text, flags=re.S):
+        if m.start() > pos:
+            out.append((text[pos:m.start()], None))
+        out.append((m.group(1), "loss"))
+        pos = m.end()
+    rest = text[pos:]
+    if "«" in rest or "»" in rest or any("«" in t for t, _ in out):
+        return None
+    return out + ([(rest, None)] if rest else [])
+
+
+def _runs_from_tokens(tokens) -> list[tuple[str, str | None]]:
+    out: list[tuple[str, str | None]] = []
+    for piece, loss in tokens:
+        piece = _BYTE.sub(lambda m: _byte_char(m.group(1)), str(piece))
+        label = "loss" if loss else None
+        if out and out[-1][1] == label:
+            out[-1] = (out[-1][0] + piece, label)
+        else:
+            out.append((piece, label))
+    return out
+
+
+def _byte_char(hex_digits: str) -> str:
+    value = int(hex_digits, 16)
+    return chr(value) if value < 128 else f"<0x{hex_digits.upper()}>"
+
+
+def _clip(segments, limit: int):
+    out, used = [], 0
+    for text, label in segments:
+        if used + len(text) > limit:
+            out.append((text[: max(0, limit - used)] + " …", label))
+            break
+        out.append((text, label))
+        used += len(text)
+    return out
+
+
+# ---- defaults -----------------------------------------------------------------------------------
+def default_hparams(parameters: int, context_length: int, device_type: str = "cpu") -> dict:
+    """Starting hyperparameters for a model of this size on this device (all editable in the form).
+
+    Small models train fully; from ~50M parameters LoRA is the default, since a full fine-tune needs
+    ~16 bytes per parameter for weights, gradients and AdamW state. Learning rates follow common
+    practice: ~5e-4 for tiny models, 5e-5 for a full fine-tune of bigger ones, 2e-4 for LoRA.
+    """
+    gpu = device_type in ("cuda", "mps")
+    lora = parameters >= 50_000_000
+    if lora:
+        lr = 2e-4
+    elif parameters and parameters < 10_000_000:
+        lr = 5e-4
+    else:
+        lr = 5e-5
+    ctx = context_length or 256
+    seq_len = min(ctx, 512 if gpu else 256)
+    batch = (16 if gpu else 8) if parameters < 50_000_000 else (8 if gpu else 2)
+    steps = 200
+    return {"steps": steps, "epochs": 1.0, "lr": lr, "batch_size": batch, "seq_len": seq_len,
+            "max_seq_len": ctx, "method": "LoRA" if lora else "Full", "lora_rank": 8 if lora else 0,
+            "eval_every": max(10, steps // 10)}
+
+
+# ---- models table -------------------------------------------------------------------------------
+MODEL_COLUMNS = ["name", "source", "family", "parameters", "context", "dtype", "size on disk",
+                 "memory needed", "fits", "loaded", "problem"]
+
+
+def model_rows(entries, loaded_path: str | None, need_fn, device_total: int, device_label: str) -> list[list]:
+    """One row per ModelEntry; ``need_fn(entry) -> bytes`` estimates the memory to run it."""
+    rows = []
+    for e in entries:
+        need = need_fn(e) if e.parameters else 0
+        if not need or not device_total:
+            fits = "?"
+        else:
+            fits = f"{'yes' if need < 0.8 * device_total else 'tight' if need < device_total else 'no'}" \
+                   f" ({100 * need / device_total:.1f}% of {human_bytes(device_total)} {device_label})"
+        loaded = "●" if loaded_path and str(e.path) == str(loaded_path) else ""
+        rows.append([e.name, e.source, e.family, human_count(e.parameters), e.context_length or "?", e.dtype,
+                     human_bytes(e.size_bytes), human_bytes(need) if need else "?", fits, loaded, e.error or ""])
+    return rows
