@@ -1,0 +1,220 @@
+"""A training run on disk: spec.json, metrics.jsonl, log.txt and an atomic checkpoint/.
+
+Layout of ``runs/<run_id>/``::
+
+    spec.json          the TrainSpec used (resume reads it back)
+    metrics.jsonl      one JSON object per logged step, append-only
+    log.txt            human-readable log lines (and a traceback when a run fails)
+    result.json        written when the model is exported: {"state", "step", "model_path"}
+    base/              from-scratch runs only: config.json + tokenizer files of the new model
+    checkpoint/        model.safetensors (trainable parameters) + state.pt (optimizer, step, RNG, batcher)
+
+A checkpoint is written to ``checkpoint.tmp/``, fsynced, then swapped in with two
+renames (``checkpoint -> checkpoint.prev``, ``checkpoint.tmp -> checkpoint``).
+A crash at any point leaves either ``checkpoint/`` or ``checkpoint.prev/``
+complete, and ``load_checkpoint`` takes whichever exists. ``state.pt`` holds only
+tensors and plain containers and is read with ``torch.load(weights_only=True)``:
+no pickled object is ever executed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ..checkpoints.errors import CheckpointError
+from ..checkpoints.folder import write_json
+
+CKPT, TMP, PREV = "checkpoint", "checkpoint.tmp", "checkpoint.prev"
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def _fsync_dir(path: Path):
+    if os.name != "posix":
+        return  # directory fsync is a POSIX notion; NTFS journals renames itself
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path):
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+class RunFolder:
+    """Files of one run. Only rank 0 of a distributed run writes through it."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.run_id = self.path.name
+
+    @property
+    def spec_path(self) -> Path:
+        return self.path / "spec.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path / "base"
+
+    def create(self, spec_dict: dict):
+        self.path.mkdir(parents=True, exist_ok=False)
+        write_json(self.spec_path, spec_dict)
+
+    def read_spec(self) -> dict:
+        if not self.spec_path.is_file():
+            raise CheckpointError(self.spec_path, "missing: this is not a training run folder")
+        try:
+            return json.loads(self.spec_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise CheckpointError(self.spec_path, f"cannot be read ({e})") from None
+
+    def write_result(self, result: dict):
+        write_json(self.path / "result.json", result)
+
+    def read_result(self) -> dict:
+        try:
+            return json.loads((self.path / "result.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    # -- metrics and log -----------------------------------------------------------
+    def append_metrics(self, record: dict):
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def read_metrics(self) -> list[dict]:
+        return read_metrics_file(self.metrics_path)
+
+    def truncate_metrics(self, last_step: int):
+        """Drop lines logged after ``last_step`` (a resumed run logs those steps again)."""
+        kept = [r for r in self.read_metrics() if r.get("step", 0) <= last_step]
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
+        tmp = self.metrics_path.with_name("metrics.jsonl.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        _fsync_file(tmp)
+        os.replace(tmp, self.metrics_path)
+
+    def log(self, line: str):
+        with open(self.path / "log.txt", "a", encoding="utf-8") as f:
+            f.write(time.strftime("%H:%M:%S ") + line + "\n")
+
+
+def read_metrics_file(path: Path) -> list[dict]:
+    """Every complete JSON line; a torn last line (a crash mid-write) is skipped."""
+    if not Path(path).is_file():
+        return []
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+# -- checkpoints -------------------------------------------------------------------
+def save_checkpoint(run_dir: str | Path, weights: dict[str, torch.Tensor], state: dict) -> Path:
+    """Write weights (safetensors) and training state (torch.save) atomically into ``checkpoint/``."""
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    tmp, final, prev = run_dir / TMP, run_dir / CKPT, run_dir / PREV
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left over from an interrupted save; never the live checkpoint
+    tmp.mkdir(parents=True)
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
+    save_file(cpu, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    torch.save(state, tmp / "state.pt")
+    for name in ("model.safetensors", "state.pt"):
+        _fsync_file(tmp / name)
+    _fsync_dir(tmp)
+    if final.exists():
+        if prev.exists():
+            shutil.rmtree(prev)
+        os.replace(final, prev)
+    os.replace(tmp, final)
+    _fsync_dir(run_dir)
+    if prev.exists():
+        shutil.rmtree(prev)
+    return final
+
+
+def checkpoint_path(run_dir: str | Path) -> Path | None:
+    """The complete checkpoint folder of a run (``checkpoint/``, else ``checkpoint.prev/``), or None."""
+    run_dir = Path(run_dir)
+    for name in (CKPT, PREV):
+        folder = run_dir / name
+        if (folder / "model.safetensors").is_file() and (folder / "state.pt").is_file():
+            return folder
+    return None
+
+
+def load_checkpoint(run_dir: str | Path, device="cpu") -> tuple[dict[str, torch.Tensor], dict]:
+    """(weights, state) of the latest complete checkpoint; CheckpointError when there is none."""
+    from safetensors.torch import load_file
+
+    folder = checkpoint_path(run_dir)
+    if folder is None:
+        raise CheckpointError(Path(run_dir) / CKPT, "no complete checkpoint in this run; it cannot be resumed")
+    try:
+        weights = load_file(str(folder / "model.safetensors"), device=str(device))
+    except Exception as e:  # safetensors has its own error types for corrupt files
+        raise CheckpointError(folder / "model.safetensors", f"cannot be read ({e})") from None
+    try:
+        state = torch.load(folder / "state.pt", map_location=device, weights_only=True)
+    except Exception as e:  # weights_only refuses anything but tensors and plain containers
+        raise CheckpointError(folder / "state.pt", f"cannot be read ({e})") from None
+    return weights, state
+
+
+# -- LoRA adapter in the PEFT layout ---------------------------------------------------
+def save_adapter(model, out_dir: str | Path, base_model: str, rank: int, alpha: float, dropout: float) -> Path | None:
+    """Write ``adapter_model.safetensors`` + ``adapter_config.json`` as PEFT lays them out.
+
+    PEFT names a layer by its checkpoint module (``model.layers.0.self_attn.q_proj``)
+    and stores ``lora_A [r, in]``, ``lora_B [out, r]``. GPT-2 fuses q/k/v into one
+    ``c_attn`` that PEFT cannot adapt per projection, so adapters on q/k/v of a GPT-2
+    model are not exported (returns None); the merged model is always saved.
+    """
+    from safetensors.torch import save_file
+
+    from ..checkpoints.names import entries_for
+    from ..model.lora import lora_layers
+
+    layers = lora_layers(model)
+    if not layers:
+        return None
+    by_ours = {e.ours: e for e in entries_for(model.config)}
+    tensors, modules = {}, set()
+    for name, layer in layers.items():
+        entry = by_ours[name + ".weight"]
+        if entry.split is not None:
+            return None
+        hf_module = entry.theirs.removesuffix(".weight")
+        modules.add(hf_module.rsplit(".", 1)[-1])
+        prefix = "base_model.model." + hf_module
+        tensors[prefix + ".lora_A.weight"] = layer.lora_a.detach().t().contiguous().cpu()
+        tensors[prefix + ".lora_B.weight"] = layer.lora_b.detach().t().contiguous().cpu()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    write_json(out / "adapter_config.json", {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
+        "r": rank, "lora_alpha": alpha, "lora_dropout": dropout, "target_modules": sorted(modules),
+        "bias": "none", "fan_in_fan_out": model.config.family == "gpt2", "inference_mode": True})
+    return out

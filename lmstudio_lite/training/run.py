@@ -1,0 +1,145 @@
+"""``run_training``: one run from spec to model folder, the single entry the job runner,
+the CLI and torchrun all go through.
+
+    new run:  run_training(spec, run_id=new_run_id())
+    resume:   run_training(None, resume="20250101-120000-ab12")   # spec read from the run folder
+"""
+from __future__ import annotations
+
+import threading
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..device import choose_device
+from ..paths import AppPaths, app_paths
+from . import distributed as D
+from .build import build_model, default_out_name, export_model, file_sha256, load_data
+from .checkpointing import RunFolder, new_run_id
+from .spec import TrainSpec
+from .trainer import Hooks, Trainer, TrainingError, limit_threads
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    state: str  # "finished" | "cancelled"
+    step: int
+    total_steps: int
+    run_dir: Path
+    model_path: Path | None = None
+
+
+def amp_dtype(spec: TrainSpec, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast (float32 master weights) on a bf16-capable GPU by default, on the CPU when asked."""
+    if spec.precision == "bf16":
+        return torch.bfloat16
+    if spec.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def open_run(spec: TrainSpec | None, paths: AppPaths, run_id: str | None, resume: str | None,
+             ctx: D.DistContext) -> tuple[RunFolder, TrainSpec]:
+    """The run folder and its spec: created for a new run (rank 0), read back for a resume."""
+    if resume:
+        run = RunFolder(paths.runs / resume)
+        if not run.path.is_dir():
+            raise TrainingError(f"there is no training run named {resume!r} in {paths.runs}")
+        done = run.read_result()
+        if done.get("model_path"):
+            raise TrainingError(f"run {resume} already finished; its model is {done['model_path']}")
+        return run, TrainSpec.from_dict(run.read_spec())
+    if spec is None:
+        raise TrainingError("give a training spec, or a run id to resume")
+    if spec.out_name and (paths.models / spec.out_name).exists():
+        raise TrainingError(f"a model named {spec.out_name!r} already exists in {paths.models}; choose another name")
+    run_id = D.broadcast_str(run_id or (new_run_id() if ctx.is_main else None), ctx)
+    run = RunFolder(paths.runs / run_id)
+    if ctx.is_main:
+        run.create(spec.to_dict())
+    D.barrier(ctx)
+    return run, spec
+
+
+def run_training(spec: TrainSpec | None, *, paths: AppPaths | None = None, run_id: str | None = None,
+                 resume: str | None = None, cancel: threading.Event | None = None,
+                 hooks: Hooks | None = None) -> RunResult:
+    """Train (or resume) one run to the end or to a cancel; export the model when finished.
+
+    Raises DataError, CheckpointError, TrainingError or ValueError with a message for the user;
+    the traceback goes to the run's log.txt.
+    """
+    hooks, paths = hooks or Hooks(), (paths or app_paths()).ensure()
+    if resume and spec is None and (paths.runs / resume / "spec.json").is_file():
+        spec_device = RunFolder(paths.runs / resume).read_spec().get("device")
+    else:
+        spec_device = spec.device if spec else None
+    ctx = D.init_distributed(choose_device(spec_device).device)  # the backend follows the device
+    run = None
+    try:
+        run, spec = open_run(spec, paths, run_id, resume, ctx)
+        limit_threads(spec.threads)
+        return _train(spec, run, paths, ctx, cancel, hooks, resumed=bool(resume))
+    except BaseException as e:
+        if run is not None and ctx.is_main and run.path.is_dir():
+            run.log(f"failed: {e}\n{traceback.format_exc()}")
+        raise
+    finally:
+        D.shutdown(ctx)
+
+
+def _train(spec, run: RunFolder, paths: AppPaths, ctx, cancel, hooks: Hooks, resumed: bool) -> RunResult:
+    choice = choose_device(spec.device)
+    device = D.rank_device(choice.device, ctx)
+    amp = amp_dtype(spec, device)
+    if spec.batch_size % ctx.world:
+        raise TrainingError(f"batch size {spec.batch_size} cannot be split evenly over {ctx.world} processes")
+    say = _sayer(run, hooks, ctx)
+    say(f"run {run.run_id}: {'resuming' if resumed else 'starting'} on {device} ({choice.reason}), "
+        f"{'bf16 autocast' if amp else 'float32'}, {spec.threads} CPU thread(s), {ctx.world} process(es)")
+    built = build_model(spec, run, device, ctx.is_main, lambda: D.barrier(ctx))
+    for note in built.notes:
+        say(note)
+    data = load_data(spec, built.tokenizer, built.seq_len, spec.batch_size)
+    say(f"data: {data.format}, {len(data.train)} training / {len(data.val)} validation examples")
+    for w in data.preview.get("warnings", []):
+        say(f"data: {w}")
+    trainer = Trainer(spec, run, built, data, ctx, device, hooks, cancel, amp)
+    if resumed:
+        trainer.restore()
+        say(f"resumed at step {trainer.step} of {trainer.total}")
+    if ctx.is_main and hooks.on_start:
+        hooks.on_start({"run_id": run.run_id, "run_dir": str(run.path), "step": trainer.step,
+                        "total_steps": trainer.total, "preview": data.preview, "format": data.format})
+    state = trainer.loop() if trainer.step < trainer.total else "finished"
+    result = RunResult(run.run_id, state, trainer.step, trainer.total, run.path)
+    if state == "finished" and ctx.is_main:
+        card = _card_info(spec, run, data, trainer, device)
+        result.model_path = export_model(built, spec, run, paths.models, card)
+        run.write_result({"state": state, "step": trainer.step, "model_path": str(result.model_path)})
+        say(f"model saved to {result.model_path}")
+    D.barrier(ctx)
+    return result
+
+
+def _card_info(spec: TrainSpec, run: RunFolder, data, trainer: Trainer, device) -> dict:
+    last = trainer.last
+    return {"name": spec.out_name or default_out_name(spec, run.run_id), "base_model": spec.base_model,
+            "from_scratch": spec.from_scratch, "data": Path(spec.data).name, "data_sha256": file_sha256(spec.data),
+            "data_format": data.format, "train_examples": len(data.train), "val_examples": len(data.val),
+            "spec": {**spec.to_dict(), "warmup_steps": trainer.warmup, "steps": trainer.total},
+            "steps_done": trainer.step, "total_steps": trainer.total,
+            "train_loss": last.get("loss"), "val_loss": last.get("val_loss"), "val_ppl": last.get("val_ppl"),
+            "probes": trainer.last_probes, "run_id": run.run_id, "device": str(device)}
+
+
+def _sayer(run: RunFolder, hooks: Hooks, ctx):
+    def say(line: str):
+        if ctx.is_main:
+            run.log(line)
+            if hooks.on_log:
+                hooks.on_log(line)
+    return say

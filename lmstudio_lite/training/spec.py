@@ -1,0 +1,189 @@
+"""TrainSpec: everything one training run needs, validated up front.
+
+A spec is what the UI form, the CLI flags and ``spec.json`` in a run folder
+all turn into; a run can be repeated or resumed from its ``spec.json`` alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+
+OPTIMIZERS = ("adamw", "sgd")
+PRECISIONS = ("auto", "fp32", "bf16")
+FAMILIES = ("llama", "gpt2")
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def _default_threads() -> int:
+    # Leave one core to chat on a small CPU: two busy OpenMP threads decode ~2.7x
+    # slower when the other core is taken (DESIGN.md), one thread loses little.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, cores - 1)
+
+
+@dataclass
+class TrainSpec:
+    """One fine-tuning (or from-scratch) run."""
+
+    data: str
+    """Training data file: .txt, .jsonl, .csv or .tsv (format detected by training/data.py)."""
+    base_model: str | None = None
+    """Model folder to fine-tune (Hugging Face layout). Not used with ``from_scratch``."""
+    out_name: str | None = None
+    """Name of the finished model folder under the models dir (default: derived from the run id)."""
+    steps: int = 0
+    """Optimizer steps; give this or ``epochs`` (0 = use epochs)."""
+    epochs: float = 0.0
+    """Passes over the training examples; converted to steps once the data is read."""
+    lr: float = 3e-4
+    batch_size: int = 8
+    """Sequences per micro-batch, over all processes together under DDP."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step: the global batch is batch_size * grad_accum."""
+    seq_len: int = 256
+    """Longest training sequence in tokens (capped to the model's context)."""
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    """Applied to 2-D weights only (matrices, embeddings); never to norms and biases."""
+    warmup_steps: int = -1
+    """Linear warm-up steps; -1 = 5% of the run, at most 100."""
+    min_lr_ratio: float = 0.1
+    """The cosine schedule ends at lr * min_lr_ratio."""
+    clip: float = 1.0
+    """Gradient-norm clipping (0 = off)."""
+    lora_rank: int = 0
+    """0 = full fine-tune; > 0 = train LoRA adapters of this rank only."""
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple = ("q", "k", "v", "o")
+    save_adapter: bool = True
+    """With LoRA, also write the adapter (PEFT layout) into ``adapter/`` of the model folder."""
+    eval_every: int = 50
+    """Validation loss + probe generations every N steps (0 = only at the end)."""
+    eval_batches: int = 16
+    """At most this many validation batches per evaluation (0 = all)."""
+    save_every: int = 100
+    """Checkpoint every N steps (0 = only on cancel and at the end)."""
+    log_every: int = 1
+    """A metrics.jsonl line every N steps (evaluation steps are always logged)."""
+    probe_prompts: list = field(default_factory=list)
+    """Fixed prompts generated greedily at each evaluation; empty = two prompts from the validation set."""
+    probe_tokens: int = 24
+    seed: int = 0
+    device: str | None = None
+    """"cpu", "cuda", "cuda:1", "mps" or None/"auto"."""
+    precision: str = "auto"
+    """"fp32", or "bf16" (autocast with float32 master weights); "auto" = bf16 on GPU, fp32 on CPU."""
+    from_scratch: bool = False
+    """Train a new model with a new byte-level BPE tokenizer learned from the data."""
+    vocab_size: int = 8192
+    n_layer: int = 6
+    d_model: int = 384
+    n_head: int = 6
+    family: str = "llama"
+    threads: int = field(default_factory=_default_threads)
+    """Torch CPU threads of the training thread (set per thread; see jobs.py)."""
+    val_fraction: float = 0.05
+    task_prompt: str | None = None
+    """Passed to prepare_data: an instruction put in front of every example (e.g. for TSV pairs)."""
+
+    def __post_init__(self):
+        self.lora_targets = tuple(self.lora_targets)
+        if self.device is not None:
+            self.device = str(self.device)  # a torch.device would not survive spec.json
+        self.probe_prompts = [str(p) for p in self.probe_prompts]
+        self._check_sources()
+        self._check_numbers()
+        self._check_choices()
+
+    def _check_sources(self):
+        if not self.data:
+            raise ValueError("choose a training data file")
+        if self.from_scratch and self.base_model:
+            raise ValueError("from_scratch trains a new model: do not also give a base model")
+        if not self.from_scratch and not self.base_model:
+            raise ValueError("choose a base model to fine-tune (or train from scratch)")
+        if self.out_name is not None and not _NAME_OK.match(self.out_name):
+            raise ValueError(f"output name {self.out_name!r} must be 1-100 letters, digits, '.', '_' or '-', "
+                             "starting with a letter or digit")
+
+    def _check_numbers(self):
+        if self.steps < 0 or self.epochs < 0:
+            raise ValueError("steps and epochs cannot be negative")
+        if self.steps and self.epochs:
+            raise ValueError("give either steps or epochs, not both")
+        if not self.steps and not self.epochs:
+            raise ValueError("give the number of steps or epochs to train")
+        if not self.lr > 0 or self.lr > 1:
+            raise ValueError(f"learning rate must be in (0, 1], got {self.lr}")
+        positive = {"batch_size": self.batch_size, "grad_accum": self.grad_accum, "seq_len": self.seq_len,
+                    "threads": self.threads, "probe_tokens": self.probe_tokens, "log_every": self.log_every}
+        for name, value in positive.items():
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value}")
+        if self.seq_len < 2:
+            raise ValueError("seq_len must be at least 2 tokens")
+        for name in ("eval_every", "save_every", "eval_batches", "lora_rank"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} cannot be negative")
+        if self.warmup_steps < -1:
+            raise ValueError("warmup_steps must be >= 0 (or -1 for automatic)")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.weight_decay < 0 or self.clip < 0:
+            raise ValueError("weight_decay and clip cannot be negative")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.lora_rank and self.lora_alpha <= 0:
+            raise ValueError("lora_alpha must be positive")
+        if not 0 <= self.val_fraction < 0.5:
+            raise ValueError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
+
+    def _check_choices(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        from ..model.lora import TARGETS
+
+        bad = [t for t in self.lora_targets if t not in TARGETS]
+        if self.lora_rank and (bad or not self.lora_targets):
+            raise ValueError(f"LoRA targets must be among {', '.join(TARGETS)}; got {', '.join(bad) or 'none'}")
+        if self.from_scratch:
+            if self.family not in FAMILIES:
+                raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
+            if self.lora_rank:
+                raise ValueError("LoRA needs a trained base model: use lora_rank 0 with from_scratch")
+            if self.vocab_size < 300:
+                raise ValueError("vocab_size must be at least 300 (256 bytes + special tokens + merges)")
+            for name in ("n_layer", "d_model", "n_head"):
+                if getattr(self, name) < 1:
+                    raise ValueError(f"{name} must be positive")
+            if self.d_model % self.n_head:
+                raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
+
+    # -- (de)serialisation -------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["lora_targets"] = list(self.lora_targets)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def total_steps(self, n_train: int) -> int:
+        """Optimizer steps for the run, given the number of training examples."""
+        if self.steps:
+            return self.steps
+        per_step = self.batch_size * self.grad_accum
+        return max(1, -(-int(self.epochs * n_train) // per_step))
+
+    def warmup(self, total: int) -> int:
+        return min(100, total // 20) if self.warmup_steps < 0 else min(self.warmup_steps, total)
