@@ -1,0 +1,251 @@
+"""The OpenAI-compatible routes: ``create_api(services) -> APIRouter`` with /v1/models,
+/v1/chat/completions and /v1/completions, streamed (SSE) or not.
+
+The engine is synchronous and serves one generation at a time. Each request's generation
+runs in its own worker thread, which hands text deltas to the event loop through a queue;
+requests wait their turn on an asyncio lock (the "model slot", first come first served)
+so a queued request costs no thread. A client that goes away cancels its generation: it
+stops within one token and the next request starts.
+
+Include the router in any FastAPI app (before mounting Gradio at "/"); it needs no
+exception handlers of the app: every error is answered here with an OpenAI-style body.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from ..checkpoints.errors import CheckpointError
+from ..generation import ContextOverflowError
+from . import convert
+from .convert import APIError, GenerateRequest
+
+log = logging.getLogger("lmstudio_lite.server")
+POLL_S = 0.25  # how often a non-streamed request checks that its client is still there
+
+
+def create_api(services) -> APIRouter:
+    """The /v1 routes over ``services.registry``; ``services.api_key`` (when set) guards them all."""
+    router = APIRouter(prefix="/v1")
+    slot = asyncio.Lock()  # one generation at a time through the API; waiters queue in order
+
+    @router.get("/models")
+    async def list_models(request: Request):
+        return await _answer(request, services, lambda: run_in_threadpool(_models_body, services.registry))
+
+    @router.get("/models/{name:path}")
+    async def get_model(request: Request, name: str):
+        return await _answer(request, services, lambda: run_in_threadpool(_model_body, services.registry, name))
+
+    @router.post("/chat/completions")
+    async def chat_completions(request: Request):
+        return await _answer(request, services, lambda: _generate(request, services, slot, "chat"))
+
+    @router.post("/completions")
+    async def completions(request: Request):
+        return await _answer(request, services, lambda: _generate(request, services, slot, "text"))
+
+    return router
+
+
+async def _answer(request: Request, services, handler: Callable[[], Awaitable]):
+    """Check the key, run the handler, and turn every failure into an OpenAI-style error body."""
+    try:
+        _check_key(request, services.api_key)
+        result = await handler()
+    except APIError as e:
+        return JSONResponse(e.body(), status_code=e.status)
+    except Exception as e:  # an unexpected bug: log it, still answer in JSON
+        log.exception("error while answering %s %s", request.method, request.url.path)
+        return JSONResponse(convert.error_body(f"internal error: {type(e).__name__}: {e}", "server_error"),
+                            status_code=500)
+    return result if isinstance(result, (JSONResponse, StreamingResponse)) else JSONResponse(result)
+
+
+def _check_key(request: Request, api_key: str | None):
+    if not api_key:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), api_key.encode()):
+        raise convert.invalid_api_key()
+
+
+# -- models -------------------------------------------------------------------------
+def _card(name: str, path: str) -> dict:
+    try:
+        created = int(Path(path).stat().st_mtime)
+    except OSError:
+        created = 0
+    return {"id": name, "object": "model", "created": created, "owned_by": "local"}
+
+
+def _cards(registry) -> list[dict]:
+    """Every usable local model, plus the loaded one when it came from a folder outside the list."""
+    cards = [_card(e.name, e.path) for e in registry.list() if e.error is None]
+    current = registry.current
+    if current is not None and current.name not in {c["id"] for c in cards}:
+        cards.insert(0, _card(current.name, str(current.path)))
+    return cards
+
+
+def _models_body(registry) -> dict:
+    return {"object": "list", "data": _cards(registry)}
+
+
+def _model_body(registry, name: str) -> dict:
+    cards = _cards(registry)
+    for card in cards:
+        if card["id"] == name:
+            return card
+    raise convert.model_not_found(name, [c["id"] for c in cards])
+
+
+def _load(registry, name: str):
+    """The named local model, loaded if needed (runs in a worker thread: loading takes seconds)."""
+    try:
+        return registry.get_or_load(name)
+    except KeyError:
+        raise convert.model_not_found(name, [c["id"] for c in _cards(registry)]) from None
+    except (CheckpointError, OSError, ValueError) as e:
+        raise APIError(400, f"the model {name!r} could not be loaded: {e}", param="model",
+                       code="model_load_failed") from e
+
+
+# -- generation -----------------------------------------------------------------------
+async def _read_json(request: Request):
+    try:
+        return json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise convert.bad_request(f"the request body is not valid JSON: {e}") from None
+
+
+def _start(model, req: GenerateRequest):
+    """Encode the prompt and check it fits (raises before anything is streamed); the stream is lazy."""
+    options = dict(req.options)
+    options.setdefault("max_new_tokens", model.context_length)  # the engine caps it to what is left
+    try:
+        return model.generate(req.prompt, **options)
+    except ContextOverflowError as e:
+        raise convert.bad_request(str(e), "messages" if isinstance(req.prompt, list) else "prompt",
+                                  "context_length_exceeded") from e
+    except ValueError as e:  # a sampling option out of range, or a template that raised
+        raise convert.bad_request(str(e)) from e
+
+
+async def _generate(request: Request, services, slot: asyncio.Lock, kind: str):
+    body = await _read_json(request)
+    req = convert.parse_chat_request(body) if kind == "chat" else convert.parse_completion_request(body)
+    model = await run_in_threadpool(_load, services.registry, req.model)
+    stream = await run_in_threadpool(_start, model, req)
+    run = _Run(stream, slot)
+    chunks = convert.ChunkMaker(kind, model.name, req.include_usage)
+    if req.stream:
+        return _EventStreamResponse(_sse_frames(run, chunks), media_type="text/event-stream",
+                                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    watcher = asyncio.ensure_future(_cancel_when_gone(request, stream))
+    try:
+        text = "".join([d async for d in run.deltas(request.is_disconnected)])
+    finally:
+        watcher.cancel()
+    return convert.completion_body(kind, chunks.id, chunks.created, model.name, text, stream.stats)
+
+
+async def _sse_frames(run: _Run, chunks: convert.ChunkMaker) -> AsyncIterator[str]:
+    try:
+        started = False
+        async for delta in run.deltas():  # the first bytes go out with the first text
+            yield "".join(convert.sse(c) for c in (chunks.delta(delta) if started else
+                                                   chunks.start() + chunks.delta(delta)))
+            started = True
+        yield "".join(convert.sse(c) for c in (chunks.end(run.stream.stats) if started else
+                                               chunks.start() + chunks.end(run.stream.stats)))
+    except Exception as e:  # the headers are gone: report the failure as an error event
+        log.exception("generation failed mid-stream")
+        yield convert.sse(convert.error_body(f"generation failed: {type(e).__name__}: {e}", "server_error"))
+    yield convert.SSE_DONE
+
+
+class _EventStreamResponse(StreamingResponse):
+    """Closes its body iterator even when cancelled mid-send (client gone), so the
+    generation is cancelled and the model slot freed at once, not when garbage collected."""
+
+    async def stream_response(self, send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()
+
+
+class _Run:
+    """One generation: waits for the model slot, then a worker thread iterates the stream
+    and hands each delta to the event loop; leaving ``deltas()`` early cancels it."""
+
+    def __init__(self, stream, slot: asyncio.Lock):
+        self.stream, self._slot = stream, slot
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+
+    async def deltas(self, gone: Callable[[], Awaitable[bool]] | None = None) -> AsyncIterator[str]:
+        """Text deltas as they come; raises what the generation raised. ``gone()`` is asked
+        once the slot is ours: a client that left while queued never starts generating."""
+        try:
+            await self._slot.acquire()
+        except BaseException:
+            self.stream.close()  # cancelled while queued: it never started
+            raise
+        try:
+            if gone is not None and await gone():
+                self.stream.close()
+                return
+            threading.Thread(target=self._produce, name="lmstudio-api-generation", daemon=True).start()
+            while True:
+                # Deltas that piled up while the client was busy go out as one: with a fast
+                # model the per-chunk cost, not the engine, would set the pace.
+                items = [await self._queue.get()]
+                while not self._queue.empty():
+                    items.append(self._queue.get_nowait())
+                text = "".join(value for what, value in items if what == "delta")
+                if text:
+                    yield text
+                what, value = items[-1]  # an end or an error always comes last
+                if what == "end":
+                    return
+                if what == "error":
+                    raise value
+        finally:
+            self.stream.cancel()  # a no-op when finished; else it stops within one token
+            self._slot.release()
+
+    def _produce(self):
+        try:
+            for delta in self.stream:
+                self._put(("delta", delta))
+            self._put(("end", None))
+        except BaseException as e:  # handed to the event loop, which answers with an error
+            self._put(("error", e))
+        finally:
+            self.stream.close()  # releases the engine whatever happened
+
+    def _put(self, item):
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the event loop is closed (server shutting down): nobody is listening
+            self.stream.cancel()
+
+
+async def _cancel_when_gone(request: Request, stream):
+    """For plain (non-streamed) answers: Starlette does not watch those clients, so poll."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(POLL_S)
+    stream.cancel()  # queued: it ends before its first token; running: within one token

@@ -1,0 +1,55 @@
+"""``lmstudio-lite serve``: the OpenAI-compatible API alone, without the UI.
+
+``create_app(services)`` is the in-process factory tests use; ``run_serve(args)`` builds
+the services from the command line and runs uvicorn (127.0.0.1:1234 by default).
+"""
+from __future__ import annotations
+
+import sys
+
+from fastapi import FastAPI
+
+from .routes import create_api
+
+
+def create_app(services) -> FastAPI:
+    """The API app: the /v1 routes plus ``GET /healthz`` (never behind the API key)."""
+    app = FastAPI(title="lmstudio_lite API", docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(create_api(services))
+
+    @app.get("/healthz")
+    def healthz():
+        current = services.registry.current
+        return {"status": "ok", "model": current.name if current is not None else None,
+                "error": services.registry.last_error}
+
+    return app
+
+
+def run_serve(args) -> int:
+    """Load ``--model`` (or the bundled default) and serve the API until Ctrl-C."""
+    import uvicorn
+
+    from ..services import build_services
+
+    services = build_services(model=args.model, device=args.device, dtype=args.dtype, api_key=args.api_key,
+                              with_jobs=False, with_chats=False)
+    registry = services.registry
+    if registry.current is not None:
+        print(f"model: {registry.current.name} ({registry.current.info()['device']})")
+    else:
+        print("no model loaded" + (f": {registry.last_error}" if registry.last_error else "")
+              + "; each request loads the model it names", file=sys.stderr)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        print(f"warning: listening on {args.host} without --api-key: anyone who can reach this machine "
+              "can use the API", file=sys.stderr)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"OpenAI-compatible API at http://{host}:{args.port}/v1 (Ctrl-C to stop)", flush=True)
+    config = uvicorn.Config(create_app(services), host=args.host, port=args.port, log_level="warning",
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except SystemExit as e:  # uvicorn exits when it cannot bind the port; it has said why
+        return int(e.code or 1)
+    return 0 if server.started else 1
