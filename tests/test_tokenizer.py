@@ -173,3 +173,20 @@ def test_config_bos_flags_do_not_override_the_post_processor(folders, tmp_path):
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     ours, ref = Tokenizer.from_folder(folder), transformers.AutoTokenizer.from_pretrained(str(folder))
     assert ours.encode("hi") == ref("hi")["input_ids"] == ours.encode("hi", add_special_tokens=False)
+
+
+def test_stream_survives_invalid_byte_fallback_runs():
+    """Byte-fallback ids that form invalid UTF-8 (a random model emits them) make
+    tokenizers' DecodeStream raise; the stream must keep going with U+FFFD."""
+    from lmstudio_lite.checkpoints.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_folder(STORIES)
+    ids = [244, 289, 54, 184, 225, 164, 315, 330, 400, 244, 289]
+    stream = tok.decode_stream()
+    pieces = [p for p in (stream.step(i) for i in ids) if p]
+    tail = stream.flush()
+    text = "".join(pieces) + (tail or "")
+    assert "\ufffd" in text
+    # decode() renders the whole byte run, valid '3' included, as U+FFFD; the stream
+    # has already shown the '3' by then. Everything else is the same text.
+    assert text.replace("3", "", 1) == tok.decode(ids)

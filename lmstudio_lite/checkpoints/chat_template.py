@@ -52,6 +52,17 @@ FALLBACK_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '### Assistant:\\n' }}{% endif %}"
 )
 
+# ChatML (as Qwen2 and SmolLM use it, without a default system prompt): the
+# template of models trained from scratch with ``--chat-template chatml``.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+CHATML_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>")
+PRESETS = {"fallback": FALLBACK_TEMPLATE, "chatml": CHATML_TEMPLATE}
+
 
 class ChatTemplateError(ValueError):
     """Messages a template cannot render, a broken template, or the template's own raise_exception."""

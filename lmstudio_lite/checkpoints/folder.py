@@ -173,7 +173,8 @@ def save_folder(model: Transformer, out_dir: str | Path, tokenizer=None, dtype: 
     special = dict(special_tokens or {})
     if tokenizer is not None:
         special.setdefault("bos_token_id", tokenizer.bos_id)
-        special.setdefault("eos_token_id", tokenizer.eos_ids[0] if tokenizer.eos_ids else None)
+        eos = tokenizer.eos_ids
+        special.setdefault("eos_token_id", (eos if len(eos) > 1 else eos[0]) if eos else None)
         special.setdefault("pad_token_id", tokenizer.pad_id)
     hf = config_to_hf(model.config, model_type, special)
     hf["torch_dtype"] = str(save_dtype).removeprefix("torch.")

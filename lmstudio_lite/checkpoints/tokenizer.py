@@ -26,6 +26,16 @@ SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_
 _BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 
 
+def _new_text(before: str, after: str) -> str:
+    """What ``after`` adds past the common prefix (a byte run can re-render earlier text)."""
+    n = 0
+    for a, b in zip(before, after):
+        if a != b:
+            break
+        n += 1
+    return after[n:]
+
+
 class TextStream:
     """Incremental detokenizer over `tokenizers.decoders.DecodeStream`.
 
@@ -42,11 +52,24 @@ class TextStream:
 
     def step(self, token_id: int) -> str | None:
         token_id = int(token_id)
-        piece = self._stream.step(self._tok, token_id)
+        try:
+            piece = self._stream.step(self._tok, token_id)
+        except Exception:  # tokenizers raises on byte-fallback runs that are not valid UTF-8
+            return self._step_by_diff(token_id)
         self._pending.append(token_id)
         if piece is not None:
             self._context, self._pending = (self._context + self._pending)[-8:], []
         return piece
+
+    def _step_by_diff(self, token_id: int) -> str | None:
+        """Emit what decode() makes of the invalid bytes (U+FFFD), then restart the
+        incremental decoder primed with the recent ids so spacing stays right."""
+        self._pending.append(token_id)
+        before = self._tok.decode(self._context, skip_special_tokens=self._skip)
+        after = self._tok.decode(self._context + self._pending, skip_special_tokens=self._skip)
+        self._context, self._pending = (self._context + self._pending)[-8:], []
+        self._stream = decoders.DecodeStream(ids=self._context, skip_special_tokens=self._skip)
+        return _new_text(before, after) or None
 
     def flush(self) -> str | None:
         """At the end of a stream: text still held back (replacement characters for an unfinished
@@ -56,8 +79,7 @@ class TextStream:
         before = self._tok.decode(self._context, skip_special_tokens=self._skip)
         after = self._tok.decode(self._context + self._pending, skip_special_tokens=self._skip)
         self._context, self._pending = (self._context + self._pending)[-8:], []
-        tail = after[len(before):] if after.startswith(before) else after
-        return tail or None
+        return _new_text(before, after) or None
 
 
 class Tokenizer:

@@ -78,7 +78,10 @@ def rope_tables(head_dim: int, max_len: int, theta: float, scaling: dict | None)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, H, T, D]; cos, sin: [T, D] already in x's dtype."""
+    """x: [B, H, T, D]; cos, sin: [T, D]. Computed in x's dtype, as the Llama reference
+    does (under bf16 autocast this keeps q and k in bf16)."""
+    if cos.dtype != x.dtype:
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints.chat_template import FALLBACK_TEMPLATE
+from ..checkpoints.chat_template import CHATML_SPECIAL_TOKENS, FALLBACK_TEMPLATE, PRESETS
 from ..checkpoints.folder import load_weights, read_config, save_folder, write_json
 from ..checkpoints.hf_config import config_to_hf
 from ..checkpoints.tokenizer import Tokenizer, train_bpe_tokenizer
@@ -93,9 +93,11 @@ def _texts(path: str):
 
 def _write_scratch_base(spec: TrainSpec, out: Path):
     """A new byte-level BPE learned from the data, and the config of the new model, into ``out``."""
-    tok = train_bpe_tokenizer(_texts(spec.data), spec.vocab_size, [EOS_TOKEN])
+    chatml = spec.chat_template == "chatml"
+    specials = [EOS_TOKEN, *CHATML_SPECIAL_TOKENS] if chatml else [EOS_TOKEN]
+    tok = train_bpe_tokenizer(_texts(spec.data), spec.vocab_size, specials)
     tokenizer = Tokenizer.from_tokenizers(tok, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN,
-                                          chat_template=FALLBACK_TEMPLATE)
+                                          chat_template=PRESETS[spec.chat_template])
     d = spec.d_model
     # SwiGLU keeps the parameter count of a 4x GELU MLP at ~8/3 x width (rounded to 64 for fast matmuls).
     d_ff = 4 * d if spec.family == "gpt2" else 64 * -(-(8 * d // 3) // 64)
@@ -104,7 +106,10 @@ def _write_scratch_base(spec: TrainSpec, out: Path):
                       act="gelu_new" if spec.family == "gpt2" else "silu", tie_embeddings=True)
     out.mkdir(parents=True, exist_ok=True)
     eos = tokenizer.eos_ids[0]
-    write_json(out / "config.json", config_to_hf(cfg, None, {"eos_token_id": eos, "pad_token_id": eos}))
+    # Documents end with <|endoftext|>; a ChatML answer ends with <|im_end|>: both stop generation.
+    stops = [eos, tok.token_to_id("<|im_end|>")] if chatml else eos
+    write_json(out / "config.json", config_to_hf(cfg, None, {"eos_token_id": stops, "pad_token_id": eos}))
+    write_json(out / "generation_config.json", {"eos_token_id": stops, "pad_token_id": eos})
     tokenizer.save(out)
 
 

@@ -47,6 +47,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--d-model", type=int, default=384)
     p.add_argument("--n-head", type=int, default=6)
     p.add_argument("--family", choices=("llama", "gpt2"), default="llama")
+    p.add_argument("--chat-template", choices=("fallback", "chatml"), default="fallback",
+                   help="chat format of a from-scratch model (chatml adds <|im_start|>/<|im_end|> tokens)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 or mps (default: best available)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="bf16 = autocast with float32 master weights (default: bf16 on GPU, fp32 on CPU)")
@@ -70,7 +72,8 @@ def spec_from_args(args):
         eval_every=args.eval_every, save_every=args.save_every, log_every=args.log_every, probe_prompts=args.probe,
         seed=args.seed, device=args.device, precision=args.precision, from_scratch=args.from_scratch,
         vocab_size=args.vocab_size, n_layer=args.n_layer, d_model=args.d_model, n_head=args.n_head,
-        family=args.family, val_fraction=args.val_fraction, task_prompt=args.task_prompt, **extra)
+        family=args.family, chat_template=args.chat_template, val_fraction=args.val_fraction,
+        task_prompt=args.task_prompt, **extra)
 
 
 def _clock(seconds) -> str:

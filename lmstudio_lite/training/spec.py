@@ -83,6 +83,8 @@ class TrainSpec:
     d_model: int = 384
     n_head: int = 6
     family: str = "llama"
+    chat_template: str = "fallback"
+    """From scratch: "fallback" (### User: / ### Assistant:) or "chatml" (adds <|im_start|>, <|im_end|>)."""
     threads: int = field(default_factory=_default_threads)
     """Torch CPU threads of the training thread (set per thread; see jobs.py)."""
     val_fraction: float = 0.05
@@ -152,6 +154,8 @@ class TrainSpec:
         if self.lora_rank and (bad or not self.lora_targets):
             raise ValueError(f"LoRA targets must be among {', '.join(TARGETS)}; got {', '.join(bad) or 'none'}")
         if self.from_scratch:
+            if self.chat_template not in ("fallback", "chatml"):
+                raise ValueError(f"chat_template must be fallback or chatml, got {self.chat_template!r}")
             if self.family not in FAMILIES:
                 raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
             if self.lora_rank:
