@@ -1,0 +1,132 @@
+"""Translation as chat prompts, paragraph by paragraph, with a script-based language guess.
+
+The prompt for each paragraph (``{src}``/``{tgt}`` are language names such as ``English``)::
+
+    system: You are a translator. Translate the user's text from {src} to {tgt}.
+            Reply with the translation only, keeping the meaning, tone and formatting.
+    user:   Translate {src} to {tgt}:
+            {text}
+
+The user line matches the "Translate English to French:" prompts the bundled model was
+trained on (inside its chat template), and reads naturally to any instruct model.
+Long texts are translated one paragraph at a time (a paragraph too long for the context
+is cut at sentence boundaries) and joined with blank lines, so the output keeps the
+input's paragraphs.
+
+``detect_language`` is a heuristic, not a classifier: the script decides for Japanese
+(kana), Korean (hangul), Chinese (Han characters without kana) and Russian (Cyrillic);
+for Latin-script text, common function words and accented letters pick among English,
+French, German, Spanish, Italian and Portuguese.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from .text import Step, paragraphs, prompt_overhead, run_messages, split_text, token_counter
+
+AUTO = "Auto-detect"
+LANGUAGES = ["English", "French", "German", "Spanish", "Italian", "Portuguese", "Chinese", "Japanese",
+             "Korean", "Russian"]
+SYSTEM = ("You are a translator. Translate the user's text from {src} to {tgt}. "
+          "Reply with the translation only, keeping the meaning, tone and formatting.")
+
+_WORDS = {
+    "English": "the and is are was of to in that it you with for this have not be on",
+    "French": "le la les des est et une un que qui dans pour pas avec sur je vous nous ce au du",
+    "German": "der die das und ist nicht ein eine ich sie mit zu den von auf für auch sich dem",
+    "Spanish": "el la los las es y que de en un una por para con no se lo del al muy",
+    "Italian": "il lo la gli le è e che di un una per con non sono della del al questo",
+    "Portuguese": "o a os as é e que de em um uma para com não se do da no na muito",
+}
+_LETTERS = {"French": "éèêàçœùûîôë", "German": "äöüß", "Spanish": "ñ¿¡áíóú", "Portuguese": "ãõâçáéó",
+            "Italian": "àèìòù"}
+_WORD_SETS = {lang: set(words.split()) for lang, words in _WORDS.items()}
+_WORD_RE = re.compile(r"[^\W\d_]+", re.UNICODE)
+
+
+def _count_range(text: str, lo: int, hi: int) -> int:
+    return sum(1 for ch in text if lo <= ord(ch) <= hi)
+
+
+def detect_language(text: str) -> str | None:
+    """A best guess at the language of ``text`` (one of ``LANGUAGES``), or None with no letters."""
+    sample = text[:4000]
+    kana = _count_range(sample, 0x3040, 0x30FF)
+    hangul = _count_range(sample, 0xAC00, 0xD7AF) + _count_range(sample, 0x1100, 0x11FF)
+    han = _count_range(sample, 0x4E00, 0x9FFF) + _count_range(sample, 0x3400, 0x4DBF)
+    cyrillic = _count_range(sample, 0x0400, 0x04FF)
+    words = [w.lower() for w in _WORD_RE.findall(sample)]
+    latin = sum(len(w) for w in words if w.isascii() or any(c in w for c in "".join(_LETTERS.values())))
+    scripts = {"Japanese": kana * 3 if kana else 0, "Korean": hangul, "Chinese": han if not kana else 0,
+               "Russian": cyrillic}
+    best_script = max(scripts, key=scripts.get)
+    if scripts[best_script] and scripts[best_script] * 2 >= latin:
+        return "Japanese" if best_script == "Chinese" and kana else best_script
+    if not words:
+        return None
+    scores = {lang: sum(w in vocab for w in words) for lang, vocab in _WORD_SETS.items()}
+    lowered = sample.lower()
+    for lang, letters in _LETTERS.items():
+        scores[lang] += 0.5 * sum(lowered.count(c) for c in letters)
+    best = max(scores, key=scores.get)
+    return best if scores[best] > 0 else "English"
+
+
+def translate_messages(text: str, src: str, tgt: str) -> list[dict]:
+    return [{"role": "system", "content": SYSTEM.format(src=src, tgt=tgt)},
+            {"role": "user", "content": f"Translate {src} to {tgt}:\n{text}"}]
+
+
+def resolve_source(text: str, src: str) -> str:
+    """The source language name; Auto-detect falls back to English when unsure."""
+    if src != AUTO:
+        return src
+    return detect_language(text) or "English"
+
+
+def piece_budget(model, src: str, tgt: str) -> int:
+    """Source tokens per request, leaving room for a translation somewhat longer than its source."""
+    overhead = prompt_overhead(model, lambda t: translate_messages(t, src, tgt))
+    budget = int((model.context_length - overhead) / 2.5)
+    if budget < 8:
+        raise ValueError(f"the model's context ({model.context_length} tokens) is too small to translate with")
+    return budget
+
+
+def pieces(model, text: str, src: str, tgt: str) -> list[list[str]]:
+    """Paragraphs, each as the list of pieces (usually one) that fit a request."""
+    count, budget = token_counter(model.tokenizer), piece_budget(model, src, tgt)
+    return [split_text(p, count, budget) for p in paragraphs(text)]
+
+
+def translate(model, text: str, src: str, tgt: str, settings, cancel=None) -> Iterator[Step]:
+    """Stream the translation: ``Step``s whose text is everything translated so far."""
+    if not text or not text.strip():
+        raise ValueError("there is no text to translate")
+    src = resolve_source(text, src)
+    if src == tgt:
+        yield Step(1, 1, "Done", text.strip(), final=True)
+        return
+    paras = pieces(model, text, src, tgt)
+    total = sum(len(p) for p in paras)
+    done_paras: list[str] = []
+    n = 0
+    for para in paras:
+        current = []
+        for piece in para:
+            desc = f"Translating part {n + 1} of {total} ({src} → {tgt})"
+            out = ""
+            for delta in run_messages(model, translate_messages(piece, src, tgt), settings, cancel=cancel):
+                out += delta
+                yield Step(n, total, desc, _join(done_paras, current + [out]))
+            current.append(out.strip())
+            n += 1
+            if cancel is not None and cancel.is_set():
+                return
+        done_paras.append(" ".join(current))
+    yield Step(total, total, f"Done ({src} → {tgt})", _join(done_paras, []), final=True)
+
+
+def _join(done: list[str], current: list[str]) -> str:
+    return "\n\n".join(done + ([" ".join(current)] if current else []))

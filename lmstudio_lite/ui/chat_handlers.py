@@ -1,0 +1,287 @@
+"""What the Chat tab's events do: plain methods over a conversation dict (see ``chats.py``).
+
+Each browser session holds its conversation in ``gr.State`` and mutates it in place, so a
+reply stopped half-way is kept. The ``job`` state says what the queued generation step
+should do next (``{"mode": "reply" | "continue"}``, or None: nothing to do) and holds the
+running stream so Stop can cancel it within one token.
+"""
+from __future__ import annotations
+
+import html
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from ..chats import ChatStore, new_conversation, title_from, to_json, to_markdown
+from ..tasks.chat import (DEFAULT_SYSTEM, PRESETS, build_messages, context_report, continue_prompt,
+                          describe_dropped, make_settings, plain_prompt, too_long_for)
+from .common import NoModelError, Throttle, current_model, friendly, notice_md, stats_md, warn
+
+
+def view(conv: dict | None) -> list[dict]:
+    """The Chatbot value for a conversation (fresh dicts: Gradio diffs against what it sent last)."""
+    return [{"role": m["role"], "content": m["content"]} for m in (conv or {}).get("messages", [])]
+
+
+def preset_values(name: str) -> tuple:
+    p = PRESETS.get(name, PRESETS["Balanced"])
+    return (p.temperature, p.top_p, p.top_k, p.min_p, p.repetition_penalty,
+            -1 if p.seed is None else p.seed)
+
+
+class ChatHandlers:
+    def __init__(self, services):
+        self.services = services
+        self.store = services.chats or ChatStore(services.paths.chats)
+
+    # -- the conversation list -------------------------------------------------------------
+    def choices(self, owned: list[str]) -> list[tuple[str, str]]:
+        items = self.store.list()
+        if self.services.shared:  # a share link: each visitor sees only what they created
+            items = [s for s in items if s["id"] in set(owned or [])]
+        return [(f"{s['title']} · {s['turns']} msgs", s["id"]) for s in items]
+
+    def list_update(self, owned, conv):
+        cid = conv["id"] if conv else None
+        choices = self.choices(owned)
+        ids = [v for _, v in choices]
+        return gr.update(choices=choices, value=cid if cid in ids else None)
+
+    def _save(self, conv: dict | None):
+        if conv and conv.get("messages"):
+            try:
+                self.store.save(conv)
+            except OSError as e:
+                warn(f"Could not save the conversation: {e}")
+
+    # -- sending ---------------------------------------------------------------------------
+    def submit(self, message: str, conv, system: str, owned: list):
+        """Append the user's message (or refuse it, saying why). -> input, conv, chatbot, notice, job, owned."""
+        conv = conv or new_conversation(system or "")
+        text = (message or "").strip()
+        model = self.services.registry.current
+        refusal = None
+        if not text:
+            refusal = "Type a message first — nothing was sent."
+        elif model is None:
+            refusal = _no_model_text(self.services)
+        elif too_long_for(model.context_length, text) or self._alone_too_long(model, system, text):
+            refusal = (f"Your message is {len(text):,} characters — more than the model's context window of "
+                       f"{model.context_length:,} tokens can hold. Nothing was sent: shorten it, or use the "
+                       "Summarize tab for long texts.")
+        if refusal:
+            return message, conv, view(conv), notice_md(warn(refusal)), None, owned
+        conv["system"] = system or ""
+        if not conv["messages"]:
+            conv["title"] = title_from(text)
+        conv["messages"].append({"role": "user", "content": message.strip("\n")})
+        owned = list(owned or []) + ([conv["id"]] if conv["id"] not in (owned or []) else [])
+        self._save(conv)
+        return "", conv, view(conv), "", {"mode": "reply"}, owned
+
+    @staticmethod
+    def _alone_too_long(model, system, text) -> bool:
+        report = context_report(model, build_messages(system, [{"role": "user", "content": text}]), 1)
+        return report.error is not None
+
+    def run(self, job, conv, system, temperature, top_p, top_k, min_p, rep, max_new, seed, stop):
+        """Stream the reply the job asks for. Yields conv, chatbot, stats, notice."""
+        if not job or conv is None:  # the message was refused: leave what the first step showed
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
+        try:
+            settings = make_settings(temperature, top_p, top_k, min_p, rep, max_new, seed, stop)
+            stream, msg, note = self._start(current_model(self.services), job, conv, settings)
+        except Exception as e:
+            yield conv, view(conv), "", notice_md(warn(friendly(e)))
+            return
+        job["stream"] = stream
+        throttle = Throttle()
+        yield conv, view(conv), "", notice_md(note)
+        try:
+            for delta in stream:
+                msg["content"] += delta
+                if throttle.ready():
+                    yield conv, view(conv), stats_md(stream.stats), notice_md(note)
+        except Exception as e:
+            note = warn(friendly(e))
+        finally:
+            stream.close()  # runs at once on Stop / job.cancel(): frees the engine
+            self._save(conv)
+        yield conv, view(conv), stats_md(stream.stats), notice_md(note)
+
+    def _start(self, model, job, conv, settings):
+        """Begin generating: -> (stream, the message being written, a note on what was cut)."""
+        messages = build_messages(conv.get("system"), conv["messages"])
+        kwargs = settings.generate_kwargs()
+        if job["mode"] == "continue":
+            tok = model.tokenizer
+            prompt = plain_prompt(tok, continue_prompt(tok, messages))
+            stream = model.generate(prompt, on_overflow="truncate", **kwargs)
+            cut = stream.stats.get("truncated_tokens", 0)
+            note = f"Context full: the oldest {cut} tokens of the conversation are left out." if cut else ""
+            return stream, conv["messages"][-1], note
+        stream = model.generate(messages, on_overflow="truncate", **kwargs)
+        dropped = stream.stats.get("dropped_turns") or []
+        note = f"Context full: {describe_dropped(messages, dropped)} left out of this reply." if dropped else ""
+        msg = {"role": "assistant", "content": ""}
+        conv["messages"].append(msg)
+        return stream, msg, note
+
+    def stop(self, job) -> None:
+        """Cancel the running stream at the engine too (Gradio cancels the event itself)."""
+        stream = (job or {}).get("stream")
+        if stream is not None:
+            stream.cancel()
+
+    def stopped(self, job):
+        """The stopped reply's stats (run after ``stop``)."""
+        stream = (job or {}).get("stream")
+        if stream is None:
+            return gr.skip()
+        stats = dict(stream.stats)
+        stats["finish_reason"] = stats.get("finish_reason") or "cancelled"
+        return stats_md(stats)
+
+    def regenerate(self, conv):
+        """Drop the last reply and ask for a new one. -> conv, chatbot, notice, job."""
+        msgs = (conv or {}).get("messages") or []
+        if msgs and msgs[-1]["role"] == "assistant":
+            msgs.pop()
+        if not msgs:
+            return conv, view(conv), notice_md(warn("There is nothing to regenerate yet.")), None
+        return conv, view(conv), "", {"mode": "reply"}
+
+    def cont(self, conv):
+        """Continue the last assistant message. -> conv, chatbot, notice, job."""
+        msgs = (conv or {}).get("messages") or []
+        if not msgs or msgs[-1]["role"] != "assistant":
+            return conv, view(conv), notice_md(warn("There is no reply to continue.")), None
+        return conv, view(conv), "", {"mode": "continue"}
+
+    def edit(self, conv, data: gr.EditData):
+        """A user message was edited in place: keep the turns before it and answer it again."""
+        msgs = (conv or {}).get("messages") or []
+        index = data.index if isinstance(data.index, int) else data.index[0]
+        value = data.value if isinstance(data.value, str) else _text_of(data.value)
+        if not 0 <= index < len(msgs) or msgs[index]["role"] != "user" or not value.strip():
+            return conv, view(conv), notice_md(warn("Only a non-empty user message can be edited.")), None
+        del msgs[index + 1:]
+        msgs[index]["content"] = value.strip("\n")
+        self._save(conv)
+        return conv, view(conv), "", {"mode": "reply"}
+
+    # -- context meter and prompt preview ---------------------------------------------------
+    def _draft_messages(self, draft, conv, system):
+        history = list((conv or {}).get("messages") or [])
+        if draft and draft.strip():
+            history.append({"role": "user", "content": draft.strip("\n")})
+        return build_messages(system, history)
+
+    def meter(self, draft, conv, system, max_new):
+        model = self.services.registry.current
+        if model is None:
+            return "<div class='meter'>Context: no model loaded</div>"
+        messages = self._draft_messages(draft, conv, system)
+        try:
+            r = context_report(model, messages, int(max_new))
+        except Exception as e:  # a template error, say: show it instead of a broken meter
+            return f"<div class='meter'>Context: {html.escape(friendly(e))}</div>"
+        extra = " (with your draft)" if draft and draft.strip() else ""
+        body = f"Context: {r.used:,} / {r.limit:,} tokens used{extra} · {r.left:,} left"
+        if r.error:
+            body += f"<br>⚠ Too long: {html.escape(r.error)}; it cannot be sent."
+        elif r.dropped:
+            body += f"<br>⚠ Too long for the context: {describe_dropped(messages, r.dropped)} will be left out."
+        return (f"<div class='meter'><progress value='{min(r.used, r.limit)}' max='{r.limit}'></progress> "
+                f"{body}</div>")
+
+    def show_prompt(self, draft, conv, system, max_new):
+        """The exact prompt the model would get (special tokens shown) for the next reply."""
+        try:
+            model = current_model(self.services)
+            messages = self._draft_messages(draft, conv, system)
+            if len(messages) == 0 or too_long_for(model.context_length, messages[-1]["content"]):
+                return "(nothing to show: the conversation is empty or the draft is far over the context)"
+            prepared = model.prepare(messages, int(max_new), on_overflow="truncate")
+        except Exception as e:
+            return friendly(e)
+        text = model.tokenizer.decode(prepared.ids, skip_special_tokens=False)
+        head = f"# {len(prepared.ids)} tokens"
+        if prepared.dropped_turns:
+            head += f"; {describe_dropped(messages, prepared.dropped_turns)} left out"
+        return f"{head}\n{text}"
+
+    # -- conversations ---------------------------------------------------------------------
+    def new_chat(self, system, owned):
+        conv = new_conversation(system or DEFAULT_SYSTEM)
+        return conv, [], "", "", self.list_update(owned, None)
+
+    def select(self, cid, conv, owned):
+        """Open a saved conversation. -> conv, chatbot, system, notice, stats."""
+        if not cid or (conv and conv["id"] == cid):
+            return conv, view(conv), gr.skip(), "", gr.skip()
+        if self.services.shared and cid not in (owned or []):
+            return conv, view(conv), gr.skip(), notice_md(warn("That conversation is not yours.")), gr.skip()
+        try:
+            loaded = self.store.load(cid)
+        except (KeyError, ValueError) as e:
+            return conv, view(conv), gr.skip(), notice_md(warn(friendly(e))), gr.skip()
+        return loaded, view(loaded), loaded.get("system", ""), "", ""
+
+    def rename(self, title, conv, owned):
+        """-> title box, notice, list."""
+        if not conv or not conv.get("messages"):
+            return title, notice_md(warn("Send a message first: an empty chat is not saved yet.")), gr.skip()
+        title = " ".join((title or "").split())
+        if not title:
+            return title, notice_md(warn("Type a new title first.")), gr.skip()
+        conv["title"] = title[:200]
+        self._save(conv)
+        return "", "", self.list_update(owned, conv)
+
+    def delete(self, conv, owned):
+        """Delete the open conversation (after the confirmation step) and start a new one."""
+        if conv:
+            self.store.delete(conv["id"])
+        fresh = new_conversation((conv or {}).get("system") or DEFAULT_SYSTEM)
+        return fresh, [], "", self.list_update(owned, None), gr.update(visible=False)
+
+    def export(self, conv):
+        if not conv or not conv.get("messages"):
+            warn("There is nothing to export yet.")
+            return gr.update(value=None, visible=False)
+        folder = Path(tempfile.mkdtemp(prefix="lmstudio-export-"))
+        stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in conv["title"])[:40] or "chat"
+        (folder / f"{stem}.json").write_text(to_json(conv), encoding="utf-8")
+        (folder / f"{stem}.md").write_text(to_markdown(conv), encoding="utf-8")
+        return gr.update(value=[str(folder / f"{stem}.json"), str(folder / f"{stem}.md")], visible=True)
+
+    def import_file(self, path, owned):
+        """-> conv, chatbot, system, notice, list, owned."""
+        from .common import read_text_file
+
+        try:
+            conv = self.store.import_json(read_text_file(path, self.services.max_upload_bytes))
+        except (ValueError, OSError) as e:
+            return gr.skip(), gr.skip(), gr.skip(), notice_md(warn(f"Import failed: {friendly(e)}")), gr.skip(), owned
+        owned = list(owned or []) + [conv["id"]]
+        gr.Info(f"Imported “{conv['title']}”.")
+        return conv, view(conv), conv.get("system", ""), "", self.list_update(owned, conv), owned
+
+
+def _text_of(content) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text", ""))
+    return "".join(c.get("text", "") for c in content if isinstance(c, dict))
+
+
+def _no_model_text(services) -> str:
+    try:
+        current_model(services)
+    except NoModelError as e:
+        return str(e)
+    return ""

@@ -1,0 +1,176 @@
+"""The Chat tab: a sidebar of saved conversations, the chat with streaming replies, and settings.
+
+Layout and event wiring only; what each event does is in ``chat_handlers.py``. Every
+generation step runs in the shared ``llm`` concurrency slot. Public API: ``/chat``
+(one turn: message, system prompt and sampling settings -> the streamed reply string).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import gradio as gr
+
+from ..tasks.chat import DEFAULT_SYSTEM, PRESETS, build_messages, make_settings
+from ..tasks.text import run_messages
+from .chat_handlers import ChatHandlers, preset_values
+from .common import LLM, PRIVATE, current_model, friendly
+
+
+def _sidebar(h: ChatHandlers) -> dict:
+    c = {}
+    c["new"] = gr.Button("+ New chat", elem_id="new-chat-btn", size="sm")
+    c["list"] = gr.Radio(choices=[], label="Saved conversations", elem_id="chat-list")
+    with gr.Row():
+        c["title"] = gr.Textbox(placeholder="New title", show_label=False, elem_id="rename-box", scale=3,
+                                min_width=80)
+        c["rename"] = gr.Button("Rename", elem_id="rename-btn", size="sm", scale=1, min_width=60)
+    c["delete"] = gr.Button("Delete", elem_id="chat-delete-btn", size="sm", variant="stop")
+    with gr.Row(visible=False, elem_id="chat-delete-confirm-row") as c["confirm_row"]:
+        gr.Markdown("Delete this conversation for good?")
+        c["confirm"] = gr.Button("Yes, delete", elem_id="chat-delete-confirm-btn", size="sm", variant="stop")
+        c["cancel_del"] = gr.Button("Cancel", elem_id="chat-delete-cancel-btn", size="sm")
+    with gr.Row():
+        c["export"] = gr.Button("Export", elem_id="chat-export-btn", size="sm")
+        c["import"] = gr.UploadButton("Import JSON", file_types=[".json"], elem_id="chat-import-btn", size="sm")
+    c["files"] = gr.File(label="Exported (JSON, Markdown)", file_count="multiple", interactive=False,
+                         visible=False, elem_id="chat-export-files")
+    return c
+
+
+def _settings() -> dict:
+    c = {}
+    with gr.Accordion("System prompt and sampling", open=False, elem_id="chat-settings"):
+        c["system"] = gr.Textbox(DEFAULT_SYSTEM, label="System prompt", lines=2, elem_id="system-prompt")
+        c["preset"] = gr.Radio(list(PRESETS), value="Balanced", label="Preset", elem_id="preset")
+        p = PRESETS["Balanced"]
+        with gr.Row():
+            c["temperature"] = gr.Slider(0, 2, p.temperature, step=0.05, label="Temperature", elem_id="temperature")
+            c["top_p"] = gr.Slider(0.05, 1, p.top_p, step=0.05, label="Top-p", elem_id="top-p")
+            c["top_k"] = gr.Slider(0, 200, p.top_k, step=1, label="Top-k (0 = off)", elem_id="top-k")
+        with gr.Row():
+            c["min_p"] = gr.Slider(0, 0.5, p.min_p, step=0.01, label="Min-p", elem_id="min-p")
+            c["rep"] = gr.Slider(1, 2, p.repetition_penalty, step=0.05, label="Repetition penalty",
+                                 elem_id="rep-penalty")
+            c["max_new"] = gr.Slider(1, 4096, p.max_new_tokens, step=1, label="Max new tokens",
+                                     elem_id="max-new-tokens")
+        with gr.Row():
+            c["seed"] = gr.Number(-1, precision=0, label="Seed (-1 = random)", elem_id="seed")
+            c["stops"] = gr.Textbox(label="Stop strings (one per line; \\n = newline)", lines=2,
+                                   elem_id="stop-strings")
+    return c
+
+
+def _chat_area() -> dict:
+    c = {}
+    c["chatbot"] = gr.Chatbot(elem_id="chatbot", height=440, editable="user", show_label=False,
+                              buttons=["copy", "copy_all"],
+                              placeholder="Send a message to start. Replies stream as they are written.")
+    c["meter"] = gr.HTML("", elem_id="context-meter")
+    with gr.Row():
+        c["input"] = gr.Textbox(placeholder="Message (Enter sends, Shift+Enter for a new line)", lines=1,
+                                max_lines=8, show_label=False, elem_id="chat-input", scale=6, autofocus=True)
+        c["send"] = gr.Button("Send", variant="primary", elem_id="send-btn", scale=1, min_width=70)
+        c["stop"] = gr.Button("Stop", variant="stop", elem_id="stop-btn", scale=1, min_width=70)
+    with gr.Row():
+        c["regen"] = gr.Button("↻ Regenerate", elem_id="regen-btn", size="sm")
+        c["continue"] = gr.Button("→ Continue", elem_id="continue-btn", size="sm")
+        c["clear"] = gr.Button("Clear", elem_id="clear-btn", size="sm")
+        c["show"] = gr.Button("Show prompt", elem_id="show-prompt-btn", size="sm")
+    c["stats"] = gr.Markdown("", elem_id="chat-stats")
+    c["notice"] = gr.Markdown("", elem_id="chat-notice")
+    return c
+
+
+def build(services, demo: gr.Blocks) -> None:
+    """Lay out the Chat tab and wire its events (call inside a ``gr.Tab`` of ``demo``)."""
+    h = ChatHandlers(services)
+    conv, job, owned = gr.State(None), gr.State(None), gr.State([])
+    with gr.Row():
+        with gr.Column(scale=1, min_width=220):
+            side = _sidebar(h)
+        with gr.Column(scale=4):
+            c = _chat_area()
+            c |= _settings()
+            with gr.Accordion("Prompt sent to the model", open=False, elem_id="prompt-accordion"):
+                c["prompt"] = gr.Textbox(lines=12, max_lines=30, interactive=False, show_label=False,
+                                         elem_id="prompt-view", buttons=["copy"])
+    _wire_generation(h, c, conv, job, owned, side)
+    _wire_conversations(h, c, conv, owned, side)
+    _register_api(services)
+    demo.load(h.list_update, [owned, conv], side["list"], queue=False, **PRIVATE).then(
+        h.meter, [c["input"], conv, c["system"], c["max_new"]], c["meter"], queue=False, **PRIVATE)
+
+
+def _wire_generation(h, c, conv, job, owned, side):
+    sampling = [c["temperature"], c["top_p"], c["top_k"], c["min_p"], c["rep"], c["max_new"], c["seed"], c["stops"]]
+    gen_out = [conv, c["chatbot"], c["stats"], c["notice"]]
+    meter_in = [c["input"], conv, c["system"], c["max_new"]]
+
+    def after(step):  # the reply (returned: Stop cancels it), then the meter and the list
+        run = step.then(h.run, [job, conv, c["system"], *sampling], gen_out, **LLM, **PRIVATE)
+        run.then(h.meter, meter_in, c["meter"], queue=False, show_progress="hidden", **PRIVATE).then(
+            h.list_update, [owned, conv], side["list"], queue=False, show_progress="hidden", **PRIVATE)
+        return run
+
+    submit_out = [c["input"], conv, c["chatbot"], c["notice"], job, owned]
+    runs = [after(c["input"].submit(h.submit, [c["input"], conv, c["system"], owned], submit_out, queue=False,
+                                    **PRIVATE)),
+            after(c["send"].click(h.submit, [c["input"], conv, c["system"], owned], submit_out, queue=False,
+                                  **PRIVATE)),
+            after(c["regen"].click(h.regenerate, [conv], [conv, c["chatbot"], c["notice"], job], queue=False,
+                                   **PRIVATE)),
+            after(c["continue"].click(h.cont, [conv], [conv, c["chatbot"], c["notice"], job], queue=False,
+                                      **PRIVATE)),
+            after(c["chatbot"].edit(h.edit, [conv], [conv, c["chatbot"], c["notice"], job], queue=False,
+                                    **PRIVATE))]
+    c["stop"].click(h.stop, [job], None, cancels=runs, concurrency_limit=None, **PRIVATE).then(
+        h.stopped, [job], c["stats"], queue=False, **PRIVATE)
+    for trigger in (c["input"].change, c["system"].change, c["max_new"].release):
+        trigger(h.meter, meter_in, c["meter"], queue=False, show_progress="hidden", trigger_mode="always_last",
+                **PRIVATE)
+    c["show"].click(h.show_prompt, meter_in, c["prompt"], queue=False, **PRIVATE)
+    c["preset"].input(preset_values, c["preset"], [c["temperature"], c["top_p"], c["top_k"], c["min_p"],
+                                                   c["rep"], c["seed"]], queue=False, **PRIVATE)
+
+
+def _wire_conversations(h, c, conv, owned, side):
+    cleared = [conv, c["chatbot"], c["stats"], c["notice"], side["list"]]
+    for trigger in (side["new"].click, c["clear"].click, c["chatbot"].clear):  # the Chatbot's own trash icon too
+        trigger(h.new_chat, [c["system"], owned], cleared, queue=False, **PRIVATE).then(
+            h.meter, [c["input"], conv, c["system"], c["max_new"]], c["meter"], queue=False, **PRIVATE)
+    side["list"].input(h.select, [side["list"], conv, owned], [conv, c["chatbot"], c["system"], c["notice"],
+                                                                c["stats"]], queue=False, **PRIVATE)
+    side["rename"].click(h.rename, [side["title"], conv, owned], [side["title"], c["notice"], side["list"]],
+                         queue=False, **PRIVATE)
+    side["delete"].click(lambda: gr.update(visible=True), None, side["confirm_row"], queue=False, **PRIVATE)
+    side["cancel_del"].click(lambda: gr.update(visible=False), None, side["confirm_row"], queue=False, **PRIVATE)
+    side["confirm"].click(h.delete, [conv, owned], [conv, c["chatbot"], c["notice"], side["list"],
+                                                    side["confirm_row"]], queue=False, **PRIVATE)
+    side["export"].click(h.export, [conv], side["files"], queue=False, **PRIVATE)
+    side["import"].upload(h.import_file, [side["import"], owned],
+                          [conv, c["chatbot"], c["system"], c["notice"], side["list"], owned], queue=False,
+                          **PRIVATE)
+
+
+def _register_api(services) -> None:
+    def chat(message: str, system: str = DEFAULT_SYSTEM, temperature: float = 0.7, top_p: float = 0.9,
+             top_k: int = 40, min_p: float = 0.05, repetition_penalty: float = 1.1, max_new_tokens: int = 256,
+             seed: int = -1, stop: str = "") -> Iterator[str]:
+        """One chat turn: the reply to ``message`` under ``system``, streamed as the growing string."""
+        if not (message or "").strip():
+            raise gr.Error("The message is empty: nothing was sent.")
+        try:
+            model = current_model(services)
+            settings = make_settings(temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens, seed,
+                                     stop)
+            messages = build_messages(system, [{"role": "user", "content": message}])
+            out = ""
+            for delta in run_messages(model, messages, settings):
+                out += delta
+                yield out
+        except gr.Error:
+            raise
+        except Exception as e:
+            raise gr.Error(friendly(e)) from None
+
+    gr.api(chat, api_name="chat", **LLM)

@@ -1,0 +1,195 @@
+"""``lmstudio-lite`` (the app): build the services, the page and the API, and serve them.
+
+One uvicorn server on one port: the OpenAI routes (``/v1``, from ``server/``) and
+``/healthz`` first, then Gradio mounted at "/". The port is bound before the model loads,
+so a busy ``--port`` fails at once with a clear message; without ``--port`` the first free
+port from 7860 is used.
+
+``--share`` means strangers may reach the app: a login is always required (``--auth`` or a
+generated one, printed here), typed filesystem paths are refused (``services.shared``),
+uploads are capped lower, and ``/v1`` needs an API key (generated and printed when none
+was given). The share tunnel is Gradio's; with no internet it fails within seconds and
+the app keeps serving locally, saying so here and in the status line.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+import webbrowser
+
+DEFAULT_PORT = 7860
+PORT_SCAN = 100
+SHARE_WAIT_S = 8.0  # how long to wait for the share tunnel before saying it failed
+SHARED_UPLOAD_BYTES = 5 * 1024 * 1024
+
+
+class PortBusy(OSError):
+    pass
+
+
+def bind_socket(host: str, port: int | None) -> tuple[socket.socket, int]:
+    """A socket bound to ``host:port`` (or the first free port from 7860) for uvicorn to serve on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    candidates = [port] if port else range(DEFAULT_PORT, DEFAULT_PORT + PORT_SCAN)
+    last: OSError | None = None
+    for p in candidates:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, p))
+            return sock, sock.getsockname()[1]
+        except OSError as e:
+            sock.close()
+            last = e
+    why = last.strerror if last else "unavailable"
+    if port:
+        raise PortBusy(f"port {port} on {host} is not available ({why}). Choose another with --port, "
+                       f"or leave --port out to use the first free port from {DEFAULT_PORT}.")
+    raise PortBusy(f"no free port between {DEFAULT_PORT} and {DEFAULT_PORT + PORT_SCAN - 1} on {host} ({why})")
+
+
+def resolve_login(args) -> tuple[list[tuple[str, str]] | None, str | None]:
+    """-> (Gradio auth list or None, a line to print when a login was generated)."""
+    if args.auth:
+        user, sep, password = args.auth.partition(":")
+        if not sep or not user or not password:
+            raise ValueError("--auth must look like USER:PASSWORD")
+        return [(user, password)], None
+    if args.share:
+        user, password = "lmstudio", secrets.token_urlsafe(12)
+        return [(user, password)], f"login (required with --share): user {user!r}, password {password!r}"
+    return None, None
+
+
+def make_services(args, api_key: str | None):
+    """Services with the requested (or bundled default) model; a failed load leaves the app up, saying why."""
+    import importlib.util
+
+    from ..services import build_services
+    from .common import friendly
+
+    opts = dict(device=args.device, dtype=args.dtype, shared=args.share, api_key=api_key,
+                with_jobs=importlib.util.find_spec("lmstudio_lite.training.jobs") is not None)
+    try:
+        services = build_services(model=args.model, **opts)
+    except Exception as e:  # anything build_services itself does not catch: still start, with no model
+        services = build_services(model=None, load_default=False, **opts)
+        services.registry.last_error = friendly(e)
+    if args.share:
+        services.max_upload_bytes = min(services.max_upload_bytes, SHARED_UPLOAD_BYTES)
+    services.extra.setdefault("notes", [])
+    return services
+
+
+def create_web_app(services, auth=None):
+    """The ASGI app: the API (``/v1``, ``/healthz``) with the Gradio page mounted at "/" after it."""
+    import gradio as gr
+
+    from ..server.serve import create_app
+    from .app import build_app
+    from .common import CSS
+
+    app = create_app(services)  # its routes are registered before the catch-all Gradio mount
+    demo = build_app(services)
+    return gr.mount_gradio_app(app, demo, path="/", auth=auth, max_file_size=services.max_upload_bytes,
+                               theme=gr.themes.Soft(), css=CSS, show_error=True, footer_links=["api", "settings"])
+
+
+def run_app(args) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        auth, login_line = resolve_login(args)
+        sock, port = bind_socket(args.host, args.port)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    api_key = args.api_key or ("sk-lite-" + secrets.token_urlsafe(24) if args.share else None)
+    services = make_services(args, api_key)
+    app = create_web_app(services, auth)
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+    lines = _banner(services, url, login_line, api_key if api_key and not args.api_key else None)
+    return _serve(app, sock, url, lines, args, services, port)
+
+
+def _banner(services, url: str, login_line: str | None, new_key: str | None) -> list[str]:
+    cur = services.registry.current
+    if cur is not None:
+        info = cur.info()
+        model = f"model: {cur.name} on {info['device']} ({info['device_reason']})"
+    else:
+        err = services.registry.last_error
+        model = f"no model loaded: {err}" if err else "no model loaded yet (no bundled model found); load one in " \
+                                                       "the Models tab or start with --model FOLDER"
+    lines = [f"lmstudio_lite is running at {url}", f"  {model}", f"  OpenAI-compatible API: {url}v1"]
+    if login_line:
+        lines.append(f"  {login_line}")
+    if new_key:
+        lines.append(f"  API key for /v1 (send 'Authorization: Bearer KEY'): {new_key}")
+    return lines + ["  Press Ctrl-C to stop."]
+
+
+def _serve(app, sock, url, lines, args, services, port) -> int:
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
+
+    def after_start():
+        while not server.started:
+            if server.should_exit:
+                return
+            time.sleep(0.02)
+        print("\n".join(lines), flush=True)
+        if args.share:
+            start_share(services, port)
+        if not args.no_browser:
+            webbrowser.open(url)
+
+    threading.Thread(target=after_start, name="after-start", daemon=True).start()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    return 0 if server.started else 1
+
+
+def start_share(services, port: int, wait_s: float = SHARE_WAIT_S) -> str | None:
+    """Open Gradio's share tunnel to ``127.0.0.1:port``; give up waiting after ``wait_s`` (a link
+    that comes later is still announced). The outcome goes to the terminal and the status line."""
+    notes = services.extra.setdefault("notes", [])
+    result: dict = {}
+    lock, done = threading.Lock(), threading.Event()
+
+    def announce(url: str, late: bool = False):
+        notes[:] = [n for n in notes if not n.startswith("could not create a share link")]
+        notes.append(f"share link: {url} (login required)")
+        print(f"  share link{' (late)' if late else ''}: {url} (login required)", flush=True)
+
+    def tunnel():
+        try:
+            from gradio import networking
+
+            url, error = networking.setup_tunnel("127.0.0.1", port, secrets.token_urlsafe(32), None, None), None
+        except Exception as e:  # no internet, a blocked download, ...
+            url, error = None, str(e) or type(e).__name__
+        with lock:
+            result.update(url=url, error=error)
+            if url and result.get("gave_up"):
+                announce(url, late=True)
+        done.set()
+
+    threading.Thread(target=tunnel, name="share-tunnel", daemon=True).start()
+    done.wait(wait_s)
+    with lock:
+        if result.get("url"):
+            announce(result["url"])
+            return result["url"]
+        result["gave_up"] = True
+        why = result.get("error") or f"no answer within {wait_s:.0f} s"
+        notes.append("could not create a share link — serving locally only")
+    print(f"  could not create a share link ({why}); the app keeps serving locally", flush=True)
+    return None
