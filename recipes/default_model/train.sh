@@ -19,4 +19,5 @@ OMP_WAIT_POLICY=PASSIVE python -m lmstudio_lite train --from-scratch --data "$WO
     --steps 3000 --lr 2e-3 --warmup-steps 60 --eval-every 250 --save-every 50 --precision bf16 \
     --threads 2 --val-fraction 0.01 --out lmstudio-lite-tiny --probe "Once upon a time"
 # 4. Copy into models/ and write the model card with the evaluation figures.
-python recipes/default_model/finalize.py "$LMSTUDIO_LITE_HOME/models/lmstudio-lite-tiny" models/lmstudio-lite-tiny
+python recipes/default_model/finalize.py "$LMSTUDIO_LITE_HOME/models/lmstudio-lite-tiny" models/lmstudio-lite-tiny \
+    --run "$(ls -d "$LMSTUDIO_LITE_HOME"/runs/* | tail -1)"
