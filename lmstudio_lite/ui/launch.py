@@ -13,6 +13,7 @@ the app keeps serving locally, saying so here and in the status line.
 """
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -136,7 +137,13 @@ def _banner(services, url: str, login_line: str | None, new_key: str | None) -> 
 def _serve(app, sock, url, lines, args, services, port) -> int:
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            # Open pages hold streams that are cut on exit: uvicorn would log each as an error.
+            logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
 
     def after_start():
         while not server.started:
@@ -151,9 +158,10 @@ def _serve(app, sock, url, lines, args, services, port) -> int:
 
     threading.Thread(target=after_start, name="after-start", daemon=True).start()
     try:
-        server.run(sockets=[sock])
+        server.run(sockets=[sock])  # uvicorn re-raises Ctrl-C after a clean shutdown
     finally:
         sock.close()
+        print("lmstudio_lite stopped.", flush=True)
     return 0 if server.started else 1
 
 
