@@ -24,7 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-STORIES = Path("/work/shared/data/models/stories260K")
+STORIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "models" / "stories260K"
 if not STORIES.is_dir():
     STORIES = REPO.parent / "shared" / "data" / "models" / "stories260K"
 PROMPT = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."

@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-STORIES = Path("/work/shared/data/models/stories260K")
+STORIES = Path(__file__).resolve().parents[2] / "shared" / "data" / "models" / "stories260K"
 if not STORIES.is_dir():
     STORIES = REPO.parent / "shared" / "data" / "models" / "stories260K"
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

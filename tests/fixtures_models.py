@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-MODELS = Path("/work/shared/data/models")
+from shared_data import MODELS  # noqa: E402
 if not MODELS.is_dir():  # CI keeps ../shared beside the checkout
     MODELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "models"
 STORIES = MODELS / "stories260K"

@@ -10,7 +10,7 @@ from lmstudio_lite.checkpoints.tokenizer import Tokenizer
 transformers = pytest.importorskip("transformers")
 jinja2 = pytest.importorskip("jinja2")
 
-STORIES = "/work/shared/data/models/stories260K"
+from shared_data import STORIES  # noqa: E402
 
 CONVERSATIONS = {
     "system": [

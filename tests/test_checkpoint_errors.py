@@ -11,7 +11,7 @@ from hf_models import build
 from lmstudio_lite.checkpoints.errors import CheckpointError
 from lmstudio_lite.checkpoints.folder import load_weights, read_config
 
-STORIES = "/work/shared/data/models/stories260K"
+from shared_data import STORIES  # noqa: E402
 
 
 @pytest.fixture()

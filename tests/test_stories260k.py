@@ -10,9 +10,8 @@ import pytest
 
 from lmstudio_lite import load_model
 
-MODELS = Path("/work/shared/data/models")
-if not MODELS.is_dir():  # CI keeps ../shared beside the checkout
-    MODELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "models"
+from shared_data import MODELS  # noqa: E402
+
 FOLDER = MODELS / "stories260K"
 REFS = json.loads((MODELS / "stories260K-reference.json").read_text())
 PROMPTS = [k for k in REFS if not k.startswith("_")]

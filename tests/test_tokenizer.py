@@ -12,7 +12,7 @@ from lmstudio_lite.checkpoints.tokenizer import Tokenizer, train_bpe_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
-STORIES = "/work/shared/data/models/stories260K"
+from shared_data import STORIES  # noqa: E402
 HARD_TEXT = "你好，世界！🙂👍🏽 café"
 TEXTS = [
     "Once upon a time, there was a little cat.",

@@ -18,7 +18,7 @@ from lmstudio_lite.training.data import (
 )
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-STORIES = Path("/work/shared/data/models/stories260K")
+from shared_data import STORIES  # noqa: E402
 CHATML = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
