@@ -124,9 +124,8 @@ def ui_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def browser():
-    pytest.importorskip("playwright")
     if not Path(CHROMIUM).exists():
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (README's test command does)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -7,8 +7,8 @@ from helpers_tokenizers import MISTRAL_ALTERNATE_MSG, STYLES, write_style_folder
 from lmstudio_lite.checkpoints.chat_template import FALLBACK_TEMPLATE, ChatTemplateError, render
 from lmstudio_lite.checkpoints.tokenizer import Tokenizer
 
-transformers = pytest.importorskip("transformers")
-jinja2 = pytest.importorskip("jinja2")
+import transformers  # noqa: E402
+import jinja2  # noqa: E402
 
 from shared_data import STORIES  # noqa: E402
 

@@ -10,7 +10,7 @@ from helpers_tokenizers import SENTENCES, STYLES, write_style_folder
 from lmstudio_lite.checkpoints.errors import CheckpointError
 from lmstudio_lite.checkpoints.tokenizer import Tokenizer, train_bpe_tokenizer
 
-transformers = pytest.importorskip("transformers")
+import transformers  # noqa: E402
 
 from shared_data import STORIES  # noqa: E402
 HARD_TEXT = "你好，世界！🙂👍🏽 café"

@@ -49,8 +49,6 @@ def chatml(tmp_path_factory) -> Tokenizer:
 
 @pytest.fixture(scope="module")
 def stories() -> Tokenizer:
-    if not STORIES.is_dir():
-        pytest.skip("stories260K model folder not available")
     return Tokenizer.from_folder(STORIES)
 
 

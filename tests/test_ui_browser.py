@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from fixtures_ui import browser, open_page, start_app, ui_models  # noqa: F401
+from fixtures_ui import open_page, start_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-expect = pytest.importorskip("playwright.sync_api").expect
+from playwright.sync_api import expect  # noqa: E402
 
 BOT = "#chatbot [data-testid=bot]"
 USER = "#chatbot [data-testid=user]"

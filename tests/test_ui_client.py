@@ -13,7 +13,7 @@ import time
 
 import httpx
 import pytest
-from fixtures_ui import REPO, app_env, free_port, start_app, ui_models, wait_http  # noqa: F401
+from fixtures_ui import REPO, app_env, free_port, start_app, wait_http
 from gradio_client import Client
 
 pytestmark = pytest.mark.slow

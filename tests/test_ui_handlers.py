@@ -8,7 +8,6 @@ import warnings
 
 import pytest
 from fixtures_models import make_services
-from fixtures_ui import ui_models  # noqa: F401
 
 from lmstudio_lite.chats import ChatStore
 

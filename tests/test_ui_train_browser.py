@@ -13,7 +13,7 @@ import time
 
 import pytest
 from fixtures_models import STORIES
-from fixtures_ui import browser, open_page, start_app  # noqa: F401  (browser is a fixture)
+from fixtures_ui import open_page, start_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -52,4 +52,7 @@ def run_serve(args) -> int:
         server.run()
     except SystemExit as e:  # uvicorn exits when it cannot bind the port; it has said why
         return int(e.code or 1)
-    return 0 if server.started else 1
+    except KeyboardInterrupt:
+        return 130
+    # A started server only stops on a signal (Ctrl-C / SIGTERM): exit like an interrupted command.
+    return 130 if server.started else 1
