@@ -104,6 +104,22 @@ def bench_shape(shape, dtypes, batches, n_prompt, n_new, bw, repeats):
             del ours
 
 
+def greedy_agreement(folders, n_new=64):
+    """Do float32 and bfloat16 give the same greedy tokens on real trained models?"""
+    from lmstudio_lite import load_model
+
+    for folder in folders:
+        outs = {}
+        for dname in ("float32", "bfloat16"):
+            m = load_model(folder, device="cpu", dtype=dname)
+            stream = m.generate("Once upon a time", max_new_tokens=n_new, temperature=0, ignore_eos=True)
+            text = "".join(stream)
+            outs[dname] = (stream.new_ids, stream.stats["decode_tok_s"])
+        same = sum(a == b for a, b in zip(outs["float32"][0], outs["bfloat16"][0]))
+        print(f"{os.path.basename(str(folder).rstrip('/')):22} greedy tokens equal fp32 vs bf16: {same}/{n_new}  "
+              f"engine decode tok/s fp32 {outs['float32'][1]:.0f}, bf16 {outs['bfloat16'][1]:.0f}", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", nargs="+", default=["gpt2", "smollm"])
@@ -112,7 +128,10 @@ def main():
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--check-models", nargs="*", default=[], help="trained model folders: fp32 vs bf16 greedy")
     args = p.parse_args()
+    if args.check_models:
+        greedy_agreement(args.check_models)
     bw = measure_bandwidth()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, measured read bandwidth {bw:.1f} GB/s")
     for shape in args.shapes:

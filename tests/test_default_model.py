@@ -1,0 +1,73 @@
+"""The bundled default model: golden greedy outputs, transformers parity, the app
+starting on it with no arguments, and a short fine-tune that lowers the loss."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import torch
+from fixtures_ui import start_app
+from gradio_client import Client
+
+from lmstudio_lite import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED = REPO / "models" / "lmstudio-lite-tiny"
+GOLDEN = json.loads((Path(__file__).parent / "golden_default_model.json").read_text(encoding="utf-8"))
+
+
+def test_golden_greedy_outputs():
+    m = load_model(BUNDLED, device="cpu", dtype="float32")
+    for case in GOLDEN["cases"]:
+        prompt = case["prompt"]
+        stream = m.generate(prompt, max_new_tokens=GOLDEN["max_new_tokens"], temperature=0)
+        assert "".join(stream) == case["text"], prompt
+        assert stream.new_ids == case["new_ids"], prompt
+
+
+def test_loads_in_transformers_with_equal_logits():
+    import transformers as tf
+
+    ours = load_model(BUNDLED, device="cpu", dtype="float32")
+    ref = tf.AutoModelForCausalLM.from_pretrained(BUNDLED).eval()
+    hf_tok = tf.AutoTokenizer.from_pretrained(BUNDLED)
+    text = "Once upon a time, there was a little dog named Max."
+    ids = ours.tokenizer.encode(text)
+    assert ids == hf_tok(text)["input_ids"]
+    msgs = [{"role": "user", "content": "Translate English to French:\nI like cats."}]
+    assert ours.tokenizer.render_chat(msgs) == hf_tok.apply_chat_template(msgs, tokenize=False,
+                                                                          add_generation_prompt=True)
+    with torch.no_grad():
+        a = ref(torch.tensor([ids])).logits
+    assert (ours.logits(torch.tensor([ids])) - a).abs().max().item() <= 1e-4
+
+
+def test_app_starts_on_it_with_no_arguments(tmp_path):
+    app = start_app(None, tmp_path / "home")
+    try:
+        assert httpx.get(app.base + "/healthz").json()["model"] == BUNDLED.name
+        client = Client(app.base + "/", verbose=False)
+        reply = client.predict("Tell me a story.", "", 0.0, 1.0, 0, 0.0, 1.0, 24, 1, "", api_name="/chat")
+        assert isinstance(reply, str) and len(reply.strip()) > 10
+    finally:
+        app.stop()
+
+
+def test_short_fine_tune_from_the_job_runner_lowers_the_loss(tmp_path):
+    from lmstudio_lite.paths import app_paths
+    from lmstudio_lite.training.jobs import JobRunner
+    from lmstudio_lite.training.spec import TrainSpec
+
+    runner = JobRunner(app_paths(tmp_path / "home").ensure())
+    spec = TrainSpec(data=str(REPO / "assets" / "sample_chat.jsonl"), base_model=str(BUNDLED), steps=16,
+                     lr=1e-3, batch_size=4, seq_len=128, eval_every=0, save_every=0, warmup_steps=0,
+                     val_fraction=0.1, threads=1, out_name="tiny-tuned")
+    run_id = runner.start(spec)
+    status = runner.wait(timeout=300)
+    assert status["state"] == "finished", status.get("error")
+    losses = [m["loss"] for m in runner.read_metrics(run_id) if m.get("loss") is not None]
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.1, losses
+    assert Path(status["model_path"]).is_dir()
+    tuned = load_model(status["model_path"], device="cpu", dtype="float32")
+    assert "".join(tuned.generate("Once upon a time", max_new_tokens=8, temperature=0))
