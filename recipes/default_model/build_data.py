@@ -83,6 +83,7 @@ def main():
     p.add_argument("--fr-pairs", type=int, default=12000, help="pairs per direction")
     p.add_argument("--de-pairs", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stories-only", action="store_true", help="only the stories (for the last, story stage)")
     args = p.parse_args()
     rng = random.Random(args.seed)
     stories = train_stories()
@@ -90,14 +91,20 @@ def main():
     if args.generated:
         gen = Path(args.generated).read_text(encoding="utf-8").split("<|endoftext|>")
         rows += [g.strip() for g in gen if g.strip()]
+    if args.stories_only:
+        return write_rows(args.out, rows, rng)
     rows += translation_rows(rng, "translation_en_fr.tsv", "French", args.fr_pairs)
     rows += translation_rows(rng, "translation_en_de.tsv", "German", args.de_pairs)
     rows += story_task_rows(rng, stories) + instruction_rows() * 2
+    write_rows(args.out, rows, rng)
+
+
+def write_rows(out: str, rows: list[str], rng):
     rng.shuffle(rows)
-    with open(args.out, "w", encoding="utf-8") as f:
+    with open(out, "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps({"text": r}, ensure_ascii=False) + "\n")
-    print(f"{len(rows)} rows, {sum(len(r) for r in rows) / 1e6:.1f} MB of text -> {args.out}")
+    print(f"{len(rows)} rows, {sum(len(r) for r in rows) / 1e6:.1f} MB of text -> {out}")
 
 
 if __name__ == "__main__":

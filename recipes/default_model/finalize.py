@@ -55,13 +55,19 @@ def samples(folder: Path) -> dict:
     return out
 
 
-def run_summary(run: Path | None) -> dict:
-    if run is None:
+def run_summary(runs: list[Path]) -> dict:
+    """Steps and time summed over the runs (from scratch, then continued); losses of the last."""
+    if not runs:
         return {}
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    evals = [x for x in lines if x.get("val_loss") is not None]
-    return {"steps": lines[-1]["step"], "elapsed_s": lines[-1].get("elapsed_s"), "train_loss": lines[-1]["loss"],
-            "val_loss": evals[-1]["val_loss"] if evals else None, "spec": json.loads((run / "spec.json").read_text())}
+    steps = elapsed = 0
+    for run in runs:
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        evals = [x for x in lines if x.get("val_loss") is not None]
+        steps, elapsed = steps + lines[-1]["step"], elapsed + (lines[-1].get("elapsed_s") or 0)
+    first = json.loads((runs[0] / "spec.json").read_text())
+    return {"steps": steps, "elapsed_s": elapsed, "train_loss": lines[-1]["loss"],
+            "val_loss": evals[-1]["val_loss"] if evals else None, "spec": first,
+            "stages": [json.loads((r / "spec.json").read_text()) for r in runs]}
 
 
 def card(name, ours, ref, run, smp) -> str:
@@ -86,7 +92,11 @@ def card(name, ours, ref, run, smp) -> str:
               "their lead sentence (templated reference); `qmsum-val`: QMSum validation spans (first 1,500 characters "
               "of the document) against the human summary — far beyond this model.", ""]
     spec = run.get("spec", {})
+    stages = "; then ".join(f"{st['steps']} steps at lr {st['lr']:g} on `{Path(st['data']).name}`"
+                            + (" from scratch" if st.get("from_scratch") else " continuing it")
+                            for st in run.get("stages", []))
     lines += ["## Training", "",
+              f"- stages: {stages} (warm-up then cosine decay to 0.1 x lr in each)",
               f"- steps: {run.get('steps')} x batch {spec.get('batch_size')} x {spec.get('seq_len')} tokens; "
               f"final train loss {run.get('train_loss', float('nan')):.3f}, validation loss "
               f"{(run.get('val_loss') or float('nan')):.3f} (nats/token)",
@@ -128,7 +138,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("trained")
     p.add_argument("dest")
-    p.add_argument("--run", default=None, help="the run folder (metrics.jsonl, spec.json)")
+    p.add_argument("--run", action="append", default=[], help="run folders in order (metrics.jsonl, spec.json)")
     args = p.parse_args()
     src, dest = Path(args.trained), Path(args.dest)
     if dest.exists():
@@ -137,7 +147,7 @@ def main():
     ours = evaluate(dest, 100)
     ref = evaluate(SHARED / "models" / "stories260K", 100)
     (dest / "eval.json").write_text(json.dumps({"ours": ours, "stories260K": ref}, indent=2, ensure_ascii=False))
-    run = run_summary(Path(args.run) if args.run else None)
+    run = run_summary([Path(r) for r in args.run])
     (dest / "README.md").write_text(card(dest.name, ours, ref, run, samples(dest)), encoding="utf-8")
     print((dest / "README.md").read_text())
 
