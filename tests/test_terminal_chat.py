@@ -95,6 +95,10 @@ def spawn(home: Path, model: Path, *extra: str) -> pexpect.spawn:
 
 def finish(child: pexpect.spawn, how: str):
     {"eof": child.sendeof, "intr": child.sendintr, "quit": lambda: child.sendline("/quit")}[how]()
+    if how == "intr" and child.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=15) == 1:
+        # On a loaded machine a ^C can land while readline switches terminal modes and is
+        # lost, as it would be for a person, who then presses it again.
+        child.sendintr()
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0, child.before

@@ -163,6 +163,19 @@ def test_saved_conversations_survive_a_restart(browser, ui_models, tmp_path, sho
         app.stop()
 
 
+def _wait_stream_done(page, quiet_s: float = 1.5, timeout_s: float = 60.0):
+    """Until the newest reply has stopped growing for ``quiet_s``."""
+    end, last, since = time.monotonic() + timeout_s, None, time.monotonic()
+    while time.monotonic() < end:
+        text = page.locator(BOT).last.inner_text()
+        if text != last:
+            last, since = text, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.2)
+    raise TimeoutError("the reply kept streaming")
+
+
 def _continue_regenerate_edit_and_show_prompt(page):
     expect(page.locator("#chat-stats")).to_contain_text("tokens")
     before = page.locator(BOT).last.inner_text()
@@ -174,6 +187,7 @@ def _continue_regenerate_edit_and_show_prompt(page):
     page.wait_for_function("(old) => { const b = document.querySelectorAll('#chatbot [data-testid=bot]');"
                            " return b.length === 1 && b[0].innerText.length > 0 && b[0].innerText !== old; }",
                            arg=old, timeout=30000)
+    _wait_stream_done(page)  # editing is refused while a reply still streams
     page.locator(USER).last.hover()
     page.locator("#chatbot button[aria-label='Edit']").first.click()
     page.locator("#chatbot textarea").first.fill("Remember the blue kite")
