@@ -162,6 +162,10 @@ def _model_path(args) -> str | None:
 
 def run_chat(args) -> int:
     """``lmstudio-lite chat [--model PATH|NAME] [--system TEXT] ...``."""
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None):
+        # Started from a process that ignores SIGINT (a background job, some test runners):
+        # ignored signals survive exec, but an interactive chat must answer Ctrl-C.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     path = _model_path(args)
     if path is None:
         print("error: no model given and no bundled model found; pass --model PATH "
