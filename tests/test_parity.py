@@ -20,7 +20,7 @@ def greedy_no_cache(model, ids, n):
 
 
 def greedy_cached(model, ids, n):
-    cache = KVCache(model.config, 1, len(ids) + n)
+    cache = KVCache(model.config, 1, len(ids) + n, dtype=model.tok_emb.weight.dtype)
     out = []
     with torch.inference_mode():
         logits = model(torch.tensor([ids]), 0, cache, last_only=True)
@@ -93,14 +93,45 @@ def test_save_then_transformers_loads_same_logits(pair, tmp_path):
 
 
 def test_bfloat16_path_agrees_with_float32(pair):
-    """The bf16 CPU attention path (matmul + softmax, grouped queries) tracks fp32."""
+    """bf16 on the CPU tracks fp32, before and after the [out, in] inference layout."""
     _, _, ours, folder = pair
     low = load_weights(folder, dtype=torch.bfloat16)
     ids = torch.tensor([PROMPT])
     with torch.inference_mode():
         ref = torch.softmax(ours(ids).float(), -1)
         got = torch.softmax(low(ids).float(), -1)
+        low.prepare_for_inference()
+        prepared = torch.softmax(low(ids).float(), -1)
     assert (ref - got).abs().max().item() < 0.05
+    assert (ref - prepared).abs().max().item() < 0.05
+
+
+def test_bfloat16_layout_streams_through_mv_and_keeps_decode(pair):
+    """After prepare_for_inference a bf16 CPU model stores weights [out, in] (so a
+    batch-1 step takes torch.mv) and decodes the same greedy tokens, cached, as the
+    unprepared bf16 model; batch 2 (the matmul path) agrees row by row."""
+    _, _, _, folder = pair
+    plain = load_weights(folder, dtype=torch.bfloat16)
+    fast = load_weights(folder, dtype=torch.bfloat16).prepare_for_inference()
+    w = fast.blocks[0].mlp.down.weight
+    assert w.stride(0) == 1 and w.stride(1) == w.shape[0]  # [in, out] view of [out, in] storage
+    assert fast._head_t is None or fast._head_t.data_ptr() in (fast.tok_emb.weight.data_ptr(),)
+    assert greedy_cached(fast, PROMPT, 16) == greedy_cached(plain, PROMPT, 16)
+    ids = torch.tensor([PROMPT, PROMPT[::-1]])
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(ids).float(), plain(ids).float(), atol=0.05, rtol=0.05)
+
+
+def test_attention_matches_reference_kernel():
+    """SDPA paths (prefill, cached chunk, GQA decode) equal plain matmul + softmax."""
+    from lmstudio_lite.model.transformer import attention, attention_reference
+
+    g = torch.Generator().manual_seed(0)
+    for H, KV, T, L in [(4, 4, 7, 7), (4, 2, 5, 9), (6, 2, 1, 11), (4, 4, 1, 3), (8, 1, 3, 3)]:
+        q = torch.randn(2, H, T, 16, generator=g)
+        k, v = torch.randn(2, KV, L, 16, generator=g), torch.randn(2, KV, L, 16, generator=g)
+        torch.testing.assert_close(attention(q, k, v, causal=True), attention_reference(q, k, v, causal=True),
+                                   atol=1e-5, rtol=1e-5)
 
 
 def test_inference_layout_keeps_logits(pair):

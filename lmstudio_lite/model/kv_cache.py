@@ -20,6 +20,9 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.batch, self.max_len = batch, max_len
+        # Per-layer views made once: indexing the 5-D tensors on every write
+        # costs more than the copy itself at decode.
+        self._k, self._v = self.k.unbind(0), self.v.unbind(0)
 
     def fits(self, config: ModelConfig, batch: int, max_len: int, device, dtype) -> bool:
         """True when this cache can be reused for a request of this size."""
@@ -33,6 +36,7 @@ class KVCache:
         end = start + k.shape[2]
         if end > self.max_len:
             raise IndexError(f"KV cache holds {self.max_len} positions, asked to write up to {end}")
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        k_all, v_all = self._k[layer], self._v[layer]
+        k_all[:, :, start:end].copy_(k)
+        v_all[:, :, start:end].copy_(v)
+        return k_all[:, :, :end], v_all[:, :, :end]

@@ -8,12 +8,38 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x [..., in] @ w [in, out] (+ bias)`` with the fastest CPU kernel for w's storage.
+
+    Weights live [in, out] (``w`` contiguous), except that inference in bfloat16
+    on the CPU re-lays them [out, in] (``w`` a transposed view, see
+    ``Transformer.prepare_for_inference``): a single row against that layout
+    goes through ``torch.mv``, which streams bf16 weights about twice as fast as
+    any matmul entry point (bench/gemv.py). Everything else is one BLAS call.
+    """
+    if w.stride(0) == 1 and w.stride(1) != 1 and x.numel() == x.shape[-1]:
+        vec = x.reshape(-1)
+        y = torch.mv(w.t(), vec) if bias is None else torch.addmv(bias, w.t(), vec)
+        return y.view(*x.shape[:-1], w.shape[1])
+    # Always one 2-D call: a strided 3-D input (the last position of a batch) would
+    # otherwise send matmul down a bmm path that copies w once per row.
+    rows = x.reshape(-1, w.shape[0])
+    y = rows @ w if bias is None else torch.addmm(bias, rows, w)
+    return y.view(*x.shape[:-1], w.shape[1])
+
+
+def store_out_in(w: torch.Tensor) -> torch.Tensor:
+    """The same [in, out] matrix, stored [out, in] (a transposed view of a contiguous copy)."""
+    return w.t().contiguous().t()
+
+
 class Linear(nn.Module):
     """``y = x @ W + b`` with ``W`` stored ``[in, out]``.
 
-    On the CI CPUs a batch-1 matmul against a weight stored [in, out] streams up
-    to 1.8x faster than ``F.linear`` on [out, in] (see DESIGN.md), and decode is
-    bound by how fast weights stream. Checkpoint code transposes on load/save.
+    On the CI CPUs a batch-1 float32 matmul against a weight stored [in, out]
+    streams up to 1.8x faster than ``F.linear`` on [out, in] (see DESIGN.md), and
+    decode is bound by how fast weights stream. Checkpoint code transposes on
+    load/save. bfloat16 inference swaps the storage (``matmul`` above).
     """
 
     def __init__(self, d_in: int, d_out: int, bias: bool):
@@ -25,10 +51,7 @@ class Linear(nn.Module):
             nn.init.normal_(self.weight, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.bias is None:
-            return x @ self.weight
-        shape = x.shape[:-1] + (self.d_out,)
-        return torch.addmm(self.bias, x.reshape(-1, self.d_in), self.weight).view(shape)
+        return matmul(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in={self.d_in}, out={self.d_out}, bias={self.bias is not None}"
@@ -41,6 +64,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            # One op instead of six; the same arithmetic as the reference below.
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         # Normalise in float32 then cast back, exactly as the Llama reference does.
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -70,21 +96,22 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Te
 
 
 def rope_tables(head_dim: int, max_len: int, theta: float, scaling: dict | None):
-    """cos, sin tables ``[max_len, head_dim]`` in float32 (rotate-half layout)."""
+    """cos and signed sin tables ``[max_len, head_dim]`` in float32 (rotate-half layout).
+
+    The sin table has its first half negated, so that the reference's
+    ``rotate_half(x) * sin`` becomes ``x.roll(D/2) * sin_signed``: the same
+    numbers from one op instead of four (slices, negation, concatenation).
+    """
     inv = rope_inv_freq(head_dim, theta, scaling)
     freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv)
     emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
+    return emb.cos(), torch.cat((-freqs.sin(), freqs.sin()), dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, H, T, D]; cos, sin: [T, D]. Computed in x's dtype, as the Llama reference
-    does (under bf16 autocast this keeps q and k in bf16)."""
-    if cos.dtype != x.dtype:
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """x: [B, T, heads, D]; cos, sin_signed: [T, 1, D] in x's dtype, as the Llama
+    reference computes it (under bf16 autocast this keeps q and k in bf16)."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin_signed)
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:

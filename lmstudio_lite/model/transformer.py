@@ -15,17 +15,21 @@ import torch.nn.functional as F
 
 from .config import ModelConfig
 from .kv_cache import KVCache
-from .layers import ACTIVATIONS, Linear, RMSNorm, apply_rope, rope_tables
+from .layers import ACTIVATIONS, Linear, RMSNorm, apply_rope, matmul, rope_tables, store_out_in
 
 
-def fuse_linears(*layers: Linear):
+def fuse_linears(*layers: Linear, out_in: bool = False):
     """One [in, sum(out)] weight for several projections of the same input.
 
     The layers' own parameters become column views of the fused tensor, so the
     model holds no second copy; a decode step then streams one matrix instead
-    of two or three small ones.
+    of two or three small ones. ``out_in`` stores it [sum(out), in] (see
+    ``layers.matmul``).
     """
-    weight = torch.cat([l.weight.data for l in layers], dim=1)
+    if out_in:
+        weight = torch.cat([l.weight.data.t() for l in layers], dim=0).t()
+    else:
+        weight = torch.cat([l.weight.data for l in layers], dim=1)
     bias = torch.cat([l.bias.data for l in layers]) if layers[0].bias is not None else None
     start = 0
     for l in layers:
@@ -37,36 +41,40 @@ def fuse_linears(*layers: Linear):
     return weight, bias
 
 
-def fused_linear(x, weight, bias):
-    y = x @ weight
-    return y if bias is None else y + bias
-
-
 def _causal_mask(T: int, L: int, device) -> torch.Tensor:
     """[T, L] bool, True where query i (absolute position L-T+i) may see key j."""
     q_pos = torch.arange(L - T, L, device=device).unsqueeze(1)
     return torch.arange(L, device=device).unsqueeze(0) <= q_pos
 
 
-def attention(q, k, v, causal: bool) -> torch.Tensor:
-    """q: [B, H, T, D]; k, v: [B, KV, L, D] -> [B, H, T, D].
+def attention_reference(q, k, v, causal: bool) -> torch.Tensor:
+    """Plain matmul + softmax with grouped queries (same contract as ``attention``).
 
-    SDPA is the fastest path on GPU and for float32 on the CPU; for bfloat16 on
-    the CPU a plain matmul + softmax is 1.3-4.4x faster (DESIGN.md). Either way
-    the queries are grouped onto their KV head instead of repeating K/V.
+    Older torch builds ran bfloat16 SDPA on the CPU 1.3-4.4x slower than this;
+    on torch 2.13 SDPA wins in every case bench/attention.py measures (decode,
+    prefill, training; float32 and bfloat16), so the model no longer calls it.
+    It stays as the benchmark's comparison and the tests' second opinion.
+    """
+    B, H, T, D = q.shape
+    KV, L = k.shape[1], k.shape[2]
+    rep = H // KV
+    qg = q.reshape(B, KV, rep * T, D)  # queries of one KV group side by side
+    scores = (qg @ k.transpose(-1, -2)) * (1.0 / math.sqrt(D))  # [B, KV, rep*T, L]
+    if causal and T > 1:
+        scores = scores.masked_fill(~_causal_mask(T, L, q.device).repeat(rep, 1), float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return (probs @ v).view(B, H, T, D)
+
+
+def attention(q, k, v, causal: bool) -> torch.Tensor:
+    """q: [B, H, T, D]; k, v: [B, KV, L, D] -> [B, H, T, D], through SDPA.
+
+    GQA decode groups the queries onto their KV head instead of repeating K/V.
     """
     B, H, T, D = q.shape
     KV, L = k.shape[1], k.shape[2]
     rep = H // KV
     need_mask = causal and T > 1
-    if q.device.type == "cpu" and q.dtype != torch.float32:
-        qg = q.reshape(B, KV, rep * T, D)  # queries of one KV group side by side
-        scores = (qg @ k.transpose(-1, -2)) * (1.0 / math.sqrt(D))  # [B, KV, rep*T, L]
-        if need_mask:
-            mask = _causal_mask(T, L, q.device).repeat(rep, 1)
-            scores = scores.masked_fill(~mask, float("-inf"))
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        return (probs @ v).view(B, H, T, D)
     if rep > 1 and T == 1:
         # One query per head: grouping turns GQA decode into plain attention.
         out = F.scaled_dot_product_attention(q.reshape(B, KV, rep, D), k, v)
@@ -88,21 +96,27 @@ class Attention(nn.Module):
         self.o = Linear(H * D, C, cfg.o_bias)
         self.fused = None  # (weight [C, (H+2KV)D], bias) after fuse(); inference only
 
-    def fuse(self):
-        self.fused = fuse_linears(self.q, self.k, self.v)
+    def fuse(self, out_in: bool = False):
+        self.fused = fuse_linears(self.q, self.k, self.v, out_in=out_in)
+        if out_in:
+            self.o.weight.data = store_out_in(self.o.weight.data)
 
     def forward(self, x, rope, layer: int, start_pos: int, cache: KVCache | None):
         B, T, _ = x.shape
         H, KV, D = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
         if self.fused is not None and not torch.is_grad_enabled():
-            q, k, v = fused_linear(x, *self.fused).split([H * D, KV * D, KV * D], dim=-1)
+            # q and k sit side by side in the fused output: rotate them in one go.
+            qk, v = matmul(x, *self.fused).split([(H + KV) * D, KV * D], dim=-1)
+            qk = qk.view(B, T, H + KV, D)
+            if rope is not None:
+                qk = apply_rope(qk, *rope)
+            q, k = qk.split([H, KV], dim=2)
         else:
-            q, k, v = self.q(x), self.k(x), self.v(x)
-        q = q.view(B, T, H, D).transpose(1, 2)  # [B, H, T, D]
-        k = k.view(B, T, KV, D).transpose(1, 2)  # [B, KV, T, D]
+            q, k, v = self.q(x).view(B, T, H, D), self.k(x).view(B, T, KV, D), self.v(x)
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, H, T, D], [B, KV, T, D]
         v = v.view(B, T, KV, D).transpose(1, 2)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.write(layer, start_pos, k, v)  # [B, KV, L, D]
         y = attention(q, k, v, causal=True)
@@ -121,15 +135,19 @@ class MLP(nn.Module):
 
         self.fused = None  # gate and up side by side after fuse(); inference only
 
-    def fuse(self):
+    def fuse(self, out_in: bool = False):
         if self.gated:
-            self.fused = fuse_linears(self.gate, self.up)
+            self.fused = fuse_linears(self.gate, self.up, out_in=out_in)
+        elif out_in:
+            self.up.weight.data = store_out_in(self.up.weight.data)
+        if out_in:
+            self.down.weight.data = store_out_in(self.down.weight.data)
 
     def forward(self, x):
         if not self.gated:
             return self.down(self.act(self.up(x)))
         if self.fused is not None and not torch.is_grad_enabled():
-            gate, up = fused_linear(x, *self.fused).chunk(2, dim=-1)
+            gate, up = matmul(x, *self.fused).chunk(2, dim=-1)
         else:
             gate, up = self.gate(x), self.up(x)
         return self.down(self.act(gate) * up)
@@ -188,16 +206,24 @@ class Transformer(nn.Module):
             self.rope_cos, self.rope_sin = cos.to(dev), sin.to(dev)
 
     def prepare_for_inference(self):
-        """Inference layout: a contiguous [C, V] copy of a tied head (the largest
-        matmul of a decode step streams fastest that way) and fused q/k/v and
-        gate/up weights. Training never calls this, so tied weights stay tied."""
+        """Inference layout, chosen by measurement (bench/gemv.py): fused q/k/v and
+        gate/up weights, so a decode step streams one matrix instead of two or
+        three; in float32 a contiguous [C, V] copy of a tied head (batch-1 x @ W
+        streams fastest that way); in bfloat16 on the CPU every weight stored
+        [out, in], where ``torch.mv`` streams about twice as fast as any bf16
+        matmul (the tied embedding already is [V, C], so no copy at all).
+        Training never calls this, so tied weights stay tied."""
         self.eval()
+        emb = self.tok_emb.weight
+        out_in = emb.device.type == "cpu" and emb.dtype != torch.float32
         if self.head is None:
-            self._head_t = self.tok_emb.weight.detach().t().contiguous()
+            self._head_t = emb.detach().t() if out_in else emb.detach().t().contiguous()
+        elif out_in:
+            self.head.weight.data = store_out_in(self.head.weight.data)
         if not any(b.attn.fused is not None for b in self.blocks):
             for b in self.blocks:
-                b.attn.fuse()
-                b.mlp.fuse()
+                b.attn.fuse(out_in)
+                b.mlp.fuse(out_in)
         return self
 
     # -- forward -------------------------------------------------------------
@@ -212,7 +238,8 @@ class Transformer(nn.Module):
             x = x + self.pos_emb.weight[start_pos:start_pos + T]
         else:
             dtype = x.dtype
-            rope = (self.rope_cos[start_pos:start_pos + T].to(dtype), self.rope_sin[start_pos:start_pos + T].to(dtype))
+            rope = (self.rope_cos[start_pos:start_pos + T, None].to(dtype),
+                    self.rope_sin[start_pos:start_pos + T, None].to(dtype))  # [T, 1, D]
         for i, block in enumerate(self.blocks):
             x = block(x, rope, i, start_pos, cache)
         return self.norm_f(x)
@@ -222,7 +249,7 @@ class Transformer(nn.Module):
         if self.head is not None:
             return self.head(h)
         if self._head_t is not None and not torch.is_grad_enabled():
-            return h @ self._head_t
+            return matmul(h, self._head_t)
         return F.linear(h, self.tok_emb.weight)
 
     def forward(self, ids: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None,
