@@ -252,7 +252,7 @@ def test_schedule_warmup_then_cosine_to_the_floor():
 
 def test_chunked_vocabulary_projection_matches_the_plain_loss(bases, monkeypatch):
     from lmstudio_lite.checkpoints.folder import load_weights
-    from lmstudio_lite.training import trainer as trainer_mod
+    from lmstudio_lite.training import loss as loss_mod
 
     model = load_weights(bases["llama"])
     ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
@@ -265,7 +265,7 @@ def test_chunked_vocabulary_projection_matches_the_plain_loss(bases, monkeypatch
         loss.backward()
         return loss.detach(), model.tok_emb.weight.grad.clone()
     plain = loss_and_grad()
-    monkeypatch.setattr(trainer_mod, "LOGIT_CHUNK", model.config.vocab_size * 7)  # 7 rows per chunk
+    monkeypatch.setattr(loss_mod, "LOGIT_CHUNK", model.config.vocab_size * 7)  # 7 rows per chunk
     chunked = loss_and_grad()
     torch.testing.assert_close(chunked[0], plain[0])
     torch.testing.assert_close(chunked[1], plain[1])
@@ -301,3 +301,56 @@ def test_cli_trains_ctrl_c_cancels_with_130_and_resume_finishes(bases, home, tex
     assert "finished 400 steps" in capsys.readouterr().err
     assert cli.main(["--data", str(text_file)]) == 2  # no base model: a usage error
     assert "choose a base model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("frozen_head", [False, True])
+def test_fused_linear_cross_entropy_matches_autograd(frozen_head):
+    """Loss and both gradients of the fused projection + CE equal autograd through
+    F.cross_entropy(h @ w), chunked or not; a frozen head (LoRA) gets no gradient."""
+    from lmstudio_lite.training import loss as loss_mod
+
+    g = torch.Generator().manual_seed(0)
+    h0, w0 = torch.randn(37, 16, generator=g), torch.randn(16, 50, generator=g) * 0.5
+    t = torch.randint(0, 50, (37,), generator=g)
+
+    def run(fn):
+        h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_(not frozen_head)
+        loss = fn(h, w)
+        (loss * 0.7).backward()
+        return loss.detach(), h.grad, w.grad
+    ref = run(lambda h, w: torch.nn.functional.cross_entropy(h @ w, t, reduction="sum"))
+    for chunk in (50 * 5, 1 << 22):  # 5 rows per chunk, then one chunk
+        loss_mod.LOGIT_CHUNK, old = chunk, loss_mod.LOGIT_CHUNK
+        try:
+            got = run(lambda h, w: loss_mod.linear_cross_entropy(h, w, t))
+        finally:
+            loss_mod.LOGIT_CHUNK = old
+        torch.testing.assert_close(got[0], ref[0], atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(got[1], ref[1], atol=1e-5, rtol=1e-4)
+        if frozen_head:
+            assert got[2] is None
+        else:
+            torch.testing.assert_close(got[2], ref[2], atol=1e-5, rtol=1e-4)
+
+
+def test_fused_linear_cross_entropy_under_bf16_autocast():
+    """Under CPU bf16 autocast the fused loss tracks autocast's own F.cross_entropy(h @ w)
+    and leaves float32 gradients for float32 master weights."""
+    from lmstudio_lite.training.loss import linear_cross_entropy
+
+    g = torch.Generator().manual_seed(1)
+    h0, w0 = torch.randn(64, 32, generator=g), torch.randn(32, 40, generator=g) * 0.3
+    t = torch.randint(0, 40, (64,), generator=g)
+    out = []
+    for fn in (lambda h, w: torch.nn.functional.cross_entropy((h @ w).float(), t, reduction="sum"),
+               lambda h, w: linear_cross_entropy(h, w, t)):
+        h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = fn(h, w)
+        loss.backward()
+        out.append((loss.detach(), h.grad, w.grad))
+    (ref_l, ref_h, ref_w), (l, gh, gw) = out
+    assert gh.dtype == gw.dtype == torch.float32
+    torch.testing.assert_close(l, ref_l, atol=0.5, rtol=2e-2)
+    torch.testing.assert_close(gh, ref_h, atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(gw, ref_w, atol=3e-2, rtol=3e-2)
