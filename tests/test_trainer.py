@@ -234,7 +234,7 @@ def test_spec_validation_messages(bad, match):
 
 
 def test_spec_round_trips_and_counts_steps():
-    spec = TrainSpec(data="d.txt", base_model="m", steps=1, epochs=2.0, batch_size=4, grad_accum=2, lora_targets=["q"])
+    spec = TrainSpec(data="d.txt", base_model="m", epochs=2.0, batch_size=4, grad_accum=2, lora_targets=["q"])
     assert TrainSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     assert spec.total_steps(n_train=20) == 5  # 40 examples / 8 per step
     assert spec.warmup(total=1000) == 50 and spec.warmup(total=10_000) == 100
