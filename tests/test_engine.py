@@ -347,3 +347,34 @@ def test_closing_on_the_last_delta_keeps_the_real_reason():
             stream.close()
             break
     assert stream.stats["finish_reason"] == "length"
+
+
+def test_generation_yields_the_cores_a_cpu_job_holds():
+    """While a job claims CPU threads, a generation started in another thread runs on
+    what is left (at least one); once the claim ends, the next one gets them all back."""
+    from lmstudio_lite import device
+
+    seen = []
+
+    class CountingModel(MockModel):
+        def forward(self, *args, **kwargs):
+            seen.append(torch.get_num_threads())
+            return super().forward(*args, **kwargs)
+
+    def generate():
+        prompt = list(b"Hi")
+        list(Engine(CountingModel(script("Hello", len(prompt))), ByteTokenizer()).stream(prompt, GREEDY, 10))
+
+    full = device.inference_threads()
+    with device.claim_cpu_threads(full):
+        assert device.inference_threads() == 1
+        t = threading.Thread(target=generate)
+        t.start()
+        t.join()
+    assert seen and set(seen) == {1}
+    seen.clear()
+    t = threading.Thread(target=generate)
+    t.start()
+    t.join()
+    assert device.inference_threads() == full
+    assert set(seen) == {full}

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from ..device import inference_threads
 from ..model.kv_cache import KVCache
 from .sampling import SamplingParams, sample
 from .stopping import StopStringHoldback
@@ -255,6 +256,8 @@ class _Generation:
         # Plain (not inference-mode) tensors: they stay writable whatever mode later code runs in.
         engine = self._engine
         device = engine.device
+        if device.type == "cpu" and torch.get_num_threads() != inference_threads():
+            torch.set_num_threads(inference_threads())  # this thread only: a job may hold the rest
         generator = torch.Generator(device=device)
         generator.manual_seed(self.seed)
         history = None

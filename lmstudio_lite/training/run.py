@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..device import choose_device
+from ..device import choose_device, claim_cpu_threads
 from ..paths import AppPaths, app_paths
 from . import distributed as D
 from .build import build_model, default_out_name, export_model, file_sha256, load_data
@@ -97,7 +97,9 @@ def run_training(spec: TrainSpec | None, *, paths: AppPaths | None = None, run_i
     try:
         run, spec = open_run(spec, paths, run_id, resume, ctx)
         limit_threads(spec.threads)
-        return _train(spec, run, paths, ctx, cancel, hooks, resumed=bool(resume))
+        held = spec.threads if choose_device(spec.device).device.type == "cpu" else 0
+        with claim_cpu_threads(held):  # chat in this process decodes on the other cores meanwhile
+            return _train(spec, run, paths, ctx, cancel, hooks, resumed=bool(resume))
     except BaseException as e:
         if run is not None and ctx.is_main and run.path.is_dir():
             run.log(f"failed: {e}\n{traceback.format_exc()}")
