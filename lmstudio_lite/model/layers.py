@@ -21,8 +21,10 @@ def matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -
         vec = x.reshape(-1)
         y = torch.mv(w.t(), vec) if bias is None else torch.addmv(bias, w.t(), vec)
         return y.view(*x.shape[:-1], w.shape[1])
-    # Always one 2-D call: a strided 3-D input (the last position of a batch) would
-    # otherwise send matmul down a bmm path that copies w once per row.
+    if bias is None and x.is_contiguous():
+        return x @ w  # one call: matmul folds a contiguous [B, T, in] into one mm itself
+    # A strided 3-D input (the last position of a batch) would otherwise send matmul
+    # down a bmm path that copies w once per row: make it one 2-D call.
     rows = x.reshape(-1, w.shape[0])
     y = rows @ w if bias is None else torch.addmm(bias, rows, w)
     return y.view(*x.shape[:-1], w.shape[1])

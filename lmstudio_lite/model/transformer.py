@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
+from .decode import decode_step
 from .kv_cache import KVCache
 from .layers import ACTIVATIONS, Linear, RMSNorm, apply_rope, matmul, rope_tables, store_out_in
 
@@ -180,6 +181,7 @@ class Transformer(nn.Module):
         self.norm_f = _norm(cfg)
         self.head = None if cfg.tie_embeddings else Linear(cfg.d_model, cfg.vocab_size, False)
         self._head_t: torch.Tensor | None = None  # inference copy of a tied head, stored [C, V]
+        self._decode_ready = False  # set by prepare_for_inference
         if cfg.family == "llama":
             cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -224,6 +226,7 @@ class Transformer(nn.Module):
             for b in self.blocks:
                 b.attn.fuse(out_in)
                 b.mlp.fuse(out_in)
+        self._decode_ready = True  # model/decode.py: the lean one-token step
         return self
 
     # -- forward -------------------------------------------------------------
@@ -232,6 +235,8 @@ class Transformer(nn.Module):
         B, T = ids.shape
         if start_pos + T > self.config.max_seq_len:
             raise ValueError(f"sequence of {start_pos + T} tokens exceeds the context of {self.config.max_seq_len}")
+        if T == 1 and cache is not None and self._decode_ready and not torch.is_grad_enabled():
+            return decode_step(self, ids, start_pos, cache)
         x = self.tok_emb(ids)
         rope = None
         if self.pos_emb is not None:
