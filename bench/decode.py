@@ -42,10 +42,12 @@ def measure_bandwidth() -> float:
     """GB/s reading a 256 MB buffer (the decode roofline on this machine)."""
     x = torch.ones(64 * 1024 * 1024, dtype=torch.float32)
     x.sum()
-    t = time.perf_counter()
-    for _ in range(5):
+    best = float("inf")
+    for _ in range(8):  # the best of several: a neighbour's burst should not lower the ceiling
+        t = time.perf_counter()
         x.sum()
-    return 5 * x.numel() * 4 / (time.perf_counter() - t) / 1e9
+        best = min(best, time.perf_counter() - t)
+    return x.numel() * 4 / best / 1e9
 
 
 def weight_bytes_per_token(model) -> int:
