@@ -130,3 +130,44 @@ def test_defaults_are_greedy_with_filters_off():
     p = SamplingParams()
     assert p.greedy and p.top_k == 0 and p.top_p == 1.0 and p.min_p == 0.0
     assert p.repetition_penalty == 1.0 and p.seed is None
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=1.0, top_p=0.9),
+    SamplingParams(temperature=1.0, top_p=0.3),
+    SamplingParams(temperature=1.0, top_k=5),
+    SamplingParams(temperature=1.0, top_k=7, top_p=0.8),
+    SamplingParams(temperature=1.0, min_p=0.05),
+    SamplingParams(temperature=1.0, top_k=50, top_p=0.95, min_p=0.02),
+])
+def test_cpu_candidate_distribution_equals_the_full_filter_chain(params):
+    """The CPU path (filters applied to the surviving candidates only) gives exactly the
+    distribution of top-k, top-p and min-p applied over the whole vocabulary, ties included."""
+    from lmstudio_lite.generation.sampling import _min_p, _top_k, _top_p, candidate_distribution
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 3000, generator=g) * 4
+    if params.top_p == 1.0:  # where top-p cuts through a tie, any order of the tie is right
+        logits[1, :40] = logits[1].max() + 1  # a row of ties at the top
+        logits[2, 100:110] = logits[2].topk(5).values[-1]  # ties at the k-th value
+    ref = logits.clone()
+    if params.top_k:
+        ref = _top_k(ref, params.top_k)
+    if params.top_p < 1:
+        ref = _top_p(ref, params.top_p)
+    if params.min_p:
+        ref = _min_p(ref, params.min_p)
+    want = ref.softmax(-1)
+    ids, probs = candidate_distribution(logits, params)
+    got = torch.zeros_like(want).scatter_(1, ids, probs)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_cpu_draw_follows_the_probabilities_and_never_picks_a_zero():
+    from lmstudio_lite.generation.sampling import _draw
+
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.0, 0.2]]).repeat(20000, 1)
+    picks = _draw(probs, torch.Generator().manual_seed(0))
+    counts = torch.bincount(picks, minlength=5).float() / picks.numel()
+    assert counts[1] == 0 and counts[3] == 0
+    torch.testing.assert_close(counts[[0, 2, 4]], torch.tensor([0.5, 0.3, 0.2]), atol=0.015, rtol=0)

@@ -87,7 +87,8 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     logits [B, V] (any float dtype; computed in fp32), prev_ids [B, N] long (the prompt and the
     output so far, for the repetition penalty) -> ids [B] long, on the logits' device.
     Order: repetition penalty, then argmax when temperature is 0, else temperature, top-k, top-p,
-    min-p and a draw from ``generator``. Never syncs with the host; the input is not modified.
+    min-p and a draw from ``generator``. The input is not modified. On a GPU it never syncs
+    with the host; on the CPU it works on the surviving candidates only (see below).
     """
     logits = logits.float()
     if params.repetition_penalty != 1.0 and prev_ids is not None and prev_ids.numel():
@@ -95,6 +96,8 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     if params.greedy:
         return logits.argmax(dim=-1)
     logits = logits / params.temperature
+    if logits.device.type == "cpu":
+        return _sample_candidates(logits, params, generator)
     if params.top_k > 0:
         logits = _top_k(logits, params.top_k)
     if params.top_p < 1.0:
@@ -103,3 +106,55 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
         logits = _min_p(logits, params.min_p)
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row of probs [B, M] (need not sum to 1), by inverting the CDF:
+    on the CPU ``torch.multinomial`` costs 1.3 ms over a 49k vocabulary, this ~0.1 ms."""
+    cdf = probs.cumsum(dim=-1)  # [B, M]
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device) * cdf[:, -1:]
+    # right=True: a zero-probability entry (cdf equal to its predecessor's) can never be hit.
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
+
+
+def _sample_candidates(logits: torch.Tensor, params: SamplingParams, generator) -> torch.Tensor:
+    if params.top_k == 0 and params.top_p >= 1.0 and params.min_p == 0.0:
+        return _draw(logits.softmax(dim=-1), generator)
+    ids, probs = candidate_distribution(logits, params)
+    return ids.gather(1, _draw(probs, generator)[:, None]).squeeze(-1)
+
+
+def candidate_distribution(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids [B, m], probs [B, m]): the filter chain's final distribution (top-k, top-p, min-p on
+    temperature-scaled logits [B, V]) over the few tokens that can survive it, found without
+    sorting the whole vocabulary (top-p over 49k tokens took 5.7 ms a token on the CI CPU, 23 ms
+    over 152k). Reading a count back to the host is free on the CPU, where this is used."""
+    probs = logits.softmax(dim=-1)  # [B, V]
+    V = logits.shape[-1]
+    if params.top_k > 0:
+        kth = logits.topk(min(params.top_k, V), dim=-1).values[:, -1:]
+        m = int((logits >= kth).sum(dim=-1).max())  # ties with the k-th token survive
+    elif params.top_p < 1.0:
+        m = min(V, 128)  # grown until the candidates hold p of the mass in every row
+        top = probs.topk(m, dim=-1)
+        while m < V and bool((top.values.sum(dim=-1) < params.top_p).any()):
+            m = min(V, m * 8)
+            top = probs.topk(m, dim=-1)
+    else:  # min-p alone
+        m = int((probs >= probs.max(dim=-1, keepdim=True).values * params.min_p).sum(dim=-1).max())
+    if params.top_k == 0 and params.top_p < 1.0:
+        ids = top.indices
+        cand = logits.gather(1, ids)
+    else:
+        cand, ids = logits.topk(m, dim=-1)  # [B, m], most likely first
+    if params.top_k > 0:  # m is the widest row's count: narrower rows drop their extras here
+        cand = cand.masked_fill(cand < kth, float("-inf"))
+    if params.top_p < 1.0:
+        # After top-k, top-p sees the renormalised top-k distribution; alone, the full one.
+        p = cand.softmax(dim=-1) if params.top_k > 0 else probs.gather(1, ids)
+        drop = (p.cumsum(dim=-1) - p) >= params.top_p
+        drop[:, 0] = False
+        cand = cand.masked_fill(drop, float("-inf"))
+    if params.min_p > 0.0:
+        cand = _min_p(cand, params.min_p)
+    return ids, cand.softmax(dim=-1)
