@@ -159,3 +159,24 @@ def test_inference_layout_keeps_logits(pair):
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
     assert (after - ref).abs().max().item() <= 1e-4
     assert model.blocks[0].attn.fused is not None
+
+
+def test_lean_decode_step_matches_the_general_forward_on_a_batch(pair):
+    """model/decode.py against the general forward, two rows at different tokens, step by step
+    (float32, so to rounding); positions past the cache are refused the same way."""
+    _, _, _, folder = pair
+    model = load_weights(folder).prepare_for_inference()
+    prompt = torch.tensor([PROMPT, PROMPT[::-1]])
+    steps = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(2))
+    outs = {}
+    for lean in (True, False):
+        model._decode_ready = lean
+        cache = KVCache(model.config, 2, len(PROMPT) + 6)
+        with torch.inference_mode():
+            rows = [model(prompt, 0, cache, last_only=True)]
+            rows += [model(steps[:, j:j + 1], len(PROMPT) + j, cache) for j in range(6)]
+            with pytest.raises(IndexError, match="KV cache holds"):
+                model(steps[:, :1], len(PROMPT) + 6, cache)
+        outs[lean] = torch.cat(rows, dim=1)
+    model._decode_ready = True
+    torch.testing.assert_close(outs[True], outs[False], atol=1e-5, rtol=1e-5)
