@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
 
 from lmstudio_lite.model.transformer import attention, attention_reference  # noqa: E402
+from timing import seconds_per_call  # noqa: E402
 
 CASES = [  # name, B, H, KV, T (new tokens), L (keys), grad
     ("decode GPT-2", 1, 12, 12, 1, 200, False),
@@ -29,15 +30,6 @@ CASES = [  # name, B, H, KV, T (new tokens), L (keys), grad
     ("prefill SmolLM 128", 1, 9, 3, 128, 128, False),
     ("train step 8x256", 8, 6, 6, 256, 256, True),
 ]
-
-
-def timed(fn, n: int) -> float:
-    for _ in range(3):
-        fn()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - t) / n * 1e6
 
 
 def main():
@@ -63,7 +55,8 @@ def main():
                             kernel(q, k, v, causal=True)
                 return call
             n = 3 if args.quick else (20 if grad or T > 1 else 300)
-            sdpa, ref = timed(run(attention), n), timed(run(attention_reference), n)
+            sdpa = 1e6 * seconds_per_call(run(attention), n)
+            ref = 1e6 * seconds_per_call(run(attention_reference), n)
             dname = str(dtype).replace("torch.", "")
             print(f"{dname:9} {name:20} SDPA {sdpa:9.0f}   matmul+softmax {ref:9.0f}   "
                   f"SDPA is {ref / sdpa:4.2f}x as fast", flush=True)

@@ -12,23 +12,20 @@ keeps ``x @ W`` on [in, out]; bfloat16 stores [out, in] for ``torch.mv``.
 from __future__ import annotations
 
 import argparse
-import time
+import os
+import sys
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from timing import seconds_per_call  # noqa: E402
 
 SHAPES = {  # d_model, layers, qkv out, d_ff (x2 when gated), vocab
     "gpt2": dict(C=768, L=12, qkv=2304, up=3072, down_in=3072, V=50257),
     "smollm": dict(C=576, L=30, qkv=960, up=3072, down_in=1536, V=49152),
 }
-
-
-def timed(fn, n: int) -> float:
-    fn()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - t) / n
 
 
 def kernels(w_in_out: torch.Tensor, x: torch.Tensor) -> dict:
@@ -64,12 +61,13 @@ def main():
             alone = {}
             for w in (mats[0], mats[3], mats[-1]):  # qkv, down, vocabulary head
                 for name, fn in kernels(w, xs[w.shape[0]]).items():
-                    alone.setdefault(name, []).append(w.numel() * w.element_size() / timed(fn, 3 if args.quick else 100) / 1e9)
+                    s_call = seconds_per_call(fn, 3 if args.quick else 100, warmup=1)
+                    alone.setdefault(name, []).append(w.numel() * w.element_size() / s_call / 1e9)
             chain = {}
             per_kernel = {name: [kernels(w, xs[w.shape[0]])[name] for w in mats] for name in alone}
             total = sum(w.numel() * w.element_size() for w in mats)
             for name, fns in per_kernel.items():
-                chain[name] = total / timed(lambda: [f() for f in fns], 1 if args.quick else 10) / 1e9
+                chain[name] = total / seconds_per_call(lambda: [f() for f in fns], 1 if args.quick else 10, warmup=1) / 1e9
             dname = str(dtype).replace("torch.", "")
             for name in alone:
                 a = " / ".join(f"{v:5.1f}" for v in alone[name])

@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
 
 from lmstudio_lite.generation.sampling import SamplingParams, sample  # noqa: E402
+from timing import seconds_per_call  # noqa: E402
 
 CASES = [("temperature 0.8", dict(temperature=0.8)),
          ("top-p 0.9", dict(temperature=0.7, top_p=0.9)),
@@ -49,15 +50,6 @@ def hf_sampler(kw: dict):
     return draw
 
 
-def timed(fn, n: int) -> float:
-    for _ in range(5):
-        fn()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - t) / n * 1e6
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
@@ -70,8 +62,8 @@ def main():
         for name, kw in CASES:
             params = SamplingParams(**kw)
             draw = hf_sampler(kw)
-            ours = timed(lambda: sample(logits, params, g), n)
-            theirs = timed(lambda: draw(logits, g), n)
+            ours = 1e6 * seconds_per_call(lambda: sample(logits, params, g), n, warmup=5)
+            theirs = 1e6 * seconds_per_call(lambda: draw(logits, g), n, warmup=5)
             print(f"vocab {V:6}  {name:22} ours {ours:7.0f}  transformers {theirs:7.0f}  "
                   f"ours/transformers speed {theirs / ours:5.2f}x", flush=True)
 

@@ -256,8 +256,9 @@ class _Generation:
         # Plain (not inference-mode) tensors: they stay writable whatever mode later code runs in.
         engine = self._engine
         device = engine.device
-        if device.type == "cpu" and torch.get_num_threads() != inference_threads():
-            torch.set_num_threads(inference_threads())  # this thread only: a job may hold the rest
+        threads = inference_threads()
+        if device.type == "cpu" and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)  # this thread only: a job may hold the rest
         generator = torch.Generator(device=device)
         generator.manual_seed(self.seed)
         history = None

@@ -12,27 +12,9 @@ Shapes: B rows, C d_model, H query heads, KV key/value heads, D head_dim.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-
-def _out_in(w: torch.Tensor) -> bool:
-    """True when an [in, out] weight is stored [out, in] (bf16 on the CPU, see layers.matmul)."""
-    return w.stride(0) == 1 and w.stride(1) != 1
-
-
-def _mm(x: torch.Tensor, w: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-    """``add + x @ w`` for rows x [B, in]; ``add`` broadcasts ([out] bias or [B, out] residual)."""
-    if x.shape[0] == 1 and _out_in(w):
-        y = torch.mv(w.t(), x[0]) if add is None else torch.addmv(add.reshape(-1), w.t(), x[0])
-        return y.unsqueeze(0)
-    return x @ w if add is None else torch.addmm(add, x, w)
-
-
-def _norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if isinstance(module, nn.LayerNorm):
-        return F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
-    return module.forward(x)
+from .layers import matmul
 
 
 @torch.no_grad()
@@ -52,7 +34,7 @@ def decode_step(model, ids: torch.Tensor, pos: int, cache) -> torch.Tensor:
     qk_width = (H + KV) * D
     for i, block in enumerate(model.blocks):
         attn, mlp = block.attn, block.mlp
-        qkv = _mm(_norm(block.norm1, x), attn.fused[0], attn.fused[1])  # [B, (H + 2KV) D]
+        qkv = matmul(block.norm1.forward(x), *attn.fused)  # [B, (H + 2KV) D]
         qk = qkv[:, :qk_width].view(B, H + KV, D)
         if rope is not None:
             qk = torch.addcmul(qk * rope[0], qk.roll(D // 2, -1), rope[1])
@@ -62,16 +44,16 @@ def decode_step(model, ids: torch.Tensor, pos: int, cache) -> torch.Tensor:
         # One query per head: grouped onto its KV head, GQA decode is plain attention.
         y = F.scaled_dot_product_attention(qk[:, :H].reshape(B, KV, H // KV, D),
                                            k_all[:, :, :pos + 1], v_all[:, :, :pos + 1])
-        x = _mm(y.reshape(B, H * D), attn.o.weight, x)
+        x = matmul(y.reshape(B, H * D), attn.o.weight, x)  # + the residual, in the same call
         if attn.o.bias is not None:
             x = x + attn.o.bias
-        h = _norm(block.norm2, x)
+        h = block.norm2.forward(x)
         if mlp.gated:
-            gate, up = _mm(h, mlp.fused[0], mlp.fused[1]).chunk(2, dim=-1)
+            gate, up = matmul(h, *mlp.fused).chunk(2, dim=-1)
             a = mlp.act(gate) * up
         else:
-            a = mlp.act(_mm(h, mlp.up.weight, mlp.up.bias))
-        x = _mm(a, mlp.down.weight, x)
+            a = mlp.act(matmul(h, mlp.up.weight, mlp.up.bias))
+        x = matmul(a, mlp.down.weight, x)
         if mlp.down.bias is not None:
             x = x + mlp.down.bias
-    return _norm(model.norm_f, x).unsqueeze(1)
+    return model.norm_f.forward(x).unsqueeze(1)

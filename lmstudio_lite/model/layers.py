@@ -11,6 +11,9 @@ import torch.nn.functional as F
 def matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x [..., in] @ w [in, out] (+ bias)`` with the fastest CPU kernel for w's storage.
 
+    ``bias`` is anything that broadcasts onto the output: a bias [out], or a residual
+    [rows, out] that the matmul accumulates onto (model/decode.py).
+
     Weights live [in, out] (``w`` contiguous), except that inference in bfloat16
     on the CPU re-lays them [out, in] (``w`` a transposed view, see
     ``Transformer.prepare_for_inference``): a single row against that layout
@@ -19,7 +22,7 @@ def matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -
     """
     if w.stride(0) == 1 and w.stride(1) != 1 and x.numel() == x.shape[-1]:
         vec = x.reshape(-1)
-        y = torch.mv(w.t(), vec) if bias is None else torch.addmv(bias, w.t(), vec)
+        y = torch.mv(w.t(), vec) if bias is None else torch.addmv(bias.reshape(-1), w.t(), vec)
         return y.view(*x.shape[:-1], w.shape[1])
     if bias is None and x.is_contiguous():
         return x @ w  # one call: matmul folds a contiguous [B, T, in] into one mm itself
