@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from . import native
 from .checkpoints.folder import load_weights, read_config
 from .checkpoints.tokenizer import Tokenizer
 from .device import DeviceChoice, choose_device
@@ -110,7 +111,9 @@ class LoadedModel:
         return {"name": self.name, "path": str(self.path), "family": self.hf_config.get("model_type", cfg.family),
                 "parameters": cfg.num_parameters(), "context_length": cfg.max_seq_len,
                 "dtype": str(self.choice.dtype).removeprefix("torch."), "device": self.choice.name,
-                "device_reason": self.choice.reason, "has_chat_template": self.tokenizer.has_chat_template}
+                "device_reason": self.choice.reason, "has_chat_template": self.tokenizer.has_chat_template,
+                "decode_kernel": "native C step (float32, one row)" if self.model._native is not None
+                else "pytorch" + ("" if native.status() == "on" else f" (native kernel {native.status()})")}
 
 
 def load_model(path: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None) -> LoadedModel:

@@ -37,6 +37,16 @@ def app_paths(home: str | os.PathLike | None = None) -> AppPaths:
     return AppPaths(data, data / "models", data / "runs", data / "chats")
 
 
+def cache_dir() -> Path:
+    """Rebuildable files (compiled kernels): ``$LMSTUDIO_LITE_HOME/cache`` or the platform's cache folder."""
+    root = os.environ.get(HOME_ENV)
+    if root:
+        return Path(root).expanduser().resolve() / "cache"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("lmstudio_lite", appauthor=False))
+
+
 def bundled_models_dir() -> Path:
     """The repository's ``models/`` folder holding the bundled default model."""
     return Path(__file__).resolve().parent.parent / "models"

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .decode import decode_step
+from .decode import NativeDecoder, decode_step
 from .kv_cache import KVCache
 from .layers import ACTIVATIONS, Linear, RMSNorm, apply_rope, matmul, rope_tables, store_out_in
 
@@ -182,6 +182,7 @@ class Transformer(nn.Module):
         self.head = None if cfg.tie_embeddings else Linear(cfg.d_model, cfg.vocab_size, False)
         self._head_t: torch.Tensor | None = None  # inference copy of a tied head, stored [C, V]
         self._decode_ready = False  # set by prepare_for_inference
+        self._native: NativeDecoder | None = None  # float32 CPU one-row step in C, when it builds
         if cfg.family == "llama":
             cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -227,7 +228,16 @@ class Transformer(nn.Module):
                 b.attn.fuse(out_in)
                 b.mlp.fuse(out_in)
         self._decode_ready = True  # model/decode.py: the lean one-token step
+        self._native = NativeDecoder.build(self)
         return self
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .float(), .cuda()... make new parameter tensors: the fused copies and the
+        # native step's addresses would be stale, so inference must be prepared again.
+        self._native, self._decode_ready, self._head_t = None, False, None
+        for b in self.blocks:
+            b.attn.fused = b.mlp.fused = None
+        return super()._apply(fn, *args, **kwargs)
 
     # -- forward -------------------------------------------------------------
     def forward_hidden(self, ids: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None):

@@ -1,0 +1,115 @@
+"""Native kernels, compiled on this machine on first use and loaded with ctypes.
+
+``decode_f32.c`` runs a whole float32 batch-1 decode step through every block in
+one call (see its header for why). It is built with the system C compiler
+(``$CC``, else ``cc``) for this CPU (``-march=native``) into the cache folder, once
+per source, compiler and CPU; a second process finds it there. Without a
+compiler, or with ``LMSTUDIO_LITE_NATIVE=0``, nothing is built and the model
+decodes through PyTorch alone: ``decode_library()`` returns None and
+``status()`` says why.
+
+torch is imported first on purpose: the kernel's OpenMP calls then bind to the
+libgomp torch already loaded, so both share one thread pool.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch  # noqa: F401  (loads torch's libgomp before the kernel's)
+
+from ..paths import cache_dir
+
+DISABLE_ENV = "LMSTUDIO_LITE_NATIVE"
+SOURCE = Path(__file__).with_name("decode_f32.c")
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_status = "not built yet"
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: a cache shared between machines must not mix CPUs."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            lines = [l for l in f if l.startswith(("model name", "flags", "Features"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def build(source: Path, out_dir: Path, compiler: str | None = None, timeout: float = 120.0) -> Path:
+    """Compile ``source`` into a shared library under ``out_dir`` (reused when already there).
+
+    Raises BuildError with the compiler's own message when it cannot be built."""
+    cc = compiler or os.environ.get("CC") or "cc"
+    exe = shutil.which(cc)
+    if exe is None:
+        raise BuildError(f"no C compiler found (looked for {cc!r}; set CC to use another)")
+    try:
+        version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise BuildError(f"the C compiler {exe} does not run: {e}") from None
+    key = hashlib.sha256("\0".join([source.read_text(), exe, version, " ".join(FLAGS), _cpu_signature()])
+                         .encode()).hexdigest()[:16]
+    target = out_dir / f"{source.stem}-{key}.so"
+    if target.exists():
+        return target
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+    os.close(fd)
+    try:
+        proc = subprocess.run([exe, *FLAGS, "-o", tmp, str(source), "-lm"], capture_output=True, text=True,
+                              timeout=timeout)
+        if proc.returncode != 0:
+            raise BuildError(f"{exe} could not compile {source.name}: {(proc.stderr or proc.stdout).strip()[-800:]}")
+        os.replace(tmp, target)  # atomic: a process building beside us never loads half a file
+    except subprocess.TimeoutExpired:
+        raise BuildError(f"{exe} took more than {timeout:.0f} s to compile {source.name}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+    lib.lml_decode_f32.argtypes = [p, p, f32, i64, p, p, i64, p, p, p, p, i64, i64, p, p, ctypes.c_int]
+    lib.lml_decode_f32.restype = None
+    lib.lml_scratch_floats.argtypes = [p, i64, ctypes.c_int]
+    lib.lml_scratch_floats.restype = i64
+    return lib
+
+
+def decode_library() -> ctypes.CDLL | None:
+    """The float32 decode kernel, built on first call; None when it cannot be (see ``status()``)."""
+    global _lib, _status
+    with _lock:
+        if _lib is not None or _status != "not built yet":
+            return _lib
+        if os.environ.get(DISABLE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+            _status = f"off ({DISABLE_ENV}={os.environ[DISABLE_ENV]})"
+            return None
+        try:
+            _lib = _bind(ctypes.CDLL(str(build(SOURCE, cache_dir() / "native"))))
+            _status = "on"
+        except (BuildError, OSError, AttributeError) as e:
+            _status = f"off ({e})"
+        return _lib
+
+
+def status() -> str:
+    """``on``, ``off (why)`` or ``not built yet``: for the status line and bug reports."""
+    return _status
