@@ -39,9 +39,8 @@ def app_paths(home: str | os.PathLike | None = None) -> AppPaths:
 
 def cache_dir() -> Path:
     """Rebuildable files (compiled kernels): ``$LMSTUDIO_LITE_HOME/cache`` or the platform's cache folder."""
-    root = os.environ.get(HOME_ENV)
-    if root:
-        return Path(root).expanduser().resolve() / "cache"
+    if os.environ.get(HOME_ENV):
+        return app_paths().home / "cache"
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("lmstudio_lite", appauthor=False))

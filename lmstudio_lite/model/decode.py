@@ -20,10 +20,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..native import decode_library
 from .layers import matmul
 
 _NATIVE_ACTS = {"silu": 0, "gelu_new": 1, "gelu_pytorch_tanh": 1, "gelu_fast": 1, "gelu": 2, "relu": 3}
-_SLOTS = 12  # per-layer addresses, in the order of decode_f32.c's P_* enum
 
 
 class NativeDecoder:
@@ -35,9 +35,9 @@ class NativeDecoder:
 
     def __init__(self, model, lib):
         cfg = model.config
-        self._lib, self._model = lib, model
+        self._lib = lib
         self._keep: list[torch.Tensor] = []
-        rows = []
+        rows = []  # per layer, in the order of decode_f32.c's P_* slots
         for b in model.blocks:
             attn, mlp = b.attn, b.mlp
             up = mlp.fused if mlp.gated else (mlp.up.weight, mlp.up.bias)
@@ -79,8 +79,6 @@ class NativeDecoder:
                 or any(getattr(n, "eps", None) != norms[0].eps for n in norms)
                 or any(isinstance(n, nn.LayerNorm) and n.bias is None for n in norms)):
             return None
-        from ..native import decode_library
-
         lib = decode_library()
         if lib is None:
             return None

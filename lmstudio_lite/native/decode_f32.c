@@ -143,7 +143,7 @@ void lml_decode_f32(const int64_t *ptrs, const int64_t *dims, float eps, int64_t
     const int64_t layer_stride = cache_rows * KV * max_len * D;
     float *qkv = scratch, *y = qkv + Q, *a = y + H * D, *priv = a + FF;
     const int64_t widest = Q > up_w ? Q : up_w;
-    const int64_t priv_size = C + 2 * D + (max_len + 16) + 2 * widest;
+    const int64_t priv_size = C + D + (max_len + 16) + 2 * widest;
     for (int64_t i = 0; i < C; i++) x[i] = emb[token * C + i] + (pos_emb ? pos_emb[pos * C + i] : 0.0f);
     cos += pos * D;
     sin += pos * D;
@@ -151,7 +151,7 @@ void lml_decode_f32(const int64_t *ptrs, const int64_t *dims, float eps, int64_t
 #pragma omp parallel num_threads(nthreads)
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        float *h = priv + t * priv_size, *qr = h + C, *sc = qr + 2 * D, *acc = sc + max_len + 16;
+        float *h = priv + t * priv_size, *qr = h + C, *sc = qr + D, *acc = sc + max_len + 16;
         float *acc2 = acc + widest;
         int64_t j0, n;
         for (int64_t l = 0; l < L; l++) {
@@ -206,5 +206,5 @@ void lml_decode_f32(const int64_t *ptrs, const int64_t *dims, float eps, int64_t
 int64_t lml_scratch_floats(const int64_t *dims, int64_t max_len, int nthreads) {
     const int64_t C = dims[D_C], H = dims[D_H], KV = dims[D_KV], D = dims[D_HEAD], FF = dims[D_FF];
     const int64_t Q = (H + 2 * KV) * D, up_w = dims[D_GATED] ? 2 * FF : FF, widest = Q > up_w ? Q : up_w;
-    return Q + H * D + FF + (int64_t)nthreads * (C + 2 * D + (max_len + 16) + 2 * widest);
+    return Q + H * D + FF + (int64_t)nthreads * (C + D + (max_len + 16) + 2 * widest);
 }
