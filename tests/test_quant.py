@@ -2,6 +2,10 @@
 weight, quantized models against float, the load cache, the CLI flag."""
 from __future__ import annotations
 
+import json
+import os
+import shutil
+
 import gguf
 import numpy as np
 import pytest
@@ -181,3 +185,92 @@ def test_stories260k_quantized_logits_stay_close_to_float(stories, qtype):
         want, got = ref(ids), q(ids)
     rel = ((got - want).pow(2).mean() / want.pow(2).mean()).sqrt().item()
     assert 0 < rel < LOGIT_RMS_BOUND[qtype]
+
+
+# ---- loading quantized: api, cache, registry, UI handler, CLI ----------------------------------------
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A throwaway LMSTUDIO_LITE_HOME (the quant cache goes under it) with a writable stories260K copy."""
+    monkeypatch.setenv("LMSTUDIO_LITE_HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "models").mkdir(parents=True)
+    shutil.copytree(STORIES, tmp_path / "home" / "models" / "stories260K")
+    for f in (tmp_path / "home" / "models" / "stories260K").iterdir():
+        f.chmod(0o644)  # the shared copy is read-only
+    return tmp_path / "home"
+
+
+def test_load_model_quantizes_once_then_reads_the_cache(home, monkeypatch):
+    from lmstudio_lite import load_model
+    from lmstudio_lite.model import quant
+    from lmstudio_lite.paths import cache_dir
+
+    folder = home / "models" / "stories260K"
+    first = load_model(folder, device="cpu", dtype="float32", quant="q4_0")
+    info = first.info()
+    assert (info["quant"], info["quant_cache"]) == ("q4_0", "written")
+    files = list((cache_dir() / "quant").glob("stories260K-q4_0-*.safetensors"))
+    assert len(files) == 1
+    float_info = load_model(folder, device="cpu", dtype="float32").info()
+    assert (float_info["quant"], float_info["quant_cache"]) == ("f32", "none")
+    assert info["weights_bytes"] < 0.6 * float_info["weights_bytes"]
+
+    def no_quantizing(*a, **k):
+        raise AssertionError("quantized again despite the cache")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(quant, "quantize", no_quantizing)
+        second = load_model(folder, device="cpu", dtype="float32", quant="q4_0")
+    assert second.info()["quant_cache"] == "hit"
+    ids = torch.tensor([[1, 403, 407, 261]])
+    assert second.logits(ids).equal(first.logits(ids))
+    os.utime(folder / "model.safetensors", ns=(1, 1))  # a changed source: a new key, quantized afresh
+    assert load_model(folder, device="cpu", dtype="float32", quant="q4_0").info()["quant_cache"] == "written"
+    assert len(list((cache_dir() / "quant").glob("stories260K-q4_0-*.safetensors"))) == 2
+
+
+def test_bad_quant_is_a_clear_error():
+    from lmstudio_lite import load_model
+
+    with pytest.raises(ValueError, match="unknown quantization 'q4_k'.*q8_0, q4_0, q4_1"):
+        load_model(STORIES, device="cpu", dtype="float32", quant="q4_k")
+
+
+def test_q8_0_greedy_equals_float32_on_stories260k(home):
+    from lmstudio_lite import load_model
+
+    refs = json.loads((STORIES.parent / "stories260K-reference.json").read_text())
+    q8 = load_model(STORIES, device="cpu", dtype="float32", quant="q8_0")
+    for prompt in [k for k in refs if not k.startswith("_")]:
+        stream = q8.generate(prompt, max_new_tokens=32, temperature=0, ignore_eos=True)
+        "".join(stream)
+        assert stream.new_ids == refs[prompt]["new_ids"][:32]  # the float32 model's greedy tokens
+
+
+def test_registry_ui_handler_and_status_line_carry_the_format(home):
+    from fixtures_models import make_services
+    from lmstudio_lite.ui import models_tab as mt
+
+    svc = make_services(home)
+    assert mt.quant_value(svc) == "float"
+    msg = mt.load_model(svc, "stories260K", "q8_0")
+    assert "Loaded **stories260K** (q8_0 on" in msg and "MB of weights" in msg
+    assert svc.registry.current.info()["quant"] == "q8_0" and mt.quant_value(svc) == "q8_0"
+    assert "stories260K (q8_0, " in svc.registry.status_line()
+    assert "(f32 on" in mt.load_model(svc, "stories260K", "float")  # same folder, other format: reloaded
+    assert "stories260K (f32, " in svc.registry.status_line()
+    assert "unknown quantization" in mt.load_model(svc, "stories260K", "q2_k")
+    assert svc.registry.current.info()["quant"] == "f32"  # a failed load keeps the model
+
+
+@pytest.mark.parametrize("command", ["app", "serve", "chat", "generate"])
+def test_quant_flag_parses_on_every_model_command(command, capsys):
+    from lmstudio_lite.cli import QUANT_CHOICES, build_parser
+
+    assert QUANT_CHOICES == QTYPES
+    base = ["--model", "m", "--prompt", "p"] if command == "generate" else []
+    parser = build_parser(command)
+    assert parser.parse_args(base + ["--quant", "q4_1"]).quant == "q4_1"
+    assert parser.parse_args(base).quant is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(base + ["--quant", "q3"])
+    assert "invalid choice: 'q3'" in capsys.readouterr().err

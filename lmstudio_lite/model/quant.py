@@ -267,3 +267,15 @@ def weight_format(model: nn.Module) -> str:
             return m.qtype
     return {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}.get(
         model.tok_emb.weight.dtype, str(model.tok_emb.weight.dtype).removeprefix("torch."))
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Memory the weights take: each storage once (fused layers are views of one tensor),
+    plus the float32 inference copy of a tied head when there is one."""
+    tensors = list(model.state_dict(keep_vars=True).values()) + [getattr(model, "_head_t", None)]
+    storages = {}
+    for t in tensors:
+        if t is not None:
+            s = t.untyped_storage()
+            storages[(s.device.type, s.data_ptr())] = s.nbytes()
+    return sum(storages.values())
