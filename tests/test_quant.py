@@ -274,3 +274,19 @@ def test_quant_flag_parses_on_every_model_command(command, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(base + ["--quant", "q3"])
     assert "invalid choice: 'q3'" in capsys.readouterr().err
+
+
+def test_one_cache_file_serves_float32_and_bfloat16_loads(home):
+    from lmstudio_lite import load_model
+
+    folder = home / "models" / "stories260K"
+    f32 = load_model(folder, device="cpu", dtype="float32", quant="q8_0")
+    bf16 = load_model(folder, device="cpu", dtype="bfloat16", quant="q8_0")
+    assert (f32.info()["quant_cache"], bf16.info()["quant_cache"]) == ("written", "hit")
+    assert bf16.model.tok_emb.weight.dtype == torch.bfloat16 and bf16.info()["quant"] == "q8_0"
+    ids = torch.tensor([[1, 403, 407, 261, 300]])
+    want, got = f32.logits(ids), bf16.logits(ids)
+    # bf16 keeps 8 bits of mantissa: activations round by up to 2^-9 relative at every op; measured 0.0073.
+    assert ((got - want).pow(2).mean() / want.pow(2).mean()).sqrt() < 0.02
+    stream = bf16.generate("Once upon a time", max_new_tokens=8, temperature=0)
+    assert len("".join(stream)) > 0 and stream.stats["new_tokens"] == 8

@@ -41,22 +41,31 @@ def _read(path: Path) -> dict[str, torch.Tensor] | None:
         return None
 
 
+def _cast(model, dtype):
+    """The float parts in ``dtype`` (blocks are uint8 and stay); rotary tables stay float32, as load_weights makes them."""
+    model.to(dtype)
+    model.reset_rope()
+    return model
+
+
 def load_quantized(folder: Path, cfg, device, dtype, qtype: str, head: str | None = HEAD_QTYPE):
     """(model with quantized block linears, cache_hit). Not yet prepared for inference.
 
     The float model is read first either way: the embedding, norms and biases stay
-    float and come from the folder; on a hit only the quantizing is skipped.
+    float and come from the folder; on a hit only the quantizing is skipped. It is
+    read in float32 and cast to ``dtype`` after quantizing, so the blocks are those
+    of the stored weights whatever dtype the rest runs in (one cache file serves all).
     """
     check_qtype(qtype)
-    model = load_weights(folder, cfg, device=device, dtype=dtype)
+    model = load_weights(folder, cfg, device=device, dtype=torch.float32)
     path = cache_path(folder, qtype, head)
     cached = _read(path)
     if cached is not None:
         try:
-            return quantize_model(model, qtype, head=head, blocks=cached), True
+            return _cast(quantize_model(model, qtype, head=head, blocks=cached), dtype), True
         except ValueError:  # blocks of another shape: a stale or foreign file, quantize afresh
-            model = load_weights(folder, cfg, device=device, dtype=dtype)
-    quantize_model(model, qtype, head=head)
+            model = load_weights(folder, cfg, device=device, dtype=torch.float32)
+    _cast(quantize_model(model, qtype, head=head), dtype)
     path.parent.mkdir(parents=True, exist_ok=True)
     blocks = {k: v.cpu() for k, v in quantized_blocks(model).items()}
     meta = {"qtype": qtype, "head": str(head), "format_version": str(FORMAT_VERSION), "source": str(folder)}
