@@ -290,3 +290,10 @@ def test_one_cache_file_serves_float32_and_bfloat16_loads(home):
     assert ((got - want).pow(2).mean() / want.pow(2).mean()).sqrt() < 0.02
     stream = bf16.generate("Once upon a time", max_new_tokens=8, temperature=0)
     assert len("".join(stream)) > 0 and stream.stats["new_tokens"] == 8
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_cuda_quantize_makes_the_same_bytes(qtype):
+    w = torch.randn(1024, 2048, generator=torch.Generator().manual_seed(0))  # 65,536 blocks
+    assert quantize(w.cuda(), qtype).cpu().equal(quantize(w, qtype))
