@@ -136,6 +136,23 @@ def test_quantized_model_equals_float_model_of_dequantized_weights(family, qtype
     torch.testing.assert_close(step[:, 0], full[:, 11], rtol=1e-5, atol=1e-5)
 
 
+def test_mixed_formats_in_one_fused_projection():
+    """A GGUF file may hold v in another format than q and k, or one projection float."""
+    model = _tiny("llama")
+    q = quantize_model(_tiny("llama"), "q4_0")
+    q.blocks[0].attn.v = QuantLinear.from_linear(model.blocks[0].attn.v, "q8_0")
+    q.blocks[1].mlp.up = model.blocks[1].mlp.up  # float
+    q.prepare_for_inference()
+    ref = _dequantized_copy(model, q).prepare_for_inference()
+    ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(4))
+    cache = KVCache(q.config, 2, 16, "cpu", torch.float32)
+    with torch.no_grad():
+        full = q(ids)
+        torch.testing.assert_close(full, ref(ids), rtol=1e-5, atol=1e-5)
+        q(ids[:, :11], 0, cache)
+        torch.testing.assert_close(q(ids[:, 11:], 11, cache)[:, 0], full[:, 11], rtol=1e-5, atol=1e-5)
+
+
 def test_cached_blocks_rebuild_the_same_model_and_a_float_head_stays_float():
     q = quantize_model(_tiny("llama"), "q4_1").prepare_for_inference()
     blocks = quantized_blocks(q)

@@ -207,6 +207,27 @@ class QuantLinear(nn.Module):
         return f"{self.qtype}, in={self.d_in}, out={self.d_out}, bias={self.bias is not None}"
 
 
+class SideBySide(nn.Module):
+    """Projections of one input held in different formats (a GGUF file may mix them, e.g. a
+    q8_0 v beside q4_1 q and k): their outputs side by side, as one fused layer gives them."""
+
+    def __init__(self, *layers: nn.Module):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([l.forward(x) for l in self.layers], dim=-1)
+
+
+def fuse_quantized(*layers: nn.Module) -> nn.Module:
+    """The fused form of q|k|v or gate|up when any of them is quantized: stacked blocks when
+    they share one format, else the layers side by side."""
+    first = layers[0]
+    if all(isinstance(l, QuantLinear) and l.qtype == first.qtype and l.d_in == first.d_in for l in layers):
+        return QuantLinear.fuse(*layers)
+    return SideBySide(*layers)
+
+
 BLOCK_LAYERS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down")
 HEAD = "head"
 HEAD_QTYPE = "q8_0"
