@@ -5,10 +5,13 @@ these CPUs) and gives the same bytes every time, so the blocks are kept in one
 safetensors file under ``paths.cache_dir()/quant``. The file's name is a hash of
 what the bytes depend on: the source weight files (name, size, modification
 time), the formats (body and head) and ``quant.FORMAT_VERSION``. A changed
-source gets a new name; stale files are rebuildable and may be deleted any time.
+source gets a new name, and writing it deletes the folder's older file in that
+format, so re-saving a model many times does not pile up copies; any file here is
+rebuildable and may be deleted at any time.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 from pathlib import Path
@@ -22,13 +25,20 @@ from ..paths import cache_dir
 from .folder import _atomic, load_weights, weight_files
 
 
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:16]
+
+
+def _prefix(folder: Path, qtype: str) -> str:
+    """Names the folder (its path hashed: two folders of one name never share files) and the format."""
+    return f"{folder.name}-{_digest(str(folder.resolve()))}-{qtype}-"
+
+
 def cache_path(folder: Path, qtype: str, head: str | None = HEAD_QTYPE) -> Path:
     """Where ``folder``'s blocks in ``qtype`` are cached (the file may not exist yet)."""
     sources = sorted(set(weight_files(folder).values()) | {folder / "config.json"})
     stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sources]
-    key = json.dumps([str(folder.resolve()), stats, qtype, head, FORMAT_VERSION])
-    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
-    return cache_dir() / "quant" / f"{folder.name}-{qtype}-{digest}.safetensors"
+    return cache_dir() / "quant" / (_prefix(folder, qtype) + _digest([stats, head, FORMAT_VERSION]) + ".safetensors")
 
 
 def _read(path: Path) -> dict[str, torch.Tensor] | None:
@@ -70,4 +80,7 @@ def load_quantized(folder: Path, cfg, device, dtype, qtype: str, head: str | Non
     blocks = {k: v.cpu() for k, v in quantized_blocks(model).items()}
     meta = {"qtype": qtype, "head": str(head), "format_version": str(FORMAT_VERSION), "source": str(folder)}
     _atomic(path, lambda p: save_file(blocks, p, metadata=meta))
+    for old in path.parent.glob(glob.escape(_prefix(folder, qtype)) + "*.safetensors"):
+        if old != path:
+            old.unlink(missing_ok=True)  # the same folder in the same format, from older source files
     return model, False
