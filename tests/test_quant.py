@@ -37,7 +37,7 @@ def edge_matrix(rows: int = 67, cols: int = 256, scale: float = 1.0, seed: int =
     w[3, 32:64] = -w[3, 32:64].abs().flip(0)
     w[4, :32] = 0.5 * scale  # a constant block: q4_1's d = 0
     w[5, :32] = (torch.arange(32) - 15.5) * scale  # exact halves after scaling: round-away vs round-even
-    w[6, :32] = torch.arange(32) * (127 / 31)
+    w[6, :32] = torch.tensor([127.0] + [k + 0.5 for k in range(-15, 16)])  # d = 1: exact halves for q8_0
     return w
 
 
