@@ -238,8 +238,10 @@ def quantize_model(model: nn.Module, qtype: str, head: str | None = HEAD_QTYPE,
     """Swap every ``Linear`` of the transformer blocks for a ``QuantLinear`` in place.
 
     The embedding and the norms stay float. ``head`` is the head's format (None:
-    float): q8_0 by default, as llama.cpp keeps a tied output; a tied head becomes
-    its own Q8_0 copy of the embedding, leaving the embedding float for lookups.
+    float), q8_0 by default as llama.cpp keeps a tied output: SmolLM2's float32 head
+    would be 113 of the 173 MB a q4_0 decode step reads (90 MB with it in Q8_0), for
+    0.02% perplexity on stories260K (README). A tied head becomes its own Q8_0 copy
+    of the embedding, leaving the embedding float for lookups.
     A layer whose input width is not a multiple of 32 stays float (stories260K's
     172-wide MLP). ``blocks`` maps ``"<module name>.blocks"`` to cached blocks
     (see ``quantized_blocks``) to use instead of quantizing again. Call
@@ -249,7 +251,7 @@ def quantize_model(model: nn.Module, qtype: str, head: str | None = HEAD_QTYPE,
     if head is not None:
         check_qtype(head)
     model.reset_inference()
-    for i, block in enumerate(model.blocks):
+    for i in range(len(model.blocks)):
         for path in BLOCK_LAYERS:
             name = f"blocks.{i}.{path}"
             layer = model.get_submodule(name) if _has(model, name) else None
