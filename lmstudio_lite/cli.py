@@ -62,6 +62,15 @@ def add_models_args(p: argparse.ArgumentParser):
     p.add_argument("--json", action="store_true")
 
 
+def add_export_args(p: argparse.ArgumentParser):
+    from .checkpoints.gguf_export import QUANT_CHOICES
+
+    p.add_argument("model", help="model folder or the name of a local model")
+    p.add_argument("--gguf", required=True, metavar="OUT.gguf", help="the GGUF file to write")
+    p.add_argument("--quant", default="f32", choices=QUANT_CHOICES,
+                   help="weight type (default f32; norms stay f32; q4_0 keeps the embedding in q8_0)")
+
+
 def add_train_args(p: argparse.ArgumentParser):
     from .training.cli import add_train_arguments
 
@@ -130,6 +139,17 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .checkpoints.gguf_export import export_gguf
+    from .paths import app_paths
+    from .registry import Registry
+
+    folder = Registry(app_paths()).resolve_folder(args.model)
+    out = export_gguf(folder, args.gguf, args.quant)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.quant})")
+    return 0
+
+
 COMMANDS = {
     "app": (add_app_args, cmd_app, "start the web app (the default)"),
     "serve": (add_serve_args, cmd_serve, "run the OpenAI-compatible API without the UI"),
@@ -137,6 +157,7 @@ COMMANDS = {
     "generate": (add_generate_args, cmd_generate, "generate text from a prompt"),
     "train": (add_train_args, cmd_train, "fine-tune or train a model"),
     "models": (add_models_args, cmd_models, "list local models"),
+    "export": (add_export_args, cmd_export, "write a model folder as a GGUF file (llama.cpp, LM Studio, Ollama)"),
 }
 
 

@@ -75,6 +75,15 @@ def _is_model_folder(p: Path) -> bool:
     return p.is_dir() and (p / "config.json").is_file()
 
 
+def is_gguf_file(p: Path) -> bool:
+    """A GGUF file by its magic bytes (Ollama's blobs have no .gguf suffix)."""
+    try:
+        with open(p, "rb") as f:
+            return p.is_file() and f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
 class Registry:
     """Lists local models and owns the loaded one (shared by UI, API and CLI)."""
 
@@ -110,6 +119,21 @@ class Registry:
                 return e
         raise KeyError(f"no local model named {name!r}; available: {', '.join(e.name for e in self.list()) or 'none'}")
 
+    def resolve(self, name_or_path: str, allow_path: bool = True) -> Path:
+        """The folder or GGUF file a listed name (or, when ``allow_path``, a typed path) stands for."""
+        path = Path(name_or_path).expanduser()
+        if allow_path and (_is_model_folder(path) or is_gguf_file(path)):
+            return path
+        return Path(self.find(name_or_path).path)
+
+    def resolve_folder(self, name_or_path: str) -> Path:
+        """Like ``resolve`` but a model folder is required (export reads a folder)."""
+        target = self.resolve(name_or_path)
+        if not _is_model_folder(target):
+            raise ValueError(f"{name_or_path!r} is a GGUF file, not a model folder; export reads a model folder "
+                             "(config.json + safetensors)")
+        return target
+
     def default_model(self) -> ModelEntry | None:
         bundled = [e for e in self.list() if e.source == "bundled" and e.error is None]
         return bundled[0] if bundled else None
@@ -126,11 +150,7 @@ class Registry:
         from .api import load_model
 
         with self._lock:
-            path = Path(name_or_path).expanduser()
-            if allow_path and _is_model_folder(path):
-                target = path
-            else:
-                target = Path(self.find(name_or_path).path)
+            target = self.resolve(name_or_path, allow_path)
             if self._current is not None and self._current.path == target.resolve():
                 return self._current
             model = load_model(target, device=self.device, dtype=self.dtype)

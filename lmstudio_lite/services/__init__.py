@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .paths import AppPaths, app_paths
-from .registry import Registry
+from ..paths import AppPaths, app_paths
+from ..registry import Registry
 
 
 @dataclass
@@ -27,7 +27,7 @@ def build_services(model: str | None = None, device: str | None = None, dtype: s
     A model that fails to load leaves the app running with no model and the
     error in ``registry.last_error``: the UI says so instead of crashing.
     """
-    from .checkpoints.errors import CheckpointError
+    from ..checkpoints.errors import CheckpointError
 
     paths = (paths or app_paths()).ensure()
     registry = Registry(paths, device=device, dtype=dtype)
@@ -42,11 +42,11 @@ def build_services(model: str | None = None, device: str | None = None, dtype: s
             registry.last_error = str(e.args[0] if isinstance(e, KeyError) else e)
     jobs = chats = None
     if with_jobs:
-        from .training.jobs import JobRunner
+        from ..training.jobs import JobRunner
 
         jobs = JobRunner(paths)
     if with_chats:
-        from .chats import ChatStore
+        from ..chats import ChatStore
 
         chats = ChatStore(paths.chats)
     return Services(paths, registry, jobs, chats, shared=shared, api_key=api_key)
