@@ -135,7 +135,9 @@ def cmd_models(args) -> int:
         print("no local models found")
     for e in entries:
         params = f"{e.parameters / 1e6:.1f}M" if e.parameters else "?"
-        print(f"{e.name:32} {e.family:8} {params:>8}  {e.source:9} {e.path}" + (f"  [{e.error}]" if e.error else ""))
+        kind = e.dtype if e.format == "gguf" else "folder"
+        print(f"{e.name:32} {e.family:8} {params:>8}  {kind:7} {e.source:9} {e.path}"
+              + (f"  [{e.error}]" if e.error else ""))
     return 0
 
 

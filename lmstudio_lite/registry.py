@@ -1,8 +1,10 @@
 """Which models exist on this machine, and which one is loaded.
 
-Sources: the bundled ``models/`` folder, the user's models folder, and model
-folders already present in a Hugging Face hub cache (read offline; nothing is
-ever downloaded). One model is loaded at a time; loading is serialised.
+Sources: the bundled ``models/`` folder, the user's models folder (model folders
+and downloaded GGUF files), model folders and GGUF files already present in a
+Hugging Face hub cache (read offline), and the libraries of other apps (LM Studio,
+Ollama, folders added in settings: ``services/libraries.py``), all read-only.
+One model is loaded at a time; loading is serialised.
 """
 from __future__ import annotations
 
@@ -21,13 +23,14 @@ BYTES_PER_DTYPE = {"float32": 4, "bfloat16": 2, "float16": 2}
 class ModelEntry:
     name: str
     path: str
-    source: str  # bundled | user | hf-cache
+    source: str  # bundled | user | hf-cache | lm-studio | ollama | folder
     family: str = "?"
     parameters: int = 0
     context_length: int = 0
     dtype: str = "?"
     size_bytes: int = 0
     error: str | None = None
+    format: str = "folder"  # folder | gguf
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -52,8 +55,21 @@ def describe_folder(path: Path, name: str, source: str) -> ModelEntry:
     return entry
 
 
+def describe_gguf_file(path: Path, name: str, source: str) -> ModelEntry:
+    """Read the GGUF header only (memory-mapped); an unreadable file still lists, with its error."""
+    from .services.libraries import describe_gguf
+
+    entry = ModelEntry(name, str(path), source, size_bytes=path.stat().st_size, format="gguf")
+    for key, value in describe_gguf(path).items():
+        setattr(entry, key, value)
+    return entry
+
+
 def memory_needed(entry: ModelEntry, dtype: str = "float32") -> int:
-    """Weights in ``dtype`` plus ~20% for activations, KV cache and buffers."""
+    """Weights in ``dtype`` (a GGUF file: its size, as its weights load as stored) plus ~20% for
+    activations, KV cache and buffers."""
+    if entry.format == "gguf":
+        return int(entry.size_bytes * 1.2)
     return int(entry.parameters * BYTES_PER_DTYPE.get(dtype, 4) * 1.2)
 
 
@@ -88,8 +104,11 @@ class Registry:
     """Lists local models and owns the loaded one (shared by UI, API and CLI)."""
 
     def __init__(self, paths: AppPaths, bundled: Path | None = None, hf_dirs: list[Path] | None = None,
-                 device: str | None = None, dtype: str | None = None):
+                 device: str | None = None, dtype: str | None = None, libraries=None):
+        """``libraries``: a ``services.libraries.LibraryRoots`` (default: LM Studio's and Ollama's folders
+        in the user's home plus the folders added in settings)."""
         self.paths = paths.ensure()
+        self._libraries = libraries
         self.bundled = bundled if bundled is not None else bundled_models_dir()
         self.hf_dirs = hf_cache_dirs() if hf_dirs is None else hf_dirs
         self.device, self.dtype = device, dtype
@@ -103,14 +122,32 @@ class Registry:
         for source, root in (("bundled", self.bundled), ("user", self.paths.models)):
             if root.is_dir():
                 out += [describe_folder(p, p.name, source) for p in sorted(root.iterdir()) if _is_model_folder(p)]
+        from .services.libraries import gguf_tree
+
+        out += [describe_gguf_file(m.path, m.name, "user") for m in gguf_tree(self.paths.models, "user")]
+        out += self._hf_cache()
+        out += self._library_entries()
+        return out
+
+    def _hf_cache(self) -> list[ModelEntry]:
+        out = []
         for hub in self.hf_dirs:
             for repo in sorted(hub.glob("models--*")):
+                name = repo.name.removeprefix("models--").replace("--", "/")
                 snaps = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime)
-                snaps = [s for s in snaps if _is_model_folder(s)]
-                if snaps:
-                    name = repo.name.removeprefix("models--").replace("--", "/")
-                    out.append(describe_folder(snaps[-1], name, "hf-cache"))
+                folders = [s for s in snaps if _is_model_folder(s)]
+                if folders:
+                    out.append(describe_folder(folders[-1], name, "hf-cache"))
+                files = {f.name: f for s in snaps for f in s.glob("*.gguf")}  # newest snapshot wins
+                out += [describe_gguf_file(f, f"{name}/{f.stem}", "hf-cache") for f in files.values() if f.is_file()]
         return out
+
+    def _library_entries(self) -> list[ModelEntry]:
+        from .services.libraries import default_roots, scan
+
+        roots = self._libraries if self._libraries is not None else default_roots(self.paths.home)
+        return [describe_folder(m.path, m.name, m.source) if m.kind == "folder"
+                else describe_gguf_file(m.path, m.name, m.source) for m in scan(roots)]
 
     def find(self, name: str) -> ModelEntry:
         """A listed model by name (or, for trusted callers, a folder path)."""
@@ -196,7 +233,11 @@ class Registry:
         with self._lock:
             if self._current is not None and str(self._current.path) == str(Path(entry.path).resolve()):
                 self.unload()
-            shutil.rmtree(entry.path)
+            if entry.format == "gguf":
+                Path(entry.path).unlink()
+                Path(entry.path + ".source.json").unlink(missing_ok=True)
+            else:
+                shutil.rmtree(entry.path)
 
     def status_line(self) -> str:
         from .device import choose_device

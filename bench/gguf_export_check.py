@@ -1,0 +1,94 @@
+"""Does llama.cpp run our GGUF export as we run the folder? Greedy text, side by side.
+
+For each model folder: export an f32 GGUF (`lmstudio-lite export`), then for each prompt compare
+`lmstudio-lite generate --json` (temperature 0) with llama.cpp's `llama-completion` (--temp 0) on
+the exported file. Equal greedy text means the names, the q/k permutation, the hyperparameters and
+the tokenizer all survived the trip. Prints one line per prompt and exits 1 on any mismatch.
+
+    python bench/gguf_export_check.py [--bin DIR] [--tokens 48] [MODEL_FOLDER ...]
+
+DIR holds llama.cpp's binaries (default: the folder named in /tmp/llamacpp.path, else
+$LLAMA_CPP_BIN); the default models are the bundled one and ../shared/data/models/stories260K.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ["Once upon a time", "The little dog", "Lily and Tom went to the park. They"]
+
+
+def default_models() -> list[Path]:
+    shared = [ROOT.parent / "shared" / "data" / "models" / "stories260K", Path("/work/shared/data/models/stories260K")]
+    return [ROOT / "models" / "lmstudio-lite-tiny"] + [next((p for p in shared if p.is_dir()), shared[0])]
+
+
+def llama_bin(given: str | None) -> Path:
+    """llama-completion's folder: --bin, then /tmp/llamacpp.path (a file or folder it names), then $LLAMA_CPP_BIN."""
+    candidates = [given, os.environ.get("LLAMA_CPP_BIN")]
+    marker = Path("/tmp/llamacpp.path")
+    if marker.is_file() and marker.read_text().strip():
+        named = Path(marker.read_text().strip())
+        candidates.insert(1, str(named if named.is_dir() else named.parent))
+    for c in filter(None, candidates):
+        if (Path(c) / "llama-completion").is_file():
+            return Path(c)
+    sys.exit("llama-completion not found: pass --bin DIR (llama.cpp's build/bin)")
+
+
+def ours(folder: Path, prompt: str, n: int) -> str:
+    out = subprocess.run([sys.executable, "-m", "lmstudio_lite", "generate", "--model", str(folder), "--prompt",
+                          prompt, "--max-new-tokens", str(n), "--temperature", "0", "--json", "--device", "cpu",
+                          "--dtype", "float32"], cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)["text"]
+
+
+def theirs(binary: Path, gguf: Path, prompt: str, n: int) -> str:
+    cmd = [str(binary / "llama-completion"), "-m", str(gguf), "-p", prompt, "-n", str(n), "--temp", "0",
+           "--top-k", "1", "--seed", "0", "-t", "1", "-no-cnv", "--no-display-prompt", "--no-warmup",
+           "-c", "256", "--repeat-penalty", "1.0"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "LLAMA_LOG_VERBOSITY": "0"})
+    if out.returncode != 0:
+        raise RuntimeError(f"llama-completion failed ({out.returncode}): {out.stderr[-2000:]}")
+    return out.stdout.removesuffix("\n").removesuffix(" [end of text]")
+
+
+def compare(a: str, b: str) -> str:
+    """'same', or where the two texts part (leading spaces aside: SentencePiece decoders strip one)."""
+    a, b = a.strip(), b.strip()
+    if a == b:
+        return "same"
+    i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return f"DIFFER at char {i}: ours {a[i:i + 30]!r} vs llama.cpp {b[i:i + 30]!r}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("models", nargs="*", type=Path)
+    ap.add_argument("--bin", default=None)
+    ap.add_argument("--tokens", type=int, default=48)
+    args = ap.parse_args()
+    binary, failures = llama_bin(args.bin), 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for folder in args.models or default_models():
+            gguf = Path(tmp) / f"{folder.name}.f32.gguf"
+            subprocess.run([sys.executable, "-m", "lmstudio_lite", "export", str(folder), "--gguf", str(gguf)],
+                           cwd=ROOT, check=True, capture_output=True)
+            for prompt in PROMPTS:
+                a, b = ours(folder, prompt, args.tokens), theirs(binary, gguf, prompt, args.tokens)
+                verdict = compare(a, b)
+                failures += verdict != "same"
+                print(f"{folder.name:20} {prompt[:24]!r:28} {verdict}")
+                print(f"    ours:      {a.strip()[:100]!r}\n    llama.cpp: {b.strip()[:100]!r}")
+    print("all greedy outputs equal" if not failures else f"{failures} prompt(s) differ")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
