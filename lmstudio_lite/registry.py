@@ -163,9 +163,9 @@ class Registry:
             return path
         return Path(self.find(name_or_path).path)
 
-    def resolve_folder(self, name_or_path: str) -> Path:
+    def resolve_folder(self, name_or_path: str, allow_path: bool = True) -> Path:
         """Like ``resolve`` but a model folder is required (export reads a folder)."""
-        target = self.resolve(name_or_path)
+        target = self.resolve(name_or_path, allow_path)
         if not _is_model_folder(target):
             raise ValueError(f"{name_or_path!r} is a GGUF file, not a model folder; export reads a model folder "
                              "(config.json + safetensors)")

@@ -188,3 +188,38 @@ def test_cli_export_and_its_errors(tmp_path, capsys):
     assert "q8_0" in capsys.readouterr().out
     assert main(["export", str(tmp_path / "s.gguf"), "--gguf", str(tmp_path / "t.gguf")]) == 2
     assert "not a model folder" in capsys.readouterr().err
+
+
+def services_in(home: Path, shared: bool = False):
+    from lmstudio_lite.paths import app_paths
+    from lmstudio_lite.registry import Registry
+    from lmstudio_lite.services import Services
+    from lmstudio_lite.services.libraries import LibraryRoots
+
+    paths = app_paths(home).ensure()
+    return Services(paths, Registry(paths, hf_dirs=[], libraries=LibraryRoots()), shared=shared)
+
+
+def test_export_service_writes_into_the_models_folder_where_the_file_lists(tmp_path):
+    from lmstudio_lite.services.exports import export_model, export_run_model
+
+    services = services_in(tmp_path / "app")
+    result = export_model(services, "lmstudio-lite-tiny", "q8_0")
+    assert result.ok, result.message
+    assert result.path == services.paths.models / "exports" / "lmstudio-lite-tiny-q8_0.gguf"
+    entry = services.registry.find("exports/lmstudio-lite-tiny-q8_0")
+    assert (entry.source, entry.format, entry.family, entry.dtype) == ("user", "gguf", "llama", "Q8_0")
+    assert "Ollama" in result.message
+    missing = export_model(services, "no-such-model")
+    assert not missing.ok and "no local model named 'no-such-model'" in missing.message
+    assert not export_run_model(services, None).ok
+    assert export_run_model(services, {"model_path": str(STORIES)}).path.name == "stories260K-f32.gguf"
+
+
+def test_a_shared_app_refuses_typed_paths_but_exports_listed_models(tmp_path):
+    from lmstudio_lite.services.exports import export_model
+
+    services = services_in(tmp_path / "app", shared=True)
+    refused = export_model(services, str(STORIES))
+    assert not refused.ok and "no local model named" in refused.message
+    assert export_model(services, "lmstudio-lite-tiny").ok
