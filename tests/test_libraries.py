@@ -7,30 +7,15 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 gguf = pytest.importorskip("gguf")
 
+from helpers_gguf import tiny_gguf  # noqa: E402
 from lmstudio_lite.cli import main  # noqa: E402
 from lmstudio_lite.paths import app_paths  # noqa: E402
 from lmstudio_lite.registry import Registry  # noqa: E402
 from lmstudio_lite.services.libraries import LibraryRoots, add_model_dir, extra_dirs, scan  # noqa: E402
-
-
-def tiny_gguf(path: Path, arch: str = "llama", ctx: int = 128) -> Path:
-    """A header-true GGUF: architecture, context, file type and two small tensors (40 parameters)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    w = gguf.GGUFWriter(path, arch)
-    w.add_context_length(ctx)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    w.add_tensor("output_norm.weight", np.ones(8, dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
 
 
 def ollama_model(root: Path, name: str, tag: str, host: str = "registry.ollama.ai", namespace: str = "library"):
