@@ -149,3 +149,31 @@ def test_cli_get_downloads_and_lists_choices(hub, tmp_path, monkeypatch, capsys)
     assert main(["get", REPO, "--file", "tiny-Q4_K_M.gguf"]) == 0
     assert (tmp_path / "models" / REPO / "tiny-Q4_K_M.gguf").is_file()
     assert "saved" in capsys.readouterr().out.lower()
+
+
+def test_models_tab_download_box_lists_streams_progress_and_refreshes_the_table(hub, tmp_path):
+    import gradio as gr
+
+    from lmstudio_lite.paths import app_paths
+    from lmstudio_lite.registry import Registry
+    from lmstudio_lite.services import Services
+    from lmstudio_lite.services.libraries import LibraryRoots
+    from lmstudio_lite.ui import models_download, models_tab
+
+    paths = app_paths(tmp_path).ensure()
+    services = Services(paths, Registry(paths, bundled=tmp_path / "none", hf_dirs=[], libraries=LibraryRoots()),
+                        downloads=dl.Downloads(paths.models, memory_bytes=1_000_000))
+    update, msg = models_download.list_choices(services, REPO)
+    assert update["value"] == "tiny-Q4_K_M.gguf"  # the first one that fits
+    assert ("tiny.Q8_0.gguf · Q8_0 · 1.6 MB · too big for memory", "tiny.Q8_0.gguf") in update["choices"]
+    assert "⚠" in models_download.list_choices(services, "acme/none")[1]
+    with gr.Blocks() as demo:
+        models_tab.build(services)
+    start = next(f.fn for f in demo.fns.values()
+                 if f.fn.__name__ == "start" and f.fn.__module__.endswith("models_download"))
+    steps = list(start(REPO, "tiny.Q8_0.gguf"))
+    final = steps[-1]
+    assert final[0].startswith("✅") and "acme/tiny-GGUF/tiny.Q8_0" in final[2]["name"].tolist()
+    assert "already" not in final[0]
+    again = list(start("not a repo", None))
+    assert again[-1][0].startswith("⚠") and "owner/name" in again[-1][0]

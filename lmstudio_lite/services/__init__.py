@@ -15,6 +15,7 @@ class Services:
     chats: object = None  # chats.ChatStore
     shared: bool = False  # a share link is on: refuse typed filesystem paths, require login
     api_key: str | None = None  # required on /v1 routes when set
+    downloads: object = None  # services.download.Downloads; None where downloading is not offered
     max_upload_bytes: int = 20 * 1024 * 1024
     extra: dict = field(default_factory=dict)
 
@@ -49,4 +50,8 @@ def build_services(model: str | None = None, device: str | None = None, dtype: s
         from ..chats import ChatStore
 
         chats = ChatStore(paths.chats)
-    return Services(paths, registry, jobs, chats, shared=shared, api_key=api_key)
+    from ..registry import device_memory
+    from .download import Downloads
+
+    downloads = None if shared else Downloads(paths.models, device_memory("cpu"))  # shared: no writes by strangers
+    return Services(paths, registry, jobs, chats, shared=shared, api_key=api_key, downloads=downloads)

@@ -12,6 +12,7 @@ import gradio as gr
 import pandas as pd
 
 from ..services import exports
+from . import models_download
 from . import train_view as view
 from .common import LLM, PRIVATE, friendly
 from .train_actions import all_models, device_type
@@ -131,7 +132,8 @@ def build(services) -> dict:
         c["import_path"] = gr.Textbox(label="Import a model folder (path)", elem_id="import-path", scale=4)
         c["import_btn"] = gr.Button("Import", elem_id="import-btn")
     c["msg"] = gr.Markdown(_hint(services), elem_id="models-msg")
-    _wire(services, c)
+    refresh = _wire(services, c)
+    c["download"] = models_download.build(services, [c["msg"], c["table"], c["pick"]], refresh)
     return c
 
 
@@ -182,6 +184,7 @@ def _wire(services, c: dict):
 
     gr.api(models_list, api_name="models_list", concurrency_limit=None)
     gr.api(model_load, api_name="model_load", **LLM)
+    return lambda msg: refreshed(msg, None)
 
 
 def model_record(services, entry) -> dict:
