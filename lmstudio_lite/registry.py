@@ -172,8 +172,15 @@ class Registry:
         return target
 
     def default_model(self) -> ModelEntry | None:
-        bundled = [e for e in self.list() if e.source == "bundled" and e.error is None]
-        return bundled[0] if bundled else None
+        """The first-run chat model once present (services/starter.py), else the bundled model."""
+        from .services.starter import is_starter
+
+        usable = [e for e in self.list() if e.error is None]
+        preferred = [e for e in usable if is_starter(e)] + [e for e in usable if e.source == "bundled"]
+        return preferred[0] if preferred else None
+
+    def bundled_default(self) -> ModelEntry | None:
+        return next((e for e in self.list() if e.source == "bundled" and e.error is None), None)
 
     # -- loading -------------------------------------------------------------
     @property

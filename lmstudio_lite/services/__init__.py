@@ -41,6 +41,14 @@ def build_services(model: str | None = None, device: str | None = None, dtype: s
             registry.load(target)
         except (CheckpointError, KeyError, ValueError, OSError) as e:
             registry.last_error = str(e.args[0] if isinstance(e, KeyError) else e)
+            fallback = registry.bundled_default() if model is None else None
+            if fallback is not None and fallback.path != target:  # a default that fails: the bundled one
+                error = registry.last_error
+                try:
+                    registry.load(fallback.path)
+                    registry.last_error = f"{error} (the bundled model is loaded instead)"
+                except (CheckpointError, KeyError, ValueError, OSError):
+                    registry.last_error = error
     jobs = chats = None
     if with_jobs:
         from ..training.jobs import JobRunner

@@ -286,14 +286,18 @@ class Downloads:
         self._version = 0
 
     def start(self, repo: str, filename: str | None = None) -> None:
+        """Fetch ``repo`` (its file ``filename``) in the background; DownloadError if one is running."""
+        self.run(repo, filename, lambda progress, cancel: fetch(repo, filename, self.models_dir, self.memory_bytes,
+                                                                progress, cancel))
+
+    def run(self, repo: str, filename: str | None, work: Callable) -> None:
+        """Run ``work(progress, cancel) -> Path`` as the download (the starter model's two-source fetch too)."""
         with self._changed:
             if self._status["state"] == "running":
                 raise DownloadError(f"{self._status['repo']} is still downloading; cancel it or wait.")
             self._cancel = threading.Event()
-            self._set(state="running", repo=repo, file=filename, done=0, total=0, started=time.monotonic(),
-                      path=None, message="Connecting…")
-        threading.Thread(target=self._work, args=(repo, filename, self._cancel), daemon=True,
-                         name="download").start()
+            self._set(state="running", repo=repo, file=filename, done=0, total=0, path=None, message="Connecting…")
+        threading.Thread(target=self._work, args=(work, self._cancel), daemon=True, name="download").start()
 
     def cancel(self) -> bool:
         with self._changed:
@@ -318,7 +322,7 @@ class Downloads:
             self._version += 1
             self._changed.notify_all()
 
-    def _work(self, repo: str, filename: str | None, cancel: threading.Event):
+    def _work(self, work: Callable, cancel: threading.Event):
         last = [0.0]
 
         def progress(done: int, total: int):
@@ -328,7 +332,7 @@ class Downloads:
                 self._set(done=done, total=total, message="Downloading…")
 
         try:
-            path = fetch(repo, filename, self.models_dir, self.memory_bytes, progress, cancel)
+            path = work(progress, cancel)
         except DownloadCancelled as e:
             self._set(state="cancelled", message=str(e))
         except DownloadError as e:
