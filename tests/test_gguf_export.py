@@ -223,3 +223,30 @@ def test_a_shared_app_refuses_typed_paths_but_exports_listed_models(tmp_path):
     refused = export_model(services, str(STORIES))
     assert not refused.ok and "no local model named" in refused.message
     assert export_model(services, "lmstudio-lite-tiny").ok
+
+
+def test_the_training_tab_exports_the_finished_run(tmp_path):
+    import shutil
+
+    import gradio as gr
+
+    from lmstudio_lite.ui import train_tab
+
+    services = services_in(tmp_path / "app")
+    run_model = shutil.copytree(STORIES, services.paths.models / "my-run")
+
+    class FinishedJobs:  # the job runner's public surface the tab reads
+        def status(self):
+            return {"state": "finished", "run_id": "r1", "model_path": str(run_model), "history": [], "log": []}
+
+        def list_runs(self):
+            return []
+
+    services.jobs = FinishedJobs()
+    with gr.Blocks() as demo:
+        with gr.Tab("Train"):
+            train_tab.build(services)
+    export = next(f.fn for f in demo.fns.values() if f.fn.__name__ == "export" and "train_tab" in f.fn.__module__)
+    message, path = export("q8_0")
+    assert path == str(services.paths.models / "exports" / "my-run-q8_0.gguf"), message
+    assert gguf.GGUFReader(path).fields["general.file_type"].contents() == 7
