@@ -5,7 +5,10 @@ For each model folder: export an f32 GGUF (`lmstudio-lite export`), then for eac
 the exported file. Equal greedy text means the names, the q/k permutation, the hyperparameters and
 the tokenizer all survived the trip. Prints one line per prompt and exits 1 on any mismatch.
 
-    python bench/gguf_export_check.py [--bin DIR] [--tokens 48] [MODEL_FOLDER ...]
+    python bench/gguf_export_check.py [--bin DIR] [--tokens 48] [--also q8_0,q4_0] [MODEL_FOLDER ...]
+
+``--also`` exports those weight types too and reports how far llama.cpp's greedy text on them
+follows ours in float32 (information: quantized weights may part ways; only f32 must match).
 
 DIR holds llama.cpp's binaries (default: the folder named in /tmp/llamacpp.path, else
 $LLAMA_CPP_BIN); the default models are the bundled one and ../shared/data/models/stories260K.
@@ -54,6 +57,11 @@ def theirs(binary: Path, gguf: Path, prompt: str, n: int) -> str:
            "--top-k", "1", "--seed", "0", "-t", "1", "-no-cnv", "--no-display-prompt", "--no-warmup",
            "-c", "256", "--repeat-penalty", "1.0"]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "LLAMA_LOG_VERBOSITY": "0"})
+    if out.returncode < 0:
+        import signal
+
+        raise RuntimeError(f"llama-completion died of {signal.Signals(-out.returncode).name} "
+                           "(SIGILL: the build uses an instruction this CPU lacks)")
     if out.returncode != 0:
         raise RuntimeError(f"llama-completion failed ({out.returncode}): {out.stderr[-2000:]}")
     return out.stdout.removesuffix("\n").removesuffix(" [end of text]")
@@ -68,24 +76,40 @@ def compare(a: str, b: str) -> str:
     return f"DIFFER at char {i}: ours {a[i:i + 30]!r} vs llama.cpp {b[i:i + 30]!r}"
 
 
+def export(folder: Path, tmp: Path, quant: str) -> Path:
+    gguf = tmp / f"{folder.name}.{quant}.gguf"
+    subprocess.run([sys.executable, "-m", "lmstudio_lite", "export", str(folder), "--gguf", str(gguf), "--quant",
+                    quant], cwd=ROOT, check=True, capture_output=True)
+    return gguf
+
+
+def report_quant(binary: Path, gguf: Path, prompt: str, n: int, reference: str) -> str:
+    try:
+        return compare(reference, theirs(binary, gguf, prompt, n))
+    except RuntimeError as e:
+        return f"llama.cpp failed: {str(e).splitlines()[0]}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("models", nargs="*", type=Path)
     ap.add_argument("--bin", default=None)
     ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--also", default="", help="comma-separated quantized types to report on (bf16,q8_0,q4_0)")
     args = ap.parse_args()
     binary, failures = llama_bin(args.bin), 0
     with tempfile.TemporaryDirectory() as tmp:
         for folder in args.models or default_models():
-            gguf = Path(tmp) / f"{folder.name}.f32.gguf"
-            subprocess.run([sys.executable, "-m", "lmstudio_lite", "export", str(folder), "--gguf", str(gguf)],
-                           cwd=ROOT, check=True, capture_output=True)
+            files = {q: export(folder, Path(tmp), q) for q in ["f32"] + [q for q in args.also.split(",") if q]}
             for prompt in PROMPTS:
-                a, b = ours(folder, prompt, args.tokens), theirs(binary, gguf, prompt, args.tokens)
+                a, b = ours(folder, prompt, args.tokens), theirs(binary, files["f32"], prompt, args.tokens)
                 verdict = compare(a, b)
                 failures += verdict != "same"
                 print(f"{folder.name:20} {prompt[:24]!r:28} {verdict}")
                 print(f"    ours:      {a.strip()[:100]!r}\n    llama.cpp: {b.strip()[:100]!r}")
+                for q, path in files.items():
+                    if q != "f32":
+                        print(f"    {q:5} llama.cpp vs our f32: {report_quant(binary, path, prompt, args.tokens, a)}")
     print("all greedy outputs equal" if not failures else f"{failures} prompt(s) differ")
     return 1 if failures else 0
 

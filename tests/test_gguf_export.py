@@ -79,7 +79,7 @@ def test_f32_export_of_the_bundled_model_holds_its_weights_tokenizer_and_templat
     assert meta["llama.rope.freq_base"] == cfg["rope_theta"]
     assert meta["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(cfg["rms_norm_eps"])
     tok = json.loads((TINY / "tokenizer.json").read_text())
-    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "gpt2"
+    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "gpt-2"
     assert meta["tokenizer.ggml.tokens"][300] == next(k for k, v in tok["model"]["vocab"].items() if v == 300)
     assert meta["tokenizer.ggml.merges"][:2] == [" ".join(m) for m in tok["model"]["merges"][:2]]
     assert meta["tokenizer.ggml.token_type"][0] == int(gguf.TokenType.CONTROL)  # <|endoftext|>

@@ -55,14 +55,14 @@ def pre_tokenizer_name(data: dict, path: Path) -> str:
     parts = _components(data.get("pre_tokenizer"))
     types = [p.get("type") for p in parts]
     if types == ["ByteLevel"] and parts[0].get("use_regex", True):
-        return "gpt2"  # GPT-2's own regex, applied by the ByteLevel step
+        return "gpt-2"  # GPT-2's own regex (llama.cpp spells it with a hyphen)
     if types == ["Digits", "ByteLevel"] and parts[0].get("individual_digits"):
         return "smollm"
     splits = [(p.get("pattern") or {}).get("Regex") for p in parts if p.get("type") == "Split"]
     if len(splits) == 1 and splits[0] in _KNOWN_SPLITS:
         return _KNOWN_SPLITS[splits[0]]
     raise CheckpointError(path, f"pre-tokenizer {types} is not one llama.cpp knows by name "
-                          "(known: gpt2, smollm, llama-bpe, qwen2); exporting it would tokenize differently")
+                          "(known: gpt-2, smollm, llama-bpe, qwen2); exporting it would tokenize differently")
 
 
 def _merges(model: dict) -> list[str]:
