@@ -52,19 +52,25 @@ def ours(folder: Path, prompt: str, n: int) -> str:
     return json.loads(out.stdout)["text"]
 
 
-def theirs(binary: Path, gguf: Path, prompt: str, n: int) -> str:
+def theirs(binary: Path, gguf: Path, prompt: str, n: int, attempts: int = 3) -> str:
+    """llama.cpp's greedy text. A run whose stderr lacks llama.cpp's closing timing summary ended early
+    (seen here now and then: exit 0, output cut mid-word, no summary); it is retried, and said so."""
     cmd = [str(binary / "llama-completion"), "-m", str(gguf), "-p", prompt, "-n", str(n), "--temp", "0",
            "--top-k", "1", "--seed", "0", "-t", "1", "-no-cnv", "--no-display-prompt", "--no-warmup",
            "-c", "256", "--repeat-penalty", "1.0"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "LLAMA_LOG_VERBOSITY": "0"})
-    if out.returncode < 0:
-        import signal
+    for attempt in range(attempts):
+        out = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if out.returncode < 0:
+            import signal
 
-        raise RuntimeError(f"llama-completion died of {signal.Signals(-out.returncode).name} "
-                           "(SIGILL: the build uses an instruction this CPU lacks)")
-    if out.returncode != 0:
-        raise RuntimeError(f"llama-completion failed ({out.returncode}): {out.stderr[-2000:]}")
-    return out.stdout.removesuffix("\n").removesuffix(" [end of text]")
+            raise RuntimeError(f"llama-completion died of {signal.Signals(-out.returncode).name} "
+                               "(SIGILL: the build uses an instruction this CPU lacks)")
+        if out.returncode != 0:
+            raise RuntimeError(f"llama-completion failed ({out.returncode}): {out.stderr[-2000:]}")
+        if "total time" in out.stderr:
+            return out.stdout.removesuffix("\n").removesuffix(" [end of text]")
+        print(f"    (llama-completion ended before its summary, attempt {attempt + 1}; retrying)")
+    raise RuntimeError(f"llama-completion ended early {attempts} times")
 
 
 def compare(a: str, b: str) -> str:

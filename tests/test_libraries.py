@@ -115,3 +115,11 @@ def test_cli_models_lists_libraries(home, tmp_path, monkeypatch, capsys):
     assert listed["smollm2:135m"]["source"] == "ollama"
     assert listed["TheBloke/tiny-GGUF/tiny.Q8_0"]["family"] == "gpt2"
     assert os.path.isfile(listed["smollm2:135m"]["path"])
+
+
+def test_gguf_files_in_the_hugging_face_cache_list_by_repo(tmp_path):
+    hub = tmp_path / "hub"
+    tiny_gguf(hub / "models--bartowski--SmolLM2-GGUF" / "snapshots" / "abc123" / "SmolLM2-Q8_0.gguf")
+    reg = Registry(app_paths(tmp_path / "app"), bundled=tmp_path / "none", hf_dirs=[hub], libraries=LibraryRoots())
+    entry = reg.find("bartowski/SmolLM2-GGUF/SmolLM2-Q8_0")
+    assert (entry.source, entry.format, entry.family) == ("hf-cache", "gguf", "llama")
