@@ -213,6 +213,8 @@ def test_export_service_writes_into_the_models_folder_where_the_file_lists(tmp_p
     missing = export_model(services, "no-such-model")
     assert not missing.ok and "no local model named 'no-such-model'" in missing.message
     assert not export_run_model(services, None).ok
+    loaded = services.registry.load(str(STORIES))  # a folder outside the lists, shown in the tab as loaded
+    assert export_model(services, loaded.name).ok
     assert export_run_model(services, {"model_path": str(STORIES)}).path.name == "stories260K-f32.gguf"
 
 

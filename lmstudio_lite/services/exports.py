@@ -42,8 +42,12 @@ def export_model(services, name: str | None, quant: str = "f32", allow_path: boo
     if not name:
         return ExportResult(False, "Choose a model to export.")
     allow = not services.shared if allow_path is None else allow_path
+    cur = services.registry.current
     try:
-        folder = services.registry.resolve_folder(name, allow_path=allow)
+        if cur is not None and name == cur.name and Path(cur.path).is_dir():
+            folder = Path(cur.path)  # the loaded model, which may come from a folder outside the lists
+        else:
+            folder = services.registry.resolve_folder(name, allow_path=allow)
         label = folder.name if Path(name).is_absolute() else name
         out = export_gguf(folder, export_path(services.paths.models, label, quant), quant)
     except (CheckpointError, ValueError, KeyError, OSError) as e:

@@ -47,11 +47,13 @@ def list_choices(services, repo: str):
                 f"{repo} has no GGUF files: **Download** fetches its model folder (config.json + safetensors).")
     choices = [(file_label(f), f.name) for f in ggufs]
     best = next((f.name for f in ggufs if f.fits), ggufs[0].name)
-    return gr.update(choices=choices, value=best), f"{len(ggufs)} GGUF files in {repo}."
+    plural = "s" if len(ggufs) != 1 else ""
+    return gr.update(choices=choices, value=best), f"{len(ggufs)} GGUF file{plural} in {repo}."
 
 
-def build(services, on_done_outputs: list, refreshed) -> dict:
-    """Build the box; ``refreshed(msg)`` gives the values of ``on_done_outputs`` after a download."""
+def build(services, on_done_outputs: list, refreshed, keep) -> dict:
+    """Build the box; ``refreshed(msg, kept)`` gives the values of ``on_done_outputs`` after a download,
+    ``keep`` is the component whose value (the chosen model) survives that refresh."""
     c: dict = {}
     with gr.Accordion("Download from Hugging Face", open=False, visible=services.downloads is not None):
         with gr.Row():
@@ -64,15 +66,15 @@ def build(services, on_done_outputs: list, refreshed) -> dict:
             c["cancel"] = gr.Button("Cancel", elem_id="dl-cancel")
         c["progress"] = gr.Markdown("", elem_id="dl-progress")
     if services.downloads is not None:
-        _wire(services, c, on_done_outputs, refreshed)
+        _wire(services, c, on_done_outputs, refreshed, keep)
     return c
 
 
-def _wire(services, c: dict, outs: list, refreshed):
+def _wire(services, c: dict, outs: list, refreshed, keep):
     jobs = services.downloads
     c["list"].click(lambda r: list_choices(services, r), c["repo"], [c["file"], c["progress"]], **PRIVATE)
 
-    def start(repo, name):
+    def start(repo, name, kept=None):
         try:
             jobs.start(dl.check_repo(repo), name or None)
         except dl.DownloadError as e:
@@ -82,8 +84,8 @@ def _wire(services, c: dict, outs: list, refreshed):
         while status["state"] == "running":
             yield progress_md(status), *[gr.skip()] * len(outs)
             version, status = jobs.wait(1.0, version)
-        yield progress_md(status), *refreshed("")
+        yield progress_md(status), *refreshed("", kept)
 
-    c["start"].click(start, [c["repo"], c["file"]], [c["progress"]] + outs, **PRIVATE)
+    c["start"].click(start, [c["repo"], c["file"], keep], [c["progress"]] + outs, **PRIVATE)
     c["cancel"].click(lambda: "Cancelling…" if jobs.cancel() else "No download is running.", None,
                       c["progress"], **PRIVATE)

@@ -133,7 +133,7 @@ def build(services) -> dict:
         c["import_btn"] = gr.Button("Import", elem_id="import-btn")
     c["msg"] = gr.Markdown(_hint(services), elem_id="models-msg")
     refresh = _wire(services, c)
-    c["download"] = models_download.build(services, [c["msg"], c["table"], c["pick"]], refresh)
+    c["download"] = models_download.build(services, [c["msg"], c["table"], c["pick"]], refresh, c["pick"])
     return c
 
 
@@ -184,7 +184,7 @@ def _wire(services, c: dict):
 
     gr.api(models_list, api_name="models_list", concurrency_limit=None)
     gr.api(model_load, api_name="model_load", **LLM)
-    return lambda msg: refreshed(msg, None)
+    return refreshed
 
 
 def model_record(services, entry) -> dict:
