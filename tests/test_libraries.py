@@ -123,3 +123,18 @@ def test_gguf_files_in_the_hugging_face_cache_list_by_repo(tmp_path):
     reg = Registry(app_paths(tmp_path / "app"), bundled=tmp_path / "none", hf_dirs=[hub], libraries=LibraryRoots())
     entry = reg.find("bartowski/SmolLM2-GGUF/SmolLM2-Q8_0")
     assert (entry.source, entry.format, entry.family) == ("hf-cache", "gguf", "llama")
+
+
+def test_the_fast_header_reader_agrees_with_gguf_reader_on_an_export(tmp_path):
+    from lmstudio_lite.checkpoints.gguf_export import export_gguf
+    from lmstudio_lite.services.libraries import read_gguf_header
+    from shared_data import STORIES
+
+    path = export_gguf(STORIES, tmp_path / "s.gguf", "q8_0")
+    meta, params = read_gguf_header(path)
+    r = gguf.GGUFReader(path)
+    assert params == sum(int(t.n_elements) for t in r.tensors)
+    for key in ("general.architecture", "llama.context_length", "llama.rope.freq_base", "tokenizer.ggml.model",
+                "tokenizer.ggml.bos_token_id", "general.file_type"):
+        assert meta[key] == r.fields[key].contents(), key
+    assert meta["tokenizer.ggml.tokens"] is None  # arrays are skipped, not parsed
