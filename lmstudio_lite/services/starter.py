@@ -37,7 +37,10 @@ def is_starter(entry) -> bool:
 
 
 def needs_starter(registry) -> bool:
-    """True while the only usable models are the bundled ones."""
+    """True while the only usable models are the bundled ones (and no other model was loaded by path)."""
+    cur = registry.current
+    if cur is not None and not Path(cur.path).resolve().is_relative_to(Path(registry.bundled).resolve()):
+        return False
     return not any(e.error is None and e.source != "bundled" for e in registry.list())
 
 
