@@ -252,3 +252,46 @@ def test_the_training_tab_exports_the_finished_run(tmp_path):
     message, path = export("q8_0")
     assert path == str(services.paths.models / "exports" / "my-run-q8_0.gguf"), message
     assert gguf.GGUFReader(path).fields["general.file_type"].contents() == 7
+
+
+def random_folder(tmp_path: Path, model_type: str, **cfg) -> Path:
+    from lmstudio_lite.checkpoints.folder import save_folder
+    from lmstudio_lite.checkpoints.tokenizer import Tokenizer
+    from lmstudio_lite.model.config import ModelConfig
+    from lmstudio_lite.model.transformer import Transformer
+
+    tok = Tokenizer.from_folder(TINY)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(family="llama", vocab_size=tok.vocab_size, n_layer=1, n_head=4, n_kv_head=2,
+                                    d_model=64, d_ff=96, max_seq_len=64, extra={"model_type": model_type}, **cfg))
+    model.init_weights(std=0.2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_()  # biases start at zero: make the permutation visible
+    return save_folder(model, tmp_path / model_type, tokenizer=tok, model_type=model_type)
+
+
+def test_qwen2_is_not_permuted_and_llama_biases_are(tmp_path):
+    qwen = random_folder(tmp_path, "qwen2", qkv_bias=True)
+    meta, tensors = read(export_gguf(qwen, tmp_path / "q.gguf"))
+    state = load_file(qwen / "model.safetensors")
+    assert meta["general.architecture"] == "qwen2" and meta["qwen2.attention.head_count_kv"] == 2
+    np.testing.assert_array_equal(tensors["blk.0.attn_q.bias"][1], state["model.layers.0.self_attn.q_proj.bias"])
+    np.testing.assert_array_equal(tensors["blk.0.attn_k.weight"][1], state["model.layers.0.self_attn.k_proj.weight"])
+    llama = random_folder(tmp_path / "l", "llama", qkv_bias=True, o_bias=True,
+                          rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 16})
+    meta, tensors = read(export_gguf(llama, tmp_path / "l.gguf"))
+    state = load_file(llama / "model.safetensors")
+    for p, heads in (("q", 4), ("k", 2)):
+        ours = torch.from_numpy(tensors[f"blk.0.attn_{p}.bias"][1].copy())
+        assert torch.equal(unpermute(ours, heads), state[f"model.layers.0.self_attn.{p}_proj.bias"])
+        assert not torch.equal(ours, state[f"model.layers.0.self_attn.{p}_proj.bias"])
+    from lmstudio_lite.model.layers import rope_inv_freq
+
+    # llama.cpp divides each frequency by its factor: that must be our scaled RoPE exactly
+    scaling = json.loads((llama / "config.json").read_text())["rope_scaling"]
+    want = rope_inv_freq(16, 10000.0, None) / rope_inv_freq(16, 10000.0, scaling)
+    torch.testing.assert_close(torch.from_numpy(tensors["rope_freqs.weight"][1].copy()), want)
+    assert want.max() == 8.0 and 1.0 < want.min() < 8.0  # full-factor and smoothed dims both covered
