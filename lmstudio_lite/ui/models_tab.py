@@ -1,4 +1,5 @@
-"""The Models tab: every local model with its size and memory estimate; load, unload, import, delete.
+"""The Models tab: every local model with its size and memory estimate; load, unload, import, delete,
+export as GGUF.
 
 All work goes through ``services.registry``; a folder that fails to load leaves the loaded model as
 it was and says why. When the app is shared, typed filesystem paths are refused.
@@ -10,6 +11,8 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from ..services import exports
+from . import models_download
 from . import train_view as view
 from .common import LLM, PRIVATE, friendly
 from .train_actions import all_models, device_type
@@ -130,11 +133,18 @@ def build(services) -> dict:
         c["confirm"] = gr.Checkbox(False, label="Yes, delete the chosen model (user models only)",
                                    elem_id="delete-confirm")
         c["delete"] = gr.Button("Delete", variant="stop", elem_id="delete-btn")
+    with gr.Row():
+        c["export_quant"] = gr.Dropdown(list(exports.quant_choices()), value="f32", label="GGUF weights",
+                                        elem_id="export-quant", scale=1)
+        c["export_btn"] = gr.Button("Export GGUF", elem_id="export-btn", scale=1)
+        c["export_file"] = gr.File(label="Exported GGUF (for LM Studio, Ollama, llama.cpp)", interactive=False,
+                                   elem_id="export-file", scale=2)
     with gr.Row(visible=not services.shared):
         c["import_path"] = gr.Textbox(label="Import a model folder (path)", elem_id="import-path", scale=4)
         c["import_btn"] = gr.Button("Import", elem_id="import-btn")
     c["msg"] = gr.Markdown(_hint(services), elem_id="models-msg")
-    _wire(services, c)
+    refresh = _wire(services, c)
+    c["download"] = models_download.build(services, [c["msg"], c["table"], c["pick"]], refresh, c["pick"])
     return c
 
 
@@ -173,6 +183,12 @@ def _wire(services, c: dict):
         c["tab"].select(lambda n: refreshed(gr.skip(), n), c["pick"], outs, **private)
     c["import_btn"].click(lambda p, n: refreshed(import_folder(services, p), n), [c["import_path"], c["pick"]],
                           outs, **private)
+    def export(name, quant):
+        result = exports.export_model(services, name, quant)
+        return (*refreshed(("" if result.ok else "⚠ ") + result.message, name),
+                str(result.path) if result.ok else None)
+
+    c["export_btn"].click(export, [c["pick"], c["export_quant"]], outs + [c["export_file"]], **private)
     c["delete"].click(lambda n, ok: (*refreshed(delete_model(services, n, ok), n), False),
                       [c["pick"], c["confirm"]], outs + [c["confirm"]], **private)
 
@@ -187,6 +203,7 @@ def _wire(services, c: dict):
 
     gr.api(models_list, api_name="models_list", concurrency_limit=None)
     gr.api(model_load, api_name="model_load", **LLM)
+    return refreshed
 
 
 def model_record(services, entry) -> dict:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .paths import AppPaths, app_paths
-from .registry import Registry
+from ..paths import AppPaths, app_paths
+from ..registry import Registry
 
 
 @dataclass
@@ -15,6 +15,7 @@ class Services:
     chats: object = None  # chats.ChatStore
     shared: bool = False  # a share link is on: refuse typed filesystem paths, require login
     api_key: str | None = None  # required on /v1 routes when set
+    downloads: object = None  # services.download.Downloads; None where downloading is not offered
     max_upload_bytes: int = 20 * 1024 * 1024
     extra: dict = field(default_factory=dict)
 
@@ -27,7 +28,7 @@ def build_services(model: str | None = None, device: str | None = None, dtype: s
     A model that fails to load leaves the app running with no model and the
     error in ``registry.last_error``: the UI says so instead of crashing.
     """
-    from .checkpoints.errors import CheckpointError
+    from ..checkpoints.errors import CheckpointError
 
     paths = (paths or app_paths()).ensure()
     registry = Registry(paths, device=device, dtype=dtype, quant=quant)
@@ -40,13 +41,25 @@ def build_services(model: str | None = None, device: str | None = None, dtype: s
             registry.load(target)
         except (CheckpointError, KeyError, ValueError, OSError) as e:
             registry.last_error = str(e.args[0] if isinstance(e, KeyError) else e)
+            fallback = registry.bundled_default() if model is None else None
+            if fallback is not None and fallback.path != target:  # a default that fails: the bundled one
+                error = registry.last_error
+                try:
+                    registry.load(fallback.path)
+                    registry.last_error = f"{error} (the bundled model is loaded instead)"
+                except (CheckpointError, KeyError, ValueError, OSError):
+                    registry.last_error = error
     jobs = chats = None
     if with_jobs:
-        from .training.jobs import JobRunner
+        from ..training.jobs import JobRunner
 
         jobs = JobRunner(paths)
     if with_chats:
-        from .chats import ChatStore
+        from ..chats import ChatStore
 
         chats = ChatStore(paths.chats)
-    return Services(paths, registry, jobs, chats, shared=shared, api_key=api_key)
+    from ..registry import device_memory
+    from .download import Downloads
+
+    downloads = None if shared else Downloads(paths.models, device_memory("cpu"))  # shared: no writes by strangers
+    return Services(paths, registry, jobs, chats, shared=shared, api_key=api_key, downloads=downloads)
