@@ -16,6 +16,7 @@ import torch
 
 from . import native
 from .checkpoints.folder import load_weights, read_config
+from .checkpoints.gguf_weights import is_gguf_file, load_gguf
 from .checkpoints.tokenizer import Tokenizer
 from .device import DeviceChoice, choose_device
 from .generation import ContextOverflowError, Engine, GenerationStream, SamplingParams
@@ -109,6 +110,7 @@ class LoadedModel:
     def info(self) -> dict:
         cfg = self.config
         return {"name": self.name, "path": str(self.path), "family": self.hf_config.get("model_type", cfg.family),
+                "format": self.hf_config.get("format", "folder"),
                 "parameters": cfg.num_parameters(), "context_length": cfg.max_seq_len,
                 "dtype": str(self.choice.dtype).removeprefix("torch."), "device": self.choice.name,
                 "device_reason": self.choice.reason, "has_chat_template": self.tokenizer.has_chat_template,
@@ -117,12 +119,17 @@ class LoadedModel:
 
 
 def load_model(path: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None) -> LoadedModel:
-    """Load a Hugging Face layout folder (gpt2, llama, qwen2, mistral) for inference.
+    """Load a Hugging Face layout folder (gpt2, llama, qwen2, mistral) or a GGUF file
+    (llama, qwen2, gpt2 architectures) for inference.
 
-    Raises ``CheckpointError`` naming the file and the problem when the folder is unusable.
+    Raises ``CheckpointError`` naming the file and the problem when the model is unusable.
     """
     path = Path(path).expanduser().resolve()
     choice = choose_device(device, dtype)
+    if is_gguf_file(path):
+        loaded = load_gguf(path, device=choice.device, dtype=choice.dtype)
+        loaded.model.prepare_for_inference()
+        return LoadedModel(path, loaded.model, loaded.tokenizer, choice, loaded.description)
     cfg, hf = read_config(path)
     tokenizer = Tokenizer.from_folder(path)
     model = load_weights(path, cfg, device=choice.device, dtype=choice.dtype)
