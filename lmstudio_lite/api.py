@@ -126,7 +126,7 @@ def load_model(path: str | Path, device: str | None = None, dtype: str | torch.d
     """
     path = Path(path).expanduser().resolve()
     choice = choose_device(device, dtype)
-    if is_gguf_file(path):
+    if path.suffix.lower() == ".gguf" or is_gguf_file(path):  # by suffix too, so a broken file says why
         loaded = load_gguf(path, device=choice.device, dtype=choice.dtype)
         loaded.model.prepare_for_inference()
         return LoadedModel(path, loaded.model, loaded.tokenizer, choice, loaded.description)

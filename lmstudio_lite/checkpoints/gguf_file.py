@@ -37,6 +37,8 @@ def open_gguf(path: str | Path):
     try:
         return GGUFReader(path, "r")
     except Exception as e:  # the reader raises ValueError, struct/numpy errors or OSError on bad bytes
+        if "GGMLQuantizationType" in str(e):  # a type id newer (or other) than the gguf package knows
+            raise CheckpointError(path, f"unknown tensor type ({e})") from None
         raise CheckpointError(path, f"not a readable GGUF file ({type(e).__name__}: {e}); "
                               "it may be truncated or not a GGUF file at all") from None
 
