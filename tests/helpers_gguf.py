@@ -120,3 +120,23 @@ def _copy_tokenizer(w, source: Path) -> None:
             kind = field.types[0]
             sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
             w.add_key_value(key, field.contents(), kind, sub_type=sub)
+
+
+def vocab_only_copy(source: Path, dest: Path, pre: str) -> Path:
+    """``source``'s metadata without its tensors, the pre-tokenizer renamed to ``pre``: the same
+    vocabulary and merges under another pre-tokenizer, which llama-tokenize (vocabulary only) loads."""
+    import gguf
+
+    r = gguf.GGUFReader(source)
+    w = gguf.GGUFWriter(str(dest), r.fields["general.architecture"].contents())
+    for key, field in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue  # the writer adds the header fields and the architecture itself
+        kind = field.types[0]
+        value = pre if key == "tokenizer.ggml.pre" else field.contents()
+        w.add_key_value(key, value, kind, sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return dest
