@@ -18,6 +18,8 @@ from lmstudio_lite.checkpoints.gguf_file import Entry, open_gguf
 from lmstudio_lite.checkpoints.gguf_weights import LoadReport, load_gguf, read_tensor
 from lmstudio_lite.checkpoints.tokenizer import Tokenizer
 from lmstudio_lite.model.config import ModelConfig
+from lmstudio_lite.model.layers import Linear
+from lmstudio_lite.model.quant import QuantLinear
 from shared_data import STORIES
 
 torch.set_num_threads(1)
@@ -89,6 +91,10 @@ def test_kept_types_equal_their_dequantized_weights(qtype, tmp_path):
     loaded = load_gguf(write_gguf(model, tmp_path / "m.gguf", "llama", qtype=qtype))
     ref = rounded(model, lambda w: dequantize(quantize(w, Q[qtype]), Q[qtype]).astype(np.float32))
     assert loaded.report.tensor_types[qtype] == 2 + 2 * 7 and not loaded.report.conversions
+    q = loaded.model.blocks[0].attn.q
+    if qtype.startswith("Q"):  # the file's blocks run as they are
+        assert isinstance(q, QuantLinear) and q.qtype == qtype.lower()
+        assert isinstance(loaded.model.head, QuantLinear)
     torch.testing.assert_close(logits(loaded.model), logits(ref), atol=1e-4, rtol=0)
 
 
@@ -151,6 +157,49 @@ def test_smollm2_metadata_becomes_our_config(smollm2):
     info = smollm2.info()
     assert info["format"] == "gguf" and smollm2.hf_config["tensor_types"] == {"Q4_1": 210, "Q8_0": 1, "F32": 61}
     assert smollm2.tokenizer.has_chat_template and smollm2.tokenizer.eos_ids == [2]
+
+
+def float_copy(model):
+    """``model`` with every QuantLinear replaced by a float Linear of its dequantized weights."""
+    out = copy.deepcopy(model)
+    out.reset_inference()
+    for name, m in list(out.named_modules()):
+        if isinstance(m, QuantLinear):
+            lin = Linear(m.d_in, m.d_out, m.bias is not None)
+            with torch.no_grad():
+                lin.weight.copy_(m.dequantized().t())
+                if m.bias is not None:
+                    lin.bias.copy_(m.bias)
+            parent, _, child = name.rpartition(".")
+            setattr(out.get_submodule(parent) if parent else out, child, lin)
+    return out
+
+
+def chat_ids(loaded) -> torch.Tensor:
+    return torch.tensor([loaded.tokenizer.encode_chat([{"role": "user", "content": "What is the capital of France?"}])])
+
+
+def test_smollm2_keeps_its_blocks_and_equals_the_float_path(smollm2):
+    blocks = smollm2.model.blocks[0]
+    assert (blocks.attn.q.qtype, blocks.mlp.down.qtype, smollm2.model.head.qtype) == ("q4_1", "q4_1", "q8_0")
+    ids = chat_ids(smollm2)
+    ours, ref = logits(smollm2.model, ids), logits(float_copy(smollm2.model), ids)
+    assert ours.abs().max() > 10
+    torch.testing.assert_close(ours, ref, atol=1e-3, rtol=0)
+
+
+def test_smollm2_logits_match_transformers_gguf_loader(smollm2, smollm2_path):  # noqa: F811
+    """transformers dequantizes the file on its own (its GGUF integration, which needs accelerate)."""
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(smollm2_path.parent, gguf_file=smollm2_path.name,
+                                               dtype=torch.float32).eval()
+    ids = chat_ids(smollm2)
+    with torch.no_grad():
+        theirs = ref(ids).logits
+    ours = logits(smollm2.model, ids)
+    assert (ours.argmax(-1) == theirs.argmax(-1)).all()
+    torch.testing.assert_close(ours, theirs, atol=1e-3, rtol=0)
 
 
 def test_smollm2_answers_paris(smollm2):

@@ -2,8 +2,9 @@
 
 Float tensors (F32, F16, BF16) load as floats. Q8_0, Q4_0 and Q4_1 are the block layouts
 we run (DESIGN.md: byte for byte the same as llama.cpp's); other types are converted once,
-at load, to the nearest of those (``CONVERTED_TO``): decoded with gguf's reference
-dequantizer and quantized again. Which conversion happened is reported per type.
+at load, to the nearest of those (``_types``): decoded with gguf's reference dequantizer and
+quantized again. Which conversion happened is reported per type. Quantized linears become
+``model.quant.QuantLinear`` layers over the file's own blocks (no float copy).
 """
 from __future__ import annotations
 
@@ -14,12 +15,10 @@ import numpy as np
 import torch
 
 from ..model.config import ModelConfig
+from ..model.quant import QuantLinear, dequantize, quantize
 from ..model.transformer import Transformer
 from .errors import CheckpointError
 from .gguf_file import IGNORED, Entry, entries, unpermute_rows
-
-BLOCK = 32  # elements per block of every kept quantized type
-
 
 def _types():
     from gguf import GGMLQuantizationType as Q
@@ -44,17 +43,17 @@ def converted_type(name: str) -> str | None:
 @dataclass
 class QuantBlocks:
     """A quantized [d_out, d_in] weight as GGUF stores it: rows of raw blocks, uint8 [d_out, d_in/32*bytes]."""
-    blocks: np.ndarray
+    blocks: torch.Tensor
     qtype: str  # "Q8_0" | "Q4_0" | "Q4_1"
     d_in: int
     d_out: int
 
     def dequantize(self) -> torch.Tensor:
-        """float32 [d_out, d_in], through gguf's reference dequantizer."""
-        from gguf import GGMLQuantizationType as Q
-        from gguf.quants import dequantize
+        """float32 [d_out, d_in]."""
+        return dequantize(self.blocks, self.qtype.lower())
 
-        return torch.from_numpy(np.ascontiguousarray(dequantize(self.blocks, Q[self.qtype]), dtype=np.float32))
+    def linear(self, bias: torch.Tensor | None, device) -> QuantLinear:
+        return QuantLinear.from_blocks(self.blocks.to(device), self.qtype.lower(), self.d_in, self.d_out, bias)
 
 
 @dataclass
@@ -84,10 +83,9 @@ def read_tensor(reader, t, entry: Entry, report: LoadReport) -> torch.Tensor | Q
         rows = unpermute_rows(rows, entry.permute_heads)
     if qtype in floats:  # a copy: the model must not alias the read-only memory map
         return torch.from_numpy(np.array(_float_rows(rows, qtype), dtype=np.float32, order="C"))
-    blocks = _kept_blocks(rows, qtype, converted, report)
-    d_in = int(t.shape[0])
-    q = QuantBlocks(np.ascontiguousarray(blocks), converted.get(qtype, qtype).name, d_in, blocks.shape[0])
-    return q if entry.kind == "linear" else q.dequantize().reshape(rows.shape[0], -1)
+    target = converted.get(qtype, qtype)
+    blocks = _converted_blocks(rows, qtype, target, report) if target != qtype else torch.from_numpy(np.array(rows))
+    return QuantBlocks(blocks, target.name, int(t.shape[0]), blocks.shape[0])
 
 
 def _float_rows(rows: np.ndarray, qtype) -> np.ndarray:
@@ -96,24 +94,24 @@ def _float_rows(rows: np.ndarray, qtype) -> np.ndarray:
     return rows if rows.dtype == np.float32 else dequantize(rows, qtype).astype(np.float32)
 
 
-def _kept_blocks(rows: np.ndarray, qtype, converted: dict, report: LoadReport) -> np.ndarray:
-    target = converted.get(qtype)
-    if target is None:
-        return rows
-    from gguf.quants import dequantize, quantize
+def _converted_blocks(rows: np.ndarray, qtype, target, report: LoadReport) -> torch.Tensor:
+    """Decode with gguf's reference dequantizer, encode in ``target`` (our quantizer: gguf's bytes)."""
+    from gguf.quants import dequantize as gguf_dequantize
 
     report.conversions[qtype.name] = target.name
-    return quantize(dequantize(rows, qtype), target)
+    return quantize(torch.from_numpy(gguf_dequantize(rows, qtype)), target.name.lower())
 
 
 def load_gguf_weights(reader, cfg: ModelConfig, device="cpu",
                       dtype: torch.dtype = torch.float32) -> tuple[Transformer, LoadReport]:
-    """Build a Transformer from the file's tensors; quantized linears are dequantized to ``dtype``."""
+    """Build a Transformer from the file's tensors. Quantized linears become QuantLinear layers
+    over the file's blocks; a quantized tied embedding is also the head's blocks (as in llama.cpp)
+    and is dequantized to ``dtype`` for lookups."""
     by_name = {t.name: t for t in reader.tensors}
     with torch.device("meta"):
         model = Transformer(cfg)
     expected = dict(model.state_dict())
-    state, report = {}, LoadReport()
+    state, quantized, report = {}, {}, LoadReport()
     wanted = entries(cfg)
     for entry in wanted:
         t = by_name.get(entry.theirs)
@@ -121,19 +119,39 @@ def load_gguf_weights(reader, cfg: ModelConfig, device="cpu",
             raise CheckpointError(reader.data.filename, f"tensor {entry.theirs!r} is missing")
         value = read_tensor(reader, t, entry, report)
         if isinstance(value, QuantBlocks):
+            if entry.kind == "linear":
+                quantized[entry.ours.removesuffix(".weight")] = value
+                continue
+            if entry.ours == "tok_emb.weight" and cfg.tie_embeddings:
+                quantized["head"] = value
             value = value.dequantize()
         if entry.kind == "linear":
             value = value.t()  # [out, in] -> our [in, out]
-        state[entry.ours] = _checked(reader, entry, value, tuple(expected[entry.ours].shape)).to(device, dtype)
+        state[entry.ours] = _checked(reader, entry.theirs, value, tuple(expected[entry.ours].shape)).to(device, dtype)
     _check_unexpected(reader, by_name, {e.theirs for e in wanted})
+    for name, q in quantized.items():
+        _install(reader, model, name, q, state, device)
     model.load_state_dict(state, strict=True, assign=True)
     model.reset_rope()
     return model, report
 
 
-def _checked(reader, entry: Entry, value: torch.Tensor, want: tuple) -> torch.Tensor:
+def _install(reader, model: Transformer, name: str, q: QuantBlocks, state: dict, device) -> None:
+    """Put a QuantLinear over ``q`` where the Linear ``name`` was, and its tensors into ``state``."""
+    cfg = model.config
+    want = (cfg.d_model, cfg.vocab_size) if name == "head" else tuple(model.get_submodule(name).weight.shape)
+    _checked(reader, name, torch.empty(q.d_in, q.d_out, device="meta"), want)
+    layer = q.linear(state.pop(f"{name}.bias", None), device)
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, layer)
+    state[f"{name}.blocks"] = layer.blocks
+    if layer.bias is not None:
+        state[f"{name}.bias"] = layer.bias
+
+
+def _checked(reader, name: str, value: torch.Tensor, want: tuple) -> torch.Tensor:
     if tuple(value.shape) != want:
-        raise CheckpointError(reader.data.filename, f"tensor {entry.theirs!r} has shape "
+        raise CheckpointError(reader.data.filename, f"tensor {name!r} has shape "
                               f"{tuple(value.shape)} (as ours), the metadata implies {want}")
     return value.contiguous()
 
