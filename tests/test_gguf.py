@@ -188,6 +188,7 @@ def test_smollm2_keeps_its_blocks_and_equals_the_float_path(smollm2):
     torch.testing.assert_close(ours, ref, atol=1e-3, rtol=0)
 
 
+@pytest.mark.slow  # transformers parses and dequantizes the whole file itself: ~40-60 s on 2 busy cores
 def test_smollm2_logits_match_transformers_gguf_loader(smollm2, smollm2_path):  # noqa: F811
     """transformers dequantizes the file on its own (its GGUF integration, which needs accelerate)."""
     from transformers import AutoModelForCausalLM
