@@ -258,3 +258,15 @@ def _patch_tensor_type(path, name: str, new_type: int) -> None:
     n_dims = struct.unpack_from("<I", data, at)[0]
     struct.pack_into("<I", data, at + 4 + 8 * n_dims, new_type)
     path.write_bytes(bytes(data))
+
+
+def test_registry_loads_a_gguf_path(tmp_path):
+    from lmstudio_lite.paths import app_paths
+    from lmstudio_lite.registry import Registry
+
+    empty = tmp_path / "none"
+    empty.mkdir()
+    registry = Registry(app_paths(tmp_path / "home"), bundled=empty, hf_dirs=[], device="cpu", dtype="float32")
+    loaded = registry.load(str(STORIES_GGUF))
+    assert registry.current is loaded and loaded.info()["format"] == "gguf"
+    assert "".join(loaded.generate("Once upon a time", max_new_tokens=8, temperature=0))
