@@ -3,7 +3,7 @@
 Runs llama-tokenize (special-token parsing on and BOS as the model asks: its defaults) on
 en/fr/de/zh lines of ../shared/data, code, emoji and whitespace edge cases, for SmolLM2
 (byte-level BPE, smollm pre-tokenizer), tests/data/stories260K-f32.gguf (SentencePiece) and
-tests/data/bpe-small.gguf renamed to each pre-tokenizer we support (default, gpt2, llama3, qwen2, smollm).
+tests/data/bpe-small.gguf renamed to each pre-tokenizer we support (default, gpt-2, llama3, qwen2, smollm).
 Prints how many match and the first mismatches; ``--write`` stores llama.cpp's ids as the
 golden file tests/test_gguf_tokenizer.py checks in CI (where there is no llama.cpp).
 
@@ -39,7 +39,10 @@ CODE = [
 EMOJI = ["I love this 😀😃😄!", "👩‍💻 writes code; 🇫🇷 flag, 👍🏽 thumbs", "Symbols: ∑∫√ ≤≥ →← ©®™ ½¾"]
 EDGE = [" leading space", "trailing space ", "  two leading", "", "1234567890 3.14159 1,000,000",
         "don't won't it's I'm you're we'll they'd", "UPPER lower MiXeD", "<|im_start|>user\nhi<|im_end|>",
-        "Tab\there", "a\n\nb", "naïve café résumé Ünïcödé", "日本語のテキストと한국어 텍스트"]
+        "Tab\there", "a\n\nb", "naïve café résumé Ünïcödé", "日本語のテキストと한국어 텍스트",
+        # where the pre-tokenizers part ways: digit runs, punctuation runs, newlines, upper-case contractions
+        "Numbers: 1 12 123 1234 12345 123456 in 2024", "Email me at a.b@c.io!!! ... ??? $100+$200=<$300>^~|",
+        "HELLO'S WORLD'LL DO IT'D", "\n\n\t  \n x\r\n\r\ny", "end.\n\n\nNext    paragraph\t\t!"]
 
 
 def shared_lines() -> list[str]:
@@ -63,9 +66,11 @@ def llama_tokenize(exe: str, model: Path, text: str) -> list[int]:
         f.write(text.encode("utf-8"))  # -f reads the bytes verbatim (no trailing-newline strip)
     try:
         out = subprocess.run([exe, "-m", str(model), "-f", f.name, "--no-escape", "--ids", "--log-disable"],
-                             capture_output=True, text=True, timeout=120, check=True)
+                             capture_output=True, text=True, timeout=120)
     finally:
         os.unlink(f.name)
+    if out.returncode:
+        sys.exit(f"llama-tokenize failed on {model.name}: {out.stderr[-1000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from fixtures_gguf import smollm2_path  # noqa: F401
-from helpers_gguf import DATA, STORIES_GGUF, random_model, write_gguf
+from helpers_gguf import DATA, STORIES_GGUF, random_model, vocab_only_copy, write_gguf
 from lmstudio_lite.checkpoints.errors import CheckpointError
 from lmstudio_lite.checkpoints.gguf_file import open_gguf
-from lmstudio_lite.checkpoints.gguf_tokenizer import tokenizer_from_gguf
+from lmstudio_lite.checkpoints.gguf_tokenizer import PRE_TOKENIZERS, tokenizer_from_gguf
 from lmstudio_lite.model.config import ModelConfig
 
 GOLDEN = json.loads((DATA / "gguf_tokenize_golden.json").read_text(encoding="utf-8"))["models"]
@@ -40,6 +40,18 @@ def test_smollm2_ids_equal_llama_cpp(smollm2_tok):
 def test_stories260k_ids_equal_llama_cpp(stories_tok):
     cases = GOLDEN["stories260K"]["cases"]
     assert mismatches(stories_tok, cases) == []
+
+
+@pytest.mark.parametrize("pre", sorted(PRE_TOKENIZERS))
+def test_every_pre_tokenizer_gives_llama_cpp_ids(pre, tmp_path):
+    """tests/data/bpe-small.gguf's vocabulary under each pre-tokenizer name, as the bench renamed it."""
+    path = vocab_only_copy(DATA / "bpe-small.gguf", tmp_path / f"{pre}.gguf", pre)
+    assert mismatches(tokenizer_from_gguf(open_gguf(path)), GOLDEN[f"bpe-small-{pre}"]["cases"]) == []
+
+
+def test_pre_tokenizers_are_told_apart_by_the_golden_texts():
+    ids = {pre: [c["ids"] for c in GOLDEN[f"bpe-small-{pre}"]["cases"]] for pre in PRE_TOKENIZERS}
+    assert ids["default"] != ids["gpt-2"] != ids["llama3"] != ids["qwen2"]
 
 
 @pytest.mark.parametrize("model", ["smollm2", "stories260K"])
@@ -74,6 +86,12 @@ def _with_tokenizer_field(tmp_path, key: str, value: str):
     data[at:at + len(value)] = value.encode()
     path.write_bytes(bytes(data))
     return path
+
+
+def test_unknown_pre_tokenizer_is_named(tmp_path):
+    path = vocab_only_copy(DATA / "bpe-small.gguf", tmp_path / "x.gguf", "klingon")
+    with pytest.raises(CheckpointError, match="pre-tokenizer 'klingon' is not supported"):
+        tokenizer_from_gguf(open_gguf(path))
 
 
 def test_unknown_tokenizer_model_is_named(tmp_path):

@@ -31,7 +31,7 @@ _GPT2 = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(
 # The regexes of src/llama-vocab.cpp (llm_tokenizer_bpe), in the order llama.cpp applies them.
 PRE_TOKENIZERS = {
     "default": ["[\\p{P}\\$\\+<=>\\^~\\|]+", _GPT2, "\\p{N}+", "[0-9][0-9][0-9]"],
-    "gpt2": [_GPT2],
+    "gpt-2": [_GPT2],
     "smollm": ["\\p{N}", _GPT2],
     "llama3": [_CONTRACTIONS + "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
                "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"],
@@ -39,8 +39,8 @@ PRE_TOKENIZERS = {
               "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"],
 }
 # Other names llama.cpp maps onto the same regexes.
-PRE_ALIASES = {"llama-bpe": "llama3", "llama-v3": "llama3", "gpt-2": "gpt2", "starcoder": "smollm",
-               "deepseek-r1-qwen": "qwen2", "stablelm2": "qwen2", "phi-2": "gpt2", "mpt": "gpt2", "olmo": "gpt2"}
+PRE_ALIASES = {"llama-bpe": "llama3", "llama-v3": "llama3", "starcoder": "smollm", "deepseek-r1-qwen": "qwen2",
+               "stablelm2": "qwen2", "phi-2": "gpt-2", "mpt": "gpt-2", "olmo": "gpt-2"}
 # Pre-tokenizers whose words that are whole vocabulary entries skip the merges (llama.cpp's ignore_merges).
 IGNORE_MERGES = {"llama3"}
 # add_bos_token when the file does not say (llama.cpp's defaults).

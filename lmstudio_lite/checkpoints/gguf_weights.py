@@ -66,9 +66,10 @@ class LoadReport:
         return {"tensor_types": dict(self.tensor_types), "converted": dict(self.conversions)}
 
 
-def read_tensor(reader, t, entry: Entry, report: LoadReport) -> torch.Tensor | QuantBlocks:
+def read_tensor(reader, t, entry: Entry, report: LoadReport, as_float: bool = False) -> torch.Tensor | QuantBlocks:
     """One GGUF tensor in HF row order: a float tensor (same shape as the GGUF's numpy view,
-    [out, in] for a weight) or, for a linear weight of a quantized type, QuantBlocks."""
+    [out, in] for a weight) or, for a quantized type, QuantBlocks. ``as_float`` decodes every
+    type to float32 with gguf's reference dequantizer instead (what the file's numbers mean)."""
     floats, kept, converted = _types()
     qtype = t.tensor_type
     if qtype not in floats | kept | set(converted):
@@ -81,7 +82,7 @@ def read_tensor(reader, t, entry: Entry, report: LoadReport) -> torch.Tensor | Q
         rows = rows[entry.rows[0]:entry.rows[1]]
     if entry.permute_heads:
         rows = unpermute_rows(rows, entry.permute_heads)
-    if qtype in floats:  # a copy: the model must not alias the read-only memory map
+    if qtype in floats or as_float:  # a copy: the model must not alias the read-only memory map
         return torch.from_numpy(np.array(_float_rows(rows, qtype), dtype=np.float32, order="C"))
     target = converted.get(qtype, qtype)
     blocks = _converted_blocks(rows, qtype, target, report) if target != qtype else torch.from_numpy(np.array(rows))
@@ -102,11 +103,12 @@ def _converted_blocks(rows: np.ndarray, qtype, target, report: LoadReport) -> to
     return quantize(torch.from_numpy(gguf_dequantize(rows, qtype)), target.name.lower())
 
 
-def load_gguf_weights(reader, cfg: ModelConfig, device="cpu",
-                      dtype: torch.dtype = torch.float32) -> tuple[Transformer, LoadReport]:
+def load_gguf_weights(reader, cfg: ModelConfig, device="cpu", dtype: torch.dtype = torch.float32,
+                      as_float: bool = False) -> tuple[Transformer, LoadReport]:
     """Build a Transformer from the file's tensors. Quantized linears become QuantLinear layers
     over the file's blocks; a quantized tied embedding is also the head's blocks (as in llama.cpp)
-    and is dequantized to ``dtype`` for lookups."""
+    and is dequantized to ``dtype`` for lookups. ``as_float``: every tensor decoded to ``dtype``
+    by gguf's reference dequantizer, nothing converted (the float reference of a quantized file)."""
     by_name = {t.name: t for t in reader.tensors}
     with torch.device("meta"):
         model = Transformer(cfg)
@@ -117,7 +119,7 @@ def load_gguf_weights(reader, cfg: ModelConfig, device="cpu",
         t = by_name.get(entry.theirs)
         if t is None:
             raise CheckpointError(reader.data.filename, f"tensor {entry.theirs!r} is missing")
-        value = read_tensor(reader, t, entry, report)
+        value = read_tensor(reader, t, entry, report, as_float)
         if isinstance(value, QuantBlocks):
             if entry.kind == "linear":
                 quantized[entry.ours.removesuffix(".weight")] = value
@@ -182,15 +184,15 @@ class GGUFModel:
     description: dict  # what LoadedModel.info() shows: model_type, format, tensor types, conversions
 
 
-def load_gguf(path, device="cpu", dtype: torch.dtype = torch.float32) -> GGUFModel:
-    """Model and tokenizer from one GGUF file, reading its header once."""
+def load_gguf(path, device="cpu", dtype: torch.dtype = torch.float32, as_float: bool = False) -> GGUFModel:
+    """Model and tokenizer from one GGUF file, reading its header once (``as_float``: see load_gguf_weights)."""
     from .gguf_file import architecture, config_from_gguf, field_value, open_gguf
     from .gguf_tokenizer import tokenizer_from_gguf
 
     reader = open_gguf(path)
     cfg = config_from_gguf(reader)
     tokenizer = tokenizer_from_gguf(reader)
-    model, report = load_gguf_weights(reader, cfg, device, dtype)
+    model, report = load_gguf_weights(reader, cfg, device, dtype, as_float)
     description = {"model_type": architecture(reader), "format": "gguf",
                    "gguf_name": field_value(reader, "general.name", None), **report.as_dict()}
     return GGUFModel(model, tokenizer, report, description)

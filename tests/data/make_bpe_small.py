@@ -28,7 +28,7 @@ for k, v in (("block_count", 1), ("context_length", 64), ("embedding_length", 64
     w.add_uint32(f"llama.{k}", v)
 w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
 w.add_tokenizer_model("gpt2")
-w.add_tokenizer_pre("gpt2")
+w.add_tokenizer_pre("gpt-2")
 w.add_token_list(tokens)
 w.add_token_types([3 if t in specials else 1 for t in tokens])
 w.add_token_merges(merges)
