@@ -2,8 +2,9 @@
 
 Float tensors (F32, F16, BF16) load as floats. Q8_0, Q4_0 and Q4_1 are the block layouts
 we run (DESIGN.md: byte for byte the same as llama.cpp's); other types are converted once,
-at load, to the nearest of those (``_types``): decoded with gguf's reference dequantizer and
-quantized again. Which conversion happened is reported per type. Quantized linears become
+at load, to the nearest of those (``_types``): block by block where the values survive
+(Q5_0 -> Q8_0 exactly, Q4_K -> Q4_1 up to float16 rounding: gguf_transcode.py), else decoded
+with gguf's reference dequantizer and quantized again. Which conversion happened is reported per type. Quantized linears become
 ``model.quant.QuantLinear`` layers over the file's own blocks (no float copy).
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..model.quant import QuantLinear, dequantize, quantize
 from ..model.transformer import Transformer
 from .errors import CheckpointError
 from .gguf_file import IGNORED, Entry, entries, unpermute_rows
+from .gguf_transcode import TRANSCODERS
 
 def _types():
     from gguf import GGMLQuantizationType as Q
@@ -96,10 +98,13 @@ def _float_rows(rows: np.ndarray, qtype) -> np.ndarray:
 
 
 def _converted_blocks(rows: np.ndarray, qtype, target, report: LoadReport) -> torch.Tensor:
-    """Decode with gguf's reference dequantizer, encode in ``target`` (our quantizer: gguf's bytes)."""
+    """Transcode block by block where the target holds the same values (gguf_transcode.py), else
+    decode with gguf's reference dequantizer and encode in ``target`` (our quantizer: gguf's bytes)."""
     from gguf.quants import dequantize as gguf_dequantize
 
     report.conversions[qtype.name] = target.name
+    if qtype.name in TRANSCODERS:
+        return torch.from_numpy(np.ascontiguousarray(TRANSCODERS[qtype.name][1](rows)))
     return quantize(torch.from_numpy(gguf_dequantize(rows, qtype)), target.name.lower())
 
 
