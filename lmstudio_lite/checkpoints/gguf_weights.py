@@ -4,8 +4,9 @@ Float tensors (F32, F16, BF16) load as floats. Q8_0, Q4_0 and Q4_1 are the block
 we run (DESIGN.md: byte for byte the same as llama.cpp's); other types are converted once,
 at load, to the nearest of those (``_types``): block by block where the values survive
 (Q5_0 -> Q8_0 exactly, Q4_K -> Q4_1 up to float16 rounding: gguf_transcode.py), else decoded
-with gguf's reference dequantizer and quantized again. Which conversion happened is reported per type. Quantized linears become
-``model.quant.QuantLinear`` layers over the file's own blocks (no float copy).
+with gguf's reference dequantizer and quantized again. Which conversion happened is reported
+per type. Quantized linears become ``model.quant.QuantLinear`` layers over the file's own
+blocks (no float copy).
 """
 from __future__ import annotations
 
@@ -22,24 +23,17 @@ from .errors import CheckpointError
 from .gguf_file import IGNORED, Entry, entries, unpermute_rows
 from .gguf_transcode import TRANSCODERS
 
+
 def _types():
     from gguf import GGMLQuantizationType as Q
 
     floats = {Q.F32, Q.F16, Q.BF16}
     kept = {Q.Q8_0, Q.Q4_0, Q.Q4_1}
     # More than 4 bits per weight -> Q8_0 (close to lossless, larger); 4 bits or fewer -> Q4_1,
-    # whose per-block scale and minimum hold a K-quant's 32-wide affine sub-block closely.
+    # whose per-block scale and minimum hold a K-quant's 32-wide affine sub-block (exactly for Q4_K).
     converted = {Q.Q5_0: Q.Q8_0, Q.Q5_1: Q.Q8_0, Q.Q5_K: Q.Q8_0, Q.Q6_K: Q.Q8_0,
                  Q.Q4_K: Q.Q4_1, Q.Q3_K: Q.Q4_1, Q.Q2_K: Q.Q4_1}
     return floats, kept, converted
-
-
-def converted_type(name: str) -> str | None:
-    """The kept type a GGUF tensor type ("Q6_K") converts to at load ("Q8_0"), or None if kept or float."""
-    from gguf import GGMLQuantizationType as Q
-
-    target = _types()[2].get(Q[name])
-    return target.name if target is not None else None
 
 
 @dataclass
