@@ -29,10 +29,11 @@ def _types():
 
     floats = {Q.F32, Q.F16, Q.BF16}
     kept = {Q.Q8_0, Q.Q4_0, Q.Q4_1}
-    # More than 4 bits per weight -> Q8_0 (close to lossless, larger); 4 bits or fewer -> Q4_1,
-    # whose per-block scale and minimum hold a K-quant's 32-wide affine sub-block (exactly for Q4_K).
+    # Q4_K is a Q4_1 block per 32 values (transcoded, gguf_transcode.py). The others go to Q8_0:
+    # Q3_K and Q2_K scale each 16 values on their own, so a 32-value Q4_1 block cannot follow
+    # them (measured: Q3_K -> Q4_1 cost SmolLM2 +12.9% perplexity, -> Q8_0 +0.0x%).
     converted = {Q.Q5_0: Q.Q8_0, Q.Q5_1: Q.Q8_0, Q.Q5_K: Q.Q8_0, Q.Q6_K: Q.Q8_0,
-                 Q.Q4_K: Q.Q4_1, Q.Q3_K: Q.Q4_1, Q.Q2_K: Q.Q4_1}
+                 Q.Q4_K: Q.Q4_1, Q.Q3_K: Q.Q8_0, Q.Q2_K: Q.Q8_0}
     return floats, kept, converted
 
 
