@@ -17,7 +17,7 @@ from .config import ModelConfig
 from .decode import NativeDecoder, decode_step
 from .kv_cache import KVCache
 from .layers import ACTIVATIONS, Linear, RMSNorm, apply_rope, matmul, rope_tables, run_fused, store_out_in
-from .quant import QuantLinear
+from .quant import QuantLinear, fuse_quantized
 
 
 def fuse_linears(*layers: Linear, out_in: bool = False):
@@ -99,8 +99,8 @@ class Attention(nn.Module):
         self.fused = None  # (weight [C, (H+2KV)D], bias) or a QuantLinear after fuse(); inference only
 
     def fuse(self, out_in: bool = False):
-        if isinstance(self.q, QuantLinear):
-            self.fused = QuantLinear.fuse(self.q, self.k, self.v)
+        if any(isinstance(l, QuantLinear) for l in (self.q, self.k, self.v)):
+            self.fused = fuse_quantized(self.q, self.k, self.v)
             return
         self.fused = fuse_linears(self.q, self.k, self.v, out_in=out_in)
         if out_in and isinstance(self.o, Linear):
@@ -141,8 +141,8 @@ class MLP(nn.Module):
         self.fused = None  # gate and up side by side after fuse(); inference only
 
     def fuse(self, out_in: bool = False):
-        if self.gated and isinstance(self.gate, QuantLinear):
-            self.fused = QuantLinear.fuse(self.gate, self.up)
+        if self.gated and any(isinstance(l, QuantLinear) for l in (self.gate, self.up)):
+            self.fused = fuse_quantized(self.gate, self.up)
         elif self.gated:
             self.fused = fuse_linears(self.gate, self.up, out_in=out_in)
         elif out_in and isinstance(self.up, Linear):
