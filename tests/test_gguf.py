@@ -279,3 +279,16 @@ def test_registry_loads_a_gguf_path(tmp_path):
     loaded = registry.load(str(STORIES_GGUF))
     assert registry.current is loaded and loaded.info()["format"] == "gguf"
     assert "".join(loaded.generate("Once upon a time", max_new_tokens=8, temperature=0))
+
+
+def test_llama_cpp_converted_llama3_rope_equals_transformers():
+    """tests/data/make_llama3_rope_gguf.py: llama.cpp's converter wrote the rope scaling as its
+    rope_freqs tensor; 64 positions run past the 32-token context the scaling stretches."""
+    import json
+
+    ref = json.loads((STORIES_GGUF.parent / "llama3-rope-tiny.logits.json").read_text())
+    loaded = load_gguf(STORIES_GGUF.parent / "llama3-rope-tiny.f32.gguf")
+    assert loaded.model.config.rope_scaling["rope_type"] == "freq_factors"
+    out = logits(loaded.model, torch.tensor([ref["ids"]]))[0]
+    assert out.argmax(-1).tolist() == ref["argmax"]
+    torch.testing.assert_close(out[-1], torch.tensor(ref["last"]), atol=1e-4, rtol=0)
