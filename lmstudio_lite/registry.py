@@ -14,6 +14,7 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .checkpoints import is_gguf_file
 from .paths import AppPaths, bundled_models_dir, hf_cache_dirs
 
 BYTES_PER_DTYPE = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -92,13 +93,9 @@ def _is_model_folder(p: Path) -> bool:
     return p.is_dir() and (p / "config.json").is_file()
 
 
-def is_gguf_file(p: Path) -> bool:
-    """A GGUF file by its magic bytes (Ollama's blobs have no .gguf suffix)."""
-    try:
-        with open(p, "rb") as f:
-            return p.is_file() and f.read(4) == b"GGUF"
-    except OSError:
-        return False
+def _is_loadable_path(p: Path) -> bool:
+    """A model folder or a GGUF file: what ``load`` accepts as a path."""
+    return _is_model_folder(p) or is_gguf_file(p)
 
 
 class Registry:
@@ -161,7 +158,7 @@ class Registry:
     def resolve(self, name_or_path: str, allow_path: bool = True) -> Path:
         """The folder or GGUF file a listed name (or, when ``allow_path``, a typed path) stands for."""
         path = Path(name_or_path).expanduser()
-        if allow_path and (_is_model_folder(path) or is_gguf_file(path)):
+        if allow_path and _is_loadable_path(path):
             return path
         return Path(self.find(name_or_path).path)
 
@@ -190,7 +187,7 @@ class Registry:
         return self._current
 
     def load(self, name_or_path: str, allow_path: bool = True, quant=_REGISTRY_QUANT):
-        """Load by listed name, or by folder path when ``allow_path``; replaces the loaded model.
+        """Load by listed name, or by folder or GGUF file path when ``allow_path``; replaces the loaded model.
 
         ``quant`` is None (float) or a qtype; left out, the registry's own format.
         On failure the previously loaded model stays loaded."""
