@@ -44,7 +44,7 @@ def add_chat_args(p: argparse.ArgumentParser):
 
 
 def add_generate_args(p: argparse.ArgumentParser):
-    add_model_args(p, model_required=True)
+    add_model_args(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
@@ -95,8 +95,9 @@ def cmd_train(args) -> int:
 
 def cmd_generate(args) -> int:
     from .api import load_model
+    from .registry import model_or_default
 
-    m = load_model(args.model, device=args.device, dtype=args.dtype)
+    m = load_model(model_or_default(args.model), device=args.device, dtype=args.dtype)
     stream = m.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                         top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                         repetition_penalty=args.repetition_penalty, seed=args.seed, stop=args.stop,

@@ -206,3 +206,20 @@ def _rss_mb() -> float:
 
 def entries_json(entries: list[ModelEntry]) -> str:
     return json.dumps([e.as_dict() for e in entries], indent=2)
+
+
+def model_or_default(name_or_path: str | None, paths: AppPaths | None = None) -> Path:
+    """What ``--model`` stands for: a model folder or file as given, a listed model's folder by name,
+    or, when it is left out, the default model. Raises ValueError when there is none."""
+    from .paths import app_paths
+
+    if name_or_path and Path(name_or_path).expanduser().exists():
+        return Path(name_or_path).expanduser()
+    registry = Registry(paths or app_paths())
+    if name_or_path:
+        return Path(registry.find(name_or_path).path)
+    default = registry.default_model()
+    if default is None:
+        raise ValueError("no model given and no bundled model found; pass --model PATH "
+                         "(`lmstudio-lite models` lists local models)")
+    return Path(default.path)

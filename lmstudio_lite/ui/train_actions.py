@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lmstudio_lite
-
+from ..paths import bundled_assets_dir
 from . import train_view as view
 from .common import friendly
 
@@ -25,7 +24,7 @@ class UserError(Exception):
 
 # ---- data sources -----------------------------------------------------------------------------
 def assets_dir() -> Path:
-    return Path(lmstudio_lite.__file__).resolve().parent.parent / "assets"
+    return bundled_assets_dir()
 
 
 def list_samples(root: Path | None = None) -> dict[str, str]:
