@@ -158,14 +158,21 @@ class Registry:
     # -- managing --------------------------------------------------------------
     def import_folder(self, path: str, name: str | None = None) -> ModelEntry:
         """Copy a model folder into the user's models folder after checking it loads."""
+        from .checkpoints.errors import CheckpointError
         from .checkpoints.folder import read_config, weight_files
 
         src = Path(path).expanduser().resolve()
+        if not src.is_dir():
+            raise FileNotFoundError(f"there is no folder at {src}")
+        if not (src / "config.json").is_file():
+            raise CheckpointError(src, "not a model folder: it has no config.json "
+                                       "(a model folder holds config.json, model.safetensors and tokenizer files)")
         read_config(src)
         weight_files(src)
         dest = self.paths.models / (name or src.name)
         if dest.exists():
-            raise FileExistsError(f"a model named {dest.name!r} already exists in {self.paths.models}")
+            raise FileExistsError(f"a model named {dest.name!r} already exists in {self.paths.models}; "
+                                  "delete it first, or import under another folder name")
         shutil.copytree(src, dest)
         return describe_folder(dest, dest.name, "user")
 
