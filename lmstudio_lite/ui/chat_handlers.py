@@ -113,15 +113,16 @@ class ChatHandlers:
 
     def _start(self, model, job, conv, settings):
         """Begin generating: -> (stream, the message being written, a note on what was cut)."""
-        messages = build_messages(conv.get("system"), conv["messages"])
         kwargs = settings.generate_kwargs()
         if job["mode"] == "continue":
             tok = model.tokenizer
-            prompt = plain_prompt(tok, continue_prompt(tok, messages))
+            prompt = plain_prompt(tok, continue_prompt(tok, build_messages(conv.get("system"), conv["messages"])))
             stream = model.generate(prompt, on_overflow="truncate", **kwargs)
             cut = stream.stats.get("truncated_tokens", 0)
             note = f"Context full: the oldest {cut} tokens of the conversation are left out." if cut else ""
             return stream, conv["messages"][-1], note
+        answered_since(conv)
+        messages = build_messages(conv.get("system"), conv["messages"])
         stream = model.generate(messages, on_overflow="truncate", **kwargs)
         dropped = stream.stats.get("dropped_turns") or []
         note = f"Context full: {describe_dropped(messages, dropped)} left out of this reply." if dropped else ""
@@ -269,6 +270,15 @@ class ChatHandlers:
         owned = list(owned or []) + [conv["id"]]
         gr.Info(f"Imported “{conv['title']}”.")
         return conv, view(conv), conv.get("system", ""), "", self.list_update(owned, conv), owned
+
+
+def answered_since(conv: dict) -> None:
+    """A reply step answers the last user message. Replies are queued one at a time, so when Regenerate,
+    Send or an edit came while an earlier reply was still pending, that reply has been written by the
+    time this step runs: it is replaced, never followed by a second assistant message."""
+    msgs = conv["messages"]
+    if msgs and msgs[-1]["role"] == "assistant":
+        msgs.pop()
 
 
 def _text_of(content) -> str:
