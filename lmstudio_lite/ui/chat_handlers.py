@@ -185,18 +185,17 @@ class ChatHandlers:
         if model is None:
             return "<div class='meter'>Context: no model loaded</div>"
         messages = self._draft_messages(draft, conv, system)
+        typed = bool(draft and draft.strip())
         try:
-            r = context_report(model, messages, int(max_new))
+            r = context_report(model, messages, int(max_new), sending=typed)
         except Exception as e:  # a template error, say: show it instead of a broken meter
             return f"<div class='meter'>Context: {html.escape(friendly(e))}</div>"
-        extra = " (with your draft)" if draft and draft.strip() else ""
-        body = f"Context: {r.used:,} / {r.limit:,} tokens used{extra} · {r.left:,} left"
+        note = ""
         if r.error:
-            body += f"<br>⚠ Too long: {html.escape(r.error)}; it cannot be sent."
+            note = f"⚠ Too long: {html.escape(r.error)}; it cannot be sent."
         elif r.dropped:
-            body += f"<br>⚠ Too long for the context: {describe_dropped(messages, r.dropped)} will be left out."
-        return (f"<div class='meter'><progress value='{min(r.used, r.limit)}' max='{r.limit}'></progress> "
-                f"{body}</div>")
+            note = f"⚠ Too long for the context: {describe_dropped(messages, r.dropped)} will be left out."
+        return meter_html(r, " (with your draft)" if typed else "", note)
 
     def show_prompt(self, draft, conv, system, max_new):
         """The exact prompt the model would get (special tokens shown) for the next reply."""
@@ -270,6 +269,22 @@ class ChatHandlers:
         owned = list(owned or []) + [conv["id"]]
         gr.Info(f"Imported “{conv['title']}”.")
         return conv, view(conv), conv.get("system", ""), "", self.list_update(owned, conv), owned
+
+
+METER_COLORS = {"prompt": "#4a90e2", "reply": "#f0ad4e"}  # free space is the bar's grey track
+
+
+def meter_html(r, extra: str = "", note: str = "") -> str:
+    """The context window as one bar of three parts (prompt, room kept for the reply, free) and the
+    same three numbers in words; ``note`` (HTML) goes on a second line."""
+    parts = "".join(
+        f"<span class='meter-{name}' title='{name}: {n:,} tokens' style='width:{100 * n / max(1, r.limit):.2f}%;"
+        f"background:{METER_COLORS[name]}'></span>" for name, n in (("prompt", r.used), ("reply", r.reply)))
+    bar = (f"<div class='meter-bar' style='display:flex;height:8px;border-radius:4px;overflow:hidden;"
+           f"background:#e5e7eb;margin-bottom:2px'>{parts}</div>")
+    words = (f"Context {r.limit:,} tokens: prompt {r.used:,}{extra} · reply up to {r.reply:,} · "
+             f"free {r.free:,}")
+    return f"<div class='meter'>{bar}{words}" + (f"<br>{note}" if note else "") + "</div>"
 
 
 def answered_since(conv: dict) -> None:

@@ -111,7 +111,9 @@ def stats_md(stats: dict | None) -> str:
              f"first token {stats.get('ttft_s', 0.0) * 1000:.0f} ms",
              f"prompt {stats.get('prompt_tokens', 0)} tokens"]
     reason = stats.get("finish_reason")
-    if reason:
+    if reason == "length" and stats.get("context_full"):
+        parts.append("stopped: the context window is full")
+    elif reason:
         parts.append({"length": "stopped at the token limit", "cancelled": "stopped by you",
                       "stop": "finished"}.get(reason, reason))
     return " · ".join(parts)
