@@ -215,6 +215,21 @@ def entries_json(entries: list[ModelEntry]) -> str:
     return json.dumps([e.as_dict() for e in entries], indent=2)
 
 
+def entries_table(entries: list[ModelEntry]) -> str:
+    """A plain-text table for the terminal: a header, and columns as wide as their longest cell
+    (names such as 'HuggingFaceTB/SmolLM2-135M-Instruct' outgrow any fixed width)."""
+    rows = [("NAME", "FAMILY", "PARAMS", "CONTEXT", "SOURCE", "PATH")]
+    for e in entries:
+        params = f"{e.parameters / 1e6:.1f}M" if e.parameters else "?"
+        path = e.path + (f"  [{e.error}]" if e.error else "")
+        rows.append((e.name, e.family, params, str(e.context_length or "?"), e.source, path))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    right = {2, 3}  # numbers align on the right
+    return "\n".join("  ".join(cell.rjust(w) if i in right else cell.ljust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths))) + "  " + row[-1]
+                     for row in rows)
+
+
 def model_or_default(name_or_path: str | None, paths: AppPaths | None = None) -> Path:
     """What ``--model`` stands for: a model folder or file as given, a listed model's folder by name,
     or, when it is left out, the default model. Raises ValueError when there is none."""
