@@ -90,3 +90,9 @@ def test_a_reply_cut_by_the_context_says_so(ui_models):
     stream = model.generate("Once", max_new_tokens=4, ignore_eos=True)
     "".join(stream)
     assert "token limit" in stats_md(stream.stats)
+
+
+def test_max_new_tokens_is_capped_at_the_context(h):
+    update = h.max_new_limit(4096)
+    assert update["maximum"] == 256 and update["value"] == 256
+    assert h.max_new_limit(64)["value"] == 64

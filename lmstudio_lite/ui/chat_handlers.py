@@ -174,6 +174,14 @@ class ChatHandlers:
         return conv, view(conv), "", {"mode": "reply"}
 
     # -- context meter and prompt preview ---------------------------------------------------
+    def max_new_limit(self, max_new):
+        """The Max new tokens slider sized to the loaded model: no reply outgrows its context."""
+        model = self.services.registry.current
+        if model is None:
+            return gr.skip()
+        ctx = model.context_length
+        return gr.update(maximum=ctx, value=min(int(max_new or ctx), ctx))
+
     def _draft_messages(self, draft, conv, system):
         history = list((conv or {}).get("messages") or [])
         if draft and draft.strip():
