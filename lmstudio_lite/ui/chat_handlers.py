@@ -175,12 +175,14 @@ class ChatHandlers:
 
     # -- context meter and prompt preview ---------------------------------------------------
     def max_new_limit(self, max_new):
-        """The Max new tokens slider sized to the loaded model: no reply outgrows its context."""
+        """The Max new tokens slider sized to the loaded model: no reply outgrows its context. A value
+        that would fill the whole context (the presets' 256 on a 256-token model) leaves no room for the
+        prompt, so it becomes half the context: the room generation keeps for a reply anyway."""
         model = self.services.registry.current
         if model is None:
             return gr.skip()
-        ctx = model.context_length
-        return gr.update(maximum=ctx, value=min(int(max_new or ctx), ctx))
+        ctx, value = model.context_length, int(max_new or 0)
+        return gr.update(maximum=ctx, value=value if 0 < value < ctx else ctx // 2)
 
     def _draft_messages(self, draft, conv, system):
         history = list((conv or {}).get("messages") or [])
