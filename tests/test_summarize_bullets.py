@@ -22,3 +22,20 @@ def test_the_bundled_model_summarizes_in_bullets():
     assert lines and all(line.startswith("- ") and line[2:].strip() for line in lines), final.text
     chunk, reply, _ = budgets(model, 200, "Bullet points")
     assert reply < 200 and chunk > reply  # 200 asked, but a 256-token context keeps most of it for the text
+
+
+def test_the_tab_says_how_long_the_summary_may_be(tmp_path):
+    import warnings
+
+    from fixtures_models import make_services
+
+    from lmstudio_lite.ui.summarize_tab import SummarizeHandlers
+
+    h = SummarizeHandlers(make_services(tmp_path / "home", load=str(bundled_models_dir() / "lmstudio-lite-tiny")))
+    story = (bundled_assets_dir() / "sample_stories.txt").read_text().split("\n\n")[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        *_, (summary, info, notice) = h.run(story, "One sentence", 1024, 0.0)
+    model = h.services.registry.current
+    reply = budgets(model, 1024, "One sentence")[1]
+    assert f"summary up to {reply} tokens" in info and reply < model.context_length // 2 and summary and not notice
