@@ -51,7 +51,7 @@ def add_chat_args(p: argparse.ArgumentParser):
 
 
 def add_generate_args(p: argparse.ArgumentParser):
-    add_model_args(p, model_required=True)
+    add_model_args(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
@@ -62,6 +62,9 @@ def add_generate_args(p: argparse.ArgumentParser):
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--ignore-eos", action="store_true")
+    p.add_argument("--chat", action="store_true",
+                   help="send the prompt as a chat message through the model's chat template "
+                        "(default: plain text for the model to continue)")
     p.add_argument("--json", action="store_true", help="print one JSON object: prompt_ids, new_ids, text, stats")
 
 
@@ -116,40 +119,46 @@ def cmd_train(args) -> int:
 
 def cmd_generate(args) -> int:
     from .api import load_model
+    from .registry import model_or_default
 
-    m = load_model(args.model, device=args.device, dtype=args.dtype, quant=args.quant)
-    stream = m.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+    m = load_model(model_or_default(args.model), device=args.device, dtype=args.dtype, quant=args.quant)
+    query = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
+    stream = m.generate(query, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                         top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                         repetition_penalty=args.repetition_penalty, seed=args.seed, stop=args.stop,
                         ignore_eos=args.ignore_eos)
     if args.json:
         text = "".join(stream)
-        print(json.dumps({"prompt_ids": m.tokenizer.encode(args.prompt), "new_ids": stream.new_ids,
+        print(json.dumps({"prompt_ids": m.prompt_ids(query), "new_ids": stream.new_ids,
                           "text": text, "stats": stream.stats}, ensure_ascii=False))
         return 0
     for delta in stream:
         print(delta, end="", flush=True)
     s = stream.stats
+    if not stream.text and s["finish_reason"] == "stop":
+        print(ENDED_AT_ONCE_CHAT if args.chat else ENDED_AT_ONCE, end="", file=sys.stderr)
     print(f"\n[{s['new_tokens']} tokens, {s['decode_tok_s']:.1f} tok/s, first token {s['ttft_s'] * 1000:.0f} ms, "
           f"finish: {s['finish_reason']}]", file=sys.stderr)
     return 0
 
 
+# A story model given a finished sentence ("Tell me a story about a little dog.") often ends the
+# text right there: without a word of explanation the command would look broken.
+ENDED_AT_ONCE = ("(no text: the model ended the text right after the prompt. generate continues the prompt "
+                 "as plain text; to ask for something, add --chat, or end the prompt mid-sentence, "
+                 "e.g. \"Once upon a time\")")
+ENDED_AT_ONCE_CHAT = "(no text: the model ended its reply at once; try another prompt or a higher --temperature)"
+
+
 def cmd_models(args) -> int:
     from .paths import app_paths
-    from .registry import Registry
+    from .registry import Registry, entries_json, entries_table
 
     entries = Registry(app_paths()).list()
     if args.json:
-        print(json.dumps([e.as_dict() for e in entries], indent=2))
+        print(entries_json(entries))
         return 0
-    if not entries:
-        print("no local models found")
-    for e in entries:
-        params = f"{e.parameters / 1e6:.1f}M" if e.parameters else "?"
-        kind = e.dtype if e.format == "gguf" else "folder"
-        print(f"{e.name:32} {e.family:8} {params:>8}  {kind:7} {e.source:9} {e.path}"
-              + (f"  [{e.error}]" if e.error else ""))
+    print(entries_table(entries) if entries else "no local models found")
     return 0
 
 

@@ -46,9 +46,24 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("lmstudio_lite", appauthor=False))
 
 
+def _bundled(name: str) -> Path:
+    """A bundled folder: in an installed wheel under ``lmstudio_lite/bundled/`` (setup.py copies it
+    there at build time), in a source checkout or editable install at the repository root.
+
+    The installed copy wins: beside an installed package, ``site-packages/<name>`` could be anything."""
+    package = Path(__file__).resolve().parent
+    installed = package / "bundled" / name
+    return installed if installed.is_dir() else package.parent / name
+
+
 def bundled_models_dir() -> Path:
-    """The repository's ``models/`` folder holding the bundled default model."""
-    return Path(__file__).resolve().parent.parent / "models"
+    """The folder holding the bundled default model (the repository's ``models/``)."""
+    return _bundled("models")
+
+
+def bundled_assets_dir() -> Path:
+    """The folder holding the sample data files (the repository's ``assets/``)."""
+    return _bundled("assets")
 
 
 def hf_cache_dirs() -> list[Path]:

@@ -224,14 +224,21 @@ class Registry:
     # -- managing --------------------------------------------------------------
     def import_folder(self, path: str, name: str | None = None) -> ModelEntry:
         """Copy a model folder into the user's models folder after checking it loads."""
+        from .checkpoints.errors import CheckpointError
         from .checkpoints.folder import read_config, weight_files
 
         src = Path(path).expanduser().resolve()
+        if not src.is_dir():
+            raise FileNotFoundError(f"there is no folder at {src}")
+        if not (src / "config.json").is_file():
+            raise CheckpointError(src, "not a model folder: it has no config.json "
+                                       "(a model folder holds config.json, model.safetensors and tokenizer files)")
         read_config(src)
         weight_files(src)
         dest = self.paths.models / (name or src.name)
         if dest.exists():
-            raise FileExistsError(f"a model named {dest.name!r} already exists in {self.paths.models}")
+            raise FileExistsError(f"a model named {dest.name!r} already exists in {self.paths.models}; "
+                                  "delete it first, or import under another folder name")
         shutil.copytree(src, dest)
         return describe_folder(dest, dest.name, "user")
 
@@ -282,3 +289,36 @@ def _rss_mb() -> float:
 
 def entries_json(entries: list[ModelEntry]) -> str:
     return json.dumps([e.as_dict() for e in entries], indent=2)
+
+
+def entries_table(entries: list[ModelEntry]) -> str:
+    """A plain-text table for the terminal: a header, and columns as wide as their longest cell
+    (names such as 'HuggingFaceTB/SmolLM2-135M-Instruct' outgrow any fixed width)."""
+    rows = [("NAME", "FAMILY", "PARAMS", "CONTEXT", "KIND", "SOURCE", "PATH")]
+    for e in entries:
+        params = f"{e.parameters / 1e6:.1f}M" if e.parameters else "?"
+        path = e.path + (f"  [{e.error}]" if e.error else "")
+        kind = e.dtype if e.format == "gguf" else "folder"  # a GGUF's file type, e.g. Q4_1
+        rows.append((e.name, e.family, params, str(e.context_length or "?"), kind or "?", e.source, path))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    right = {2, 3}  # numbers align on the right
+    return "\n".join("  ".join(cell.rjust(w) if i in right else cell.ljust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths))) + "  " + row[-1]
+                     for row in rows)
+
+
+def model_or_default(name_or_path: str | None, paths: AppPaths | None = None) -> Path:
+    """What ``--model`` stands for: a model folder or file as given, a listed model's folder by name,
+    or, when it is left out, the default model. Raises ValueError when there is none."""
+    from .paths import app_paths
+
+    if name_or_path and Path(name_or_path).expanduser().exists():
+        return Path(name_or_path).expanduser()
+    registry = Registry(paths or app_paths())
+    if name_or_path:
+        return Path(registry.find(name_or_path).path)
+    default = registry.default_model()
+    if default is None:
+        raise ValueError("no model given and no bundled model found; pass --model PATH "
+                         "(`lmstudio-lite models` lists local models)")
+    return Path(default.path)

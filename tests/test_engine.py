@@ -218,7 +218,8 @@ def test_stats_keys_present_and_sane():
     text = "".join(stream)
     s = stream.stats
     assert set(s) == {"prompt_tokens", "new_tokens", "finish_reason", "ttft_s", "decode_tok_s",
-                      "prefill_ms", "total_s"}
+                      "prefill_ms", "total_s", "context_full"}
+    assert s["context_full"] is False  # the token limit, not the context, ended it
     assert text == "abcd" and s["prompt_tokens"] == 2 and s["new_tokens"] == 4 and s["finish_reason"] == "length"
     assert 0 < s["prefill_ms"] / 1000 <= s["ttft_s"] <= s["total_s"]
     assert 0 < s["decode_tok_s"] < 1000  # 3 tokens after the first, >= 2 ms each

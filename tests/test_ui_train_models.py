@@ -332,9 +332,11 @@ def test_train_start_status_cancel(client, app, tmp_path):
 def test_train_bad_data_fails_readably_then_a_run_finishes(client, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "only"}\n')
-    assert client.predict("stories260K", str(bad), 10, 1e-3, 1, 64, 0, api_name="/train_start").startswith("Started")
-    s = wait_status(client, ("failed",))
-    assert "line 2" in s["error"] and "Traceback" not in s["error"]
+    before = json.loads(client.predict(api_name="/train_status"))
+    msg = client.predict("stories260K", str(bad), 10, 1e-3, 1, 64, 0, api_name="/train_start")
+    assert msg.startswith("error: This data cannot be used") and "line 2" in msg and "Traceback" not in msg
+    after = json.loads(client.predict(api_name="/train_status"))
+    assert (after["run_id"], after["state"]) == (before["run_id"], before["state"])  # no run was started
     msg = client.predict("stories260K", str(write_jsonl(tmp_path / "d.jsonl")), 8, 1e-3, 4, 64, 2,
                          api_name="/train_start")
     assert msg.startswith("Started"), msg

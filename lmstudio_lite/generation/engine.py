@@ -250,6 +250,8 @@ class _Generation:
             raise
         finally:
             stats["finish_reason"] = reason
+            # "length" either way (as OpenAI reports it); this tells the user which limit ended the reply.
+            stats["context_full"] = len(self.prompt_ids) + len(self.new_ids) >= engine.model.config.max_seq_len
             stats["total_s"] = time.perf_counter() - t_start
 
     def _setup(self, length: int) -> dict:

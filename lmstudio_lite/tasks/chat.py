@@ -88,35 +88,50 @@ def too_long_for(context_length: int, text: str) -> bool:
 
 @dataclass
 class ContextReport:
+    """How the context window divides: the prompt, the room its reply may use, and what is free."""
     used: int  # prompt tokens that would be sent (after any dropping)
     limit: int
-    reserve: int  # room kept for the reply
+    reserve: int  # room generation keeps for the reply when it drops turns
     dropped: list[int] = field(default_factory=list)  # message indexes that would be left out
-    error: str | None = None  # the newest message alone does not fit
+    error: str | None = None  # the newest message alone does not fit: it cannot be sent
+    max_new: int = 0  # the reply's token limit asked for
 
     @property
     def left(self) -> int:
         return max(0, self.limit - self.used)
 
+    @property
+    def reply(self) -> int:
+        """Tokens the reply may use: its limit, or less when the context ends first."""
+        return min(self.max_new, self.left)
 
-def context_report(model, messages: list[dict], max_new_tokens: int) -> ContextReport:
-    """How the conversation fits the model's context, using the same rule as generation."""
+    @property
+    def free(self) -> int:
+        return self.left - self.reply
+
+
+def context_report(model, messages: list[dict], max_new_tokens: int, sending: bool = True) -> ContextReport:
+    """How the conversation fits the model's context, using the same rule as generation.
+
+    ``sending=False`` measures a conversation with no new message typed: nothing would be sent, so
+    a turn too long to answer again is no error (the next message leaves the older turns out)."""
     from ..generation import ContextOverflowError
 
-    limit = model.context_length
-    reserve = max(1, min(int(max_new_tokens), limit // 2))
+    limit, max_new = model.context_length, max(1, int(max_new_tokens))
+    reserve = max(1, min(max_new, limit // 2))
     if not messages:
-        return ContextReport(0, limit, reserve)
+        return ContextReport(0, limit, reserve, max_new=max_new)
     if too_long_for(limit, messages[-1]["content"]):
-        return ContextReport(limit, limit, reserve, error=(
+        return ContextReport(limit, limit, reserve, max_new=max_new, error=(
             f"the last message is {len(messages[-1]['content']):,} characters, far more than the model's "
-            f"context of {limit:,} tokens"))
+            f"context of {limit:,} tokens") if sending else None)
     try:
-        prepared = model.prepare(messages, max_new_tokens, on_overflow="truncate")
+        prepared = model.prepare(messages, max_new, on_overflow="truncate")
     except ContextOverflowError as e:
-        return ContextReport(e.prompt_tokens, limit, reserve, error=(
-            f"the last message alone needs {e.prompt_tokens:,} tokens but the context holds {limit:,}"))
-    return ContextReport(len(prepared.ids), limit, reserve, list(prepared.dropped_turns))
+        return ContextReport(min(e.prompt_tokens, limit), limit, reserve, max_new=max_new, error=(
+            f"the last message alone needs {e.prompt_tokens:,} tokens but the context holds {limit:,} "
+            f"with {reserve:,} kept for the reply") if sending else None)
+    return ContextReport(len(prepared.ids), limit, reserve, list(prepared.dropped_turns), max_new=max_new)
 
 
 def continue_prompt(tokenizer, messages: list[dict]) -> str:

@@ -22,6 +22,7 @@ When the partial summaries themselves do not fit, they are summarized again in c
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from .text import Step, prompt_overhead, run_messages, split_text, token_counter
@@ -32,9 +33,31 @@ STYLES = {
     "Short paragraph": "in a short paragraph",
     "Bullet points": "as a few bullet points, one line each starting with '- '",
 }
+BULLETS = "Bullet points"
 MAP_STYLE = "Short paragraph"
 MAX_LEVELS = 8  # a safety net: each round is at most a third of the previous one
 SAFETY_TOKENS = 8  # joining chunks back into a prompt may add a token or two per boundary
+
+
+_MARKER = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")  # a line the model already wrote as a list item
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
+
+
+def as_bullets(text: str) -> str:
+    """The summary as '- ' lines, whatever the model wrote: its own list items are kept (their marker
+    made '- '), and running prose becomes one bullet per sentence. Small models rarely follow the
+    'bullet points' instruction, and the style asked for should not depend on that."""
+    items = []
+    for line in (raw.strip() for raw in text.splitlines()):
+        if _MARKER.match(line):
+            items.append(_MARKER.sub("", line))
+        elif line:
+            items += [piece.strip() for piece in _SENTENCE_END.split(line) if piece.strip()]
+    return "\n".join(f"- {item}" for item in items)
+
+
+def shaped(style: str, text: str) -> str:
+    return as_bullets(text) if style == BULLETS else text.strip()
 
 
 def summary_messages(text: str, style: str) -> list[dict]:
@@ -109,21 +132,22 @@ def summarize(model, text: str, style: str, settings, cancel=None) -> Iterator[S
             if cancel is not None and cancel.is_set():
                 return
         if count(label_parts(parts)) <= budget:
-            yield from _final(model, combine_messages(parts, style), settings, reply, cancel, len(chunks))
+            yield from _final(model, combine_messages(parts, style), settings, reply, cancel, len(chunks), style)
             return
         chunks = split_text("\n\n".join(parts), count, budget)
-    yield from _final(model, summary_messages(chunks[0] if chunks else text, style), settings, reply, cancel, 0)
+    yield from _final(model, summary_messages(chunks[0] if chunks else text, style), settings, reply, cancel, 0,
+                      style)
 
 
-def _final(model, messages, settings, reply, cancel, n_parts) -> Iterator[Step]:
+def _final(model, messages, settings, reply, cancel, n_parts, style) -> Iterator[Step]:
     desc = "Combining the parts" if n_parts else "Summarizing"
     total = n_parts + 1
     yield Step(n_parts, total, desc, "")
     out = ""
     for delta in run_messages(model, messages, settings, reply, cancel):
         out += delta
-        yield Step(n_parts, total, desc, out)
-    yield Step(total, total, "Done", out.strip(), final=True)
+        yield Step(n_parts, total, desc, shaped(style, out))
+    yield Step(total, total, "Done", shaped(style, out), final=True)
 
 
 def _parts_text(parts: list[str], level: int) -> str:

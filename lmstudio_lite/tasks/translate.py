@@ -22,12 +22,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 from .text import Step, paragraphs, prompt_overhead, run_messages, split_text, token_counter
 
 AUTO = "Auto-detect"
 LANGUAGES = ["English", "French", "German", "Spanish", "Italian", "Portuguese", "Chinese", "Japanese",
              "Korean", "Russian"]
+# ISO 639-1 codes, as a model card's metadata (the Hub's `language:` list) names languages.
+CODES = {"en": "English", "fr": "French", "de": "German", "es": "Spanish", "it": "Italian", "pt": "Portuguese",
+         "zh": "Chinese", "ja": "Japanese", "ko": "Korean", "ru": "Russian"}
+MAY_NOT_WORK = "may not work with this model"
 SYSTEM = ("You are a translator. Translate the user's text from {src} to {tgt}. "
           "Reply with the translation only, keeping the meaning, tone and formatting.")
 
@@ -71,6 +76,59 @@ def detect_language(text: str) -> str | None:
         scores[lang] += 0.5 * sum(lowered.count(c) for c in letters)
     best = max(scores, key=scores.get)
     return best if scores[best] > 0 else "English"
+
+
+def card_languages(folder) -> list[str] | None:
+    """The languages a model's card names in its metadata (``language:`` in README.md's front matter),
+    in ``LANGUAGES`` order; None when there is no card or it does not say."""
+    try:
+        text = (Path(folder) / "README.md").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError, TypeError):
+        return None
+    codes = _front_matter_list(text, "language")
+    if codes is None:
+        return None
+    named = {CODES.get(c.lower().split("-")[0], c) for c in codes}
+    return [lang for lang in LANGUAGES if lang in named]
+
+
+def _front_matter_list(text: str, key: str) -> list[str] | None:
+    """``key``'s values in a YAML front matter block, as the Hub writes them: ``key: en``,
+    ``key: [en, fr]`` or one ``- en`` line per value. Just enough YAML: no parser is needed for it."""
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "---":
+        return None
+    block = lines[1:lines.index("---", 1)] if "---" in lines[1:] else []
+    for i, line in enumerate(block):
+        if line.startswith(f"{key}:"):
+            inline = line[len(key) + 1:].strip().strip("[]")
+            if inline:
+                return [v.strip().strip("'\"") for v in inline.split(",") if v.strip()]
+            items = []
+            for item in block[i + 1:]:
+                if not item.lstrip().startswith("- "):
+                    break
+                items.append(item.lstrip()[2:].strip().strip("'\""))
+            return items
+    return None
+
+
+def language_choices(known: list[str] | None) -> list[tuple[str, str]]:
+    """(label, value) choices: the languages the model knows first, then the others marked as such.
+    With no word from the model card, every language is offered plainly."""
+    if not known:
+        return [(lang, lang) for lang in LANGUAGES]
+    return [(lang, lang) for lang in known] + [(f"{lang} ({MAY_NOT_WORK})", lang) for lang in LANGUAGES
+                                               if lang not in known]
+
+
+def untried(known: list[str] | None, *languages: str) -> str | None:
+    """A note when a language asked for is not one the model card names (None when all are, or it is silent)."""
+    off = [lang for lang in languages if known and lang not in known]
+    if not off:
+        return None
+    return (f"{' and '.join(dict.fromkeys(off))} {MAY_NOT_WORK}: its card names {', '.join(known)} only. "
+            "The translation below may be poor.")
 
 
 def translate_messages(text: str, src: str, tgt: str) -> list[dict]:

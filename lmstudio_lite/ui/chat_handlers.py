@@ -113,15 +113,16 @@ class ChatHandlers:
 
     def _start(self, model, job, conv, settings):
         """Begin generating: -> (stream, the message being written, a note on what was cut)."""
-        messages = build_messages(conv.get("system"), conv["messages"])
         kwargs = settings.generate_kwargs()
         if job["mode"] == "continue":
             tok = model.tokenizer
-            prompt = plain_prompt(tok, continue_prompt(tok, messages))
+            prompt = plain_prompt(tok, continue_prompt(tok, build_messages(conv.get("system"), conv["messages"])))
             stream = model.generate(prompt, on_overflow="truncate", **kwargs)
             cut = stream.stats.get("truncated_tokens", 0)
             note = f"Context full: the oldest {cut} tokens of the conversation are left out." if cut else ""
             return stream, conv["messages"][-1], note
+        answered_since(conv)
+        messages = build_messages(conv.get("system"), conv["messages"])
         stream = model.generate(messages, on_overflow="truncate", **kwargs)
         dropped = stream.stats.get("dropped_turns") or []
         note = f"Context full: {describe_dropped(messages, dropped)} left out of this reply." if dropped else ""
@@ -173,6 +174,16 @@ class ChatHandlers:
         return conv, view(conv), "", {"mode": "reply"}
 
     # -- context meter and prompt preview ---------------------------------------------------
+    def max_new_limit(self, max_new):
+        """The Max new tokens slider sized to the loaded model: no reply outgrows its context. A value
+        that would fill the whole context (the presets' 256 on a 256-token model) leaves no room for the
+        prompt, so it becomes half the context: the room generation keeps for a reply anyway."""
+        model = self.services.registry.current
+        if model is None:
+            return gr.skip()
+        ctx, value = model.context_length, int(max_new or 0)
+        return gr.update(maximum=ctx, value=value if 0 < value < ctx else ctx // 2)
+
     def _draft_messages(self, draft, conv, system):
         history = list((conv or {}).get("messages") or [])
         if draft and draft.strip():
@@ -184,18 +195,17 @@ class ChatHandlers:
         if model is None:
             return "<div class='meter'>Context: no model loaded</div>"
         messages = self._draft_messages(draft, conv, system)
+        typed = bool(draft and draft.strip())
         try:
-            r = context_report(model, messages, int(max_new))
+            r = context_report(model, messages, int(max_new), sending=typed)
         except Exception as e:  # a template error, say: show it instead of a broken meter
             return f"<div class='meter'>Context: {html.escape(friendly(e))}</div>"
-        extra = " (with your draft)" if draft and draft.strip() else ""
-        body = f"Context: {r.used:,} / {r.limit:,} tokens used{extra} · {r.left:,} left"
+        note = ""
         if r.error:
-            body += f"<br>⚠ Too long: {html.escape(r.error)}; it cannot be sent."
+            note = f"⚠ Too long: {html.escape(r.error)}; it cannot be sent."
         elif r.dropped:
-            body += f"<br>⚠ Too long for the context: {describe_dropped(messages, r.dropped)} will be left out."
-        return (f"<div class='meter'><progress value='{min(r.used, r.limit)}' max='{r.limit}'></progress> "
-                f"{body}</div>")
+            note = f"⚠ Too long for the context: {describe_dropped(messages, r.dropped)} will be left out."
+        return meter_html(r, " (with your draft)" if typed else "", note)
 
     def show_prompt(self, draft, conv, system, max_new):
         """The exact prompt the model would get (special tokens shown) for the next reply."""
@@ -269,6 +279,31 @@ class ChatHandlers:
         owned = list(owned or []) + [conv["id"]]
         gr.Info(f"Imported “{conv['title']}”.")
         return conv, view(conv), conv.get("system", ""), "", self.list_update(owned, conv), owned
+
+
+METER_COLORS = {"prompt": "#4a90e2", "reply": "#f0ad4e"}  # free space is the bar's grey track
+
+
+def meter_html(r, extra: str = "", note: str = "") -> str:
+    """The context window as one bar of three parts (prompt, room kept for the reply, free) and the
+    same three numbers in words; ``note`` (HTML) goes on a second line."""
+    parts = "".join(
+        f"<span class='meter-{name}' title='{name}: {n:,} tokens' style='width:{100 * n / max(1, r.limit):.2f}%;"
+        f"background:{METER_COLORS[name]}'></span>" for name, n in (("prompt", r.used), ("reply", r.reply)))
+    bar = (f"<div class='meter-bar' style='display:flex;height:8px;border-radius:4px;overflow:hidden;"
+           f"background:#e5e7eb;margin-bottom:2px'>{parts}</div>")
+    words = (f"Context {r.limit:,} tokens: prompt {r.used:,}{extra} · reply up to {r.reply:,} · "
+             f"free {r.free:,}")
+    return f"<div class='meter'>{bar}{words}" + (f"<br>{note}" if note else "") + "</div>"
+
+
+def answered_since(conv: dict) -> None:
+    """A reply step answers the last user message. Replies are queued one at a time, so when Regenerate,
+    Send or an edit came while an earlier reply was still pending, that reply has been written by the
+    time this step runs: it is replaced, never followed by a second assistant message."""
+    msgs = conv["messages"]
+    if msgs and msgs[-1]["role"] == "assistant":
+        msgs.pop()
 
 
 def _text_of(content) -> str:

@@ -15,6 +15,7 @@ from ..tasks.text import run_messages
 from . import starter_box
 from .chat_handlers import ChatHandlers, preset_values
 from .common import LLM, PRIVATE, current_model, friendly
+from .models_tab import enclosing_tab
 
 
 def _sidebar(h: ChatHandlers) -> dict:
@@ -85,6 +86,7 @@ def _chat_area() -> dict:
 def build(services, demo: gr.Blocks) -> None:
     """Lay out the Chat tab and wire its events (call inside a ``gr.Tab`` of ``demo``)."""
     h = ChatHandlers(services)
+    tab = enclosing_tab()
     conv, job, owned = gr.State(None), gr.State(None), gr.State([])
     with gr.Row():
         with gr.Column(scale=1, min_width=220):
@@ -99,8 +101,13 @@ def build(services, demo: gr.Blocks) -> None:
     _wire_generation(h, c, conv, job, owned, side)
     _wire_conversations(h, c, conv, owned, side)
     _register_api(services)
+    meter_in = [c["input"], conv, c["system"], c["max_new"]]
     demo.load(h.list_update, [owned, conv], side["list"], queue=False, **PRIVATE).then(
-        h.meter, [c["input"], conv, c["system"], c["max_new"]], c["meter"], queue=False, **PRIVATE)
+        h.max_new_limit, c["max_new"], c["max_new"], queue=False, **PRIVATE).then(
+        h.meter, meter_in, c["meter"], queue=False, **PRIVATE)
+    if tab is not None:  # the model may have changed in the Models tab since: fit the slider, redraw the meter
+        tab.select(h.max_new_limit, c["max_new"], c["max_new"], queue=False, **PRIVATE).then(
+            h.meter, meter_in, c["meter"], queue=False, show_progress="hidden", **PRIVATE)
 
 
 def _wire_generation(h, c, conv, job, owned, side):

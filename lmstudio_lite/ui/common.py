@@ -10,6 +10,8 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..checkpoints.errors import CheckpointError
+
 log = logging.getLogger("lmstudio_lite.ui")
 
 NO_MODEL = ("No model is loaded. Load one in the Models tab, or start the app with "
@@ -39,9 +41,14 @@ def current_model(services):
 
 
 def friendly(e: BaseException) -> str:
-    """A one-paragraph message for the UI; the traceback goes to the terminal log only."""
+    """A one-paragraph message for the UI; the traceback goes to the terminal log only.
+
+    Mistakes the user can fix (a wrong path, a name taken, a folder that is not a model) are worded
+    as such, with no traceback: only unexpected errors are logged as crashes."""
     name = type(e).__name__
-    if isinstance(e, (NoModelError, ValueError, KeyError, PermissionError, FileNotFoundError)):
+    if isinstance(e, OSError) and e.strerror and e.filename:  # the OS's own: '[Errno 2] ...' reads as a crash
+        return f"{e.filename}: {e.strerror}"
+    if isinstance(e, (NoModelError, CheckpointError, ValueError, KeyError, OSError)):
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         return str(msg)[:2000]
     if name == "OutOfMemoryError" or isinstance(e, MemoryError):
@@ -104,7 +111,9 @@ def stats_md(stats: dict | None) -> str:
              f"first token {stats.get('ttft_s', 0.0) * 1000:.0f} ms",
              f"prompt {stats.get('prompt_tokens', 0)} tokens"]
     reason = stats.get("finish_reason")
-    if reason:
+    if reason == "length" and stats.get("context_full"):
+        parts.append("stopped: the context window is full")
+    elif reason:
         parts.append({"length": "stopped at the token limit", "cancelled": "stopped by you",
                       "stop": "finished"}.get(reason, reason))
     return " · ".join(parts)

@@ -72,7 +72,7 @@ def load_model(services, name: str | None, quant: str | None = None) -> str:
     except Exception as e:  # CheckpointError, OSError, bad weights: report, keep the old model
         cur = services.registry.current
         kept = f" {cur.name} is still loaded." if cur is not None else " No model is loaded."
-        return f"⚠ Could not load {name}: {friendly(e)}{kept}"
+        return f"⚠ Could not load {name}: {friendly(e).rstrip('.')}.{kept}"
     info = model.info()
     return (f"Loaded **{model.name}** ({info['quant']} on {info['device']}, "
             f"{info['weights_bytes'] / 2**20:.1f} MB of weights).")
@@ -94,7 +94,7 @@ def import_folder(services, path: str | None) -> str:
     try:
         entry = services.registry.import_folder(path.strip())
     except Exception as e:  # CheckpointError, FileExistsError, OSError: all worded for the user
-        return f"⚠ Could not import {path}: {friendly(e)}"
+        return f"⚠ Could not import: {friendly(e)}"  # the message names the folder
     return f"Imported **{entry.name}** into {services.paths.models}."
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import gradio as gr
 
 from ..tasks.chat import Settings
-from ..tasks.summarize import STYLES, summarize
+from ..tasks.summarize import STYLES, budgets, summarize
 from ..tasks.text import token_counter
 from .common import LLM, PRIVATE, Throttle, current_model, friendly, notice_md, read_text_file, warn
 
@@ -46,14 +46,16 @@ class SummarizeHandlers:
         try:
             model = current_model(self.services)
             n_tokens = token_counter(model.tokenizer)(text)
-            info = f"{n_tokens:,} tokens of text · context {model.context_length:,} tokens"
+            reply = budgets(model, int(max_new), style)[1]  # what the context leaves, at most what was asked
+            info = (f"{n_tokens:,} tokens of text · context {model.context_length:,} tokens · "
+                    f"summary up to {reply:,} tokens")
             throttle, parts = Throttle(), 0
             for step in summarize(model, text, style, task_settings(max_new, temperature)):
                 progress((step.done, step.total), desc=step.desc)
                 if step.total > 2 and not parts:  # the first round tells how the text was cut
                     parts = step.total - 1
                     info = (f"{n_tokens:,} tokens of text, more than fits in one prompt: summarized in "
-                            f"{parts} parts, then combined")
+                            f"{parts} parts, then combined · summary up to {reply:,} tokens")
                 if step.final or throttle.ready():
                     yield step.text, info, ""
         except Exception as e:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lmstudio_lite
-
+from ..paths import bundled_assets_dir
 from . import train_view as view
 from .common import friendly
 
@@ -25,7 +24,7 @@ class UserError(Exception):
 
 # ---- data sources -----------------------------------------------------------------------------
 def assets_dir() -> Path:
-    return Path(lmstudio_lite.__file__).resolve().parent.parent / "assets"
+    return bundled_assets_dir()
 
 
 def list_samples(root: Path | None = None) -> dict[str, str]:
@@ -132,17 +131,48 @@ def _tokenizer(services, entry):
 
 
 def preview_data(services, base: str, data: str, seq_len: int, batch_size: int) -> dict:
-    """prepare_data's preview for this model and file; UserError with the DataError's text on bad data."""
+    """prepare_data's preview for this model and file; UserError with the DataError's text on bad data.
+
+    ``preview["batch_size"]`` is a batch size the data can fill: ``batch_size``, or, when the file gives
+    fewer training examples than that, their number (with a warning saying so), so that the
+    defaults work on any usable file, the small bundled samples included."""
+    entry = find_model(services, base)
+    path = resolve_data(services, data)
+    prepared = _prepare(path, _tokenizer(services, entry), int(seq_len), 1)
+    preview = prepared.preview
+    fits = min(int(batch_size), len(prepared.train))
+    if fits < int(batch_size):
+        preview["warnings"] = list(preview.get("warnings") or []) + [
+            f"batch size lowered from {int(batch_size)} to {fits}: this data gives {len(prepared.train)} "
+            f"training example{'s' if len(prepared.train) != 1 else ''} at sequence length {int(seq_len)} "
+            "(more data, or a shorter sequence length, gives more)"]
+    preview["batch_size"] = fits
+    return preview
+
+
+def _prepare(path: str, tokenizer, seq_len: int, batch_size: int, **options):
     from ..checkpoints.errors import CheckpointError
     from ..training.data import DataError, prepare_data
 
-    entry = find_model(services, base)
-    path = resolve_data(services, data)
     try:
-        prepared = prepare_data(path, _tokenizer(services, entry), int(seq_len), int(batch_size))
+        return prepare_data(path, tokenizer, seq_len, batch_size, **options)
     except (DataError, CheckpointError, ValueError) as e:
         raise UserError(str(e)) from None
-    return prepared.preview
+
+
+def check_data(services, spec) -> None:
+    """Read the spec's data exactly as its run will (UserError if the run would fail on it), so that a
+    run is never started on data the preview rejects."""
+    from ..checkpoints.tokenizer import Tokenizer
+
+    cur = services.registry.current
+    same = cur is not None and Path(cur.path) == Path(spec.base_model).resolve()
+    tokenizer = cur.tokenizer if same else Tokenizer.from_folder(spec.base_model)
+    try:
+        _prepare(spec.data, tokenizer, spec.seq_len, spec.batch_size, val_fraction=spec.val_fraction,
+                 seed=spec.seed, task_prompt=spec.task_prompt)
+    except UserError as e:
+        raise UserError(f"This data cannot be used: {e}") from None
 
 
 # ---- runs --------------------------------------------------------------------------------------
@@ -167,6 +197,8 @@ def make_spec(services, base: str, data: str, out_name: str | None = None, **set
 def start_run(services, spec) -> str:
     if services.jobs is None:
         raise UserError("Training is not available in this app.")
+    if not spec.from_scratch:
+        check_data(services, spec)
     try:
         run_id = services.jobs.start(spec)
     except Exception as e:  # JobBusyError, or a start-time failure from the runner

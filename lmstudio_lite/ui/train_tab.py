@@ -147,15 +147,16 @@ def _wire_data(services, c: dict):
 
     def preview(base, data, seq_len, batch):
         if not data:
-            return "_Upload data or pick a sample to see how it will be trained._", None, gr.skip()
+            return "_Upload data or pick a sample to see how it will be trained._", None, gr.skip(), gr.skip()
         try:
             p = act.preview_data(services, base, data, seq_len, batch)
         except UserError as e:
-            return view.data_error_markdown(str(e)), None, gr.skip()
-        return view.preview_markdown(p), view.preview_highlight(p), p.get("format") in act.CHAT_FORMATS
+            return view.data_error_markdown(str(e)), None, gr.skip(), gr.skip()
+        fitted = p["batch_size"] if p["batch_size"] != batch else gr.skip()  # lowered to what the data fills
+        return view.preview_markdown(p), view.preview_highlight(p), p.get("format") in act.CHAT_FORMATS, fitted
 
     pv = dict(fn=preview, inputs=[c["base"], c["data_path"], c["seq_len"], c["batch"]],
-              outputs=[c["preview_md"], c["preview_hl"], c["as_chat"]], api_visibility="private")
+              outputs=[c["preview_md"], c["preview_hl"], c["as_chat"], c["batch"]], api_visibility="private")
     c["dataset"].upload(on_upload, c["dataset"], [c["data_path"], c["sample"]],
                         api_visibility="private").then(**pv)
     c["dataset"].clear(lambda: None, None, c["data_path"], api_visibility="private").then(**pv)

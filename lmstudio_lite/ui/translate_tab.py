@@ -9,8 +9,10 @@ from collections.abc import Iterator
 
 import gradio as gr
 
-from ..tasks.translate import AUTO, LANGUAGES, detect_language, resolve_source, translate
+from ..tasks.translate import (AUTO, LANGUAGES, card_languages, detect_language, language_choices, resolve_source,
+                               translate, untried)
 from .common import LLM, PRIVATE, Throttle, current_model, friendly, notice_md, warn
+from .models_tab import enclosing_tab
 from .summarize_tab import task_settings
 
 DEFAULT_TARGET = "French"
@@ -36,6 +38,16 @@ class TranslateHandlers:
     def __init__(self, services):
         self.services = services
 
+    def known_languages(self) -> list[str] | None:
+        """What the loaded model's card says it knows (None: no model, or the card is silent)."""
+        model = self.services.registry.current
+        return card_languages(model.path) if model is not None else None
+
+    def language_lists(self):
+        """-> (From, To) dropdown updates: the loaded model's languages first, the rest marked."""
+        choices = language_choices(self.known_languages())
+        return gr.update(choices=[(AUTO, AUTO)] + choices), gr.update(choices=choices)
+
     def run(self, text, src, tgt, max_new, temperature, progress=gr.Progress()):
         """Stream the translation. Yields output, notice."""
         if not (text or "").strip():
@@ -46,11 +58,13 @@ class TranslateHandlers:
             return
         try:
             model = current_model(self.services)
+            note = untried(self.known_languages(), resolve_source(text, src), tgt)
+            note = notice_md(warn(note)) if note else ""
             throttle = Throttle()
             for step in translate(model, text, src, tgt, task_settings(max_new, temperature)):
                 progress((step.done, step.total), desc=step.desc)
                 if step.final or throttle.ready():
-                    yield step.text, ""
+                    yield step.text, note
         except Exception as e:
             yield gr.skip(), notice_md(warn(friendly(e)))
 
@@ -58,10 +72,14 @@ class TranslateHandlers:
 def build(services) -> None:
     """Lay out the Translate tab (call inside a ``gr.Tab``)."""
     h = TranslateHandlers(services)
+    tab = enclosing_tab()
+    choices = language_choices(h.known_languages())
     with gr.Row(equal_height=True):
-        src = gr.Dropdown([AUTO] + LANGUAGES, value=AUTO, label="From", elem_id="trans-src", scale=4)
+        src = gr.Dropdown([(AUTO, AUTO)] + choices, value=AUTO, label="From", elem_id="trans-src", scale=4)
         swap_btn = gr.Button("⇄ Swap", elem_id="trans-swap", scale=1, min_width=80)
-        tgt = gr.Dropdown(LANGUAGES, value=DEFAULT_TARGET, label="To", elem_id="trans-tgt", scale=4)
+        tgt = gr.Dropdown(choices, value=DEFAULT_TARGET, label="To", elem_id="trans-tgt", scale=4)
+    if tab is not None:  # another model may be loaded since: list what it knows first
+        tab.select(h.language_lists, None, [src, tgt], queue=False, **PRIVATE)
     with gr.Row():
         with gr.Column():
             text = gr.Textbox(label="Text", lines=12, max_lines=30, elem_id="trans-input",

@@ -73,7 +73,9 @@ def run_summary(runs: list[Path]) -> dict:
 def card(name, ours, ref, run, smp) -> str:
     t = lambda d, k: f"{d['translation'][k]['bleu']:.1f} / {d['translation'][k]['chrf']:.1f}"  # noqa: E731
     s = lambda d, k: f"{d['summarization'][k]['rougeL']:.1f} / {d['summarization'][k]['chrf']:.1f}"  # noqa: E731
-    lines = [f"# {name}", "",
+    # The front matter's `language:` is what the Translate tab offers first (tasks/translate.card_languages).
+    lines = ["---", "language:", "- en", "- fr", "- de", "library_name: transformers", "tags:", "- lmstudio_lite",
+             "---", "", f"# {name}", "",
              "The bundled default model of lmstudio_lite: a small Llama-architecture model trained from scratch "
              "with lmstudio_lite's own trainer and a new byte-level BPE tokenizer, on openly licensed data only. "
              "It tells simple TinyStories-style stories, answers in ChatML chat format, translates short "
