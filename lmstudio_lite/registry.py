@@ -126,11 +126,7 @@ class Registry:
         from .api import load_model
 
         with self._lock:
-            path = Path(name_or_path).expanduser()
-            if allow_path and _is_model_folder(path):
-                target = path
-            else:
-                target = Path(self.find(name_or_path).path)
+            target = self._target(name_or_path, allow_path)
             if self._current is not None and self._current.path == target.resolve():
                 return self._current
             model = load_model(target, device=self.device, dtype=self.dtype)
@@ -139,6 +135,16 @@ class Registry:
             self._current = model
             self.last_error = None
             return model
+
+    def _target(self, name_or_path: str, allow_path: bool) -> Path:
+        if allow_path:
+            try:
+                path = Path(name_or_path).expanduser()
+            except RuntimeError:  # "~nosuchuser": no such home folder, so no such model folder either
+                path = Path(name_or_path)
+            if _is_model_folder(path):
+                return path
+        return Path(self.find(name_or_path).path)
 
     def get_or_load(self, name: str):
         """The loaded model if its name matches, else load the named model (API requests)."""

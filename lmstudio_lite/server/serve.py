@@ -9,13 +9,17 @@ import sys
 
 from fastapi import FastAPI
 
+from .guard import AccessGuard
 from .routes import create_api
 
 
-def create_app(services) -> FastAPI:
-    """The API app: the /v1 routes plus ``GET /healthz`` (never behind the API key)."""
+def create_app(services, sessions=None) -> FastAPI:
+    """The API app: the /v1 routes plus ``GET /healthz`` (never behind credentials), every
+    request passing ``AccessGuard`` first (``sessions``: Gradio's, when the UI is mounted)."""
     app = FastAPI(title="lmstudio_lite API", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(create_api(services))
+    app.add_middleware(AccessGuard, policy=services.access, sessions=sessions, max_body=services.max_body_bytes,
+                       throttle=services.extra.get("login_throttle"))
 
     @app.get("/healthz")
     def healthz():

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .paths import AppPaths, app_paths
-from .registry import Registry
+from ..paths import AppPaths, app_paths
+from ..registry import Registry
+from .access import AccessPolicy, app_roots
 
 
 @dataclass
@@ -16,18 +17,25 @@ class Services:
     shared: bool = False  # a share link is on: refuse typed filesystem paths, require login
     api_key: str | None = None  # required on /v1 routes when set
     max_upload_bytes: int = 20 * 1024 * 1024
+    max_body_bytes: int = 4 * 1024 * 1024  # any other request body (/v1, Gradio's API): larger is a 413
     extra: dict = field(default_factory=dict)
+    access: AccessPolicy | None = None  # who may call what; built from api_key / shared when not given
+
+    def __post_init__(self):
+        if self.access is None:
+            self.access = AccessPolicy(api_key=self.api_key, remote=self.shared, roots=app_roots(self.paths))
 
 
 def build_services(model: str | None = None, device: str | None = None, dtype: str | None = None,
                    shared: bool = False, api_key: str | None = None, with_jobs: bool = True,
-                   with_chats: bool = True, paths: AppPaths | None = None, load_default: bool = True) -> Services:
+                   with_chats: bool = True, paths: AppPaths | None = None, load_default: bool = True,
+                   access: AccessPolicy | None = None) -> Services:
     """Create the registry (loading ``model`` or the bundled default), job runner and chat store.
 
     A model that fails to load leaves the app running with no model and the
     error in ``registry.last_error``: the UI says so instead of crashing.
     """
-    from .checkpoints.errors import CheckpointError
+    from ..checkpoints.errors import CheckpointError
 
     paths = (paths or app_paths()).ensure()
     registry = Registry(paths, device=device, dtype=dtype)
@@ -42,11 +50,11 @@ def build_services(model: str | None = None, device: str | None = None, dtype: s
             registry.last_error = str(e.args[0] if isinstance(e, KeyError) else e)
     jobs = chats = None
     if with_jobs:
-        from .training.jobs import JobRunner
+        from ..training.jobs import JobRunner
 
         jobs = JobRunner(paths)
     if with_chats:
-        from .chats import ChatStore
+        from ..chats import ChatStore
 
         chats = ChatStore(paths.chats)
-    return Services(paths, registry, jobs, chats, shared=shared, api_key=api_key)
+    return Services(paths, registry, jobs, chats, shared=shared, api_key=api_key, access=access)
