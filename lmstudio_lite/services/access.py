@@ -69,13 +69,26 @@ def listen_urls(host: str, port: int) -> list[str]:
     if host not in ("0.0.0.0", "::", ""):
         return [_url(host, port)]
     family = socket.AF_INET6 if host == "::" else socket.AF_INET
-    found = {"::1" if family == socket.AF_INET6 else "127.0.0.1"}
-    try:
-        for info in socket.getaddrinfo(socket.gethostname(), None, family):
-            found.add(info[4][0])
-    except OSError:  # no resolvable host name: the loopback address still works
-        pass
+    found = {"::1" if family == socket.AF_INET6 else "127.0.0.1"} | _local_addresses(family)
     return [_url(a, port) for a in sorted(found, key=lambda a: (not is_loopback(a), a))]
+
+
+def _local_addresses(family) -> set[str]:
+    """This machine's addresses: the host name's, and the one a route out would use (a UDP
+    "connect" sends nothing; the host name often resolves to 127.0.0.1 only)."""
+    found: set[str] = set()
+    try:
+        found |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, family)}
+    except OSError:
+        pass
+    probe = ("fd00::1", 1) if family == socket.AF_INET6 else ("10.255.255.255", 1)
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect(probe)
+            found.add(s.getsockname()[0])
+    except OSError:  # no route: only the loopback address works
+        pass
+    return found
 
 
 def _url(host: str, port: int) -> str:
@@ -120,7 +133,10 @@ class AccessPolicy:
     # -- paths ---------------------------------------------------------------------
     def check_path(self, path: str | Path, what: str = "path") -> Path:
         """``path`` resolved; AccessError when the app is remote and it lies outside the app's folders."""
-        resolved = Path(path).expanduser().resolve()
+        try:
+            resolved = Path(path).expanduser().resolve()
+        except RuntimeError:  # "~nosuchuser": no such home, so the path is taken literally
+            resolved = Path(path).resolve()
         if self.remote and not any(resolved.is_relative_to(r) for r in self.roots):
             folders = ", ".join(str(r) for r in self.roots) or "none"
             raise AccessError(f"this app is reachable from other machines, so a {what} must lie inside its own "
