@@ -111,18 +111,19 @@ def test_open_local_app_needs_nothing(tmp_path):
 # ---- the failed-login throttle -----------------------------------------------------------------
 def test_throttle_delay_grows_per_client_and_resets_on_success():
     now = [0.0]
-    t = LoginThrottle(base_s=2.0, max_s=5.0, clock=lambda: now[0])
+    t = LoginThrottle(base_s=2.0, max_s=5.0, free=1, clock=lambda: now[0])
+    assert t.failed("a", "x") == 0.0 and t.wait_s("a") == 0.0  # one typo is free
     assert t.failed("a", "x") == 2.0 and t.wait_s("a") == 2.0 and t.wait_s("b") == 0.0
     assert t.failed("a", "x") == 4.0 and t.failed("a", "x") == 5.0  # doubling, capped
     now[0] += 5.0
     assert t.wait_s("a") == 0.0
     t.succeeded("a")
-    assert t.failed("a", "x") == 2.0
+    assert t.failed("a", "x") == 0.0
 
 
 def test_failed_logins_are_locked_out_and_logged(tmp_path, caplog):
     now = [100.0]
-    client = web_client(tmp_path, AccessPolicy(logins=dict([LOGIN])), LoginThrottle(base_s=30.0,
+    client = web_client(tmp_path, AccessPolicy(logins=dict([LOGIN])), LoginThrottle(base_s=30.0, free=0,
                                                                                    clock=lambda: now[0]))
     with caplog.at_level(logging.WARNING, logger="lmstudio_lite.access"):
         assert client.post("/login", data={"username": "ann", "password": "bad"}).status_code == 400
@@ -190,3 +191,23 @@ def test_listen_urls_name_real_addresses():
     assert urls[0] == "http://127.0.0.1:7860/" and all(":7860/" in u for u in urls)
     assert "0.0.0.0" not in " ".join(urls)
     assert listen_urls("::1", 80) == ["http://[::1]:80/"]
+
+
+@pytest.mark.parametrize("argv", [["--host", "0.0.0.0"], ["serve", "--host", "0.0.0.0"],
+                                  ["--host", "192.0.2.7", "--port", "1"]])
+def test_cli_refuses_the_network_without_credentials(argv, capsys):
+    from lmstudio_lite import cli
+
+    assert cli.main(argv + ["--no-browser"] if argv[0] != "serve" else argv) == 2
+    err = capsys.readouterr().err
+    assert "--insecure-no-auth" in err and "--auth" in err
+
+
+def test_banner_prints_every_real_address():
+    import types
+
+    from lmstudio_lite.ui.launch import _banner
+
+    services = types.SimpleNamespace(registry=types.SimpleNamespace(current=None, last_error=None))
+    lines = _banner(services, ["http://127.0.0.1:7860/", "http://192.0.2.2:7860/"], None, None)
+    assert "running at http://127.0.0.1:7860/" in lines[0] and "also at http://192.0.2.2:7860/" in lines[1]

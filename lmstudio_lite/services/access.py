@@ -168,12 +168,14 @@ def app_roots(paths, upload_dir: str | Path | None = None) -> tuple[Path, ...]:
 
 
 class LoginThrottle:
-    """Failed-login rate limiting: after the n-th failure in a row a client must wait
-    ``base_s * 2**(n-1)`` seconds (at most ``max_s``) before its next try. A lockout rather
-    than a sleep, so parallel guesses gain nothing and a waiting attacker holds no worker."""
+    """Failed-login rate limiting: the first ``free`` failures in a row cost nothing (typos),
+    then after the n-th a client must wait ``base_s * 2**(n-free-1)`` seconds (at most
+    ``max_s``) before its next try, right or wrong. A lockout rather than a sleep, so parallel
+    guesses gain nothing and a waiting attacker holds no worker; a right guess is not even
+    checked while locked out, so it cannot be told from a wrong one."""
 
-    def __init__(self, base_s: float = 1.0, max_s: float = 300.0, clock=time.monotonic):
-        self.base_s, self.max_s, self._clock = base_s, max_s, clock
+    def __init__(self, base_s: float = 1.0, max_s: float = 300.0, free: int = 3, clock=time.monotonic):
+        self.base_s, self.max_s, self.free, self._clock = base_s, max_s, free, clock
         self._state: dict[str, tuple[int, float]] = {}  # client -> (failures, locked until)
         self._lock = threading.Lock()
 
@@ -187,7 +189,7 @@ class LoginThrottle:
         """Record a failure; -> the delay now imposed (logged with the client and surface)."""
         with self._lock:
             count = self._state.get(client, (0, 0.0))[0] + 1
-            delay = min(self.max_s, self.base_s * 2 ** (count - 1))
+            delay = 0.0 if count <= self.free else min(self.max_s, self.base_s * 2 ** (count - self.free - 1))
             self._state[client] = (count, self._clock() + delay)
             if len(self._state) > 10_000:  # bound the table: forget the oldest entries
                 for old in list(self._state)[:1000]:
