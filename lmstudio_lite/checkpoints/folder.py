@@ -20,6 +20,7 @@ from .names import IGNORABLE_SUFFIXES, entries_for, normalize_name
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 INDEX_NAME = "model.safetensors.index.json"
+FINITE_SAMPLE = 4096  # values checked per tensor at load: cheap, and catches all-NaN/inf weights
 
 
 def read_json(path: Path) -> dict:
@@ -43,7 +44,9 @@ def read_config(folder: str | Path) -> tuple[ModelConfig, dict]:
     hf = read_json(path)
     try:
         return config_from_hf(hf), hf
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as e:
+        # ValueError is the checks' own wording; the others are a backstop for shapes of
+        # JSON the checks did not foresee: still this folder's fault, never the app's.
         problem = f"missing field {e}" if isinstance(e, KeyError) else str(e)
         raise CheckpointError(path, problem) from None
 
@@ -55,9 +58,7 @@ def weight_files(folder: Path) -> dict[str, Path]:
         weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise CheckpointError(index, "has no weight_map")
-        files = {}
-        for name, shard in weight_map.items():
-            files[name] = folder / shard
+        files = {name: _shard_path(folder, index, shard) for name, shard in weight_map.items()}
         for shard in set(files.values()):
             if not shard.is_file():
                 raise CheckpointError(shard, f"shard listed in {INDEX_NAME} is missing")
@@ -70,6 +71,18 @@ def weight_files(folder: Path) -> dict[str, Path]:
         raise CheckpointError(folder / pickles[0], "only pickle weights found; pickle files are never executed "
                               "here. Convert the model to safetensors (model.safetensors) first")
     raise CheckpointError(single, "file is missing (no model.safetensors or model.safetensors.index.json)")
+
+
+def _shard_path(folder: Path, index: Path, shard) -> Path:
+    """A shard named in the index: a relative name that stays inside the model folder
+    (``../`` or an absolute path would let a downloaded folder read any file). Checked by
+    name, not by resolving: the Hugging Face cache's shards are symlinks into its blobs/."""
+    if not isinstance(shard, str) or not shard or "\x00" in shard:
+        raise CheckpointError(index, f"weight_map entries must be file names, got {shard!r}")
+    normal = os.path.normpath(shard)
+    if os.path.isabs(normal) or normal == ".." or normal.startswith(".." + os.sep):
+        raise CheckpointError(index, f"shard {shard!r} lies outside the model folder")
+    return folder / normal
 
 
 def _tensor_names(path: Path) -> list[str]:
@@ -105,6 +118,7 @@ def load_weights(folder: str | Path, config: ModelConfig | None = None, device="
             if path not in handles:
                 handles[path] = safe_open(path, framework="pt", device="cpu")
             t = _convert(handles[path].get_tensor(raw), entry)
+            _check_finite(path, raw, t)
             want = tuple(expected[entry.ours].shape)
             if tuple(t.shape) != want:
                 raise CheckpointError(path, f"tensor {raw!r} has shape {tuple(t.shape)}, "
@@ -120,6 +134,17 @@ def load_weights(folder: str | Path, config: ModelConfig | None = None, device="
     model.load_state_dict(state, strict=True, assign=True)
     model.reset_rope()
     return model
+
+
+def _check_finite(path: Path, name: str, t: torch.Tensor, sample: int = FINITE_SAMPLE):
+    """CheckpointError when an evenly spaced sample of ``t`` holds NaN or inf: such weights
+    (a diverged run, a broken conversion) would only ever generate garbage or NaN logits."""
+    flat = t.reshape(-1)
+    picked = flat[:: max(1, flat.numel() // sample)][:sample]
+    if picked.numel() and not torch.isfinite(picked.float()).all():
+        bad = int((~torch.isfinite(picked.float())).sum())
+        raise CheckpointError(path, f"tensor {name!r} holds NaN or infinite values ({bad} of {picked.numel()} "
+                              "sampled); the weights are corrupt or come from a run that diverged")
 
 
 def _convert(t: torch.Tensor, entry) -> torch.Tensor:
