@@ -172,10 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     # (device.claim_cpu_threads / inference_threads).
     args = build_parser(command).parse_args(argv)
     from .checkpoints.errors import CheckpointError
+    from .paths import HomeError
 
     try:
         return COMMANDS[command][1](args) or 0
-    except (CheckpointError, ValueError, KeyError, FileNotFoundError) as e:
+    except (CheckpointError, ValueError, KeyError, FileNotFoundError, HomeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
         return 2

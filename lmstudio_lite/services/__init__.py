@@ -37,7 +37,10 @@ def build_services(model: str | None = None, device: str | None = None, dtype: s
     """
     from ..checkpoints.errors import CheckpointError
 
+    from .housekeeping import clean_orphaned_tmp
+
     paths = (paths or app_paths()).ensure()
+    clean_orphaned_tmp([paths.models, paths.runs, paths.chats])
     registry = Registry(paths, device=device, dtype=dtype)
     target = model
     if target is None and load_default:
