@@ -187,7 +187,8 @@ def _banner(services, urls: list[str], login_line: str | None, new_key: str | No
     if login_line:
         lines.append(f"  {login_line}")
     if new_key:
-        lines.append(f"  API key (send 'Authorization: Bearer KEY'; also a password for the login page): {new_key}")
+        lines.append(f"  API key for /v1 and Gradio's API (send 'Authorization: Bearer KEY'; also accepted as the "
+                     f"login page's password): {new_key}")
     return lines + ["  Press Ctrl-C to stop."]
 
 
