@@ -14,7 +14,7 @@ import torch
 
 from ..model.config import ModelConfig
 from ..model.transformer import Transformer
-from .errors import CheckpointError
+from .errors import CheckpointError, disk_full_named
 from .hf_config import config_from_hf, config_to_hf
 from .names import IGNORABLE_SUFFIXES, entries_for, normalize_name
 
@@ -207,12 +207,13 @@ def save_folder(model: Transformer, out_dir: str | Path, tokenizer=None, dtype: 
     for name in [p for p in out.glob("model*.safetensors*")]:
         name.unlink()  # stale shards from an earlier save must not linger
     if len(shards) == 1:
-        _atomic(out / "model.safetensors", lambda p: save_file(shards[0], p, metadata={"format": "pt"}))
+        _atomic(out / "model.safetensors", lambda p: save_file(shards[0], p, metadata={"format": "pt"}),
+                _nbytes(shards[0]))
     else:
         weight_map = {}
         for i, shard in enumerate(shards, 1):
             fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            _atomic(out / fname, lambda p, s=shard: save_file(s, p, metadata={"format": "pt"}))
+            _atomic(out / fname, lambda p, s=shard: save_file(s, p, metadata={"format": "pt"}), _nbytes(shard))
             weight_map.update({k: fname for k in shard})
         total = sum(v.numel() * v.element_size() for v in state.values())
         write_json(out / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
@@ -222,6 +223,10 @@ def save_folder(model: Transformer, out_dir: str | Path, tokenizer=None, dtype: 
     if tokenizer is not None:
         tokenizer.save(out)
     return out
+
+
+def _nbytes(tensors: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in tensors.values())
 
 
 def _plan_shards(state: dict, max_bytes: int | None) -> list[dict]:
@@ -237,11 +242,18 @@ def _plan_shards(state: dict, max_bytes: int | None) -> list[dict]:
     return shards + ([cur] if cur else [])
 
 
-def _atomic(path: Path, write):
+def _atomic(path: Path, write, needed_bytes: int = 0):
+    """``write(tmp)``, fsync, rename over ``path``: readers see the old file or the new one.
+    Out of space, the temporary is removed and DiskFullError says how much was needed."""
     tmp = path.with_name(path.name + ".tmp")
-    write(str(tmp))
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
+    try:
+        with disk_full_named(path, needed_bytes):
+            write(str(tmp))
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

@@ -40,8 +40,10 @@ def current_model(services):
 
 def friendly(e: BaseException) -> str:
     """A one-paragraph message for the UI; the traceback goes to the terminal log only."""
+    from ..checkpoints.errors import DiskFullError
+
     name = type(e).__name__
-    if isinstance(e, (NoModelError, ValueError, KeyError, PermissionError, FileNotFoundError)):
+    if isinstance(e, (NoModelError, ValueError, KeyError, PermissionError, FileNotFoundError, DiskFullError)):
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         return str(msg)[:2000]
     if name == "OutOfMemoryError" or isinstance(e, MemoryError):
