@@ -117,6 +117,9 @@ class AccessGuard:
         if wait > 0:
             return await _reject(scope, send, 429, "login", f"too many failed logins: try again in {wait:.0f} s",
                                  {"retry-after": str(int(wait) + 1)})
+        body = await _read_body(receive, self.max_body)
+        if body is None:
+            return await _reject(scope, send, 413, "login", self._too_large())
         status: list[int] = []
 
         async def watch(message):
@@ -124,7 +127,7 @@ class AccessGuard:
                 status.append(message["status"])
             await send(message)
 
-        await self.app(scope, receive, watch)
+        await self.app(scope, _replay(body, receive), watch)
         if status and status[0] == 200:
             self.throttle.succeeded(client)
         elif status and status[0] in (400, 401):
