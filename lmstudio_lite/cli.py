@@ -11,12 +11,19 @@ import os
 import sys
 
 
+# model/quant.py's QTYPES, spelled out so that --help never imports torch (a test holds them equal).
+QUANT_CHOICES = ("q8_0", "q4_0", "q4_1")
+
+
 # -- argument groups ------------------------------------------------------------
 def add_model_args(p: argparse.ArgumentParser, model_required: bool = False):
     p.add_argument("--model", required=model_required,
-                   help="model folder or the name of a local model (default: the bundled model)")
+                   help="model folder, GGUF file or the name of a local model (default: the bundled model)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: best for the device)")
+    p.add_argument("--quant", default=None, choices=QUANT_CHOICES,
+                   help="quantize the weights at load in a GGUF block format (cached after the first load; "
+                        "default: keep them float)")
 
 
 def add_app_args(p: argparse.ArgumentParser):
@@ -72,6 +79,20 @@ def add_models_args(p: argparse.ArgumentParser):
     p.add_argument("--json", action="store_true")
 
 
+def add_export_args(p: argparse.ArgumentParser):
+    from .checkpoints.gguf_export import QUANT_CHOICES
+
+    p.add_argument("model", help="model folder or the name of a local model")
+    p.add_argument("--gguf", required=True, metavar="OUT.gguf", help="the GGUF file to write")
+    p.add_argument("--quant", default="f32", choices=QUANT_CHOICES,
+                   help="weight type (default f32; norms stay f32; q4_0 keeps the embedding in q8_0)")
+
+
+def add_get_args(p: argparse.ArgumentParser):
+    p.add_argument("repo", help="a Hugging Face Hub repository, owner/name")
+    p.add_argument("--file", default=None, help="the file to fetch (a GGUF repo's quant); omit it to see the choices")
+
+
 def add_train_args(p: argparse.ArgumentParser):
     from .training.cli import add_train_arguments
 
@@ -106,7 +127,7 @@ def cmd_train(args) -> int:
 def cmd_generate(args) -> int:
     from .api import load_model
 
-    m = load_model(args.model, device=args.device, dtype=args.dtype)
+    m = load_model(args.model, device=args.device, dtype=args.dtype, quant=args.quant)
     stream = m.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                         top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                         repetition_penalty=args.repetition_penalty, seed=args.seed, stop=args.stop,
@@ -136,8 +157,66 @@ def cmd_models(args) -> int:
         print("no local models found")
     for e in entries:
         params = f"{e.parameters / 1e6:.1f}M" if e.parameters else "?"
-        print(f"{e.name:32} {e.family:8} {params:>8}  {e.source:9} {e.path}" + (f"  [{e.error}]" if e.error else ""))
+        kind = e.dtype if e.format == "gguf" else "folder"
+        print(f"{e.name:32} {e.family:8} {params:>8}  {kind:7} {e.source:9} {e.path}"
+              + (f"  [{e.error}]" if e.error else ""))
     return 0
+
+
+def cmd_export(args) -> int:
+    from .checkpoints.gguf_export import export_gguf
+    from .paths import app_paths
+    from .registry import Registry
+
+    folder = Registry(app_paths()).resolve_folder(args.model)
+    out = export_gguf(folder, args.gguf, args.quant)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.quant})")
+    return 0
+
+
+def cmd_get(args) -> int:
+    from .paths import app_paths
+    from .registry import device_memory
+    from .services.download import DownloadError, fetch, gguf_files, list_files
+
+    models, memory = app_paths().ensure().models, device_memory("cpu")
+    try:
+        if not args.file:
+            choices = gguf_files(list_files(args.repo, memory)[0])
+            if len(choices) > 1:
+                print(f"{args.repo} has {len(choices)} GGUF files; choose one with --file NAME:", file=sys.stderr)
+                for f in choices:
+                    fits = "fits in memory" if f.fits else "too big for this machine's memory"
+                    print(f"  {f.name:48} {f.quant or '?':8} {f.size / 1e6:9.1f} MB  {fits}", file=sys.stderr)
+                return 2
+        path = fetch(args.repo, args.file, models, memory, progress=_terminal_bar())
+    except DownloadError as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    print(f"\nsaved {path}")
+    return 0
+
+
+def _terminal_bar(width: int = 30):
+    """A progress callback drawing one self-overwriting line on stderr (at most ~10 times a second)."""
+    import time
+
+    last = [0.0]
+
+    def draw(done: int, total: int):
+        now = time.monotonic()
+        if now - last[0] < 0.1 and done < total:
+            return
+        last[0] = now
+        frac = done / total if total else 0.0
+        bar = "#" * int(frac * width)
+        print(f"\r[{bar:<{width}}] {frac * 100:5.1f}%  {done / 1e6:8.1f} / {total / 1e6:.1f} MB", end="",
+              file=sys.stderr, flush=True)
+
+    return draw
 
 
 COMMANDS = {
@@ -147,6 +226,8 @@ COMMANDS = {
     "generate": (add_generate_args, cmd_generate, "generate text from a prompt"),
     "train": (add_train_args, cmd_train, "fine-tune or train a model"),
     "models": (add_models_args, cmd_models, "list local models"),
+    "get": (add_get_args, cmd_get, "download a model from the Hugging Face Hub into the models folder"),
+    "export": (add_export_args, cmd_export, "write a model folder as a GGUF file (llama.cpp, LM Studio, Ollama)"),
 }
 
 

@@ -1,8 +1,10 @@
 """Which models exist on this machine, and which one is loaded.
 
-Sources: the bundled ``models/`` folder, the user's models folder, and model
-folders already present in a Hugging Face hub cache (read offline; nothing is
-ever downloaded). One model is loaded at a time; loading is serialised.
+Sources: the bundled ``models/`` folder, the user's models folder (model folders
+and downloaded GGUF files), model folders and GGUF files already present in a
+Hugging Face hub cache (read offline), and the libraries of other apps (LM Studio,
+Ollama, folders added in settings: ``services/libraries.py``), all read-only.
+One model is loaded at a time; loading is serialised.
 """
 from __future__ import annotations
 
@@ -12,22 +14,25 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .checkpoints import is_gguf_file
 from .paths import AppPaths, bundled_models_dir, hf_cache_dirs
 
 BYTES_PER_DTYPE = {"float32": 4, "bfloat16": 2, "float16": 2}
+_REGISTRY_QUANT = object()  # load()'s default: the format the registry was made with
 
 
 @dataclass
 class ModelEntry:
     name: str
     path: str
-    source: str  # bundled | user | hf-cache
+    source: str  # bundled | user | hf-cache | lm-studio | ollama | folder
     family: str = "?"
     parameters: int = 0
     context_length: int = 0
     dtype: str = "?"
     size_bytes: int = 0
     error: str | None = None
+    format: str = "folder"  # folder | gguf
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -52,8 +57,21 @@ def describe_folder(path: Path, name: str, source: str) -> ModelEntry:
     return entry
 
 
+def describe_gguf_file(path: Path, name: str, source: str) -> ModelEntry:
+    """Read the GGUF header only (memory-mapped); an unreadable file still lists, with its error."""
+    from .services.libraries import describe_gguf
+
+    entry = ModelEntry(name, str(path), source, size_bytes=path.stat().st_size, format="gguf")
+    for key, value in describe_gguf(path).items():
+        setattr(entry, key, value)
+    return entry
+
+
 def memory_needed(entry: ModelEntry, dtype: str = "float32") -> int:
-    """Weights in ``dtype`` plus ~20% for activations, KV cache and buffers."""
+    """Weights in ``dtype`` (a GGUF file: its size, as its weights load as stored) plus ~20% for
+    activations, KV cache and buffers."""
+    if entry.format == "gguf":
+        return int(entry.size_bytes * 1.2)
     return int(entry.parameters * BYTES_PER_DTYPE.get(dtype, 4) * 1.2)
 
 
@@ -75,12 +93,21 @@ def _is_model_folder(p: Path) -> bool:
     return p.is_dir() and (p / "config.json").is_file()
 
 
+def _is_loadable_path(p: Path) -> bool:
+    """A model folder or a GGUF file: what ``load`` accepts as a path."""
+    return _is_model_folder(p) or is_gguf_file(p)
+
+
 class Registry:
     """Lists local models and owns the loaded one (shared by UI, API and CLI)."""
 
     def __init__(self, paths: AppPaths, bundled: Path | None = None, hf_dirs: list[Path] | None = None,
-                 device: str | None = None, dtype: str | None = None):
+                 device: str | None = None, dtype: str | None = None, quant: str | None = None, libraries=None):
+        """``libraries``: a ``services.libraries.LibraryRoots`` (default: LM Studio's and Ollama's folders
+        in the user's home plus the folders added in settings)."""
         self.paths = paths.ensure()
+        self.quant = quant  # weight format for loads that do not name one (--quant)
+        self._libraries = libraries
         self.bundled = bundled if bundled is not None else bundled_models_dir()
         self.hf_dirs = hf_cache_dirs() if hf_dirs is None else hf_dirs
         self.device, self.dtype = device, dtype
@@ -94,14 +121,32 @@ class Registry:
         for source, root in (("bundled", self.bundled), ("user", self.paths.models)):
             if root.is_dir():
                 out += [describe_folder(p, p.name, source) for p in sorted(root.iterdir()) if _is_model_folder(p)]
+        from .services.libraries import gguf_tree
+
+        out += [describe_gguf_file(m.path, m.name, "user") for m in gguf_tree(self.paths.models, "user")]
+        out += self._hf_cache()
+        out += self._library_entries()
+        return out
+
+    def _hf_cache(self) -> list[ModelEntry]:
+        out = []
         for hub in self.hf_dirs:
             for repo in sorted(hub.glob("models--*")):
+                name = repo.name.removeprefix("models--").replace("--", "/")
                 snaps = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime)
-                snaps = [s for s in snaps if _is_model_folder(s)]
-                if snaps:
-                    name = repo.name.removeprefix("models--").replace("--", "/")
-                    out.append(describe_folder(snaps[-1], name, "hf-cache"))
+                folders = [s for s in snaps if _is_model_folder(s)]
+                if folders:
+                    out.append(describe_folder(folders[-1], name, "hf-cache"))
+                files = {f.name: f for s in snaps for f in s.glob("*.gguf")}  # newest snapshot wins
+                out += [describe_gguf_file(f, f"{name}/{f.stem}", "hf-cache") for f in files.values() if f.is_file()]
         return out
+
+    def _library_entries(self) -> list[ModelEntry]:
+        from .services.libraries import default_roots, scan
+
+        roots = self._libraries if self._libraries is not None else default_roots(self.paths.home)
+        return [describe_folder(m.path, m.name, m.source) if m.kind == "folder"
+                else describe_gguf_file(m.path, m.name, m.source) for m in scan(roots)]
 
     def find(self, name: str) -> ModelEntry:
         """A listed model by name (or, for trusted callers, a folder path)."""
@@ -110,41 +155,60 @@ class Registry:
                 return e
         raise KeyError(f"no local model named {name!r}; available: {', '.join(e.name for e in self.list()) or 'none'}")
 
+    def resolve(self, name_or_path: str, allow_path: bool = True) -> Path:
+        """The folder or GGUF file a listed name (or, when ``allow_path``, a typed path) stands for."""
+        if allow_path:
+            try:
+                path = Path(name_or_path).expanduser()
+            except RuntimeError:  # "~nosuchuser": no such home folder, so no such model there either
+                path = Path(name_or_path)
+            if _is_loadable_path(path):
+                return path
+        return Path(self.find(name_or_path).path)
+
+    def resolve_folder(self, name_or_path: str, allow_path: bool = True) -> Path:
+        """Like ``resolve`` but a model folder is required (export reads a folder)."""
+        target = self.resolve(name_or_path, allow_path)
+        if not _is_model_folder(target):
+            raise ValueError(f"{name_or_path!r} is a GGUF file, not a model folder; export reads a model folder "
+                             "(config.json + safetensors)")
+        return target
+
     def default_model(self) -> ModelEntry | None:
-        bundled = [e for e in self.list() if e.source == "bundled" and e.error is None]
-        return bundled[0] if bundled else None
+        """The first-run chat model once present (services/starter.py), else the bundled model."""
+        from .services.starter import is_starter
+
+        usable = [e for e in self.list() if e.error is None]
+        preferred = [e for e in usable if is_starter(e)] + [e for e in usable if e.source == "bundled"]
+        return preferred[0] if preferred else None
+
+    def bundled_default(self) -> ModelEntry | None:
+        return next((e for e in self.list() if e.source == "bundled" and e.error is None), None)
 
     # -- loading -------------------------------------------------------------
     @property
     def current(self):
         return self._current
 
-    def load(self, name_or_path: str, allow_path: bool = True):
-        """Load by listed name, or by folder path when ``allow_path``; replaces the loaded model.
+    def load(self, name_or_path: str, allow_path: bool = True, quant=_REGISTRY_QUANT):
+        """Load by listed name, or by folder or GGUF file path when ``allow_path``; replaces the loaded model.
 
+        ``quant`` is None (float) or a qtype; left out, the registry's own format.
         On failure the previously loaded model stays loaded."""
         from .api import load_model
 
         with self._lock:
-            target = self._target(name_or_path, allow_path)
-            if self._current is not None and self._current.path == target.resolve():
-                return self._current
-            model = load_model(target, device=self.device, dtype=self.dtype)
+            target = self.resolve(name_or_path, allow_path)
+            quant = self.quant if quant is _REGISTRY_QUANT else quant
+            cur = self._current
+            if cur is not None and cur.path == target.resolve() and cur.quant == quant:
+                return cur
+            model = load_model(target, device=self.device, dtype=self.dtype, quant=quant)
             if name_or_path and not Path(name_or_path).is_absolute():
                 model.name = name_or_path
             self._current = model
             self.last_error = None
             return model
-
-    def _target(self, name_or_path: str, allow_path: bool) -> Path:
-        if allow_path:
-            try:
-                path = Path(name_or_path).expanduser()
-            except RuntimeError:  # "~nosuchuser": no such home folder, so no such model folder either
-                path = Path(name_or_path)
-            if _is_model_folder(path):
-                return path
-        return Path(self.find(name_or_path).path)
 
     def get_or_load(self, name: str):
         """The loaded model if its name matches, else load the named model (API requests)."""
@@ -182,7 +246,11 @@ class Registry:
         with self._lock:
             if self._current is not None and str(self._current.path) == str(Path(entry.path).resolve()):
                 self.unload()
-            shutil.rmtree(entry.path)
+            if entry.format == "gguf":
+                Path(entry.path).unlink()
+                Path(entry.path + ".source.json").unlink(missing_ok=True)
+            else:
+                shutil.rmtree(entry.path)
 
     def status_line(self) -> str:
         from .device import choose_device
@@ -193,8 +261,14 @@ class Registry:
         except ValueError as e:
             dev = str(e)
         cur = self._current
-        model = f"{cur.name} ({cur.info()['dtype']})" if cur else "no model loaded"
+        model = f"{cur.name} ({_weights(cur.info())})" if cur else "no model loaded"
         return f"Device: {dev} · Model: {model} · Memory: {_rss_mb():.0f} MB"
+
+
+def _weights(info: dict) -> str:
+    """The loaded format and the memory its weights take, e.g. "q4_0, 76 MB of weights"."""
+    mb = info["weights_bytes"] / 2**20
+    return f"{info['quant']}, {mb:.0f} MB of weights" if mb >= 10 else f"{info['quant']}, {mb:.2f} MB of weights"
 
 
 def _rss_mb() -> float:

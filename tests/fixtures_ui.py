@@ -14,6 +14,7 @@ with its own LMSTUDIO_LITE_HOME and waits for /healthz and the page, never a fix
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -60,13 +61,16 @@ class AppProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self):
+        """Ctrl-C, then kill the app's whole process group: nothing it started outlives its test."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)  # like Ctrl-C: uvicorn shuts down cleanly
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
 
 def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = START_TIMEOUT_S,
@@ -95,7 +99,7 @@ def start_app(model: Path | None, home: Path, *extra: str, port: int | None = No
     cmd += ["--model", str(model)] if model else []
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd + list(extra), cwd=REPO, env=env or app_env(home), stdout=log,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, start_new_session=True)
     app = AppProcess(proc, f"http://127.0.0.1:{port}", home, log_path)
     try:
         wait_http(app.base + "/healthz", proc, log=log_path)

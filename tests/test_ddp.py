@@ -50,7 +50,10 @@ def test_two_gloo_processes_match_one_process(base, tmp_path, monkeypatch, lora)
     one, two = metrics(tmp_path / "single"), metrics(tmp_path / "ddp")
     assert [m["step"] for m in two] == [1, 2, 3, 4]
     assert [m["loss"] for m in two] == pytest.approx([m["loss"] for m in one], rel=1e-5)
-    assert [m.get("val_loss") for m in two] == pytest.approx([m.get("val_loss") for m in one], rel=1e-5)
+    # The same steps are evaluated, and their losses agree (pytest 9.2's approx refuses None entries).
+    evaluated = {m["step"]: m["val_loss"] for m in one if m.get("val_loss") is not None}
+    assert evaluated and sorted(evaluated) == [2, 4]
+    assert {m["step"]: m["val_loss"] for m in two if m.get("val_loss") is not None} == pytest.approx(evaluated, rel=1e-5)
     assert one[-1]["loss"] < one[0]["loss"]
     # rank 0 alone wrote files: one run folder, one model
     assert len(list((tmp_path / "ddp" / "models").iterdir())) == 1

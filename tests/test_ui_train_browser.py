@@ -34,6 +34,32 @@ def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
+def job(app) -> dict:
+    """The app's own job state, read through its train_status endpoint (not the page)."""
+    from gradio_client import Client
+
+    if getattr(app, "client", None) is None:
+        app.client = Client(app.base, verbose=False)
+    return json.loads(app.client.predict(api_name="/train_status"))
+
+
+def wait_job(app, ok, what: str, cap_s: float = 300.0) -> dict:
+    """Wait until the app's job state satisfies ``ok``. Fails at once when the app exits or the run
+    ends some other way; ``cap_s`` is only a safety net for a hung app, not a guess at its speed."""
+    end = time.monotonic() + cap_s
+    while True:
+        if app.proc.poll() is not None:
+            raise RuntimeError(f"the app exited while waiting for {what}:\n{app.log()[-3000:]}")
+        state = job(app)
+        if ok(state):
+            return state
+        if state["state"] in ("failed", "cancelled", "finished"):
+            raise AssertionError(f"the run ended ({state['state']}: {state.get('error')}) before {what}")
+        if time.monotonic() > end:
+            raise TimeoutError(f"{what}: still {state['state']} at step {state['step']} after {cap_s:.0f} s")
+        time.sleep(0.25)
+
+
 def step_of(page) -> int:
     m = re.search(r"step (\d+)/", page.locator("#train-status").inner_text())
     return int(m.group(1)) if m else 0
@@ -44,14 +70,17 @@ def run_id_of(page) -> str:
     return m.group(1) if m else ""
 
 
-def wait_step(page, at_least: int, timeout_s: float = 90.0) -> int:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        step = step_of(page)
-        if step >= at_least:
-            return step
-        time.sleep(0.25)
-    raise TimeoutError(f"step {at_least} not reached: {page.locator('#train-status').inner_text()}")
+def wait_step(app, page, at_least: int) -> int:
+    """The job reaches the step, then the page shows it (the poll timer redraws within a tick)."""
+    from playwright.sync_api import expect
+
+    wait_job(app, lambda s: s["step"] >= at_least, f"step {at_least}")
+    expect(page.locator("#train-status")).to_contain_text(re.compile(r"step \d+/"))
+    end = time.monotonic() + 30
+    while step_of(page) < at_least and time.monotonic() < end:
+        time.sleep(0.1)
+    assert step_of(page) >= at_least, page.locator("#train-status").inner_text()
+    return step_of(page)
 
 
 def open_train_tab(browser, base: str):  # noqa: F811
@@ -67,7 +96,7 @@ def fill_number(page, selector: str, value):
     box.press("Tab")  # commit the value (change/blur)
 
 
-def preview_and_start(page, data, shots):
+def preview_and_start(app, page, data, shots):
     """Upload, check the preview (format, highlighted loss tokens), set a long run going."""
     from playwright.sync_api import expect
 
@@ -79,19 +108,22 @@ def preview_and_start(page, data, shots):
     fill_number(page, "#train-batch input", 4)
     fill_number(page, "#train-eval-every input", 25)
     fill_number(page, "#train-seq-len input[type=number]", 64)
+    assert job(app)["state"] == "idle"  # nothing else is training in this app
     page.click("#train-start")
-    expect(page.locator("#train-msg")).to_contain_text("Started run", timeout=30000)
-    expect(page.locator("#train-status")).to_contain_text("running", timeout=60000)
+    wait_job(app, lambda s: s["state"] in ("queued", "running"), "the run to start")
+    expect(page.locator("#train-msg")).to_contain_text("Started run")
+    wait_job(app, lambda s: s["state"] == "running", "the run to be running")
+    expect(page.locator("#train-status")).to_contain_text("running")
 
 
-def plot_grows(page, blank: bytes, shots) -> int:
+def plot_grows(app, page, blank: bytes, shots) -> int:
     """Two plot screenshots some steps apart differ (and differ from the empty plot); -> the step."""
     from playwright.sync_api import expect
 
-    wait_step(page, 30)
+    wait_step(app, page, 30)
     time.sleep(1.5)  # let the plot draw the polled points
     first = page.locator("#loss-plot").screenshot()
-    step = wait_step(page, step_of(page) + 60)
+    step = wait_step(app, page, step_of(page) + 60)
     time.sleep(1.5)
     second = page.locator("#loss-plot").screenshot()
     (shots / "train-2-plot-a.png").write_bytes(first)
@@ -102,7 +134,7 @@ def plot_grows(page, blank: bytes, shots) -> int:
     return step
 
 
-def reattached_after_reload(page, run_id: str, step: int, blank: bytes, shots):
+def reattached_after_reload(app, page, run_id: str, step: int, blank: bytes, shots):
     """A reloaded page shows the same run, still progressing, with its plot and data."""
     from playwright.sync_api import expect
 
@@ -111,8 +143,8 @@ def reattached_after_reload(page, run_id: str, step: int, blank: bytes, shots):
     page.click("#tab-train-button")
     expect(page.locator("#train-status")).to_contain_text(run_id, timeout=20000)
     expect(page.locator("#data-preview")).to_contain_text(f"Data of run {run_id}")  # the run's own data
-    after = wait_step(page, step + 1)
-    wait_step(page, after + 20)
+    after = wait_step(app, page, step + 1)
+    wait_step(app, page, after + 20)
     expect(page.locator("#train-status")).to_contain_text("running")
     time.sleep(1.5)
     assert md5(page.locator("#loss-plot").screenshot()) != md5(blank)
@@ -128,8 +160,8 @@ def test_train_live_plot_reload_reattach_cancel(browser, app, tmp_path):  # noqa
                             for i in range(40)))
     ctx, page = open_train_tab(browser, app.base)
     blank = page.locator("#loss-plot").screenshot()
-    preview_and_start(page, data, tmp_path)
-    step = plot_grows(page, blank, tmp_path)
+    preview_and_start(app, page, data, tmp_path)
+    step = plot_grows(app, page, blank, tmp_path)
     run_id = run_id_of(page)
 
     # another tab works meanwhile
@@ -138,9 +170,13 @@ def test_train_live_plot_reload_reattach_cancel(browser, app, tmp_path):  # noqa
     expect(page.locator("#models-table")).to_contain_text("stories260K")
     page.click("#tab-train-button")
 
-    reattached_after_reload(page, run_id, step, blank, tmp_path)
+    reattached_after_reload(app, page, run_id, step, blank, tmp_path)
     page.click("#train-cancel")
-    expect(page.locator("#train-status")).to_contain_text("cancelled", timeout=30000)
+    end = time.monotonic() + 120  # cancel lands at the next optimizer step
+    while job(app)["state"] != "cancelled" and time.monotonic() < end and app.proc.poll() is None:
+        time.sleep(0.25)
+    assert job(app)["state"] == "cancelled"
+    expect(page.locator("#train-status")).to_contain_text("cancelled")
     expect(page.locator("#train-start")).to_be_enabled()
     page.screenshot(path=str(tmp_path / "train-5-cancelled.png"), full_page=True)
     ctx.close()

@@ -44,15 +44,16 @@ def run_serve(args) -> int:
         return 2
     if warning:
         print(warning, file=sys.stderr)
-    services = build_services(model=args.model, device=args.device, dtype=args.dtype, api_key=args.api_key,
-                              with_jobs=False, with_chats=False)
+    services = build_services(model=args.model, device=args.device, dtype=args.dtype, quant=args.quant,
+                              api_key=args.api_key, with_jobs=False, with_chats=False)
     services.access = AccessPolicy(api_key=args.api_key, remote=not is_loopback(args.host),
                                    roots=app_roots(services.paths))
     if args.max_body_mb:
         services.max_body_bytes = int(args.max_body_mb * 2**20)
     registry = services.registry
     if registry.current is not None:
-        print(f"model: {registry.current.name} ({registry.current.info()['device']})")
+        info = registry.current.info()
+        print(f"model: {registry.current.name} ({info['device']}, {info['quant']})")
     else:
         print("no model loaded" + (f": {registry.last_error}" if registry.last_error else "")
               + "; each request loads the model it names", file=sys.stderr)

@@ -16,6 +16,7 @@ class Services:
     chats: object = None  # chats.ChatStore
     shared: bool = False  # a share link is on: refuse typed filesystem paths, require login
     api_key: str | None = None  # required on /v1 routes when set
+    downloads: object = None  # services.download.Downloads; None where downloading is not offered
     max_upload_bytes: int = 20 * 1024 * 1024
     max_body_bytes: int = 4 * 1024 * 1024  # any other request body (/v1, Gradio's API): larger is a 413
     extra: dict = field(default_factory=dict)
@@ -27,7 +28,7 @@ class Services:
 
 
 def build_services(model: str | None = None, device: str | None = None, dtype: str | None = None,
-                   shared: bool = False, api_key: str | None = None, with_jobs: bool = True,
+                   quant: str | None = None, shared: bool = False, api_key: str | None = None, with_jobs: bool = True,
                    with_chats: bool = True, paths: AppPaths | None = None, load_default: bool = True,
                    access: AccessPolicy | None = None) -> Services:
     """Create the registry (loading ``model`` or the bundled default), job runner and chat store.
@@ -36,12 +37,11 @@ def build_services(model: str | None = None, device: str | None = None, dtype: s
     error in ``registry.last_error``: the UI says so instead of crashing.
     """
     from ..checkpoints.errors import CheckpointError
-
     from .housekeeping import clean_orphaned_tmp
 
     paths = (paths or app_paths()).ensure()
     clean_orphaned_tmp([paths.models, paths.runs, paths.chats])
-    registry = Registry(paths, device=device, dtype=dtype)
+    registry = Registry(paths, device=device, dtype=dtype, quant=quant)
     target = model
     if target is None and load_default:
         default = registry.default_model()
@@ -51,6 +51,14 @@ def build_services(model: str | None = None, device: str | None = None, dtype: s
             registry.load(target)
         except (CheckpointError, KeyError, ValueError, OSError) as e:
             registry.last_error = str(e.args[0] if isinstance(e, KeyError) else e)
+            fallback = registry.bundled_default() if model is None else None
+            if fallback is not None and fallback.path != target:  # a default that fails: the bundled one
+                error = registry.last_error
+                try:
+                    registry.load(fallback.path)
+                    registry.last_error = f"{error} (the bundled model is loaded instead)"
+                except (CheckpointError, KeyError, ValueError, OSError):
+                    registry.last_error = error
     jobs = chats = None
     if with_jobs:
         from ..training.jobs import JobRunner
@@ -60,4 +68,9 @@ def build_services(model: str | None = None, device: str | None = None, dtype: s
         from ..chats import ChatStore
 
         chats = ChatStore(paths.chats)
-    return Services(paths, registry, jobs, chats, shared=shared, api_key=api_key, access=access)
+    from ..registry import device_memory
+    from .download import Downloads
+
+    downloads = None if shared else Downloads(paths.models, device_memory("cpu"))  # shared: no writes by strangers
+    return Services(paths, registry, jobs, chats, shared=shared, api_key=api_key, downloads=downloads,
+                    access=access)

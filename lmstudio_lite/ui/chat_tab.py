@@ -12,6 +12,7 @@ import gradio as gr
 
 from ..tasks.chat import DEFAULT_SYSTEM, PRESETS, build_messages, make_settings
 from ..tasks.text import run_messages
+from . import starter_box
 from .chat_handlers import ChatHandlers, preset_values
 from .common import LLM, PRIVATE, current_model, friendly
 
@@ -89,6 +90,7 @@ def build(services, demo: gr.Blocks) -> None:
         with gr.Column(scale=1, min_width=220):
             side = _sidebar(h)
         with gr.Column(scale=4):
+            starter_box.build(services)
             c = _chat_area()
             c |= _settings()
             with gr.Accordion("Prompt sent to the model", open=False, elem_id="prompt-accordion"):

@@ -88,7 +88,8 @@ def make_services(args, api_key: str | None, policy=None):
     from .common import friendly
 
     remote = policy.remote if policy is not None else bool(args.share)
-    opts = dict(device=args.device, dtype=args.dtype, shared=remote, api_key=api_key, access=policy,
+    opts = dict(device=args.device, dtype=args.dtype, quant=args.quant, shared=remote, api_key=api_key,
+                access=policy,
                 with_jobs=importlib.util.find_spec("lmstudio_lite.training.jobs") is not None)
     try:
         services = build_services(model=args.model, **opts)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ..services import exports
 from . import train_actions as act
 from . import train_view as view
 from .models_tab import enclosing_tab
@@ -114,6 +115,13 @@ def _layout_compare(c: dict):
     with gr.Accordion("Use the new model", open=True):
         c["use"] = gr.Button("Use in Chat", elem_id="use-in-chat", interactive=False)
         with gr.Row():
+            c["export_quant"] = gr.Dropdown(list(exports.quant_choices()), value="f32", label="GGUF weights",
+                                            elem_id="run-export-quant", scale=1)
+            c["export_btn"] = gr.Button("Export GGUF (for LM Studio, Ollama, llama.cpp)", elem_id="run-export",
+                                        scale=2)
+            c["export_file"] = gr.File(label="Exported GGUF", interactive=False, elem_id="run-export-file", scale=2)
+        c["export_msg"] = gr.Markdown("", elem_id="run-export-msg")
+        with gr.Row():
             c["compare_prompt"] = gr.Textbox(label="Prompt for both models", elem_id="compare-prompt", scale=4)
             c["as_chat"] = gr.Checkbox(True, label="Send as a chat message", elem_id="compare-chat", scale=1)
             c["compare_btn"] = gr.Button("Compare", elem_id="compare-btn", scale=1, interactive=False)
@@ -214,6 +222,12 @@ def _wire_compare(services, c: dict):
             gr.Warning(str(e))
             yield gr.skip(), gr.skip()
 
+    def export(quant):
+        result = exports.export_run_model(services, act.finished_model(services), quant)
+        return ("" if result.ok else "⚠ ") + result.message, str(result.path) if result.ok else None
+
+    c["export_btn"].click(export, c["export_quant"], [c["export_msg"], c["export_file"]],
+                          api_visibility="private")
     c["compare_btn"].click(compare, [c["compare_prompt"], c["as_chat"]], [c["base_out"], c["tuned_out"]],
                            api_visibility="private", concurrency_limit=1, concurrency_id="compare")
 

@@ -1,0 +1,210 @@
+"""Write one of our model folders as a GGUF file, the format of llama.cpp, LM Studio and Ollama.
+
+Names, layouts and metadata follow llama.cpp's own converter (convert_hf_to_gguf.py), so
+llama.cpp loads what we write as if it had converted the folder itself:
+- every tensor is written as numpy [out, in] (ggml's ne = [in, out]); ours are [in, out], so
+  linear weights are transposed;
+- for the ``llama`` architecture, q and k rows are permuted per head from Hugging Face's
+  rotate-half order into the interleaved pairs llama.cpp's RoPE expects (``permute``);
+  ``qwen2`` uses NEOX RoPE, which is rotate-half already, so it is not permuted;
+- GPT-2's q, k and v are fused again into ``attn_qkv``.
+
+Quantized files keep 1-D tensors (norms, biases) in F32, as llama.cpp does. In q4_0 the token
+embedding (which is also the head when tied) and the output are Q8_0: llama.cpp would pick Q6_K
+there, which our runtime does not keep, and Q8_0 is llama.cpp's own fallback for that slot.
+A weight whose rows are not a whole number of quant blocks stays F32.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from ..model.config import ModelConfig
+from .errors import CheckpointError
+from .folder import _atomic, load_weights, read_config
+from .gguf_export_vocab import write_vocab
+from .tokenizer import Tokenizer
+
+QUANT_CHOICES = ("f32", "bf16", "q8_0", "q4_0")
+_TOP = {"tok_emb.weight": "token_embd.weight", "pos_emb.weight": "position_embd.weight",
+        "norm_f.weight": "output_norm.weight", "norm_f.bias": "output_norm.bias", "head.weight": "output.weight"}
+_BLOCK = {"norm1": "attn_norm", "norm2": "ffn_norm", "attn.q": "attn_q", "attn.k": "attn_k", "attn.v": "attn_v",
+          "attn.o": "attn_output", "mlp.gate": "ffn_gate", "mlp.up": "ffn_up", "mlp.down": "ffn_down"}
+# The tensors llama.cpp keeps at a higher precision than the rest of a 4-bit file.
+_WIDE = ("token_embd.weight", "output.weight", "position_embd.weight")
+
+
+def gguf_arch(cfg: ModelConfig) -> str:
+    """llama.cpp's architecture name: Mistral is written as llama, as llama.cpp's converter does."""
+    if cfg.family == "gpt2":
+        return "gpt2"
+    return "qwen2" if cfg.extra.get("model_type") == "qwen2" else "llama"
+
+
+def permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Rows [n_head * head_dim, ...] from rotate-half order to interleaved pairs per head
+    (llama.cpp's ``LlamaModel.permute``); works on weights [out, in] and biases [out]."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """The inverse of ``permute`` (what a GGUF reader applies to get Hugging Face order back)."""
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+# -- tensors -----------------------------------------------------------------------
+def gguf_tensors(model, arch: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """(GGUF name, float32 tensor laid out [out, in]) for every weight, in llama.cpp's order."""
+    cfg, state = model.config, {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    for ours in ("tok_emb.weight", "pos_emb.weight"):
+        if ours in state:
+            yield _TOP[ours], state[ours]
+    for i in range(cfg.n_layer):
+        yield from _block_tensors(state, f"blocks.{i}.", f"blk.{i}.", cfg, arch)
+    for ours in ("norm_f.weight", "norm_f.bias", "head.weight"):
+        if ours in state:
+            yield _TOP[ours], state[ours].t() if ours == "head.weight" else state[ours]
+    if arch == "llama" and (cfg.rope_scaling or {}).get("rope_type") == "llama3":
+        yield "rope_freqs.weight", llama3_rope_factors(cfg)
+
+
+def _block_tensors(state: dict, ours: str, theirs: str, cfg: ModelConfig, arch: str):
+    pieces = {}
+    for key, gname in _BLOCK.items():
+        for suffix in ("weight", "bias"):
+            t = state.get(f"{ours}{key}.{suffix}")
+            if t is None:
+                continue
+            if suffix == "weight" and not key.startswith("norm"):
+                t = t.t()  # ours [in, out] -> [out, in]
+            if arch == "llama" and key in ("attn.q", "attn.k"):
+                t = permute(t, cfg.n_head if key == "attn.q" else cfg.n_kv_head)
+            pieces[f"{gname}.{suffix}"] = t.contiguous()
+    if arch == "gpt2":  # llama.cpp's GPT-2 reads one fused projection, q then k then v
+        for suffix in ("weight", "bias"):
+            pieces[f"attn_qkv.{suffix}"] = torch.cat([pieces.pop(f"attn_{p}.{suffix}") for p in "qkv"], dim=0)
+    for name in sorted(pieces, key=_order):
+        yield theirs + name, pieces[name]
+
+
+def _order(name: str) -> int:
+    order = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output", "ffn_norm", "ffn_gate",
+             "ffn_up", "ffn_down")
+    return order.index(name.split(".")[0]) * 2 + name.endswith(".bias")
+
+
+def llama3_rope_factors(cfg: ModelConfig) -> torch.Tensor:
+    """The per-frequency divisors llama.cpp reads from ``rope_freqs.weight`` for Llama 3 scaling."""
+    s, dim = cfg.rope_scaling, cfg.head_dim
+    factor, low, high = s.get("factor", 8.0), s.get("low_freq_factor", 1.0), s.get("high_freq_factor", 4.0)
+    old = s.get("original_max_position_embeddings", 8192)
+    out = []
+    for freq in 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)):
+        wavelen = 2 * math.pi / float(freq)
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return torch.tensor(out, dtype=torch.float32)
+
+
+def tensor_type(name: str, shape: tuple, quant: str):
+    """The GGML type one tensor gets in a file of ``quant`` (see the module docstring)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
+
+    if len(shape) == 1 or quant == "f32":
+        return T.F32
+    if quant == "bf16":
+        return T.BF16
+    qtype = T.Q8_0 if quant == "q8_0" or name in _WIDE else T.Q4_0
+    return qtype if shape[-1] % GGML_QUANT_SIZES[qtype][0] == 0 else T.F32
+
+
+def encode_tensor(name: str, t: torch.Tensor, quant: str) -> tuple[np.ndarray, object]:
+    """(bytes or floats to write, GGML type)."""
+    from gguf import GGMLQuantizationType as T
+    from gguf.quants import quantize
+
+    arr = t.numpy().astype(np.float32)
+    qtype = tensor_type(name, arr.shape, quant)
+    return (arr if qtype == T.F32 else quantize(arr, qtype)), qtype
+
+
+# -- metadata ------------------------------------------------------------------------
+def write_hparams(writer, cfg: ModelConfig, arch: str, name: str, quant: str):
+    import gguf
+
+    ftypes = {"f32": gguf.LlamaFileType.ALL_F32, "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+              "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
+    writer.add_name(name)
+    writer.add_file_type(ftypes[quant])
+    if quant != "f32":
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_context_length(cfg.max_seq_len)
+    writer.add_embedding_length(cfg.d_model)
+    writer.add_block_count(cfg.n_layer)
+    writer.add_feed_forward_length(cfg.d_ff)
+    writer.add_head_count(cfg.n_head)
+    if arch == "gpt2":
+        writer.add_layer_norm_eps(cfg.norm_eps)
+        return
+    writer.add_head_count_kv(cfg.n_kv_head)
+    writer.add_layer_norm_rms_eps(cfg.norm_eps)
+    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_rope_dimension_count(cfg.head_dim)
+    writer.add_vocab_size(cfg.vocab_size)
+    if cfg.head_dim * cfg.n_head != cfg.d_model:  # llama.cpp derives head size from these when present
+        writer.add_key_length(cfg.head_dim)
+        writer.add_value_length(cfg.head_dim)
+    scaling = cfg.rope_scaling or {}
+    if scaling.get("rope_type", scaling.get("type")) == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(scaling["factor"]))
+
+
+# -- the whole file ---------------------------------------------------------------------
+def export_gguf(folder: str | Path, out: str | Path, quant: str = "f32",
+                progress: Callable[[str], None] | None = None) -> Path:
+    """Write ``out`` (a .gguf file) from a model folder; the file appears only when complete."""
+    import gguf
+
+    folder, out = Path(folder), Path(out)
+    if quant not in QUANT_CHOICES:
+        raise ValueError(f"unknown quantization {quant!r}; choose one of {', '.join(QUANT_CHOICES)}")
+    if out.suffix.lower() != ".gguf":
+        raise ValueError(f"the output file must end in .gguf, got {out.name!r}")
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder; give a file name ending in .gguf")
+    cfg, _ = read_config(folder)
+    model = load_weights(folder, cfg, dtype=torch.float32)
+    tok = Tokenizer.from_folder(folder)
+    arch = gguf_arch(cfg)
+    writer = gguf.GGUFWriter(None, arch)
+    write_hparams(writer, cfg, arch, folder.name, quant)
+    write_vocab(writer, folder, tok, cfg)
+    for name, t in gguf_tensors(model, arch):
+        data, qtype = encode_tensor(name, t, quant)
+        writer.add_tensor(name, data, raw_dtype=qtype)
+        if progress:
+            progress(f"{name} {qtype.name}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _atomic(out, lambda tmp: _write_file(writer, tmp))
+    except OSError as e:
+        Path(str(out) + ".tmp").unlink(missing_ok=True)
+        raise CheckpointError(out, f"could not be written ({e.strerror or e})") from None
+    return out
+
+
+def _write_file(writer, path: str):
+    writer.write_header_to_file(Path(path))
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()

@@ -1,0 +1,91 @@
+"""The Download box of the Models tab: list a Hub repo's files, fetch one with progress, cancel.
+
+Only layout and formatting here: listing and the download job are ``services.download``.
+Hidden while the app is shared (strangers do not write to this disk).
+"""
+from __future__ import annotations
+
+import gradio as gr
+
+from ..services import download as dl
+from .common import PRIVATE
+
+EXAMPLE_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
+
+
+def file_label(f: dl.RepoFile) -> str:
+    """``name · Q4_K_M · 98.2 MB · fits in memory`` (pure formatter)."""
+    parts = [f.name, f.quant, f"{f.size / 1e6:.1f} MB"]
+    if f.fits is not None:
+        parts.append("fits in memory" if f.fits else "too big for memory")
+    return " · ".join(p for p in parts if p)
+
+
+def progress_md(status: dict) -> str:
+    state = status.get("state", "idle")
+    if state == "idle":
+        return ""
+    done, total = status.get("done", 0), status.get("total", 0)
+    what = f"**{status.get('repo')}** {status.get('file') or ''}".strip()
+    if state == "running" and total:
+        pct = 100 * done / total
+        bar = f"<progress value='{done}' max='{total}' style='width:100%'></progress>"
+        return f"{what}: {pct:.1f}% ({done / 1e6:.1f} of {total / 1e6:.1f} MB)\n\n{bar}"
+    mark = {"failed": "⚠ ", "cancelled": "⏹ ", "done": "✅ "}.get(state, "")
+    return f"{mark}{what}: {status.get('message', '')}"
+
+
+def list_choices(services, repo: str):
+    """(dropdown update, message) for a repo's files; GGUF files first, the only ones if there are any."""
+    try:
+        files, _ = dl.list_files(repo, services.downloads.memory_bytes)
+    except dl.DownloadError as e:
+        return gr.update(choices=[], value=None), f"⚠ {e}"
+    ggufs = dl.gguf_files(files)
+    if not ggufs:
+        return (gr.update(choices=[], value=None),
+                f"{repo} has no GGUF files: **Download** fetches its model folder (config.json + safetensors).")
+    choices = [(file_label(f), f.name) for f in ggufs]
+    best = next((f.name for f in ggufs if f.fits), ggufs[0].name)
+    plural = "s" if len(ggufs) != 1 else ""
+    return gr.update(choices=choices, value=best), f"{len(ggufs)} GGUF file{plural} in {repo}."
+
+
+def build(services, on_done_outputs: list, refreshed, keep) -> dict:
+    """Build the box; ``refreshed(msg, kept)`` gives the values of ``on_done_outputs`` after a download,
+    ``keep`` is the component whose value (the chosen model) survives that refresh."""
+    c: dict = {}
+    with gr.Accordion("Download from Hugging Face", open=False, visible=services.downloads is not None):
+        with gr.Row():
+            c["repo"] = gr.Textbox(label="Repository (owner/name)", placeholder=EXAMPLE_REPO, scale=4,
+                                   elem_id="dl-repo")
+            c["list"] = gr.Button("List files", elem_id="dl-list")
+        c["file"] = gr.Dropdown([], label="File (quant · size · fits)", elem_id="dl-file")
+        with gr.Row():
+            c["start"] = gr.Button("Download", variant="primary", elem_id="dl-start")
+            c["cancel"] = gr.Button("Cancel", elem_id="dl-cancel")
+        c["progress"] = gr.Markdown("", elem_id="dl-progress")
+    if services.downloads is not None:
+        _wire(services, c, on_done_outputs, refreshed, keep)
+    return c
+
+
+def _wire(services, c: dict, outs: list, refreshed, keep):
+    jobs = services.downloads
+    c["list"].click(lambda r: list_choices(services, r), c["repo"], [c["file"], c["progress"]], **PRIVATE)
+
+    def start(repo, name, kept=None):
+        try:
+            jobs.start(dl.check_repo(repo), name or None)
+        except dl.DownloadError as e:
+            yield f"⚠ {e}", *[gr.skip()] * len(outs)
+            return
+        version, status = jobs.wait(0.0)
+        while status["state"] == "running":
+            yield progress_md(status), *[gr.skip()] * len(outs)
+            version, status = jobs.wait(1.0, version)
+        yield progress_md(status), *refreshed("", kept)
+
+    c["start"].click(start, [c["repo"], c["file"], keep], [c["progress"]] + outs, **PRIVATE)
+    c["cancel"].click(lambda: "Cancelling…" if jobs.cancel() else "No download is running.", None,
+                      c["progress"], **PRIVATE)
