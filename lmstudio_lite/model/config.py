@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 FAMILIES = ("gpt2", "llama")
 ACTS = ("silu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu", "relu")  # model/layers.ACTIVATIONS
-ROPE_TYPES = ("linear", "llama3")
+ROPE_TYPES = ("linear", "llama3", "freq_factors")  # freq_factors: GGUF's rope_freqs tensor
 # Whole-number fields and the range each may take. The upper bounds sit far above any real
 # model (Llama 3 405B: 126 layers, 16,384 wide, 128,256 tokens) yet keep a hostile
 # config.json from asking for terabytes before a single weight is read.
@@ -59,6 +59,7 @@ class ModelConfig:
         for name in ("vocab_size", "n_layer", "n_head", "d_model", "d_ff", "max_seq_len"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        _check_rope_scaling(self.rope_scaling, self.head_dim)
         if self.family == "gpt2":
             # GPT-2 has biases on every projection by construction.
             self.qkv_bias = self.o_bias = self.mlp_bias = True
@@ -83,7 +84,6 @@ class ModelConfig:
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.act not in ACTS:
             raise ValueError(f"activation {self.act!r} is not supported (supported: {', '.join(ACTS)})")
-        _check_rope_scaling(self.rope_scaling)
 
     @property
     def n_rep(self) -> int:
@@ -112,7 +112,7 @@ class ModelConfig:
         return total
 
 
-def _check_rope_scaling(scaling):
+def _check_rope_scaling(scaling, head_dim: int):
     """None, or a dict naming a supported rope_type with positive numeric factors."""
     if scaling is None:
         return
@@ -122,6 +122,12 @@ def _check_rope_scaling(scaling):
     kind = scaling.get("rope_type") or scaling.get("type")
     if kind not in ROPE_TYPES:
         raise ValueError(f"rope_scaling type {kind!r} is not supported (supported: {', '.join(ROPE_TYPES)})")
+    if kind == "freq_factors":
+        factors = scaling.get("factors")
+        if (not isinstance(factors, list) or len(factors) != head_dim // 2
+                or not all(isinstance(f, numbers.Real) and 0 < f < 1e9 for f in factors)):
+            raise ValueError(f"rope_scaling.factors must be {head_dim // 2} positive numbers")
+        return
     needed = ("factor",) + (("low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
                             if kind == "llama3" else ())
     for key in needed:

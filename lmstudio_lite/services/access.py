@@ -146,7 +146,7 @@ class AccessPolicy:
     def path_allowed(self, path: str | Path) -> bool:
         try:
             self.check_path(path)
-        except (AccessError, OSError, ValueError):
+        except (AccessError, OSError, ValueError, RuntimeError):
             return False
         return True
 
