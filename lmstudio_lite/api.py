@@ -54,6 +54,16 @@ class LoadedModel:
     def context_length(self) -> int:
         return self.config.max_seq_len
 
+    @property
+    def max_prompt_chars(self) -> int:
+        """The most characters a prompt that fits the context can have: context length times the
+        longest vocabulary entry (a BPE or SentencePiece token never covers more characters than
+        its vocabulary string has). Longer prompts are refused before tokenizing them."""
+        if getattr(self, "_max_prompt_chars", None) is None:
+            longest = max((len(t) for t in self.tokenizer.backend.get_vocab(with_added_tokens=True)), default=1)
+            self._max_prompt_chars = self.context_length * max(1, longest)
+        return self._max_prompt_chars
+
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """LongTensor [B, T] -> FloatTensor [B, T, vocab] (float32)."""
         with torch.inference_mode():

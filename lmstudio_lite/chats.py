@@ -93,9 +93,12 @@ def to_json(conv: dict) -> str:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so a reader sees the old or the new file, never a torn one."""
+    from .checkpoints.errors import disk_full_named
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with disk_full_named(path, len(text.encode("utf-8", "surrogatepass"))), \
+                os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

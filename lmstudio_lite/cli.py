@@ -32,8 +32,17 @@ def add_app_args(p: argparse.ArgumentParser):
     p.add_argument("--port", type=int, default=None, help="port (default 7860 or the next free one)")
     p.add_argument("--share", action="store_true", help="make a public Gradio share link (login required)")
     p.add_argument("--auth", default=None, help="USER:PASS login for the UI")
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' (or a login) on every route, /v1 and Gradio's API")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser window")
+    add_exposure_args(p)
+
+
+def add_exposure_args(p: argparse.ArgumentParser):
+    p.add_argument("--insecure-no-auth", action="store_true",
+                   help="allow a non-loopback --host (or --share) with no --auth or --api-key")
+    p.add_argument("--max-body-mb", type=float, default=None,
+                   help="largest request body accepted, in MB (default 4; larger gets HTTP 413)")
 
 
 def add_serve_args(p: argparse.ArgumentParser):
@@ -41,6 +50,7 @@ def add_serve_args(p: argparse.ArgumentParser):
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=1234)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
+    add_exposure_args(p)
 
 
 def add_chat_args(p: argparse.ArgumentParser):
@@ -252,10 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     # (device.claim_cpu_threads / inference_threads).
     args = build_parser(command).parse_args(argv)
     from .checkpoints.errors import CheckpointError
+    from .paths import HomeError
 
     try:
         return COMMANDS[command][1](args) or 0
-    except (CheckpointError, ValueError, KeyError, FileNotFoundError) as e:
+    except (CheckpointError, ValueError, KeyError, FileNotFoundError, HomeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
         return 2

@@ -21,8 +21,16 @@ class AppPaths:
 
     def ensure(self) -> "AppPaths":
         for p in (self.models, self.runs, self.chats):
-            p.mkdir(parents=True, exist_ok=True)
+            try:
+                p.mkdir(parents=True, exist_ok=True)
+            except OSError as e:  # a read-only home, a file in the way: one line, not a traceback
+                raise HomeError(f"cannot create the app's folder {p} ({e.strerror or e}). Make it writable, "
+                                f"or point {HOME_ENV} at a writable folder.") from None
         return self
+
+
+class HomeError(OSError):
+    """The app's own folders cannot be created."""
 
 
 def app_paths(home: str | os.PathLike | None = None) -> AppPaths:

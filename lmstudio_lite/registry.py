@@ -157,9 +157,13 @@ class Registry:
 
     def resolve(self, name_or_path: str, allow_path: bool = True) -> Path:
         """The folder or GGUF file a listed name (or, when ``allow_path``, a typed path) stands for."""
-        path = Path(name_or_path).expanduser()
-        if allow_path and _is_loadable_path(path):
-            return path
+        if allow_path:
+            try:
+                path = Path(name_or_path).expanduser()
+            except RuntimeError:  # "~nosuchuser": no such home folder, so no such model there either
+                path = Path(name_or_path)
+            if _is_loadable_path(path):
+                return path
         return Path(self.find(name_or_path).path)
 
     def resolve_folder(self, name_or_path: str, allow_path: bool = True) -> Path:

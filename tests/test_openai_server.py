@@ -22,7 +22,11 @@ HI = [{"role": "user", "content": "Tell me about a cat"}]
 
 @pytest.fixture(scope="module")
 def services(model_home):  # noqa: F811
-    return make_services(model_home, api_key=KEY, load="tiny-chat")
+    from lmstudio_lite.services.access import LoginThrottle
+
+    svc = make_services(model_home, api_key=KEY, load="tiny-chat")
+    svc.extra["login_throttle"] = LoginThrottle(base_s=0.0)  # wrong keys on purpose: no lockout here
+    return svc
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +143,8 @@ def test_unknown_model_is_404(client):
 
 
 def test_malformed_json_is_400(base):
-    r = httpx.post(base + "/v1/chat/completions", content=b"{nope", headers={"Authorization": f"Bearer {KEY}"})
+    r = httpx.post(base + "/v1/chat/completions", content=b"{nope",
+                   headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
 
 

@@ -174,12 +174,12 @@ def test_resolve_data_rules(services, tmp_path, monkeypatch):
     samples.mkdir()
     write_jsonl(samples / "sample.jsonl")
     monkeypatch.setattr(act, "assets_dir", lambda: samples)
-    services.shared = True
+    services.shared = services.access.remote = True
     assert act.resolve_data(services, "sample.jsonl") == str(samples / "sample.jsonl")
-    with pytest.raises(UserError, match="shared"):
+    with pytest.raises(UserError, match="reachable from other machines"):
         act.resolve_data(services, str(data))  # a typed path
-    with pytest.raises(UserError, match="No local model"):
-        act.find_model(services, str(services.paths.models / "stories260K"))  # by path when shared
+    inside = str(services.paths.models.resolve() / "stories260K")  # a path inside the app's models folder
+    assert act.find_model(services, inside).name == "stories260K"
 
 
 def test_preview_and_spec(services, tmp_path):
@@ -251,8 +251,8 @@ def test_models_tab_actions(tmp_path):
     assert mt.delete_model(svc, "story-copy", True) == "Deleted story-copy."
     assert "story-copy" not in mt.names(svc)
     assert "Unloaded stories260K" in mt.unload_model(svc) and svc.registry.current is None
-    svc.shared = True
-    assert "disabled while the app is shared" in mt.import_folder(svc, str(src))
+    svc.shared = svc.access.remote = True
+    assert "reachable from other machines" in mt.import_folder(svc, str(src))
     assert "No local model" in mt.load_model(svc, str(src))  # no typed paths when shared
     assert "Loaded **stories260K**" in mt.load_model(svc, "stories260K")
 

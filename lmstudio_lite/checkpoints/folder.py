@@ -14,12 +14,13 @@ import torch
 
 from ..model.config import ModelConfig
 from ..model.transformer import Transformer
-from .errors import CheckpointError
+from .errors import CheckpointError, disk_full_named
 from .hf_config import config_from_hf, config_to_hf
 from .names import IGNORABLE_SUFFIXES, entries_for, normalize_name
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 INDEX_NAME = "model.safetensors.index.json"
+FINITE_SAMPLE = 4096  # values checked per tensor at load: cheap, and catches all-NaN/inf weights
 
 
 def read_json(path: Path) -> dict:
@@ -43,7 +44,9 @@ def read_config(folder: str | Path) -> tuple[ModelConfig, dict]:
     hf = read_json(path)
     try:
         return config_from_hf(hf), hf
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as e:
+        # ValueError is the checks' own wording; the others are a backstop for shapes of
+        # JSON the checks did not foresee: still this folder's fault, never the app's.
         problem = f"missing field {e}" if isinstance(e, KeyError) else str(e)
         raise CheckpointError(path, problem) from None
 
@@ -55,9 +58,7 @@ def weight_files(folder: Path) -> dict[str, Path]:
         weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise CheckpointError(index, "has no weight_map")
-        files = {}
-        for name, shard in weight_map.items():
-            files[name] = folder / shard
+        files = {name: _shard_path(folder, index, shard) for name, shard in weight_map.items()}
         for shard in set(files.values()):
             if not shard.is_file():
                 raise CheckpointError(shard, f"shard listed in {INDEX_NAME} is missing")
@@ -70,6 +71,18 @@ def weight_files(folder: Path) -> dict[str, Path]:
         raise CheckpointError(folder / pickles[0], "only pickle weights found; pickle files are never executed "
                               "here. Convert the model to safetensors (model.safetensors) first")
     raise CheckpointError(single, "file is missing (no model.safetensors or model.safetensors.index.json)")
+
+
+def _shard_path(folder: Path, index: Path, shard) -> Path:
+    """A shard named in the index: a relative name that stays inside the model folder
+    (``../`` or an absolute path would let a downloaded folder read any file). Checked by
+    name, not by resolving: the Hugging Face cache's shards are symlinks into its blobs/."""
+    if not isinstance(shard, str) or not shard or "\x00" in shard:
+        raise CheckpointError(index, f"weight_map entries must be file names, got {shard!r}")
+    normal = os.path.normpath(shard)
+    if os.path.isabs(normal) or normal == ".." or normal.startswith(".." + os.sep):
+        raise CheckpointError(index, f"shard {shard!r} lies outside the model folder")
+    return folder / normal
 
 
 def _tensor_names(path: Path) -> list[str]:
@@ -105,6 +118,7 @@ def load_weights(folder: str | Path, config: ModelConfig | None = None, device="
             if path not in handles:
                 handles[path] = safe_open(path, framework="pt", device="cpu")
             t = _convert(handles[path].get_tensor(raw), entry)
+            _check_finite(path, raw, t)
             want = tuple(expected[entry.ours].shape)
             if tuple(t.shape) != want:
                 raise CheckpointError(path, f"tensor {raw!r} has shape {tuple(t.shape)}, "
@@ -120,6 +134,17 @@ def load_weights(folder: str | Path, config: ModelConfig | None = None, device="
     model.load_state_dict(state, strict=True, assign=True)
     model.reset_rope()
     return model
+
+
+def _check_finite(path: Path, name: str, t: torch.Tensor, sample: int = FINITE_SAMPLE):
+    """CheckpointError when an evenly spaced sample of ``t`` holds NaN or inf: such weights
+    (a diverged run, a broken conversion) would only ever generate garbage or NaN logits."""
+    flat = t.reshape(-1)
+    picked = flat[:: max(1, flat.numel() // sample)][:sample]
+    if picked.numel() and not torch.isfinite(picked.float()).all():
+        bad = int((~torch.isfinite(picked.float())).sum())
+        raise CheckpointError(path, f"tensor {name!r} holds NaN or infinite values ({bad} of {picked.numel()} "
+                              "sampled); the weights are corrupt or come from a run that diverged")
 
 
 def _convert(t: torch.Tensor, entry) -> torch.Tensor:
@@ -182,12 +207,13 @@ def save_folder(model: Transformer, out_dir: str | Path, tokenizer=None, dtype: 
     for name in [p for p in out.glob("model*.safetensors*")]:
         name.unlink()  # stale shards from an earlier save must not linger
     if len(shards) == 1:
-        _atomic(out / "model.safetensors", lambda p: save_file(shards[0], p, metadata={"format": "pt"}))
+        _atomic(out / "model.safetensors", lambda p: save_file(shards[0], p, metadata={"format": "pt"}),
+                _nbytes(shards[0]))
     else:
         weight_map = {}
         for i, shard in enumerate(shards, 1):
             fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            _atomic(out / fname, lambda p, s=shard: save_file(s, p, metadata={"format": "pt"}))
+            _atomic(out / fname, lambda p, s=shard: save_file(s, p, metadata={"format": "pt"}), _nbytes(shard))
             weight_map.update({k: fname for k in shard})
         total = sum(v.numel() * v.element_size() for v in state.values())
         write_json(out / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
@@ -197,6 +223,10 @@ def save_folder(model: Transformer, out_dir: str | Path, tokenizer=None, dtype: 
     if tokenizer is not None:
         tokenizer.save(out)
     return out
+
+
+def _nbytes(tensors: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in tensors.values())
 
 
 def _plan_shards(state: dict, max_bytes: int | None) -> list[dict]:
@@ -212,11 +242,18 @@ def _plan_shards(state: dict, max_bytes: int | None) -> list[dict]:
     return shards + ([cur] if cur else [])
 
 
-def _atomic(path: Path, write):
+def _atomic(path: Path, write, needed_bytes: int = 0):
+    """``write(tmp)``, fsync, rename over ``path``: readers see the old file or the new one.
+    Out of space, the temporary is removed and DiskFullError says how much was needed."""
     tmp = path.with_name(path.name + ".tmp")
-    write(str(tmp))
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
+    try:
+        with disk_full_named(path, needed_bytes):
+            write(str(tmp))
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

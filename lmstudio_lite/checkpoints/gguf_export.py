@@ -189,14 +189,16 @@ def export_gguf(folder: str | Path, out: str | Path, quant: str = "f32",
     writer = gguf.GGUFWriter(None, arch)
     write_hparams(writer, cfg, arch, folder.name, quant)
     write_vocab(writer, folder, tok, cfg)
+    needed = 0  # tensor bytes: what a full disk's message says the file needs
     for name, t in gguf_tensors(model, arch):
         data, qtype = encode_tensor(name, t, quant)
+        needed += data.nbytes
         writer.add_tensor(name, data, raw_dtype=qtype)
         if progress:
             progress(f"{name} {qtype.name}")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _atomic(out, lambda tmp: _write_file(writer, tmp))
+        _atomic(out, lambda tmp: _write_file(writer, tmp), needed)
     except OSError as e:
         Path(str(out) + ".tmp").unlink(missing_ok=True)
         raise CheckpointError(out, f"could not be written ({e.strerror or e})") from None

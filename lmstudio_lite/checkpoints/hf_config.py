@@ -1,12 +1,62 @@
 """config.json (Hugging Face layout) <-> our typed ModelConfig."""
 from __future__ import annotations
 
+import math
+import numbers
+
 from ..model.config import ModelConfig
 
 LLAMA_LIKE = ("llama", "qwen2", "mistral")
 SUPPORTED = ("gpt2",) + LLAMA_LIKE
 ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM",
                  "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
+
+
+# Every config.json field we read and the JSON type it must have ("?": null allowed too).
+# Ranges are ModelConfig's business; this only keeps a string, a list or 192.0 from
+# reaching arithmetic that would fail with a TypeError (or quietly repeat a string).
+FIELD_TYPES = {
+    "vocab_size": "int", "n_layer": "int", "n_head": "int", "n_embd": "int", "n_inner": "int?",
+    "n_positions": "int", "layer_norm_epsilon": "number", "activation_function": "str",
+    "tie_word_embeddings": "bool", "num_hidden_layers": "int", "num_attention_heads": "int",
+    "num_key_value_heads": "int?", "hidden_size": "int", "head_dim": "int?", "intermediate_size": "int",
+    "max_position_embeddings": "int", "rms_norm_eps": "number", "rope_theta": "number",
+    "rope_scaling": "object?", "rope_parameters": "object?", "attention_bias": "bool", "mlp_bias": "bool",
+    "hidden_act": "str", "sliding_window": "int?", "use_sliding_window": "bool",
+}
+_KIND_WORDS = {"int": "a whole number", "number": "a finite number", "str": "a string", "bool": "true or false",
+               "object": "an object"}
+
+
+def check_field_types(hf: dict):
+    """ValueError naming the first field of ``hf`` whose JSON type is wrong."""
+    for name, kind in FIELD_TYPES.items():
+        if name not in hf:
+            continue
+        value, optional = hf[name], kind.endswith("?")
+        kind = kind.rstrip("?")
+        if value is None and optional:
+            continue
+        if not _is_kind(value, kind):
+            raise ValueError(f"field {name!r} must be {_KIND_WORDS[kind]}{' or null' if optional else ''}, "
+                             f"got {json_repr(value)}")
+
+
+def _is_kind(value, kind: str) -> bool:
+    if kind == "bool":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind == "int":
+        return isinstance(value, numbers.Integral)
+    if kind == "number":
+        return isinstance(value, numbers.Real) and math.isfinite(value)
+    return isinstance(value, {"str": str, "object": dict}[kind])
+
+
+def json_repr(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _rope(hf: dict) -> tuple[float, dict | None]:
@@ -25,8 +75,9 @@ def _rope(hf: dict) -> tuple[float, dict | None]:
 def config_from_hf(hf: dict) -> ModelConfig:
     """Map a config.json dict; raises ValueError/KeyError for what we cannot run."""
     mt = hf.get("model_type")
-    if mt not in SUPPORTED:
-        raise ValueError(f"model_type {mt!r} is not supported (supported: {', '.join(SUPPORTED)})")
+    if not isinstance(mt, str) or mt not in SUPPORTED:
+        raise ValueError(f"model_type {json_repr(mt)} is not supported (supported: {', '.join(SUPPORTED)})")
+    check_field_types(hf)
     if mt == "gpt2":
         C = hf["n_embd"]
         return ModelConfig(

@@ -1,9 +1,19 @@
 """The typed architecture description every other layer agrees on."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 FAMILIES = ("gpt2", "llama")
+ACTS = ("silu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu", "relu")  # model/layers.ACTIVATIONS
+ROPE_TYPES = ("linear", "llama3", "freq_factors")  # freq_factors: GGUF's rope_freqs tensor
+# Whole-number fields and the range each may take. The upper bounds sit far above any real
+# model (Llama 3 405B: 126 layers, 16,384 wide, 128,256 tokens) yet keep a hostile
+# config.json from asking for terabytes before a single weight is read.
+INT_RANGES = {"vocab_size": (1, 2**24), "n_layer": (1, 1024), "n_head": (1, 1024), "d_model": (1, 2**17),
+              "d_ff": (1, 2**20), "max_seq_len": (1, 2**24), "n_kv_head": (0, 1024), "head_dim": (0, 2**12)}
+FLOAT_RANGES = {"norm_eps": (0.0, 1.0), "rope_theta": (0.0, 1e12)}  # both ends open
+BOOLS = ("qkv_bias", "o_bias", "mlp_bias", "tie_embeddings")
 
 
 @dataclass
@@ -37,6 +47,7 @@ class ModelConfig:
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise ValueError(f"unknown model family {self.family!r}; supported: {', '.join(FAMILIES)}")
+        self._check_types_and_ranges()
         if self.n_kv_head == 0:
             self.n_kv_head = self.n_head
         if self.head_dim == 0:
@@ -48,9 +59,31 @@ class ModelConfig:
         for name in ("vocab_size", "n_layer", "n_head", "d_model", "d_ff", "max_seq_len"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        _check_rope_scaling(self.rope_scaling, self.head_dim)
         if self.family == "gpt2":
             # GPT-2 has biases on every projection by construction.
             self.qkv_bias = self.o_bias = self.mlp_bias = True
+
+    def _check_types_and_ranges(self):
+        """Every field's type and range, so a bad value fails here with its name, never later
+        as a TypeError deep in torch (or as a multi-terabyte allocation)."""
+        for name, (low, high) in INT_RANGES.items():
+            value = getattr(self, name)  # numbers.Integral: numpy's integers (GGUF metadata) count too
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
+            if not low <= value <= high:
+                raise ValueError(f"{name} must be between {low} and {high:,}, got {value:,}")
+            setattr(self, name, int(value))
+        for name, (low, high) in FLOAT_RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low < value < high:
+                raise ValueError(f"{name} must be a number above {low:g} and below {high:g}, got {value!r}")
+            setattr(self, name, float(value))
+        for name in BOOLS:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.act not in ACTS:
+            raise ValueError(f"activation {self.act!r} is not supported (supported: {', '.join(ACTS)})")
 
     @property
     def n_rep(self) -> int:
@@ -77,3 +110,29 @@ class ModelConfig:
         if not self.tie_embeddings:
             total += V * C
         return total
+
+
+def _check_rope_scaling(scaling, head_dim: int):
+    """None, or a dict naming a supported rope_type with positive numeric factors."""
+    if scaling is None:
+        return
+    if not isinstance(scaling, dict):
+        raise ValueError(f"rope_scaling must be an object like {{\"rope_type\": \"linear\", \"factor\": 2.0}}, "
+                         f"got {scaling!r}")
+    kind = scaling.get("rope_type") or scaling.get("type")
+    if kind not in ROPE_TYPES:
+        raise ValueError(f"rope_scaling type {kind!r} is not supported (supported: {', '.join(ROPE_TYPES)})")
+    if kind == "freq_factors":
+        factors = scaling.get("factors")
+        if (not isinstance(factors, list) or len(factors) != head_dim // 2
+                or not all(isinstance(f, numbers.Real) and 0 < f < 1e9 for f in factors)):
+            raise ValueError(f"rope_scaling.factors must be {head_dim // 2} positive numbers")
+        return
+    needed = ("factor",) + (("low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+                            if kind == "llama3" else ())
+    for key in needed:
+        value = scaling.get(key)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1e9:
+            raise ValueError(f"rope_scaling.{key} must be a positive number, got {value!r}")
+    if kind == "llama3" and scaling["low_freq_factor"] == scaling["high_freq_factor"]:
+        raise ValueError("rope_scaling low_freq_factor and high_freq_factor must differ")

@@ -71,13 +71,17 @@ def parse_chat_request(body) -> GenerateRequest:
     """A ``/v1/chat/completions`` body -> GenerateRequest; raises APIError (400) naming the bad field."""
     body = _object(body)
     messages = _messages(body.get("messages"))
-    if body.get("tools"):
-        raise bad_request("tools (function calling) are not supported by this server", "tools")
+    for name in ("tools", "functions"):  # functions: the legacy name of tools
+        if body.get(name):
+            raise bad_request(f"{name} (function calling) are not supported by this server", name)
     fmt = body.get("response_format")
     if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
         raise bad_request("response_format is not supported: only plain text replies", "response_format")
     if body.get("logprobs"):
         raise bad_request("logprobs are not supported by this server", "logprobs")
+    if body.get("top_logprobs") is not None:  # OpenAI too refuses it without logprobs: true
+        raise bad_request("top_logprobs needs logprobs: true, and logprobs are not supported by this server",
+                          "top_logprobs")
     return _request(body, messages)
 
 
@@ -89,6 +93,7 @@ def parse_completion_request(body) -> GenerateRequest:
         prompt = prompt[0]
     if not isinstance(prompt, str) or not prompt:
         raise bad_request("'prompt' must be a non-empty string", "prompt")
+    _unicode(prompt, "prompt")
     for name in ("echo", "suffix", "logprobs"):
         if body.get(name):
             raise bad_request(f"{name} is not supported by this server", name)
@@ -97,6 +102,13 @@ def parse_completion_request(body) -> GenerateRequest:
     req = _request(body, prompt)
     req.options.setdefault("max_new_tokens", 16)  # the OpenAI default for this endpoint
     return req
+
+
+def prompt_chars(prompt: str | list[dict]) -> int:
+    """Characters of a prompt or of every message's content (what the template wraps)."""
+    if isinstance(prompt, str):
+        return len(prompt)
+    return sum(len(m["content"]) for m in prompt)
 
 
 def _object(body) -> dict:
@@ -133,9 +145,20 @@ def _messages(messages) -> list[dict]:
     return out
 
 
+def _unicode(text: str, where: str) -> str:
+    """``text`` if it is valid Unicode: JSON's \\ud800 escapes parse into lone surrogates,
+    which no tokenizer or UTF-8 encoder accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise bad_request(f"{where} holds an invalid character (a lone UTF-16 surrogate at position {e.start})",
+                          where) from None
+    return text
+
+
 def _content(content, role: str, where: str) -> str:
     if isinstance(content, str):
-        return content
+        return _unicode(content, f"{where}.content")
     if content is None and role == "assistant":
         return ""
     if isinstance(content, list):
@@ -144,7 +167,7 @@ def _content(content, role: str, where: str) -> str:
             if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
                 raise bad_request(f"{where}.content[{j}] must be a text part {{'type': 'text', 'text': ...}}; "
                                   "images and audio are not supported", f"{where}.content")
-            texts.append(part["text"])
+            texts.append(_unicode(part["text"], f"{where}.content[{j}]"))
         return "\n".join(texts)
     raise bad_request(f"{where}.content must be a string or a list of text parts", f"{where}.content")
 
@@ -189,7 +212,7 @@ def _stop(stop) -> list[str]:
         raise bad_request("stop must be a string or a list of strings", "stop")
     if len(stops) > MAX_STOP_STRINGS:
         raise bad_request(f"stop takes at most {MAX_STOP_STRINGS} strings, got {len(stops)}", "stop")
-    return [s for s in stops if s]
+    return [_unicode(s, "stop") for s in stops if s]
 
 
 def _bool(body: dict, name: str, default: bool) -> bool:

@@ -9,13 +9,17 @@ import sys
 
 from fastapi import FastAPI
 
+from .guard import AccessGuard
 from .routes import create_api
 
 
-def create_app(services) -> FastAPI:
-    """The API app: the /v1 routes plus ``GET /healthz`` (never behind the API key)."""
+def create_app(services, sessions=None) -> FastAPI:
+    """The API app: the /v1 routes plus ``GET /healthz`` (never behind credentials), every
+    request passing ``AccessGuard`` first (``sessions``: Gradio's, when the UI is mounted)."""
     app = FastAPI(title="lmstudio_lite API", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(create_api(services))
+    app.add_middleware(AccessGuard, policy=services.access, sessions=sessions, max_body=services.max_body_bytes,
+                       throttle=services.extra.get("login_throttle"))
 
     @app.get("/healthz")
     def healthz():
@@ -31,10 +35,21 @@ def run_serve(args) -> int:
     import uvicorn
 
     from ..services import build_services
+    from ..services.access import AccessError, AccessPolicy, app_roots, check_listen, is_loopback, listen_urls
 
+    try:
+        warning = check_listen(args.host, False, bool(args.api_key), args.insecure_no_auth)
+    except AccessError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if warning:
+        print(warning, file=sys.stderr)
     services = build_services(model=args.model, device=args.device, dtype=args.dtype, quant=args.quant,
-                              api_key=args.api_key,
-                              with_jobs=False, with_chats=False)
+                              api_key=args.api_key, with_jobs=False, with_chats=False)
+    services.access = AccessPolicy(api_key=args.api_key, remote=not is_loopback(args.host),
+                                   roots=app_roots(services.paths))
+    if args.max_body_mb:
+        services.max_body_bytes = int(args.max_body_mb * 2**20)
     registry = services.registry
     if registry.current is not None:
         info = registry.current.info()
@@ -42,11 +57,10 @@ def run_serve(args) -> int:
     else:
         print("no model loaded" + (f": {registry.last_error}" if registry.last_error else "")
               + "; each request loads the model it names", file=sys.stderr)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
-        print(f"warning: listening on {args.host} without --api-key: anyone who can reach this machine "
-              "can use the API", file=sys.stderr)
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"OpenAI-compatible API at http://{host}:{args.port}/v1 (Ctrl-C to stop)", flush=True)
+    urls = listen_urls(args.host, args.port)
+    print(f"OpenAI-compatible API at {urls[0]}v1 (Ctrl-C to stop)", flush=True)
+    for url in urls[1:]:
+        print(f"  also at {url}v1", flush=True)
     config = uvicorn.Config(create_app(services), host=args.host, port=args.port, log_level="warning",
                             timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)

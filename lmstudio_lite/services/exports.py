@@ -35,13 +35,14 @@ def export_path(models_dir: Path, name: str, quant: str) -> Path:
 
 
 def export_model(services, name: str | None, quant: str = "f32", allow_path: bool | None = None) -> ExportResult:
-    """Export the listed model ``name``; a folder path too when ``allow_path`` (default: unless shared)."""
+    """Export the listed model ``name``; a folder path too when ``allow_path`` (default: when the
+    access policy allows that path: anywhere locally, inside the app's folders when remote)."""
     from ..checkpoints.errors import CheckpointError
     from ..checkpoints.gguf_export import export_gguf
 
     if not name:
         return ExportResult(False, "Choose a model to export.")
-    allow = not services.shared if allow_path is None else allow_path
+    allow = services.access.path_allowed(name) if allow_path is None else allow_path
     cur = services.registry.current
     try:
         if cur is not None and name == cur.name and Path(cur.path).is_dir():

@@ -7,6 +7,7 @@ touched (STYLE.md rule 9).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -133,12 +134,32 @@ def default_out_name(spec: TrainSpec, run_id: str) -> str:
     return f"{Path(spec.base_model).name}-{kind}-{run_id}"
 
 
+EXPORT_MARK = "lmstudio_run.json"  # in an exported folder: which run made it
+
+
+def _exported_by(models_dir: Path, name: str, run_id: str) -> Path | None:
+    """The folder this run already exported under ``name`` (or ``name-run_id``), if any."""
+    for folder in (models_dir / name, models_dir / f"{name}-{run_id}"):
+        try:
+            if json.loads((folder / EXPORT_MARK).read_text(encoding="utf-8")).get("run_id") == run_id:
+                return folder
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
+
+
 def export_model(built: Built, spec: TrainSpec, run: RunFolder, models_dir: Path, card: dict) -> Path:
     """Merge LoRA, write a complete model folder inside the run, then move it into the models dir.
 
     The folder appears in the models list only once complete (one rename). A name
-    taken meanwhile gets the run id appended rather than overwriting a model.
+    taken meanwhile gets the run id appended rather than overwriting a model. A resume
+    after a kill between that rename and result.json finds the folder by its mark and
+    returns it, instead of exporting a second copy.
     """
+    name = spec.out_name or default_out_name(spec, run.run_id)
+    done = _exported_by(models_dir, name, run.run_id)
+    if done is not None:
+        return done
     model, staging = built.model, run.path / "export"
     if staging.exists():
         shutil.rmtree(staging)
@@ -151,7 +172,7 @@ def export_model(built: Built, spec: TrainSpec, run: RunFolder, models_dir: Path
         merge_lora(model)
     save_folder(model, staging, tokenizer=built.tokenizer, dtype=built.save_dtype, model_type=built.model_type)
     (staging / "README.md").write_text(render_card(card), encoding="utf-8")
-    name = spec.out_name or default_out_name(spec, run.run_id)
+    write_json(staging / EXPORT_MARK, {"run_id": run.run_id})
     target = models_dir / name
     if target.exists():
         target = models_dir / f"{name}-{run.run_id}"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints.errors import CheckpointError
+from ..checkpoints.errors import CheckpointError, disk_full_named
 from ..checkpoints.folder import write_json
 
 CKPT, TMP, PREV = "checkpoint", "checkpoint.tmp", "checkpoint.prev"
@@ -138,10 +138,17 @@ def save_checkpoint(run_dir: str | Path, weights: dict[str, torch.Tensor], state
         shutil.rmtree(tmp)  # left over from an interrupted save; never the live checkpoint
     tmp.mkdir(parents=True)
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
-    save_file(cpu, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    torch.save(state, tmp / "state.pt")
-    for name in ("model.safetensors", "state.pt"):
-        _fsync_file(tmp / name)
+    # Weights plus AdamW's two moments: about three times the weights.
+    needed = 3 * sum(v.numel() * v.element_size() for v in cpu.values())
+    try:
+        with disk_full_named(final, needed):
+            save_file(cpu, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            torch.save(state, tmp / "state.pt")
+            for name in ("model.safetensors", "state.pt"):
+                _fsync_file(tmp / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # give the space back; the last checkpoint stays
+        raise
     _fsync_dir(tmp)
     if final.exists():
         if prev.exists():

@@ -43,10 +43,13 @@ def current_model(services):
 def friendly(e: BaseException) -> str:
     """A one-paragraph message for the UI; the traceback goes to the terminal log only.
 
-    Mistakes the user can fix (a wrong path, a name taken, a folder that is not a model) are worded
-    as such, with no traceback: only unexpected errors are logged as crashes."""
+    Mistakes the user can fix (a wrong path, a name taken, a folder that is not a model, a full disk)
+    are worded as such, with no traceback: only unexpected errors are logged as crashes."""
+    from ..checkpoints.errors import DiskFullError
+
     name = type(e).__name__
-    if isinstance(e, OSError) and e.strerror and e.filename:  # the OS's own: '[Errno 2] ...' reads as a crash
+    if (isinstance(e, OSError) and not isinstance(e, DiskFullError)  # DiskFullError words itself
+            and e.strerror and e.filename):  # the OS's own: '[Errno 2] ...' reads as a crash
         return f"{e.filename}: {e.strerror}"
     if isinstance(e, (NoModelError, CheckpointError, ValueError, KeyError, OSError)):
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)

@@ -6,10 +6,12 @@ so a busy ``--port`` fails at once with a clear message; without ``--port`` the 
 port from 7860 is used.
 
 ``--share`` means strangers may reach the app: a login is always required (``--auth`` or a
-generated one, printed here), typed filesystem paths are refused (``services.shared``),
-uploads are capped lower, and ``/v1`` needs an API key (generated and printed when none
-was given). The share tunnel is Gradio's; with no internet it fails within seconds and
-the app keeps serving locally, saying so here and in the status line.
+generated one, printed here), uploads are capped lower, and an API key is generated and
+printed when none was given. A non-loopback ``--host`` needs ``--auth`` or ``--api-key``
+(or ``--insecure-no-auth``). Either way one access policy (``services/access.py``, applied
+by ``server/guard.py``) covers the page, Gradio's API and ``/v1``, and typed filesystem
+paths must lie inside the app's folders. The share tunnel is Gradio's; with no internet it
+fails within seconds and the app keeps serving locally, saying so here and in the status line.
 """
 from __future__ import annotations
 
@@ -66,14 +68,28 @@ def resolve_login(args) -> tuple[list[tuple[str, str]] | None, str | None]:
     return None, None
 
 
-def make_services(args, api_key: str | None):
+def make_policy(args, logins, api_key: str | None):
+    """The access policy for these flags: who may log in, the key, and the folders remote callers may name."""
+    from gradio.utils import get_upload_folder  # where gr.File puts uploads
+
+    from ..paths import app_paths
+    from ..services.access import AccessPolicy, app_roots, is_loopback
+
+    remote = bool(args.share) or not is_loopback(args.host)
+    return AccessPolicy(logins=dict(logins or []), api_key=api_key, remote=remote,
+                        roots=app_roots(app_paths(), get_upload_folder()))
+
+
+def make_services(args, api_key: str | None, policy=None):
     """Services with the requested (or bundled default) model; a failed load leaves the app up, saying why."""
     import importlib.util
 
     from ..services import build_services
     from .common import friendly
 
-    opts = dict(device=args.device, dtype=args.dtype, quant=args.quant, shared=args.share, api_key=api_key,
+    remote = policy.remote if policy is not None else bool(args.share)
+    opts = dict(device=args.device, dtype=args.dtype, quant=args.quant, shared=remote, api_key=api_key,
+                access=policy,
                 with_jobs=importlib.util.find_spec("lmstudio_lite.training.jobs") is not None)
     try:
         services = build_services(model=args.model, **opts)
@@ -82,42 +98,82 @@ def make_services(args, api_key: str | None):
         services.registry.last_error = friendly(e)
     if args.share:
         services.max_upload_bytes = min(services.max_upload_bytes, SHARED_UPLOAD_BYTES)
+    if getattr(args, "max_body_mb", None):
+        services.max_body_bytes = int(args.max_body_mb * 2**20)
     services.extra.setdefault("notes", [])
     return services
 
 
-def create_web_app(services, auth=None):
-    """The ASGI app: the API (``/v1``, ``/healthz``) with the Gradio page mounted at "/" after it."""
+class GradioSessions:
+    """What the access guard needs to know of Gradio's logins: who a session cookie belongs
+    to, and a session for a caller that authenticated with a header (Bearer key or basic),
+    so Gradio's own login check lets that caller through too."""
+
+    def __init__(self):
+        self._app = None  # the mounted gradio App, known once mounted
+        self._tokens: dict[str, str] = {}  # user -> the session token made for header callers
+
+    def attach(self, outer_app):
+        from gradio.routes import App
+
+        self._app = next(r.app for r in outer_app.routes if isinstance(getattr(r, "app", None), App))
+
+    def user(self, cookies: dict[str, str]) -> str | None:
+        if self._app is None:
+            return None
+        cid = self._app.cookie_id
+        token = cookies.get(f"access-token-{cid}") or cookies.get(f"access-token-unsecure-{cid}")
+        return self._app.tokens.get(token) if token else None
+
+    def cookie_for(self, user: str) -> str:
+        if self._app is None:
+            return ""
+        token = self._tokens.setdefault(user, secrets.token_urlsafe(24))
+        self._app.tokens[token] = user
+        return f"access-token-unsecure-{self._app.cookie_id}={token}"
+
+
+def create_web_app(services):
+    """The ASGI app: the API (``/v1``, ``/healthz``) with the Gradio page mounted at "/" after it,
+    all behind one access guard. Gradio's login form checks ``services.access.login_ok``."""
     import gradio as gr
 
     from ..server.serve import create_app
     from .app import build_app
     from .common import CSS
 
-    app = create_app(services)  # its routes are registered before the catch-all Gradio mount
+    sessions = GradioSessions()
+    app = create_app(services, sessions)  # its routes are registered before the catch-all Gradio mount
     demo = build_app(services)
-    return gr.mount_gradio_app(app, demo, path="/", auth=auth, max_file_size=services.max_upload_bytes,
-                               theme=gr.themes.Soft(), css=CSS, show_error=True, footer_links=["api", "settings"])
+    auth = services.access.login_ok if services.access.protected else None
+    app = gr.mount_gradio_app(app, demo, path="/", auth=auth, max_file_size=services.max_upload_bytes,
+                              theme=gr.themes.Soft(), css=CSS, show_error=True, footer_links=["api", "settings"])
+    sessions.attach(app)
+    return app
 
 
 def run_app(args) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from ..services.access import AccessError, check_listen, listen_urls
+
     try:
         auth, login_line = resolve_login(args)
+        warning = check_listen(args.host, args.share, bool(auth or args.api_key), args.insecure_no_auth)
         sock, port = bind_socket(args.host, args.port)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, AccessError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if warning:
+        print(warning, file=sys.stderr)
     api_key = args.api_key or ("sk-lite-" + secrets.token_urlsafe(24) if args.share else None)
-    services = make_services(args, api_key)
-    app = create_web_app(services, auth)
-    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
-    lines = _banner(services, url, login_line, api_key if api_key and not args.api_key else None)
-    return _serve(app, sock, url, lines, args, services, port)
+    services = make_services(args, api_key, make_policy(args, auth, api_key))
+    app = create_web_app(services)
+    urls = listen_urls(args.host, port)
+    lines = _banner(services, urls, login_line, api_key if api_key and not args.api_key else None)
+    return _serve(app, sock, urls[0], lines, args, services, port)
 
 
-def _banner(services, url: str, login_line: str | None, new_key: str | None) -> list[str]:
+def _banner(services, urls: list[str], login_line: str | None, new_key: str | None) -> list[str]:
     cur = services.registry.current
     if cur is not None:
         info = cur.info()
@@ -126,11 +182,14 @@ def _banner(services, url: str, login_line: str | None, new_key: str | None) -> 
         err = services.registry.last_error
         model = f"no model loaded: {err}" if err else "no model loaded yet (no bundled model found); load one in " \
                                                        "the Models tab or start with --model FOLDER"
-    lines = [f"lmstudio_lite is running at {url}", f"  {model}", f"  OpenAI-compatible API: {url}v1"]
+    url = urls[0]
+    lines = [f"lmstudio_lite is running at {url}"] + [f"  also at {u}" for u in urls[1:]]
+    lines += [f"  {model}", f"  OpenAI-compatible API: {url}v1"]
     if login_line:
         lines.append(f"  {login_line}")
     if new_key:
-        lines.append(f"  API key for /v1 (send 'Authorization: Bearer KEY'): {new_key}")
+        lines.append(f"  API key for /v1 and Gradio's API (send 'Authorization: Bearer KEY'; also accepted as the "
+                     f"login page's password): {new_key}")
     return lines + ["  Press Ctrl-C to stop."]
 
 

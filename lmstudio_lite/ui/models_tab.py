@@ -2,7 +2,8 @@
 export as GGUF.
 
 All work goes through ``services.registry``; a folder that fails to load leaves the loaded model as
-it was and says why. When the app is shared, typed filesystem paths are refused.
+it was and says why. When the app is reachable from other machines, typed folder paths must lie
+inside the app's folders (``services.access``).
 """
 from __future__ import annotations
 
@@ -60,8 +61,8 @@ def load_model(services, name: str | None, quant: str | None = None) -> str:
     if not name:
         return "Choose a model to load."
     entry = next((e for e in all_models(services) if e.name == name), None)
-    if entry is None and not services.shared and Path(name).expanduser().is_dir():
-        target, by_path = name, True  # a typed folder path (refused when shared)
+    if entry is None and services.access.path_allowed(name) and Path(name).expanduser().is_dir():
+        target, by_path = name, True  # a typed folder path (inside the app's folders when remote)
     elif entry is None:
         return f"⚠ No local model named {name!r}. Refresh the list, or import the folder first."
     else:  # by name, so the registry keeps its display name; the unlisted loaded model by its path
@@ -87,10 +88,14 @@ def unload_model(services) -> str:
 
 
 def import_folder(services, path: str | None) -> str:
-    if services.shared:
-        return "⚠ Importing a folder by path is disabled while the app is shared."
+    from ..services.access import AccessError
+
     if not (path or "").strip():
         return "Type the path of a model folder to import."
+    try:
+        services.access.check_path(path.strip(), "model folder")
+    except AccessError as e:
+        return f"⚠ {e}"
     try:
         entry = services.registry.import_folder(path.strip())
     except Exception as e:  # CheckpointError, FileExistsError, OSError: all worded for the user

@@ -54,9 +54,8 @@ def resolve_data(services, data: str | None) -> str:
     samples = list_samples()
     if data in samples:
         return samples[data]
-    if services.shared and not is_uploaded(data):
-        raise UserError("This app is shared: only uploaded files and the bundled samples can be used "
-                        f"(samples: {', '.join(samples) or 'none'}).")
+    if not is_uploaded(data):
+        _allowed(services, data, "data file", f" Samples: {', '.join(samples) or 'none'}.")
     path = Path(data).expanduser()
     if not path.is_file():
         raise UserError(f"No data file at {data!r}; samples: {', '.join(samples) or 'none'}.")
@@ -67,6 +66,19 @@ def resolve_data(services, data: str | None) -> str:
         raise UserError(f"{path.name} is {view.human_bytes(path.stat().st_size)}; the limit is "
                         f"{view.human_bytes(limit)}.")
     return str(path)
+
+
+def _allowed(services, path: str, what: str, hint: str = ""):
+    """UserError when the access policy refuses this typed path (the app is reachable from
+    other machines and the path is outside the app's folders)."""
+    from ..services.access import AccessError
+
+    try:
+        services.access.check_path(path, what)
+    except AccessError as e:
+        raise UserError(f"{e}{hint}") from None
+    except (OSError, RuntimeError, ValueError):  # unresolvable ("~nosuchuser", NUL): it names nothing
+        raise UserError(f"No {what} at {path!r}.{hint}") from None
 
 
 # ---- models ------------------------------------------------------------------------------------
@@ -90,7 +102,7 @@ def find_model(services, name: str | None):
     if not name:
         raise UserError("Choose a base model.")
     entry = next((e for e in all_models(services) if e.name == name), None)
-    if entry is None and not services.shared:
+    if entry is None and services.access.path_allowed(name):
         entry = next((e for e in all_models(services) if e.path == name), None)
     if entry is None:
         names = ", ".join(e.name for e in all_models(services)) or "none"
