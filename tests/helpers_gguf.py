@@ -22,11 +22,6 @@ DATA = Path(__file__).resolve().parent / "data"
 STORIES_GGUF = DATA / "stories260K-f32.gguf"
 
 
-def permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """convert_hf_to_gguf.py's LlamaModel.permute (rows of one projection, n_head its head count)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
 def random_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
     torch.manual_seed(seed)
     model = Transformer(cfg)
@@ -40,7 +35,7 @@ def random_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
 
 def gguf_tensors(model: Transformer, arch: str) -> dict[str, np.ndarray]:
     """Our parameters under llama.cpp's names and layouts (float32)."""
-    from lmstudio_lite.checkpoints.gguf_file import entries
+    from lmstudio_lite.checkpoints.gguf_file import entries, permute
 
     cfg = replace(model.config, extra={"model_type": arch})  # llama q/k are permuted, qwen2's are not
     state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}

@@ -27,74 +27,45 @@ from ..model.config import ModelConfig
 from .errors import CheckpointError
 from .folder import _atomic, load_weights, read_config
 from .gguf_export_vocab import write_vocab
+from .gguf_file import HPARAMS, entries, gguf_arch, permute
+from .gguf_file import unpermute  # noqa: F401  (the inverse, beside permute for callers and tests)
 from .tokenizer import Tokenizer
 
 QUANT_CHOICES = ("f32", "bf16", "q8_0", "q4_0")
-_TOP = {"tok_emb.weight": "token_embd.weight", "pos_emb.weight": "position_embd.weight",
-        "norm_f.weight": "output_norm.weight", "norm_f.bias": "output_norm.bias", "head.weight": "output.weight"}
-_BLOCK = {"norm1": "attn_norm", "norm2": "ffn_norm", "attn.q": "attn_q", "attn.k": "attn_k", "attn.v": "attn_v",
-          "attn.o": "attn_output", "mlp.gate": "ffn_gate", "mlp.up": "ffn_up", "mlp.down": "ffn_down"}
 # The tensors llama.cpp keeps at a higher precision than the rest of a 4-bit file.
 _WIDE = ("token_embd.weight", "output.weight", "position_embd.weight")
-
-
-def gguf_arch(cfg: ModelConfig) -> str:
-    """llama.cpp's architecture name: Mistral is written as llama, as llama.cpp's converter does."""
-    if cfg.family == "gpt2":
-        return "gpt2"
-    return "qwen2" if cfg.extra.get("model_type") == "qwen2" else "llama"
-
-
-def permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
-    """Rows [n_head * head_dim, ...] from rotate-half order to interleaved pairs per head
-    (llama.cpp's ``LlamaModel.permute``); works on weights [out, in] and biases [out]."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
-    """The inverse of ``permute`` (what a GGUF reader applies to get Hugging Face order back)."""
-    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+# llama.cpp's order of a block's tensors (each weight before its bias); the file keeps it.
+_BLOCK_ORDER = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output", "ffn_norm", "ffn_gate",
+                "ffn_up", "ffn_down")
+_TOP_BEFORE, _TOP_AFTER = ("token_embd", "position_embd"), ("output_norm", "output", "rope_freqs")
 
 
 # -- tensors -----------------------------------------------------------------------
 def gguf_tensors(model, arch: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """(GGUF name, float32 tensor laid out [out, in]) for every weight, in llama.cpp's order."""
+    """(GGUF name, float32 tensor laid out [out, in]) for every weight, in llama.cpp's order:
+    ``gguf_file.entries`` (the names the loader reads) run backwards."""
     cfg, state = model.config, {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    for ours in ("tok_emb.weight", "pos_emb.weight"):
-        if ours in state:
-            yield _TOP[ours], state[ours]
-    for i in range(cfg.n_layer):
-        yield from _block_tensors(state, f"blocks.{i}.", f"blk.{i}.", cfg, arch)
-    for ours in ("norm_f.weight", "norm_f.bias", "head.weight"):
-        if ours in state:
-            yield _TOP[ours], state[ours].t() if ours == "head.weight" else state[ours]
+    fused: dict[str, list[torch.Tensor]] = {}
+    for e in entries(cfg):
+        t = state[e.ours].t() if e.kind == "linear" else state[e.ours]  # ours [in, out] -> [out, in]
+        if e.permute_heads:
+            t = permute(t, e.permute_heads)
+        fused.setdefault(e.theirs, []).append(t)  # GPT-2's attn_qkv: q, k, v rows in entry order
+    tensors = {name: torch.cat(parts).contiguous() for name, parts in fused.items()}
     if arch == "llama" and (cfg.rope_scaling or {}).get("rope_type") == "llama3":
-        yield "rope_freqs.weight", llama3_rope_factors(cfg)
+        tensors["rope_freqs.weight"] = llama3_rope_factors(cfg)
+    for name in sorted(tensors, key=_order):
+        yield name, tensors[name]
 
 
-def _block_tensors(state: dict, ours: str, theirs: str, cfg: ModelConfig, arch: str):
-    pieces = {}
-    for key, gname in _BLOCK.items():
-        for suffix in ("weight", "bias"):
-            t = state.get(f"{ours}{key}.{suffix}")
-            if t is None:
-                continue
-            if suffix == "weight" and not key.startswith("norm"):
-                t = t.t()  # ours [in, out] -> [out, in]
-            if arch == "llama" and key in ("attn.q", "attn.k"):
-                t = permute(t, cfg.n_head if key == "attn.q" else cfg.n_kv_head)
-            pieces[f"{gname}.{suffix}"] = t.contiguous()
-    if arch == "gpt2":  # llama.cpp's GPT-2 reads one fused projection, q then k then v
-        for suffix in ("weight", "bias"):
-            pieces[f"attn_qkv.{suffix}"] = torch.cat([pieces.pop(f"attn_{p}.{suffix}") for p in "qkv"], dim=0)
-    for name in sorted(pieces, key=_order):
-        yield theirs + name, pieces[name]
-
-
-def _order(name: str) -> int:
-    order = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output", "ffn_norm", "ffn_gate",
-             "ffn_up", "ffn_down")
-    return order.index(name.split(".")[0]) * 2 + name.endswith(".bias")
+def _order(name: str) -> tuple:
+    base, suffix = name.rsplit(".", 1)
+    if base.startswith("blk."):
+        _, i, part = base.split(".")
+        return 1, int(i), _BLOCK_ORDER.index(part), suffix == "bias"
+    if base in _TOP_BEFORE:
+        return 0, 0, _TOP_BEFORE.index(base), suffix == "bias"
+    return 2, 0, _TOP_AFTER.index(base), suffix == "bias"
 
 
 def llama3_rope_factors(cfg: ModelConfig) -> torch.Tensor:
@@ -147,17 +118,12 @@ def write_hparams(writer, cfg: ModelConfig, arch: str, name: str, quant: str):
     writer.add_file_type(ftypes[quant])
     if quant != "f32":
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    writer.add_context_length(cfg.max_seq_len)
-    writer.add_embedding_length(cfg.d_model)
-    writer.add_block_count(cfg.n_layer)
-    writer.add_feed_forward_length(cfg.d_ff)
-    writer.add_head_count(cfg.n_head)
+    for h in HPARAMS:  # the keys config_from_gguf reads back, as llama.cpp's converter writes them
+        if arch in h.archs:
+            add = writer.add_uint32 if h.type is int else writer.add_float32
+            add(f"{arch}.{h.key}", h.type(getattr(cfg, h.field)))
     if arch == "gpt2":
-        writer.add_layer_norm_eps(cfg.norm_eps)
         return
-    writer.add_head_count_kv(cfg.n_kv_head)
-    writer.add_layer_norm_rms_eps(cfg.norm_eps)
-    writer.add_rope_freq_base(cfg.rope_theta)
     writer.add_rope_dimension_count(cfg.head_dim)
     writer.add_vocab_size(cfg.vocab_size)
     if cfg.head_dim * cfg.n_head != cfg.d_model:  # llama.cpp derives head size from these when present

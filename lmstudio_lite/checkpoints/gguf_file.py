@@ -1,15 +1,16 @@
-"""GGUF files (llama.cpp, LM Studio, Ollama): metadata -> ModelConfig, tensors -> our Transformer.
+"""GGUF files (llama.cpp, LM Studio, Ollama): llama.cpp's names for our config and weights,
+used in both directions (loading here and in gguf_weights.py, export in gguf_export.py).
 
-The file is opened with the ``gguf`` package's memory-mapped reader: only the header
-is parsed up front and tensors are read when they are copied into the model. A GGUF
-holds data only (no code); nothing in it is executed.
+The file is parsed by ``gguf_parse`` (our header reader): only the header is read up front
+and tensors are memory-mapped views read when they are copied into the model. A GGUF holds
+data only (no code); nothing in it is executed.
 
-Layouts: GGUF stores a weight as ggml ``ne = [in, out]``, which the reader hands over
-as a numpy array ``[out, in]`` (quantized ones as raw block bytes ``[out, in/32*bytes]``);
-we store linears ``[in, out]``. llama.cpp's converter permutes the rows of the q and k
-weights of the ``llama`` architecture (its rope rotates interleaved pairs, Hugging Face's
-rotates halves); ``unpermute_rows`` undoes it, on raw block rows too, since the
-permutation only reorders output rows and a quantization block lies within one row.
+Layouts: GGUF stores a weight as ggml ``ne = [in, out]``, a numpy array ``[out, in]``
+(quantized ones as raw block bytes ``[out, in/32*bytes]``); we store linears ``[in, out]``.
+llama.cpp's converter permutes the rows of the q and k weights of the ``llama`` architecture
+(its rope rotates interleaved pairs, Hugging Face's rotates halves): ``permute`` and its
+inverse ``unpermute``, which also works on raw block rows, since the permutation only
+reorders output rows and a quantization block lies within one row.
 """
 from __future__ import annotations
 
@@ -17,40 +18,48 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from ..model.config import ModelConfig
 from .errors import CheckpointError
+from .gguf_parse import GGUFFile, parse
 
 ARCHITECTURES = ("llama", "qwen2", "gpt2")
 _MISSING = object()
 
 
-def open_gguf(path: str | Path):
-    """A GGUFReader over ``path``; CheckpointError for anything that is not a whole GGUF file."""
-    from gguf import GGUFReader
-
+def open_gguf(path: str | Path) -> GGUFFile:
+    """The parsed header of ``path``, every tensor's type known and its data inside the file;
+    CheckpointError for anything that is not a whole GGUF file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, "GGUF file does not exist")
     try:
-        return GGUFReader(path, "r")
-    except Exception as e:  # the reader raises ValueError, struct/numpy errors or OSError on bad bytes
-        if "GGMLQuantizationType" in str(e):  # a type id newer (or other) than the gguf package knows
-            raise CheckpointError(path, f"unknown tensor type ({e})") from None
+        f = parse(path)
+    except (OSError, ValueError, UnicodeDecodeError, OverflowError) as e:
         raise CheckpointError(path, f"not a readable GGUF file ({type(e).__name__}: {e}); "
                               "it may be truncated or not a GGUF file at all") from None
+    size, names = path.stat().st_size, set()
+    for t in f.tensors:
+        try:
+            end = t.offset + f.nbytes(t)
+        except ValueError as e:  # a type id newer (or other) than the gguf package knows
+            raise CheckpointError(path, f"unknown tensor type ({e}) for tensor {t.name!r}") from None
+        if end > size:
+            raise CheckpointError(path, f"not a readable GGUF file: tensor {t.name!r} ends past the end of "
+                                  "the file; it may be truncated")
+        if t.name in names:
+            raise CheckpointError(path, f"not a readable GGUF file: tensor {t.name!r} appears twice")
+        names.add(t.name)
+    return f
 
 
 def field_value(reader, key: str, default: Any = _MISSING) -> Any:
     """One metadata value as a Python object (str, int, float, bool or list)."""
-    f = reader.fields.get(key)
-    if f is None:
+    value = reader.fields.get(key)
+    if value is None:
         if default is _MISSING:
-            raise CheckpointError(reader.data.filename, f"metadata key {key!r} is missing")
+            raise CheckpointError(reader.path, f"metadata key {key!r} is missing")
         return default
-    return f.contents()
+    return value
 
 
 @dataclass
@@ -63,7 +72,7 @@ class _Meta:
         value = field_value(self.reader, f"{self.arch}.{key}", default)
         if isinstance(value, list):  # some files store per-layer values: we only run uniform ones
             if len(set(value)) != 1:
-                raise CheckpointError(self.reader.data.filename, f"{self.arch}.{key} differs per layer "
+                raise CheckpointError(self.reader.path, f"{self.arch}.{key} differs per layer "
                                       f"({value[:4]}...); only uniform layers are supported")
             value = value[0]
         return value
@@ -72,38 +81,78 @@ class _Meta:
 def architecture(reader) -> str:
     arch = field_value(reader, "general.architecture", None)
     if arch not in ARCHITECTURES:
-        raise CheckpointError(reader.data.filename, f"architecture {arch!r} is not supported "
+        raise CheckpointError(reader.path, f"architecture {arch!r} is not supported "
                               f"(supported: {', '.join(ARCHITECTURES)})")
     return arch
+
+
+# -- hyperparameters ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HParam:
+    """``{arch}.<key>`` metadata <-> one ModelConfig field. ``type``: how llama.cpp's converter
+    writes it (int: uint32, float: float32); ``default``: what a file without it means."""
+    key: str
+    field: str
+    type: type
+    archs: tuple[str, ...] = ARCHITECTURES
+    default: Any = _MISSING  # _MISSING: required; None: ModelConfig's own default
+
+
+_ROPE = ("llama", "qwen2")
+# In the order llama.cpp's converter writes them. Written but derived, so not here: the head
+# size (rope.dimension_count, attention.key_length/value_length), vocab_size and rope scaling.
+HPARAMS = (
+    HParam("context_length", "max_seq_len", int),
+    HParam("embedding_length", "d_model", int),
+    HParam("block_count", "n_layer", int),
+    HParam("feed_forward_length", "d_ff", int),
+    HParam("attention.head_count", "n_head", int),
+    HParam("attention.layer_norm_epsilon", "norm_eps", float, ("gpt2",), 1e-5),
+    HParam("attention.head_count_kv", "n_kv_head", int, _ROPE, None),
+    HParam("attention.layer_norm_rms_epsilon", "norm_eps", float, _ROPE, 1e-6),
+    HParam("rope.freq_base", "rope_theta", float, _ROPE, 10000.0),
+)
+
+
+def gguf_arch(cfg: ModelConfig) -> str:
+    """llama.cpp's architecture for a config: Mistral is written as llama, as llama.cpp's converter does."""
+    if cfg.family == "gpt2":
+        return "gpt2"
+    return "qwen2" if cfg.extra.get("model_type") == "qwen2" else "llama"
+
+
+def _hparams(m: _Meta, arch: str) -> dict:
+    out = {}
+    for h in HPARAMS:
+        value = m.get(h.key, h.default) if arch in h.archs else None
+        if value is not None:
+            out[h.field] = h.type(value)
+    return out
 
 
 def config_from_gguf(reader) -> ModelConfig:
     """The file's metadata as our ModelConfig; biases and the tied head come from which tensors exist."""
     arch = architecture(reader)
     m, names = _Meta(reader, arch), {t.name for t in reader.tensors}
-    n_head, C = int(m.get("attention.head_count")), int(m.get("embedding_length"))
+    hp = _hparams(m, arch)
     vocab = m.get("vocab_size", None) or len(field_value(reader, "tokenizer.ggml.tokens", [])) \
         or int(_tensor(reader, "token_embd.weight").shape[1])
-    common = dict(vocab_size=int(vocab), n_layer=int(m.get("block_count")), n_head=n_head, d_model=C,
-                  d_ff=int(m.get("feed_forward_length")), max_seq_len=int(m.get("context_length")),
-                  tie_embeddings="output.weight" not in names, extra={"model_type": arch, "format": "gguf"})
+    common = dict(vocab_size=int(vocab), tie_embeddings="output.weight" not in names,
+                  extra={"model_type": arch, "format": "gguf"}, **hp)
     try:
         if arch == "gpt2":
-            return ModelConfig(family="gpt2", norm_eps=float(m.get("attention.layer_norm_epsilon", 1e-5)),
-                               act="gelu_new", **common)
-        head_dim = int(m.get("attention.key_length", 0) or C // n_head)
+            return ModelConfig(family="gpt2", act="gelu_new", **common)
+        head_dim = int(m.get("attention.key_length", 0) or hp["d_model"] // hp["n_head"])
         rot = int(m.get("rope.dimension_count", head_dim))
         if rot != head_dim:
-            raise CheckpointError(reader.data.filename, f"rope over {rot} of {head_dim} head dimensions "
+            raise CheckpointError(reader.path, f"rope over {rot} of {head_dim} head dimensions "
                                   "(partial rotary) is not supported")
         return ModelConfig(
-            family="llama", n_kv_head=int(m.get("attention.head_count_kv", n_head)), head_dim=head_dim,
-            norm_eps=float(m.get("attention.layer_norm_rms_epsilon", 1e-6)),
-            rope_theta=float(m.get("rope.freq_base", 10000.0)), rope_scaling=_rope_scaling(reader, m),
+            family="llama", head_dim=head_dim, rope_scaling=_rope_scaling(reader, m),
             qkv_bias="blk.0.attn_q.bias" in names, o_bias="blk.0.attn_output.bias" in names,
             mlp_bias="blk.0.ffn_up.bias" in names, act="silu", **common)
     except ValueError as e:  # ModelConfig's own validation
-        raise CheckpointError(reader.data.filename, str(e)) from None
+        raise CheckpointError(reader.path, str(e)) from None
 
 
 def _rope_scaling(reader, m: _Meta) -> dict | None:
@@ -112,21 +161,21 @@ def _rope_scaling(reader, m: _Meta) -> dict | None:
     kind = m.get("rope.scaling.type", "none")
     factors = _tensor(reader, "rope_freqs.weight", required=False)
     if factors is not None:
-        return {"rope_type": "freq_factors", "factors": [float(x) for x in np.asarray(factors.data).reshape(-1)]}
+        return {"rope_type": "freq_factors", "factors": [float(x) for x in reader.array(factors).reshape(-1)]}
     if kind in ("none", None):
         return None
     if kind == "linear":
         return {"rope_type": "linear", "factor": float(m.get("rope.scaling.factor"))}
-    raise CheckpointError(reader.data.filename, f"rope scaling {kind!r} is not supported (supported: linear, "
+    raise CheckpointError(reader.path, f"rope scaling {kind!r} is not supported (supported: linear, "
                           "Llama 3 frequency factors)")
 
 
 def _tensor(reader, name: str, required: bool = True):
-    for t in reader.tensors:
-        if t.name == name:
-            return t
+    t = reader.tensor(name)
+    if t is not None:
+        return t
     if required:
-        raise CheckpointError(reader.data.filename, f"tensor {name!r} is missing")
+        raise CheckpointError(reader.path, f"tensor {name!r} is missing")
     return None
 
 
@@ -157,7 +206,7 @@ def entries(cfg: ModelConfig) -> list[Entry]:
 
 
 def _llama_block(cfg: ModelConfig, ours: str, theirs: str) -> list[Entry]:
-    permuted = cfg.extra.get("model_type") == "llama"  # qwen2 is written unpermuted (NEOX rope)
+    permuted = gguf_arch(cfg) == "llama"  # qwen2 is written unpermuted (NEOX rope)
     heads = {"q": cfg.n_head, "k": cfg.n_kv_head} if permuted else {}
     e = [Entry(ours + "norm1.weight", theirs + "attn_norm.weight"),
          Entry(ours + "norm2.weight", theirs + "ffn_norm.weight")]
@@ -191,9 +240,13 @@ def _gpt2_block(cfg: ModelConfig, ours: str, theirs: str) -> list[Entry]:
 IGNORED = ("rope_freqs.weight",)
 
 
-def unpermute_rows(rows: np.ndarray, n_head: int) -> np.ndarray:
-    """Undo convert_hf_to_gguf's ``permute``: within each head, llama.cpp's order (pairs
-    interleaved) back to Hugging Face's (first halves, then second halves). Works on any
-    array whose first axis is the output row (weights, raw quantized blocks, biases)."""
-    out = rows.shape[0]
-    return rows.reshape(n_head, out // n_head // 2, 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+def permute(rows, n_head: int):
+    """convert_hf_to_gguf's ``LlamaModel.permute``: within each head, Hugging Face's rotate-half
+    row order (first halves, then second halves) -> llama.cpp's interleaved pairs. Any numpy
+    array or torch tensor whose first axis is the output row (weights [out, in], biases)."""
+    return rows.reshape(n_head, 2, rows.shape[0] // n_head // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+
+
+def unpermute(rows, n_head: int):
+    """The inverse of ``permute``; works on raw quantized block rows too (a block never crosses a row)."""
+    return rows.reshape(n_head, rows.shape[0] // n_head // 2, 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)

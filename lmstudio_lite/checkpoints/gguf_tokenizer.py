@@ -52,7 +52,7 @@ def tokenizer_from_gguf(reader) -> Tokenizer:
     kind = field_value(reader, "tokenizer.ggml.model", None)
     tokens = field_value(reader, "tokenizer.ggml.tokens", None)
     if not tokens:
-        raise CheckpointError(reader.data.filename, "has no tokenizer (tokenizer.ggml.tokens is missing)")
+        raise CheckpointError(reader.path, "has no tokenizer (tokenizer.ggml.tokens is missing)")
     types = field_value(reader, "tokenizer.ggml.token_type", None) or [NORMAL] * len(tokens)
     if kind == "gpt2":
         pre = _pre_name(reader)
@@ -64,7 +64,7 @@ def tokenizer_from_gguf(reader) -> Tokenizer:
         tok = _sentencepiece_bpe(tokens, scores, types, prefix)
         add_bos = field_value(reader, "tokenizer.ggml.add_bos_token", True)
     else:
-        raise CheckpointError(reader.data.filename, f"tokenizer model {kind!r} is not supported "
+        raise CheckpointError(reader.path, f"tokenizer model {kind!r} is not supported "
                               "(supported: gpt2 = byte-level BPE, llama = SentencePiece BPE)")
     _add_special_tokens(tok, tokens, types)
     specials = _special_names(reader, tokens)
@@ -82,7 +82,7 @@ def _pre_name(reader) -> str:
     pre = field_value(reader, "tokenizer.ggml.pre", "default")
     pre = PRE_ALIASES.get(pre, pre)
     if pre not in PRE_TOKENIZERS:
-        raise CheckpointError(reader.data.filename, f"pre-tokenizer {pre!r} is not supported "
+        raise CheckpointError(reader.path, f"pre-tokenizer {pre!r} is not supported "
                               f"(supported: {', '.join(sorted(PRE_TOKENIZERS))})")
     return pre
 
@@ -148,7 +148,7 @@ def _post_processor(specials: dict, add_bos: bool, add_eos: bool, tokens: list[s
     bos = [specials["bos_token"]] if add_bos and "bos_token" in specials else []
     eos = [specials["eos_token"]] if add_eos and "eos_token" in specials else []
     if add_bos and not bos or add_eos and not eos:
-        raise CheckpointError(reader.data.filename, "asks for a BOS/EOS token it does not define")
+        raise CheckpointError(reader.path, "asks for a BOS/EOS token it does not define")
     single = " ".join(bos + ["$A"] + eos)
     pair = " ".join(bos + ["$A"] + eos + bos + ["$B:1"] + eos)
     return processors.TemplateProcessing(single=single, pair=pair,

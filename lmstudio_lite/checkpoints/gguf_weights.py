@@ -20,7 +20,7 @@ from ..model.config import ModelConfig
 from ..model.quant import QuantLinear, dequantize, quantize
 from ..model.transformer import Transformer
 from .errors import CheckpointError
-from .gguf_file import IGNORED, Entry, entries, unpermute_rows
+from .gguf_file import IGNORED, Entry, entries, unpermute
 from .gguf_transcode import TRANSCODERS
 
 
@@ -67,18 +67,20 @@ def read_tensor(reader, t, entry: Entry, report: LoadReport, as_float: bool = Fa
     """One GGUF tensor in HF row order: a float tensor (same shape as the GGUF's numpy view,
     [out, in] for a weight) or, for a quantized type, QuantBlocks. ``as_float`` decodes every
     type to float32 with gguf's reference dequantizer instead (what the file's numbers mean)."""
+    from gguf import GGMLQuantizationType
+
     floats, kept, converted = _types()
-    qtype = t.tensor_type
+    qtype = GGMLQuantizationType(t.type)  # open_gguf checked that the gguf package knows it
     if qtype not in floats | kept | set(converted):
-        raise CheckpointError(reader.data.filename, f"tensor {t.name!r} has type {qtype.name}, which is not "
+        raise CheckpointError(reader.path, f"tensor {t.name!r} has type {qtype.name}, which is not "
                               "supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1; converted at load: "
                               + ", ".join(q.name for q in converted) + ")")
     report.tensor_types[qtype.name] += 1
-    rows = np.asarray(t.data)
+    rows = reader.array(t)
     if entry.rows is not None:
         rows = rows[entry.rows[0]:entry.rows[1]]
     if entry.permute_heads:
-        rows = unpermute_rows(rows, entry.permute_heads)
+        rows = unpermute(rows, entry.permute_heads)
     if qtype in floats or as_float:  # a copy: the model must not alias the read-only memory map
         return torch.from_numpy(np.array(_float_rows(rows, qtype), dtype=np.float32, order="C"))
     target = converted.get(qtype, qtype)
@@ -118,7 +120,7 @@ def load_gguf_weights(reader, cfg: ModelConfig, device="cpu", dtype: torch.dtype
     for entry in wanted:
         t = by_name.get(entry.theirs)
         if t is None:
-            raise CheckpointError(reader.data.filename, f"tensor {entry.theirs!r} is missing")
+            raise CheckpointError(reader.path, f"tensor {entry.theirs!r} is missing")
         value = read_tensor(reader, t, entry, report, as_float)
         if isinstance(value, QuantBlocks):
             if entry.kind == "linear":
@@ -153,7 +155,7 @@ def _install(reader, model: Transformer, name: str, q: QuantBlocks, state: dict,
 
 def _checked(reader, name: str, value: torch.Tensor, want: tuple) -> torch.Tensor:
     if tuple(value.shape) != want:
-        raise CheckpointError(reader.data.filename, f"tensor {name!r} has shape "
+        raise CheckpointError(reader.path, f"tensor {name!r} has shape "
                               f"{tuple(value.shape)} (as ours), the metadata implies {want}")
     return value.contiguous()
 
@@ -161,7 +163,7 @@ def _checked(reader, name: str, value: torch.Tensor, want: tuple) -> torch.Tenso
 def _check_unexpected(reader, by_name: dict, used: set) -> None:
     extra = sorted(n for n in by_name if n not in used and n not in IGNORED)
     if extra:
-        raise CheckpointError(reader.data.filename, "tensors this architecture does not use: "
+        raise CheckpointError(reader.path, "tensors this architecture does not use: "
                               + ", ".join(extra[:3]) + (" ..." if len(extra) > 3 else ""))
 
 

@@ -70,6 +70,16 @@ class Linear(nn.Module):
         return f"in={self.d_in}, out={self.d_out}, bias={self.bias is not None}"
 
 
+class Embedding(nn.Embedding):
+    """``nn.Embedding`` that, like ``Linear``, skips its random init on the meta device, where
+    checkpoint loading builds and then assigns: torch's meta ``normal_`` is a Python
+    decomposition whose first call imports torch._dynamo, ~2 s of a 4 s GGUF load (torch 2.13)."""
+
+    def reset_parameters(self) -> None:
+        if self.weight.device.type != "meta":
+            super().reset_parameters()
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .config import ModelConfig
 from .decode import NativeDecoder, decode_step
 from .kv_cache import KVCache
-from .layers import ACTIVATIONS, Linear, RMSNorm, apply_rope, matmul, rope_tables, run_fused, store_out_in
+from .layers import ACTIVATIONS, Embedding, Linear, RMSNorm, apply_rope, matmul, rope_tables, run_fused, store_out_in
 from .quant import QuantLinear, fuse_quantized
 
 
@@ -181,8 +181,8 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.family == "gpt2" else None
+        self.tok_emb = Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = Embedding(cfg.max_seq_len, cfg.d_model) if cfg.family == "gpt2" else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm_f = _norm(cfg)
         self.head = None if cfg.tie_embeddings else Linear(cfg.d_model, cfg.vocab_size, False)
@@ -190,9 +190,9 @@ class Transformer(nn.Module):
         self._decode_ready = False  # set by prepare_for_inference
         self._native: NativeDecoder | None = None  # float32 CPU one-row step in C, when it builds
         if cfg.family == "llama":
-            cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
+            self.register_buffer("rope_cos", None, persistent=False)
+            self.register_buffer("rope_sin", None, persistent=False)
+            self.reset_rope()
 
     # -- setup ---------------------------------------------------------------
     def init_weights(self, std: float = 0.02):
@@ -210,7 +210,9 @@ class Transformer(nn.Module):
         """Recompute the rotary tables (after meta-device construction or a dtype change)."""
         if self.config.family == "llama":
             cfg = self.config
-            cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
+            with torch.device("cpu"):  # real numbers even in a meta-device build (on meta these ops
+                # are Python decompositions whose first call imports torch._dynamo: ~1 s)
+                cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
             dev = self.tok_emb.weight.device
             self.rope_cos, self.rope_sin = cos.to(dev), sin.to(dev)
 

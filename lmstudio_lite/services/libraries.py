@@ -15,10 +15,7 @@ Nothing here writes, moves or deletes a file in another app's folder: we only li
 from __future__ import annotations
 
 import json
-import math
-import mmap
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,68 +157,18 @@ def scan(roots: LibraryRoots) -> list[LibraryModel]:
 
 
 # -- describing a GGUF without loading it ----------------------------------------------------
-# gguf.GGUFReader parses every field into numpy views: ~5-20 s for a 49k-token vocabulary on these
-# machines, too slow for a model list. This walks the header once, skipping arrays, in ~50 ms.
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_STRING, _ARRAY = 8, 9
 _FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
                11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M",
                18: "Q6_K", 32: "BF16"}
 
 
-class _Header:
-    """Sequential reads over a memory-mapped GGUF header (little-endian, version 2 or 3)."""
-
-    def __init__(self, buf):
-        self.buf, self.pos = buf, 0
-
-    def unpack(self, fmt: str):
-        value = struct.unpack_from(fmt, self.buf, self.pos)[0]
-        self.pos += struct.calcsize(fmt)
-        return value
-
-    def string(self) -> str:
-        n = self.unpack("<Q")
-        self.pos += n
-        return bytes(self.buf[self.pos - n:self.pos]).decode("utf-8", errors="replace")
-
-    def value(self, vtype: int):
-        if vtype in _SCALARS:
-            return self.unpack(_SCALARS[vtype])
-        if vtype == _STRING:
-            return self.string()
-        if vtype != _ARRAY:
-            raise ValueError(f"unknown metadata type {vtype}")
-        itype, count = self.unpack("<I"), self.unpack("<Q")
-        if itype in _SCALARS:  # fixed size: skip in one step
-            self.pos += count * struct.calcsize(_SCALARS[itype])
-        else:
-            for _ in range(count):
-                self.value(itype)
-        return None
-
-
 def read_gguf_header(path: Path) -> tuple[dict, int]:
-    """(scalar metadata, parameter count) from a GGUF header; raises ValueError/struct.error if malformed."""
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        h = _Header(buf)
-        if bytes(buf[:4]) != b"GGUF":
-            raise ValueError("no GGUF magic")
-        h.pos = 4
-        if h.unpack("<I") not in (2, 3):
-            raise ValueError("unsupported GGUF version")
-        n_tensors, n_kv = h.unpack("<Q"), h.unpack("<Q")
-        meta = {}
-        for _ in range(n_kv):
-            key = h.string()
-            meta[key] = h.value(h.unpack("<I"))  # arrays (vocabularies) are skipped: None
-        params = 0
-        for _ in range(n_tensors):
-            h.string()
-            dims = [h.unpack("<Q") for _ in range(h.unpack("<I"))]
-            h.pos += 4 + 8  # type, offset
-            params += math.prod(dims)
-        return meta, params
+    """(metadata, parameter count) from a GGUF header, arrays (vocabularies) skipped as None:
+    checkpoints' own GGUF parser, which the loader uses too. Raises ValueError/OSError if malformed."""
+    from ..checkpoints.gguf_parse import parse
+
+    header = parse(path, arrays=False)
+    return header.fields, sum(t.n_elements for t in header.tensors)
 
 
 def describe_gguf(path: Path) -> dict:
@@ -232,5 +179,5 @@ def describe_gguf(path: Path) -> dict:
         ftype = meta.get("general.file_type")
         return {"family": arch, "parameters": int(params), "context_length": int(meta.get(f"{arch}.context_length") or 0),
                 "dtype": _FILE_TYPES.get(ftype, "?") if ftype is not None else "?"}
-    except (OSError, ValueError, struct.error, OverflowError) as e:  # truncated or foreign: lists with why
+    except (OSError, ValueError, OverflowError) as e:  # truncated or foreign: lists with why
         return {"error": f"{path}: not a readable GGUF file ({e})"}
