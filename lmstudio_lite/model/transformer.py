@@ -182,7 +182,7 @@ class Transformer(nn.Module):
         self.head = None if cfg.tie_embeddings else Linear(cfg.d_model, cfg.vocab_size, False)
         self._head_t: torch.Tensor | None = None  # inference copy of a tied head, stored [C, V]
         self._decode_ready = False  # set by prepare_for_inference
-        self._native: NativeDecoder | None = None  # float32 CPU one-row step in C, when it builds
+        self._native: NativeDecoder | None = None  # CPU step of 1..8 rows in C, when it builds
         if cfg.family == "llama":
             cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -261,6 +261,8 @@ class Transformer(nn.Module):
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden [.., C] -> logits [.., V]."""
+        if self._native is not None and self._native.head is not None and not torch.is_grad_enabled():
+            return self._native.project(h)  # a quantized head: the kernel's GEMV, not a dequantized copy
         if self.head is not None:
             return self.head(h)
         if self._head_t is not None and not torch.is_grad_enabled():
