@@ -16,9 +16,11 @@ import torch
 
 from . import native
 from .checkpoints.folder import load_weights, read_config
+from .checkpoints.quant_cache import load_quantized
 from .checkpoints.tokenizer import Tokenizer
 from .device import DeviceChoice, choose_device
 from .generation import ContextOverflowError, Engine, GenerationStream, SamplingParams
+from .model.quant import check_qtype, weight_bytes, weight_format
 
 
 @dataclass
@@ -32,9 +34,13 @@ class PreparedPrompt:
 class LoadedModel:
     """A model folder loaded for inference: weights, tokenizer and an engine."""
 
-    def __init__(self, path: Path, model, tokenizer: Tokenizer, choice: DeviceChoice, hf_config: dict):
+    def __init__(self, path: Path, model, tokenizer: Tokenizer, choice: DeviceChoice, hf_config: dict,
+                 quant: str | None = None, quant_cache: str = "none"):
         self.path, self.model, self.tokenizer, self.choice = path, model, tokenizer, choice
         self.config, self.hf_config = model.config, hf_config
+        self.quant = quant  # what was asked for: None or a qtype
+        self.quant_cache = quant_cache  # "hit": blocks read from the cache; "written": quantized now; "none"
+        self.weight_bytes = weight_bytes(model)
         self.engine = Engine(model, tokenizer)
         self.name = path.name
 
@@ -112,19 +118,32 @@ class LoadedModel:
                 "parameters": cfg.num_parameters(), "context_length": cfg.max_seq_len,
                 "dtype": str(self.choice.dtype).removeprefix("torch."), "device": self.choice.name,
                 "device_reason": self.choice.reason, "has_chat_template": self.tokenizer.has_chat_template,
+                "quant": weight_format(self.model), "quant_cache": self.quant_cache,
+                "weights_bytes": self.weight_bytes,
                 "decode_kernel": "native C step (float32, one row)" if self.model._native is not None
                 else "pytorch" + ("" if native.status() == "on" else f" (native kernel {native.status()})")}
 
 
-def load_model(path: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None) -> LoadedModel:
+def load_model(path: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None,
+               quant: str | None = None) -> LoadedModel:
     """Load a Hugging Face layout folder (gpt2, llama, qwen2, mistral) for inference.
 
+    ``quant`` ("q8_0", "q4_0", "q4_1") quantizes the blocks' linear layers (and the
+    head to q8_0) in GGUF's block formats; the blocks are cached under the user cache
+    folder, so only the first load of a folder in a format pays for quantizing.
     Raises ``CheckpointError`` naming the file and the problem when the folder is unusable.
     """
+    if quant is not None:
+        check_qtype(quant)
     path = Path(path).expanduser().resolve()
     choice = choose_device(device, dtype)
     cfg, hf = read_config(path)
     tokenizer = Tokenizer.from_folder(path)
-    model = load_weights(path, cfg, device=choice.device, dtype=choice.dtype)
+    cache = "none"
+    if quant is None:
+        model = load_weights(path, cfg, device=choice.device, dtype=choice.dtype)
+    else:
+        model, hit = load_quantized(path, cfg, choice.device, choice.dtype, quant)
+        cache = "hit" if hit else "written"
     model.prepare_for_inference()
-    return LoadedModel(path, model, tokenizer, choice, hf)
+    return LoadedModel(path, model, tokenizer, choice, hf, quant=quant, quant_cache=cache)

@@ -11,12 +11,19 @@ import os
 import sys
 
 
+# model/quant.py's QTYPES, spelled out so that --help never imports torch (a test holds them equal).
+QUANT_CHOICES = ("q8_0", "q4_0", "q4_1")
+
+
 # -- argument groups ------------------------------------------------------------
 def add_model_args(p: argparse.ArgumentParser, model_required: bool = False):
     p.add_argument("--model", required=model_required,
                    help="model folder or the name of a local model (default: the bundled model)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: best for the device)")
+    p.add_argument("--quant", default=None, choices=QUANT_CHOICES,
+                   help="quantize the weights at load in a GGUF block format (cached after the first load; "
+                        "default: keep them float)")
 
 
 def add_app_args(p: argparse.ArgumentParser):
@@ -96,7 +103,7 @@ def cmd_train(args) -> int:
 def cmd_generate(args) -> int:
     from .api import load_model
 
-    m = load_model(args.model, device=args.device, dtype=args.dtype)
+    m = load_model(args.model, device=args.device, dtype=args.dtype, quant=args.quant)
     stream = m.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                         top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                         repetition_penalty=args.repetition_penalty, seed=args.seed, stop=args.stop,

@@ -15,6 +15,7 @@ from pathlib import Path
 from .paths import AppPaths, bundled_models_dir, hf_cache_dirs
 
 BYTES_PER_DTYPE = {"float32": 4, "bfloat16": 2, "float16": 2}
+_REGISTRY_QUANT = object()  # load()'s default: the format the registry was made with
 
 
 @dataclass
@@ -79,8 +80,9 @@ class Registry:
     """Lists local models and owns the loaded one (shared by UI, API and CLI)."""
 
     def __init__(self, paths: AppPaths, bundled: Path | None = None, hf_dirs: list[Path] | None = None,
-                 device: str | None = None, dtype: str | None = None):
+                 device: str | None = None, dtype: str | None = None, quant: str | None = None):
         self.paths = paths.ensure()
+        self.quant = quant  # weight format for loads that do not name one (--quant)
         self.bundled = bundled if bundled is not None else bundled_models_dir()
         self.hf_dirs = hf_cache_dirs() if hf_dirs is None else hf_dirs
         self.device, self.dtype = device, dtype
@@ -119,9 +121,10 @@ class Registry:
     def current(self):
         return self._current
 
-    def load(self, name_or_path: str, allow_path: bool = True):
+    def load(self, name_or_path: str, allow_path: bool = True, quant=_REGISTRY_QUANT):
         """Load by listed name, or by folder path when ``allow_path``; replaces the loaded model.
 
+        ``quant`` is None (float) or a qtype; left out, the registry's own format.
         On failure the previously loaded model stays loaded."""
         from .api import load_model
 
@@ -131,9 +134,11 @@ class Registry:
                 target = path
             else:
                 target = Path(self.find(name_or_path).path)
-            if self._current is not None and self._current.path == target.resolve():
-                return self._current
-            model = load_model(target, device=self.device, dtype=self.dtype)
+            quant = self.quant if quant is _REGISTRY_QUANT else quant
+            cur = self._current
+            if cur is not None and cur.path == target.resolve() and cur.quant == quant:
+                return cur
+            model = load_model(target, device=self.device, dtype=self.dtype, quant=quant)
             if name_or_path and not Path(name_or_path).is_absolute():
                 model.name = name_or_path
             self._current = model
@@ -187,8 +192,14 @@ class Registry:
         except ValueError as e:
             dev = str(e)
         cur = self._current
-        model = f"{cur.name} ({cur.info()['dtype']})" if cur else "no model loaded"
+        model = f"{cur.name} ({_weights(cur.info())})" if cur else "no model loaded"
         return f"Device: {dev} · Model: {model} · Memory: {_rss_mb():.0f} MB"
+
+
+def _weights(info: dict) -> str:
+    """The loaded format and the memory its weights take, e.g. "q4_0, 76 MB of weights"."""
+    mb = info["weights_bytes"] / 2**20
+    return f"{info['quant']}, {mb:.0f} MB of weights" if mb >= 10 else f"{info['quant']}, {mb:.2f} MB of weights"
 
 
 def _rss_mb() -> float:

@@ -20,7 +20,7 @@ class Services:
 
 
 def build_services(model: str | None = None, device: str | None = None, dtype: str | None = None,
-                   shared: bool = False, api_key: str | None = None, with_jobs: bool = True,
+                   quant: str | None = None, shared: bool = False, api_key: str | None = None, with_jobs: bool = True,
                    with_chats: bool = True, paths: AppPaths | None = None, load_default: bool = True) -> Services:
     """Create the registry (loading ``model`` or the bundled default), job runner and chat store.
 
@@ -30,7 +30,7 @@ def build_services(model: str | None = None, device: str | None = None, dtype: s
     from .checkpoints.errors import CheckpointError
 
     paths = (paths or app_paths()).ensure()
-    registry = Registry(paths, device=device, dtype=dtype)
+    registry = Registry(paths, device=device, dtype=dtype, quant=quant)
     target = model
     if target is None and load_default:
         default = registry.default_model()

@@ -174,13 +174,13 @@ def run_chat(args) -> int:
     from .paths import app_paths
     from .registry import Registry
 
-    model = Registry(app_paths(), device=args.device, dtype=args.dtype).load(path)
+    model = Registry(app_paths(), device=args.device, dtype=args.dtype, quant=args.quant).load(path)
     try:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
         pass
     info = model.info()
-    print(f"Chatting with {model.name} ({info['device']}, {info['dtype']}, context {info['context_length']} tokens)."
+    print(f"Chatting with {model.name} ({info['device']}, {info['quant']}, context {info['context_length']} tokens)."
           + ("" if info["has_chat_template"] else " It has no chat template: a generic one is used.")
           + "\n/help for commands; Ctrl-C stops a reply; Ctrl-D quits.", flush=True)
     session = ChatSession(model, args.system, args.max_new_tokens, args.temperature)

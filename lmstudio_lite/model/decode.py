@@ -22,7 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..native import decode_library
-from .layers import matmul
+from .layers import matmul, run_fused
+from .quant import QuantLinear
 
 _NATIVE_ACTS = {"silu": 0, "gelu_new": 1, "gelu_pytorch_tanh": 1, "gelu_fast": 1, "gelu": 2, "relu": 3}
 # decode.c's matrix formats (T_*) and the GGUF block size of each quantized one.
@@ -120,7 +121,8 @@ class NativeDecoder:
         norms = [n for b in model.blocks for n in (b.norm1, b.norm2)]
         if (model.tok_emb.weight.device.type != "cpu" or cfg.act not in _NATIVE_ACTS or cfg.n_head % cfg.n_kv_head
                 or any(getattr(n, "eps", None) != norms[0].eps for n in norms)
-                or any(isinstance(n, nn.LayerNorm) and n.bias is None for n in norms)):
+                or any(isinstance(n, nn.LayerNorm) and n.bias is None for n in norms)
+                or any(isinstance(m, QuantLinear) for m in model.modules())):  # decode_f32.c is float32 only
             return None
         lib = decode_library()
         if lib is None:
@@ -194,6 +196,14 @@ class _Rows:
         self.k, self.v, self.batch = cache.k, cache.v, B
 
 
+def _add_linear(layer, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x + layer(a)``; a float weight takes the residual inside its matmul call."""
+    if isinstance(layer, QuantLinear):
+        return x + layer.forward(a)
+    x = matmul(a, layer.weight, x)
+    return x if layer.bias is None else x + layer.bias
+
+
 @torch.no_grad()
 def decode_step(model, ids: torch.Tensor, pos: int, cache) -> torch.Tensor:
     """ids [B, 1] at absolute position ``pos`` -> final normed hidden state [B, 1, C]."""
@@ -216,7 +226,7 @@ def decode_step(model, ids: torch.Tensor, pos: int, cache) -> torch.Tensor:
     qk_width = (H + KV) * D
     for i, block in enumerate(model.blocks):
         attn, mlp = block.attn, block.mlp
-        qkv = matmul(block.norm1.forward(x), *attn.fused)  # [B, (H + 2KV) D]
+        qkv = run_fused(attn.fused, block.norm1.forward(x))  # [B, (H + 2KV) D]
         qk = qkv[:, :qk_width].view(B, H + KV, D)
         if rope is not None:
             qk = torch.addcmul(qk * rope[0], qk.roll(D // 2, -1), rope[1])
@@ -226,16 +236,12 @@ def decode_step(model, ids: torch.Tensor, pos: int, cache) -> torch.Tensor:
         # One query per head: grouped onto its KV head, GQA decode is plain attention.
         y = F.scaled_dot_product_attention(qk[:, :H].reshape(B, KV, H // KV, D),
                                            k_all[:, :, :pos + 1], v_all[:, :, :pos + 1])
-        x = matmul(y.reshape(B, H * D), attn.o.weight, x)  # + the residual, in the same call
-        if attn.o.bias is not None:
-            x = x + attn.o.bias
+        x = _add_linear(attn.o, y.reshape(B, H * D), x)
         h = block.norm2.forward(x)
         if mlp.gated:
-            gate, up = matmul(h, *mlp.fused).chunk(2, dim=-1)
+            gate, up = run_fused(mlp.fused, h).chunk(2, dim=-1)
             a = mlp.act(gate) * up
         else:
-            a = mlp.act(matmul(h, mlp.up.weight, mlp.up.bias))
-        x = matmul(a, mlp.down.weight, x)
-        if mlp.down.bias is not None:
-            x = x + mlp.down.bias
+            a = mlp.act(mlp.up.forward(h))
+        x = _add_linear(mlp.down, a, x)
     return model.norm_f.forward(x).unsqueeze(1)

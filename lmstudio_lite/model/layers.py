@@ -33,6 +33,14 @@ def matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -
     return y.view(*x.shape[:-1], w.shape[1])
 
 
+def run_fused(fused, x: torch.Tensor) -> torch.Tensor:
+    """``x`` through fused projections: a float ``(weight [in, out], bias)`` pair, or a
+    module holding them (quantized blocks, model/quant.py)."""
+    if isinstance(fused, tuple):
+        return matmul(x, *fused)
+    return fused.forward(x)
+
+
 def store_out_in(w: torch.Tensor) -> torch.Tensor:
     """The same [in, out] matrix, stored [out, in] (a transposed view of a contiguous copy)."""
     return w.t().contiguous().t()

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from .config import ModelConfig
 from .decode import NativeDecoder, decode_step
 from .kv_cache import KVCache
-from .layers import ACTIVATIONS, Linear, RMSNorm, apply_rope, matmul, rope_tables, store_out_in
+from .layers import ACTIVATIONS, Linear, RMSNorm, apply_rope, matmul, rope_tables, run_fused, store_out_in
+from .quant import QuantLinear
 
 
 def fuse_linears(*layers: Linear, out_in: bool = False):
@@ -95,11 +96,14 @@ class Attention(nn.Module):
         self.k = Linear(C, KV * D, cfg.qkv_bias)
         self.v = Linear(C, KV * D, cfg.qkv_bias)
         self.o = Linear(H * D, C, cfg.o_bias)
-        self.fused = None  # (weight [C, (H+2KV)D], bias) after fuse(); inference only
+        self.fused = None  # (weight [C, (H+2KV)D], bias) or a QuantLinear after fuse(); inference only
 
     def fuse(self, out_in: bool = False):
+        if isinstance(self.q, QuantLinear):
+            self.fused = QuantLinear.fuse(self.q, self.k, self.v)
+            return
         self.fused = fuse_linears(self.q, self.k, self.v, out_in=out_in)
-        if out_in:
+        if out_in and isinstance(self.o, Linear):
             self.o.weight.data = store_out_in(self.o.weight.data)
 
     def forward(self, x, rope, layer: int, start_pos: int, cache: KVCache | None):
@@ -107,7 +111,7 @@ class Attention(nn.Module):
         H, KV, D = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
         if self.fused is not None and not torch.is_grad_enabled():
             # q and k sit side by side in the fused output: rotate them in one go.
-            qk, v = matmul(x, *self.fused).split([(H + KV) * D, KV * D], dim=-1)
+            qk, v = run_fused(self.fused, x).split([(H + KV) * D, KV * D], dim=-1)
             qk = qk.view(B, T, H + KV, D)
             if rope is not None:
                 qk = apply_rope(qk, *rope)
@@ -137,18 +141,20 @@ class MLP(nn.Module):
         self.fused = None  # gate and up side by side after fuse(); inference only
 
     def fuse(self, out_in: bool = False):
-        if self.gated:
+        if self.gated and isinstance(self.gate, QuantLinear):
+            self.fused = QuantLinear.fuse(self.gate, self.up)
+        elif self.gated:
             self.fused = fuse_linears(self.gate, self.up, out_in=out_in)
-        elif out_in:
+        elif out_in and isinstance(self.up, Linear):
             self.up.weight.data = store_out_in(self.up.weight.data)
-        if out_in:
+        if out_in and isinstance(self.down, Linear):
             self.down.weight.data = store_out_in(self.down.weight.data)
 
     def forward(self, x):
         if not self.gated:
             return self.down(self.act(self.up(x)))
         if self.fused is not None and not torch.is_grad_enabled():
-            gate, up = matmul(x, *self.fused).chunk(2, dim=-1)
+            gate, up = run_fused(self.fused, x).chunk(2, dim=-1)
         else:
             gate, up = self.gate(x), self.up(x)
         return self.down(self.act(gate) * up)
@@ -221,7 +227,7 @@ class Transformer(nn.Module):
         out_in = emb.device.type == "cpu" and emb.dtype != torch.float32
         if self.head is None:
             self._head_t = emb.detach().t() if out_in else emb.detach().t().contiguous()
-        elif out_in:
+        elif out_in and isinstance(self.head, Linear):
             self.head.weight.data = store_out_in(self.head.weight.data)
         if not any(b.attn.fused is not None for b in self.blocks):
             for b in self.blocks:
@@ -231,12 +237,16 @@ class Transformer(nn.Module):
         self._native = NativeDecoder.build(self)
         return self
 
-    def _apply(self, fn, *args, **kwargs):
-        # .to(), .float(), .cuda()... make new parameter tensors: the fused copies and the
-        # native step's addresses would be stale, so inference must be prepared again.
+    def reset_inference(self):
+        """Drop the inference layout (fused weights, head copy, native step): prepare again after."""
         self._native, self._decode_ready, self._head_t = None, False, None
         for b in self.blocks:
             b.attn.fused = b.mlp.fused = None
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .float(), .cuda()... make new parameter tensors: the fused copies and the
+        # native step's addresses would be stale, so inference must be prepared again.
+        self.reset_inference()
         return super()._apply(fn, *args, **kwargs)
 
     # -- forward -------------------------------------------------------------

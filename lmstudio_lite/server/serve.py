@@ -32,11 +32,13 @@ def run_serve(args) -> int:
 
     from ..services import build_services
 
-    services = build_services(model=args.model, device=args.device, dtype=args.dtype, api_key=args.api_key,
+    services = build_services(model=args.model, device=args.device, dtype=args.dtype, quant=args.quant,
+                              api_key=args.api_key,
                               with_jobs=False, with_chats=False)
     registry = services.registry
     if registry.current is not None:
-        print(f"model: {registry.current.name} ({registry.current.info()['device']})")
+        info = registry.current.info()
+        print(f"model: {registry.current.name} ({info['device']}, {info['quant']})")
     else:
         print("no model loaded" + (f": {registry.last_error}" if registry.last_error else "")
               + "; each request loads the model it names", file=sys.stderr)

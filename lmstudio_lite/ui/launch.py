@@ -73,7 +73,7 @@ def make_services(args, api_key: str | None):
     from ..services import build_services
     from .common import friendly
 
-    opts = dict(device=args.device, dtype=args.dtype, shared=args.share, api_key=api_key,
+    opts = dict(device=args.device, dtype=args.dtype, quant=args.quant, shared=args.share, api_key=api_key,
                 with_jobs=importlib.util.find_spec("lmstudio_lite.training.jobs") is not None)
     try:
         services = build_services(model=args.model, **opts)

@@ -15,6 +15,11 @@ from .common import LLM, PRIVATE, friendly
 from .train_actions import all_models, device_type
 
 
+# Weight formats offered beside Load: (label, value); "float" keeps the folder's own weights.
+QUANT_CHOICES = [("float (as saved)", "float"), ("q8_0 (8-bit)", "q8_0"), ("q4_1 (4-bit with min)", "q4_1"),
+                 ("q4_0 (4-bit)", "q4_0")]
+
+
 # ---- actions (plain values in, message out) -------------------------------------------------------
 def _device_memory(services) -> tuple[int, str, str]:
     """(total bytes, device label, dtype name) of the device models load on."""
@@ -45,8 +50,10 @@ def models_frame(services) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=view.MODEL_COLUMNS)
 
 
-def load_model(services, name: str | None) -> str:
-    """Load a listed model by name; on failure the previously loaded model stays and the message says so."""
+def load_model(services, name: str | None, quant: str | None = None) -> str:
+    """Load a listed model by name; on failure the previously loaded model stays and the message says so.
+
+    ``quant`` is a QUANT_CHOICES value; None loads in the registry's format (``--quant``)."""
     if not name:
         return "Choose a model to load."
     entry = next((e for e in all_models(services) if e.name == name), None)
@@ -57,13 +64,15 @@ def load_model(services, name: str | None) -> str:
     else:  # by name, so the registry keeps its display name; the unlisted loaded model by its path
         target, by_path = (entry.path, True) if entry.source == "loaded" else (entry.name, False)
     try:
-        model = services.registry.load(target, allow_path=by_path)
+        fmt = {} if quant is None else {"quant": None if quant == "float" else quant}
+        model = services.registry.load(target, allow_path=by_path, **fmt)
     except Exception as e:  # CheckpointError, OSError, bad weights: report, keep the old model
         cur = services.registry.current
         kept = f" {cur.name} is still loaded." if cur is not None else " No model is loaded."
         return f"⚠ Could not load {name}: {friendly(e)}{kept}"
     info = model.info()
-    return f"Loaded **{model.name}** ({info['dtype']} on {info['device']})."
+    return (f"Loaded **{model.name}** ({info['quant']} on {info['device']}, "
+            f"{info['weights_bytes'] / 2**20:.1f} MB of weights).")
 
 
 def unload_model(services) -> str:
@@ -112,6 +121,8 @@ def build(services) -> dict:
     with gr.Row():
         c["pick"] = gr.Dropdown(choices, value=cur.name if cur is not None and cur.name in choices else None, label="Model",
                                 elem_id="model-pick", scale=3)
+        c["quant"] = gr.Dropdown(QUANT_CHOICES, value=quant_value(services), label="Weights", elem_id="model-quant",
+                                 scale=1)
         c["load"] = gr.Button("Load", variant="primary", elem_id="model-load")
         c["unload"] = gr.Button("Unload", elem_id="model-unload")
         c["refresh"] = gr.Button("Refresh", elem_id="models-refresh")
@@ -125,6 +136,13 @@ def build(services) -> dict:
     c["msg"] = gr.Markdown(_hint(services), elem_id="models-msg")
     _wire(services, c)
     return c
+
+
+def quant_value(services) -> str:
+    """The dropdown's value: the loaded model's format, else the one loads default to."""
+    cur = services.registry.current
+    quant = cur.quant if cur is not None else services.registry.quant
+    return quant or "float"
 
 
 def enclosing_tab():
@@ -147,7 +165,8 @@ def _wire(services, c: dict):
 
     outs = [c["msg"], c["table"], c["pick"]]
     private = PRIVATE
-    c["load"].click(lambda n: refreshed(load_model(services, n), n), c["pick"], outs, **LLM, **private)
+    c["load"].click(lambda n, q: refreshed(load_model(services, n, q), n), [c["pick"], c["quant"]], outs,
+                    **LLM, **private)
     c["unload"].click(lambda n: refreshed(unload_model(services), n), c["pick"], outs, **private)
     c["refresh"].click(lambda n: refreshed("", n), c["pick"], outs, **private)
     if c["tab"] is not None:  # a model trained or deleted elsewhere shows up when the tab is opened

@@ -1,0 +1,285 @@
+"""Quantized weights in GGUF's block formats Q8_0, Q4_0 and Q4_1, byte for byte.
+
+A block holds 32 consecutive inputs of one output row (ggml's row layout, so a
+GGUF tensor of these types is used as it is):
+
+- q8_0, 34 bytes: fp16 scale ``d``, then 32 int8 ``q``; value = q * d.
+- q4_0, 18 bytes: fp16 ``d``, then 16 bytes whose low nibbles are elements
+  0..15 and high nibbles 16..31; value = (q - 8) * d.
+- q4_1, 20 bytes: fp16 ``d``, fp16 min ``m``, then the nibbles as in q4_0;
+  value = q * d + m.
+
+``quantize`` reproduces ``gguf.quants.quantize`` exactly (every rounding step in
+the same float32 order), so a folder quantized here and the same weights
+quantized by llama.cpp's converter give the same bytes. Shapes: R rows
+(outputs), K inputs per row, N = K / 32 blocks per row.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .layers import Linear
+
+QTYPES = ("q8_0", "q4_0", "q4_1")
+BLOCK = 32
+BLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20}
+FORMAT_VERSION = 1  # bump when the bytes quantize_model produces change (cache keys include it)
+
+
+def check_qtype(qtype: str) -> str:
+    if qtype not in QTYPES:
+        raise ValueError(f"unknown quantization {qtype!r}: choose one of {', '.join(QTYPES)}")
+    return qtype
+
+
+def _fp16_bytes(x: torch.Tensor) -> torch.Tensor:
+    """[R, N, 1] float32 -> [R, N, 2] uint8: round to fp16 (nearest even, as numpy) and split little-endian."""
+    return x.to(torch.float16).view(torch.uint8)
+
+
+def _reciprocal(d: torch.Tensor) -> torch.Tensor:
+    """1/d with 0 where d is 0, as gguf's ``np.where(d == 0, 0, 1 / d)``."""
+    return torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
+
+
+def _round_away(x: torch.Tensor) -> torch.Tensor:
+    """ggml's roundf (halves away from zero), built from the same float32 steps as gguf's
+    ``np_roundf``; ``floor(|x| + 0.5)`` would differ when that sum itself rounds up."""
+    a = x.abs()
+    floored = a.floor()
+    return x.sign() * (floored + (2 * (a - floored)).floor())
+
+
+def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """[R, N, 32] uint8 in 0..15 -> [R, N, 16]: element i low nibble, element i + 16 high."""
+    return q[..., :16] | (q[..., 16:] << 4)
+
+
+def _quantize_blocks(b: torch.Tensor, qtype: str) -> torch.Tensor:
+    """b [R, N, 32] float32 -> [R, N, BLOCK_BYTES] uint8."""
+    if qtype == "q8_0":
+        d = b.abs().amax(-1, keepdim=True) / 127
+        q = _round_away(b * _reciprocal(d)).to(torch.int8).view(torch.uint8)
+        return torch.cat([_fp16_bytes(d), q], dim=-1)
+    if qtype == "q4_0":
+        # The signed value of largest magnitude maps to -8: its sign sets d's sign.
+        imax = b.abs().argmax(-1, keepdim=True)
+        d = b.gather(-1, imax) / -8
+        q = (b * _reciprocal(d) + 8.5).trunc().to(torch.uint8).clamp(0, 15)
+        return torch.cat([_fp16_bytes(d), _pack_nibbles(q)], dim=-1)
+    lo, hi = b.amin(-1, keepdim=True), b.amax(-1, keepdim=True)
+    d = (hi - lo) / 15
+    q = ((b - lo) * _reciprocal(d) + 0.5).trunc().to(torch.uint8).clamp(0, 15)
+    return torch.cat([_fp16_bytes(d), _fp16_bytes(lo), _pack_nibbles(q)], dim=-1)
+
+
+def quantize(w: torch.Tensor, qtype: str, rows_per_chunk: int = 4096) -> torch.Tensor:
+    """w [R, K] float -> uint8 [R, K / 32 * BLOCK_BYTES[qtype]], row by row in ggml's layout.
+
+    Rows go in chunks so the float32 temporaries stay small for a large embedding.
+    """
+    check_qtype(qtype)
+    if w.dim() != 2 or w.shape[1] % BLOCK:
+        raise ValueError(f"quantize needs a 2-D weight whose rows are a multiple of {BLOCK} wide, got {tuple(w.shape)}")
+    R, K = w.shape
+    out = torch.empty(R, K // BLOCK * BLOCK_BYTES[qtype], dtype=torch.uint8, device=w.device)
+    for s in range(0, R, rows_per_chunk):
+        chunk = w[s:s + rows_per_chunk].detach().float().reshape(-1, K // BLOCK, BLOCK)
+        out[s:s + rows_per_chunk] = _quantize_blocks(chunk, qtype).reshape(chunk.shape[0], -1)
+    return out
+
+
+def _fp16(raw: torch.Tensor) -> torch.Tensor:
+    """[R, N, 2] uint8 -> [R, N, 1] float32."""
+    return raw.contiguous().view(torch.float16).float()
+
+
+def _nibbles(raw: torch.Tensor) -> torch.Tensor:
+    """[R, N, 16] uint8 -> [R, N, 32] float32 in 0..15 (low nibbles first), written in place
+    into one buffer: the dequantization streams memory, so fewer temporaries is what speeds it."""
+    out = torch.empty(*raw.shape[:-1], 2 * raw.shape[-1], dtype=torch.float32, device=raw.device)
+    out[..., :16] = raw & 0x0F
+    out[..., 16:] = raw >> 4
+    return out
+
+
+def dequantize(blocks: torch.Tensor, qtype: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 [R, N * BLOCK_BYTES[qtype]] -> [R, N * 32], computed in float32 (as gguf) and cast to ``dtype``."""
+    nbytes = BLOCK_BYTES[check_qtype(qtype)]
+    if blocks.dtype != torch.uint8 or blocks.dim() != 2 or blocks.shape[1] % nbytes:
+        raise ValueError(f"{qtype} blocks must be 2-D uint8 with rows a multiple of {nbytes} bytes")
+    R = blocks.shape[0]
+    b = blocks.reshape(R, -1, nbytes)
+    d = _fp16(b[..., 0:2])
+    if qtype == "q8_0":
+        w = b[..., 2:].view(torch.int8).float().mul_(d)  # a same-size view needs no copy
+    elif qtype == "q4_0":
+        w = _nibbles(b[..., 2:]).sub_(8).mul_(d)
+    else:
+        w = _nibbles(b[..., 4:]).mul_(d).add_(_fp16(b[..., 2:4]))
+    return w.reshape(R, -1).to(dtype)
+
+
+class QuantLinear(nn.Module):
+    """``y = x @ W + b`` (logical W [in, out], as ``layers.Linear``) with W held as ggml blocks.
+
+    ``blocks`` is uint8 [d_out, d_in / 32 * BLOCK_BYTES]: each output row's inputs
+    in blocks of 32, GGUF's tensor layout. ``forward`` dequantizes to x's dtype and
+    runs one GEMM: the reference for the native kernels and the path for prefill,
+    where the GEMM dominates the dequantization. Inference only: the blocks have
+    no gradient, so a training step refuses to run rather than silently train the
+    rest of the model around frozen, rounded weights.
+    """
+
+    def __init__(self, blocks: torch.Tensor, qtype: str, d_in: int, d_out: int, bias: torch.Tensor | None = None):
+        super().__init__()
+        check_qtype(qtype)
+        if d_in % BLOCK:
+            raise ValueError(f"{qtype} needs an input width that is a multiple of {BLOCK}, got {d_in}")
+        want = (d_out, d_in // BLOCK * BLOCK_BYTES[qtype])
+        if blocks.dtype != torch.uint8 or tuple(blocks.shape) != want:
+            raise ValueError(f"{qtype} blocks for a {d_in} -> {d_out} layer must be uint8 {want}, "
+                             f"got {blocks.dtype} {tuple(blocks.shape)}")
+        if bias is not None and tuple(bias.shape) != (d_out,):
+            raise ValueError(f"bias must have shape ({d_out},), got {tuple(bias.shape)}")
+        self.qtype, self.d_in, self.d_out = qtype, d_in, d_out
+        self.register_buffer("blocks", blocks)
+        self.register_buffer("bias", None if bias is None else bias.detach())
+
+    @classmethod
+    def from_blocks(cls, blocks, qtype, d_in, d_out, bias=None) -> "QuantLinear":
+        return cls(blocks, qtype, d_in, d_out, bias)
+
+    @classmethod
+    def from_weight(cls, w_out_in: torch.Tensor, qtype: str, bias: torch.Tensor | None = None) -> "QuantLinear":
+        """From a float weight stored [out, in] (a tied embedding is already the head in that layout)."""
+        d_out, d_in = w_out_in.shape
+        return cls(quantize(w_out_in, qtype), qtype, d_in, d_out, bias)
+
+    @classmethod
+    def from_linear(cls, linear: Linear, qtype: str) -> "QuantLinear":
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        return cls.from_weight(linear.weight.detach().t(), qtype, bias)
+
+    @classmethod
+    def fuse(cls, *layers: "QuantLinear") -> "QuantLinear":
+        """One layer for several projections of the same input (q|k|v, gate|up).
+
+        Block rows are output rows, so the fused blocks are the layers' blocks stacked
+        and each layer keeps a contiguous row view of them: no second copy.
+        """
+        qtype, d_in = layers[0].qtype, layers[0].d_in
+        if any(l.qtype != qtype or l.d_in != d_in for l in layers):
+            raise ValueError("fused layers must share their format and input width")
+        blocks = torch.cat([l.blocks for l in layers])
+        has_bias = layers[0].bias is not None
+        bias = torch.cat([l.bias for l in layers]) if has_bias else None
+        start = 0
+        for l in layers:
+            l.blocks = blocks[start:start + l.d_out]
+            if has_bias:
+                l.bias = bias[start:start + l.d_out]
+            start += l.d_out
+        return cls(blocks, qtype, d_in, blocks.shape[0], bias)
+
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight as float, [d_out, d_in]."""
+        return dequantize(self.blocks, self.qtype, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [.., d_in] -> [.., d_out]."""
+        if self.training and torch.is_grad_enabled():
+            raise RuntimeError("a quantized model is for inference only: load it without quantization to train "
+                               "or fine-tune it")
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.dequantized(x.dtype), bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.qtype}, in={self.d_in}, out={self.d_out}, bias={self.bias is not None}"
+
+
+BLOCK_LAYERS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down")
+HEAD = "head"
+HEAD_QTYPE = "q8_0"
+
+
+def quantize_model(model: nn.Module, qtype: str, head: str | None = HEAD_QTYPE,
+                   blocks: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Swap every ``Linear`` of the transformer blocks for a ``QuantLinear`` in place.
+
+    The embedding and the norms stay float. ``head`` is the head's format (None:
+    float): q8_0 by default, as llama.cpp keeps a tied output; a tied head becomes
+    its own Q8_0 copy of the embedding, leaving the embedding float for lookups.
+    A layer whose input width is not a multiple of 32 stays float (stories260K's
+    172-wide MLP). ``blocks`` maps ``"<module name>.blocks"`` to cached blocks
+    (see ``quantized_blocks``) to use instead of quantizing again. Call
+    ``prepare_for_inference()`` after: any earlier inference layout is dropped.
+    """
+    check_qtype(qtype)
+    if head is not None:
+        check_qtype(head)
+    model.reset_inference()
+    for i, block in enumerate(model.blocks):
+        for path in BLOCK_LAYERS:
+            name = f"blocks.{i}.{path}"
+            layer = model.get_submodule(name) if _has(model, name) else None
+            if isinstance(layer, Linear) and layer.d_in % BLOCK == 0:
+                _swap(model, name, _quantized(layer.weight.t(), layer.bias, qtype, name, blocks))
+    if head is not None and model.config.d_model % BLOCK == 0:
+        w = model.tok_emb.weight if model.head is None else model.head.weight.t()
+        bias = None if model.head is None else model.head.bias
+        model.head = _quantized(w, bias, head, HEAD, blocks)
+    return model
+
+
+def _has(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+        return True
+    except AttributeError:
+        return False
+
+
+def _quantized(w_out_in, bias, qtype, name, blocks) -> QuantLinear:
+    bias = None if bias is None else bias.detach().clone()
+    cached = (blocks or {}).get(f"{name}.blocks")
+    if cached is None:
+        return QuantLinear.from_weight(w_out_in.detach(), qtype, bias)
+    d_out, d_in = w_out_in.shape
+    return QuantLinear.from_blocks(cached.to(w_out_in.device), qtype, d_in, d_out, bias)
+
+
+def _swap(model: nn.Module, name: str, module: nn.Module):
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, module)
+
+
+def quantized_blocks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{"<module name>.blocks": uint8 blocks}`` of every quantized layer, each its own
+    contiguous tensor (after fusing, layers hold row views), ready for a safetensors file."""
+    names = [f"blocks.{i}.{path}" for i in range(len(model.blocks)) for path in BLOCK_LAYERS] + [HEAD]
+    layers = {n: model.get_submodule(n) for n in names if _has(model, n)}
+    return {f"{n}.blocks": m.blocks.contiguous().clone() for n, m in layers.items() if isinstance(m, QuantLinear)}
+
+
+def weight_format(model: nn.Module) -> str:
+    """"q4_0", "q8_0"... when the blocks are quantized, else the float dtype ("f32", "bf16", "f16")."""
+    for m in model.modules():
+        if isinstance(m, QuantLinear) and m is not getattr(model, "head", None):
+            return m.qtype
+    return {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}.get(
+        model.tok_emb.weight.dtype, str(model.tok_emb.weight.dtype).removeprefix("torch."))
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Memory the weights take: each storage once (fused layers are views of one tensor),
+    plus the float32 inference copy of a tied head when there is one."""
+    tensors = list(model.state_dict(keep_vars=True).values()) + [getattr(model, "_head_t", None)]
+    storages = {}
+    for t in tensors:
+        if t is not None:
+            s = t.untyped_storage()
+            storages[(s.device.type, s.data_ptr())] = s.nbytes()
+    return sum(storages.values())
