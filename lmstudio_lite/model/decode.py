@@ -121,8 +121,7 @@ class NativeDecoder:
         norms = [n for b in model.blocks for n in (b.norm1, b.norm2)]
         if (model.tok_emb.weight.device.type != "cpu" or cfg.act not in _NATIVE_ACTS or cfg.n_head % cfg.n_kv_head
                 or any(getattr(n, "eps", None) != norms[0].eps for n in norms)
-                or any(isinstance(n, nn.LayerNorm) and n.bias is None for n in norms)
-                or any(isinstance(m, QuantLinear) for m in model.modules())):  # decode_f32.c is float32 only
+                or any(isinstance(n, nn.LayerNorm) and n.bias is None for n in norms)):
             return None
         lib = decode_library()
         if lib is None:
