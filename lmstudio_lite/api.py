@@ -16,11 +16,12 @@ import torch
 
 from . import native
 from .checkpoints.folder import load_weights, read_config
+from .checkpoints.gguf_weights import is_gguf_file, load_gguf
 from .checkpoints.quant_cache import load_quantized
 from .checkpoints.tokenizer import Tokenizer
 from .device import DeviceChoice, choose_device
 from .generation import ContextOverflowError, Engine, GenerationStream, SamplingParams
-from .model.quant import check_qtype, weight_bytes, weight_format
+from .model.quant import check_qtype, quantize_model, weight_bytes, weight_format
 
 
 @dataclass
@@ -115,6 +116,7 @@ class LoadedModel:
     def info(self) -> dict:
         cfg = self.config
         return {"name": self.name, "path": str(self.path), "family": self.hf_config.get("model_type", cfg.family),
+                "format": self.hf_config.get("format", "folder"),
                 "parameters": cfg.num_parameters(), "context_length": cfg.max_seq_len,
                 "dtype": str(self.choice.dtype).removeprefix("torch."), "device": self.choice.name,
                 "device_reason": self.choice.reason, "has_chat_template": self.tokenizer.has_chat_template,
@@ -126,17 +128,25 @@ class LoadedModel:
 
 def load_model(path: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None,
                quant: str | None = None) -> LoadedModel:
-    """Load a Hugging Face layout folder (gpt2, llama, qwen2, mistral) for inference.
+    """Load a Hugging Face layout folder (gpt2, llama, qwen2, mistral) or a GGUF file
+    (llama, qwen2, gpt2 architectures) for inference.
 
     ``quant`` ("q8_0", "q4_0", "q4_1") quantizes the blocks' linear layers (and the
     head to q8_0) in GGUF's block formats; the blocks are cached under the user cache
-    folder, so only the first load of a folder in a format pays for quantizing.
-    Raises ``CheckpointError`` naming the file and the problem when the folder is unusable.
+    folder, so only the first load of a folder in a format pays for quantizing. A GGUF
+    file's Q8_0/Q4_0/Q4_1 layers stay as they are; ``quant`` quantizes its float ones.
+    Raises ``CheckpointError`` naming the file and the problem when the model is unusable.
     """
     if quant is not None:
         check_qtype(quant)
     path = Path(path).expanduser().resolve()
     choice = choose_device(device, dtype)
+    if path.suffix.lower() == ".gguf" or is_gguf_file(path):  # by suffix too, so a broken file says why
+        loaded = load_gguf(path, device=choice.device, dtype=choice.dtype)
+        if quant is not None:
+            quantize_model(loaded.model, quant)  # swaps float Linears only: the file's blocks stay
+        loaded.model.prepare_for_inference()
+        return LoadedModel(path, loaded.model, loaded.tokenizer, choice, loaded.description, quant=quant)
     cfg, hf = read_config(path)
     tokenizer = Tokenizer.from_folder(path)
     cache = "none"

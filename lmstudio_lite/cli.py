@@ -18,7 +18,7 @@ QUANT_CHOICES = ("q8_0", "q4_0", "q4_1")
 # -- argument groups ------------------------------------------------------------
 def add_model_args(p: argparse.ArgumentParser, model_required: bool = False):
     p.add_argument("--model", required=model_required,
-                   help="model folder or the name of a local model (default: the bundled model)")
+                   help="model folder, GGUF file or the name of a local model (default: the bundled model)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: best for the device)")
     p.add_argument("--quant", default=None, choices=QUANT_CHOICES,

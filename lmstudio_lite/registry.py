@@ -76,6 +76,13 @@ def _is_model_folder(p: Path) -> bool:
     return p.is_dir() and (p / "config.json").is_file()
 
 
+def _is_loadable_path(p: Path) -> bool:
+    """A model folder or a GGUF file: what ``load`` accepts as a path."""
+    from .checkpoints.gguf_weights import is_gguf_file
+
+    return _is_model_folder(p) or is_gguf_file(p)
+
+
 class Registry:
     """Lists local models and owns the loaded one (shared by UI, API and CLI)."""
 
@@ -122,7 +129,7 @@ class Registry:
         return self._current
 
     def load(self, name_or_path: str, allow_path: bool = True, quant=_REGISTRY_QUANT):
-        """Load by listed name, or by folder path when ``allow_path``; replaces the loaded model.
+        """Load by listed name, or by folder or GGUF file path when ``allow_path``; replaces the loaded model.
 
         ``quant`` is None (float) or a qtype; left out, the registry's own format.
         On failure the previously loaded model stays loaded."""
@@ -130,7 +137,7 @@ class Registry:
 
         with self._lock:
             path = Path(name_or_path).expanduser()
-            if allow_path and _is_model_folder(path):
+            if allow_path and _is_loadable_path(path):
                 target = path
             else:
                 target = Path(self.find(name_or_path).path)

@@ -87,11 +87,14 @@ class RMSNorm(nn.Module):
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
-    """Inverse frequencies [head_dim/2], with the ``linear`` and ``llama3`` scalings."""
+    """Inverse frequencies [head_dim/2], with the ``linear`` and ``llama3`` scalings, or per-frequency
+    divisors (``freq_factors``: how a GGUF file carries Llama 3's scaling)."""
     inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
     kind = (scaling or {}).get("rope_type") or (scaling or {}).get("type") or "default"
     if kind == "default":
         return inv
+    if kind == "freq_factors":  # GGUF's rope_freqs tensor: llama.cpp divides each frequency by its factor
+        return inv / torch.tensor(scaling["factors"], dtype=torch.float32)
     factor = float(scaling["factor"])
     if kind == "linear":
         return inv / factor
@@ -105,7 +108,7 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Te
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
         return torch.where(medium, smoothed, scaled)
-    raise ValueError(f"rope_scaling type {kind!r} is not supported (supported: linear, llama3)")
+    raise ValueError(f"rope_scaling type {kind!r} is not supported (supported: linear, llama3, freq_factors)")
 
 
 def rope_tables(head_dim: int, max_len: int, theta: float, scaling: dict | None):

@@ -1,0 +1,199 @@
+"""GGUF files (llama.cpp, LM Studio, Ollama): metadata -> ModelConfig, tensors -> our Transformer.
+
+The file is opened with the ``gguf`` package's memory-mapped reader: only the header
+is parsed up front and tensors are read when they are copied into the model. A GGUF
+holds data only (no code); nothing in it is executed.
+
+Layouts: GGUF stores a weight as ggml ``ne = [in, out]``, which the reader hands over
+as a numpy array ``[out, in]`` (quantized ones as raw block bytes ``[out, in/32*bytes]``);
+we store linears ``[in, out]``. llama.cpp's converter permutes the rows of the q and k
+weights of the ``llama`` architecture (its rope rotates interleaved pairs, Hugging Face's
+rotates halves); ``unpermute_rows`` undoes it, on raw block rows too, since the
+permutation only reorders output rows and a quantization block lies within one row.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..model.config import ModelConfig
+from .errors import CheckpointError
+
+ARCHITECTURES = ("llama", "qwen2", "gpt2")
+_MISSING = object()
+
+
+def open_gguf(path: str | Path):
+    """A GGUFReader over ``path``; CheckpointError for anything that is not a whole GGUF file."""
+    from gguf import GGUFReader
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "GGUF file does not exist")
+    try:
+        return GGUFReader(path, "r")
+    except Exception as e:  # the reader raises ValueError, struct/numpy errors or OSError on bad bytes
+        if "GGMLQuantizationType" in str(e):  # a type id newer (or other) than the gguf package knows
+            raise CheckpointError(path, f"unknown tensor type ({e})") from None
+        raise CheckpointError(path, f"not a readable GGUF file ({type(e).__name__}: {e}); "
+                              "it may be truncated or not a GGUF file at all") from None
+
+
+def field_value(reader, key: str, default: Any = _MISSING) -> Any:
+    """One metadata value as a Python object (str, int, float, bool or list)."""
+    f = reader.fields.get(key)
+    if f is None:
+        if default is _MISSING:
+            raise CheckpointError(reader.data.filename, f"metadata key {key!r} is missing")
+        return default
+    return f.contents()
+
+
+@dataclass
+class _Meta:
+    """Metadata lookups for one architecture (keys are prefixed with its name)."""
+    reader: Any
+    arch: str
+
+    def get(self, key: str, default: Any = _MISSING) -> Any:
+        value = field_value(self.reader, f"{self.arch}.{key}", default)
+        if isinstance(value, list):  # some files store per-layer values: we only run uniform ones
+            if len(set(value)) != 1:
+                raise CheckpointError(self.reader.data.filename, f"{self.arch}.{key} differs per layer "
+                                      f"({value[:4]}...); only uniform layers are supported")
+            value = value[0]
+        return value
+
+
+def architecture(reader) -> str:
+    arch = field_value(reader, "general.architecture", None)
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(reader.data.filename, f"architecture {arch!r} is not supported "
+                              f"(supported: {', '.join(ARCHITECTURES)})")
+    return arch
+
+
+def config_from_gguf(reader) -> ModelConfig:
+    """The file's metadata as our ModelConfig; biases and the tied head come from which tensors exist."""
+    arch = architecture(reader)
+    m, names = _Meta(reader, arch), {t.name for t in reader.tensors}
+    n_head, C = int(m.get("attention.head_count")), int(m.get("embedding_length"))
+    vocab = m.get("vocab_size", None) or len(field_value(reader, "tokenizer.ggml.tokens", [])) \
+        or int(_tensor(reader, "token_embd.weight").shape[1])
+    common = dict(vocab_size=int(vocab), n_layer=int(m.get("block_count")), n_head=n_head, d_model=C,
+                  d_ff=int(m.get("feed_forward_length")), max_seq_len=int(m.get("context_length")),
+                  tie_embeddings="output.weight" not in names, extra={"model_type": arch, "format": "gguf"})
+    try:
+        if arch == "gpt2":
+            return ModelConfig(family="gpt2", norm_eps=float(m.get("attention.layer_norm_epsilon", 1e-5)),
+                               act="gelu_new", **common)
+        head_dim = int(m.get("attention.key_length", 0) or C // n_head)
+        rot = int(m.get("rope.dimension_count", head_dim))
+        if rot != head_dim:
+            raise CheckpointError(reader.data.filename, f"rope over {rot} of {head_dim} head dimensions "
+                                  "(partial rotary) is not supported")
+        return ModelConfig(
+            family="llama", n_kv_head=int(m.get("attention.head_count_kv", n_head)), head_dim=head_dim,
+            norm_eps=float(m.get("attention.layer_norm_rms_epsilon", 1e-6)),
+            rope_theta=float(m.get("rope.freq_base", 10000.0)), rope_scaling=_rope_scaling(reader, m),
+            qkv_bias="blk.0.attn_q.bias" in names, o_bias="blk.0.attn_output.bias" in names,
+            mlp_bias="blk.0.ffn_up.bias" in names, act="silu", **common)
+    except ValueError as e:  # ModelConfig's own validation
+        raise CheckpointError(reader.data.filename, str(e)) from None
+
+
+def _rope_scaling(reader, m: _Meta) -> dict | None:
+    """Linear scaling from metadata; Llama 3.x's scaling arrives as a ``rope_freqs`` tensor of
+    per-frequency divisors (the converter computes them), which we apply as they are."""
+    kind = m.get("rope.scaling.type", "none")
+    factors = _tensor(reader, "rope_freqs.weight", required=False)
+    if factors is not None:
+        return {"rope_type": "freq_factors", "factors": [float(x) for x in np.asarray(factors.data).reshape(-1)]}
+    if kind in ("none", None):
+        return None
+    if kind == "linear":
+        return {"rope_type": "linear", "factor": float(m.get("rope.scaling.factor"))}
+    raise CheckpointError(reader.data.filename, f"rope scaling {kind!r} is not supported (supported: linear, "
+                          "Llama 3 frequency factors)")
+
+
+def _tensor(reader, name: str, required: bool = True):
+    for t in reader.tensors:
+        if t.name == name:
+            return t
+    if required:
+        raise CheckpointError(reader.data.filename, f"tensor {name!r} is missing")
+    return None
+
+
+# -- tensor names ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Entry:
+    """One of our parameters and the GGUF tensor it comes from.
+
+    kind: "linear" ([out, in] -> our [in, out], may stay quantized), "plain" (same layout),
+    ``rows`` a row slice [start, end) of a fused tensor (GPT-2's attn_qkv), ``permute_heads``
+    the head count whose rope permutation to undo (llama q and k)."""
+    ours: str
+    theirs: str
+    kind: str = "plain"
+    rows: tuple[int, int] | None = None
+    permute_heads: int = 0
+
+
+def entries(cfg: ModelConfig) -> list[Entry]:
+    e = [Entry("tok_emb.weight", "token_embd.weight"), Entry("norm_f.weight", "output_norm.weight")]
+    if cfg.family == "gpt2":
+        e += [Entry("pos_emb.weight", "position_embd.weight"), Entry("norm_f.bias", "output_norm.bias")]
+    if not cfg.tie_embeddings:
+        e.append(Entry("head.weight", "output.weight", "linear"))
+    for i in range(cfg.n_layer):
+        e += (_gpt2_block if cfg.family == "gpt2" else _llama_block)(cfg, f"blocks.{i}.", f"blk.{i}.")
+    return e
+
+
+def _llama_block(cfg: ModelConfig, ours: str, theirs: str) -> list[Entry]:
+    permuted = cfg.extra.get("model_type") == "llama"  # qwen2 is written unpermuted (NEOX rope)
+    heads = {"q": cfg.n_head, "k": cfg.n_kv_head} if permuted else {}
+    e = [Entry(ours + "norm1.weight", theirs + "attn_norm.weight"),
+         Entry(ours + "norm2.weight", theirs + "ffn_norm.weight")]
+    for p, g in (("q", "attn_q"), ("k", "attn_k"), ("v", "attn_v"), ("o", "attn_output")):
+        e.append(Entry(f"{ours}attn.{p}.weight", f"{theirs}{g}.weight", "linear", permute_heads=heads.get(p, 0)))
+        if (cfg.qkv_bias and p != "o") or (cfg.o_bias and p == "o"):
+            e.append(Entry(f"{ours}attn.{p}.bias", f"{theirs}{g}.bias", permute_heads=heads.get(p, 0)))
+    for p in ("gate", "up", "down"):
+        e.append(Entry(f"{ours}mlp.{p}.weight", f"{theirs}ffn_{p}.weight", "linear"))
+        if cfg.mlp_bias:
+            e.append(Entry(f"{ours}mlp.{p}.bias", f"{theirs}ffn_{p}.bias"))
+    return e
+
+
+def _gpt2_block(cfg: ModelConfig, ours: str, theirs: str) -> list[Entry]:
+    C = cfg.d_model
+    e = []
+    for n, t in (("norm1", "attn_norm"), ("norm2", "ffn_norm")):
+        e += [Entry(f"{ours}{n}.weight", f"{theirs}{t}.weight"), Entry(f"{ours}{n}.bias", f"{theirs}{t}.bias")]
+    for j, p in enumerate("qkv"):
+        rows = (j * C, (j + 1) * C)
+        e += [Entry(f"{ours}attn.{p}.weight", f"{theirs}attn_qkv.weight", "linear", rows=rows),
+              Entry(f"{ours}attn.{p}.bias", f"{theirs}attn_qkv.bias", rows=rows)]
+    for n, t in (("attn.o", "attn_output"), ("mlp.up", "ffn_up"), ("mlp.down", "ffn_down")):
+        e += [Entry(f"{ours}{n}.weight", f"{theirs}{t}.weight", "linear"),
+              Entry(f"{ours}{n}.bias", f"{theirs}{t}.bias")]
+    return e
+
+
+# Tensors a GGUF may carry that we do not load as parameters (rope_freqs becomes rope_scaling).
+IGNORED = ("rope_freqs.weight",)
+
+
+def unpermute_rows(rows: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo convert_hf_to_gguf's ``permute``: within each head, llama.cpp's order (pairs
+    interleaved) back to Hugging Face's (first halves, then second halves). Works on any
+    array whose first axis is the output row (weights, raw quantized blocks, biases)."""
+    out = rows.shape[0]
+    return rows.reshape(n_head, out // n_head // 2, 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
