@@ -150,6 +150,8 @@ def main():
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "lsl-bench-gguf"),
                    help="where the per-format GGUF files are made")
     p.add_argument("--formats", nargs="+", default=peer_llamacpp.FORMATS)
+    p.add_argument("--shape", choices=["smollm", "1b"], default="smollm",
+                   help="with --peer llama.cpp: the --gguf file, or a random Llama of the 1B shape")
     args = p.parse_args()
     if args.peer == "llama.cpp":
         peer_llamacpp.compare(args, measure_bandwidth)

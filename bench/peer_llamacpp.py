@@ -3,8 +3,10 @@
 Every format is made from one float32 GGUF with ``llama-quantize``, so both engines
 run identical weights: the source file (SmolLM2-135M-Instruct Q4_1 by default,
 from ../shared/tools/smollm2.sh) is requantized to F32, and BF16, Q8_0, Q4_0,
-Q4_1 are made from that F32 file. Ours loads each file with ``load_gguf`` (the
-file's own blocks; a tied Q8_0 embedding is also the Q8_0 head, as in llama.cpp).
+Q4_1 are made from that F32 file. ``--shape 1b`` writes a random-weight Llama of
+the 1B shape as the F32 file instead (bench/random_gguf.py). Ours loads each file
+with ``load_gguf_weights`` (the file's own blocks; a tied Q8_0 embedding is also
+the Q8_0 head, as in llama.cpp).
 
 Decode: ``llama-bench -p 0 -n N -t T`` (tg: N tokens from an empty context)
 against our greedy loop from a one-token prompt for N tokens; prefill:
@@ -25,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from lmstudio_lite.checkpoints.gguf_weights import load_gguf
+from lmstudio_lite.checkpoints.gguf_file import config_from_gguf, open_gguf
+from lmstudio_lite.checkpoints.gguf_weights import load_gguf_weights
 from lmstudio_lite.model import KVCache
 
 FORMATS = ["f32", "bf16", "q8_0", "q4_1", "q4_0"]
@@ -46,7 +49,9 @@ def make_formats(source: Path, bin_dir: Path, work: Path, formats: list[str]) ->
     work.mkdir(parents=True, exist_ok=True)
     stem = source.name.split(".")[0]
     f32 = work / f"{stem}-f32.gguf"
-    if not f32.exists():
+    if _file_type(source) == "ALL_F32":
+        f32 = source  # already the float32 file (the random 1B shape)
+    elif not f32.exists():
         _run([str(bin_dir / "llama-quantize"), "--allow-requantize", str(source), str(f32), "F32"], bin_dir)
     out = {}
     for fmt in formats:
@@ -55,6 +60,19 @@ def make_formats(source: Path, bin_dir: Path, work: Path, formats: list[str]) ->
             _run([str(bin_dir / "llama-quantize"), str(f32), str(path), fmt.upper()], bin_dir)
         out[fmt] = f32 if fmt == "f32" else path
     return out
+
+
+def _file_type(path: Path) -> str:
+    from gguf import GGUFReader, LlamaFileType
+
+    field = GGUFReader(path).get_field("general.file_type")
+    return LlamaFileType(int(field.contents())).name if field is not None else "unknown"
+
+
+def load_ours(path: Path, dtype):
+    """Our model from a GGUF's weights (the tokenizer is not needed to time decoding)."""
+    reader = open_gguf(path)
+    return load_gguf_weights(reader, config_from_gguf(reader), dtype=dtype)[0].prepare_for_inference()
 
 
 def step_bytes(model) -> int:
@@ -106,16 +124,24 @@ def ours_prefill(model, n_prompt: int, dtype) -> float:
 
 def compare(args, measure_bandwidth) -> None:
     bin_dir = Path(args.llama_bin)
-    files = make_formats(Path(args.gguf), bin_dir, Path(args.workdir), args.formats)
+    source = Path(args.gguf)
+    if args.shape == "1b":
+        from random_gguf import SHAPE_1B, write_random_llama
+
+        source = Path(args.workdir) / "random-llama-1b-f32.gguf"
+        if not source.exists():
+            Path(args.workdir).mkdir(parents=True, exist_ok=True)
+            write_random_llama(source, **SHAPE_1B)
+    files = make_formats(source, bin_dir, Path(args.workdir), args.formats)
     threads = torch.get_num_threads()
     print(f"llama.cpp {bin_dir}, {threads} threads, decode {args.new} tokens, prefill {args.prompt}; "
-          f"weights from {args.gguf}", flush=True)
+          f"weights from {source}", flush=True)
     print("| format | MB/token | ours tok/s | llama.cpp tok/s | ours/llama.cpp (median of pairs) | ours % bw | "
           "llama.cpp % bw | ours B=8 tok/s | ours pp tok/s | llama.cpp pp tok/s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
     for fmt in args.formats:
         dtype = torch.bfloat16 if fmt == "bf16" else torch.float32
-        model = load_gguf(files[fmt], dtype=dtype).model.prepare_for_inference()
+        model = load_ours(files[fmt], dtype)
         nbytes = step_bytes(model)
         bw = measure_bandwidth(nbytes)
         ours_decode(model, 8, 1, dtype), llama_bench(bin_dir, files[fmt], threads, 0, 8)  # warm both
