@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .decode import NativeDecoder, decode_step
+from .decode import MAX_ROWS, NativeDecoder, decode_step
 from .kv_cache import KVCache
 from .layers import ACTIVATIONS, Linear, RMSNorm, apply_rope, matmul, rope_tables, run_fused, store_out_in
 from .quant import QuantLinear
@@ -271,8 +271,11 @@ class Transformer(nn.Module):
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden [.., C] -> logits [.., V]."""
-        if self._native is not None and self._native.head is not None and not torch.is_grad_enabled():
-            return self._native.project(h)  # a quantized head: the kernel's GEMV, not a dequantized copy
+        if (self._native is not None and self._native.head is not None and not torch.is_grad_enabled()
+                and h[..., 0].numel() <= MAX_ROWS):
+            # A quantized head at decode: the kernel's GEMV reads the blocks once. Prefill's many
+            # rows keep the exact dequantized GEMM, which beats re-reading the blocks per 8 rows.
+            return self._native.project(h)
         if self.head is not None:
             return self.head(h)
         if self._head_t is not None and not torch.is_grad_enabled():

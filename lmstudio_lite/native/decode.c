@@ -552,25 +552,32 @@ int64_t lml_scratch_floats(const int64_t *dims, int64_t B, int64_t max_len, int 
 static int64_t linear_share(int64_t N, int nt) { return ((N + 15) / 16 + nt - 1) / nt * 16; }
 
 /* out [B, N] = x [B, K] @ one matrix (+ bias): the vocabulary head, and the tests' view of one GEMV.
+   Any B: rows go through in groups of MAX_ROWS (each group reads the weights once).
    scratch: lml_linear_scratch_floats(K, N, B, nthreads) floats. */
 void lml_linear(int64_t type, const void *w, const float *bias, int64_t K, int64_t N, int64_t B, const float *x,
                 float *out, float *scratch, int nthreads) {
-    const layout lay = private_layout(B, 0, 0, 0, linear_share(N, nthreads), K);
+    const int64_t G = B < MAX_ROWS ? B : MAX_ROWS;
+    const layout lay = private_layout(G, 0, 0, 0, linear_share(N, nthreads), K);
     const mat m = {type, K, N, w};
 #pragma omp parallel num_threads(nthreads)
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
         float *mine = scratch + t * lay.total, *r = mine + lay.r;
-        qact qa = {(int8_t *)(mine + lay.q), mine + lay.d, mine + lay.d + up16(B * K / 32 + 1)};
+        qact qa = {(int8_t *)(mine + lay.q), mine + lay.d, mine + lay.d + up16(G * K / 32 + 1)};
         int64_t j0, n;
-        if (type >= T_Q8_0) quantize_rows(x, B, K, &qa);
         share(N, t, nt, &j0, &n);
-        matvec(&m, x, &qa, B, j0, n, r);
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t j = 0; j < n; j++) out[b * N + j0 + j] = r[b * n + j] + (bias ? bias[j0 + j] : 0.0f);
+        for (int64_t b0 = 0; b0 < B; b0 += G) {
+            const int64_t g = B - b0 < G ? B - b0 : G;
+            if (type >= T_Q8_0) quantize_rows(x + b0 * K, g, K, &qa);
+            matvec(&m, x + b0 * K, &qa, g, j0, n, r);
+            for (int64_t b = 0; b < g; b++)
+                for (int64_t j = 0; j < n; j++)
+                    out[(b0 + b) * N + j0 + j] = r[b * n + j] + (bias ? bias[j0 + j] : 0.0f);
+        }
     }
 }
 
 int64_t lml_linear_scratch_floats(int64_t K, int64_t N, int64_t B, int nthreads) {
-    return (int64_t)nthreads * private_layout(B, 0, 0, 0, linear_share(N, nthreads), K).total;
+    const int64_t G = B < MAX_ROWS ? B : MAX_ROWS;
+    return (int64_t)nthreads * private_layout(G, 0, 0, 0, linear_share(N, nthreads), K).total;
 }
