@@ -51,6 +51,16 @@ def plain_lib(tmp_path_factory):
     return lib
 
 
+@pytest.fixture(scope="module")
+def avx2_lib(tmp_path_factory):
+    """On an AVX-512 machine, the AVX2+FMA path (maddubs instead of vpdpbusd) built and checked too."""
+    if native.decode_library().lml_simd_level() < 2:
+        pytest.skip("this CPU has no AVX-512: the default build already is the AVX2 or plain path")
+    lib = native.load(native.build(native.SOURCE, tmp_path_factory.mktemp("avx2"), defines=("-mno-avx512f",)))
+    assert lib.lml_simd_level() == 1
+    return lib
+
+
 def model_in(folder, fmt: str):
     """(model under test, PyTorch reference) for one weight format. For bf16 the reference is
     float32 with every weight rounded to bf16, so both hold the very same weights."""
@@ -130,10 +140,11 @@ def test_native_step_matches_pytorch_in_every_format(folders, kind, fmt):
         check(fmt, got, want[:, :rows], cache, want_caches[:rows], slots[:rows] if rows > 1 else [0])
 
 
+@pytest.mark.parametrize("build_kind", ["plain", "avx2"])
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_plain_c_build_matches_pytorch_with_eight_rows(folders, plain_lib, fmt):
+def test_other_builds_match_pytorch_with_eight_rows(folders, request, build_kind, fmt):
     model, ref = model_in(folders["llama-gqa-untied"], fmt)
-    decoder = NativeDecoder(model, plain_lib)
+    decoder = NativeDecoder(model, request.getfixturevalue(f"{build_kind}_lib"))
     steps = torch.randint(0, VOCAB, (3, 8), generator=torch.Generator().manual_seed(2)).tolist()
     slots = [5, 3, 0, 7, 1, 2, 6, 4]
     want, want_caches = reference_rows(ref, PROMPTS, steps)
@@ -166,10 +177,10 @@ def test_bf16_cache_is_written_rounded_to_nearest_even(folders):
     torch.testing.assert_close(got, want, atol=0.03 * want.abs().max().item(), rtol=0)
 
 
-@pytest.mark.parametrize("lib_kind", ["native", "plain"])
+@pytest.mark.parametrize("lib_kind", ["native", "plain", "avx2"])
 @pytest.mark.parametrize("qtype", list(QTYPES))
-def test_quantized_gemv_is_within_the_int8_bound(plain_lib, lib_kind, qtype):
-    lib = native.decode_library() if lib_kind == "native" else plain_lib
+def test_quantized_gemv_is_within_the_int8_bound(request, lib_kind, qtype):
+    lib = native.decode_library() if lib_kind == "native" else request.getfixturevalue(f"{lib_kind}_lib")
     K, N, B = 256, 48, 11  # more rows than one group of 8: lml_linear takes them 8 at a time
     g = torch.Generator().manual_seed(7)
     w = torch.randn(N, K, generator=g)
