@@ -133,14 +133,12 @@ class NativeDecoder:
 
     def usable(self, ids: torch.Tensor, cache) -> bool:
         """Whether ``ids`` [B, 1] against ``cache`` (rows 0..B-1) can take the native step."""
-        k = cache.k
-        return (1 <= ids.shape[0] <= MAX_ROWS and cache.batch == ids.shape[0] and k.dtype in self._dims
-                and cache.v.dtype == k.dtype and k.device.type == "cpu" and k.is_contiguous()
-                and cache.v.is_contiguous())
+        return 1 <= ids.shape[0] <= MAX_ROWS and cache.batch == ids.shape[0] and self._takes(cache)
 
-    def __call__(self, token: int, pos: int, cache) -> torch.Tensor:
-        """One row: the residual stream [1, C] after the last block, with the cache written at ``pos``."""
-        return self.step(torch.tensor([token]), torch.tensor([pos]), torch.tensor([0]), cache)
+    def _takes(self, cache) -> bool:
+        k, v = cache.k, cache.v
+        return k.dtype in self._dims and v.dtype == k.dtype and k.device.type == "cpu" and k.is_contiguous() \
+            and v.is_contiguous()
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, cache) -> torch.Tensor:
         """Rows b < B (B <= 8): token ``tokens[b]`` at position ``positions[b]`` of cache row ``slots[b]``.
@@ -151,7 +149,7 @@ class NativeDecoder:
         if not 1 <= B <= MAX_ROWS or positions.shape != (B,) or slots.shape != (B,):
             raise ValueError(f"the native step takes 1 to {MAX_ROWS} rows, each with a position and a cache "
                              f"row; got {B} tokens, positions {tuple(positions.shape)}, slots {tuple(slots.shape)}")
-        if not self.usable(tokens.view(B, 1), _Rows(cache, B)):
+        if not self._takes(cache):
             raise ValueError("the native step needs a contiguous float32 or bf16 CPU cache")
         tokens, positions, slots = (t.to(torch.int64).contiguous() for t in (tokens, positions, slots))
         if int(tokens.min()) < 0 or int(tokens.max()) >= self._vocab:
@@ -186,13 +184,6 @@ class NativeDecoder:
         self._lib.lml_linear(fmt, w, bias, self._C, V, rows.shape[0], rows.data_ptr(), out.data_ptr(),
                              scratch.data_ptr(), threads)
         return out.view(*h.shape[:-1], V)
-
-
-class _Rows:
-    """A cache seen as holding exactly B rows, for ``usable`` (step() checks slots itself)."""
-
-    def __init__(self, cache, B: int):
-        self.k, self.v, self.batch = cache.k, cache.v, B
 
 
 def _add_linear(layer, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

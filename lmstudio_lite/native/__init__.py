@@ -64,7 +64,9 @@ def build(source: Path, out_dir: Path, compiler: str | None = None, timeout: flo
         version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise BuildError(f"the C compiler {exe} does not run: {e}") from None
-    key = hashlib.sha256("\0".join([source.read_text(), exe, version, " ".join(FLAGS + list(defines)), _cpu_signature()])
+    # the headers beside the source are part of it (decode.c includes gemv.h)
+    texts = [source.read_text()] + [h.read_text() for h in sorted(source.parent.glob("*.h"))]
+    key = hashlib.sha256("\0".join([*texts, exe, version, " ".join(FLAGS + list(defines)), _cpu_signature()])
                          .encode()).hexdigest()[:16]
     target = out_dir / f"{source.stem}-{key}.so"
     if target.exists():
