@@ -2,6 +2,7 @@
 
     python bench/decode.py                      # both shapes, float32 + bfloat16, batch 1 and 8
     python bench/decode.py --shapes gpt2 --dtypes float32 --batches 1 --new 32   # quick
+    python bench/decode.py --peer llama.cpp     # against llama.cpp, f32 bf16 q8_0 q4_1 q4_0 (bench/peer_llamacpp.py)
 
 Random-weight models shaped like GPT-2 small (124M) and SmolLM2-135M (Llama,
 30 layers, 576 wide, 9 heads / 3 KV heads); 128-token prompt, greedy. Prints
@@ -24,6 +25,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from lmstudio_lite import native  # noqa: E402
 from lmstudio_lite.checkpoints.folder import load_weights  # noqa: E402
 from lmstudio_lite.model import KVCache  # noqa: E402
+
+import peer_llamacpp  # noqa: E402  (bench/, beside this file)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -141,7 +144,18 @@ def main():
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--check-models", nargs="*", default=[], help="trained model folders: fp32 vs bf16 greedy")
+    p.add_argument("--peer", choices=["transformers", "llama.cpp"], default="transformers")
+    p.add_argument("--llama-bin", default=str(peer_llamacpp.DEFAULT_BIN), help="llama.cpp's build/bin")
+    p.add_argument("--gguf", default=str(peer_llamacpp.DEFAULT_GGUF), help="source GGUF (any type)")
+    p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "lsl-bench-gguf"),
+                   help="where the per-format GGUF files are made")
+    p.add_argument("--formats", nargs="+", default=peer_llamacpp.FORMATS)
+    p.add_argument("--shape", choices=["smollm", "1b"], default="smollm",
+                   help="with --peer llama.cpp: the --gguf file, or a random Llama of the 1B shape")
     args = p.parse_args()
+    if args.peer == "llama.cpp":
+        peer_llamacpp.compare(args, measure_bandwidth)
+        return
     if args.check_models:
         greedy_agreement(args.check_models)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")

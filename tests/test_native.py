@@ -1,4 +1,5 @@
-"""The native float32 decode kernel (lmstudio_lite/native/decode_f32.c) against PyTorch."""
+"""The native decode kernel (lmstudio_lite/native/decode.c) in float32, one row, against PyTorch
+(every format and several rows: test_native_quant.py)."""
 from __future__ import annotations
 
 import pytest
@@ -71,29 +72,31 @@ def test_native_step_refuses_bad_positions_and_tokens(prepared):
             prepared(torch.tensor([[VOCAB]]), 2, cache)
 
 
-def test_batches_and_bf16_caches_take_the_pytorch_step(prepared):
-    """The kernel is one row of float32: anything else must not reach it."""
+def test_rows_beyond_eight_take_the_pytorch_step(prepared):
+    """The kernel serves 1..8 rows (decode.c's MAX_ROWS): more must not reach it."""
     calls = []
     real = prepared._native
 
     class Spy:
+        head = real.head
+
         def usable(self, ids, cache):
             return real.usable(ids, cache)
 
-        def __call__(self, *a):
+        def step(self, *a):
             calls.append(a)
-            return real(*a)
+            return real.step(*a)
 
     prepared._native = Spy()
     try:
         with torch.inference_mode():
+            cache = KVCache(prepared.config, 9, 8)
+            prepared(torch.tensor([PROMPT[:3]] * 9), 0, cache)
+            prepared(torch.tensor([[1]] * 9), 3, cache)
+            assert calls == []
             cache = KVCache(prepared.config, 2, 8)
             prepared(torch.tensor([PROMPT[:3], PROMPT[3:6]]), 0, cache)
             prepared(torch.tensor([[1], [2]]), 3, cache)
-            assert calls == []
-            cache = KVCache(prepared.config, 1, 8)
-            prepared(torch.tensor([PROMPT[:3]]), 0, cache)
-            prepared(torch.tensor([[1]]), 3, cache)
             assert len(calls) == 1
     finally:
         prepared._native = real

@@ -131,9 +131,14 @@ def test_quantized_model_equals_float_model_of_dequantized_weights(family, qtype
         full = q(ids)
         # Exact dequantization, float32 accumulation either side: only summation order differs.
         torch.testing.assert_close(full, ref(ids), rtol=1e-5, atol=1e-5)
+        native, q._native = q._native, None  # the PyTorch step first: exact, like the forward
         q(ids[:, :11], 0, cache)
         step = q(ids[:, 11:], 11, cache)  # the lean decode step (model/decode.py)
+        q._native = native
+        fast = q(ids[:, 11:], 11, cache)  # the native step: int8 activations (tests/test_native_quant.py)
     torch.testing.assert_close(step[:, 0], full[:, 11], rtol=1e-5, atol=1e-5)
+    if native is not None:
+        torch.testing.assert_close(fast[:, 0], full[:, 11], rtol=0, atol=0.05 * full[:, 11].abs().max().item())
 
 
 def test_mixed_formats_in_one_fused_projection():

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .decode import NativeDecoder, decode_step
+from .decode import MAX_ROWS, NativeDecoder, decode_step
 from .kv_cache import KVCache
 from .layers import ACTIVATIONS, Embedding, Linear, RMSNorm, apply_rope, matmul, rope_tables, run_fused, store_out_in
 from .quant import QuantLinear, fuse_quantized
@@ -188,7 +188,7 @@ class Transformer(nn.Module):
         self.head = None if cfg.tie_embeddings else Linear(cfg.d_model, cfg.vocab_size, False)
         self._head_t: torch.Tensor | None = None  # inference copy of a tied head, stored [C, V]
         self._decode_ready = False  # set by prepare_for_inference
-        self._native: NativeDecoder | None = None  # float32 CPU one-row step in C, when it builds
+        self._native: NativeDecoder | None = None  # CPU step of 1..8 rows in C, when it builds
         if cfg.family == "llama":
             self.register_buffer("rope_cos", None, persistent=False)
             self.register_buffer("rope_sin", None, persistent=False)
@@ -273,6 +273,11 @@ class Transformer(nn.Module):
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden [.., C] -> logits [.., V]."""
+        if (self._native is not None and self._native.head is not None and not torch.is_grad_enabled()
+                and h[..., 0].numel() <= MAX_ROWS):
+            # A quantized head at decode: the kernel's GEMV reads the blocks once. Prefill's many
+            # rows keep the exact dequantized GEMM, which beats re-reading the blocks per 8 rows.
+            return self._native.project(h)
         if self.head is not None:
             return self.head(h)
         if self._head_t is not None and not torch.is_grad_enabled():

@@ -1,7 +1,7 @@
 """Native kernels, compiled on this machine on first use and loaded with ctypes.
 
-``decode_f32.c`` runs a whole float32 batch-1 decode step through every block in
-one call (see its header for why). It is built with the system C compiler
+``decode.c`` runs a whole decode step (1..8 rows) through every block in one
+call, with weights in float32, bf16, Q8_0, Q4_0 or Q4_1 (see its header for why). It is built with the system C compiler
 (``$CC``, else ``cc``) for this CPU (``-march=native``) into the cache folder, once
 per source, compiler and CPU; a second process finds it there. Without a
 compiler, or with ``LMSTUDIO_LITE_NATIVE=0``, nothing is built and the model
@@ -28,7 +28,8 @@ import torch  # noqa: F401  (loads torch's libgomp before the kernel's)
 from ..paths import cache_dir
 
 DISABLE_ENV = "LMSTUDIO_LITE_NATIVE"
-SOURCE = Path(__file__).with_name("decode_f32.c")
+SOURCE = Path(__file__).with_name("decode.c")
+PLAIN_C = "-DLML_PLAIN_C"  # a define that turns every intrinsic off (what ARM builds anyway)
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 
 _lock = threading.Lock()
@@ -50,7 +51,8 @@ def _cpu_signature() -> str:
         return platform.processor() or platform.machine()
 
 
-def build(source: Path, out_dir: Path, compiler: str | None = None, timeout: float = 120.0) -> Path:
+def build(source: Path, out_dir: Path, compiler: str | None = None, timeout: float = 120.0,
+          defines: tuple[str, ...] = ()) -> Path:
     """Compile ``source`` into a shared library under ``out_dir`` (reused when already there).
 
     Raises BuildError with the compiler's own message when it cannot be built."""
@@ -62,7 +64,9 @@ def build(source: Path, out_dir: Path, compiler: str | None = None, timeout: flo
         version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise BuildError(f"the C compiler {exe} does not run: {e}") from None
-    key = hashlib.sha256("\0".join([source.read_text(), exe, version, " ".join(FLAGS), _cpu_signature()])
+    # the headers beside the source are part of it (decode.c includes gemv.h)
+    texts = [source.read_text()] + [h.read_text() for h in sorted(source.parent.glob("*.h"))]
+    key = hashlib.sha256("\0".join([*texts, exe, version, " ".join(FLAGS + list(defines)), _cpu_signature()])
                          .encode()).hexdigest()[:16]
     target = out_dir / f"{source.stem}-{key}.so"
     if target.exists():
@@ -71,7 +75,7 @@ def build(source: Path, out_dir: Path, compiler: str | None = None, timeout: flo
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
     os.close(fd)
     try:
-        proc = subprocess.run([exe, *FLAGS, "-o", tmp, str(source), "-lm"], capture_output=True, text=True,
+        proc = subprocess.run([exe, *FLAGS, *defines, "-o", tmp, str(source), "-lm"], capture_output=True, text=True,
                               timeout=timeout)
         if proc.returncode != 0:
             raise BuildError(f"{exe} could not compile {source.name}: {(proc.stderr or proc.stdout).strip()[-800:]}")
@@ -84,17 +88,25 @@ def build(source: Path, out_dir: Path, compiler: str | None = None, timeout: flo
     return target
 
 
-def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
-    p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-    lib.lml_decode_f32.argtypes = [p, p, f32, i64, p, p, i64, p, p, p, p, i64, i64, p, p, ctypes.c_int]
-    lib.lml_decode_f32.restype = None
-    lib.lml_scratch_floats.argtypes = [p, i64, ctypes.c_int]
+def load(path: Path) -> ctypes.CDLL:
+    """A built library with its functions' argument types declared."""
+    lib = ctypes.CDLL(str(path))
+    p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+    lib.lml_decode.argtypes = [p, p, f32, i64, p, p, p, p, p, p, i64, i64, p, p, i32]
+    lib.lml_decode.restype = None
+    lib.lml_scratch_floats.argtypes = [p, i64, i64, i32]
     lib.lml_scratch_floats.restype = i64
+    lib.lml_linear.argtypes = [i64, p, p, i64, i64, i64, p, p, p, i32]
+    lib.lml_linear.restype = None
+    lib.lml_linear_scratch_floats.argtypes = [i64, i64, i64, i32]
+    lib.lml_linear_scratch_floats.restype = i64
+    lib.lml_simd_level.argtypes = []
+    lib.lml_simd_level.restype = i32
     return lib
 
 
 def decode_library() -> ctypes.CDLL | None:
-    """The float32 decode kernel, built on first call; None when it cannot be (see ``status()``)."""
+    """The decode kernel, built on first call; None when it cannot be (see ``status()``)."""
     global _lib, _status
     with _lock:
         if _lib is not None or _status != "not built yet":
@@ -103,7 +115,7 @@ def decode_library() -> ctypes.CDLL | None:
             _status = f"off ({DISABLE_ENV}={os.environ[DISABLE_ENV]})"
             return None
         try:
-            _lib = _bind(ctypes.CDLL(str(build(SOURCE, cache_dir() / "native"))))
+            _lib = load(build(SOURCE, cache_dir() / "native"))
             _status = "on"
         except (BuildError, OSError, AttributeError) as e:
             _status = f"off ({e})"

@@ -1,0 +1,303 @@
+/* One decode step (1..8 rows, one new token each) through every transformer block, in one call,
+   with each weight matrix in float32, bf16 or a GGUF block format (Q8_0, Q4_0, Q4_1).
+
+   Why C: at decode a block is four weight-streaming GEMVs and some thirty tiny
+   ops (norms, RoPE, cache writes, attention over the cache, the activation).
+   Through PyTorch each tiny op costs a few microseconds of dispatch; on the
+   30-layer SmolLM2 shape that was a third of a step on the CI CPUs. Here the
+   tiny ops are plain loops, and the GEMVs split their outputs over the threads
+   of one OpenMP team (the process already holds torch's libgomp, so this is the
+   same thread pool torch uses). Every row of a step is served by one pass over
+   each weight block: at batch 8 the weights are read once, not eight times.
+
+   Shapes: B rows, C d_model, H query heads, KV key/value heads, D head_dim, F d_ff,
+   Q = (H + 2 KV) D the fused q|k|v width. Matrices (mat below):
+   - T_F32: float32 [in, out], contiguous (model/layers.py; measured fastest for f32);
+   - T_BF16: bfloat16 [out, in] rows (layers.store_out_in), widened to float32 exactly;
+   - T_Q8_0 / T_Q4_0 / T_Q4_1: GGUF rows [out, in/32 blocks], byte for byte ggml's layout:
+     q8_0 = fp16 d, 32 int8 (34 B), value q*d; q4_0 = fp16 d, 16 B nibbles (low nibbles are
+     elements 0..15, high 16..31), value (q-8)*d (18 B); q4_1 = fp16 d, fp16 m, 16 B, q*d+m (20 B).
+   Fused q|k|v and gate|up are one matrix: columns side by side for T_F32, rows one after
+   the other for the row formats. The KV cache of a layer is [cache_rows, KV, max_len, D]
+   in float32 or bf16; row b of the step uses cache row slot[b] at position pos[b].
+
+   Quantized GEMVs quantize the activation to int8 per block of 32 (scale d = max|x|/127,
+   kept in float32) and take integer dot products, as llama.cpp does: VNNI vpdpbusd
+   where the CPU has it (AVX512-VNNI), AVX2 maddubs otherwise, plain C last. Each
+   activation is off by at most d/2 = max|x_block|/254, so an output moves by at most
+   sum_blocks max|x_block|/254 * sum_i |w_i| (tests/test_native_quant.py checks that bound).
+   Why int8 and not dequantize-and-FMA in float32 (exact weights): a Q4_0 GEMV 1536 -> 4096 on
+   one Zen 4 thread, both written with AVX-512 (a standalone copy of this loop, 5 pairs on the
+   shared 2-core VM at load ~8): batch 1 float/int8 time median 1.02x (0.85-1.24), no
+   difference; batch 8 median 1.31x (0.61-1.45) in int8's favour, since one vpdpbusd does 32
+   multiply-adds per row where float needs two 16-wide FMAs and the widening is shared.
+   Float32 and bf16 weights are exact and accumulate in float32, following the PyTorch
+   reference term by term; only the order of summation differs.
+
+   Instruction sets are chosen at compile time: the library is built on the user's machine
+   with -march=native (native/__init__.py), so the #ifdefs (in gemv.h, the matrix kernels) are
+   the run-time choice. LML_PLAIN_C turns every intrinsic off (the tests build that way too;
+   ARM builds it). */
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "gemv.h"
+
+enum { P_NORM1_W, P_NORM1_B, P_QKV_T, P_QKV_W, P_QKV_B, P_O_T, P_O_W, P_O_B, P_NORM2_W, P_NORM2_B,
+       P_UP_T, P_UP_W, P_UP_B, P_DOWN_T, P_DOWN_W, P_DOWN_B, P_SLOTS };
+enum { D_LAYERS, D_C, D_H, D_KV, D_HEAD, D_FF, D_GATED, D_ROPE, D_LAYERNORM, D_ACT, D_CACHE_BF16, D_COUNT };
+enum { ACT_SILU, ACT_GELU_TANH, ACT_GELU, ACT_RELU };
+
+#define F(p) ((const float *)(intptr_t)(p))
+
+static float activate(float v, int64_t act) {
+    switch (act) {
+    case ACT_SILU: return v / (1.0f + expf(-v));
+    case ACT_GELU_TANH: return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+    case ACT_GELU: return 0.5f * v * (1.0f + erff(v * 0.7071067811865476f));
+    default: return v > 0.0f ? v : 0.0f;
+    }
+}
+
+/* out = norm(x) (* weight, + bias): each thread makes its own copy, so no barrier is needed. */
+static void norm(const float *x, int64_t C, const float *w, const float *b, int64_t layernorm, float eps,
+                 float *out) {
+    if (layernorm) {
+        float mean = 0.0f, var = 0.0f;
+#pragma omp simd reduction(+ : mean)
+        for (int64_t i = 0; i < C; i++) mean += x[i];
+        mean /= (float)C;
+#pragma omp simd reduction(+ : var)
+        for (int64_t i = 0; i < C; i++) var += (x[i] - mean) * (x[i] - mean);
+        float r = 1.0f / sqrtf(var / (float)C + eps);
+        for (int64_t i = 0; i < C; i++) out[i] = (x[i] - mean) * r * w[i] + b[i];
+    } else {
+        float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+        for (int64_t i = 0; i < C; i++) ss += x[i] * x[i];
+        float r = 1.0f / sqrtf(ss / (float)C + eps);
+        for (int64_t i = 0; i < C; i++) out[i] = w[i] * (x[i] * r);
+    }
+}
+
+
+/* This thread's share [*j0, *j0 + *n) of N outputs, cut on multiples of 16. */
+static void share(int64_t N, int t, int nt, int64_t *j0, int64_t *n) {
+    int64_t lines = (N + 15) / 16, a = lines * t / nt * 16, b = lines * (t + 1) / nt * 16;
+    if (b > N) b = N;
+    if (a > N) a = N;
+    *j0 = a;
+    *n = b - a;
+}
+
+/* v rotated: out[d] = v[d] cos[d] + v[(d + D/2) % D] sin[d] (sin's first half negated). */
+static void rope(const float *v, const float *cos, const float *sin, int64_t D, float *out) {
+    int64_t half = D / 2;
+    for (int64_t d = 0; d < D; d++) out[d] = v[d] * cos[d] + v[(d + half) % D] * sin[d];
+}
+
+/* Attention of one query over positions 0..pos of one KV head: out[D]. The cache is float32,
+   or bf16 (bf16 != 0) widened exactly. */
+static void attend(const float *q, const void *kc, const void *vc, int bf16, int64_t pos, int64_t D,
+                   float *scores, float *out) {
+    const float scale = 1.0f / sqrtf((float)D);
+    float best = -INFINITY;
+    for (int64_t t = 0; t <= pos; t++) {
+        float s = 0.0f;
+        if (bf16) {
+            const uint16_t *k = (const uint16_t *)kc + t * D;
+#pragma omp simd reduction(+ : s)
+            for (int64_t d = 0; d < D; d++) s += q[d] * bf16_to_f32(k[d]);
+        } else {
+            const float *k = (const float *)kc + t * D;
+#pragma omp simd reduction(+ : s)
+            for (int64_t d = 0; d < D; d++) s += q[d] * k[d];
+        }
+        s *= scale;
+        scores[t] = s;
+        if (s > best) best = s;
+    }
+    float total = 0.0f;
+    for (int64_t t = 0; t <= pos; t++) {
+        scores[t] = expf(scores[t] - best);
+        total += scores[t];
+    }
+    for (int64_t d = 0; d < D; d++) out[d] = 0.0f;
+    for (int64_t t = 0; t <= pos; t++) {
+        const float p = scores[t] / total;
+        if (bf16) {
+            const uint16_t *v = (const uint16_t *)vc + t * D;
+#pragma omp simd
+            for (int64_t d = 0; d < D; d++) out[d] += p * bf16_to_f32(v[d]);
+        } else {
+            const float *v = (const float *)vc + t * D;
+#pragma omp simd
+            for (int64_t d = 0; d < D; d++) out[d] += p * v[d];
+        }
+    }
+}
+
+static void store(void *dst, const float *src, int64_t D, int bf16) {
+    if (bf16)
+        for (int64_t d = 0; d < D; d++) ((uint16_t *)dst)[d] = f32_to_bf16(src[d]);
+    else
+        memcpy(dst, src, (size_t)D * sizeof(float));
+}
+
+static int64_t up16(int64_t n) { return (n + 15) / 16 * 16; }
+
+/* The private (per thread) part of the scratch, in floats. */
+typedef struct {
+    int64_t h, rot, scores, r, r2, q, d, total;
+} layout;
+
+static layout private_layout(int64_t B, int64_t C, int64_t D, int64_t max_len, int64_t widest_n, int64_t widest_k) {
+    layout l;
+    l.h = 0;                                  /* normed rows [B, C] */
+    l.rot = l.h + up16(B * C);                /* a rotated k or q [D] */
+    l.scores = l.rot + up16(D);               /* [max_len] */
+    l.r = l.scores + up16(max_len);           /* matvec results [B, widest_n] */
+    l.r2 = l.r + up16(B * widest_n);          /* the gated MLP's up half */
+    l.q = l.r2 + up16(B * widest_n);          /* int8 activations [B, widest_k] (as floats: /4) */
+    l.d = l.q + up16(B * widest_k / 4 + 1);   /* scales [B, widest_k/32] */
+    l.total = l.d + 2 * up16(B * widest_k / 32 + 1);  /* and d * sum(q) */
+    return l;
+}
+
+static int64_t max3(int64_t a, int64_t b, int64_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
+
+/* Rows b < B: x [B, C] enters as the embedded tokens (plus position embeddings) and leaves as the
+   residual stream after the last block; pos[b] its position, slot[b] its cache row. ptrs: P_SLOTS
+   values per layer (types, addresses; 0 where absent); k_cache, v_cache: the whole
+   [n_layer, cache_rows, KV, max_len, D] caches; cos, sin: RoPE tables [*, D] (unused without RoPE);
+   scratch: lml_scratch_floats(dims, B, max_len, nthreads) floats, 64-byte aligned. The caller
+   checks B <= 8, positions against max_len, slots against cache_rows, and shapes against types. */
+void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, const int64_t *pos,
+                const int64_t *slot, const float *cos, const float *sin, void *k_cache, void *v_cache,
+                int64_t cache_rows, int64_t max_len, float *x, float *scratch, int nthreads) {
+    const int64_t L = dims[D_LAYERS], C = dims[D_C], H = dims[D_H], KV = dims[D_KV], D = dims[D_HEAD];
+    const int64_t FF = dims[D_FF], gated = dims[D_GATED], use_rope = dims[D_ROPE];
+    const int64_t layernorm = dims[D_LAYERNORM], act = dims[D_ACT];
+    const int cbf16 = (int)dims[D_CACHE_BF16];
+    const int64_t Q = (H + 2 * KV) * D, up_w = gated ? 2 * FF : FF, group = H / KV, HD = H * D;
+    const int64_t esize = cbf16 ? 2 : 4, layer_stride = cache_rows * KV * max_len * D * esize;
+    const layout lay = private_layout(B, C, D, max_len, max3(Q, up_w, C), max3(C, HD, FF));
+    float *qkv = scratch, *y = qkv + up16(B * Q), *a = y + up16(B * HD), *priv = a + up16(B * FF);
+
+#pragma omp parallel num_threads(nthreads)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        float *mine = priv + t * lay.total, *h = mine + lay.h, *rot = mine + lay.rot, *sc = mine + lay.scores;
+        float *r = mine + lay.r, *r2 = mine + lay.r2;
+        qact qa = {(int8_t *)(mine + lay.q), mine + lay.d, mine + lay.d + up16(B * max3(C, HD, FF) / 32 + 1)};
+        int64_t j0, n;
+        for (int64_t l = 0; l < L; l++) {
+            const int64_t *p = ptrs + l * P_SLOTS;
+            const mat qkv_m = {p[P_QKV_T], C, Q, (const void *)(intptr_t)p[P_QKV_W]};
+            const mat o_m = {p[P_O_T], HD, C, (const void *)(intptr_t)p[P_O_W]};
+            const mat up_m = {p[P_UP_T], C, up_w, (const void *)(intptr_t)p[P_UP_W]};
+            const mat down_m = {p[P_DOWN_T], FF, C, (const void *)(intptr_t)p[P_DOWN_W]};
+            char *kl = (char *)k_cache + l * layer_stride, *vl = (char *)v_cache + l * layer_stride;
+
+            /* 1. q|k|v of every row */
+            for (int64_t b = 0; b < B; b++) norm(x + b * C, C, F(p[P_NORM1_W]), F(p[P_NORM1_B]), layernorm, eps, h + b * C);
+            if (qkv_m.type >= T_Q8_0) quantize_rows(h, B, C, &qa);
+            share(Q, t, nt, &j0, &n);
+            matvec(&qkv_m, h, &qa, B, j0, n, r);
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t j = 0; j < n; j++)
+                    qkv[b * Q + j0 + j] = r[b * n + j] + (p[P_QKV_B] ? F(p[P_QKV_B])[j0 + j] : 0.0f);
+#pragma omp barrier
+            /* 2. cache writes and attention: a (row, KV head) and its queries per thread */
+            for (int64_t it = t; it < B * KV; it += nt) {
+                const int64_t b = it / KV, g = it % KV, ps = pos[b];
+                const float *row = qkv + b * Q, *k = row + (H + g) * D, *v = row + (H + KV + g) * D;
+                const size_t head = (size_t)((slot[b] * KV + g) * max_len) * D * esize;
+                char *kc = kl + head, *vc = vl + head;
+                if (use_rope) { rope(k, cos + ps * D, sin + ps * D, D, rot); k = rot; }
+                store(kc + ps * D * esize, k, D, cbf16);
+                store(vc + ps * D * esize, v, D, cbf16);
+                for (int64_t hh = g * group; hh < (g + 1) * group; hh++) {
+                    const float *q = row + hh * D;
+                    if (use_rope) { rope(q, cos + ps * D, sin + ps * D, D, rot); q = rot; }
+                    attend(q, kc, vc, cbf16, ps, D, sc, y + b * HD + hh * D);
+                }
+            }
+#pragma omp barrier
+            /* 3. output projection onto the residual */
+            if (o_m.type >= T_Q8_0) quantize_rows(y, B, HD, &qa);
+            share(C, t, nt, &j0, &n);
+            matvec(&o_m, y, &qa, B, j0, n, r);
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t j = 0; j < n; j++)
+                    x[b * C + j0 + j] += r[b * n + j] + (p[P_O_B] ? F(p[P_O_B])[j0 + j] : 0.0f);
+#pragma omp barrier
+            /* 4. MLP up (and gate) with the activation */
+            for (int64_t b = 0; b < B; b++) norm(x + b * C, C, F(p[P_NORM2_W]), F(p[P_NORM2_B]), layernorm, eps, h + b * C);
+            if (up_m.type >= T_Q8_0) quantize_rows(h, B, C, &qa);
+            share(FF, t, nt, &j0, &n);
+            const float *ub = p[P_UP_B] ? F(p[P_UP_B]) : 0;
+            matvec(&up_m, h, &qa, B, j0, n, r);  /* gate is outputs [0, F), up is [F, 2F) */
+            if (gated) matvec(&up_m, h, &qa, B, FF + j0, n, r2);
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t j = 0; j < n; j++) {
+                    const float gv = r[b * n + j] + (ub ? ub[j0 + j] : 0.0f);
+                    a[b * FF + j0 + j] = gated ? activate(gv, act) * (r2[b * n + j] + (ub ? ub[FF + j0 + j] : 0.0f))
+                                               : activate(gv, act);
+                }
+#pragma omp barrier
+            /* 5. MLP down onto the residual */
+            if (down_m.type >= T_Q8_0) quantize_rows(a, B, FF, &qa);
+            share(C, t, nt, &j0, &n);
+            matvec(&down_m, a, &qa, B, j0, n, r);
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t j = 0; j < n; j++)
+                    x[b * C + j0 + j] += r[b * n + j] + (p[P_DOWN_B] ? F(p[P_DOWN_B])[j0 + j] : 0.0f);
+#pragma omp barrier
+        }
+    }
+}
+
+/* Floats of scratch lml_decode needs for B rows. */
+int64_t lml_scratch_floats(const int64_t *dims, int64_t B, int64_t max_len, int nthreads) {
+    const int64_t C = dims[D_C], H = dims[D_H], KV = dims[D_KV], D = dims[D_HEAD], FF = dims[D_FF];
+    const int64_t Q = (H + 2 * KV) * D, up_w = dims[D_GATED] ? 2 * FF : FF;
+    const layout lay = private_layout(B, C, D, max_len, max3(Q, up_w, C), max3(C, H * D, FF));
+    return up16(B * Q) + up16(B * H * D) + up16(B * FF) + (int64_t)nthreads * lay.total;
+}
+
+/* The most outputs share() gives one thread. */
+static int64_t linear_share(int64_t N, int nt) { return ((N + 15) / 16 + nt - 1) / nt * 16; }
+
+/* out [B, N] = x [B, K] @ one matrix (+ bias): the vocabulary head, and the tests' view of one GEMV.
+   Any B: rows go through in groups of MAX_ROWS (each group reads the weights once).
+   scratch: lml_linear_scratch_floats(K, N, B, nthreads) floats. */
+void lml_linear(int64_t type, const void *w, const float *bias, int64_t K, int64_t N, int64_t B, const float *x,
+                float *out, float *scratch, int nthreads) {
+    const int64_t G = B < MAX_ROWS ? B : MAX_ROWS;
+    const layout lay = private_layout(G, 0, 0, 0, linear_share(N, nthreads), K);
+    const mat m = {type, K, N, w};
+#pragma omp parallel num_threads(nthreads)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        float *mine = scratch + t * lay.total, *r = mine + lay.r;
+        qact qa = {(int8_t *)(mine + lay.q), mine + lay.d, mine + lay.d + up16(G * K / 32 + 1)};
+        int64_t j0, n;
+        share(N, t, nt, &j0, &n);
+        for (int64_t b0 = 0; b0 < B; b0 += G) {
+            const int64_t g = B - b0 < G ? B - b0 : G;
+            if (type >= T_Q8_0) quantize_rows(x + b0 * K, g, K, &qa);
+            matvec(&m, x + b0 * K, &qa, g, j0, n, r);
+            for (int64_t b = 0; b < g; b++)
+                for (int64_t j = 0; j < n; j++)
+                    out[(b0 + b) * N + j0 + j] = r[b * n + j] + (bias ? bias[j0 + j] : 0.0f);
+        }
+    }
+}
+
+int64_t lml_linear_scratch_floats(int64_t K, int64_t N, int64_t B, int nthreads) {
+    const int64_t G = B < MAX_ROWS ? B : MAX_ROWS;
+    return (int64_t)nthreads * private_layout(G, 0, 0, 0, linear_share(N, nthreads), K).total;
+}
