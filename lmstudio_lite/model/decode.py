@@ -88,8 +88,10 @@ class NativeDecoder:
         pair, a ``Linear`` or a quantized layer."""
         if isinstance(layer, tuple):
             w, bias = layer
-        else:
+        elif hasattr(layer, "blocks") or hasattr(layer, "weight"):
             w, bias = getattr(layer, "blocks", None), layer.bias
+        else:  # e.g. quant.SideBySide: q, k, v in different formats have no one matrix to hand over
+            raise ValueError(f"the native step takes one matrix per projection, not a {type(layer).__name__}")
         qtype = getattr(layer, "qtype", None)
         if qtype is not None:
             want = (d_out, d_in // 32 * _BLOCK_BYTES.get(qtype, 0))
