@@ -5,14 +5,10 @@ exactly (checked against gguf.quants below) and multiply in float32. Tolerances:
 
 - float32 and bf16 weights are exact in both; only the order of float32 summation
   differs: 1e-4 on values of order 1.
-- Q8_0/Q4_0/Q4_1: the kernel quantizes each activation block to int8 (scale
-  d = max|x|/127), so every input is off by at most d/2 = max|x_block|/254 and one
-  output of a GEMV by at most sum_blocks max|x_block|/254 * sum_i |w_i|.
-  ``test_quantized_gemv_is_within_the_int8_bound`` asserts exactly that bound per output.
-  Through a whole model the errors of the GEMVs add up and pass through norms
-  and softmax; on these 2-layer models (weights of std 0.2) the final hidden
-  state is held to 5% of its own largest value and the cache to 5% of the
-  cache's (measured: 1.2% to 3.1% over the three families and formats).
+- Q8_0/Q4_0/Q4_1: the kernel dequantizes each block exactly in registers and
+  accumulates in float32, like the reference, so the same tolerance holds;
+  ``test_quantized_gemv_equals_the_dequantized_matrix`` checks one GEMV against float64.
+  (An int8-activation kernel, as llama.cpp has, was measured and dropped: see native/decode.c.)
 """
 from __future__ import annotations
 
@@ -53,7 +49,7 @@ def plain_lib(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def avx2_lib(tmp_path_factory):
-    """On an AVX-512 machine, the AVX2+FMA path (maddubs instead of vpdpbusd) built and checked too."""
+    """On an AVX-512 machine, the AVX2+FMA path (8-wide instead of 16-wide bf16 rows) built and checked too."""
     if native.decode_library().lml_simd_level() < 2:
         pytest.skip("this CPU has no AVX-512: the default build already is the AVX2 or plain path")
     lib = native.load(native.build(native.SOURCE, tmp_path_factory.mktemp("avx2"), defines=("-mno-avx512f",)))
@@ -111,16 +107,11 @@ def native_rows(model, decoder, ref, prompts, steps, slots, cache_dtype=torch.fl
 
 
 def check(fmt, got, ref, got_cache, ref_caches, slots):
-    if fmt in ("f32", "bf16"):
-        tol = dict(atol=1e-4, rtol=1e-4)
-    else:  # see the module docstring
-        scale = ref.abs().max().item()
-        tol = dict(atol=0.05 * scale, rtol=0)
+    tol = dict(atol=1e-4, rtol=1e-4)  # every format: exact weights, float32 sums (module docstring)
     torch.testing.assert_close(got, ref, **tol)
     for c, s in zip(ref_caches, slots):
-        kv_tol = tol if fmt in ("f32", "bf16") else dict(atol=0.05 * c.k.abs().max().item(), rtol=0)
-        torch.testing.assert_close(got_cache.k[:, s].float(), c.k[:, 0], **kv_tol)
-        torch.testing.assert_close(got_cache.v[:, s].float(), c.v[:, 0], **kv_tol)
+        torch.testing.assert_close(got_cache.k[:, s].float(), c.k[:, 0], **tol)
+        torch.testing.assert_close(got_cache.v[:, s].float(), c.v[:, 0], **tol)
 
 
 PROMPTS = [[1, 5, 17, 42, 8], [3, 9], [7, 7, 60, 2, 11, 13, 4, 30], [50], [4, 4, 4], [12, 90, 33, 1], [8, 6], [2, 3, 5, 7]]
@@ -179,7 +170,7 @@ def test_bf16_cache_is_written_rounded_to_nearest_even(folders):
 
 @pytest.mark.parametrize("lib_kind", ["native", "plain", "avx2"])
 @pytest.mark.parametrize("qtype", list(QTYPES))
-def test_quantized_gemv_is_within_the_int8_bound(request, lib_kind, qtype):
+def test_quantized_gemv_equals_the_dequantized_matrix(request, lib_kind, qtype):
     lib = native.decode_library() if lib_kind == "native" else request.getfixturevalue(f"{lib_kind}_lib")
     K, N, B = 256, 48, 11  # more rows than one group of 8: lml_linear takes them 8 at a time
     g = torch.Generator().manual_seed(7)
@@ -194,13 +185,10 @@ def test_quantized_gemv_is_within_the_int8_bound(request, lib_kind, qtype):
     lib.lml_linear(QTYPES[qtype], blocks_t.data_ptr(), bias.data_ptr(), K, N, B, x.data_ptr(), out.data_ptr(),
                    scratch.data_ptr(), 2)
     exact = x.double() @ wd.double().t() + bias.double()
-    amax = x.abs().view(B, K // 32, 32).amax(-1)  # [B, blocks]
-    wsum = wd.abs().view(N, K // 32, 32).sum(-1)  # [N, blocks]
-    bound = (amax / 254).double() @ wsum.double().t()  # [B, N]
-    slack = 1e-5 * (x.abs().double() @ wd.abs().double().t())  # float32 accumulation
+    # float32 accumulation of K products: a few ulps of the sum of their magnitudes
+    slack = 4 * K * 2.0 ** -24 * (x.abs().double() @ wd.abs().double().t() + bias.abs().double())
     err = (out.double() - exact).abs()
-    assert (err <= bound + slack).all(), (err / bound).max()
-    assert err.max() > 0  # int8 activations really are in use (an exact path would be a different claim)
+    assert (err <= slack).all(), (err / slack).max()
 
 
 def test_quantize_model_dequantizes_like_gguf(folders):
@@ -217,7 +205,7 @@ def test_quantized_head_runs_in_the_kernel(folders):
     with torch.inference_mode():
         got = model.project(h)
         want = model.head.forward(h)
-    torch.testing.assert_close(got, want, atol=0.05 * want.abs().max().item(), rtol=0)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
 def test_bad_inputs_raise_clearly(folders):

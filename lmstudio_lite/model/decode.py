@@ -73,6 +73,10 @@ class NativeDecoder:
         head = getattr(model, "head", None)
         self.head = self._matrix(head, C, cfg.vocab_size) + (cfg.vocab_size,) if hasattr(head, "qtype") else None
 
+    def __deepcopy__(self, memo):
+        # Its addresses point into the original model's tensors: a copied model prepares its own step.
+        return None
+
     def _addr(self, t: torch.Tensor | None) -> int:
         """The address of a float vector (norm weight, bias, RoPE table), as float32."""
         if t is None:

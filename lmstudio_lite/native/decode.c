@@ -21,16 +21,17 @@
    the other for the row formats. The KV cache of a layer is [cache_rows, KV, max_len, D]
    in float32 or bf16; row b of the step uses cache row slot[b] at position pos[b].
 
-   Quantized GEMVs quantize the activation to int8 per block of 32 (scale d = max|x|/127,
-   kept in float32) and take integer dot products, as llama.cpp does: VNNI vpdpbusd
-   where the CPU has it (AVX512-VNNI), AVX2 maddubs otherwise, plain C last. Each
-   activation is off by at most d/2 = max|x_block|/254, so an output moves by at most
-   sum_blocks max|x_block|/254 * sum_i |w_i| (tests/test_native_quant.py checks that bound).
-   Why int8 and not dequantize-and-FMA in float32 (exact weights): a Q4_0 GEMV 1536 -> 4096 on
-   one Zen 4 thread, both written with AVX-512 (a standalone copy of this loop, 5 pairs on the
-   shared 2-core VM at load ~8): batch 1 float/int8 time median 1.02x (0.85-1.24), no
-   difference; batch 8 median 1.31x (0.61-1.45) in int8's favour, since one vpdpbusd does 32
-   multiply-adds per row where float needs two 16-wide FMAs and the widening is shared.
+   Quantized GEMVs widen each block's q values to float32 in registers and multiply the
+   float32 activation: the weights are dequantized exactly and accumulate in float32, like
+   the PyTorch reference on the dequantized weights (only the order of summation differs).
+   llama.cpp instead quantizes the activation to int8 per block and takes integer dot products.
+   We built that first (VNNI vpdpbusd / AVX2 maddubs) and measured it: on SmolLM2-135M-Instruct
+   Q4_1 its error (3.3% of the final hidden state after 30 layers, every activation off by up to
+   max|x_block|/254) turned the greedy answer to "What is the capital of France?" from "The
+   capital of France is Paris." into "L'Etoile, la Cite, ..." (the same with int8 activations
+   simulated in PyTorch), while on a Q4_0 GEMV 1536 -> 4096 the two ran at the same speed at
+   batch 1 (float/int8 time median 1.02x, 5 pairs on a shared 2-core VM) and int8 gained 1.31x
+   only at batch 8. Exact answers win.
    Float32 and bf16 weights are exact and accumulate in float32, following the PyTorch
    reference term by term; only the order of summation differs.
 
@@ -150,7 +151,7 @@ static int64_t up16(int64_t n) { return (n + 15) / 16 * 16; }
 
 /* The private (per thread) part of the scratch, in floats. */
 typedef struct {
-    int64_t h, rot, scores, r, r2, q, d, total;
+    int64_t h, rot, scores, r, r2, s, total;
 } layout;
 
 static layout private_layout(int64_t B, int64_t C, int64_t D, int64_t max_len, int64_t widest_n, int64_t widest_k) {
@@ -160,9 +161,8 @@ static layout private_layout(int64_t B, int64_t C, int64_t D, int64_t max_len, i
     l.scores = l.rot + up16(D);               /* [max_len] */
     l.r = l.scores + up16(max_len);           /* matvec results [B, widest_n] */
     l.r2 = l.r + up16(B * widest_n);          /* the gated MLP's up half */
-    l.q = l.r2 + up16(B * widest_n);          /* int8 activations [B, widest_k] (as floats: /4) */
-    l.d = l.q + up16(B * widest_k / 4 + 1);   /* scales [B, widest_k/32] */
-    l.total = l.d + 2 * up16(B * widest_k / 32 + 1);  /* and d * sum(q) */
+    l.s = l.r2 + up16(B * widest_n);          /* an activation's block sums [B, widest_k/32] */
+    l.total = l.s + up16(B * widest_k / 32 + 1);
     return l;
 }
 
@@ -191,7 +191,7 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
         float *mine = priv + t * lay.total, *h = mine + lay.h, *rot = mine + lay.rot, *sc = mine + lay.scores;
         float *r = mine + lay.r, *r2 = mine + lay.r2;
-        qact qa = {(int8_t *)(mine + lay.q), mine + lay.d, mine + lay.d + up16(B * max3(C, HD, FF) / 32 + 1)};
+        qact qa = {NULL, mine + lay.s};
         int64_t j0, n;
         for (int64_t l = 0; l < L; l++) {
             const int64_t *p = ptrs + l * P_SLOTS;
@@ -203,7 +203,7 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
 
             /* 1. q|k|v of every row */
             for (int64_t b = 0; b < B; b++) norm(x + b * C, C, F(p[P_NORM1_W]), F(p[P_NORM1_B]), layernorm, eps, h + b * C);
-            if (qkv_m.type >= T_Q8_0) quantize_rows(h, B, C, &qa);
+            if (qkv_m.type >= T_Q8_0) block_sums(h, B, C, &qa);
             share(Q, t, nt, &j0, &n);
             matvec(&qkv_m, h, &qa, B, j0, n, r);
             for (int64_t b = 0; b < B; b++)
@@ -227,7 +227,7 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
             }
 #pragma omp barrier
             /* 3. output projection onto the residual */
-            if (o_m.type >= T_Q8_0) quantize_rows(y, B, HD, &qa);
+            if (o_m.type >= T_Q8_0) block_sums(y, B, HD, &qa);
             share(C, t, nt, &j0, &n);
             matvec(&o_m, y, &qa, B, j0, n, r);
             for (int64_t b = 0; b < B; b++)
@@ -236,7 +236,7 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
 #pragma omp barrier
             /* 4. MLP up (and gate) with the activation */
             for (int64_t b = 0; b < B; b++) norm(x + b * C, C, F(p[P_NORM2_W]), F(p[P_NORM2_B]), layernorm, eps, h + b * C);
-            if (up_m.type >= T_Q8_0) quantize_rows(h, B, C, &qa);
+            if (up_m.type >= T_Q8_0) block_sums(h, B, C, &qa);
             share(FF, t, nt, &j0, &n);
             const float *ub = p[P_UP_B] ? F(p[P_UP_B]) : 0;
             matvec(&up_m, h, &qa, B, j0, n, r);  /* gate is outputs [0, F), up is [F, 2F) */
@@ -249,7 +249,7 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
                 }
 #pragma omp barrier
             /* 5. MLP down onto the residual */
-            if (down_m.type >= T_Q8_0) quantize_rows(a, B, FF, &qa);
+            if (down_m.type >= T_Q8_0) block_sums(a, B, FF, &qa);
             share(C, t, nt, &j0, &n);
             matvec(&down_m, a, &qa, B, j0, n, r);
             for (int64_t b = 0; b < B; b++)
@@ -283,12 +283,12 @@ void lml_linear(int64_t type, const void *w, const float *bias, int64_t K, int64
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
         float *mine = scratch + t * lay.total, *r = mine + lay.r;
-        qact qa = {(int8_t *)(mine + lay.q), mine + lay.d, mine + lay.d + up16(G * K / 32 + 1)};
+        qact qa = {NULL, mine + lay.s};
         int64_t j0, n;
         share(N, t, nt, &j0, &n);
         for (int64_t b0 = 0; b0 < B; b0 += G) {
             const int64_t g = B - b0 < G ? B - b0 : G;
-            if (type >= T_Q8_0) quantize_rows(x + b0 * K, g, K, &qa);
+            if (type >= T_Q8_0) block_sums(x + b0 * K, g, K, &qa);
             matvec(&m, x + b0 * K, &qa, g, j0, n, r);
             for (int64_t b = 0; b < g; b++)
                 for (int64_t j = 0; j < n; j++)

@@ -1,7 +1,7 @@
 /* The matrix kernels of decode.c (included once, from there): one matrix times 1..8 rows, with the
    matrix in float32 [in, out], bf16 [out, in] or GGUF Q8_0/Q4_0/Q4_1 rows (layouts: decode.c's header).
    The instruction set is chosen here at compile time (-march=native on the user's machine):
-   AVX512-VNNI, else AVX-512, else AVX2+FMA, else plain C; LML_PLAIN_C forces the plain path. */
+   AVX-512, else AVX2+FMA, else plain C; LML_PLAIN_C forces the plain path. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -9,9 +9,6 @@
 #if !defined(LML_PLAIN_C) && defined(__AVX2__) && defined(__FMA__)
 #define LML_AVX2 1
 #include <immintrin.h>
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-#define LML_VNNI 1
-#endif
 #if defined(__AVX512F__)
 #define LML_AVX512 1
 #endif
@@ -23,9 +20,7 @@ enum { T_F32, T_BF16, T_Q8_0, T_Q4_0, T_Q4_1, T_COUNT };
 
 /* Which SIMD path this build took: the tests print it and check the plain build says 0. */
 int lml_simd_level(void) {
-#if defined(LML_VNNI)
-    return 3;
-#elif defined(LML_AVX512)
+#if defined(LML_AVX512)
     return 2;
 #elif defined(LML_AVX2)
     return 1;
@@ -74,27 +69,19 @@ typedef struct {
     const void *w;
 } mat;
 
-/* x [B, K] quantized to int8 per block of 32: q [B, K], d and s = d * sum(q) [B, K/32]. */
+/* x [B, K] in float32 and its sums per block of 32, s [B, K/32]: the 4-bit formats' offset term
+   (q4_0: -8 d; q4_1: m) multiplies a block's sum of x once instead of every element. */
 typedef struct {
-    int8_t *q;
-    float *d, *s;
+    const float *x;
+    float *s;
 } qact;
 
-static void quantize_rows(const float *x, int64_t B, int64_t K, qact *a) {
-    const int64_t nb = K / 32;
-    for (int64_t r = 0; r < B * nb; r++) {
-        const float *v = x + r * 32;
-        float amax = 0.0f;
-        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(v[i]));
-        const float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
-        int sum = 0;
-        for (int i = 0; i < 32; i++) {
-            const int q = (int)roundf(v[i] * id);
-            a->q[r * 32 + i] = (int8_t)q;
-            sum += q;
-        }
-        a->d[r] = d;
-        a->s[r] = d * (float)sum;
+static void block_sums(const float *x, int64_t B, int64_t K, qact *a) {
+    a->x = x;
+    for (int64_t r = 0; r < B * (K / 32); r++) {
+        float sum = 0.0f;
+        for (int i = 0; i < 32; i++) sum += x[r * 32 + i];
+        a->s[r] = sum;
     }
 }
 
@@ -135,16 +122,6 @@ static inline float hsum8(__m256 v) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
-}
-
-/* sum over 32 lanes of u (unsigned bytes) times s (signed bytes), as 8 int32 lanes. */
-static inline __m256i dot_us8(__m256i u, __m256i s) {
-#if defined(LML_VNNI)
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
-#else
-    /* u <= 127 (q8 |w|) or 15 (nibbles), |s| <= 127: the int16 pair sums cannot saturate. */
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
-#endif
 }
 #endif
 
@@ -189,9 +166,15 @@ INLINE void rows_bf16(const uint16_t *W, int64_t K, const float *x, const int B,
     }
 }
 
-/* r[b][j] = qx[b] . row j0+j of a GGUF block matrix, j < n: per block, an integer dot
-   product times d_w d_x, plus for the 4-bit formats an offset times d_x sum(q_x)
-   (q4_0: -8 d_w; q4_1: m), as (q - 8) d and q d + m expand. */
+/* r[b][j] = x[b] . row j0+j of a GGUF block matrix, j < n, with the weights dequantized exactly
+   in registers and float32 accumulation: per block d_w * sum(q_i x_i) (FMAs on the widened q),
+   plus for the 4-bit formats an offset times the block's sum of x, as (q - 8) d and q d + m expand. */
+#if defined(LML_AVX2)
+/* 8 bytes (signed for q8_0, unsigned nibbles otherwise) widened to 8 floats. */
+static inline __m256 widen_s8(const int8_t *q) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q))); }
+static inline __m256 widen_u8(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }
+#endif
+
 INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *a, const int B, int64_t j0,
                        int64_t n, float *r) {
     const int64_t nb = K / 32, bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20, row_bytes = nb * bytes;
@@ -217,37 +200,42 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
                 c = fp16_to_f32(h);
                 qs = blk + 4;
             }
-            const int8_t *xq = a->q + k * 32;
-            const float *xd = a->d + k, *xs = a->s + k;
+            const float *xs = a->s + k;
 #if defined(LML_AVX2)
-            __m256i u, sgn = _mm256_setzero_si256();
+            __m256 w0, w1, w2, w3;  /* the block's 32 q values, in element order */
             if (type == T_Q8_0) {
-                sgn = _mm256_loadu_si256((const __m256i *)qs);
-                u = _mm256_sign_epi8(sgn, sgn);  /* |w|; x takes w's sign below */
+                w0 = widen_s8((const int8_t *)qs), w1 = widen_s8((const int8_t *)qs + 8);
+                w2 = widen_s8((const int8_t *)qs + 16), w3 = widen_s8((const int8_t *)qs + 24);
             } else {
-                const __m128i raw = _mm_loadu_si128((const __m128i *)qs);
-                u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
+                const __m128i raw = _mm_loadu_si128((const __m128i *)qs), mask = _mm_set1_epi8(0x0F);
+                const __m128i lo = _mm_and_si128(raw, mask), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+                w0 = widen_u8(lo), w1 = widen_u8(_mm_srli_si128(lo, 8));
+                w2 = widen_u8(hi), w3 = widen_u8(_mm_srli_si128(hi, 8));
             }
+            const __m256 vd = _mm256_set1_ps(dw);
             for (int b = 0; b < B; b++) {
-                __m256i v = _mm256_loadu_si256((const __m256i *)(xq + b * nb * 32));
-                if (type == T_Q8_0) v = _mm256_sign_epi8(v, sgn);
-                const __m256 dot = _mm256_cvtepi32_ps(dot_us8(u, v));
-                acc[b] = _mm256_fmadd_ps(dot, _mm256_set1_ps(dw * xd[b * nb]), acc[b]);
+                const float *xb = a->x + b * K + k * 32;
+                __m256 t = _mm256_mul_ps(w0, _mm256_loadu_ps(xb));
+                t = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xb + 8), t);
+                t = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xb + 16), t);
+                t = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xb + 24), t);
+                acc[b] = _mm256_fmadd_ps(t, vd, acc[b]);
                 if (type != T_Q8_0) off[b] += c * xs[b * nb];
             }
 #else
-            int8_t wq[32];
-            if (type == T_Q8_0) memcpy(wq, qs, 32);
+            float wq[32];
+            if (type == T_Q8_0)
+                for (int i = 0; i < 32; i++) wq[i] = (float)((const int8_t *)qs)[i];
             else
                 for (int i = 0; i < 16; i++) {
-                    wq[i] = (int8_t)(qs[i] & 0x0F);
-                    wq[i + 16] = (int8_t)(qs[i] >> 4);
+                    wq[i] = (float)(qs[i] & 0x0F);
+                    wq[i + 16] = (float)(qs[i] >> 4);
                 }
             for (int b = 0; b < B; b++) {
-                const int8_t *v = xq + b * nb * 32;
-                int32_t sum = 0;
-                for (int i = 0; i < 32; i++) sum += (int32_t)wq[i] * (int32_t)v[i];
-                acc[b] += (float)sum * (dw * xd[b * nb]);
+                const float *xb = a->x + b * K + k * 32;
+                float sum = 0.0f;
+                for (int i = 0; i < 32; i++) sum += wq[i] * xb[i];
+                acc[b] += sum * dw;
                 if (type != T_Q8_0) off[b] += c * xs[b * nb];
             }
 #endif
@@ -284,7 +272,7 @@ static void rows_quant_any(int64_t type, const uint8_t *W, int64_t K, const qact
     }
 }
 
-/* r[b][0:n] = x[b] @ m's outputs j0..j0+n, every row b < B; qa holds x quantized when m is. */
+/* r[b][0:n] = x[b] @ m's outputs j0..j0+n, every row b < B; qa holds x's block sums when m is quantized. */
 static void matvec(const mat *m, const float *x, const qact *qa, int64_t B, int64_t j0, int64_t n, float *r) {
     if (n <= 0) return;
     if (m->type == T_F32) gemv_f32(x, B, (const float *)m->w, m->K, m->N, j0, n, r);
