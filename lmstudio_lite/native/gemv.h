@@ -175,15 +175,23 @@ static inline __m256 widen_s8(const int8_t *q) { return _mm256_cvtepi32_ps(_mm25
 static inline __m256 widen_u8(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }
 #endif
 
+/* Independent accumulators per row: one FMA chain per row would wait on the previous FMA's
+   latency (4 cycles) every block; with few rows the chains of other rows cannot hide it. */
+#define LML_NACC(B) ((B) == 1 ? 4 : (B) == 2 ? 2 : 1)
+
 INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *a, const int B, int64_t j0,
                        int64_t n, float *r) {
     const int64_t nb = K / 32, bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20, row_bytes = nb * bytes;
+    const int NA = LML_NACC(B);
     for (int64_t j = 0; j < n; j++) {
         const uint8_t *blk = W + (j0 + j) * row_bytes;
         float off[MAX_ROWS];
 #if defined(LML_AVX2)
-        __m256 acc[MAX_ROWS];
-        for (int b = 0; b < B; b++) acc[b] = _mm256_setzero_ps(), off[b] = 0.0f;
+        __m256 acc[MAX_ROWS][4];
+        for (int b = 0; b < B; b++) {
+            off[b] = 0.0f;
+            for (int u = 0; u < NA; u++) acc[b][u] = _mm256_setzero_ps();
+        }
 #else
         float acc[MAX_ROWS];
         for (int b = 0; b < B; b++) acc[b] = 0.0f, off[b] = 0.0f;
@@ -202,24 +210,20 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
             }
             const float *xs = a->s + k;
 #if defined(LML_AVX2)
-            __m256 w0, w1, w2, w3;  /* the block's 32 q values, in element order */
+            __m256 w[4];  /* the block's 32 weights q * d (the offset apart), in element order */
+            const __m256 vd = _mm256_set1_ps(dw);
             if (type == T_Q8_0) {
-                w0 = widen_s8((const int8_t *)qs), w1 = widen_s8((const int8_t *)qs + 8);
-                w2 = widen_s8((const int8_t *)qs + 16), w3 = widen_s8((const int8_t *)qs + 24);
+                for (int u = 0; u < 4; u++) w[u] = _mm256_mul_ps(widen_s8((const int8_t *)qs + 8 * u), vd);
             } else {
                 const __m128i raw = _mm_loadu_si128((const __m128i *)qs), mask = _mm_set1_epi8(0x0F);
                 const __m128i lo = _mm_and_si128(raw, mask), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-                w0 = widen_u8(lo), w1 = widen_u8(_mm_srli_si128(lo, 8));
-                w2 = widen_u8(hi), w3 = widen_u8(_mm_srli_si128(hi, 8));
+                w[0] = _mm256_mul_ps(widen_u8(lo), vd), w[1] = _mm256_mul_ps(widen_u8(_mm_srli_si128(lo, 8)), vd);
+                w[2] = _mm256_mul_ps(widen_u8(hi), vd), w[3] = _mm256_mul_ps(widen_u8(_mm_srli_si128(hi, 8)), vd);
             }
-            const __m256 vd = _mm256_set1_ps(dw);
             for (int b = 0; b < B; b++) {
                 const float *xb = a->x + b * K + k * 32;
-                __m256 t = _mm256_mul_ps(w0, _mm256_loadu_ps(xb));
-                t = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xb + 8), t);
-                t = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xb + 16), t);
-                t = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xb + 24), t);
-                acc[b] = _mm256_fmadd_ps(t, vd, acc[b]);
+                for (int u = 0; u < 4; u++)
+                    acc[b][u % NA] = _mm256_fmadd_ps(w[u], _mm256_loadu_ps(xb + 8 * u), acc[b][u % NA]);
                 if (type != T_Q8_0) off[b] += c * xs[b * nb];
             }
 #else
@@ -242,7 +246,9 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
         }
         for (int b = 0; b < B; b++) {
 #if defined(LML_AVX2)
-            r[b * n + j] = hsum8(acc[b]) + off[b];
+            __m256 t = acc[b][0];
+            for (int u = 1; u < NA; u++) t = _mm256_add_ps(t, acc[b][u]);
+            r[b * n + j] = hsum8(t) + off[b];
 #else
             r[b * n + j] = acc[b] + off[b];
 #endif
