@@ -133,7 +133,8 @@ class LoadedModel:
                 "device_reason": self.choice.reason, "has_chat_template": self.tokenizer.has_chat_template,
                 "quant": weight_format(self.model), "quant_cache": self.quant_cache,
                 "weights_bytes": self.weight_bytes,
-                "decode_kernel": "native C step (float32, one row)" if self.model._native is not None
+                "decode_kernel": f"native C step ({weight_format(self.model)} weights, 1-8 rows)"
+                if self.model._native is not None
                 else "pytorch" + ("" if native.status() == "on" else f" (native kernel {native.status()})")}
 
 
