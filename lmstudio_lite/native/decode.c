@@ -163,7 +163,7 @@ static layout private_layout(int64_t B, int64_t C, int64_t D, int64_t max_len, i
     l.r2 = l.r + up16(B * widest_n);          /* the gated MLP's up half */
     l.q = l.r2 + up16(B * widest_n);          /* int8 activations [B, widest_k] (as floats: /4) */
     l.d = l.q + up16(B * widest_k / 4 + 1);   /* scales [B, widest_k/32] */
-    l.total = l.d + 2 * up16(B * widest_k / 32 + 1);  /* and d * sum(q) */
+    l.total = l.d + up16(B * widest_k / 32 + 1) + up16(MAX_ROWS * widest_k / 32 + 1);  /* and d * sum(q) */
     return l;
 }
 

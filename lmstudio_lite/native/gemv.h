@@ -74,7 +74,8 @@ typedef struct {
     const void *w;
 } mat;
 
-/* x [B, K] quantized to int8 per block of 32: q [B, K], d and s = d * sum(q) [B, K/32]. */
+/* x [B, K] quantized to int8 per block of 32: q [B, K], d [B, K/32], and s = d * sum(q) as
+   [K/32, MAX_ROWS] (block-major, rows past B zero), so one vector FMA gives every row its offset. */
 typedef struct {
     int8_t *q;
     float *d, *s;
@@ -94,8 +95,10 @@ static void quantize_rows(const float *x, int64_t B, int64_t K, qact *a) {
             sum += q;
         }
         a->d[r] = d;
-        a->s[r] = d * (float)sum;
+        a->s[(r % nb) * MAX_ROWS + r / nb] = d * (float)sum;
     }
+    for (int64_t k = 0; k < nb; k++)
+        for (int64_t b = B; b < MAX_ROWS; b++) a->s[k * MAX_ROWS + b] = 0.0f;
 }
 
 /* acc[b][0:n] = x[b] @ W[0:K, j0:j0+n] (T_F32, row stride ldw) for every row b: eight weight rows
@@ -199,7 +202,7 @@ typedef __m256 lml_acc;
 typedef float lml_acc;
 #endif
 INLINE void quant_block(const int type, const uint8_t *blk, const qact *a, const int64_t nb, const int64_t k,
-                        const int B, lml_acc *acc, float *off) {
+                        const int B, lml_acc *acc, float *off, lml_acc *offv) {
     uint16_t h;
     memcpy(&h, blk, 2);
     const float dw = fp16_to_f32(h);
@@ -212,8 +215,10 @@ INLINE void quant_block(const int type, const uint8_t *blk, const qact *a, const
         qs = blk + 4;
     }
     const int8_t *xq = a->q + k * 32;
-    const float *xd = a->d + k, *xs = a->s + k;
+    const float *xd = a->d + k, *xs = a->s + k * MAX_ROWS;
 #if defined(LML_AVX2)
+    /* two rows or more: every row's offset in one FMA (xs holds the rows side by side) */
+    if (type != T_Q8_0 && B > 1) *offv = _mm256_fmadd_ps(_mm256_set1_ps(c), _mm256_loadu_ps(xs), *offv);
     __m256i u, sgn = _mm256_setzero_si256();
     if (type == T_Q8_0) {
         sgn = _mm256_loadu_si256((const __m256i *)qs);
@@ -227,7 +232,7 @@ INLINE void quant_block(const int type, const uint8_t *blk, const qact *a, const
         if (type == T_Q8_0) v = _mm256_sign_epi8(v, sgn);
         const __m256 dot = _mm256_cvtepi32_ps(dot_us8(u, v));
         acc[b * LML_U] = _mm256_fmadd_ps(dot, _mm256_set1_ps(dw * xd[b * nb]), acc[b * LML_U]);
-        if (type != T_Q8_0) off[b * LML_U] += c * xs[b * nb];
+        if (type != T_Q8_0 && B == 1) off[b * LML_U] += c * xs[b];
     }
 #else
     int8_t wq[32];
@@ -242,7 +247,8 @@ INLINE void quant_block(const int type, const uint8_t *blk, const qact *a, const
         int32_t sum = 0;
         for (int i = 0; i < 32; i++) sum += (int32_t)wq[i] * (int32_t)v[i];
         acc[b * LML_U] += (float)sum * (dw * xd[b * nb]);
-        if (type != T_Q8_0) off[b * LML_U] += c * xs[b * nb];
+        if (type != T_Q8_0) off[b * LML_U] += c * xs[b];
+        (void)offv;
     }
 #endif
 }
@@ -256,7 +262,7 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
     const int U = B == 1 ? 4 : B == 2 ? 2 : 1;  /* a compile-time constant once inlined */
     for (int64_t j = 0; j < n; j++) {
         const uint8_t *blk = W + (j0 + j) * row_bytes;
-        lml_acc acc[MAX_ROWS * LML_U];
+        lml_acc acc[MAX_ROWS * LML_U], offv[LML_U];
         float off[MAX_ROWS * LML_U];
         for (int i = 0; i < B * LML_U; i++) {
 #if defined(LML_AVX2)
@@ -266,10 +272,25 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
 #endif
             off[i] = 0.0f;
         }
+        for (int u = 0; u < LML_U; u++) {
+#if defined(LML_AVX2)
+            offv[u] = _mm256_setzero_ps();
+#else
+            offv[u] = 0.0f;
+#endif
+        }
         int64_t k = 0;
         for (; k + U <= nb; k += U)
-            for (int u = 0; u < U; u++) quant_block(type, blk + (k + u) * bytes, a, nb, k + u, B, acc + u, off + u);
-        for (; k < nb; k++) quant_block(type, blk + k * bytes, a, nb, k, B, acc, off);
+            for (int u = 0; u < U; u++) quant_block(type, blk + (k + u) * bytes, a, nb, k + u, B, acc + u, off + u, offv + u);
+        for (; k < nb; k++) quant_block(type, blk + k * bytes, a, nb, k, B, acc, off, offv);
+#if defined(LML_AVX2)
+        if (type != T_Q8_0 && B > 1) {
+            float ov[8];
+            for (int u = 1; u < U; u++) offv[0] = _mm256_add_ps(offv[0], offv[u]);
+            _mm256_storeu_ps(ov, offv[0]);
+            for (int b = 0; b < B; b++) off[b * LML_U] = ov[b];
+        }
+#endif
         for (int b = 0; b < B; b++) {
             lml_acc s = acc[b * LML_U];
             float o = off[b * LML_U];
