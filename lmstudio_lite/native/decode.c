@@ -41,6 +41,7 @@
    ARM builds it). */
 #include <math.h>
 #include <omp.h>
+#include <sched.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -168,6 +169,45 @@ static layout private_layout(int64_t B, int64_t C, int64_t D, int64_t max_len, i
 
 static int64_t max3(int64_t a, int64_t b, int64_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
 
+/* Work sharing without barriers. A step is a chain of phases (per layer: q|k|v, attention, o,
+   up, down), each cut into chunks that threads claim from an atomic counter; a phase is over when
+   its done counter reaches its chunk count, and a thread then starts the next. Why not
+   `omp barrier` (five per layer before): a barrier waits for every thread to arrive, and on a
+   shared 2-core machine one of the two threads is often descheduled for a whole time slice, so a
+   30-layer step waited up to 150 slices (SmolLM2 Q4_0 on 2 threads under load: 2-7 tok/s, against
+   60 on one thread). Here a thread that is away holds no chunk, so the other one does all the
+   work of the phase and goes on; only a chunk in flight is waited for. */
+typedef struct {
+    int64_t claim, done, pad[6];  /* one cache line each */
+} phase_ctr;
+
+static void relax(int *spins) {
+    if (++*spins < 4000) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    } else {
+        sched_yield();  /* the thread we wait for may be waiting for this core */
+    }
+}
+
+static void wait_done(phase_ctr *c, int64_t total) {
+    int spins = 0;
+    while (__atomic_load_n(&c->done, __ATOMIC_ACQUIRE) < total) relax(&spins);
+}
+
+static int64_t claim(phase_ctr *c) { return __atomic_fetch_add(&c->claim, 1, __ATOMIC_RELAXED); }
+static void finish(phase_ctr *c) { __atomic_fetch_add(&c->done, 1, __ATOMIC_RELEASE); }
+
+/* Chunks of a matrix's N outputs: a few per thread (so a thread that is away costs little),
+   cut on multiples of 16 by share(). */
+static int64_t chunks(int64_t N, int nt) {
+    const int64_t lines = (N + 15) / 16, want = nt == 1 ? 1 : 4 * (int64_t)nt;
+    return lines < want ? (lines > 0 ? lines : 1) : want;
+}
+
+#define PHASES_PER_LAYER 5
+
 /* Rows b < B: x [B, C] enters as the embedded tokens (plus position embeddings) and leaves as the
    residual stream after the last block; pos[b] its position, slot[b] its cache row. ptrs: P_SLOTS
    values per layer (types, addresses; 0 where absent); k_cache, v_cache: the whole
@@ -185,6 +225,8 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
     const int64_t esize = cbf16 ? 2 : 4, layer_stride = cache_rows * KV * max_len * D * esize;
     const layout lay = private_layout(B, C, D, max_len, max3(Q, up_w, C), max3(C, HD, FF));
     float *qkv = scratch, *y = qkv + up16(B * Q), *a = y + up16(B * HD), *priv = a + up16(B * FF);
+    phase_ctr *ctr = (phase_ctr *)(priv + (int64_t)nthreads * lay.total);
+    memset(ctr, 0, (size_t)(L * PHASES_PER_LAYER) * sizeof(phase_ctr));
 
 #pragma omp parallel num_threads(nthreads)
     {
@@ -192,7 +234,8 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
         float *mine = priv + t * lay.total, *h = mine + lay.h, *rot = mine + lay.rot, *sc = mine + lay.scores;
         float *r = mine + lay.r, *r2 = mine + lay.r2;
         qact qa = {NULL, mine + lay.s};
-        int64_t j0, n;
+        const int64_t nq = chunks(Q, nt), nc = chunks(C, nt), nf = chunks(FF, nt), natt = B * KV;
+        int64_t j0, n, ci;
         for (int64_t l = 0; l < L; l++) {
             const int64_t *p = ptrs + l * P_SLOTS;
             const mat qkv_m = {p[P_QKV_T], C, Q, (const void *)(intptr_t)p[P_QKV_W]};
@@ -200,19 +243,28 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
             const mat up_m = {p[P_UP_T], C, up_w, (const void *)(intptr_t)p[P_UP_W]};
             const mat down_m = {p[P_DOWN_T], FF, C, (const void *)(intptr_t)p[P_DOWN_W]};
             char *kl = (char *)k_cache + l * layer_stride, *vl = (char *)v_cache + l * layer_stride;
+            phase_ctr *ph = ctr + l * PHASES_PER_LAYER;
+            int ready;
 
-            /* 1. q|k|v of every row */
-            for (int64_t b = 0; b < B; b++) norm(x + b * C, C, F(p[P_NORM1_W]), F(p[P_NORM1_B]), layernorm, eps, h + b * C);
-            if (qkv_m.type >= T_Q8_0) block_sums(h, B, C, &qa);
-            share(Q, t, nt, &j0, &n);
-            matvec(&qkv_m, h, &qa, B, j0, n, r);
-            for (int64_t b = 0; b < B; b++)
-                for (int64_t j = 0; j < n; j++)
-                    qkv[b * Q + j0 + j] = r[b * n + j] + (p[P_QKV_B] ? F(p[P_QKV_B])[j0 + j] : 0.0f);
-#pragma omp barrier
-            /* 2. cache writes and attention: a (row, KV head) and its queries per thread */
-            for (int64_t it = t; it < B * KV; it += nt) {
-                const int64_t b = it / KV, g = it % KV, ps = pos[b];
+            /* 1. q|k|v of every row (a thread norms and quantizes its input once, on its first chunk) */
+            for (ready = 0; (ci = claim(ph)) < nq; finish(ph)) {
+                if (!ready) {
+                    for (int64_t b = 0; b < B; b++)
+                        norm(x + b * C, C, F(p[P_NORM1_W]), F(p[P_NORM1_B]), layernorm, eps, h + b * C);
+                    if (qkv_m.type >= T_Q8_0) block_sums(h, B, C, &qa);
+                    ready = 1;
+                }
+                share(Q, (int)ci, (int)nq, &j0, &n);
+                matvec(&qkv_m, h, &qa, B, j0, n, r);
+                for (int64_t b = 0; b < B; b++)
+                    for (int64_t j = 0; j < n; j++)
+                        qkv[b * Q + j0 + j] = r[b * n + j] + (p[P_QKV_B] ? F(p[P_QKV_B])[j0 + j] : 0.0f);
+            }
+            wait_done(ph, nq);
+            ph++;
+            /* 2. cache writes and attention: a (row, KV head) and its queries per chunk */
+            for (; (ci = claim(ph)) < natt; finish(ph)) {
+                const int64_t b = ci / KV, g = ci % KV, ps = pos[b];
                 const float *row = qkv + b * Q, *k = row + (H + g) * D, *v = row + (H + KV + g) * D;
                 const size_t head = (size_t)((slot[b] * KV + g) * max_len) * D * esize;
                 char *kc = kl + head, *vc = vl + head;
@@ -225,47 +277,67 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
                     attend(q, kc, vc, cbf16, ps, D, sc, y + b * HD + hh * D);
                 }
             }
-#pragma omp barrier
+            wait_done(ph, natt);
+            ph++;
             /* 3. output projection onto the residual */
-            if (o_m.type >= T_Q8_0) block_sums(y, B, HD, &qa);
-            share(C, t, nt, &j0, &n);
-            matvec(&o_m, y, &qa, B, j0, n, r);
-            for (int64_t b = 0; b < B; b++)
-                for (int64_t j = 0; j < n; j++)
-                    x[b * C + j0 + j] += r[b * n + j] + (p[P_O_B] ? F(p[P_O_B])[j0 + j] : 0.0f);
-#pragma omp barrier
-            /* 4. MLP up (and gate) with the activation */
-            for (int64_t b = 0; b < B; b++) norm(x + b * C, C, F(p[P_NORM2_W]), F(p[P_NORM2_B]), layernorm, eps, h + b * C);
-            if (up_m.type >= T_Q8_0) block_sums(h, B, C, &qa);
-            share(FF, t, nt, &j0, &n);
-            const float *ub = p[P_UP_B] ? F(p[P_UP_B]) : 0;
-            matvec(&up_m, h, &qa, B, j0, n, r);  /* gate is outputs [0, F), up is [F, 2F) */
-            if (gated) matvec(&up_m, h, &qa, B, FF + j0, n, r2);
-            for (int64_t b = 0; b < B; b++)
-                for (int64_t j = 0; j < n; j++) {
-                    const float gv = r[b * n + j] + (ub ? ub[j0 + j] : 0.0f);
-                    a[b * FF + j0 + j] = gated ? activate(gv, act) * (r2[b * n + j] + (ub ? ub[FF + j0 + j] : 0.0f))
-                                               : activate(gv, act);
+            for (ready = 0; (ci = claim(ph)) < nc; finish(ph)) {
+                if (!ready) {
+                    if (o_m.type >= T_Q8_0) block_sums(y, B, HD, &qa);
+                    ready = 1;
                 }
-#pragma omp barrier
+                share(C, (int)ci, (int)nc, &j0, &n);
+                matvec(&o_m, y, &qa, B, j0, n, r);
+                for (int64_t b = 0; b < B; b++)
+                    for (int64_t j = 0; j < n; j++)
+                        x[b * C + j0 + j] += r[b * n + j] + (p[P_O_B] ? F(p[P_O_B])[j0 + j] : 0.0f);
+            }
+            wait_done(ph, nc);
+            ph++;
+            /* 4. MLP up (and gate) with the activation */
+            for (ready = 0; (ci = claim(ph)) < nf; finish(ph)) {
+                if (!ready) {
+                    for (int64_t b = 0; b < B; b++)
+                        norm(x + b * C, C, F(p[P_NORM2_W]), F(p[P_NORM2_B]), layernorm, eps, h + b * C);
+                    if (up_m.type >= T_Q8_0) block_sums(h, B, C, &qa);
+                    ready = 1;
+                }
+                share(FF, (int)ci, (int)nf, &j0, &n);
+                const float *ub = p[P_UP_B] ? F(p[P_UP_B]) : 0;
+                matvec(&up_m, h, &qa, B, j0, n, r);  /* gate is outputs [0, F), up is [F, 2F) */
+                if (gated) matvec(&up_m, h, &qa, B, FF + j0, n, r2);
+                for (int64_t b = 0; b < B; b++)
+                    for (int64_t j = 0; j < n; j++) {
+                        const float gv = r[b * n + j] + (ub ? ub[j0 + j] : 0.0f);
+                        a[b * FF + j0 + j] = gated ? activate(gv, act) * (r2[b * n + j] + (ub ? ub[FF + j0 + j] : 0.0f))
+                                                   : activate(gv, act);
+                    }
+            }
+            wait_done(ph, nf);
+            ph++;
             /* 5. MLP down onto the residual */
-            if (down_m.type >= T_Q8_0) block_sums(a, B, FF, &qa);
-            share(C, t, nt, &j0, &n);
-            matvec(&down_m, a, &qa, B, j0, n, r);
-            for (int64_t b = 0; b < B; b++)
-                for (int64_t j = 0; j < n; j++)
-                    x[b * C + j0 + j] += r[b * n + j] + (p[P_DOWN_B] ? F(p[P_DOWN_B])[j0 + j] : 0.0f);
-#pragma omp barrier
+            for (ready = 0; (ci = claim(ph)) < nc; finish(ph)) {
+                if (!ready) {
+                    if (down_m.type >= T_Q8_0) block_sums(a, B, FF, &qa);
+                    ready = 1;
+                }
+                share(C, (int)ci, (int)nc, &j0, &n);
+                matvec(&down_m, a, &qa, B, j0, n, r);
+                for (int64_t b = 0; b < B; b++)
+                    for (int64_t j = 0; j < n; j++)
+                        x[b * C + j0 + j] += r[b * n + j] + (p[P_DOWN_B] ? F(p[P_DOWN_B])[j0 + j] : 0.0f);
+            }
+            wait_done(ph, nc);
         }
     }
 }
 
-/* Floats of scratch lml_decode needs for B rows. */
+/* Floats of scratch lml_decode needs for B rows (the phase counters last). */
 int64_t lml_scratch_floats(const int64_t *dims, int64_t B, int64_t max_len, int nthreads) {
     const int64_t C = dims[D_C], H = dims[D_H], KV = dims[D_KV], D = dims[D_HEAD], FF = dims[D_FF];
     const int64_t Q = (H + 2 * KV) * D, up_w = dims[D_GATED] ? 2 * FF : FF;
     const layout lay = private_layout(B, C, D, max_len, max3(Q, up_w, C), max3(C, H * D, FF));
-    return up16(B * Q) + up16(B * H * D) + up16(B * FF) + (int64_t)nthreads * lay.total;
+    return up16(B * Q) + up16(B * H * D) + up16(B * FF) + (int64_t)nthreads * lay.total +
+           dims[D_LAYERS] * PHASES_PER_LAYER * (int64_t)(sizeof(phase_ctr) / sizeof(float));
 }
 
 /* The most outputs share() gives one thread. */
@@ -279,16 +351,25 @@ void lml_linear(int64_t type, const void *w, const float *bias, int64_t K, int64
     const int64_t G = B < MAX_ROWS ? B : MAX_ROWS;
     const layout lay = private_layout(G, 0, 0, 0, linear_share(N, nthreads), K);
     const mat m = {type, K, N, w};
+    /* (row group, output chunk) pairs claimed from one counter (as phase_ctr in lml_decode), so
+       that a thread that is away does not hold up the other; a chunk is at most a static share */
+    const int64_t lines = (N + 15) / 16, want = nthreads == 1 ? 1 : 16 * (int64_t)nthreads;
+    const int64_t nch = lines < want ? (lines > 0 ? lines : 1) : want, total = (B + G - 1) / G * nch;
+    phase_ctr ctr;
+    memset(&ctr, 0, sizeof ctr);
 #pragma omp parallel num_threads(nthreads)
     {
-        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int t = omp_get_thread_num();
         float *mine = scratch + t * lay.total, *r = mine + lay.r;
         qact qa = {NULL, mine + lay.s};
-        int64_t j0, n;
-        share(N, t, nt, &j0, &n);
-        for (int64_t b0 = 0; b0 < B; b0 += G) {
-            const int64_t g = B - b0 < G ? B - b0 : G;
-            if (type >= T_Q8_0) block_sums(x + b0 * K, g, K, &qa);
+        int64_t j0, n, ci, quantized = -1;
+        while ((ci = claim(&ctr)) < total) {
+            const int64_t b0 = ci / nch * G, g = B - b0 < G ? B - b0 : G;
+            if (type >= T_Q8_0 && quantized != b0) {
+                block_sums(x + b0 * K, g, K, &qa);
+                quantized = b0;
+            }
+            share(N, (int)(ci % nch), (int)nch, &j0, &n);
             matvec(&m, x + b0 * K, &qa, g, j0, n, r);
             for (int64_t b = 0; b < g; b++)
                 for (int64_t j = 0; j < n; j++)
