@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fixtures_ui import browser, ui_models  # noqa: E402,F401
+from fixtures_ui import browser, quiet_toasts, ui_models  # noqa: E402,F401
 
 
 def _our_descendants() -> list[tuple[int, str]]:

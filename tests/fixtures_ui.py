@@ -146,3 +146,25 @@ def open_page(browser, base: str, timeout_ms: int = 20000):
     page.goto(base + "/")
     page.wait_for_selector("#chat-input textarea")
     return ctx, page
+
+
+def chat_handlers_for(ui_models, tmp_path_factory):
+    """ChatHandlers over real services on the 256-token stories model, with its own home and chat store."""
+    from fixtures_models import make_services
+
+    from lmstudio_lite.chats import ChatStore
+    from lmstudio_lite.ui.chat_handlers import ChatHandlers
+
+    svc = make_services(tmp_path_factory.mktemp("home"), load=str(ui_models["tiny-256"]))
+    svc.chats = ChatStore(svc.paths.chats)
+    return ChatHandlers(svc)
+
+
+@pytest.fixture
+def quiet_toasts():
+    """gr.Warning outside a request only warns: keep the handler tests' output clean."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield

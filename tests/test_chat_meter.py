@@ -4,10 +4,8 @@ when the context, not the token limit, ended it (D12)."""
 from __future__ import annotations
 
 import re
-import warnings
-
 import pytest
-from fixtures_models import make_services
+from fixtures_ui import chat_handlers_for
 
 from lmstudio_lite.chats import new_conversation
 
@@ -17,19 +15,12 @@ STORY = "The little dog ran to the big park and played with a red ball all day l
 
 @pytest.fixture(scope="module")
 def h(ui_models, tmp_path_factory):
-    from lmstudio_lite.chats import ChatStore
-    from lmstudio_lite.ui.chat_handlers import ChatHandlers
-
-    svc = make_services(tmp_path_factory.mktemp("home"), load=str(ui_models["tiny-256"]))
-    svc.chats = ChatStore(svc.paths.chats)
-    return ChatHandlers(svc)
+    return chat_handlers_for(ui_models, tmp_path_factory)
 
 
 @pytest.fixture(autouse=True)
-def quiet_toasts():
-    with warnings.catch_warnings():  # gr.Warning outside a request only warns
-        warnings.simplefilter("ignore")
-        yield
+def _quiet(quiet_toasts):
+    yield
 
 
 def parts(meter: str) -> dict[str, int]:

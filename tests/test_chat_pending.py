@@ -3,10 +3,8 @@
 user, assistant, never user, assistant, assistant."""
 from __future__ import annotations
 
-import warnings
-
 import pytest
-from fixtures_models import make_services
+from fixtures_ui import chat_handlers_for
 
 SAMPLING = (0.0, 1.0, 0, 0.0, 1.0, 8, 0, "")  # greedy, 8 new tokens
 SYSTEM = "Be kind."
@@ -14,19 +12,12 @@ SYSTEM = "Be kind."
 
 @pytest.fixture(scope="module")
 def h(ui_models, tmp_path_factory):
-    from lmstudio_lite.chats import ChatStore
-    from lmstudio_lite.ui.chat_handlers import ChatHandlers
-
-    svc = make_services(tmp_path_factory.mktemp("home"), load=str(ui_models["tiny-256"]))
-    svc.chats = ChatStore(svc.paths.chats)
-    return ChatHandlers(svc)
+    return chat_handlers_for(ui_models, tmp_path_factory)
 
 
 @pytest.fixture(autouse=True)
-def quiet_toasts():
-    with warnings.catch_warnings():  # gr.Warning outside a request only warns
-        warnings.simplefilter("ignore")
-        yield
+def _quiet(quiet_toasts):
+    yield
 
 
 def roles(conv) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import types
-import warnings
 
 import pytest
 from fixtures_models import make_services
@@ -30,10 +29,8 @@ def h(services):
 
 
 @pytest.fixture(autouse=True)
-def quiet_toasts():
-    with warnings.catch_warnings():  # gr.Warning outside a request only warns
-        warnings.simplefilter("ignore")
-        yield
+def _quiet(quiet_toasts):
+    yield
 
 
 def send(h, conv, text, system="Be kind."):
