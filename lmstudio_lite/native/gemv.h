@@ -186,7 +186,13 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
     for (int64_t j = 0; j < n; j++) {
         const uint8_t *blk = W + (j0 + j) * row_bytes;
         float off[MAX_ROWS];
-#if defined(LML_AVX2)
+#if defined(LML_AVX512)
+        __m512 acc[MAX_ROWS][2];  /* 16 lanes: a block is two vectors, so at most two chains */
+        for (int b = 0; b < B; b++) {
+            off[b] = 0.0f;
+            for (int u = 0; u < 2; u++) acc[b][u] = _mm512_setzero_ps();
+        }
+#elif defined(LML_AVX2)
         __m256 acc[MAX_ROWS][4];
         for (int b = 0; b < B; b++) {
             off[b] = 0.0f;
@@ -209,7 +215,25 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
                 qs = blk + 4;
             }
             const float *xs = a->s + k;
-#if defined(LML_AVX2)
+#if defined(LML_AVX512)
+            __m512 w0, w1;  /* the block's 32 weights q * d (the offset apart), in element order */
+            const __m512 vd = _mm512_set1_ps(dw);
+            if (type == T_Q8_0) {
+                w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)qs)));
+                w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16))));
+            } else {
+                const __m128i raw = _mm_loadu_si128((const __m128i *)qs), mask = _mm_set1_epi8(0x0F);
+                w0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(raw, mask)));
+                w1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(raw, 4), mask)));
+            }
+            w0 = _mm512_mul_ps(w0, vd), w1 = _mm512_mul_ps(w1, vd);
+            for (int b = 0; b < B; b++) {
+                const float *xb = a->x + b * K + k * 32;
+                acc[b][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb), acc[b][0]);
+                acc[b][NA > 1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), acc[b][NA > 1]);
+                if (type != T_Q8_0) off[b] += c * xs[b * nb];
+            }
+#elif defined(LML_AVX2)
             __m256 w[4];  /* the block's 32 weights q * d (the offset apart), in element order */
             const __m256 vd = _mm256_set1_ps(dw);
             if (type == T_Q8_0) {
@@ -245,7 +269,9 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
 #endif
         }
         for (int b = 0; b < B; b++) {
-#if defined(LML_AVX2)
+#if defined(LML_AVX512)
+            r[b * n + j] = _mm512_reduce_add_ps(NA > 1 ? _mm512_add_ps(acc[b][0], acc[b][1]) : acc[b][0]) + off[b];
+#elif defined(LML_AVX2)
             __m256 t = acc[b][0];
             for (int u = 1; u < NA; u++) t = _mm256_add_ps(t, acc[b][u]);
             r[b * n + j] = hsum8(t) + off[b];
