@@ -13,14 +13,12 @@ SYSTEM = "Be kind."
 STORY = "The little dog ran to the big park and played with a red ball all day long. "
 
 
+pytestmark = pytest.mark.usefixtures("quiet_toasts")  # fixtures_ui: gr.Warning outside a request
+
 @pytest.fixture(scope="module")
 def h(ui_models, tmp_path_factory):
     return chat_handlers_for(ui_models, tmp_path_factory)
 
-
-@pytest.fixture(autouse=True)
-def _quiet(quiet_toasts):
-    yield
 
 
 def parts(meter: str) -> dict[str, int]:

@@ -10,14 +10,12 @@ SAMPLING = (0.0, 1.0, 0, 0.0, 1.0, 8, 0, "")  # greedy, 8 new tokens
 SYSTEM = "Be kind."
 
 
+pytestmark = pytest.mark.usefixtures("quiet_toasts")  # fixtures_ui: gr.Warning outside a request
+
 @pytest.fixture(scope="module")
 def h(ui_models, tmp_path_factory):
     return chat_handlers_for(ui_models, tmp_path_factory)
 
-
-@pytest.fixture(autouse=True)
-def _quiet(quiet_toasts):
-    yield
 
 
 def roles(conv) -> list[str]:

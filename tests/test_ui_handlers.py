@@ -13,6 +13,8 @@ from lmstudio_lite.chats import ChatStore
 SAMPLING = (0.0, 1.0, 0, 0.0, 1.0, 16, 0, "")  # temperature .. stop: greedy, 16 new tokens
 
 
+pytestmark = pytest.mark.usefixtures("quiet_toasts")  # fixtures_ui: gr.Warning outside a request
+
 @pytest.fixture(scope="module")
 def services(ui_models, tmp_path_factory):
     svc = make_services(tmp_path_factory.mktemp("home"), load=str(ui_models["tiny-256"]))
@@ -27,10 +29,6 @@ def h(services):
     services.shared = False
     return ChatHandlers(services)
 
-
-@pytest.fixture(autouse=True)
-def _quiet(quiet_toasts):
-    yield
 
 
 def send(h, conv, text, system="Be kind."):
