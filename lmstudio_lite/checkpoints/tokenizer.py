@@ -186,11 +186,30 @@ class Tokenizer:
 
     def token_strings(self, ids: Iterable[int]) -> list[str]:
         """One readable piece per id, for token previews (spaces shown as spaces, bytes as <0xHH>)."""
+        added, byte_table = self._piece_tables()
+        return [self._token_string(int(i), added, byte_table) for i in ids]
+
+    def token_bytes(self, ids: Iterable[int]) -> list[bytes]:
+        """The bytes of text each id stands for: a byte-fallback piece <0xHH> is that one byte, a
+        byte-level piece its raw bytes, a special token its own text (what inspection counts)."""
+        added, byte_table = self._piece_tables()
+        out = []
+        for i in ids:
+            piece = self._tok.id_to_token(int(i)) or ""
+            if int(i) in added:
+                out.append(piece.encode())
+            elif _BYTE_TOKEN.match(piece):
+                out.append(bytes([int(piece[3:5], 16)]))
+            elif byte_table is not None:
+                out.append(bytes(byte_table.get(ch, ord("?")) for ch in piece))
+            else:
+                out.append(piece.replace("\u2581", " ").encode())
+        return out
+
+    def _piece_tables(self) -> tuple[set[int], dict[str, int] | None]:
         if self._byte_level is None:
             self._byte_level = self._tok.decoder is not None and b'"ByteLevel"' in self._tok.decoder.__getstate__()
-        added = set(self._tok.get_added_tokens_decoder())
-        byte_table = _byte_decoder() if self._byte_level else None
-        return [self._token_string(int(i), added, byte_table) for i in ids]
+        return set(self._tok.get_added_tokens_decoder()), _byte_decoder() if self._byte_level else None
 
     def _token_string(self, token_id: int, added: set[int], byte_table: dict[str, int] | None) -> str:
         piece = self._tok.id_to_token(token_id)

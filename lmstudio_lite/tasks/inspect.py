@@ -1,0 +1,220 @@
+"""See inside the loaded model: tokens, next-token probabilities, attention, the logit lens.
+
+Plain data out (dataclasses of ints, strings and floats), so the Inspect tab and the Chat
+tab's probability colours only draw. Everything runs on the loaded model's own weights
+(float, bf16 or quantized, a folder or a GGUF file) through ``Transformer.trace``: one
+forward without a cache. Attention weights come from the reference attention path (SDPA
+never materializes them) and are computed only when asked for, one layer at a time.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .chat import MAX_CHARS_PER_TOKEN
+
+MAX_TOKENS = 256  # the heatmap is T x T and the lens n_layer x T: beyond this neither reads well
+TOP = 10
+BRANCH_TOKENS = 16  # a "what if" continuation: enough to see where a choice leads
+
+
+class InspectError(ValueError):
+    """A text the Inspect tab cannot show (empty, over the cap); the message says why."""
+
+
+@dataclass
+class Candidate:
+    id: int
+    text: str
+    prob: float
+
+
+@dataclass
+class Position:
+    """Token ``index`` of the text and the model's guess for the token after it."""
+    index: int
+    id: int
+    text: str  # the piece as the tokenizer has it (a byte-fallback piece shows as <0xHH>)
+    nbytes: int
+    top: list[Candidate]
+    next_id: int | None = None  # the text's actual next token (None at the end)
+    next_prob: float | None = None
+    next_rank: int | None = None  # 1 = the model's first choice
+
+    @property
+    def surprise_bits(self) -> float | None:
+        """-log2 p(actual next token): how surprised the model is by what came."""
+        if self.next_prob is None:
+            return None
+        return -math.log2(max(self.next_prob, 1e-45))
+
+
+@dataclass
+class Analysis:
+    ids: list[int]
+    positions: list[Position]
+    lens: list[list[Candidate]] = field(default_factory=list)  # [layer][position]: that layer's top token
+    cap: int = MAX_TOKENS
+
+    @property
+    def cross_entropy(self) -> float | None:
+        """Mean -ln p over the tokens the model predicted (every one after the first), in nats."""
+        probs = [p.next_prob for p in self.positions if p.next_prob is not None]
+        if not probs:
+            return None
+        return -sum(math.log(max(p, 1e-45)) for p in probs) / len(probs)
+
+    @property
+    def perplexity(self) -> float | None:
+        ce = self.cross_entropy
+        return None if ce is None else math.exp(ce)
+
+
+def token_cap(model) -> int:
+    return min(MAX_TOKENS, model.context_length)
+
+
+def encode(model, text: str) -> list[int]:
+    """The text's ids, or InspectError naming the cap. A text that already starts with the
+    BOS token (a rendered chat) gets no second one."""
+    if not (text or "").strip():
+        raise InspectError("Type or pick a text to inspect first.")
+    cap = token_cap(model)
+    too_long = (f"Inspect shows at most {cap} tokens (the cap); this text is {{}}. "
+                "Shorten it and inspect again.")
+    if len(text) > cap * MAX_CHARS_PER_TOKEN:  # far over whatever the tokenizer does
+        raise InspectError(too_long.format(f"{len(text):,} characters"))
+    tok = model.tokenizer
+    bos = tok.bos_token
+    ids = tok.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
+    if len(ids) > cap:
+        raise InspectError(too_long.format(f"{len(ids):,} tokens"))
+    return ids
+
+
+def _logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """Residual stream [.., C] -> float32 logits [.., V] through the final norm and the head."""
+    net = model.model
+    return net.project(net.norm_f(hidden)).float()
+
+
+def _candidates(tok, probs: torch.Tensor, k: int) -> list[Candidate]:
+    values, idx = probs.topk(min(k, probs.shape[-1]))
+    ids = idx.tolist()
+    return [Candidate(i, s, float(p)) for i, s, p in zip(ids, tok.token_strings(ids), values.tolist())]
+
+
+def analyze(model, text: str, top: int = TOP, lens: bool = True) -> Analysis:
+    """Tokens, each position's top ``top`` next tokens and the actual one's probability and
+    rank, and (``lens``) each layer's top token at each position."""
+    ids = encode(model, text)
+    tok = model.tokenizer
+    with torch.inference_mode():
+        hidden, _ = model.model.trace(torch.tensor([ids], device=model.device))
+        probs = torch.softmax(_logits(model, hidden[-1][0]), dim=-1)  # [T, V]
+        positions = []
+        for i, (tid, piece, raw) in enumerate(zip(ids, tok.token_strings(ids), tok.token_bytes(ids))):
+            pos = Position(i, tid, piece, len(raw), _candidates(tok, probs[i], top))
+            if i + 1 < len(ids):
+                pos.next_id = ids[i + 1]
+                pos.next_prob = float(probs[i, pos.next_id])
+                pos.next_rank = int((probs[i] > probs[i, pos.next_id]).sum()) + 1
+            positions.append(pos)
+        lens_rows = [_lens_row(model, h[0]) for h in hidden] if lens else []
+    return Analysis(ids, positions, lens_rows, token_cap(model))
+
+
+def _lens_row(model, h: torch.Tensor) -> list[Candidate]:
+    probs = torch.softmax(_logits(model, h), dim=-1)  # one layer at a time: [T, V] is the big tensor
+    best, idx = probs.max(dim=-1)
+    ids = idx.tolist()
+    return [Candidate(i, s, float(p)) for i, s, p in zip(ids, model.tokenizer.token_strings(ids), best.tolist())]
+
+
+def attention(model, text: str, layer: int, head: int | None = None) -> list[list[float]]:
+    """Layer ``layer``'s attention weights [query][key] over the text's tokens, for one head
+    or (``head`` None) the mean over heads. Each row sums to 1; keys after the query are 0."""
+    if head is not None and not 0 <= head < model.config.n_head:
+        raise InspectError(f"Head {head} does not exist: the model has heads 0 to {model.config.n_head - 1}.")
+    w = attention_heads(model, text, layer)
+    return (w.mean(0) if head is None else w[head]).tolist()
+
+
+def attention_heads(model, text: str, layer: int) -> torch.Tensor:
+    """Every head of one layer: float32 [H, T, T] on the CPU."""
+    n_layer = model.config.n_layer
+    if not 0 <= layer < n_layer:
+        raise InspectError(f"Layer {layer} does not exist: the model has layers 0 to {n_layer - 1}.")
+    ids = encode(model, text)
+    with torch.inference_mode():
+        _, attn = model.model.trace(torch.tensor([ids], device=model.device), attention_layers=(layer,))
+    return attn[layer][0].cpu()
+
+
+def branch(model, text: str, index: int, token_id: int, max_new: int = BRANCH_TOKENS) -> str:
+    """"What if": the text's tokens up to position ``index``, then ``token_id`` instead of what
+    came, then a greedy continuation of up to ``max_new`` tokens. -> the new text from
+    ``token_id`` on (decoded: byte pieces join into characters)."""
+    ids = encode(model, text)
+    if not 0 <= index < len(ids):
+        raise InspectError(f"Position {index} is outside the text's {len(ids)} tokens.")
+    if not 0 <= token_id < model.model.config.vocab_size:
+        raise InspectError(f"Token id {token_id} is outside the vocabulary.")
+    room = model.context_length - (index + 2)
+    seq = ids[:index + 1] + [token_id]
+    new = [token_id]
+    eos = set(model.tokenizer.eos_ids)
+    with torch.inference_mode():
+        for _ in range(max(0, min(max_new, room))):
+            # A whole-sequence forward per token: the branch is short and never touches the
+            # engine (or its cache) that chat and the API drive.
+            nxt = int(model.model(torch.tensor([seq], device=model.device), last_only=True)[0, -1].argmax())
+            if nxt in eos:
+                break
+            seq.append(nxt)
+            new.append(nxt)
+    return model.tokenizer.decode(new, skip_special_tokens=False)
+
+
+@dataclass
+class ReplyToken:
+    """One piece of a chat reply as shown: its text (whole characters), probability, alternatives."""
+    text: str
+    prob: float
+    alternatives: list[Candidate]
+
+
+def reply_probabilities(model, messages: list[dict], reply: str, top: int = 5) -> list[ReplyToken]:
+    """Teacher-forced: one forward over the chat prompt (``messages``, with the generation
+    prompt) and ``reply``, -> each reply token's probability and the ``top`` alternatives.
+    The prompt is cut from the left when both do not fit the context. Tokens that end inside
+    a UTF-8 character are merged into the piece that completes it."""
+    tok = model.tokenizer
+    prompt_text = tok.render_chat(messages, add_generation_prompt=True)
+    prompt = tok.encode(prompt_text, add_special_tokens=False)
+    joint = tok.encode(prompt_text + reply, add_special_tokens=False)
+    # Encoded together, a reply's first piece joins as the model wrote it (no word-start space).
+    reply_ids = joint[len(prompt):] if joint[:len(prompt)] == prompt else tok.encode(reply, add_special_tokens=False)
+    if not reply_ids:
+        return []
+    reply_ids = reply_ids[:model.context_length - 1]
+    prompt = prompt[-(model.context_length - len(reply_ids)):] or prompt[-1:]
+    seq = prompt + reply_ids
+    net = model.model
+    with torch.inference_mode():
+        h = net.forward_hidden(torch.tensor([seq], device=model.device))[0]
+        rows = h[len(prompt) - 1:len(seq) - 1]  # the rows that predict the reply's tokens
+        probs = torch.softmax(net.project(rows).float(), dim=-1)
+    out, stream, pending = [], tok.decode_stream(skip_special_tokens=False), []
+    for i, tid in enumerate(reply_ids):
+        pending.append((float(probs[i, tid]), _candidates(tok, probs[i], top)))
+        piece = stream.step(tid)
+        if piece is None:
+            continue
+        # Merged bytes of one character: show the least likely of them (the surprise is in there).
+        p, alts = min(pending, key=lambda x: x[0])
+        out.append(ReplyToken(piece, p, alts))
+        pending = []
+    return out
