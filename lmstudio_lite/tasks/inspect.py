@@ -153,29 +153,31 @@ def attention_heads(model, text: str, layer: int) -> torch.Tensor:
     return attn[layer][0].cpu()
 
 
-def branch(model, text: str, index: int, token_id: int, max_new: int = BRANCH_TOKENS) -> str:
+def branch(model, text: str, index: int, token_id: int, max_new: int = BRANCH_TOKENS) -> tuple[str, str]:
     """"What if": the text's tokens up to position ``index``, then ``token_id`` instead of what
-    came, then a greedy continuation of up to ``max_new`` tokens. -> the new text from
-    ``token_id`` on (decoded: byte pieces join into characters)."""
+    came, then a greedy continuation of up to ``max_new`` tokens.
+    -> (the text up to ``index``, the new text from ``token_id`` on), both decoded."""
     ids = encode(model, text)
     if not 0 <= index < len(ids):
         raise InspectError(f"Position {index} is outside the text's {len(ids)} tokens.")
-    if not 0 <= token_id < model.model.config.vocab_size:
+    if not 0 <= token_id < model.config.vocab_size:
         raise InspectError(f"Token id {token_id} is outside the vocabulary.")
-    room = model.context_length - (index + 2)
     seq = ids[:index + 1] + [token_id]
-    new = [token_id]
     eos = set(model.tokenizer.eos_ids)
     with torch.inference_mode():
-        for _ in range(max(0, min(max_new, room))):
+        for _ in range(max(0, min(max_new, model.context_length - len(seq)))):
             # A whole-sequence forward per token: the branch is short and never touches the
             # engine (or its cache) that chat and the API drive.
             nxt = int(model.model(torch.tensor([seq], device=model.device), last_only=True)[0, -1].argmax())
             if nxt in eos:
                 break
             seq.append(nxt)
-            new.append(nxt)
-    return model.tokenizer.decode(new, skip_special_tokens=False)
+    tok = model.tokenizer
+    prefix = tok.decode(ids[:index + 1], skip_special_tokens=False)
+    full = tok.decode(seq, skip_special_tokens=False)
+    # A character split across the branch point decodes whole only in ``full``.
+    keep = len(prefix) if full.startswith(prefix) else len(prefix.rstrip("\ufffd"))
+    return full[:keep], full[keep:]
 
 
 @dataclass
@@ -218,3 +220,20 @@ def reply_probabilities(model, messages: list[dict], reply: str, top: int = 5) -
         out.append(ReplyToken(piece, p, alts))
         pending = []
     return out
+
+
+def chat_text(model, messages: list[dict]) -> str:
+    """What the Chat tab's Inspect sends: the conversation as the model reads it (its chat
+    template), or, when that is over the cap, the last exchange, or else the last message."""
+    if not messages:
+        raise InspectError("The chat is empty: send a message first, then inspect the reply.")
+    tok, cap = model.tokenizer, token_cap(model)
+    tail = [m for m in messages[-2:] if m.get("role") != "system"]
+    for candidate in (messages, tail):
+        try:
+            text = tok.render_chat(candidate, add_generation_prompt=False)
+        except Exception:  # a template that refuses this shape (say, no user turn): try the next
+            continue
+        if len(text) <= cap * MAX_CHARS_PER_TOKEN and len(tok.encode(text, add_special_tokens=False)) < cap:
+            return text
+    return messages[-1]["content"]
