@@ -97,7 +97,7 @@ class Tokenizer:
         self._tok, self._specials, self._source = tok, specials, source
         self._config, self._generation = dict(config or {}), dict(generation or {})
         self._template, self._compiled = template, None
-        self._byte_level: bool | None = None
+        self._byte_level: dict[str, int] | bool | None = None  # the byte table of a byte-level BPE, else False
         _add_missing_tokens(tok, self._config, specials)
 
     # ---- construction -------------------------------------------------------------------------
@@ -208,8 +208,9 @@ class Tokenizer:
 
     def _piece_tables(self) -> tuple[set[int], dict[str, int] | None]:
         if self._byte_level is None:
-            self._byte_level = self._tok.decoder is not None and b'"ByteLevel"' in self._tok.decoder.__getstate__()
-        return set(self._tok.get_added_tokens_decoder()), _byte_decoder() if self._byte_level else None
+            byte_level = self._tok.decoder is not None and b'"ByteLevel"' in self._tok.decoder.__getstate__()
+            self._byte_level = _byte_decoder() if byte_level else False
+        return set(self._tok.get_added_tokens_decoder()), self._byte_level or None
 
     def _token_string(self, token_id: int, added: set[int], byte_table: dict[str, int] | None) -> str:
         piece = self._tok.id_to_token(token_id)

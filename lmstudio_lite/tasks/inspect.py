@@ -53,6 +53,7 @@ class Position:
 
 @dataclass
 class Analysis:
+    text: str
     ids: list[int]
     positions: list[Position]
     lens: list[list[Candidate]] = field(default_factory=list)  # [layer][position]: that layer's top token
@@ -123,7 +124,7 @@ def analyze(model, text: str, top: int = TOP, lens: bool = True) -> Analysis:
                 pos.next_rank = int((probs[i] > probs[i, pos.next_id]).sum()) + 1
             positions.append(pos)
         lens_rows = [_lens_row(model, h[0]) for h in hidden] if lens else []
-    return Analysis(ids, positions, lens_rows, token_cap(model))
+    return Analysis(text, ids, positions, lens_rows, token_cap(model))
 
 
 def _lens_row(model, h: torch.Tensor) -> list[Candidate]:

@@ -79,7 +79,7 @@ def _chat_area() -> dict:
         c["continue"] = gr.Button("→ Continue", elem_id="continue-btn", size="sm")
         c["clear"] = gr.Button("Clear", elem_id="clear-btn", size="sm")
         c["show"] = gr.Button("Show prompt", elem_id="show-prompt-btn", size="sm")
-        c["inspect"] = gr.Button("🔍 Inspect", elem_id="chat-inspect-btn", size="sm")
+        c["inspect"] = gr.Button("Inspect reply", elem_id="chat-inspect-btn", size="sm")
         c["probs_toggle"] = chat_probs.build_toggle()
     c["stats"] = gr.Markdown("", elem_id="chat-stats")
     c["notice"] = gr.Markdown("", elem_id="chat-notice")

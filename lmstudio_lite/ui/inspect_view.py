@@ -28,7 +28,8 @@ def chips(analysis) -> list[tuple[str, str]]:
 
 def summary_md(analysis) -> str:
     n = len(analysis.ids)
-    head = f"**{n} tokens**, {sum(p.nbytes for p in analysis.positions)} bytes"
+    head = (f"**{n} tokens** for {len(analysis.text)} characters "
+            f"({sum(p.nbytes for p in analysis.positions)} bytes of UTF-8 and special tokens)")
     ce = analysis.cross_entropy
     if ce is None:
         return head + " · one token: nothing to predict, so no cross-entropy."
