@@ -15,8 +15,8 @@ from .inspect_view import reply_html
 
 
 def build_toggle() -> gr.Checkbox:
-    return gr.Checkbox(False, label="Colour by probability", elem_id="chat-probs-toggle", container=False,
-                       scale=1, min_width=190)
+    return gr.Checkbox(False, label="Colour the last reply by probability",
+                       elem_id="chat-probs-toggle", container=False)
 
 
 def build_view() -> gr.HTML:

@@ -80,7 +80,7 @@ def _chat_area() -> dict:
         c["clear"] = gr.Button("Clear", elem_id="clear-btn", size="sm")
         c["show"] = gr.Button("Show prompt", elem_id="show-prompt-btn", size="sm")
         c["inspect"] = gr.Button("Inspect reply", elem_id="chat-inspect-btn", size="sm")
-        c["probs_toggle"] = chat_probs.build_toggle()
+    c["probs_toggle"] = chat_probs.build_toggle()
     c["stats"] = gr.Markdown("", elem_id="chat-stats")
     c["notice"] = gr.Markdown("", elem_id="chat-notice")
     return c

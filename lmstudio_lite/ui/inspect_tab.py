@@ -18,7 +18,7 @@ SAMPLES = {
     "Chinese: a sentence (中文)": "我喜欢在公园里散步，因为那里很安静。",
     "English: a translation prompt": "Translate English to French: I like cats. => J'aime les chats.",
 }
-INTRO = ("Type a text, pick a sample, or press **Inspect** under a chat reply. Click a token to see what the "
+INTRO = ("Type a text, pick a sample, or press **Inspect reply** in the Chat tab. Click a token to see what the "
          "model expected after it; click a candidate to continue the text from it.")
 
 
