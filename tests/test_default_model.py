@@ -109,6 +109,8 @@ def test_inspect_tab_in_a_browser(bundled_app, browser, tmp_path_factory):
         page.click("#inspect-attn-btn")
         expect(page.locator("#inspect-heatmap img")).to_be_visible(timeout=30000)
         assert page.locator("#inspect-heatmap .hm-row").count() == len(CHINESE.encode())
+        page.click("#inspect-lens-btn")
+        expect(page.locator("#inspect-lens tr")).to_have_count(len(CHINESE.encode()) + 1)  # and a header row
         page.screenshot(path=str(shots / "inspect-02-chinese.png"), full_page=True)
     finally:
         ctx.close()

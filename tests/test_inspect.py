@@ -53,8 +53,10 @@ def check_against_logits(m, text, atol):
     assert a.cross_entropy == pytest.approx(ce, rel=1e-3)
     assert a.perplexity == pytest.approx(torch.exp(torch.tensor(ce)).item(), rel=1e-3)
     # The logit lens's last layer is the model's own forward: its top token at every position.
-    assert [c.id for c in a.lens[-1]] == ref.argmax(-1).tolist()
-    assert len(a.lens) == m.config.n_layer
+    lens = ins.logit_lens(m, text)
+    assert len(lens) == m.config.n_layer and all(len(row) == len(a.ids) for row in lens)
+    assert [c.id for c in lens[-1]] == ref.argmax(-1).tolist()
+    assert [c.prob for c in lens[-1]] == pytest.approx(ref.max(-1).values.tolist(), abs=atol)
     return a
 
 
@@ -125,7 +127,7 @@ def test_a_text_over_the_cap_gets_a_message_naming_the_cap(tiny):
 
 
 def test_branch_from_the_top_candidate_is_the_greedy_continuation(tiny):
-    a = ins.analyze(tiny, ENGLISH, lens=False)
+    a = ins.analyze(tiny, ENGLISH)
     last = a.positions[-1]
     prefix, cont = ins.branch(tiny, ENGLISH, last.index, last.top[0].id, max_new=12)
     assert prefix == ENGLISH

@@ -9,7 +9,7 @@ never materializes them) and are computed only when asked for, one layer at a ti
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -56,8 +56,6 @@ class Analysis:
     text: str
     ids: list[int]
     positions: list[Position]
-    lens: list[list[Candidate]] = field(default_factory=list)  # [layer][position]: that layer's top token
-    cap: int = MAX_TOKENS
 
     @property
     def cross_entropy(self) -> float | None:
@@ -107,9 +105,8 @@ def _candidates(tok, probs: torch.Tensor, k: int) -> list[Candidate]:
     return [Candidate(i, s, float(p)) for i, s, p in zip(ids, tok.token_strings(ids), values.tolist())]
 
 
-def analyze(model, text: str, top: int = TOP, lens: bool = True) -> Analysis:
-    """Tokens, each position's top ``top`` next tokens and the actual one's probability and
-    rank, and (``lens``) each layer's top token at each position."""
+def analyze(model, text: str, top: int = TOP) -> Analysis:
+    """Tokens, and each position's top ``top`` next tokens and the actual one's probability and rank."""
     ids = encode(model, text)
     tok = model.tokenizer
     with torch.inference_mode():
@@ -123,15 +120,24 @@ def analyze(model, text: str, top: int = TOP, lens: bool = True) -> Analysis:
                 pos.next_prob = float(probs[i, pos.next_id])
                 pos.next_rank = int((probs[i] > probs[i, pos.next_id]).sum()) + 1
             positions.append(pos)
-        lens_rows = [_lens_row(model, h[0]) for h in hidden] if lens else []
-    return Analysis(text, ids, positions, lens_rows, token_cap(model))
+    return Analysis(text, ids, positions)
 
 
-def _lens_row(model, h: torch.Tensor) -> list[Candidate]:
-    probs = torch.softmax(_logits(model, h), dim=-1)  # one layer at a time: [T, V] is the big tensor
-    best, idx = probs.max(dim=-1)
-    ids = idx.tolist()
-    return [Candidate(i, s, float(p)) for i, s, p in zip(ids, model.tokenizer.token_strings(ids), best.tolist())]
+def logit_lens(model, text: str) -> list[list[Candidate]]:
+    """[layer][position]: each block's residual stream read through the final norm and the head,
+    its top next token and that token's probability. The last layer is the model's own
+    prediction. On request only: it costs a head projection per layer."""
+    ids = encode(model, text)
+    rows = []
+    with torch.inference_mode():
+        hidden, _ = model.model.trace(torch.tensor([ids], device=model.device))
+        for h in hidden:
+            probs = torch.softmax(_logits(model, h[0]), dim=-1)  # one layer at a time: [T, V] is the big tensor
+            best, idx = probs.max(dim=-1)
+            top = idx.tolist()
+            rows.append([Candidate(i, s, float(p))
+                         for i, s, p in zip(top, model.tokenizer.token_strings(top), best.tolist())])
+    return rows
 
 
 def attention(model, text: str, layer: int, head: int | None = None) -> list[list[float]]:
@@ -203,7 +209,9 @@ def reply_probabilities(model, messages: list[dict], reply: str, top: int = 5) -
     if not reply_ids:
         return []
     reply_ids = reply_ids[:model.context_length - 1]
-    prompt = prompt[-(model.context_length - len(reply_ids)):] or prompt[-1:]
+    if not prompt:
+        raise InspectError("The chat template rendered an empty prompt: there is nothing to predict the reply from.")
+    prompt = prompt[-(model.context_length - len(reply_ids)):]
     seq = prompt + reply_ids
     net = model.model
     with torch.inference_mode():

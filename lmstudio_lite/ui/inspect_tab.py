@@ -38,7 +38,7 @@ class InspectHandlers:
         cfg = model.config
         return ({"text": text, "analysis": result}, "", view.summary_md(result), view.chips(result),
                 gr.update(value=index, maximum=max(1, len(result.ids) - 1)), view.position_md(result, index),
-                gr.update(choices=view.candidate_choices(result, index), value=None), "", view.lens_html(result),
+                gr.update(choices=view.candidate_choices(result, index), value=None), "", "",
                 gr.update(choices=[(f"layer {i}", i) for i in range(cfg.n_layer)], value=cfg.n_layer - 1),
                 gr.update(choices=[view.AVERAGE] + [(f"head {h}", h) for h in range(cfg.n_head)],
                           value=view.AVERAGE), "")
@@ -77,6 +77,15 @@ class InspectHandlers:
         pieces = [p.text for p in state["analysis"].positions]
         return view.heatmap_html(weights, pieces, f"Attention, layer {int(layer)}, {who}")
 
+    def lens(self, state):
+        if not state:
+            return notice_md(warn("Inspect a text first."))
+        try:
+            rows = analysis.logit_lens(current_model(self.services), state["text"])
+        except Exception as e:
+            return notice_md(warn(friendly(e)))
+        return view.lens_html(state["analysis"], rows)
+
 
 def build(services) -> dict:
     """Lay out the Inspect tab and wire its events; -> the components ``wire_from_chat`` needs."""
@@ -107,7 +116,8 @@ def build(services) -> dict:
             c["head"] = gr.Dropdown([], label="Head", elem_id="inspect-head")
             c["attn"] = gr.Button("Show attention", elem_id="inspect-attn-btn")
         c["heatmap"] = gr.HTML("", elem_id="inspect-heatmap")
-    with gr.Accordion("Logit lens: each layer's top next token", open=False):
+    with gr.Accordion("Logit lens: each layer's top next token", open=True):
+        c["lens_btn"] = gr.Button("Show the logit lens", elem_id="inspect-lens-btn")
         c["lens"] = gr.HTML("", elem_id="inspect-lens")
     _wire(h, c)
     return c
@@ -125,6 +135,7 @@ def _wire(h: InspectHandlers, c: dict) -> None:
     c["position"].release(h.pick, [c["state"], c["position"]], picked, queue=False, **PRIVATE)
     c["candidates"].input(h.branch, [c["state"], c["position"], c["candidates"]], c["branch"], **LLM, **PRIVATE)
     c["attn"].click(h.heatmap, [c["state"], c["layer"], c["head"]], c["heatmap"], **LLM, **PRIVATE)
+    c["lens_btn"].click(h.lens, c["state"], c["lens"], **LLM, **PRIVATE)
 
 
 def wire_from_chat(services, button: gr.Button, conv: gr.State, tabs: gr.Tabs, c: dict) -> None:

@@ -97,16 +97,16 @@ def heatmap_html(weights: list[list[float]], pieces: list[str], title: str) -> s
             "(keys). Darker = more attention (square-root scale); each row sums to 100%.</div></div>")
 
 
-def lens_html(analysis) -> str:
-    """The logit lens: for each position (rows) each layer's top next token (columns), shaded by
-    its probability; the last column is the model's own prediction."""
-    layers = len(analysis.lens)
+def lens_html(analysis, lens) -> str:
+    """The logit lens ``lens[layer][position]``: for each position (rows) each layer's top next
+    token (columns), shaded by its probability; the last layer is the model's own prediction."""
+    layers = len(lens)
     head = "".join(f"<th>L{i}</th>" for i in range(layers))
     body = []
     for i, pos in enumerate(analysis.positions):
         cells = []
         for layer in range(layers):
-            c = analysis.lens[layer][i]
+            c = lens[layer][i]
             r, g, b = _rgb(c.prob)
             ink = "#fff" if c.prob > 0.6 else "#111"
             mark = " lens-hit" if c.id == pos.next_id else ""
