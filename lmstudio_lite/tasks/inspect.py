@@ -2,8 +2,9 @@
 
 Plain data out (dataclasses of ints, strings and floats), so the Inspect tab and the Chat
 tab's probability colours only draw. Everything runs on the loaded model's own weights
-(float, bf16 or quantized, a folder or a GGUF file) through ``Transformer.trace``: one
-forward without a cache. Attention weights come from the reference attention path (SDPA
+(float, bf16 or quantized, a folder or a GGUF file) in forwards without a cache, never
+through the engine. The lens and attention go through ``Transformer.trace``, which keeps
+what a forward throws away; attention weights come from the reference attention path (SDPA
 never materializes them) and are computed only when asked for, one layer at a time.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..device import inference_threads
 from .chat import MAX_CHARS_PER_TOKEN
 
 MAX_TOKENS = 256  # the heatmap is T x T and the lens n_layer x T: beyond this neither reads well
@@ -93,6 +95,14 @@ def encode(model, text: str) -> list[int]:
     return ids
 
 
+def _inference(model):
+    """inference_mode on the threads a generation may use, as the engine does (a training job
+    may hold the rest; torch's setting is per calling thread on this build)."""
+    if model.device.type == "cpu" and torch.get_num_threads() != (n := inference_threads()):
+        torch.set_num_threads(n)
+    return torch.inference_mode()
+
+
 def _logits(model, hidden: torch.Tensor) -> torch.Tensor:
     """Residual stream [.., C] -> float32 logits [.., V] through the final norm and the head."""
     net = model.model
@@ -109,9 +119,8 @@ def analyze(model, text: str, top: int = TOP) -> Analysis:
     """Tokens, and each position's top ``top`` next tokens and the actual one's probability and rank."""
     ids = encode(model, text)
     tok = model.tokenizer
-    with torch.inference_mode():
-        hidden, _ = model.model.trace(torch.tensor([ids], device=model.device))
-        probs = torch.softmax(_logits(model, hidden[-1][0]), dim=-1)  # [T, V]
+    with _inference(model):
+        probs = torch.softmax(model.model(torch.tensor([ids], device=model.device))[0].float(), dim=-1)  # [T, V]
         positions = []
         for i, (tid, piece, raw) in enumerate(zip(ids, tok.token_strings(ids), tok.token_bytes(ids))):
             pos = Position(i, tid, piece, len(raw), _candidates(tok, probs[i], top))
@@ -129,7 +138,7 @@ def logit_lens(model, text: str) -> list[list[Candidate]]:
     prediction. On request only: it costs a head projection per layer."""
     ids = encode(model, text)
     rows = []
-    with torch.inference_mode():
+    with _inference(model):
         hidden, _ = model.model.trace(torch.tensor([ids], device=model.device))
         for h in hidden:
             probs = torch.softmax(_logits(model, h[0]), dim=-1)  # one layer at a time: [T, V] is the big tensor
@@ -155,7 +164,7 @@ def attention_heads(model, text: str, layer: int) -> torch.Tensor:
     if not 0 <= layer < n_layer:
         raise InspectError(f"Layer {layer} does not exist: the model has layers 0 to {n_layer - 1}.")
     ids = encode(model, text)
-    with torch.inference_mode():
+    with _inference(model):
         _, attn = model.model.trace(torch.tensor([ids], device=model.device), attention_layers=(layer,))
     return attn[layer][0].cpu()
 
@@ -171,7 +180,7 @@ def branch(model, text: str, index: int, token_id: int, max_new: int = BRANCH_TO
         raise InspectError(f"Token id {token_id} is outside the vocabulary.")
     seq = ids[:index + 1] + [token_id]
     eos = set(model.tokenizer.eos_ids)
-    with torch.inference_mode():
+    with _inference(model):
         for _ in range(max(0, min(max_new, model.context_length - len(seq)))):
             # A whole-sequence forward per token: the branch is short and never touches the
             # engine (or its cache) that chat and the API drive.
@@ -214,7 +223,7 @@ def reply_probabilities(model, messages: list[dict], reply: str, top: int = 5) -
     prompt = prompt[-(model.context_length - len(reply_ids)):]
     seq = prompt + reply_ids
     net = model.model
-    with torch.inference_mode():
+    with _inference(model):
         h = net.forward_hidden(torch.tensor([seq], device=model.device))[0]
         rows = h[len(prompt) - 1:len(seq) - 1]  # the rows that predict the reply's tokens
         probs = torch.softmax(net.project(rows).float(), dim=-1)
