@@ -80,10 +80,14 @@ def test_inspect_tab_in_a_browser(bundled_app, browser, tmp_path_factory):
     shots.mkdir(parents=True, exist_ok=True)
     ctx, page = open_page(browser, bundled_app.base)
     try:
+        page.get_by_text("System prompt and sampling").click()
+        max_new = page.locator("#max-new-tokens input[type=number]")
+        max_new.fill("24")  # a short reply: the inspected conversation stays small
+        max_new.press("Enter")
         box = page.locator("#chat-input textarea")
         box.fill("Tell me a story.")
         box.press("Enter")
-        expect(page.locator("#chat-stats")).to_contain_text("tokens", timeout=60000)
+        expect(page.locator("#chat-stats")).to_contain_text("24 tokens", timeout=60000)
         page.locator("#chat-probs-toggle input").check()
         tok = page.locator("#chat-probs span.tok")
         expect(tok.first).to_be_visible(timeout=30000)
