@@ -116,6 +116,9 @@ def test_inspect_tab_in_a_browser(bundled_app, browser, tmp_path_factory):
         page.click("#inspect-lens-btn")
         expect(page.locator("#inspect-lens tr")).to_have_count(len(CHINESE.encode()) + 1)  # and a header row
         page.screenshot(path=str(shots / "inspect-02-chinese.png"), full_page=True)
+        page.click("#tab-chat-button")
+        page.click("#new-chat-btn")  # another conversation: the colours follow it
+        expect(page.locator("#chat-probs")).to_contain_text("No reply to colour yet")
     finally:
         ctx.close()
 

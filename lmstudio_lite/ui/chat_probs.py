@@ -39,11 +39,13 @@ def colours(services, on: bool, conv):
     return gr.update(value=reply_html(tokens), visible=True)
 
 
-def wire(services, toggle: gr.Checkbox, html: gr.HTML, conv: gr.State, runs) -> None:
-    """Redraw when the toggle flips and after every reply step in ``runs``."""
+def wire(services, toggle: gr.Checkbox, html: gr.HTML, conv: gr.State, events, opened: gr.Radio) -> None:
+    """Redraw when the toggle flips, after each reply step in ``events``, and when another
+    conversation is opened (the saved-conversations list ``opened`` follows the open one)."""
     def fn(on, conversation):
         return colours(services, on, conversation)
 
-    toggle.change(fn, [toggle, conv], html, **LLM, **PRIVATE)
-    for run in runs:
-        run.then(fn, [toggle, conv], html, show_progress="hidden", **LLM, **PRIVATE)
+    for trigger in (toggle.change, opened.change):
+        trigger(fn, [toggle, conv], html, **LLM, **PRIVATE)
+    for event in events:
+        event.then(fn, [toggle, conv], html, show_progress="hidden", **LLM, **PRIVATE)

@@ -103,7 +103,7 @@ def build(services, demo: gr.Blocks) -> dict:
                 c["prompt"] = gr.Textbox(lines=12, max_lines=30, interactive=False, show_label=False,
                                          elem_id="prompt-view", buttons=["copy"])
     runs = _wire_generation(h, c, conv, job, owned, side)
-    chat_probs.wire(services, c["probs_toggle"], c["probs"], conv, runs)
+    chat_probs.wire(services, c["probs_toggle"], c["probs"], conv, runs, side["list"])
     _wire_conversations(h, c, conv, owned, side)
     _register_api(services)
     meter_in = [c["input"], conv, c["system"], c["max_new"]]
