@@ -2,10 +2,11 @@
 
 Plain data out (dataclasses of ints, strings and floats), so the Inspect tab and the Chat
 tab's probability colours only draw. Everything runs on the loaded model's own weights
-(float, bf16 or quantized, a folder or a GGUF file) in forwards without a cache, never
-through the engine. The lens and attention go through ``Transformer.trace``, which keeps
-what a forward throws away; attention weights come from the reference attention path (SDPA
-never materializes them) and are computed only when asked for, one layer at a time.
+(float, bf16 or quantized, a folder or a GGUF file) in forwards without a cache; only a
+"what if" branch generates, through the engine like any reply. The lens and attention go
+through ``Transformer.trace``, which keeps what a forward throws away; attention weights
+come from the reference attention path (SDPA never materializes them) and are computed only
+when asked for, one layer at a time.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..device import inference_threads
+from ..generation import SamplingParams
 from .chat import MAX_CHARS_PER_TOKEN
 
 MAX_TOKENS = 256  # the heatmap is T x T and the lens n_layer x T: beyond this neither reads well
@@ -179,15 +181,12 @@ def branch(model, text: str, index: int, token_id: int, max_new: int = BRANCH_TO
     if not 0 <= token_id < model.config.vocab_size:
         raise InspectError(f"Token id {token_id} is outside the vocabulary.")
     seq = ids[:index + 1] + [token_id]
-    eos = set(model.tokenizer.eos_ids)
-    with _inference(model):
-        for _ in range(max(0, min(max_new, model.context_length - len(seq)))):
-            # A whole-sequence forward per token: the branch is short and never touches the
-            # engine (or its cache) that chat and the API drive.
-            nxt = int(model.model(torch.tensor([seq], device=model.device), last_only=True)[0, -1].argmax())
-            if nxt in eos:
-                break
-            seq.append(nxt)
+    steps = min(max_new, model.context_length - len(seq))
+    if steps > 0:
+        # Through the engine, which alone generates: greedy, serialized with chat and the API.
+        new = model.engine.generate_ids(seq, SamplingParams(temperature=0.0), steps)
+        eos = set(model.tokenizer.eos_ids)
+        seq += [t for t in new if t not in eos]
     tok = model.tokenizer
     prefix = tok.decode(ids[:index + 1], skip_special_tokens=False)
     full = tok.decode(seq, skip_special_tokens=False)
