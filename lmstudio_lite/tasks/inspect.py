@@ -139,16 +139,21 @@ def logit_lens(model, text: str) -> list[list[Candidate]]:
     its top next token and that token's probability. The last layer is the model's own
     prediction. On request only: it costs a head projection per layer."""
     ids = encode(model, text)
-    rows = []
+    T, V = len(ids), model.config.vocab_size
+    # Several layers per projection (a quantized head is dequantized once per call), within
+    # ~64 MB of float32 logits at a time.
+    group = max(1, (1 << 24) // (V * T))
+    best, top = [], []
     with _inference(model):
         hidden, _ = model.model.trace(torch.tensor([ids], device=model.device))
-        for h in hidden:
-            probs = torch.softmax(_logits(model, h[0]), dim=-1)  # one layer at a time: [T, V] is the big tensor
-            best, idx = probs.max(dim=-1)
-            top = idx.tolist()
-            rows.append([Candidate(i, s, float(p))
-                         for i, s, p in zip(top, model.tokenizer.token_strings(top), best.tolist())])
-    return rows
+        for g in range(0, len(hidden), group):
+            rows = torch.cat([h[0] for h in hidden[g:g + group]])  # [k*T, C]
+            p, i = torch.softmax(_logits(model, rows), dim=-1).max(dim=-1)
+            best += p.view(-1, T).tolist()
+            top += i.view(-1, T).tolist()
+    tok = model.tokenizer
+    return [[Candidate(i, s, p) for i, s, p in zip(ids_l, tok.token_strings(ids_l), probs_l)]
+            for ids_l, probs_l in zip(top, best)]
 
 
 def attention(model, text: str, layer: int, head: int | None = None) -> list[list[float]]:
