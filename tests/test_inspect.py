@@ -156,3 +156,26 @@ def test_chat_reply_probabilities_are_teacher_forced_softmax(tiny):
     # A Chinese reply: byte tokens merge into whole characters.
     zh = ins.reply_probabilities(tiny, messages, CHINESE)
     assert "".join(t.text for t in zh) == CHINESE and len(zh) == len(CHINESE)
+
+
+@pytest.mark.usefixtures("quiet_toasts")
+def test_tab_handlers_say_the_cap_and_colour_a_reply(tmp_path):
+    from fixtures_models import make_services
+
+    from lmstudio_lite.ui import chat_probs
+    from lmstudio_lite.ui.inspect_tab import InspectHandlers
+
+    services = make_services(tmp_path, load=str(BUNDLED))
+    h = InspectHandlers(services)
+    state, notice = h.run("dog " * 300)[:2]
+    n = len(services.registry.current.tokenizer.encode("dog " * 300))
+    assert state is None and f"at most 256 tokens (the cap); this text is {n} tokens" in notice
+    out = h.run(ENGLISH)
+    state, chips = out[0], out[3]
+    assert [label for _, label in chips][:2] == ["#410 · 4B", "#414 · 5B"]  # "Once", " upon"
+    assert h.pick(state, 3)[1].startswith("Position **3**: `␣time`")
+    conv = {"system": "", "messages": [{"role": "user", "content": "Hi"},
+                                       {"role": "assistant", "content": "Once upon a time"}]}
+    assert chat_probs.colours(services, False, conv)["visible"] is False
+    shown = chat_probs.colours(services, True, conv)["value"]
+    assert shown.count("class='tok'") == 4 and "alternatives:" in shown
