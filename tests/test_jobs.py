@@ -72,7 +72,7 @@ def test_finished_job_status_agrees_with_metrics(runner, base, data):
 def test_second_start_is_refused_and_cancel_stops_within_one_step(runner, base, data):
     run_id = runner.start(spec(base, data, steps=400, eval_every=0))
     wait_for(lambda: runner.status()["step"] >= 3)
-    with pytest.raises(JobBusyError, match="in progress"):
+    with pytest.raises(JobBusyError, match="still running"):
         runner.start(spec(base, data))
     with runner._lock:  # the step count at the very moment Cancel is pressed
         asked_at = runner._status["step"]
