@@ -136,8 +136,10 @@ class FakeJobs:
     started: list = field(default_factory=list)
 
     def start(self, spec):
+        from lmstudio_lite.training.jobs import JobBusyError
+
         if self.state["state"] == "running":
-            raise type("JobBusyError", (RuntimeError,), {})("run r0 is running")
+            raise JobBusyError("r1", "running")
         self.started.append(spec)
         self.state = {"state": "running", "run_id": "r1"}
         return "r1"
@@ -149,7 +151,8 @@ class FakeJobs:
         return dict(self.state)
 
     def list_runs(self):
-        return []
+        return [{"run_id": "r1", "outcome": "running", "step": 3, "total_steps": 10, "resumable": False,
+                 "spec": {}}] if self.started else []
 
 
 @pytest.fixture
@@ -197,10 +200,11 @@ def test_preview_and_spec(services, tmp_path):
     spec = act.make_spec(services, "stories260K", str(data), seq_len=64, steps=10, lr=1e-3, lora_rank=4, bogus=1)
     assert spec.base_model.endswith("stories260K") and spec.lora_rank == 4 and spec.seq_len == 64
     assert act.start_run(services, spec).startswith("Started run `r1`")
-    with pytest.raises(UserError, match="already in progress"):
+    with pytest.raises(UserError) as busy:
         act.start_run(services, spec)
+    assert str(busy.value) == "Not started: run r1 is still running: cancel it or wait for it to finish."
     assert "Cancel requested" in act.cancel_run(services)
-    assert "No finished model" in act.use_in_chat(services)
+    assert act.use_in_chat(services).startswith("⚠ Run `r1` is still training (step 3 of 10)")
 
 
 def test_finished_run_compare_and_use_in_chat(tmp_path):
@@ -226,6 +230,29 @@ def test_finished_run_compare_and_use_in_chat(tmp_path):
     assert svc.registry.current.name == "stories260K"  # comparing never replaces the serving model
     assert "Loaded" in act.use_in_chat(svc)
     assert Path(svc.registry.current.path) == Path(done["model_path"]).resolve()
+
+    # D3: after Cancel, Use in Chat and Compare act on the cancelled run (say why they cannot), not on
+    # the previous run's model; Resume finishes it with its own settings, and then they use its model.
+    svc.registry.load(str(svc.paths.models / "stories260K"))
+    cancelled = svc.jobs.start(act.make_spec(svc, "stories260K", spec.data, seq_len=64, steps=6, lr=1e-3,
+                                             batch_size=4, eval_every=3, threads=1, out_name="resumed-model"))
+    svc.jobs.cancel()
+    assert svc.jobs.wait(120)["state"] == "cancelled"
+    said = act.use_in_chat(svc)
+    assert said.startswith(f"⚠ Run `{cancelled}` was cancelled at step 0 of 6, so it has no model.")
+    assert svc.registry.current.name == "stories260K"  # nothing was loaded
+    with pytest.raises(UserError, match=f"Run `{cancelled}` was cancelled"):
+        next(act.compare_stream(svc, "Tell me a story 3", as_chat=True))
+    assert act.finished_model(svc) is None
+    runs = {r["run_id"]: r for r in act.list_runs(svc)}
+    assert runs[cancelled]["outcome"] == "cancelled" and runs[cancelled]["resumable"]
+    assert runs[done["run_id"]]["outcome"] == "finished"
+    assert "Loaded" in act.use_in_chat(svc, done["run_id"])  # the earlier run, named explicitly
+    assert act.resume_run(svc, cancelled) == f"Resumed run `{cancelled}` from step 0."
+    assert svc.jobs.wait(120)["state"] == "finished"
+    assert act.run_model(svc)["model_path"].endswith("resumed-model")
+    with pytest.raises(UserError, match="already finished"):
+        act.resume_run(svc, cancelled)
 
 
 def test_models_tab_actions(tmp_path):
