@@ -65,6 +65,26 @@ def test_status_markdown_and_progress():
     assert "/m/new" in view.status_markdown(done) and view.percent(done) == 100.0
     assert "ETA" not in view.progress_html(done)
     assert "&lt;b&gt;" in view.progress_html({"state": "<b>"})  # escaped
+    warned = dict(running, warning="validation loss rose 3 evaluations in a row (0.540 → 3.210)")
+    assert "Overfitting? validation loss rose 3" in view.status_markdown(warned).replace("**", "")
+    assert "Resume" in view.status_markdown(dict(running, state="cancelled"))
+
+
+def test_past_runs_show_settings_and_outcome_and_fill_the_form():
+    spec = {"base_model": "/m/stories260K", "data": "/d/stories.jsonl", "steps": 0, "epochs": 2.0, "lr": 1e-3,
+            "batch_size": 4, "seq_len": 64, "lora_rank": 8, "warmup_steps": -1, "scheduler": "linear",
+            "grad_accum": 2, "eval_every": 25, "seed": 7, "keep_best": True, "early_stop_patience": 3,
+            "out_name": None}
+    run = {"run_id": "r9", "spec": spec, "outcome": "cancelled", "step": 37, "total_steps": 500, "loss": 1.2,
+           "val_loss": 1.5, "best": {"step": 25, "val_loss": 1.4}, "resumable": True, "model_path": None}
+    assert view.run_label(run) == "r9 · stories260K (LoRA r8) on stories.jsonl · cancelled · step 37/500"
+    md = view.run_markdown(run)
+    assert "cancelled at step 37 of 500" in md and "Best validation loss 1.4000 at step 25" in md
+    assert "Resume" in md and "scheduler: linear" in md and "early stopping: after 3 evaluations" in md
+    form = view.form_from_spec(spec, "stories260K")
+    assert set(form) == set(view.FORM_KEYS)
+    assert form["length_by"] == "epochs" and form["epochs"] == 2.0 and form["method"] == "LoRA"
+    assert (form["base"], form["seed"], form["grad_accum"], form["out_name"]) == ("stories260K", 7, 2, "")
 
 
 def test_signature_changes_only_with_news():

@@ -55,7 +55,7 @@ def _layout(services) -> dict:
         with gr.Column(scale=1):
             c["base"] = gr.Dropdown(choices, value=base, label="Base model", elem_id="train-base")
             c["dataset"] = gr.File(label="Training data (.txt .jsonl .csv .tsv)", file_types=list(act.DATA_TYPES),
-                                   elem_id="dataset", height=90)
+                                   elem_id="dataset", height=110)
             c["sample"] = gr.Dropdown(list(act.list_samples()), value=None, label="…or a bundled sample",
                                       elem_id="sample-pick")
             _layout_hparams(c, d)
@@ -269,7 +269,7 @@ def _poll(services, sig, chosen):
     new session has no data of its own chosen yet."""
     status = act.job_status(services)
     new = view.signature(status)
-    n_out = 12 + len(RUN_PANEL) + len(FORM)
+    n_out = 13 + len(RUN_PANEL) + len(FORM)  # every output of the tick, sig included
     if sig is not None and tuple(sig) == new:
         return [gr.skip()] * n_out
     old = tuple(sig) if sig is not None else (None, None)
@@ -287,6 +287,8 @@ def _poll(services, sig, chosen):
         pick = pick or (runs_now[0]["run_id"] if runs_now else None)
         runs = [gr.update(choices=[(view.run_label(r), r["run_id"]) for r in runs_now], value=pick),
                 *_run_panel(services, pick)]
+    elif chosen == run_id and old[5:6] != new[5:6]:  # the chosen live run was evaluated: its best moved
+        runs = [gr.skip(), *_run_panel(services, chosen)]
     form = [gr.skip()] * len(FORM)
     attach = act.run_form(services, run_id) if sig is None and state not in (None, "idle") else None
     if attach:
