@@ -244,6 +244,9 @@ def test_finished_run_compare_and_use_in_chat(tmp_path):
     done = act.finished_model(svc)
     assert done["model_path"] == status["model_path"] and done["base_model"].endswith("stories260K")
     assert Path(done["model_path"]).name in act.model_choices(svc)  # the new model is listed
+    form = act.run_form(svc, done["run_id"])  # what a reloaded page's form shows: the run's own settings
+    assert (form["base"], form["steps"], form["batch_size"], form["seq_len"], form["eval_every"]) == \
+        ("stories260K", 12, 4, 64, 6)
     answers = list(act.compare_stream(svc, "Tell me a story 3", as_chat=True, max_new_tokens=12))
     base, tuned = answers[-1]
     assert base and tuned and "[error" not in base + tuned
@@ -369,7 +372,8 @@ def test_train_start_status_cancel(client, app, tmp_path):
         time.sleep(0.2)
         s = json.loads(client.predict(api_name="/train_status"))
     assert s["total_steps"] == 5000 and s["data_format"] == "prompt_completion"
-    assert "already in progress" in client.predict("stories260K", str(data), 10, api_name="/train_start")
+    busy = client.predict("stories260K", str(data), 10, api_name="/train_start")
+    assert busy.startswith("error: Not started: run ") and busy.count("still running") == 1
     assert "Cancel requested" in client.predict(api_name="/train_cancel")
     s = wait_status(client, ("cancelled",), timeout=60)
     assert 0 < s["step"] < 5000

@@ -347,10 +347,11 @@ def run_form(services, run_id: str | None) -> dict | None:
 
 
 def _model_name(services, path: str | None) -> str | None:
+    """The listed model at ``path`` (the form's base dropdown offers only those), else None."""
     if not path:
         return None
-    entry = next((e for e in all_models(services) if str(e.path) == str(path)), None)
-    return entry.name if entry is not None else Path(path).name
+    entry = next((e for e in all_models(services) if str(e.path) == str(path) and e.error is None), None)
+    return entry.name if entry is not None else None
 
 
 # ---- comparison --------------------------------------------------------------------------------
