@@ -208,11 +208,7 @@ def test_train_live_plot_reload_reattach_cancel(browser, app, tmp_path):  # noqa
     page.click("#tab-train-button")
 
     reattached_after_reload(app, page, run_id, step, blank, tmp_path)
-    page.click("#train-cancel")
-    end = time.monotonic() + 120  # cancel lands at the next optimizer step
-    while job(app)["state"] != "cancelled" and time.monotonic() < end and app.proc.poll() is None:
-        time.sleep(0.25)
-    assert job(app)["state"] == "cancelled"
+    cancel_and_wait(app, page)
     expect(page.locator("#train-status")).to_contain_text("cancelled")
     expect(page.locator("#train-start")).to_be_enabled()
     expect(page.locator("#train-msg")).to_have_text("")  # "Cancel requested" is stale once it is done
@@ -238,8 +234,12 @@ def cancelled_run_has_no_model_and_resumes(app, page, run_id: str, shots):
     wait_job(app, lambda s: s["run_id"] == run_id and s["state"] == "running" and s["step"] > step,
              "the resumed run to train on")
     expect(page.locator("#train-run-info")).to_contain_text("running")
+    cancel_and_wait(app, page)
+
+
+def cancel_and_wait(app, page):
     page.click("#train-cancel")
-    end = time.monotonic() + 120
+    end = time.monotonic() + 120  # cancel lands at the next optimizer step
     while job(app)["state"] != "cancelled" and time.monotonic() < end and app.proc.poll() is None:
         time.sleep(0.25)
     assert job(app)["state"] == "cancelled"

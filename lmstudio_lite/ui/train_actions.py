@@ -299,15 +299,17 @@ def run_model(services, run_id: str | None = None) -> dict:
         raise UserError(f"Run `{run['run_id']}` {_no_model_reason(run)}")
     if not Path(path).is_dir():
         raise UserError(f"The model of run `{run['run_id']}` ({Path(path).name}) has been deleted.")
-    base = run.get("base_model") or _spec_base(services, run["run_id"])
+    base = run.get("base_model") or (_run_spec(services, run["run_id"]) or {}).get("base_model")
     return {"run_id": run["run_id"], "model_path": str(path), "base_model": base}
 
 
-def _spec_base(services, run_id: str | None) -> str | None:
+def _run_spec(services, run_id: str | None) -> dict | None:
+    """A run's spec.json as a dict, or None when it cannot be read."""
     try:
-        return json.loads((Path(services.paths.runs) / str(run_id) / "spec.json").read_text()).get("base_model")
+        spec = json.loads((Path(services.paths.runs) / str(run_id) / "spec.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, TypeError):
         return None
+    return spec if isinstance(spec, dict) else None
 
 
 def finished_model(services, run_id: str | None = None) -> dict | None:
@@ -339,11 +341,8 @@ def run_history(services, run_id: str | None) -> list[tuple]:
 
 def run_form(services, run_id: str | None) -> dict | None:
     """The form's values for a run's own settings (re-attach after a page reload), or None."""
-    try:
-        spec = json.loads((Path(services.paths.runs) / str(run_id) / "spec.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError):
-        return None
-    return view.form_from_spec(spec, _model_name(services, spec.get("base_model")))
+    spec = _run_spec(services, run_id)
+    return None if spec is None else view.form_from_spec(spec, _model_name(services, spec.get("base_model")))
 
 
 def _model_name(services, path: str | None) -> str | None:
