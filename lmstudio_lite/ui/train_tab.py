@@ -143,7 +143,9 @@ def _layout_progress(c: dict):
 def _layout_runs(c: dict):
     with gr.Accordion("Runs: resume, use or compare", open=True, elem_id="train-runs-section"):
         with gr.Row():
-            c["runs"] = gr.Dropdown([], value=None, label="Run", elem_id="train-runs", scale=4)
+            # allow_custom_value: a run id the list does not hold yet must not fail the poll that reads it
+            c["runs"] = gr.Dropdown([], value=None, label="Run", elem_id="train-runs", scale=4,
+                                    allow_custom_value=True)
             c["resume"] = gr.Button("Resume", elem_id="train-resume", interactive=False, scale=1)
             c["use"] = gr.Button("Use in Chat", elem_id="use-in-chat", interactive=False, scale=1)
         c["run_msg"] = gr.Markdown("", elem_id="train-run-msg")
@@ -270,10 +272,13 @@ def _poll(services, sig, chosen):
     status = act.job_status(services)
     new = view.signature(status)
     n_out = 13 + len(RUN_PANEL) + len(FORM)  # every output of the tick, sig included
-    if sig is not None and tuple(sig) == new:
-        return [gr.skip()] * n_out
-    old = tuple(sig) if sig is not None else (None, None)
     active, state, run_id = view.is_active(status), status.get("state"), status.get("run_id")
+    # sig: the last drawn signature, then whether the live run was in the runs list (its folder is
+    # made a moment after it starts, so an active run missing from the list is looked for again)
+    listed = bool(sig[-1]) if sig is not None and len(sig) > len(new) else False
+    if sig is not None and tuple(sig[:len(new)]) == new and (listed or not active):
+        return [gr.skip()] * n_out
+    old = tuple(sig[:len(new)]) if sig is not None else (None, None)
     done_now = state in view.DONE_STATES and old[1] != state
     base = gr.update(choices=act.model_choices(services)) if done_now else gr.skip()
     msg = "" if done_now and sig is not None else gr.skip()  # a message about the ended run is stale now
@@ -281,10 +286,12 @@ def _poll(services, sig, chosen):
     shown = ((f"**Data of run `{run_id}`:** " + view.preview_markdown(preview),
               view.preview_highlight(preview)) if isinstance(preview, dict) else (gr.skip(), gr.skip()))
     runs = [gr.skip()] * (1 + len(RUN_PANEL))
-    if sig is None or old[0] != run_id or old[1] != state:  # a run started, resumed or ended: list anew
+    if sig is None or old[0] != run_id or old[1] != state or (active and not listed):  # list anew
         runs_now = act.list_runs(services)
-        pick = run_id if sig is None or old[0] != run_id or not chosen else chosen
-        pick = pick or (runs_now[0]["run_id"] if runs_now else None)
+        ids = [r["run_id"] for r in runs_now]
+        newly, listed = not listed, run_id in ids  # a run that just appeared is shown; later, the choice stays
+        pick = run_id if sig is None or old[0] != run_id or newly or not chosen else chosen
+        pick = pick if pick in ids else (ids[0] if ids else None)
         runs = [gr.update(choices=[(view.run_label(r), r["run_id"]) for r in runs_now], value=pick),
                 *_run_panel(services, pick)]
     elif chosen == run_id and old[5:6] != new[5:6]:  # the chosen live run was evaluated: its best moved
@@ -296,7 +303,7 @@ def _poll(services, sig, chosen):
     return [view.status_markdown(status), view.progress_html(status), view.plot_value(status.get("history")),
             view.probes_markdown(status.get("probes")), view.log_text(status),
             gr.update(interactive=not active), gr.update(interactive=active), base, msg, *shown, *runs,
-            *form, list(new)]
+            *form, [*new, listed]]
 
 
 def _form_updates(values: dict) -> list:
