@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from ..generation import Engine, SamplingParams
 from . import distributed as D
-from .checkpointing import RunFolder, load_best, load_checkpoint, save_best, save_checkpoint
+from .checkpointing import RunFolder, best_info, load_best, load_checkpoint, save_best, save_checkpoint
 from .data import IGNORE, Batcher, Example, PreparedData
 from .loss import CausalLMLoss
 from .schedule import lr_at
@@ -314,6 +314,10 @@ class Trainer:
         """Put the kept best weights back (before export); {"step", "val_loss"} of them, or None when
         the last step is the best or none were kept."""
         if not self.spec.keep_best or self.watch.best_loss is None or self.watch.best_step == self.step:
+            return None
+        kept = best_info(self.run.path)
+        if kept is None or kept.get("step") != self.watch.best_step:  # a crash between the two saves
+            self._log(f"the kept best weights are not those of step {self.watch.best_step}: exporting the last step")
             return None
         weights = load_best(self.run.path, self.device)
         with torch.no_grad():
