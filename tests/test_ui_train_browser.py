@@ -104,8 +104,9 @@ def form_fits_and_shows_only_what_applies(page, shots):
     from playwright.sync_api import expect
 
     page.set_viewport_size({"width": 1280, "height": 800})
+    page.evaluate("window.scrollTo(0, 0)")  # as the tab opens: nothing scrolled yet
     box = page.locator("#train-start").bounding_box()
-    assert box["y"] + box["height"] <= 800, box
+    assert page.evaluate("window.scrollY") == 0 and 0 <= box["y"] and box["y"] + box["height"] <= 800, box
     page.screenshot(path=str(shots / "train-0-fold.png"))
     expect(page.locator("#train-epochs")).to_be_hidden()
     expect(page.locator("#train-lora-rank")).to_be_hidden()  # stories260K trains fully by default
@@ -195,8 +196,8 @@ def test_train_live_plot_reload_reattach_cancel(browser, app, tmp_path):  # noqa
                                         "completion": f"Once upon a time there was a cat named {i}."}) + "\n"
                             for i in range(40)))
     ctx, page = open_train_tab(browser, app.base)
-    blank = page.locator("#loss-plot").screenshot()
     form_fits_and_shows_only_what_applies(page, tmp_path)
+    blank = page.locator("#loss-plot").screenshot()
     preview_and_start(app, page, data, tmp_path)
     step = plot_grows(app, page, blank, tmp_path)
     run_id = run_id_of(page)
