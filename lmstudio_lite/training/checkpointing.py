@@ -33,7 +33,7 @@ import torch
 from ..checkpoints.errors import CheckpointError, disk_full_named
 from ..checkpoints.folder import write_json
 
-CKPT, TMP, PREV = "checkpoint", "checkpoint.tmp", "checkpoint.prev"
+CKPT, PREV = "checkpoint", "checkpoint.prev"
 BEST = "best"
 
 
