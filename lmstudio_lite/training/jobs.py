@@ -20,7 +20,7 @@ import time
 
 from ..checkpoints.errors import CheckpointError
 from ..paths import AppPaths, app_paths
-from .checkpointing import RunFolder, checkpoint_path, new_run_id, read_metrics_file
+from .checkpointing import RunFolder, best_info, checkpoint_path, new_run_id, read_metrics_file
 from .data import DataError
 from .run import run_training
 from .spec import TrainSpec
@@ -32,14 +32,18 @@ LOG_MAX = 50
 
 
 class JobBusyError(RuntimeError):
-    """A second run was started while one is still going."""
+    """A second run was started while one is still going; ``run_id`` and ``state`` name that one."""
+
+    def __init__(self, run_id: str | None, state: str):
+        super().__init__(f"run {run_id} is still {state}: cancel it or wait for it to finish")
+        self.run_id, self.state = run_id, state
 
 
 def _blank(state: str = "idle", run_id: str | None = None) -> dict:
     return {"state": state, "run_id": run_id, "step": 0, "total_steps": None, "epoch": 0.0, "loss": None,
             "val_loss": None, "val_ppl": None, "lr": None, "tokens_per_s": None, "elapsed_s": 0.0, "eta_s": None,
             "probes": [], "error": None, "model_path": None, "run_dir": None, "history": [], "log": [],
-            "preview": None}
+            "preview": None, "warning": None}
 
 
 def error_message(e: BaseException) -> str:
@@ -68,8 +72,7 @@ class JobRunner:
             raise ValueError("give a training spec, or a run id to resume")
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
-                raise JobBusyError(f"another training run ({self._status['run_id']}) is in progress "
-                                   f"({self._status['state']}); cancel it or wait for it to finish")
+                raise JobBusyError(self._status["run_id"], self._status["state"])
             run_id = resume or new_run_id()
             self._cancel = threading.Event()
             self._status = _blank("queued", run_id)
@@ -134,6 +137,8 @@ class JobRunner:
                 s[key] = record.get(key)
             if "val_loss" in record:
                 s["val_loss"], s["val_ppl"] = record["val_loss"], record.get("val_ppl")
+            if record.get("warning"):
+                s["warning"] = record["warning"]
             if record.get("probes") is not None:
                 s["probes"] = record["probes"]
             if record.get("logged", True):
@@ -150,9 +155,12 @@ class JobRunner:
         return read_metrics_file(self.paths.runs / run_id / "metrics.jsonl")
 
     def list_runs(self) -> list[dict]:
-        """Runs on disk, newest first: id, base model, data, steps done, last loss, model path, resumable."""
+        """Runs on disk, newest first: id, spec (its settings), outcome ("finished", "cancelled",
+        "failed", "running" for this runner's live run, "stopped" when the app ended mid-run), steps
+        done and planned, last losses, the kept best, the model path, and whether it can be resumed."""
         if not self.paths.runs.is_dir():
             return []
+        live = self.status()
         out = []
         for folder in sorted((p for p in self.paths.runs.iterdir() if p.is_dir()), reverse=True):
             run = RunFolder(folder)
@@ -160,15 +168,20 @@ class JobRunner:
                 spec = run.read_spec()
             except CheckpointError:
                 continue
-            metrics = run.read_metrics()
+            metrics, result = run.read_metrics(), run.read_result()
             last = metrics[-1] if metrics else {}
-            result = run.read_result()
-            out.append({"run_id": folder.name, "base_model": spec.get("base_model"), "data": spec.get("data"),
-                        "from_scratch": spec.get("from_scratch"), "step": last.get("step", 0),
+            outcome = result.get("state") or "stopped"
+            if live["run_id"] == folder.name and live["state"] in ("queued", "running", "cancelling"):
+                outcome = "running"
+            out.append({"run_id": folder.name, "spec": spec, "base_model": spec.get("base_model"),
+                        "data": spec.get("data"), "from_scratch": spec.get("from_scratch"), "outcome": outcome,
+                        "step": last.get("step", 0), "total_steps": result.get("total_steps"),
                         "loss": last.get("loss"), "val_loss": next((m["val_loss"] for m in reversed(metrics)
                                                                     if "val_loss" in m), None),
+                        "best": best_info(folder), "error": result.get("error"),
                         "model_path": result.get("model_path"),
-                        "resumable": checkpoint_path(folder) is not None and not result.get("model_path")})
+                        "resumable": (outcome != "running" and checkpoint_path(folder) is not None
+                                      and not result.get("model_path"))})
         return out
 
 

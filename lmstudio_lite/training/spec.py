@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 OPTIMIZERS = ("adamw", "sgd")
+SCHEDULERS = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 FAMILIES = ("llama", "gpt2")
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -49,8 +50,10 @@ class TrainSpec:
     """Applied to 2-D weights only (matrices, embeddings); never to norms and biases."""
     warmup_steps: int = -1
     """Linear warm-up steps; -1 = 5% of the run, at most 100."""
+    scheduler: str = "cosine"
+    """Learning rate after warm-up: "cosine" or "linear" decay to lr * min_lr_ratio, or "constant"."""
     min_lr_ratio: float = 0.1
-    """The cosine schedule ends at lr * min_lr_ratio."""
+    """The decaying schedules end at lr * min_lr_ratio."""
     clip: float = 1.0
     """Gradient-norm clipping (0 = off)."""
     lora_rank: int = 0
@@ -62,6 +65,12 @@ class TrainSpec:
     """With LoRA, also write the adapter (PEFT layout) into ``adapter/`` of the model folder."""
     eval_every: int = 50
     """Validation loss + probe generations every N steps (0 = only at the end)."""
+    keep_best: bool = True
+    """Export the weights of the evaluation with the lowest validation loss, not those of the last step."""
+    early_stop_patience: int = 0
+    """Stop after this many evaluations without a new best validation loss (0 = never stop early)."""
+    overfit_warn_evals: int = 3
+    """Warn when the validation loss rose this many evaluations in a row (0 = never warn)."""
     eval_batches: int = 16
     """At most this many validation batches per evaluation (0 = all)."""
     save_every: int = 100
@@ -127,7 +136,8 @@ class TrainSpec:
                 raise ValueError(f"{name} must be a whole number >= 1, got {value}")
         if self.seq_len < 2:
             raise ValueError("seq_len must be at least 2 tokens")
-        for name in ("eval_every", "save_every", "eval_batches", "lora_rank"):
+        for name in ("eval_every", "save_every", "eval_batches", "lora_rank", "early_stop_patience",
+                     "overfit_warn_evals"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} cannot be negative")
         if self.warmup_steps < -1:
@@ -146,6 +156,8 @@ class TrainSpec:
     def _check_choices(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         from ..model.lora import TARGETS

@@ -124,6 +124,16 @@ def device_type(services) -> str:
         return "cpu"
 
 
+def advanced_defaults() -> dict:
+    """The Advanced settings' starting values: TrainSpec's own defaults, defined there once."""
+    from ..training.spec import SCHEDULERS, TrainSpec
+
+    fields = TrainSpec.__dataclass_fields__
+    out = {k: fields[k].default for k in ("warmup_steps", "scheduler", "grad_accum", "seed", "keep_best",
+                                          "early_stop_patience")}
+    return {**out, "schedulers": SCHEDULERS}
+
+
 def defaults_for(services, name: str | None) -> dict:
     try:
         entry = find_model(services, name)
@@ -214,12 +224,28 @@ def start_run(services, spec) -> str:
     try:
         run_id = services.jobs.start(spec)
     except Exception as e:  # JobBusyError, or a start-time failure from the runner
-        if type(e).__name__ == "JobBusyError":
-            raise UserError(f"A training run is already in progress ({e}); cancel it first.") from None
-        if isinstance(e, (ValueError, OSError, RuntimeError)):
-            raise UserError(f"Could not start training: {e}") from None
-        raise
+        raise _start_error(e) from None
     return f"Started run `{run_id}`: {spec.steps or spec.epochs} {'steps' if spec.steps else 'epochs'}."
+
+
+def _start_error(e: Exception) -> Exception:
+    if type(e).__name__ == "JobBusyError":  # its message names the run and says what to do
+        return UserError(f"Not started: {e}.")
+    if isinstance(e, (ValueError, OSError, RuntimeError)):
+        return UserError(f"Could not start training: {e}")
+    return e
+
+
+def resume_run(services, run_id: str | None) -> str:
+    """Continue a cancelled (or interrupted) run from its last checkpoint, with its own settings."""
+    run = find_run(services, run_id)
+    if not run.get("resumable"):
+        raise UserError(f"Run `{run['run_id']}` cannot be resumed: it {_no_model_reason(run)}")
+    try:
+        services.jobs.start(resume=run["run_id"])
+    except Exception as e:
+        raise _start_error(e) from None
+    return f"Resumed run `{run['run_id']}` from step {run.get('step') or 0}."
 
 
 def cancel_run(services) -> str:
@@ -235,41 +261,96 @@ def job_status(services) -> dict:
     return services.jobs.status() if services.jobs is not None else {"state": "unavailable"}
 
 
-def _spec_base(services, run_id: str | None) -> str | None:
+def list_runs(services) -> list[dict]:
+    """Past runs, newest first, as JobRunner.list_runs() gives them (see there)."""
+    if services.jobs is None or not hasattr(services.jobs, "list_runs"):
+        return []
+    return services.jobs.list_runs()
+
+
+def find_run(services, run_id: str | None) -> dict:
+    """One run of list_runs(); None = the current run: the runner's, or after a restart the newest."""
+    runs = list_runs(services)
+    if not run_id:
+        run_id = job_status(services).get("run_id") or (runs[0]["run_id"] if runs else None)
+    if not run_id:
+        raise UserError("No training run yet: train a model first.")
+    run = next((r for r in runs if r["run_id"] == run_id), None)
+    if run is None:
+        raise UserError(f"No training run named `{run_id}`.")
+    return run
+
+
+def _no_model_reason(run: dict) -> str:
+    step = f"step {run.get('step') or 0}" + (f" of {run['total_steps']}" if run.get("total_steps") else "")
+    return {"running": f"is still training ({step}); its model appears when it finishes.",
+            "cancelled": f"was cancelled at {step}, so it has no model. Resume it to finish training.",
+            "stopped": f"stopped at {step} when the app closed, so it has no model. Resume it to finish training.",
+            "failed": f"failed ({run.get('error') or 'see its log'}), so it has no model.",
+            "finished": "has already finished."}.get(run.get("outcome"), "has no model.")
+
+
+def run_model(services, run_id: str | None = None) -> dict:
+    """{run_id, model_path, base_model} of a run (None = the current run); UserError saying why not
+    when that run has no model (still training, cancelled, failed, or its model deleted since)."""
+    run = find_run(services, run_id)
+    path = run.get("model_path")
+    if not path:
+        raise UserError(f"Run `{run['run_id']}` {_no_model_reason(run)}")
+    if not Path(path).is_dir():
+        raise UserError(f"The model of run `{run['run_id']}` ({Path(path).name}) has been deleted.")
+    base = run.get("base_model") or (_run_spec(services, run["run_id"]) or {}).get("base_model")
+    return {"run_id": run["run_id"], "model_path": str(path), "base_model": base}
+
+
+def _run_spec(services, run_id: str | None) -> dict | None:
+    """A run's spec.json as a dict, or None when it cannot be read."""
     try:
-        return json.loads((Path(services.paths.runs) / str(run_id) / "spec.json").read_text()).get("base_model")
+        spec = json.loads((Path(services.paths.runs) / str(run_id) / "spec.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, TypeError):
         return None
+    return spec if isinstance(spec, dict) else None
 
 
-def finished_model(services) -> dict | None:
-    """{run_id, model_path, base_model} of the newest finished run: the current job's when it finished,
-    else (after a restart, while idle) the newest run on disk with a model; None while a run is active."""
-    status = job_status(services)
-    state = status.get("state")
-    if state == "finished" and status.get("model_path"):
-        run = {"run_id": status.get("run_id"), "model_path": status["model_path"]}
-    elif state in view.ACTIVE_STATES or services.jobs is None or not hasattr(services.jobs, "list_runs"):
+def finished_model(services, run_id: str | None = None) -> dict | None:
+    """run_model(), or None when that run has no model."""
+    try:
+        return run_model(services, run_id)
+    except UserError:
         return None
-    else:
-        run = next((r for r in services.jobs.list_runs() if r.get("model_path")), None)
-        if run is None:
-            return None
-    if not Path(run["model_path"]).is_dir():
-        return None  # deleted in the Models tab since
-    base = run.get("base_model") or _spec_base(services, run.get("run_id"))
-    return {"run_id": run.get("run_id"), "model_path": str(run["model_path"]), "base_model": base}
 
 
-def use_in_chat(services) -> str:
-    done = finished_model(services)
-    if done is None:
-        return "No finished model yet: train one first."
+def use_in_chat(services, run_id: str | None = None) -> str:
+    try:
+        done = run_model(services, run_id)
+    except UserError as e:
+        return f"⚠ {e}"
     try:
         model = services.registry.load(done["model_path"])
     except Exception as e:  # a broken output folder must not take the app down
         return f"⚠ Could not load {done['model_path']}: {friendly(e)}"
-    return f"Loaded **{model.name}** into Chat."
+    return f"Loaded **{model.name}** (run `{done['run_id']}`) into Chat."
+
+
+def run_history(services, run_id: str | None) -> list[tuple]:
+    """[(step, loss, val_loss)] of a run, from its metrics.jsonl."""
+    if not run_id or services.jobs is None or not hasattr(services.jobs, "read_metrics"):
+        return []
+    return view.history_of(services.jobs.read_metrics(run_id))
+
+
+def run_form(services, run_id: str | None) -> dict | None:
+    """The form's values for a run's own settings (re-attach after a page reload), or None."""
+    spec = _run_spec(services, run_id)
+    return None if spec is None else view.form_from_spec(spec, _model_name(services, spec.get("base_model")))
+
+
+def _model_name(services, path: str | None) -> str | None:
+    """The listed model at ``path`` (the form's base dropdown offers only those), else None."""
+    if not path:
+        return None
+    entry = next((e for e in all_models(services) if str(e.path) == str(path) and e.error is None), None)
+    return entry.name if entry is not None else None
 
 
 # ---- comparison --------------------------------------------------------------------------------
@@ -282,14 +363,13 @@ def _load_for_compare(services, path: str):
     return load_model(path, device=services.registry.device, dtype=services.registry.dtype)
 
 
-def compare_stream(services, prompt: str, as_chat: bool, max_new_tokens: int = 64):
-    """Yield (base answer, tuned answer) while both generate greedily, base first.
+def compare_stream(services, prompt: str, as_chat: bool, max_new_tokens: int = 64, run_id: str | None = None):
+    """Yield (base answer, tuned answer) while both generate greedily, base first, for a run's model
+    (None = the current run; UserError saying why when it has none).
 
     Each model is a separate LoadedModel (the serving model is reused only when it is the same folder,
     never replaced)."""
-    done = finished_model(services)
-    if done is None:
-        raise UserError("Compare needs a finished run: train a model first.")
+    done = run_model(services, run_id)
     tuned, base = done["model_path"], done["base_model"]
     if not base:
         raise UserError("The base model of this run is unknown.")

@@ -94,11 +94,13 @@ def status_markdown(status: dict | None) -> str:
     lines = [head]
     if state == "failed" and s.get("error"):
         lines.append(f"**Error:** {s['error']}")
+    if s.get("warning"):
+        lines.append(f"⚠️ **Overfitting?** {s['warning']}")
     if state == "finished" and s.get("model_path"):
         lines.append(f"**New model:** `{s['model_path']}`. Use it in Chat or compare it with the base below.")
     if state == "cancelled":
-        lines.append("Cancelled; the last checkpoint was kept." + (
-            f" Model: `{s['model_path']}`" if s.get("model_path") else ""))
+        lines.append("Cancelled: there is no new model. The last checkpoint was kept: Resume the run below "
+                     "to finish it.")
     return "\n\n".join(lines)
 
 
@@ -325,6 +327,79 @@ def default_hparams(parameters: int, context_length: int, device_type: str = "cp
     return {"steps": steps, "epochs": 1.0, "lr": lr, "batch_size": batch, "seq_len": seq_len,
             "max_seq_len": ctx, "method": "LoRA" if lora else "Full", "lora_rank": 8 if lora else 0,
             "eval_every": max(10, steps // 10)}
+
+
+# ---- past runs ----------------------------------------------------------------------------------
+FORM_KEYS = ("base", "data", "length_by", "steps", "epochs", "lr", "batch_size", "seq_len", "method", "lora_rank",
+             "out_name", "warmup_steps", "scheduler", "grad_accum", "eval_every", "seed", "keep_best",
+             "early_stop_patience")
+OUTCOMES = {"finished": "✓ finished", "cancelled": "cancelled", "failed": "✗ failed", "running": "● running",
+            "stopped": "stopped (app closed)"}
+
+
+def form_from_spec(spec: dict, base_name: str | None) -> dict:
+    """A run's spec.json -> the Train form's values (keys: FORM_KEYS)."""
+    by_steps = bool(spec.get("steps"))
+    lora = int(spec.get("lora_rank") or 0)
+    values = {"base": base_name, "data": spec.get("data"), "length_by": "steps" if by_steps else "epochs",
+              "method": "LoRA" if lora else "Full", "lora_rank": lora or 8, "out_name": spec.get("out_name") or "",
+              "batch_size": spec.get("batch_size"), "seq_len": spec.get("seq_len"), "lr": spec.get("lr")}
+    for key in ("steps", "epochs", "warmup_steps", "scheduler", "grad_accum", "eval_every", "seed", "keep_best",
+                "early_stop_patience"):
+        values[key] = spec.get(key)
+    return values
+
+
+def run_label(run: dict) -> str:
+    """One line for the runs list: id, model, outcome, progress."""
+    spec = run.get("spec") or {}
+    model = "from scratch" if spec.get("from_scratch") else _tail(spec.get("base_model"))
+    kind = f"LoRA r{spec['lora_rank']}" if spec.get("lora_rank") else "full"
+    steps = f"step {run.get('step') or 0}" + (f"/{run['total_steps']}" if run.get("total_steps") else "")
+    return (f"{run['run_id']} · {model} ({kind}) on {_tail(spec.get('data'))} · "
+            f"{OUTCOMES.get(run.get('outcome'), run.get('outcome'))} · {steps}")
+
+
+def _tail(path) -> str:
+    return re.split(r"[\\/]", str(path or "?").rstrip("/\\"))[-1]
+
+
+def run_markdown(run: dict | None) -> str:
+    """A past run: its outcome, results and settings."""
+    if not run:
+        return "_No training runs yet._"
+    spec = run.get("spec") or {}
+    lines = [f"**Run `{run['run_id']}`:** {OUTCOMES.get(run.get('outcome'), run.get('outcome'))} at step "
+             f"{run.get('step') or 0}" + (f" of {run['total_steps']}" if run.get("total_steps") else "")
+             + f" · last loss {_num(run.get('loss'))} · val loss {_num(run.get('val_loss'))}"]
+    best = run.get("best")
+    if best:
+        lines.append(f"Best validation loss {best['val_loss']:.4f} at step {best['step']}"
+                     + (" (these weights were exported)." if run.get("model_path") else "."))
+    if run.get("error"):
+        lines.append(f"**Error:** {html.escape(str(run['error']))}")
+    if run.get("model_path"):
+        lines.append(f"**Model:** `{run['model_path']}`")
+    elif run.get("resumable"):
+        lines.append("No model yet: **Resume** continues this run from its last checkpoint.")
+    settings = [("base model", _tail(spec.get("base_model")) if not spec.get("from_scratch") else "from scratch"),
+                ("data", _tail(spec.get("data"))),
+                ("length", f"{spec['steps']} steps" if spec.get("steps") else f"{spec.get('epochs')} epochs"),
+                ("method", f"LoRA rank {spec['lora_rank']}" if spec.get("lora_rank") else "full fine-tune"),
+                ("learning rate", spec.get("lr")), ("batch size", spec.get("batch_size")),
+                ("gradient accumulation", spec.get("grad_accum")), ("sequence length", spec.get("seq_len")),
+                ("warm-up steps", "auto" if spec.get("warmup_steps", -1) < 0 else spec.get("warmup_steps")),
+                ("scheduler", spec.get("scheduler", "cosine")), ("eval every", spec.get("eval_every")),
+                ("keep best", "yes" if spec.get("keep_best", True) else "no"),
+                ("early stopping", f"after {spec['early_stop_patience']} evaluations"
+                 if spec.get("early_stop_patience") else "off"), ("seed", spec.get("seed"))]
+    lines.append(" · ".join(f"{k}: {html.escape(str(v))}" for k, v in settings))
+    return "\n\n".join(lines)
+
+
+def history_of(metrics: list[dict]) -> list[tuple]:
+    """metrics.jsonl records -> [(step, loss, val_loss)] for plot_value."""
+    return [(m["step"], m.get("loss"), m.get("val_loss")) for m in metrics if "step" in m]
 
 
 # ---- models table -------------------------------------------------------------------------------
