@@ -21,13 +21,15 @@ import threading
 import time
 from pathlib import Path
 
+from .errors import LiteError
+
 ROLES = ("system", "user", "assistant")
 TITLE_CHARS = 48
 MAX_IMPORT_BYTES = 5 * 1024 * 1024
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-class ChatFormatError(ValueError):
+class ChatFormatError(LiteError, ValueError):
     """An imported or stored conversation is not in the expected shape."""
 
 

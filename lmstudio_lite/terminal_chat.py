@@ -12,6 +12,8 @@ import signal
 import sys
 from pathlib import Path
 
+from .errors import user_message
+
 HELP = """commands:
   /system TEXT   set the system prompt (/system alone shows it; /system - clears it)
   /reset         forget the conversation (the system prompt stays)
@@ -88,7 +90,7 @@ def _reply(session: ChatSession, text: str, out) -> None:
     try:
         stream = session.start_reply(text)
     except ValueError as e:
-        out.write(f"[{e}]\n")
+        out.write(f"[{user_message(e)}]\n")
         return
     dropped = session.forget(stream.stats.get("dropped_turns") or [])
     if dropped:
@@ -124,7 +126,7 @@ def _command(session: ChatSession, line: str, out) -> bool:
             try:
                 out.write(f"[saved {len(session.transcript)} messages to {session.save(arg)}]\n")
             except OSError as e:
-                out.write(f"[could not save: {e}]\n")
+                out.write(f"[could not save: {user_message(e)}]\n")
     else:
         out.write(f"[unknown command {name}; /help lists them]\n")
     return True

@@ -5,12 +5,14 @@ import contextlib
 import errno
 from pathlib import Path
 
+from ..errors import LiteError
+
 # ENOSPC: the disk is full; EDQUOT: the user's quota is; EFBIG: a file-size limit (ulimit -f).
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _FULL_WORDS = ("no space left", "disk quota", "file too large")  # safetensors wraps the OSError in text
 
 
-class CheckpointError(Exception):
+class CheckpointError(LiteError):
     """A model folder cannot be used: names the file and the problem."""
 
     def __init__(self, path: str | Path, problem: str):
@@ -18,7 +20,7 @@ class CheckpointError(Exception):
         super().__init__(f"{path}: {problem}")
 
 
-class DiskFullError(OSError):
+class DiskFullError(LiteError, OSError):
     """A save ran out of room. The file it would have replaced is untouched."""
 
 

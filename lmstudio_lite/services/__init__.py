@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import user_message
 from ..paths import AppPaths, app_paths
 from ..registry import Registry
 from .access import AccessPolicy, app_roots
@@ -50,7 +51,7 @@ def build_services(model: str | None = None, device: str | None = None, dtype: s
         try:
             registry.load(target)
         except (CheckpointError, KeyError, ValueError, OSError) as e:
-            registry.last_error = str(e.args[0] if isinstance(e, KeyError) else e)
+            registry.last_error = user_message(e)
             fallback = registry.bundled_default() if model is None else None
             if fallback is not None and fallback.path != target:  # a default that fails: the bundled one
                 error = registry.last_error

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..errors import LiteError, user_message
+
 CONNECT_TIMEOUT_S = 5.0  # a blocked network must fail fast, not hang the UI
 READ_TIMEOUT_S = 30.0
 CHUNK = 1 << 20
@@ -34,7 +36,7 @@ _QUANT = re.compile(r"(?i)(?:^|[-_.])(I?Q\d(?:_[A-Z0-9]+)*|BF16|F16|F32)(?=[-_.]
 _REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class DownloadError(Exception):
+class DownloadError(LiteError):
     """A download cannot start or go on; the message is for the user."""
 
 
@@ -338,6 +340,6 @@ class Downloads:
         except DownloadError as e:
             self._set(state="failed", message=str(e))
         except Exception as e:  # the thread must always end in a final state
-            self._set(state="failed", message=f"Download failed: {type(e).__name__}: {e}")
+            self._set(state="failed", message=f"Download failed: {user_message(e)}")
         else:
             self._set(state="done", path=str(path), message=f"Saved {path}")

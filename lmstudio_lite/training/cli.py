@@ -124,14 +124,14 @@ class Progress:
 def run_train(args) -> int:
     """Run ``lmstudio-lite train``; 0 finished, 130 cancelled (Ctrl-C), 1 failed, 2 bad arguments."""
     from . import distributed as D
-    from .jobs import error_message
+    from ..errors import user_message
     from .run import run_training
     from .trainer import Hooks
 
     try:
         spec = None if args.resume else spec_from_args(args)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
     is_main = int(os.environ.get("RANK", "0")) == 0
     bar = Progress() if is_main else None
@@ -149,7 +149,7 @@ def run_train(args) -> int:
     except Exception as e:
         if bar:
             bar.end()
-        print(f"error: {error_message(e)}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 1
     finally:
         restore()

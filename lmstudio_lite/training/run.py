@@ -14,12 +14,16 @@ from pathlib import Path
 import torch
 
 from ..device import choose_device, claim_cpu_threads
+from ..errors import is_out_of_memory
 from ..paths import AppPaths, app_paths
 from . import distributed as D
 from .build import build_model, default_out_name, export_model, file_sha256, load_data
 from .checkpointing import RunFolder, new_run_id
 from .spec import TrainSpec
 from .trainer import Hooks, Trainer, TrainingError, limit_threads
+
+
+OUT_OF_MEMORY = "out of memory: lower the batch size or the sequence length, or use LoRA"
 
 
 @dataclass
@@ -103,6 +107,8 @@ def run_training(spec: TrainSpec | None, *, paths: AppPaths | None = None, run_i
     except BaseException as e:
         if run is not None and ctx.is_main and run.path.is_dir():
             run.log(f"failed: {e}\n{traceback.format_exc()}")
+        if is_out_of_memory(e):  # worded here, where the knobs that use memory are known
+            raise TrainingError(OUT_OF_MEMORY) from e
         raise
     finally:
         D.shutdown(ctx)

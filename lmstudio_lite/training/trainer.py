@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from ..errors import LiteError
 from ..generation import Engine, SamplingParams
 from . import distributed as D
 from .checkpointing import RunFolder, load_checkpoint, save_checkpoint
@@ -27,7 +28,7 @@ from .spec import TrainSpec
 ADAM_BETAS = (0.9, 0.95)  # the usual choice for transformer LMs (GPT-3, Llama); 0.999 reacts slowly
 
 
-class TrainingError(RuntimeError):
+class TrainingError(LiteError, RuntimeError):
     """The run cannot go on (diverged, nothing to resume, a name taken): a message for the user."""
 
 

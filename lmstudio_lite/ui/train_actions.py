@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import LiteError
 from ..paths import bundled_assets_dir
 from . import train_view as view
 from .common import friendly
@@ -18,7 +19,7 @@ DATA_TYPES = (".txt", ".jsonl", ".csv", ".tsv")
 CHAT_FORMATS = ("messages", "prompt_completion", "instruction", "pairs")
 
 
-class UserError(Exception):
+class UserError(LiteError):
     """A problem the user can fix; the message is shown as is."""
 
 
