@@ -7,11 +7,11 @@ dropped (the system prompt is kept) and a notice says so.
 """
 from __future__ import annotations
 
-import json
 import signal
 import sys
 from pathlib import Path
 
+from .atomic import write_json
 from .errors import user_message
 
 HELP = """commands:
@@ -69,7 +69,7 @@ class ChatSession:
         out = Path(path).expanduser()
         head = [{"role": "system", "content": self.system}] if self.system else []
         data = {"model": self.model.name, "messages": head + self.transcript}
-        out.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_json(out, data)
         return out
 
 

@@ -7,7 +7,8 @@ from fixtures_models import STORIES
 
 from lmstudio_lite import cli
 from lmstudio_lite.checkpoints.chat_template import ChatTemplateError
-from lmstudio_lite.checkpoints.errors import CheckpointError, DiskFullError
+from lmstudio_lite.atomic import DiskFullError
+from lmstudio_lite.checkpoints.errors import CheckpointError
 from lmstudio_lite.chats import ChatFormatError
 from lmstudio_lite.errors import LiteError, is_user_error, user_message
 from lmstudio_lite.generation import ContextOverflowError
