@@ -191,11 +191,11 @@ def check_data(services, spec) -> None:
 # ---- runs --------------------------------------------------------------------------------------
 def make_spec(services, base: str, data: str, out_name: str | None = None, **settings):
     """A validated TrainSpec (UserError with the spec's own message when a value is wrong)."""
-    from ..training.spec import TrainSpec
+    from ..training.spec import TrainSpec, defaults
 
     entry = find_model(services, base)
     path = resolve_data(services, data)
-    seq_len = int(settings.pop("seq_len", 256))
+    seq_len = int(settings.pop("seq_len", None) or defaults()["seq_len"])
     if entry.context_length and seq_len > entry.context_length:
         raise UserError(f"Sequence length {seq_len} is longer than {entry.name}'s context ({entry.context_length}).")
     known = set(TrainSpec.__dataclass_fields__)

@@ -318,9 +318,16 @@ def default_hparams(parameters: int, context_length: int, device_type: str = "cp
         lr = 5e-4
     else:
         lr = 5e-5
-    ctx = context_length or 256
-    seq_len = min(ctx, 512 if gpu else 256)
-    batch = (16 if gpu else 8) if parameters < 50_000_000 else (8 if gpu else 2)
+    from ..training.spec import defaults
+
+    spec = defaults()
+    batch, seq_len = spec["batch_size"], spec["seq_len"]  # TrainSpec's own: a small model on a CPU
+    if gpu:  # room for twice as much
+        batch, seq_len = 2 * batch, 2 * seq_len
+    if lora:  # a big model: activations fill the memory sooner
+        batch = max(1, batch // (2 if gpu else 4))
+    ctx = context_length or spec["seq_len"]
+    seq_len = min(ctx, seq_len)
     steps = 200
     return {"steps": steps, "epochs": 1.0, "lr": lr, "batch_size": batch, "seq_len": seq_len,
             "max_seq_len": ctx, "method": "LoRA" if lora else "Full", "lora_rank": 8 if lora else 0,
