@@ -11,7 +11,7 @@ import pytest
 
 from lmstudio_lite.training.cli import add_train_arguments, spec_from_args
 from lmstudio_lite.training.spec import TrainSpec, defaults
-from lmstudio_lite.ui.train_view import default_hparams
+from lmstudio_lite.services.train_actions import default_hparams
 
 
 def parse(*flags: str) -> argparse.Namespace:

@@ -22,6 +22,7 @@ class Services:
     max_body_bytes: int = 4 * 1024 * 1024  # any other request body (/v1, Gradio's API): larger is a 413
     extra: dict = field(default_factory=dict)
     access: AccessPolicy | None = None  # who may call what; built from api_key / shared when not given
+    upload_dir: str | None = None  # where the UI's uploads land (set by ui.app.build_app); None: no uploads
 
     def __post_init__(self):
         if self.access is None:

@@ -13,10 +13,10 @@ import gradio as gr
 import pandas as pd
 
 from ..services import exports
+from ..services.train_actions import all_models, device_type
 from . import models_download
 from . import train_view as view
 from .common import LLM, PRIVATE, friendly
-from .train_actions import all_models, device_type
 
 
 # Weight formats offered beside Load: (label, value); "float" keeps the folder's own weights.

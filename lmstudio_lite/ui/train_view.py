@@ -12,7 +12,9 @@ import re
 
 import pandas as pd
 
-ACTIVE_STATES = ("queued", "running", "cancelling")
+# Job states and sizes are the service's: its messages and these views say them alike.
+from ..services.train_actions import ACTIVE_STATES, human_bytes, is_active  # noqa: F401
+
 DONE_STATES = ("finished", "failed", "cancelled")
 MAX_PLOT_POINTS = 400  # per series: a long run is thinned so the plot stays cheap to send each second
 LOG_LINES = 200
@@ -32,16 +34,6 @@ def fmt_duration(seconds) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def human_bytes(n) -> str:
-    if not n:
-        return "0 B"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
 def human_count(n) -> str:
     """260_000 -> '260K', 124_000_000 -> '124M', 0 -> '?'."""
     if not n:
@@ -58,10 +50,6 @@ def _num(value, fmt: str = "{:.4f}") -> str:
 
 
 # ---- status -------------------------------------------------------------------------------------
-def is_active(status: dict | None) -> bool:
-    return bool(status) and status.get("state") in ACTIVE_STATES
-
-
 def signature(status: dict | None) -> tuple:
     """What changes when there is something new to draw; equal signatures mean 'skip this poll'."""
     s = status or {}
@@ -300,38 +288,6 @@ def _clip(segments, limit: int):
         out.append((text, label))
         used += len(text)
     return out
-
-
-# ---- defaults -----------------------------------------------------------------------------------
-def default_hparams(parameters: int, context_length: int, device_type: str = "cpu") -> dict:
-    """Starting hyperparameters for a model of this size on this device (all editable in the form).
-
-    Small models train fully; from ~50M parameters LoRA is the default, since a full fine-tune needs
-    ~16 bytes per parameter for weights, gradients and AdamW state. Learning rates follow common
-    practice: ~5e-4 for tiny models, 5e-5 for a full fine-tune of bigger ones, 2e-4 for LoRA.
-    """
-    gpu = device_type in ("cuda", "mps")
-    lora = parameters >= 50_000_000
-    if lora:
-        lr = 2e-4
-    elif parameters and parameters < 10_000_000:
-        lr = 5e-4
-    else:
-        lr = 5e-5
-    from ..training.spec import defaults
-
-    spec = defaults()
-    batch, seq_len = spec["batch_size"], spec["seq_len"]  # TrainSpec's own: a small model on a CPU
-    if gpu:  # room for twice as much
-        batch, seq_len = 2 * batch, 2 * seq_len
-    if lora:  # a big model: activations fill the memory sooner
-        batch = max(1, batch // (2 if gpu else 4))
-    ctx = context_length or spec["seq_len"]
-    seq_len = min(ctx, seq_len)
-    steps = 200
-    return {"steps": steps, "epochs": 1.0, "lr": lr, "batch_size": batch, "seq_len": seq_len,
-            "max_seq_len": ctx, "method": "LoRA" if lora else "Full", "lora_rank": 8 if lora else 0,
-            "eval_every": max(10, steps // 10)}
 
 
 # ---- models table -------------------------------------------------------------------------------

@@ -1,22 +1,22 @@
 """What the Train tab does, without widgets: resolve data, preview it, start runs, compare models.
 
 Every function takes ``services`` and plain values and returns plain values or raises ``UserError``
-(a message worded for the person at the keyboard), so the tab, the API endpoints and the tests share
-one path. Torch-backed work is reached through services (registry, job runner, ``api.load_model``)
-and the training package's data preparation; this module never imports torch itself.
+(a message worded for the person at the keyboard), so the tab (ui/train_tab.py), its API endpoints
+and the tests share one path. Torch-backed work is reached through services (registry, job runner,
+``api.load_model``) and the training package's data preparation; this module never imports torch
+itself, nor gradio (the UI says where its uploads land: ``services.upload_dir``).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from ..errors import LiteError
+from ..errors import LiteError, user_message
 from ..paths import bundled_assets_dir
-from . import train_view as view
-from .common import friendly
 
 DATA_TYPES = (".txt", ".jsonl", ".csv", ".tsv")
 CHAT_FORMATS = ("messages", "prompt_completion", "instruction", "pairs")
+ACTIVE_STATES = ("queued", "running", "cancelling")  # a job in these states holds the runner
 
 
 class UserError(LiteError):
@@ -37,14 +37,24 @@ def list_samples(root: Path | None = None) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): str(p) for p in files}
 
 
-def _upload_root() -> Path:
-    from gradio.utils import get_upload_folder  # where gr.File puts uploads (GRADIO_TEMP_DIR or tmp/gradio)
+def is_uploaded(services, path: str) -> bool:
+    """A file the UI received as an upload (not a path someone typed)."""
+    root = services.upload_dir
+    return root is not None and Path(path).resolve().is_relative_to(Path(root).resolve())
 
-    return Path(get_upload_folder()).resolve()
+
+def is_active(status: dict | None) -> bool:
+    return bool(status) and status.get("state") in ACTIVE_STATES
 
 
-def is_uploaded(path: str) -> bool:
-    return Path(path).resolve().is_relative_to(_upload_root())
+def human_bytes(n) -> str:
+    if not n:
+        return "0 B"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
 
 
 def resolve_data(services, data: str | None) -> str:
@@ -55,7 +65,7 @@ def resolve_data(services, data: str | None) -> str:
     samples = list_samples()
     if data in samples:
         return samples[data]
-    if not is_uploaded(data):
+    if not is_uploaded(services, data):
         _allowed(services, data, "data file", f" Samples: {', '.join(samples) or 'none'}.")
     path = Path(data).expanduser()
     if not path.is_file():
@@ -63,9 +73,9 @@ def resolve_data(services, data: str | None) -> str:
     if path.suffix.lower() not in DATA_TYPES:
         raise UserError(f"{path.name}: unsupported file type; use {', '.join(DATA_TYPES)}.")
     limit = services.max_upload_bytes
-    if limit and is_uploaded(str(path)) and path.stat().st_size > limit:
-        raise UserError(f"{path.name} is {view.human_bytes(path.stat().st_size)}; the limit is "
-                        f"{view.human_bytes(limit)}.")
+    if limit and is_uploaded(services, str(path)) and path.stat().st_size > limit:
+        raise UserError(f"{path.name} is {human_bytes(path.stat().st_size)}; the limit is "
+                        f"{human_bytes(limit)}.")
     return str(path)
 
 
@@ -129,8 +139,40 @@ def defaults_for(services, name: str | None) -> dict:
     try:
         entry = find_model(services, name)
     except UserError:
-        return view.default_hparams(0, 256, device_type(services))
-    return view.default_hparams(entry.parameters, entry.context_length, device_type(services))
+        return default_hparams(0, 256, device_type(services))
+    return default_hparams(entry.parameters, entry.context_length, device_type(services))
+
+
+# ---- defaults for a model -----------------------------------------------------------------------------------
+def default_hparams(parameters: int, context_length: int, device_type: str = "cpu") -> dict:
+    """Starting hyperparameters for a model of this size on this device (all editable in the form).
+
+    Small models train fully; from ~50M parameters LoRA is the default, since a full fine-tune needs
+    ~16 bytes per parameter for weights, gradients and AdamW state. Learning rates follow common
+    practice: ~5e-4 for tiny models, 5e-5 for a full fine-tune of bigger ones, 2e-4 for LoRA.
+    """
+    gpu = device_type in ("cuda", "mps")
+    lora = parameters >= 50_000_000
+    if lora:
+        lr = 2e-4
+    elif parameters and parameters < 10_000_000:
+        lr = 5e-4
+    else:
+        lr = 5e-5
+    from ..training.spec import defaults
+
+    spec = defaults()
+    batch, seq_len = spec["batch_size"], spec["seq_len"]  # TrainSpec's own: a small model on a CPU
+    if gpu:  # room for twice as much
+        batch, seq_len = 2 * batch, 2 * seq_len
+    if lora:  # a big model: activations fill the memory sooner
+        batch = max(1, batch // (2 if gpu else 4))
+    ctx = context_length or spec["seq_len"]
+    seq_len = min(ctx, seq_len)
+    steps = 200
+    return {"steps": steps, "epochs": 1.0, "lr": lr, "batch_size": batch, "seq_len": seq_len,
+            "max_seq_len": ctx, "method": "LoRA" if lora else "Full", "lora_rank": 8 if lora else 0,
+            "eval_every": max(10, steps // 10)}
 
 
 # ---- preview -----------------------------------------------------------------------------------
@@ -226,7 +268,7 @@ def start_run(services, spec) -> str:
 def cancel_run(services) -> str:
     if services.jobs is None:
         return "Training is not available in this app."
-    if not view.is_active(services.jobs.status()):
+    if not is_active(services.jobs.status()):
         return "No training run is in progress."
     services.jobs.cancel()
     return "Cancel requested: the run stops after the current step and keeps its last checkpoint."
@@ -250,7 +292,7 @@ def finished_model(services) -> dict | None:
     state = status.get("state")
     if state == "finished" and status.get("model_path"):
         run = {"run_id": status.get("run_id"), "model_path": status["model_path"]}
-    elif state in view.ACTIVE_STATES or services.jobs is None or not hasattr(services.jobs, "list_runs"):
+    elif state in ACTIVE_STATES or services.jobs is None or not hasattr(services.jobs, "list_runs"):
         return None
     else:
         run = next((r for r in services.jobs.list_runs() if r.get("model_path")), None)
@@ -269,7 +311,7 @@ def use_in_chat(services) -> str:
     try:
         model = services.registry.load(done["model_path"])
     except Exception as e:  # a broken output folder must not take the app down
-        return f"⚠ Could not load {done['model_path']}: {friendly(e)}"
+        return f"⚠ Could not load {done['model_path']}: {user_message(e)}"
     return f"Loaded **{model.name}** into Chat."
 
 
@@ -307,5 +349,5 @@ def compare_stream(services, prompt: str, as_chat: bool, max_new_tokens: int = 6
                 answers[i] += delta
                 yield tuple(answers)
         except Exception as e:  # show the problem in that column; the other still runs
-            answers[i] += f"\n[error: {friendly(e)}]"
+            answers[i] += f"\n[error: {user_message(e)}]"
         yield tuple(answers)
