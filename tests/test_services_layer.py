@@ -1,6 +1,9 @@
-"""The Train tab's actions live in services (services/train_actions.py): uploads are known by the
-folder the UI reports, and one access policy decides which typed paths a shared app may read."""
+"""The Train and Models tabs' actions live in services (services/train_actions.py, services/models.py):
+uploads are known by the folder the UI reports, and one access policy decides which typed paths a
+shared app may read or load."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from fixtures_models import make_services
@@ -35,3 +38,24 @@ def test_uploads_alone_have_a_size_limit(services, tmp_path):
     with pytest.raises(act.UserError, match="the limit is 1000 B"):
         act.resolve_data(services, str(tmp_path / "uploads" / "big.txt"))
     assert act.resolve_data(services, str(tmp_path / "local.txt")).endswith("local.txt")  # the user's own file
+
+
+def test_models_service_loads_a_typed_folder_only_where_the_policy_allows(services):
+    from fixtures_models import STORIES
+
+    from lmstudio_lite.errors import user_message
+    from lmstudio_lite.services import models
+    from lmstudio_lite.services.access import AccessError
+
+    with pytest.raises(models.UnknownModel) as info:
+        models.load(services, "nope")
+    assert user_message(info.value) == "No local model named 'nope'"
+    services.shared = services.access.remote = True
+    with pytest.raises(models.UnknownModel):
+        models.load(services, str(STORIES))  # outside the app's folders
+    with pytest.raises(AccessError, match="reachable from other machines"):
+        models.import_folder(services, str(STORIES))
+    services.shared = services.access.remote = False
+    assert models.load(services, str(STORIES)).name == "stories260K"
+    record = next(models.model_record(services, e) for e in models.all_models(services) if e.name == "stories260K")
+    assert record["loaded"] and Path(record["folder"]).resolve() == STORIES.resolve() and record["memory_bytes"] > 0

@@ -13,9 +13,10 @@ import pytest
 from fixtures_models import STORIES, make_services
 from fixtures_ui import start_app
 
+from lmstudio_lite.services import models
 from lmstudio_lite.services import train_actions as act
-from lmstudio_lite.ui import train_view as view
 from lmstudio_lite.services.train_actions import UserError
+from lmstudio_lite.ui import train_view as view
 
 
 def write_jsonl(path: Path, rows: int = 40) -> Path:
@@ -247,9 +248,9 @@ def test_models_tab_actions(tmp_path):
     src = shutil.copytree(STORIES, tmp_path / "src" / "story-copy")
     assert "Imported **story-copy**" in mt.import_folder(svc, str(src))
     assert "already exists" in mt.import_folder(svc, str(src))
-    assert "Tick" in mt.delete_model(svc, "story-copy", False) and "story-copy" in mt.names(svc)
+    assert "Tick" in mt.delete_model(svc, "story-copy", False) and "story-copy" in models.names(svc)
     assert mt.delete_model(svc, "story-copy", True) == "Deleted story-copy."
-    assert "story-copy" not in mt.names(svc)
+    assert "story-copy" not in models.names(svc)
     assert "Unloaded stories260K" in mt.unload_model(svc) and svc.registry.current is None
     svc.shared = svc.access.remote = True
     assert "reachable from other machines" in mt.import_folder(svc, str(src))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import LiteError, user_message
 from ..paths import bundled_assets_dir
+from .models import all_models, device_type  # noqa: F401  (act.all_models: the tabs' one listing)
 
 DATA_TYPES = (".txt", ".jsonl", ".csv", ".tsv")
 CHAT_FORMATS = ("messages", "prompt_completion", "instruction", "pairs")
@@ -93,17 +94,6 @@ def _allowed(services, path: str, what: str, hint: str = ""):
 
 
 # ---- models ------------------------------------------------------------------------------------
-def all_models(services) -> list:
-    """registry.list(), plus the loaded model when it came from a folder outside the models folders."""
-    from ..registry import describe_folder
-
-    entries = services.registry.list()
-    cur = services.registry.current
-    if cur is not None and not any(Path(e.path).resolve() == Path(cur.path).resolve() for e in entries):
-        entries.append(describe_folder(Path(cur.path), cur.name, "loaded"))
-    return entries
-
-
 def model_choices(services) -> list[str]:
     return [e.name for e in all_models(services) if e.error is None]
 
@@ -121,18 +111,6 @@ def find_model(services, name: str | None):
     if entry.error:
         raise UserError(f"{entry.name} cannot be used: {entry.error}")
     return entry
-
-
-def device_type(services) -> str:
-    cur = services.registry.current
-    if cur is not None:
-        return cur.device.type
-    from ..device import choose_device
-
-    try:
-        return choose_device(services.registry.device, services.registry.dtype).device.type
-    except ValueError:
-        return "cpu"
 
 
 def defaults_for(services, name: str | None) -> dict:
