@@ -13,9 +13,10 @@ import pytest
 from fixtures_models import STORIES, make_services
 from fixtures_ui import start_app
 
-from lmstudio_lite.ui import train_actions as act
+from lmstudio_lite.services import models
+from lmstudio_lite.services import train_actions as act
+from lmstudio_lite.services.train_actions import UserError
 from lmstudio_lite.ui import train_view as view
-from lmstudio_lite.ui.train_actions import UserError
 
 
 def write_jsonl(path: Path, rows: int = 40) -> Path:
@@ -123,11 +124,11 @@ def test_preview_markdown_and_highlight():
 
 
 def test_default_hparams_fit_model_and_device():
-    tiny = view.default_hparams(260_000, 512, "cpu")
+    tiny = act.default_hparams(260_000, 512, "cpu")
     assert tiny["method"] == "Full" and tiny["lora_rank"] == 0 and tiny["seq_len"] <= 512 and tiny["lr"] == 5e-4
-    big = view.default_hparams(500_000_000, 32768, "cuda")
+    big = act.default_hparams(500_000_000, 32768, "cuda")
     assert big["method"] == "LoRA" and big["lora_rank"] > 0 and big["seq_len"] == 512
-    assert view.default_hparams(1_000_000, 128, "cpu")["seq_len"] == 128  # never past the context
+    assert act.default_hparams(1_000_000, 128, "cpu")["seq_len"] == 128  # never past the context
 
 
 def test_model_rows_estimate_fit():
@@ -297,9 +298,9 @@ def test_models_tab_actions(tmp_path):
     src = shutil.copytree(STORIES, tmp_path / "src" / "story-copy")
     assert "Imported **story-copy**" in mt.import_folder(svc, str(src))
     assert "already exists" in mt.import_folder(svc, str(src))
-    assert "Tick" in mt.delete_model(svc, "story-copy", False) and "story-copy" in mt.names(svc)
+    assert "Tick" in mt.delete_model(svc, "story-copy", False) and "story-copy" in models.names(svc)
     assert mt.delete_model(svc, "story-copy", True) == "Deleted story-copy."
-    assert "story-copy" not in mt.names(svc)
+    assert "story-copy" not in models.names(svc)
     assert "Unloaded stories260K" in mt.unload_model(svc) and svc.registry.current is None
     svc.shared = svc.access.remote = True
     assert "reachable from other machines" in mt.import_folder(svc, str(src))

@@ -18,6 +18,7 @@ import jinja2
 import tokenizers
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 
+from lmstudio_lite.atomic import write_atomic, write_text
 from lmstudio_lite.checkpoints import chat_template as chat_templates
 from lmstudio_lite.checkpoints.errors import CheckpointError
 
@@ -255,17 +256,17 @@ class Tokenizer:
         if src is not None and src.is_file():
             # Copy the original bytes: tokens we add on load are added again by whoever loads it.
             if src.resolve() != (out / "tokenizer.json").resolve():
-                shutil.copyfile(src, out / "tokenizer.json")
+                write_atomic(out / "tokenizer.json", lambda tmp: shutil.copyfile(src, tmp), src.stat().st_size)
         else:
-            self._tok.save(str(out / "tokenizer.json"))
+            write_atomic(out / "tokenizer.json", lambda tmp: self._tok.save(str(tmp)))
         config = dict(self._config)
         if self.chat_template is not None and _pick_template(config.get("chat_template")) != self.chat_template:
             config["chat_template"] = self.chat_template
         text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
-        (out / "tokenizer_config.json").write_text(text, encoding="utf-8")
+        write_text(out / "tokenizer_config.json", text)
         if self.chat_template is not None and (out / "chat_template.jinja").exists():
             # transformers prefers chat_template.jinja over the config: keep the two the same.
-            (out / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
+            write_text(out / "chat_template.jinja", self.chat_template)
 
 
 def train_bpe_tokenizer(

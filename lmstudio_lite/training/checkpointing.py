@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints.errors import CheckpointError, disk_full_named
-from ..checkpoints.folder import write_json
+from ..atomic import disk_full_named, fsync_dir, fsync_file, write_json, write_text
+from ..checkpoints.errors import CheckpointError
 
 CKPT, PREV = "checkpoint", "checkpoint.prev"
 BEST = "best"
@@ -39,21 +39,6 @@ BEST = "best"
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
-
-
-def _fsync_dir(path: Path):
-    if os.name != "posix":
-        return  # directory fsync is a POSIX notion; NTFS journals renames itself
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path):
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 class RunFolder:
@@ -108,10 +93,7 @@ class RunFolder:
         """Drop lines logged after ``last_step`` (a resumed run logs those steps again)."""
         kept = [r for r in self.read_metrics() if r.get("step", 0) <= last_step]
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
-        tmp = self.metrics_path.with_name("metrics.jsonl.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        _fsync_file(tmp)
-        os.replace(tmp, self.metrics_path)
+        write_text(self.metrics_path, text)
 
     def log(self, line: str):
         with open(self.path / "log.txt", "a", encoding="utf-8") as f:
@@ -143,17 +125,17 @@ def _swap_in(run_dir: Path, name: str, needed: int, write) -> Path:
         with disk_full_named(final, needed):
             write(tmp)
             for file in tmp.iterdir():
-                _fsync_file(file)
+                fsync_file(file)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # give the space back; the last copy stays
         raise
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():
         if prev.exists():
             shutil.rmtree(prev)
         os.replace(final, prev)
     os.replace(tmp, final)
-    _fsync_dir(run_dir)
+    fsync_dir(run_dir)
     if prev.exists():
         shutil.rmtree(prev)
     return final

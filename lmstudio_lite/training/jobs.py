@@ -19,19 +19,19 @@ import threading
 import time
 
 from ..checkpoints.errors import CheckpointError
+from ..errors import LiteError, user_message
 from ..paths import AppPaths, app_paths
 from .checkpointing import RunFolder, best_info, checkpoint_path, new_run_id, read_metrics_file
-from .data import DataError
 from .run import run_training
 from .spec import TrainSpec
-from .trainer import Hooks, TrainingError
+from .trainer import Hooks
 
 STATES = ("idle", "queued", "running", "cancelling", "finished", "failed", "cancelled")
 HISTORY_MAX = 400  # plot points kept in the status; halved (every other point) when full
 LOG_MAX = 50
 
 
-class JobBusyError(RuntimeError):
+class JobBusyError(LiteError, RuntimeError):
     """A second run was started while one is still going; ``run_id`` and ``state`` name that one."""
 
     def __init__(self, run_id: str | None, state: str):
@@ -44,15 +44,6 @@ def _blank(state: str = "idle", run_id: str | None = None) -> dict:
             "val_loss": None, "val_ppl": None, "lr": None, "tokens_per_s": None, "elapsed_s": 0.0, "eta_s": None,
             "probes": [], "error": None, "model_path": None, "run_dir": None, "history": [], "log": [],
             "preview": None, "warning": None}
-
-
-def error_message(e: BaseException) -> str:
-    """One readable line for the UI; the traceback stays in the run's log.txt."""
-    if isinstance(e, (DataError, CheckpointError, TrainingError, ValueError)):
-        return str(e)
-    if "out of memory" in str(e).lower() or isinstance(e, MemoryError):
-        return "out of memory: lower the batch size or the sequence length, or use LoRA"
-    return f"{type(e).__name__}: {e}"
 
 
 class JobRunner:
@@ -115,8 +106,8 @@ class JobRunner:
             result = run_training(spec, paths=self.paths, run_id=None if resume else run_id, resume=resume,
                                   cancel=cancel, hooks=hooks)
         except BaseException as e:  # the thread must always end in a final state
-            self._on_log(f"failed: {error_message(e)}")
-            self._update(state="failed", error=error_message(e), eta_s=None)
+            self._on_log(f"failed: {user_message(e)}")
+            self._update(state="failed", error=user_message(e), eta_s=None)
             return
         self._update(state=result.state, step=result.step, eta_s=None,
                      model_path=str(result.model_path) if result.model_path else None)

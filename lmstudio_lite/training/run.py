@@ -14,12 +14,16 @@ from pathlib import Path
 import torch
 
 from ..device import choose_device, claim_cpu_threads
+from ..errors import is_out_of_memory, user_message
 from ..paths import AppPaths, app_paths
 from . import distributed as D
 from .build import build_model, default_out_name, export_model, file_sha256, load_data
 from .checkpointing import RunFolder, new_run_id
 from .spec import TrainSpec
 from .trainer import Hooks, Trainer, TrainingError, limit_threads
+
+
+OUT_OF_MEMORY = "out of memory: lower the batch size or the sequence length, or use LoRA"
 
 
 @dataclass
@@ -101,10 +105,13 @@ def run_training(spec: TrainSpec | None, *, paths: AppPaths | None = None, run_i
         with claim_cpu_threads(held):  # chat in this process decodes on the other cores meanwhile
             return _train(spec, run, paths, ctx, cancel, hooks, resumed=bool(resume))
     except BaseException as e:
+        failure = TrainingError(OUT_OF_MEMORY) if is_out_of_memory(e) else e  # worded where the knobs are known
         if run is not None and ctx.is_main and run.path.is_dir():
             run.log(f"failed: {e}\n{traceback.format_exc()}")
             if isinstance(e, Exception) and not run.read_result().get("model_path"):  # for the runs list
-                run.write_result({"state": "failed", "error": str(e) or type(e).__name__})
+                run.write_result({"state": "failed", "error": user_message(failure)})
+        if failure is not e:
+            raise failure from e
         raise
     finally:
         D.shutdown(ctx)

@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from ..errors import LiteError
 from ..generation import Engine, SamplingParams
 from . import distributed as D
 from .checkpointing import RunFolder, best_info, load_best, load_checkpoint, save_best, save_checkpoint
@@ -28,7 +29,7 @@ from .watch import ValWatch
 ADAM_BETAS = (0.9, 0.95)  # the usual choice for transformer LMs (GPT-3, Llama); 0.999 reacts slowly
 
 
-class TrainingError(RuntimeError):
+class TrainingError(LiteError, RuntimeError):
     """The run cannot go on (diverged, nothing to resume, a name taken): a message for the user."""
 
 

@@ -14,6 +14,9 @@ TITLE = "lmstudio_lite"
 
 
 def build_app(services) -> gr.Blocks:
+    from gradio.utils import get_upload_folder  # where gr.File puts uploads (GRADIO_TEMP_DIR or tmp/gradio)
+
+    services.upload_dir = services.upload_dir or str(get_upload_folder())  # services never import gradio
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         with gr.Row(equal_height=True):
             gr.Markdown(f"### {TITLE}", elem_id="app-title")

@@ -53,7 +53,7 @@ class ChatHandlers:
             try:
                 self.store.save(conv)
             except OSError as e:
-                warn(f"Could not save the conversation: {e}")
+                warn(f"Could not save the conversation: {friendly(e)}")
 
     # -- sending ---------------------------------------------------------------------------
     def submit(self, message: str, conv, system: str, owned: list):

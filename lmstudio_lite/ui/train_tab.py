@@ -11,10 +11,10 @@ from __future__ import annotations
 import gradio as gr
 
 from ..services import exports
-from . import train_actions as act
+from ..services import train_actions as act
+from ..services.train_actions import UserError
 from . import train_view as view
 from .models_tab import enclosing_tab
-from .train_actions import UserError
 
 POLL_S = 1.0
 COLOR_MAP = {"train": "#4a90e2", "validation": "#e67e22"}

@@ -12,7 +12,10 @@ import re
 
 import pandas as pd
 
-ACTIVE_STATES = ("queued", "running", "cancelling")
+# Job states and sizes are the service's: its messages and these views say them alike.
+from ..services.train_actions import (ACTIVE_STATES, FORM_KEYS, form_from_spec, history_of,  # noqa: F401
+                                      human_bytes, is_active)
+
 DONE_STATES = ("finished", "failed", "cancelled")
 MAX_PLOT_POINTS = 400  # per series: a long run is thinned so the plot stays cheap to send each second
 LOG_LINES = 200
@@ -32,16 +35,6 @@ def fmt_duration(seconds) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def human_bytes(n) -> str:
-    if not n:
-        return "0 B"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
 def human_count(n) -> str:
     """260_000 -> '260K', 124_000_000 -> '124M', 0 -> '?'."""
     if not n:
@@ -58,10 +51,6 @@ def _num(value, fmt: str = "{:.4f}") -> str:
 
 
 # ---- status -------------------------------------------------------------------------------------
-def is_active(status: dict | None) -> bool:
-    return bool(status) and status.get("state") in ACTIVE_STATES
-
-
 def signature(status: dict | None) -> tuple:
     """What changes when there is something new to draw; equal signatures mean 'skip this poll'."""
     s = status or {}
@@ -304,50 +293,9 @@ def _clip(segments, limit: int):
     return out
 
 
-# ---- defaults -----------------------------------------------------------------------------------
-def default_hparams(parameters: int, context_length: int, device_type: str = "cpu") -> dict:
-    """Starting hyperparameters for a model of this size on this device (all editable in the form).
-
-    Small models train fully; from ~50M parameters LoRA is the default, since a full fine-tune needs
-    ~16 bytes per parameter for weights, gradients and AdamW state. Learning rates follow common
-    practice: ~5e-4 for tiny models, 5e-5 for a full fine-tune of bigger ones, 2e-4 for LoRA.
-    """
-    gpu = device_type in ("cuda", "mps")
-    lora = parameters >= 50_000_000
-    if lora:
-        lr = 2e-4
-    elif parameters and parameters < 10_000_000:
-        lr = 5e-4
-    else:
-        lr = 5e-5
-    ctx = context_length or 256
-    seq_len = min(ctx, 512 if gpu else 256)
-    batch = (16 if gpu else 8) if parameters < 50_000_000 else (8 if gpu else 2)
-    steps = 200
-    return {"steps": steps, "epochs": 1.0, "lr": lr, "batch_size": batch, "seq_len": seq_len,
-            "max_seq_len": ctx, "method": "LoRA" if lora else "Full", "lora_rank": 8 if lora else 0,
-            "eval_every": max(10, steps // 10)}
-
-
 # ---- past runs ----------------------------------------------------------------------------------
-FORM_KEYS = ("base", "data", "length_by", "steps", "epochs", "lr", "batch_size", "seq_len", "method", "lora_rank",
-             "out_name", "warmup_steps", "scheduler", "grad_accum", "eval_every", "seed", "keep_best",
-             "early_stop_patience")
 OUTCOMES = {"finished": "✓ finished", "cancelled": "cancelled", "failed": "✗ failed", "running": "● running",
             "stopped": "stopped (app closed)"}
-
-
-def form_from_spec(spec: dict, base_name: str | None) -> dict:
-    """A run's spec.json -> the Train form's values (keys: FORM_KEYS)."""
-    by_steps = bool(spec.get("steps"))
-    lora = int(spec.get("lora_rank") or 0)
-    values = {"base": base_name, "data": spec.get("data"), "length_by": "steps" if by_steps else "epochs",
-              "method": "LoRA" if lora else "Full", "lora_rank": lora or 8, "out_name": spec.get("out_name") or "",
-              "batch_size": spec.get("batch_size"), "seq_len": spec.get("seq_len"), "lr": spec.get("lr")}
-    for key in ("steps", "epochs", "warmup_steps", "scheduler", "grad_accum", "eval_every", "seed", "keep_best",
-                "early_stop_patience"):
-        values[key] = spec.get(key)
-    return values
 
 
 def run_label(run: dict) -> str:
@@ -395,11 +343,6 @@ def run_markdown(run: dict | None) -> str:
                  if spec.get("early_stop_patience") else "off"), ("seed", spec.get("seed"))]
     lines.append(" · ".join(f"{k}: {html.escape(str(v))}" for k, v in settings))
     return "\n\n".join(lines)
-
-
-def history_of(metrics: list[dict]) -> list[tuple]:
-    """metrics.jsonl records -> [(step, loss, val_loss)] for plot_value."""
-    return [(m["step"], m.get("loss"), m.get("val_loss")) for m in metrics if "step" in m]
 
 
 # ---- models table -------------------------------------------------------------------------------

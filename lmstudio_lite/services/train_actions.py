@@ -1,24 +1,29 @@
 """What the Train tab does, without widgets: resolve data, preview it, start runs, compare models.
 
 Every function takes ``services`` and plain values and returns plain values or raises ``UserError``
-(a message worded for the person at the keyboard), so the tab, the API endpoints and the tests share
-one path. Torch-backed work is reached through services (registry, job runner, ``api.load_model``)
-and the training package's data preparation; this module never imports torch itself.
+(a message worded for the person at the keyboard), so the tab (ui/train_tab.py), its API endpoints
+and the tests share one path. Torch-backed work is reached through services (registry, job runner,
+``api.load_model``) and the training package's data preparation; this module never imports torch
+itself, nor gradio (the UI says where its uploads land: ``services.upload_dir``).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from ..errors import LiteError, user_message
 from ..paths import bundled_assets_dir
-from . import train_view as view
-from .common import friendly
+from .models import all_models, device_type  # noqa: F401  (act.all_models: the tabs' one listing)
 
 DATA_TYPES = (".txt", ".jsonl", ".csv", ".tsv")
 CHAT_FORMATS = ("messages", "prompt_completion", "instruction", "pairs")
+ACTIVE_STATES = ("queued", "running", "cancelling")  # a job in these states holds the runner
+FORM_KEYS = ("base", "data", "length_by", "steps", "epochs", "lr", "batch_size", "seq_len", "method", "lora_rank",
+             "out_name", "warmup_steps", "scheduler", "grad_accum", "eval_every", "seed", "keep_best",
+             "early_stop_patience")
 
 
-class UserError(Exception):
+class UserError(LiteError):
     """A problem the user can fix; the message is shown as is."""
 
 
@@ -36,14 +41,24 @@ def list_samples(root: Path | None = None) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): str(p) for p in files}
 
 
-def _upload_root() -> Path:
-    from gradio.utils import get_upload_folder  # where gr.File puts uploads (GRADIO_TEMP_DIR or tmp/gradio)
+def is_uploaded(services, path: str) -> bool:
+    """A file the UI received as an upload (not a path someone typed)."""
+    root = services.upload_dir
+    return root is not None and Path(path).resolve().is_relative_to(Path(root).resolve())
 
-    return Path(get_upload_folder()).resolve()
+
+def is_active(status: dict | None) -> bool:
+    return bool(status) and status.get("state") in ACTIVE_STATES
 
 
-def is_uploaded(path: str) -> bool:
-    return Path(path).resolve().is_relative_to(_upload_root())
+def human_bytes(n) -> str:
+    if not n:
+        return "0 B"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
 
 
 def resolve_data(services, data: str | None) -> str:
@@ -54,7 +69,7 @@ def resolve_data(services, data: str | None) -> str:
     samples = list_samples()
     if data in samples:
         return samples[data]
-    if not is_uploaded(data):
+    if not is_uploaded(services, data):
         _allowed(services, data, "data file", f" Samples: {', '.join(samples) or 'none'}.")
     path = Path(data).expanduser()
     if not path.is_file():
@@ -62,9 +77,9 @@ def resolve_data(services, data: str | None) -> str:
     if path.suffix.lower() not in DATA_TYPES:
         raise UserError(f"{path.name}: unsupported file type; use {', '.join(DATA_TYPES)}.")
     limit = services.max_upload_bytes
-    if limit and is_uploaded(str(path)) and path.stat().st_size > limit:
-        raise UserError(f"{path.name} is {view.human_bytes(path.stat().st_size)}; the limit is "
-                        f"{view.human_bytes(limit)}.")
+    if limit and is_uploaded(services, str(path)) and path.stat().st_size > limit:
+        raise UserError(f"{path.name} is {human_bytes(path.stat().st_size)}; the limit is "
+                        f"{human_bytes(limit)}.")
     return str(path)
 
 
@@ -82,17 +97,6 @@ def _allowed(services, path: str, what: str, hint: str = ""):
 
 
 # ---- models ------------------------------------------------------------------------------------
-def all_models(services) -> list:
-    """registry.list(), plus the loaded model when it came from a folder outside the models folders."""
-    from ..registry import describe_folder
-
-    entries = services.registry.list()
-    cur = services.registry.current
-    if cur is not None and not any(Path(e.path).resolve() == Path(cur.path).resolve() for e in entries):
-        entries.append(describe_folder(Path(cur.path), cur.name, "loaded"))
-    return entries
-
-
 def model_choices(services) -> list[str]:
     return [e.name for e in all_models(services) if e.error is None]
 
@@ -112,25 +116,12 @@ def find_model(services, name: str | None):
     return entry
 
 
-def device_type(services) -> str:
-    cur = services.registry.current
-    if cur is not None:
-        return cur.device.type
-    from ..device import choose_device
-
-    try:
-        return choose_device(services.registry.device, services.registry.dtype).device.type
-    except ValueError:
-        return "cpu"
-
-
 def advanced_defaults() -> dict:
     """The Advanced settings' starting values: TrainSpec's own defaults, defined there once."""
-    from ..training.spec import SCHEDULERS, TrainSpec
+    from ..training.spec import SCHEDULERS, defaults
 
-    fields = TrainSpec.__dataclass_fields__
-    out = {k: fields[k].default for k in ("warmup_steps", "scheduler", "grad_accum", "seed", "keep_best",
-                                          "early_stop_patience")}
+    spec = defaults()
+    out = {k: spec[k] for k in ("warmup_steps", "scheduler", "grad_accum", "seed", "keep_best", "early_stop_patience")}
     return {**out, "schedulers": SCHEDULERS}
 
 
@@ -138,8 +129,40 @@ def defaults_for(services, name: str | None) -> dict:
     try:
         entry = find_model(services, name)
     except UserError:
-        return view.default_hparams(0, 256, device_type(services))
-    return view.default_hparams(entry.parameters, entry.context_length, device_type(services))
+        return default_hparams(0, 256, device_type(services))
+    return default_hparams(entry.parameters, entry.context_length, device_type(services))
+
+
+# ---- defaults for a model -----------------------------------------------------------------------------------
+def default_hparams(parameters: int, context_length: int, device_type: str = "cpu") -> dict:
+    """Starting hyperparameters for a model of this size on this device (all editable in the form).
+
+    Small models train fully; from ~50M parameters LoRA is the default, since a full fine-tune needs
+    ~16 bytes per parameter for weights, gradients and AdamW state. Learning rates follow common
+    practice: ~5e-4 for tiny models, 5e-5 for a full fine-tune of bigger ones, 2e-4 for LoRA.
+    """
+    gpu = device_type in ("cuda", "mps")
+    lora = parameters >= 50_000_000
+    if lora:
+        lr = 2e-4
+    elif parameters and parameters < 10_000_000:
+        lr = 5e-4
+    else:
+        lr = 5e-5
+    from ..training.spec import defaults
+
+    spec = defaults()
+    batch, seq_len = spec["batch_size"], spec["seq_len"]  # TrainSpec's own: a small model on a CPU
+    if gpu:  # room for twice as much
+        batch, seq_len = 2 * batch, 2 * seq_len
+    if lora:  # a big model: activations fill the memory sooner
+        batch = max(1, batch // (2 if gpu else 4))
+    ctx = context_length or spec["seq_len"]
+    seq_len = min(ctx, seq_len)
+    steps = 200
+    return {"steps": steps, "epochs": 1.0, "lr": lr, "batch_size": batch, "seq_len": seq_len,
+            "max_seq_len": ctx, "method": "LoRA" if lora else "Full", "lora_rank": 8 if lora else 0,
+            "eval_every": max(10, steps // 10)}
 
 
 # ---- preview -----------------------------------------------------------------------------------
@@ -200,11 +223,11 @@ def check_data(services, spec) -> None:
 # ---- runs --------------------------------------------------------------------------------------
 def make_spec(services, base: str, data: str, out_name: str | None = None, **settings):
     """A validated TrainSpec (UserError with the spec's own message when a value is wrong)."""
-    from ..training.spec import TrainSpec
+    from ..training.spec import TrainSpec, defaults
 
     entry = find_model(services, base)
     path = resolve_data(services, data)
-    seq_len = int(settings.pop("seq_len", 256))
+    seq_len = int(settings.pop("seq_len", None) or defaults()["seq_len"])
     if entry.context_length and seq_len > entry.context_length:
         raise UserError(f"Sequence length {seq_len} is longer than {entry.name}'s context ({entry.context_length}).")
     known = set(TrainSpec.__dataclass_fields__)
@@ -251,7 +274,7 @@ def resume_run(services, run_id: str | None) -> str:
 def cancel_run(services) -> str:
     if services.jobs is None:
         return "Training is not available in this app."
-    if not view.is_active(services.jobs.status()):
+    if not is_active(services.jobs.status()):
         return "No training run is in progress."
     services.jobs.cancel()
     return "Cancel requested: the run stops after the current step and keeps its last checkpoint."
@@ -328,21 +351,39 @@ def use_in_chat(services, run_id: str | None = None) -> str:
     try:
         model = services.registry.load(done["model_path"])
     except Exception as e:  # a broken output folder must not take the app down
-        return f"⚠ Could not load {done['model_path']}: {friendly(e)}"
+        return f"⚠ Could not load {done['model_path']}: {user_message(e)}"
     return f"Loaded **{model.name}** (run `{done['run_id']}`) into Chat."
+
+
+def history_of(metrics: list[dict]) -> list[tuple]:
+    """metrics.jsonl records -> [(step, loss, val_loss)] for plot_value."""
+    return [(m["step"], m.get("loss"), m.get("val_loss")) for m in metrics if "step" in m]
+
+
+def form_from_spec(spec: dict, base_name: str | None) -> dict:
+    """A run's spec.json -> the Train form's values (keys: FORM_KEYS)."""
+    by_steps = bool(spec.get("steps"))
+    lora = int(spec.get("lora_rank") or 0)
+    values = {"base": base_name, "data": spec.get("data"), "length_by": "steps" if by_steps else "epochs",
+              "method": "LoRA" if lora else "Full", "lora_rank": lora or 8, "out_name": spec.get("out_name") or "",
+              "batch_size": spec.get("batch_size"), "seq_len": spec.get("seq_len"), "lr": spec.get("lr")}
+    for key in ("steps", "epochs", "warmup_steps", "scheduler", "grad_accum", "eval_every", "seed", "keep_best",
+                "early_stop_patience"):
+        values[key] = spec.get(key)
+    return values
 
 
 def run_history(services, run_id: str | None) -> list[tuple]:
     """[(step, loss, val_loss)] of a run, from its metrics.jsonl."""
     if not run_id or services.jobs is None or not hasattr(services.jobs, "read_metrics"):
         return []
-    return view.history_of(services.jobs.read_metrics(run_id))
+    return history_of(services.jobs.read_metrics(run_id))
 
 
 def run_form(services, run_id: str | None) -> dict | None:
     """The form's values for a run's own settings (re-attach after a page reload), or None."""
     spec = _run_spec(services, run_id)
-    return None if spec is None else view.form_from_spec(spec, _model_name(services, spec.get("base_model")))
+    return None if spec is None else form_from_spec(spec, _model_name(services, spec.get("base_model")))
 
 
 def _model_name(services, path: str | None) -> str | None:
@@ -386,5 +427,5 @@ def compare_stream(services, prompt: str, as_chat: bool, max_new_tokens: int = 6
                 answers[i] += delta
                 yield tuple(answers)
         except Exception as e:  # show the problem in that column; the other still runs
-            answers[i] += f"\n[error: {friendly(e)}]"
+            answers[i] += f"\n[error: {user_message(e)}]"
         yield tuple(answers)
