@@ -118,7 +118,7 @@ def test_default_completion_length_is_16_and_seeded_sampling_repeats(client):
 # -- errors ---------------------------------------------------------------------------
 @pytest.mark.parametrize("kw, words", [
     ({"temperature": 3}, "temperature must be in [0, 2]"),
-    ({"n": 2}, "n must be 1"),
+    ({"n": 9}, "n must be at most 8"),
     ({"presence_penalty": 0.5}, "presence_penalty is not supported"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role must be one of"),
     ({"messages": [{"role": "user", "content": "word " * 600}]}, "context window holds 512"),
@@ -201,9 +201,9 @@ def test_client_disconnect_stops_the_generation(client, services, slow_chat):  #
             break
     stream.close()  # the client hangs up with ~3,000 tokens (over 10 s) still to go
     t0 = time.monotonic()
-    while model.engine._lock.locked() and time.monotonic() - t0 < 5:
+    while model.engine.info()["running"] and time.monotonic() - t0 < 5:
         time.sleep(0.01)
-    assert not model.engine._lock.locked(), "the engine is still generating for a gone client"
+    assert not model.engine.info()["running"], "the engine is still generating for a gone client"
     out = chat(client, model="slow-chat", max_tokens=2)
     assert out.usage.completion_tokens == 2
     assert time.monotonic() - t0 < 5
@@ -221,16 +221,21 @@ def test_waiting_client_that_leaves_never_runs(base, services, slow_chat):  # no
         return stream
 
     model.engine.stream = spy
+    model.engine.max_batch = 1  # one row: the second request queues behind the first
     try:
         with openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0) as c:
             first = chat(c, model="slow-chat", max_tokens=3000, stream=True)
             next(iter(first))
             with pytest.raises(openai.APITimeoutError):
                 chat(c.with_options(timeout=0.5), model="slow-chat", max_tokens=3000)
+            t0 = time.monotonic()  # the server notices the gone client within a poll, while it still waits
+            while started[1]["finish_reason"] is None and time.monotonic() - t0 < 5:
+                time.sleep(0.01)
             first.close()
             assert chat(c, model="slow-chat", max_tokens=2).usage.completion_tokens == 2  # queued behind both
     finally:
         model.engine.stream = real_stream
+        model.engine.max_batch = 8
     assert [s["finish_reason"] for s in started] == ["cancelled", "cancelled", "length"]
     assert started[1]["new_tokens"] == 0
 
