@@ -125,6 +125,8 @@ class _Seq:
         self.row: _Row | None = None
         self.generator: torch.Generator | None = None
         self.t_submit = self.t_first = self.t_prefill = 0.0
+        self.submit_step = 0
+        self.cancel_step: int | None = None
         self.stats = {"prompt_tokens": len(prompt_ids), "new_tokens": 0, "finish_reason": None,
                       "ttft_s": 0.0, "decode_tok_s": 0.0, "prefill_ms": 0.0, "total_s": 0.0,
                       "cached_tokens": 0}
@@ -219,6 +221,7 @@ class Scheduler:
     def _submit(self, seq: _Seq):
         seq.t_submit = time.perf_counter()
         with self._cond:
+            seq.submit_step = self.steps
             self._waiting.append(seq)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._drive, name="lmstudio-scheduler", daemon=True)
@@ -255,7 +258,8 @@ class Scheduler:
         with torch.inference_mode():
             self._prefill()
             self._decode()
-        self.steps += 1
+        with self._cond:  # counted under the lock that ``cancel`` reads it with
+            self.steps += 1
 
     def _row_bytes(self) -> int:
         cfg = self.model.config
@@ -379,7 +383,7 @@ class Scheduler:
         if params.repetition_penalty != 1.0:
             prev = torch.tensor([seq.tokens], dtype=torch.long, device=logits.device)
         tok = int(sample(logits, params, seq.generator, prev).item())
-        if seq.logprobs is not None:
+        if seq.logprobs is not None and tok not in seq.eos:  # OpenAI lists no entry for the end token
             seq.token_logprobs.append(_logprob_entry(logits, tok, seq.logprobs))
         now = time.perf_counter()
         seq.tokens.append(tok)
@@ -389,6 +393,7 @@ class Scheduler:
             seq.t_first = now
             stats["ttft_s"] = now - seq.t_submit
             stats["prefill_ms"] = seq.t_prefill * 1000.0
+            stats["ttft_steps"] = self.steps - seq.submit_step  # driver steps it waited (0: its first one)
         stats["new_tokens"] = len(seq.new_ids)
         if len(seq.new_ids) >= 2:
             stats["decode_tok_s"] = (len(seq.new_ids) - 1) / max(now - seq.t_first, 1e-9)
@@ -419,6 +424,8 @@ class Scheduler:
         self._release(seq, keep=reason != "error")
         stats = seq.stats
         stats["finish_reason"] = reason
+        if reason == "cancelled" and seq.cancel_step is not None:
+            stats["cancel_steps"] = self.steps - seq.cancel_step  # steps that ran after cancel() (0 or 1)
         stats["context_full"] = len(seq.tokens) >= self.model.config.max_seq_len
         stats["total_s"] = time.perf_counter() - seq.t_submit if seq.t_submit else 0.0
         seq.events.put(("end", None))
@@ -464,7 +471,8 @@ class ScheduledStream:
 
     ``.stats`` (live): prompt_tokens, cached_tokens (prompt tokens whose K/V came from the
     prompt cache), new_tokens, finish_reason, ttft_s (first ``next()`` -> first token, waiting
-    included), decode_tok_s, prefill_ms, total_s, context_full. ``.new_ids``, ``.text``, ``.seed``,
+    included), ttft_steps (driver steps between joining and the first token), cancel_steps (after
+    ``cancel()``: driver steps that completed before its row was freed), decode_tok_s, prefill_ms, total_s, context_full. ``.new_ids``, ``.text``, ``.seed``,
     ``.logprobs`` (with ``logprobs=k``: per sampled token ``{"id", "logprob", "top": [(id, lp)]}``),
     ``.queue_position`` (1.. while waiting for a row, else None).
 
@@ -521,8 +529,11 @@ class ScheduledStream:
 
     def cancel(self):
         """Ask the generation to stop (safe from any thread); its row is free within one step."""
-        self._seq.cancel_event.set()
-        self._scheduler._wake()
+        with self._scheduler._cond:
+            if self._seq.cancel_step is None:
+                self._seq.cancel_step = self._scheduler.steps
+            self._seq.cancel_event.set()
+            self._scheduler._cond.notify_all()
 
     def close(self):
         """Stop now; returns once the scheduler has let the sequence go."""
