@@ -56,9 +56,39 @@ def test_list_models(client):
     models = {m.id: m for m in client.models.list()}
     assert {"tiny-chat", "stories260K"} <= set(models)
     assert models["tiny-chat"].object == "model" and models["tiny-chat"].owned_by == "local"
+    loaded = [m.model_extra["scheduler"] for m in models.values() if "scheduler" in (m.model_extra or {})]
+    assert len(loaded) == 1 and loaded[0]["kv_budget_bytes"] > 0 and loaded[0]["max_batch"] == 8
     assert client.models.retrieve("stories260K").id == "stories260K"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("ghost")
+
+
+def test_logprobs_n_choices_and_cached_tokens_through_the_client(client, services):
+    import torch
+
+    model = services.registry.get_or_load("tiny-chat")
+    kw = dict(max_tokens=6, logprobs=True, top_logprobs=3, extra_body={"ignore_eos": True})
+    first = chat(client, **kw)
+    out = chat(client, n=2, temperature=1.0, seed=5, **kw)  # the same prompt again: read from the cache
+    assert out.usage.prompt_tokens_details.cached_tokens == out.usage.prompt_tokens - 1
+    assert len(out.choices) == 2 and out.usage.completion_tokens == 12
+    ids = model.prompt_ids(HI)
+    for choice in [first.choices[0], *out.choices]:
+        content = choice.logprobs.content
+        assert "".join(t.token for t in content) == choice.message.content and len(content) == 6
+        assert all(len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob >= t.logprob for t in content)
+    # OpenAI's meaning: the model's own log-softmax at each position, whatever the temperature
+    direct = model.generate(HI, max_new_tokens=6, ignore_eos=True)
+    assert "".join(direct) == first.choices[0].message.content
+    reply = list(direct.new_ids)
+    ref = torch.log_softmax(model.logits(torch.tensor([ids + reply]))[0, len(ids) - 1:-1], dim=-1)
+    got = [t.logprob for t in first.choices[0].logprobs.content]
+    assert got == pytest.approx([float(ref[i, r]) for i, r in enumerate(reply)], abs=1e-4)
+    chunks = list(client.completions.create(model="tiny-chat", prompt="Once upon", max_tokens=5, logprobs=2,
+                                            stream=True, temperature=0, extra_body={"ignore_eos": True}))
+    parts = [c.choices[0] for c in chunks if c.choices and c.choices[0].logprobs]
+    assert "".join(t for p in parts for t in p.logprobs.tokens) == "".join(c.choices[0].text for c in chunks)
+    assert all(len(d) == 2 for p in parts for d in p.logprobs.top_logprobs)
 
 
 # -- chat -----------------------------------------------------------------------------

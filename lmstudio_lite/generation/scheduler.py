@@ -383,8 +383,9 @@ class Scheduler:
         if params.repetition_penalty != 1.0:
             prev = torch.tensor([seq.tokens], dtype=torch.long, device=logits.device)
         tok = int(sample(logits, params, seq.generator, prev).item())
+        entry = None
         if seq.logprobs is not None and tok not in seq.eos:  # OpenAI lists no entry for the end token
-            seq.token_logprobs.append(_logprob_entry(logits, tok, seq.logprobs))
+            entry = _logprob_entry(logits, tok, seq.logprobs)
         now = time.perf_counter()
         seq.tokens.append(tok)
         seq.new_ids.append(tok)
@@ -400,7 +401,11 @@ class Scheduler:
         if tok in seq.eos:
             self._finish(seq, "stop")
             return
-        emit, hit = seq.holdback.feed(seq.detok.step(tok) or "")
+        piece = seq.detok.step(tok) or ""
+        if entry is not None:
+            entry["text"] = piece  # its share of the text: the entries' texts add up to the reply
+            seq.token_logprobs.append(entry)
+        emit, hit = seq.holdback.feed(piece)
         if emit:
             self._emit(seq, emit)
         if hit:
@@ -473,7 +478,8 @@ class ScheduledStream:
     prompt cache), new_tokens, finish_reason, ttft_s (first ``next()`` -> first token, waiting
     included), ttft_steps (driver steps between joining and the first token), cancel_steps (after
     ``cancel()``: driver steps that completed before its row was freed), decode_tok_s, prefill_ms, total_s, context_full. ``.new_ids``, ``.text``, ``.seed``,
-    ``.logprobs`` (with ``logprobs=k``: per sampled token ``{"id", "logprob", "top": [(id, lp)]}``),
+    ``.logprobs`` (with ``logprobs=k``: per sampled token ``{"id", "text", "logprob", "top": [(id, lp)]}``,
+    ``text`` its share of the reply: empty for the first bytes of a character split over tokens),
     ``.queue_position`` (1.. while waiting for a row, else None).
 
     The request joins on the first ``next()``; ``cancel()`` (any thread) ends it within one

@@ -290,18 +290,19 @@ def usage(stats: dict | list[dict]) -> dict:
 
 def logprobs_body(kind: str, entries: list[dict] | None, token_text, offset: int = 0) -> dict | None:
     """OpenAI's ``logprobs`` of a choice (or of one streamed chunk) from the scheduler's
-    entries ``{"id", "logprob", "top": [(id, logprob)]}``; ``token_text(id) -> str``.
+    entries ``{"id", "text", "logprob", "top": [(id, logprob)]}``; ``token_text(id) -> str`` names
+    the alternatives (a chosen token is named by its share of the reply, so they add up to it).
     Chat: ``{"content": [{token, logprob, bytes, top_logprobs}], "refusal": None}``;
     completions: ``{tokens, token_logprobs, top_logprobs, text_offset}`` (offsets from ``offset``)."""
     if entries is None:
         return None
     if kind == "chat":
-        def item(tid, lp):
-            text = token_text(tid)
+        def item(text, lp):
             return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
-        return {"content": [{**item(e["id"], e["logprob"]), "top_logprobs": [item(t, lp) for t, lp in e["top"]]}
+        return {"content": [{**item(e["text"], e["logprob"]),
+                             "top_logprobs": [item(token_text(t), lp) for t, lp in e["top"]]}
                             for e in entries], "refusal": None}
-    tokens = [token_text(e["id"]) for e in entries]
+    tokens = [e["text"] for e in entries]
     offsets = []
     for text in tokens:
         offsets.append(offset)

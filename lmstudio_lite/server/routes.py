@@ -191,9 +191,9 @@ async def _generate(request: Request, services, kind: str):
 
 
 def _token_text(model):
-    """id -> the text of that one token (special tokens spelled out), for logprobs."""
-    decode = model.tokenizer.decode
-    return lambda tid: decode([tid], skip_special_tokens=False)
+    """id -> that token's readable piece (spaces as spaces), naming logprobs' alternatives."""
+    strings = model.tokenizer.token_strings
+    return lambda tid: strings([tid])[0]
 
 
 async def _sse_frames(run: _Run, chunks: convert.ChunkMaker, token_text) -> AsyncIterator[str]:
