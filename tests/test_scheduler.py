@@ -181,3 +181,24 @@ def test_waiting_requests_know_their_queue_position(long_model):
     for t in threads:
         t.join(30)
     assert [s.stats["new_tokens"] for s in later] == [2, 2] and later[0].queue_position is None
+
+
+def test_the_batched_pytorch_step_matches_the_full_forward_pass():
+    """Without the native kernel (an unprepared model, as on a GPU) rows at different positions
+    decode together through PyTorch; each row's logprobs equal the model's own full forward."""
+    from lmstudio_lite.checkpoints.folder import load_weights, read_config
+    from lmstudio_lite.checkpoints.tokenizer import Tokenizer
+
+    cfg, _ = read_config(STORIES)
+    model = load_weights(STORIES, cfg, device="cpu", dtype=torch.float32).eval()
+    tok = Tokenizer.from_folder(STORIES)
+    sched = Scheduler(model, tok)
+    prompts = [tok.encode(p) for p in ("Once", "The little dog ran to the park and", "Lily said")]
+    streams = run_all(sched, [(p, GREEDY, 10, {"ignore_eos": True, "logprobs": 0}) for p in prompts])
+    for p, s in zip(prompts, streams):
+        ids = torch.tensor([p + list(s.new_ids)])
+        with torch.no_grad():
+            ref = torch.log_softmax(model(ids)[0, len(p) - 1:-1].float(), dim=-1)
+        want = ref[torch.arange(10), torch.tensor(list(s.new_ids))]
+        assert list(s.new_ids) == ref.argmax(-1).tolist()
+        assert float((torch.tensor([e["logprob"] for e in s.logprobs]) - want).abs().max()) < 1e-4

@@ -195,8 +195,8 @@ class Scheduler:
             per_row = self._row_bytes()
             cached = [r for r in self._rows if r.seq is None and r.valid]
             return {"max_batch": self.max_batch, "kv_budget_bytes": self.kv_budget_bytes,
-                    "kv_rows": len(self._rows), "kv_row_tokens": self.model.config.max_seq_len,
-                    "kv_bytes": per_row * len(self._rows),
+                    "kv_rows": len(self._rows) or self._planned_rows(), "kv_row_tokens": self.model.config.max_seq_len,
+                    "kv_bytes": per_row * (len(self._rows) or self._planned_rows()),
                     "kv_used_bytes": sum(r.valid for r in self._rows) * per_row // self.model.config.max_seq_len,
                     "running": len(self._running), "waiting": len(self._waiting),
                     "cached_prefixes": len(cached), "cached_tokens": sum(r.valid for r in cached),
@@ -265,10 +265,13 @@ class Scheduler:
         cfg = self.model.config
         return 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * cfg.max_seq_len * self.dtype.itemsize
 
+    def _planned_rows(self) -> int:
+        return max(1, min(self.max_batch + self.cache_rows, self.kv_budget_bytes // self._row_bytes()))
+
     def _ensure_pool(self):
         if self._pool is not None:
             return
-        want = max(1, min(self.max_batch + self.cache_rows, self.kv_budget_bytes // self._row_bytes()))
+        want = self._planned_rows()
         while True:
             try:  # untouched memory: a row costs what its sequences write
                 self._pool = KVCache(self.model.config, want, self.model.config.max_seq_len, self.device,
