@@ -177,6 +177,9 @@ def test_waiting_requests_know_their_queue_position(long_model):
         t.start()
         assert wait_for(lambda: sched.info()["waiting"] == threads.index(t) + 1)
     assert [s.queue_position for s in later] == [1, 2]
+    watcher = sched.stream(tok.encode("Four"), GREEDY, 2, ignore_eos=True)
+    assert next(watcher.waiting(poll_s=0.01)) == 3  # what the Chat tab shows while it waits
+    watcher.close()
     first.close()
     for t in threads:
         t.join(30)

@@ -118,6 +118,7 @@ class _Seq:
         self.cancel_event, self.outside_cancel = threading.Event(), cancel
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.finished = threading.Event()
+        self.placed = threading.Event()  # it has a row (or ended): no longer waiting
         self.tokens = list(prompt_ids)  # prompt, then every sampled id
         self.new_ids: list[int] = []
         self.text = ""
@@ -335,6 +336,7 @@ class Scheduler:
         row.seq, row.tokens, row.valid, row.used = seq, seq.tokens, match, time.monotonic()
         seq.row, seq.fed = row, match
         seq.stats["cached_tokens"] = match
+        seq.placed.set()
         seq.generator = torch.Generator(device=self.device)
         seq.generator.manual_seed(seq.seed)
         return True
@@ -437,6 +439,7 @@ class Scheduler:
         stats["context_full"] = len(seq.tokens) >= self.model.config.max_seq_len
         stats["total_s"] = time.perf_counter() - seq.t_submit if seq.t_submit else 0.0
         seq.events.put(("end", None))
+        seq.placed.set()
         seq.finished.set()
 
     def _fail(self, seq: _Seq, error: BaseException):
@@ -447,6 +450,7 @@ class Scheduler:
         seq.stats["finish_reason"] = "error"
         seq.stats["total_s"] = time.perf_counter() - seq.t_submit if seq.t_submit else 0.0
         seq.events.put(("error", error))
+        seq.placed.set()
         seq.finished.set()
 
     def _release(self, seq: _Seq, keep: bool):
@@ -500,16 +504,31 @@ class ScheduledStream:
     def __iter__(self) -> Iterator[str]:
         return self
 
-    def __next__(self) -> str:
-        if self._done:
-            raise StopIteration
+    def _join(self) -> bool:
+        """Submit the request once; False when it was cancelled before it joined."""
         if not self._submitted:
             self._submitted = True
             if self._seq.cancelled():
                 self._done = True
                 self.stats["finish_reason"] = "cancelled"
-                raise StopIteration
+                return False
             self._scheduler._submit(self._seq)
+        return not self._done
+
+    def waiting(self, poll_s: float = 0.5) -> Iterator[int]:
+        """Join now and yield the queue position (1 = next) every ``poll_s`` seconds while the request
+        waits for a row; returns as soon as it runs or ends (for a UI to say where it stands)."""
+        if not self._join():
+            return
+        while not self._seq.placed.is_set():
+            position = self.queue_position
+            if position is not None:
+                yield position
+            self._seq.placed.wait(poll_s)
+
+    def __next__(self) -> str:
+        if self._done or not self._join():
+            raise StopIteration
         what, value = self._seq.events.get()
         if what == "delta":
             return value
