@@ -205,3 +205,18 @@ def test_the_batched_pytorch_step_matches_the_full_forward_pass():
         want = ref[torch.arange(10), torch.tensor(list(s.new_ids))]
         assert list(s.new_ids) == ref.argmax(-1).tolist()
         assert float((torch.tensor([e["logprob"] for e in s.logprobs]) - want).abs().max()) < 1e-4
+
+
+def test_an_idle_scheduler_lets_its_model_go(stories):
+    import gc
+    import weakref
+
+    sched = fresh(stories, idle_exit_s=0.05)
+    sched.generate_ids(stories.tokenizer.encode("Once"), GREEDY, 2)
+    gone = weakref.ref(sched)
+    del sched
+    t0 = time.monotonic()
+    while gone() is not None and time.monotonic() - t0 < 10:
+        time.sleep(0.05)
+        gc.collect()
+    assert gone() is None

@@ -48,6 +48,7 @@ from .stopping import StopStringHoldback
 
 CPU_BATCH, GPU_BATCH = 8, 32  # default rows decoded together
 PREFILL_CHUNK = 128  # prompt tokens prefilled per step (between two decode steps)
+IDLE_EXIT_S = 2.0  # an idle driver thread ends after this long
 SHARE_MIN = 16  # a request waits for a prefix being prefilled only when it saves more tokens than this
 CPU_BUDGET = 4 << 30  # default KV budget on the CPU, at most a quarter of the RAM; untouched rows cost nothing
 
@@ -144,12 +145,13 @@ class Scheduler:
     ``.decode_stream``. ``max_batch`` (default ``LMSTUDIO_LITE_MAX_BATCH``, else 8 on the CPU
     and 32 on a GPU) may be changed at any time. ``kv_budget_bytes`` bounds the pool of KV
     rows (default ``default_budget``); ``cache_rows`` extra rows (default ``max_batch``) keep
-    finished sequences for the prompt cache, 0 turns the cache off.
+    finished sequences for the prompt cache, 0 turns the cache off. The driver thread ends after
+    ``idle_exit_s`` without work (so nothing keeps an unloaded model alive) and restarts on demand.
     """
 
     def __init__(self, model, tokenizer, device: torch.device | str | None = None, max_batch: int | None = None,
                  kv_budget_bytes: int | None = None, cache_rows: int | None = None,
-                 prefill_chunk: int = PREFILL_CHUNK):
+                 prefill_chunk: int = PREFILL_CHUNK, idle_exit_s: float = IDLE_EXIT_S):
         self.model, self.tokenizer = model, tokenizer
         param = next(model.parameters(), None)
         self.device = torch.device(device) if device is not None else (
@@ -159,7 +161,7 @@ class Scheduler:
         self.max_batch = max_batch or _env_int("LMSTUDIO_LITE_MAX_BATCH") or default_batch
         self.cache_rows = self.max_batch if cache_rows is None else cache_rows
         self.kv_budget_bytes = kv_budget_bytes if kv_budget_bytes is not None else default_budget(self.device)
-        self.prefill_chunk = prefill_chunk
+        self.prefill_chunk, self.idle_exit_s = prefill_chunk, idle_exit_s
         self.steps = 0  # driver steps so far (a step: admissions, one prefill chunk, one decode step)
         self._cond = threading.Condition()
         self._waiting: list[_Seq] = []
@@ -238,7 +240,11 @@ class Scheduler:
         while True:
             with self._cond:
                 while not self._waiting and not self._running:
-                    self._cond.wait()
+                    # Idle for a while: end, so an unloaded model (and its KV pool) is not kept
+                    # alive by this thread; the next request starts a new one.
+                    if not self._cond.wait(self.idle_exit_s) and not self._waiting and not self._running:
+                        self._thread = None
+                        return
             threads = inference_threads()
             if self.device.type == "cpu" and torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)  # this thread only: a job may hold the rest
