@@ -48,6 +48,7 @@ from .stopping import StopStringHoldback
 
 CPU_BATCH, GPU_BATCH = 8, 32  # default rows decoded together
 PREFILL_CHUNK = 128  # prompt tokens prefilled per step (between two decode steps)
+CLOSE_WAIT_S = 60.0  # close() waits at most this long for the driver (one step, normally)
 IDLE_EXIT_S = 2.0  # an idle driver thread ends after this long
 SHARE_MIN = 16  # a request waits for a prefix being prefilled only when it saves more tokens than this
 CPU_BUDGET = 4 << 30  # default KV budget on the CPU, at most a quarter of the RAM; untouched rows cost nothing
@@ -382,18 +383,23 @@ class Scheduler:
             for seq in batch:
                 self._fail(seq, e)
             return
+        # Greedy rows without a penalty pick by one argmax over the batch (one host sync, not one per row).
+        plain = [s.params.greedy and s.params.repetition_penalty == 1.0 for s in batch]
+        picks = logits.argmax(dim=-1).tolist() if any(plain) else None
         for b, seq in enumerate(batch):
             seq.fed += 1
             seq.row.valid = seq.fed
-            self._accept(seq, logits[b:b + 1])
+            self._accept(seq, logits[b:b + 1], picks[b] if plain[b] else None)
 
-    def _accept(self, seq: _Seq, logits: torch.Tensor):
-        """Sample the next id from logits [1, V], stream its text, and end the sequence when it is done."""
+    def _accept(self, seq: _Seq, logits: torch.Tensor, tok: int | None = None):
+        """Sample the next id from logits [1, V] (unless ``tok`` was already picked), stream its text,
+        and end the sequence when it is done."""
         params = seq.params
-        prev = None
-        if params.repetition_penalty != 1.0:
-            prev = torch.tensor([seq.tokens], dtype=torch.long, device=logits.device)
-        tok = int(sample(logits, params, seq.generator, prev).item())
+        if tok is None:
+            prev = None
+            if params.repetition_penalty != 1.0:
+                prev = torch.tensor([seq.tokens], dtype=torch.long, device=logits.device)
+            tok = int(sample(logits, params, seq.generator, prev).item())
         entry = None
         if seq.logprobs is not None and tok not in seq.eos:  # OpenAI lists no entry for the end token
             entry = _logprob_entry(logits, tok, seq.logprobs)
@@ -573,7 +579,7 @@ class ScheduledStream:
         """Stop now; returns once the scheduler has let the sequence go."""
         self.cancel()
         if self._submitted:
-            self._seq.finished.wait()
+            self._seq.finished.wait(CLOSE_WAIT_S)
         self._done = True
         if self.stats["finish_reason"] is None:
             self.stats["finish_reason"] = "cancelled"
