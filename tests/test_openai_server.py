@@ -84,6 +84,12 @@ def test_logprobs_n_choices_and_cached_tokens_through_the_client(client, service
     ref = torch.log_softmax(model.logits(torch.tensor([ids + reply]))[0, len(ids) - 1:-1], dim=-1)
     got = [t.logprob for t in first.choices[0].logprobs.content]
     assert got == pytest.approx([float(ref[i, r]) for i, r in enumerate(reply)], abs=1e-4)
+    texts, ends = {0: "", 1: ""}, {}
+    for c in chat(client, n=2, stream=True, temperature=1.0, seed=5, max_tokens=6, extra_body={"ignore_eos": True}):
+        for ch in c.choices:
+            texts[ch.index] += ch.delta.content or ""
+            ends[ch.index] = ch.finish_reason or ends.get(ch.index)
+    assert texts == {i: out.choices[i].message.content for i in (0, 1)} and ends == {0: "length", 1: "length"}
     chunks = list(client.completions.create(model="tiny-chat", prompt="Once upon", max_tokens=5, logprobs=2,
                                             stream=True, temperature=0, extra_body={"ignore_eos": True}))
     parts = [c.choices[0] for c in chunks if c.choices and c.choices[0].logprobs]
