@@ -9,7 +9,8 @@ For each model two real servers run at once, each in its own process on the same
 (``LMSTUDIO_LITE_SCHEDULER=off`` gives the plain queue). For each client count, the plain
 and the batched server are measured back to back (interleaved, ``--repeat`` times, medians):
 every client is an official openai client streaming one chat completion with a prompt of
-mixed length (short, medium, long in turn) and ``--tokens`` new tokens (EOS ignored).
+mixed length (short, medium, long in turn; with fewer clients than lengths each client sends
+one request per length, one after the other) and ``--tokens`` new tokens (EOS ignored).
 Reported: aggregate tok/s (all new tokens / wall time), p50 and p95 time to first token,
 median inter-token latency ((last text - first text) / (tokens - 1) per request).
 Then a 10-turn chat (one client; each turn sends the whole conversation so far): the tenth
@@ -93,13 +94,18 @@ def one_request(client, name: str, messages: list[dict], tokens: int) -> dict:
 
 
 def load_run(client, name: str, clients: int, tokens: int, lengths: tuple[int, ...], round_: int) -> dict:
-    results: list[dict] = [None] * clients
+    # Fewer clients than prompt lengths: each sends one request per length in turn, so one
+    # client's figures cover the same mix of short and long prompts as eight clients'.
+    waves = -(-len(lengths) // clients)
+    results: list[dict] = []
     start = threading.Barrier(clients + 1)
 
     def run(i):
-        msg = [{"role": "user", "content": prompt_of(lengths[i % len(lengths)], 100 * round_ + i)}]
         start.wait()
-        results[i] = one_request(client, name, msg, tokens)
+        for w in range(waves):
+            k = i + w * clients
+            msg = [{"role": "user", "content": prompt_of(lengths[k % len(lengths)], 100 * round_ + k)}]
+            results.append(one_request(client, name, msg, tokens))
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
     for t in threads:
