@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -198,6 +199,7 @@ def main() -> int:
                                                                   "with a context over 512 tokens)")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stopped: still stop the servers (finally)
     args.clients = [int(c) for c in args.clients.split(",")]
     args.lengths = (8, 40, 90)  # words: short, medium and long prompts in turn
     models = args.model or [str(BUNDLED)] + ([str(SMOLLM2)] if SMOLLM2.is_file() and not args.quick else [])
