@@ -7,8 +7,9 @@ model's whole context, sized from a memory budget). Each step it
    the stream, or their ``cancel`` event was set): the row is free before the next step;
 2. admits waiting requests, oldest first, while fewer than ``max_batch`` run and a row is
    free or holds only a cached prefix (least recently used goes first);
-3. prefills up to ``prefill_chunk`` prompt tokens (one or more sequences, a chunk each),
-   so a long prompt never stalls the running streams for more than one chunk;
+3. prefills up to ``prefill_chunk`` prompt tokens (one or more sequences, a chunk each;
+   short prompts that start at the same position go through one batched pass), so a long
+   prompt never stalls the running streams for more than one chunk;
 4. runs one decode step for every sequence past its prompt (``model.decode.decode_rows``:
    the native kernel's multi-row step on the CPU, each weight read once for all rows; a
    batched PyTorch step elsewhere) and samples each row with its own settings and seed.
@@ -50,6 +51,7 @@ CPU_BATCH, GPU_BATCH = 8, 32  # default rows decoded together
 PREFILL_CHUNK = 128  # prompt tokens prefilled per step (between two decode steps)
 CLOSE_WAIT_S = 60.0  # close() waits at most this long for the driver (one step, normally)
 IDLE_EXIT_S = 2.0  # an idle driver thread ends after this long
+GROUP_PAD = 2  # prompts prefilled together: their padded size may be at most this many chunks
 SHARE_MIN = 16  # a request waits for a prefix being prefilled only when it saves more tokens than this
 CPU_BUDGET = 4 << 30  # default KV budget on the CPU, at most a quarter of the RAM; untouched rows cost nothing
 
@@ -350,9 +352,16 @@ class Scheduler:
 
     def _prefill(self):
         budget = self.prefill_chunk
-        for seq in [s for s in self._running if s.fed < len(s.prompt_ids)]:
-            if budget <= 0:
-                break
+        pending = [s for s in self._running if s.fed < len(s.prompt_ids)]
+        while pending and budget > 0:
+            group = self._prefill_group(pending, budget)
+            for seq in group:
+                pending.remove(seq)
+            if len(group) > 1:
+                budget -= sum(len(s.prompt_ids) - s.fed for s in group)
+                self._prefill_together(group)
+                continue
+            seq = group[0]
             n = min(budget, len(seq.prompt_ids) - seq.fed)
             budget -= n
             t0 = time.perf_counter()
@@ -367,6 +376,60 @@ class Scheduler:
             seq.row.valid = seq.fed
             if seq.fed == len(seq.prompt_ids):
                 self._accept(seq, logits[:, -1])
+
+    def _prefill_group(self, pending: list[_Seq], budget: int) -> list[_Seq]:
+        """The first pending sequence and those that can be prefilled with it in one forward pass:
+        the same start position, the whole rest of each prompt within the budget, padded rows
+        within ``GROUP_PAD`` times the budget (one pass reads the weights once, which matters most
+        for quantized layers: their prefill dequantizes every matrix per pass)."""
+        head = pending[0]
+        group, longest = [head], len(head.prompt_ids) - head.fed
+        if longest > budget:
+            return group
+        used = longest
+        for seq in pending[1:]:
+            rest = len(seq.prompt_ids) - seq.fed
+            if seq.fed != head.fed or used + rest > budget \
+                    or max(longest, rest) * (len(group) + 1) > GROUP_PAD * budget:
+                continue
+            group.append(seq)
+            used, longest = used + rest, max(longest, rest)
+        return group
+
+    def _prefill_together(self, group: list[_Seq]):
+        """Prefill the rest of several prompts (all from position ``start``) in one batched pass over
+        a scratch cache: each row's prefix K/V is copied in, the new K/V copied back to its row.
+        Rows are right-padded; causal attention keeps every real position from seeing the padding."""
+        start, pool = group[0].fed, self._pool
+        lens = [len(s.prompt_ids) - start for s in group]
+        B, T = len(group), max(lens)
+        t0 = time.perf_counter()
+        try:
+            rows = torch.tensor([s.row.index for s in group], device=self.device)
+            scratch = KVCache(self.model.config, B, start + T, self.device, self.dtype, zeroed=False)
+            if start:
+                scratch.k[:, :, :, :start] = pool.k[:, rows, :, :start]
+                scratch.v[:, :, :, :start] = pool.v[:, rows, :, :start]
+            ids = torch.zeros((B, T), dtype=torch.long)
+            for b, seq in enumerate(group):
+                ids[b, :lens[b]] = torch.tensor(seq.prompt_ids[start:], dtype=torch.long)
+            hidden = self.model.forward_hidden(ids.to(self.device), start_pos=start, cache=scratch)
+            last = hidden[torch.arange(B, device=self.device), torch.tensor(lens, device=self.device) - 1]
+            logits = self.model.project(last)  # [B, V]
+            for b, seq in enumerate(group):
+                end = start + lens[b]
+                pool.k[:, seq.row.index, :, start:end] = scratch.k[:, b, :, start:end]
+                pool.v[:, seq.row.index, :, start:end] = scratch.v[:, b, :, start:end]
+        except Exception as e:
+            for seq in group:
+                self._fail(seq, e)
+            return
+        spent = time.perf_counter() - t0
+        for b, seq in enumerate(group):
+            seq.t_prefill += spent
+            seq.fed = len(seq.prompt_ids)
+            seq.row.valid = seq.fed
+            self._accept(seq, logits[b:b + 1])
 
     def _decode(self):
         batch = [s for s in self._running if s.fed == len(s.tokens) - 1 and s.fed >= len(s.prompt_ids)]
