@@ -122,8 +122,8 @@ def load_run(client, name: str, clients: int, tokens: int, lengths: tuple[int, .
             "itl": statistics.median(r["itl"] for r in results)}
 
 
-def turns_run(client, name: str, turns: int, tokens: int, first_words: int) -> list[dict]:
-    messages = [{"role": "system", "content": prompt_of(first_words, 7)}]
+def turns_run(client, name: str, turns: int, tokens: int, first_words: int, seed: int = 7) -> list[dict]:
+    messages = [{"role": "system", "content": prompt_of(first_words, seed)}]
     out = []
     for k in range(turns):
         messages.append({"role": "user", "content": f"Turn {k}: and then?"})
@@ -171,13 +171,18 @@ def bench_model(model: str, args) -> list[str]:
                              f"(target <= 3x: {'OK' if p95 <= 3 else 'MISS'})")
         small = (ctx.get("kv_row_tokens") or 4096) <= 512  # ten turns must fit the context window
         first_words, turn_tokens = (16, 5) if small else (args.first_words, args.turn_tokens)
+        chats: dict[str, list[list[dict]]] = {"plain": [], "batched": []}
+        for rep in range(args.repeat):  # a new conversation each time (no hits across them), modes interleaved
+            for mode in ("plain", "batched"):
+                chats[mode].append(turns_run(clients[mode], names[mode], args.turns, turn_tokens, first_words,
+                                             seed=7 + rep))
         for mode in ("plain", "batched"):
-            t = turns_run(clients[mode], names[mode], args.turns, turn_tokens, first_words)
-            ratio = t[-1]["ttft"] / t[0]["ttft"]
-            lines.append(f"- {mode}: turn 1 TTFT {t[0]['ttft'] * 1000:.0f} ms, turn {args.turns} "
-                         f"{t[-1]['ttft'] * 1000:.0f} ms ({ratio:.2f}x; target <= 1.5x: "
-                         f"{'OK' if ratio <= 1.5 else 'MISS'}); cached prompt tokens at turn {args.turns}: "
-                         f"{t[-1]['cached']}")
+            first = statistics.median(t[0]["ttft"] for t in chats[mode])
+            last = statistics.median(t[-1]["ttft"] for t in chats[mode])
+            ratio = last / first
+            lines.append(f"- {mode}: turn 1 TTFT {first * 1000:.0f} ms, turn {args.turns} {last * 1000:.0f} ms "
+                         f"({ratio:.2f}x; target <= 1.5x: {'OK' if ratio <= 1.5 else 'MISS'}); cached prompt "
+                         f"tokens at turn {args.turns}: {chats[mode][-1][-1]['cached']}")
     finally:
         for proc, _, _ in servers.values():
             proc.terminate()
