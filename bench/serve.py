@@ -91,7 +91,8 @@ def one_request(client, name: str, messages: list[dict], tokens: int) -> dict:
             text.append(chunk.choices[0].delta.content)
     n = usage.completion_tokens
     return {"ttft": times[0] - t0, "itl": (times[-1] - times[0]) / max(n - 1, 1), "tokens": n, "end": times[-1],
-            "text": "".join(text), "cached": usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0}
+            "text": "".join(text),
+            "cached": usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0}
 
 
 def load_run(client, name: str, clients: int, tokens: int, lengths: tuple[int, ...], round_: int) -> dict:

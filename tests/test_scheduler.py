@@ -226,7 +226,8 @@ def test_summarize_and_translate_instructions_hit_the_cache(stories):
     from lmstudio_lite.tasks.summarize import summary_messages
     from lmstudio_lite.tasks.translate import translate_messages
 
-    for build in (lambda t: summary_messages(t, "Short paragraph"), lambda t: translate_messages(t, "English", "French")):
+    for build in (lambda t: summary_messages(t, "Short paragraph"),
+                  lambda t: translate_messages(t, "English", "French")):
         one, two = build("The cat sat on the mat all day."), build("A dog barked at the moon.")
         a, b = stories.prompt_ids(one), stories.prompt_ids(two)
         common = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)

@@ -199,10 +199,10 @@ class Scheduler:
         """The pool and its use: budget, rows, what runs, waits and is cached (for status lines and /v1/models)."""
         with self._cond:
             per_row = self._row_bytes()
+            rows = len(self._rows) or self._planned_rows()  # planned until the first request makes the pool
             cached = [r for r in self._rows if r.seq is None and r.valid]
             return {"max_batch": self.max_batch, "kv_budget_bytes": self.kv_budget_bytes,
-                    "kv_rows": len(self._rows) or self._planned_rows(), "kv_row_tokens": self.model.config.max_seq_len,
-                    "kv_bytes": per_row * (len(self._rows) or self._planned_rows()),
+                    "kv_rows": rows, "kv_row_tokens": self.model.config.max_seq_len, "kv_bytes": per_row * rows,
                     "kv_used_bytes": sum(r.valid for r in self._rows) * per_row // self.model.config.max_seq_len,
                     "running": len(self._running), "waiting": len(self._waiting),
                     "cached_prefixes": len(cached), "cached_tokens": sum(r.valid for r in cached),
@@ -559,7 +559,8 @@ class ScheduledStream:
     ``.stats`` (live): prompt_tokens, cached_tokens (prompt tokens whose K/V came from the
     prompt cache), new_tokens, finish_reason, ttft_s (first ``next()`` -> first token, waiting
     included), ttft_steps (driver steps between joining and the first token), cancel_steps (after
-    ``cancel()``: driver steps that completed before its row was freed), decode_tok_s, prefill_ms, total_s, context_full. ``.new_ids``, ``.text``, ``.seed``,
+    ``cancel()``: driver steps that completed before its row was freed), decode_tok_s, prefill_ms,
+    total_s, context_full. ``.new_ids``, ``.text``, ``.seed``,
     ``.logprobs`` (with ``logprobs=k``: per sampled token ``{"id", "text", "logprob", "top": [(id, lp)]}``,
     ``text`` its share of the reply: empty for the first bytes of a character split over tokens),
     ``.queue_position`` (1.. while waiting for a row, else None).
