@@ -75,6 +75,9 @@ def add_generate_args(p: argparse.ArgumentParser):
                    help="send the prompt as a chat message through the model's chat template "
                         "(default: plain text for the model to continue)")
     p.add_argument("--json", action="store_true", help="print one JSON object: prompt_ids, new_ids, text, stats")
+    p.add_argument("--logprobs", type=int, default=None, metavar="K",
+                   help="with --json: each new token's log-probability (the model's log-softmax) and the top K "
+                        "alternatives (0-20)")
 
 
 def add_models_args(p: argparse.ArgumentParser):
@@ -131,15 +134,23 @@ def cmd_generate(args) -> int:
     from .registry import model_or_default
 
     m = load_model(model_or_default(args.model), device=args.device, dtype=args.dtype, quant=args.quant)
+    if args.logprobs is not None and not args.json:
+        print("error: --logprobs needs --json", file=sys.stderr)
+        return 2
     query = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
     stream = m.generate(query, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                         top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                         repetition_penalty=args.repetition_penalty, seed=args.seed, stop=args.stop,
-                        ignore_eos=args.ignore_eos)
+                        ignore_eos=args.ignore_eos, logprobs=args.logprobs)
     if args.json:
         text = "".join(stream)
-        print(json.dumps({"prompt_ids": m.prompt_ids(query), "new_ids": stream.new_ids,
-                          "text": text, "stats": stream.stats}, ensure_ascii=False))
+        out = {"prompt_ids": m.prompt_ids(query), "new_ids": stream.new_ids, "text": text, "stats": stream.stats}
+        if args.logprobs is not None:
+            name = lambda i: m.tokenizer.token_strings([i])[0]  # noqa: E731
+            out["logprobs"] = [{"id": e["id"], "token": e["text"], "logprob": e["logprob"],
+                                "top_logprobs": [{"id": i, "token": name(i), "logprob": lp} for i, lp in e["top"]]}
+                               for e in stream.logprobs]
+        print(json.dumps(out, ensure_ascii=False))
         return 0
     for delta in stream:
         print(delta, end="", flush=True)

@@ -33,6 +33,25 @@ class ContextOverflowError(LiteError, ValueError):
             f"shorten it to at most {limit - 1} tokens to leave room for the reply")
 
 
+def check_request(config, prompt_ids, params: SamplingParams, max_new_tokens: int) -> tuple[list[int], int]:
+    """-> (prompt ids as ints, max_new_tokens capped to what the context leaves); raises ValueError
+    or ContextOverflowError for a request no model could serve (shared by Engine and Scheduler)."""
+    prompt_ids = [int(i) for i in prompt_ids]
+    if not prompt_ids:
+        raise ValueError("the prompt is empty: give at least one token")
+    if len(prompt_ids) >= config.max_seq_len:
+        raise ContextOverflowError(len(prompt_ids), config.max_seq_len)
+    bad = [i for i in prompt_ids if not 0 <= i < config.vocab_size]
+    if bad:
+        raise ValueError(f"token id {bad[0]} is outside the model's vocabulary (0..{config.vocab_size - 1})")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
+    if not isinstance(params, SamplingParams):
+        raise ValueError(f"params must be SamplingParams, got {type(params).__name__}")
+    max_new_tokens = min(max_new_tokens, config.max_seq_len - len(prompt_ids))
+    return prompt_ids, max_new_tokens
+
+
 class Engine:
     """Generates text from a model and a tokenizer, one request at a time.
 
@@ -69,20 +88,7 @@ class Engine:
 
         ``max_new_tokens`` is capped to what is left of the context window after the prompt.
         """
-        prompt_ids = [int(i) for i in prompt_ids]
-        config = self.model.config
-        if not prompt_ids:
-            raise ValueError("the prompt is empty: give at least one token")
-        if len(prompt_ids) >= config.max_seq_len:
-            raise ContextOverflowError(len(prompt_ids), config.max_seq_len)
-        bad = [i for i in prompt_ids if not 0 <= i < config.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is outside the model's vocabulary (0..{config.vocab_size - 1})")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
-        if not isinstance(params, SamplingParams):
-            raise ValueError(f"params must be SamplingParams, got {type(params).__name__}")
-        max_new_tokens = min(max_new_tokens, config.max_seq_len - len(prompt_ids))
+        prompt_ids, max_new_tokens = check_request(self.model.config, prompt_ids, params, max_new_tokens)
         return GenerationStream(self, prompt_ids, params, max_new_tokens, StopStringHoldback(stop),
                                 ignore_eos, cancel)
 

@@ -100,6 +100,8 @@ class ChatHandlers:
         throttle = Throttle()
         yield conv, view(conv), "", notice_md(note)
         try:
+            for position in getattr(stream, "waiting", lambda: ())():  # the model serves others first
+                yield conv, view(conv), "", notice_md(f"Waiting for the model: number {position} in the queue.")
             for delta in stream:
                 msg["content"] += delta
                 if throttle.ready():
