@@ -239,3 +239,12 @@ def test_summarize_real_model_with_small_context(real_chat_model):
     steps = list(summarize.summarize(real_chat_model, doc, "One sentence", chat.Settings(temperature=0.0,
                                      max_new_tokens=24), cancel))
     assert steps[0].total > 2 and steps[-1].final
+
+
+def test_translate_stops_each_piece_at_the_end_of_its_line_structure():
+    """A one-line piece stops at a line break, a piece of several lines at a blank line, so a chat
+    model that rambles on after its translation (SmolLM2) is cut there; the user's stops stay."""
+    model = FakeModel()
+    doc = "Hello there my friend.\n\nRoses are red\nviolets are blue."
+    list(translate.translate(model, doc, "English", "French", chat.Settings(stop=["###"])))
+    assert [kwargs["stop"] for _, kwargs in model.calls] == [["###", "\n"], ["###", "\n\n"]]

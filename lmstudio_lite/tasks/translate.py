@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from .text import Step, paragraphs, prompt_overhead, run_messages, split_text, token_counter
@@ -158,6 +159,19 @@ def pieces(model, text: str, src: str, tgt: str) -> list[list[str]]:
     return [split_text(p, count, budget) for p in paragraphs(text)]
 
 
+def piece_stop(piece: str) -> str:
+    """Where a translation of ``piece`` is over: a line break for a one-line piece, a blank line
+    for one of several lines (pieces never hold a blank line). Chat models such as SmolLM2 go on
+    after the translated sentence ("\n\nIn this context, ...") instead of ending their turn."""
+    return "\n\n" if "\n" in piece.strip() else "\n"
+
+
+def piece_settings(settings, piece: str):
+    """``settings`` with the piece's stop string added to the user's own."""
+    stop = piece_stop(piece)
+    return settings if stop in settings.stop else replace(settings, stop=[*settings.stop, stop])
+
+
 def translate(model, text: str, src: str, tgt: str, settings, cancel=None) -> Iterator[Step]:
     """Stream the translation: ``Step``s whose text is everything translated so far."""
     if not text or not text.strip():
@@ -175,7 +189,8 @@ def translate(model, text: str, src: str, tgt: str, settings, cancel=None) -> It
         for piece in para:
             desc = f"Translating part {n + 1} of {total} ({src} → {tgt})"
             out = ""
-            for delta in run_messages(model, translate_messages(piece, src, tgt), settings, cancel=cancel):
+            for delta in run_messages(model, translate_messages(piece, src, tgt), piece_settings(settings, piece),
+                                      cancel=cancel):
                 out += delta
                 yield Step(n, total, desc, _join(done_paras, current + [out]))
             current.append(out.strip())
