@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 from .text import Step, paragraphs, prompt_overhead, run_messages, split_text, token_counter
@@ -166,10 +165,12 @@ def piece_stop(piece: str) -> str:
     return "\n\n" if "\n" in piece.strip() else "\n"
 
 
-def piece_settings(settings, piece: str):
-    """``settings`` with the piece's stop string added to the user's own."""
-    stop = piece_stop(piece)
-    return settings if stop in settings.stop else replace(settings, stop=[*settings.stop, stop])
+def cut_at_stop(out: str, stop: str) -> tuple[str, bool]:
+    """(``out`` up to ``stop``, whether it was there), looking past leading whitespace only, so a
+    reply that opens with a line break is not cut to nothing."""
+    body = out.lstrip()
+    at = body.find(stop)
+    return (out, False) if at < 0 else (body[:at], True)
 
 
 def translate(model, text: str, src: str, tgt: str, settings, cancel=None) -> Iterator[Step]:
@@ -188,11 +189,16 @@ def translate(model, text: str, src: str, tgt: str, settings, cancel=None) -> It
         current = []
         for piece in para:
             desc = f"Translating part {n + 1} of {total} ({src} → {tgt})"
-            out = ""
-            for delta in run_messages(model, translate_messages(piece, src, tgt), piece_settings(settings, piece),
-                                      cancel=cancel):
-                out += delta
-                yield Step(n, total, desc, _join(done_paras, current + [out]))
+            out, stop = "", piece_stop(piece)
+            deltas = run_messages(model, translate_messages(piece, src, tgt), settings, cancel=cancel)
+            try:
+                for delta in deltas:
+                    out, over = cut_at_stop(out + delta, stop)
+                    yield Step(n, total, desc, _join(done_paras, current + [out]))
+                    if over:
+                        break
+            finally:
+                deltas.close()  # ends the generation when the translation stopped early
             current.append(out.strip())
             n += 1
             if cancel is not None and cancel.is_set():
