@@ -255,7 +255,11 @@ class Transformer(nn.Module):
         """Drop the inference layout (fused weights, head copy, native step): prepare again after."""
         self._native, self._decode_ready, self._head_t = None, False, None
         for b in self.blocks:
-            b.attn.fused = b.mlp.fused = None
+            for layer in (b.attn, b.mlp):
+                # a fused QuantLinear registered ``fused`` as a child module, which would then refuse
+                # the (weight, bias) tuple a float layout fuses into: unregister it first
+                layer._modules.pop("fused", None)
+                layer.fused = None
 
     def _apply(self, fn, *args, **kwargs):
         # .to(), .float(), .cuda()... make new parameter tensors: the fused copies and the
