@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .decode import MAX_ROWS, NativeDecoder, decode_step
+from .decode import MAX_ROWS, NativeDecoder, decode_step, native_logits
 from .kv_cache import KVCache
 from .layers import ACTIVATIONS, Embedding, Linear, RMSNorm, apply_rope, matmul, rope_tables, run_fused, store_out_in
 from .quant import QuantLinear, fuse_quantized
@@ -255,8 +255,7 @@ class Transformer(nn.Module):
     def forward_hidden(self, ids: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None):
         """ids [B, T] -> final normed hidden state [B, T, C]."""
         B, T = ids.shape
-        if start_pos + T > self.config.max_seq_len:
-            raise ValueError(f"sequence of {start_pos + T} tokens exceeds the context of {self.config.max_seq_len}")
+        self._check_length(start_pos, T)
         if T == 1 and cache is not None and self._decode_ready and not torch.is_grad_enabled():
             return decode_step(self, ids, start_pos, cache)
         x = self.tok_emb(ids)
@@ -270,6 +269,10 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, rope, i, start_pos, cache)
         return self.norm_f(x)
+
+    def _check_length(self, start_pos: int, T: int):
+        if start_pos + T > self.config.max_seq_len:
+            raise ValueError(f"sequence of {start_pos + T} tokens exceeds the context of {self.config.max_seq_len}")
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden [.., C] -> logits [.., V]."""
@@ -287,6 +290,11 @@ class Transformer(nn.Module):
     def forward(self, ids: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None,
                 last_only: bool = False) -> torch.Tensor:
         """ids [B, T] -> logits [B, T, V] (or [B, 1, V] with ``last_only``)."""
+        if ids.shape[1] == 1 and cache is not None and self._decode_ready and not torch.is_grad_enabled():
+            self._check_length(start_pos, 1)
+            logits = native_logits(self, ids, start_pos, cache)  # step and head in one native call
+            if logits is not None:
+                return logits
         h = self.forward_hidden(ids, start_pos, cache)
         if last_only:
             h = h[:, -1:]

@@ -92,7 +92,7 @@ def load(path: Path) -> ctypes.CDLL:
     """A built library with its functions' argument types declared."""
     lib = ctypes.CDLL(str(path))
     p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-    lib.lml_decode.argtypes = [p, p, f32, i64, p, p, p, p, p, p, i64, i64, p, p, i32]
+    lib.lml_decode.argtypes = [p, p, f32, i64, p, p, p, p, p, p, i64, i64, p, p, p, i32]
     lib.lml_decode.restype = None
     lib.lml_scratch_floats.argtypes = [p, i64, i64, i32]
     lib.lml_scratch_floats.restype = i64
