@@ -21,13 +21,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..native import decode_library
+from ..native import FORMATS as _FORMATS, decode_library
 from .layers import matmul, run_fused
 from .quant import QuantLinear
 
 _NATIVE_ACTS = {"silu": 0, "gelu_new": 1, "gelu_pytorch_tanh": 1, "gelu_fast": 1, "gelu": 2, "relu": 3}
-# decode.c's matrix formats (T_*) and the GGUF block size of each quantized one.
-_FORMATS = {"f32": 0, "bf16": 1, "q8_0": 2, "q4_0": 3, "q4_1": 4}
+# the GGUF block size of each quantized format
 _BLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20}
 MAX_ROWS = 8  # decode.c's MAX_ROWS: the rows one step serves
 _MAX_PARTS = 3  # decode.c's MAX_PARTS: matrices side by side in one projection

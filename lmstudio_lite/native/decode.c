@@ -433,3 +433,38 @@ int64_t lml_linear_scratch_floats(int64_t K, int64_t N, int64_t B, int nthreads)
     const int64_t G = B < MAX_ROWS ? B : MAX_ROWS;
     return (int64_t)nthreads * private_layout(G, 0, 0, 0, linear_share(N, nthreads), K).total;
 }
+
+/* out [R, K] = the rows of a block matrix dequantized in float32, value for value as
+   quant.dequantize computes them (q d, (q - 8) d, q d + m): prefill's GEMMs take the weights
+   this way. One pass over memory instead of the reference's several. */
+void lml_dequantize(int64_t type, const void *w, int64_t R, int64_t K, float *out, int nthreads) {
+    const int64_t nb = K / 32, bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t r = 0; r < R; r++) {
+        const uint8_t *blk = (const uint8_t *)w + r * nb * bytes;
+        float *o = out + r * K;
+        for (int64_t k = 0; k < nb; k++, blk += bytes, o += 32) {
+            uint16_t h;
+            memcpy(&h, blk, 2);
+            const float d = fp16_to_f32(h);
+            if (type == T_Q8_0) {
+                const int8_t *q = (const int8_t *)(blk + 2);
+                for (int i = 0; i < 32; i++) o[i] = (float)q[i] * d;
+            } else if (type == T_Q4_0) {
+                const uint8_t *q = blk + 2;
+                for (int i = 0; i < 16; i++) {
+                    o[i] = (float)((q[i] & 0x0F) - 8) * d;
+                    o[i + 16] = (float)((q[i] >> 4) - 8) * d;
+                }
+            } else {
+                memcpy(&h, blk + 2, 2);
+                const float m = fp16_to_f32(h);
+                const uint8_t *q = blk + 4;
+                for (int i = 0; i < 16; i++) {
+                    o[i] = (float)(q[i] & 0x0F) * d + m;
+                    o[i + 16] = (float)(q[i] >> 4) * d + m;
+                }
+            }
+        }
+    }
+}
