@@ -131,6 +131,13 @@ static inline float hsum8(__m256 v) {
    with B read at run time they lived in memory and a Q4 row ran at half the speed of a Q8 row. */
 #define INLINE static inline __attribute__((always_inline))
 
+/* Bytes ahead of the block being read that are asked for: the rows of a chunk are one
+   sequential stream, and the hardware prefetcher alone left the loads waiting
+   (Q4_0 one-row GEMV 576 -> 3072 in L3: 2x faster on the shared VM, Q8_0 1.4x; 2-4 KiB ahead best). */
+#ifndef LML_PREFETCH
+#define LML_PREFETCH 2048
+#endif
+
 /* r[b][j] = x[b] . row j0+j of a bf16 [N, K] matrix, j < n. */
 INLINE void rows_bf16(const uint16_t *W, int64_t K, const float *x, const int B, int64_t j0, int64_t n, float *r,
                       int64_t ldr) {
@@ -141,6 +148,7 @@ INLINE void rows_bf16(const uint16_t *W, int64_t K, const float *x, const int B,
         __m512 acc[MAX_ROWS];
         for (int b = 0; b < B; b++) acc[b] = _mm512_setzero_ps();
         for (; i + 16 <= K; i += 16) {
+            _mm_prefetch((const char *)(w + i) + LML_PREFETCH, _MM_HINT_T0);
             const __m512 wf = _mm512_castsi512_ps(_mm512_slli_epi32(
                 _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + i))), 16));
             for (int b = 0; b < B; b++) acc[b] = _mm512_fmadd_ps(wf, _mm512_loadu_ps(x + b * K + i), acc[b]);
@@ -150,6 +158,7 @@ INLINE void rows_bf16(const uint16_t *W, int64_t K, const float *x, const int B,
         __m256 acc[MAX_ROWS];
         for (int b = 0; b < B; b++) acc[b] = _mm256_setzero_ps();
         for (; i + 8 <= K; i += 8) {
+            _mm_prefetch((const char *)(w + i) + LML_PREFETCH, _MM_HINT_T0);
             const __m256 wf = _mm256_castsi256_ps(_mm256_slli_epi32(
                 _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + i))), 16));
             for (int b = 0; b < B; b++) acc[b] = _mm256_fmadd_ps(wf, _mm256_loadu_ps(x + b * K + i), acc[b]);
@@ -205,6 +214,9 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
         for (int b = 0; b < B; b++) acc[b] = 0.0f, off[b] = 0.0f;
 #endif
         for (int64_t k = 0; k < nb; k++, blk += bytes) {
+#if defined(LML_AVX2)
+            _mm_prefetch((const char *)blk + LML_PREFETCH, _MM_HINT_T0);
+#endif
             uint16_t h;
             memcpy(&h, blk, 2);
             const float dw = fp16_to_f32(h);
