@@ -143,8 +143,7 @@ def test_other_builds_match_pytorch_with_eight_rows(folders, request, build_kind
     check(fmt, got, want, cache, want_caches, slots)
 
 
-@pytest.mark.parametrize("lib_kind", ["native", "plain"])
-def test_projections_mixing_formats_run_in_the_kernel(folders, request, lib_kind):
+def test_projections_mixing_formats_run_in_the_kernel(folders):
     """A GGUF file may hold v in another format than q and k (after a Q4_K_M conversion, say), or
     one projection float: the fused q|k|v and gate|up are then matrices side by side
     (quant.SideBySide), and the kernel takes each in its own format, biases included (qwen2)."""
@@ -155,9 +154,9 @@ def test_projections_mixing_formats_run_in_the_kernel(folders, request, lib_kind
         b.mlp.up = QuantLinear.from_linear(f.mlp.up, "q4_1")
     model.blocks[0].attn.k = floats.blocks[0].attn.k
     model.prepare_for_inference()
-    lib = native.decode_library() if lib_kind == "native" else request.getfixturevalue("plain_lib")
-    decoder = NativeDecoder(model, lib)
-    steps = torch.randint(0, VOCAB, (3, 3), generator=torch.Generator().manual_seed(5)).tolist()
+    decoder = NativeDecoder.build(model)
+    assert decoder is not None, native.status()  # a refused part made it None before (PyTorch step)
+    steps = torch.randint(0, VOCAB, (2, 3), generator=torch.Generator().manual_seed(5)).tolist()
     slots = [2, 0, 1]
     want, want_caches = reference_rows(model, PROMPTS[:3], steps)
     got, cache = native_rows(model, decoder, model, PROMPTS[:3], steps, slots)

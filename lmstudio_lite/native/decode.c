@@ -18,12 +18,18 @@
      q8_0 = fp16 d, 32 int8 (34 B), value q*d; q4_0 = fp16 d, 16 B nibbles (low nibbles are
      elements 0..15, high 16..31), value (q-8)*d (18 B); q4_1 = fp16 d, fp16 m, 16 B, q*d+m (20 B).
    Fused q|k|v and gate|up are one matrix: columns side by side for T_F32, rows one after
-   the other for the row formats. The KV cache of a layer is [cache_rows, KV, max_len, D]
-   in float32 or bf16; row b of the step uses cache row slot[b] at position pos[b].
+   the other for the row formats; when the projections differ in format (GGUF files mix them)
+   they are up to MAX_PARTS matrices side by side, each in its own format (P_QKV's parts).
+   The KV cache of a layer is [cache_rows, KV, max_len, D] in float32 or bf16; row b of the
+   step uses cache row slot[b] at position pos[b]. The final norm and the vocabulary head run
+   in the same call and parallel region when logits are asked for.
 
-   Quantized GEMVs widen each block's q values to float32 in registers and multiply the
-   float32 activation: the weights are dequantized exactly and accumulate in float32, like
-   the PyTorch reference on the dequantized weights (only the order of summation differs).
+   Quantized GEMVs dequantize each block exactly in registers and multiply the float32
+   activation, accumulating in float32, like the PyTorch reference on the dequantized weights
+   (only the order of summation differs). On AVX-512 a Q4 block's 32 weights are two vpermps
+   lookups into a 16-entry table of its values ((q - 8) d or q d + m, computed as the reference
+   computes them), indexed by the nibbles; a Q8_0 block at one row is d times the block's float32
+   sum of q x. Each row stream prefetches 2 KiB ahead (gemv.h: LML_PREFETCH).
    llama.cpp instead quantizes the activation to int8 per block and takes integer dot products.
    We built that first (VNNI vpdpbusd / AVX2 maddubs) and measured it: on SmolLM2-135M-Instruct
    Q4_1 its error (3.3% of the final hidden state after 30 layers, every activation off by up to
