@@ -60,9 +60,12 @@ class NativeDecoder:
                      *self._parts(attn.fused, C, [HD, KVD, KVD]), *self._matrix(attn.o, HD, C), C,
                      self._addr(b.norm2.weight), self._addr(getattr(b.norm2, "bias", None)),
                      *up, *self._matrix(mlp.down, FF, C), C]
-        head = model.head if model.head is not None else (model._head_t, None)
+        head, norm_f = (model.head if model.head is not None else (model._head_t, None)), model.norm_f
         try:  # decode.c's HEAD_* slots: the final norm, then the head as one part
-            rows += [self._addr(model.norm_f.weight), self._addr(getattr(model.norm_f, "bias", None)),
+            eps = model.blocks[0].norm1.eps
+            if getattr(norm_f, "eps", None) != eps or (isinstance(norm_f, nn.LayerNorm) and norm_f.bias is None):
+                raise ValueError("the final norm differs from the blocks' norms")
+            rows += [self._addr(norm_f.weight), self._addr(getattr(norm_f, "bias", None)),
                      *self._matrix(head, C, cfg.vocab_size), cfg.vocab_size]
             self.fused_head = True
         except ValueError:  # e.g. a float16 head: the step still runs, the head in torch
@@ -150,7 +153,7 @@ class NativeDecoder:
     def build(cls, model) -> "NativeDecoder | None":
         """The native step for this prepared model, or None when it does not apply or cannot be built."""
         cfg = model.config
-        norms = [n for b in model.blocks for n in (b.norm1, b.norm2)] + [model.norm_f]
+        norms = [n for b in model.blocks for n in (b.norm1, b.norm2)]
         if (model.tok_emb.weight.device.type != "cpu" or cfg.act not in _NATIVE_ACTS or cfg.n_head % cfg.n_kv_head
                 or any(getattr(n, "eps", None) != norms[0].eps for n in norms)
                 or any(isinstance(n, nn.LayerNorm) and n.bias is None for n in norms)):
