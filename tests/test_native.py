@@ -78,14 +78,14 @@ def test_rows_beyond_eight_take_the_pytorch_step(prepared):
     real = prepared._native
 
     class Spy:
-        head = real.head
+        head, fused_head = real.head, real.fused_head
 
         def usable(self, ids, cache):
             return real.usable(ids, cache)
 
-        def step(self, *a):
+        def step(self, *a, **kw):
             calls.append(a)
-            return real.step(*a)
+            return real.step(*a, **kw)
 
     prepared._native = Spy()
     try:

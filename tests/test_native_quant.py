@@ -22,7 +22,7 @@ from lmstudio_lite import native
 from lmstudio_lite.checkpoints.folder import load_weights
 from lmstudio_lite.model import KVCache
 from lmstudio_lite.model.decode import NativeDecoder, decode_step
-from lmstudio_lite.model.quant import quantize_model
+from lmstudio_lite.model.quant import QuantLinear, quantize_model
 
 FORMATS = ["f32", "bf16", "q8_0", "q4_0", "q4_1"]
 QTYPES = {"q8_0": 2, "q4_0": 3, "q4_1": 4}
@@ -143,6 +143,26 @@ def test_other_builds_match_pytorch_with_eight_rows(folders, request, build_kind
     check(fmt, got, want, cache, want_caches, slots)
 
 
+def test_projections_mixing_formats_run_in_the_kernel(folders):
+    """A GGUF file may hold v in another format than q and k (after a Q4_K_M conversion, say), or
+    one projection float: the fused q|k|v and gate|up are then matrices side by side
+    (quant.SideBySide), and the kernel takes each in its own format, biases included (qwen2)."""
+    model, floats = load_weights(folders["qwen2"]), load_weights(folders["qwen2"])
+    quantize_model(model, "q4_0", head=None)
+    for b, f in zip(model.blocks, floats.blocks):
+        b.attn.v = QuantLinear.from_linear(f.attn.v, "q8_0")
+        b.mlp.up = QuantLinear.from_linear(f.mlp.up, "q4_1")
+    model.blocks[0].attn.k = floats.blocks[0].attn.k
+    model.prepare_for_inference()
+    decoder = NativeDecoder.build(model)
+    assert decoder is not None, native.status()  # a refused part made it None before (PyTorch step)
+    steps = torch.randint(0, VOCAB, (2, 3), generator=torch.Generator().manual_seed(5)).tolist()
+    slots = [2, 0, 1]
+    want, want_caches = reference_rows(model, PROMPTS[:3], steps)
+    got, cache = native_rows(model, decoder, model, PROMPTS[:3], steps, slots)
+    check("mixed", got, want, cache, want_caches, slots)
+
+
 def test_eight_rows_equal_one_row_at_a_time(folders):
     """Reading each weight block once for all rows must not change any row's numbers."""
     model, ref = model_in(folders["llama-gqa-untied"], "q4_1")
@@ -196,6 +216,19 @@ def test_quantize_model_dequantizes_like_gguf(folders):
     layer = model.blocks[0].mlp.down
     want = gguf.quants.dequantize(layer.blocks.numpy(), GGML["q4_1"])
     torch.testing.assert_close(layer.dequantized(), torch.from_numpy(want.astype(np.float32)), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("qtype", list(QTYPES))
+def test_prefill_dequantizes_to_the_same_weights(qtype):
+    """Prefill's GEMMs take the weights from the kernel's one-pass dequantization: the very
+    values of the reference (checked against gguf above), so the very same products."""
+    g = torch.Generator().manual_seed(6)
+    layer = QuantLinear.from_weight(torch.randn(80, 96, generator=g), qtype, torch.randn(80, generator=g)).eval()
+    x = torch.randn(5, 96, generator=g)
+    with torch.inference_mode():
+        assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.dequantized(), layer.bias))
+        assert torch.equal(layer(x.bfloat16()), torch.nn.functional.linear(
+            x.bfloat16(), layer.dequantized(torch.bfloat16), layer.bias.bfloat16()))
 
 
 def test_quantized_head_runs_in_the_kernel(folders):

@@ -21,15 +21,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..native import decode_library
+from ..native import FORMATS as _FORMATS, decode_library
 from .layers import matmul, run_fused
 from .quant import QuantLinear
 
 _NATIVE_ACTS = {"silu": 0, "gelu_new": 1, "gelu_pytorch_tanh": 1, "gelu_fast": 1, "gelu": 2, "relu": 3}
-# decode.c's matrix formats (T_*) and the GGUF block size of each quantized one.
-_FORMATS = {"f32": 0, "bf16": 1, "q8_0": 2, "q4_0": 3, "q4_1": 4}
+# the GGUF block size of each quantized format
 _BLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20}
 MAX_ROWS = 8  # decode.c's MAX_ROWS: the rows one step serves
+_MAX_PARTS = 3  # decode.c's MAX_PARTS: matrices side by side in one projection
 
 
 class NativeDecoder:
@@ -37,8 +37,11 @@ class NativeDecoder:
 
     Each matrix may be float32 [in, out], bf16 [out, in] (``layers.store_out_in``) or a
     quantized layer (anything with ``qtype`` in q8_0/q4_0/q4_1 and uint8 ``blocks``
-    [out, in/32 * bytes], model/quant.py's ``QuantLinear``). The embedding, the final norm
-    and a float head stay in torch; a quantized head runs through the kernel's ``lml_linear``.
+    [out, in/32 * bytes], model/quant.py's ``QuantLinear``); fused q|k|v and gate|up whose
+    parts differ in format (``quant.SideBySide``) go over as up to three matrices side by side.
+    The embedding stays in torch. ``step(..., logits=True)`` also runs the final norm and the
+    head in the same call (one parallel region per token); ``project`` runs a quantized head
+    alone (prefill's last rows).
     Holds a reference to every tensor whose address it passes, so no pointer can
     outlive its memory; ``Transformer._apply`` (``.to()``, ``.float()``...) drops it.
     """
@@ -47,21 +50,34 @@ class NativeDecoder:
         cfg = model.config
         self._lib = lib
         self._keep: list[torch.Tensor] = []
-        C, Q, HD, FF = cfg.d_model, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, cfg.n_head * cfg.head_dim, cfg.d_ff
+        C, HD, FF = cfg.d_model, cfg.n_head * cfg.head_dim, cfg.d_ff
+        KVD = cfg.n_kv_head * cfg.head_dim
         rows = []  # per layer, in the order of decode.c's P_* slots
         for b in model.blocks:
             attn, mlp = b.attn, b.mlp
-            up_w = 2 * FF if mlp.gated else FF
+            up = self._parts(mlp.fused, C, [FF, FF]) if mlp.gated else self._parts(mlp.up, C, [FF])
             rows += [self._addr(b.norm1.weight), self._addr(getattr(b.norm1, "bias", None)),
-                     *self._matrix(attn.fused, C, Q), *self._matrix(attn.o, HD, C),
+                     *self._parts(attn.fused, C, [HD, KVD, KVD]), *self._matrix(attn.o, HD, C), C,
                      self._addr(b.norm2.weight), self._addr(getattr(b.norm2, "bias", None)),
-                     *self._matrix(mlp.fused if mlp.gated else mlp.up, C, up_w), *self._matrix(mlp.down, FF, C)]
+                     *up, *self._matrix(mlp.down, FF, C), C]
+        head, norm_f = (model.head if model.head is not None else (model._head_t, None)), model.norm_f
+        try:  # decode.c's HEAD_* slots: the final norm, then the head as one part
+            eps = model.blocks[0].norm1.eps
+            if getattr(norm_f, "eps", None) != eps or (isinstance(norm_f, nn.LayerNorm) and norm_f.bias is None):
+                raise ValueError("the final norm differs from the blocks' norms")
+            rows += [self._addr(norm_f.weight), self._addr(getattr(norm_f, "bias", None)),
+                     *self._matrix(head, C, cfg.vocab_size), cfg.vocab_size]
+            self.fused_head = True
+        except ValueError:  # e.g. a float16 head: the step still runs, the head in torch
+            rows += [0] * 6
+            self.fused_head = False
         self._ptrs = torch.tensor(rows, dtype=torch.int64)
         rope = model.pos_emb is None
         dims = [cfg.n_layer, C, cfg.n_head, cfg.n_kv_head, cfg.head_dim, FF, int(model.blocks[0].mlp.gated),
                 int(rope), int(not rope), _NATIVE_ACTS[cfg.act]]
-        # the last entry says whether the KV cache is bf16 (decode.c's D_CACHE_BF16)
-        self._dims = {torch.float32: torch.tensor(dims + [0]), torch.bfloat16: torch.tensor(dims + [1])}
+        # then whether the KV cache is bf16 (decode.c's D_CACHE_BF16), and the vocabulary
+        self._dims = {torch.float32: torch.tensor(dims + [0, cfg.vocab_size]),
+                      torch.bfloat16: torch.tensor(dims + [1, cfg.vocab_size])}
         self._eps = model.blocks[0].norm1.eps
         self._emb = model.tok_emb.weight
         self._pos_emb = None if rope else model.pos_emb.weight
@@ -70,8 +86,9 @@ class NativeDecoder:
         self._vocab, self._C = cfg.vocab_size, C
         self._x = torch.empty(MAX_ROWS, C)
         self._scratch, self._scratch_for = torch.empty(0), None
-        head = getattr(model, "head", None)
-        self.head = self._matrix(head, C, cfg.vocab_size) + (cfg.vocab_size,) if hasattr(head, "qtype") else None
+        self._linear_scratch, self._linear_for = torch.empty(0), None
+        qhead = getattr(model, "head", None)
+        self.head = self._matrix(qhead, C, cfg.vocab_size) + (cfg.vocab_size,) if hasattr(qhead, "qtype") else None
 
     def __deepcopy__(self, memo):
         # Its addresses point into the original model's tensors: a copied model prepares its own step.
@@ -87,6 +104,18 @@ class NativeDecoder:
         self._keep.append(t)
         return t.data_ptr()
 
+    def _parts(self, layer, d_in: int, widths: list[int]) -> list[int]:
+        """decode.c's MAX_PARTS parts of a fused projection, (format, weights, bias, outputs) each:
+        one matrix when the layer is one, else each layer of a ``SideBySide`` in its own format."""
+        parts = getattr(layer, "layers", None)
+        if parts is None:
+            slots = [*self._matrix(layer, d_in, sum(widths)), sum(widths)]
+        elif len(parts) == len(widths):
+            slots = [v for l, w in zip(parts, widths) for v in (*self._matrix(l, d_in, w), w)]
+        else:
+            raise ValueError(f"a fused projection of {len(widths)} matrices has {len(parts)} parts")
+        return slots + [0] * (_MAX_PARTS * 4 - len(slots))
+
     def _matrix(self, layer, d_in: int, d_out: int) -> tuple[int, int, int]:
         """(format, weight address, bias address) of a projection: a fused ``(weight [in, out], bias)``
         pair, a ``Linear`` or a quantized layer."""
@@ -94,7 +123,7 @@ class NativeDecoder:
             w, bias = layer
         elif hasattr(layer, "blocks") or hasattr(layer, "weight"):
             w, bias = getattr(layer, "blocks", None), layer.bias
-        else:  # e.g. quant.SideBySide: q, k, v in different formats have no one matrix to hand over
+        else:
             raise ValueError(f"the native step takes one matrix per projection, not a {type(layer).__name__}")
         qtype = getattr(layer, "qtype", None)
         if qtype is not None:
@@ -106,8 +135,8 @@ class NativeDecoder:
             fmt, data = _FORMATS[qtype], w
         else:
             w = layer.weight if w is None else w
-            if tuple(w.shape) != (d_in, d_out):
-                raise ValueError(f"a {d_in} -> {d_out} layer has a weight of shape {tuple(w.shape)}")
+            if w is None or tuple(w.shape) != (d_in, d_out):
+                raise ValueError(f"a {d_in} -> {d_out} layer has a weight of shape {getattr(w, 'shape', None)}")
             if w.dtype == torch.float32 and w.is_contiguous():
                 fmt, data = _FORMATS["f32"], w
             elif w.dtype == torch.bfloat16 and w.t().is_contiguous():
@@ -146,17 +175,21 @@ class NativeDecoder:
         return k.dtype in self._dims and v.dtype == k.dtype and k.device.type == "cpu" and k.is_contiguous() \
             and v.is_contiguous()
 
-    def step(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, cache) -> torch.Tensor:
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, cache,
+             logits: bool = False):
         """Rows b < B (B <= 8): token ``tokens[b]`` at position ``positions[b]`` of cache row ``slots[b]``.
 
         Returns the residual stream [B, C] after the last block (float32; a view of a buffer
-        the next call overwrites) and writes each row's K and V into the cache."""
+        the next call overwrites) and writes each row's K and V into the cache. With ``logits``
+        (when ``fused_head``), returns the logits [B, V] of the final norm instead, a new tensor."""
         B = tokens.shape[0]
         if not 1 <= B <= MAX_ROWS or positions.shape != (B,) or slots.shape != (B,):
             raise ValueError(f"the native step takes 1 to {MAX_ROWS} rows, each with a position and a cache "
                              f"row; got {B} tokens, positions {tuple(positions.shape)}, slots {tuple(slots.shape)}")
         if not self._takes(cache):
             raise ValueError("the native step needs a contiguous float32 or bf16 CPU cache")
+        if logits and not self.fused_head:
+            raise ValueError("this model's head does not run in the native step")
         tokens, positions, slots = (t.to(torch.int64).contiguous() for t in (tokens, positions, slots))
         if int(tokens.min()) < 0 or int(tokens.max()) >= self._vocab:
             raise IndexError(f"tokens {tokens.tolist()} has ids outside the vocabulary of {self._vocab}")
@@ -175,10 +208,12 @@ class NativeDecoder:
             self._scratch, self._scratch_for = torch.empty(n + 16), (MAX_ROWS, cache.max_len, threads)
         scratch = self._scratch.data_ptr()
         scratch += -scratch % 64  # 64-byte aligned: every private part then starts on a cache line
+        out = torch.empty(B, self._vocab) if logits else None
         self._lib.lml_decode(self._ptrs.data_ptr(), dims.data_ptr(), self._eps, B, positions.data_ptr(),
                              slots.data_ptr(), self._cos, self._sin, cache.k.data_ptr(), cache.v.data_ptr(),
-                             cache.batch, cache.max_len, x.data_ptr(), scratch, threads)
-        return x
+                             cache.batch, cache.max_len, x.data_ptr(), None if out is None else out.data_ptr(),
+                             scratch, threads)
+        return x if out is None else out
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
         """h [.., C] -> logits [.., V] through the quantized head (``self.head`` is not None)."""
@@ -186,10 +221,24 @@ class NativeDecoder:
         rows = h.reshape(-1, self._C).to(torch.float32).contiguous()
         out = torch.empty(rows.shape[0], V)
         threads = torch.get_num_threads()
-        scratch = torch.empty(self._lib.lml_linear_scratch_floats(self._C, V, rows.shape[0], threads))
+        if self._linear_for != (rows.shape[0], threads):
+            n = self._lib.lml_linear_scratch_floats(self._C, V, rows.shape[0], threads)
+            self._linear_scratch, self._linear_for = torch.empty(n), (rows.shape[0], threads)
         self._lib.lml_linear(fmt, w, bias, self._C, V, rows.shape[0], rows.data_ptr(), out.data_ptr(),
-                             scratch.data_ptr(), threads)
+                             self._linear_scratch.data_ptr(), threads)
         return out.view(*h.shape[:-1], V)
+
+
+def native_logits(model, ids: torch.Tensor, pos: int, cache) -> torch.Tensor | None:
+    """Logits [B, 1, V] of ids [B, 1] at ``pos`` through the native step and head in one call, or
+    None when the kernel does not take this model or these rows."""
+    native = model._native
+    if native is None or not native.fused_head or not native.usable(ids, cache):
+        return None
+    B = ids.shape[0]
+    if pos >= cache.max_len:
+        raise IndexError(f"KV cache holds {cache.max_len} positions, asked to write up to {pos + 1}")
+    return native.step(ids[:, 0], torch.full((B,), pos), torch.arange(B), cache, logits=True).unsqueeze(1)
 
 
 def _add_linear(layer, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -16,10 +16,13 @@ quantized by llama.cpp's converter give the same bytes. Shapes: R rows
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..native import FORMATS, decode_library
 from .layers import Linear
 
 QTYPES = ("q8_0", "q4_0", "q4_1")
@@ -129,6 +132,9 @@ def dequantize(blocks: torch.Tensor, qtype: str, dtype: torch.dtype = torch.floa
     return w.reshape(R, -1).to(dtype)
 
 
+_scratch = threading.local()  # QuantLinear._weight_for's buffer, one per thread
+
+
 class QuantLinear(nn.Module):
     """``y = x @ W + b`` (logical W [in, out], as ``layers.Linear``) with W held as ggml blocks.
 
@@ -201,7 +207,25 @@ class QuantLinear(nn.Module):
             raise RuntimeError("a quantized model is for inference only: load it without quantization to train "
                                "or fine-tune it")
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.dequantized(x.dtype), bias)
+        return F.linear(x, self._weight_for(x), bias)
+
+    def _weight_for(self, x: torch.Tensor) -> torch.Tensor:
+        """The dequantized weight in x's dtype; on the CPU through the native kernel (one pass,
+        into a buffer this thread reuses: prefill dequantized each layer in several torch passes
+        into fresh memory), the same values as ``dequantized``."""
+        lib = decode_library() if x.device.type == "cpu" and self.blocks.is_contiguous() else None
+        if lib is None or x.dtype not in (torch.float32, torch.bfloat16):
+            return self.dequantized(x.dtype)
+        n = self.d_out * self.d_in
+        buf = getattr(_scratch, "buf", None)
+        if torch.is_grad_enabled():  # autograd may keep the weight for x's gradient: its own memory
+            buf = torch.empty(n)
+        elif buf is None or buf.numel() < n:
+            buf = _scratch.buf = torch.empty(n)
+        out = buf[:n].view(self.d_out, self.d_in)
+        lib.lml_dequantize(FORMATS[self.qtype], self.blocks.data_ptr(), self.d_out, self.d_in, out.data_ptr(),
+                           torch.get_num_threads())
+        return out.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.qtype}, in={self.d_in}, out={self.d_out}, bias={self.bias is not None}"

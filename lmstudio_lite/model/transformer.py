@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .decode import MAX_ROWS, NativeDecoder, decode_step
+from .decode import MAX_ROWS, NativeDecoder, decode_step, native_logits
 from .kv_cache import KVCache
 from .layers import ACTIVATIONS, Embedding, Linear, RMSNorm, apply_rope, matmul, rope_tables, run_fused, store_out_in
 from .quant import QuantLinear, fuse_quantized
@@ -271,14 +271,17 @@ class Transformer(nn.Module):
     def forward_hidden(self, ids: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None):
         """ids [B, T] -> final normed hidden state [B, T, C]."""
         B, T = ids.shape
-        if start_pos + T > self.config.max_seq_len:
-            raise ValueError(f"sequence of {start_pos + T} tokens exceeds the context of {self.config.max_seq_len}")
+        self._check_length(start_pos, T)
         if T == 1 and cache is not None and self._decode_ready and not torch.is_grad_enabled():
             return decode_step(self, ids, start_pos, cache)
         x, rope = self._embed(ids, start_pos)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, i, start_pos, cache)
         return self.norm_f(x)
+
+    def _check_length(self, start_pos: int, T: int):
+        if start_pos + T > self.config.max_seq_len:
+            raise ValueError(f"sequence of {start_pos + T} tokens exceeds the context of {self.config.max_seq_len}")
 
     def _embed(self, ids: torch.Tensor, start_pos: int):
         """ids [B, T] -> (token (+ position) embeddings [B, T, C], rope tables [T, 1, D] pair or None)."""
@@ -295,8 +298,7 @@ class Transformer(nn.Module):
         -> (residual stream after each block: n_layer tensors [B, T, C], not normed;
             {layer: attention probabilities [B, H, T, T] float32} for ``attention_layers``).
         ``project(norm_f(hidden[-1]))`` is ``forward(ids)``; on earlier layers it is the logit lens."""
-        if ids.shape[1] > self.config.max_seq_len:
-            raise ValueError(f"sequence of {ids.shape[1]} tokens exceeds the context of {self.config.max_seq_len}")
+        self._check_length(0, ids.shape[1])
         x, rope = self._embed(ids, 0)
         hidden, attn = [], {}
         for i, block in enumerate(self.blocks):
@@ -323,6 +325,11 @@ class Transformer(nn.Module):
     def forward(self, ids: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None,
                 last_only: bool = False) -> torch.Tensor:
         """ids [B, T] -> logits [B, T, V] (or [B, 1, V] with ``last_only``)."""
+        if ids.shape[1] == 1 and cache is not None and self._decode_ready and not torch.is_grad_enabled():
+            self._check_length(start_pos, 1)
+            logits = native_logits(self, ids, start_pos, cache)  # step and head in one native call
+            if logits is not None:
+                return logits
         h = self.forward_hidden(ids, start_pos, cache)
         if last_only:
             h = h[:, -1:]

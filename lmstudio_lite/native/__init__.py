@@ -30,6 +30,8 @@ from ..paths import cache_dir
 DISABLE_ENV = "LMSTUDIO_LITE_NATIVE"
 SOURCE = Path(__file__).with_name("decode.c")
 PLAIN_C = "-DLML_PLAIN_C"  # a define that turns every intrinsic off (what ARM builds anyway)
+# decode.c's matrix formats (T_*)
+FORMATS = {"f32": 0, "bf16": 1, "q8_0": 2, "q4_0": 3, "q4_1": 4}
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 
 _lock = threading.Lock()
@@ -89,7 +91,7 @@ def load(path: Path) -> ctypes.CDLL:
     """A built library with its functions' argument types declared."""
     lib = ctypes.CDLL(str(path))
     p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-    lib.lml_decode.argtypes = [p, p, f32, i64, p, p, p, p, p, p, i64, i64, p, p, i32]
+    lib.lml_decode.argtypes = [p, p, f32, i64, p, p, p, p, p, p, i64, i64, p, p, p, i32]
     lib.lml_decode.restype = None
     lib.lml_scratch_floats.argtypes = [p, i64, i64, i32]
     lib.lml_scratch_floats.restype = i64
@@ -97,6 +99,8 @@ def load(path: Path) -> ctypes.CDLL:
     lib.lml_linear.restype = None
     lib.lml_linear_scratch_floats.argtypes = [i64, i64, i64, i32]
     lib.lml_linear_scratch_floats.restype = i64
+    lib.lml_dequantize.argtypes = [i64, p, i64, i64, p, i32]
+    lib.lml_dequantize.restype = None
     lib.lml_simd_level.argtypes = []
     lib.lml_simd_level.restype = i32
     return lib

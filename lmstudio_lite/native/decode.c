@@ -18,12 +18,18 @@
      q8_0 = fp16 d, 32 int8 (34 B), value q*d; q4_0 = fp16 d, 16 B nibbles (low nibbles are
      elements 0..15, high 16..31), value (q-8)*d (18 B); q4_1 = fp16 d, fp16 m, 16 B, q*d+m (20 B).
    Fused q|k|v and gate|up are one matrix: columns side by side for T_F32, rows one after
-   the other for the row formats. The KV cache of a layer is [cache_rows, KV, max_len, D]
-   in float32 or bf16; row b of the step uses cache row slot[b] at position pos[b].
+   the other for the row formats; when the projections differ in format (GGUF files mix them)
+   they are up to MAX_PARTS matrices side by side, each in its own format (P_QKV's parts).
+   The KV cache of a layer is [cache_rows, KV, max_len, D] in float32 or bf16; row b of the
+   step uses cache row slot[b] at position pos[b]. The final norm and the vocabulary head run
+   in the same call and parallel region when logits are asked for.
 
-   Quantized GEMVs widen each block's q values to float32 in registers and multiply the
-   float32 activation: the weights are dequantized exactly and accumulate in float32, like
-   the PyTorch reference on the dequantized weights (only the order of summation differs).
+   Quantized GEMVs dequantize each block exactly in registers and multiply the float32
+   activation, accumulating in float32, like the PyTorch reference on the dequantized weights
+   (only the order of summation differs). On AVX-512 a Q4 block's 32 weights are two vpermps
+   lookups into a 16-entry table of its values ((q - 8) d or q d + m, computed as the reference
+   computes them), indexed by the nibbles; a Q8_0 block at one row is d times the block's float32
+   sum of q x. Each row stream prefetches 2 KiB ahead (gemv.h: LML_PREFETCH).
    llama.cpp instead quantizes the activation to int8 per block and takes integer dot products.
    We built that first (VNNI vpdpbusd / AVX2 maddubs) and measured it: on SmolLM2-135M-Instruct
    Q4_1 its error (3.3% of the final hidden state after 30 layers, every activation off by up to
@@ -47,9 +53,16 @@
 
 #include "gemv.h"
 
-enum { P_NORM1_W, P_NORM1_B, P_QKV_T, P_QKV_W, P_QKV_B, P_O_T, P_O_W, P_O_B, P_NORM2_W, P_NORM2_B,
-       P_UP_T, P_UP_W, P_UP_B, P_DOWN_T, P_DOWN_W, P_DOWN_B, P_SLOTS };
-enum { D_LAYERS, D_C, D_H, D_KV, D_HEAD, D_FF, D_GATED, D_ROPE, D_LAYERNORM, D_ACT, D_CACHE_BF16, D_COUNT };
+/* A projection is up to MAX_PARTS matrices side by side (their outputs concatenated: q|k|v or
+   gate|up fused into one matrix is one part; a GGUF file that mixes formats gives one part each),
+   PART_SLOTS values per part: format, weights, bias (0: none), outputs (0: no such part). */
+#define MAX_PARTS 3
+enum { PART_T, PART_W, PART_B, PART_N, PART_SLOTS };
+enum { P_NORM1_W, P_NORM1_B, P_QKV, P_O = P_QKV + MAX_PARTS * PART_SLOTS, P_NORM2_W = P_O + PART_SLOTS, P_NORM2_B,
+       P_UP, P_DOWN = P_UP + MAX_PARTS * PART_SLOTS, P_SLOTS = P_DOWN + PART_SLOTS };
+/* After the layers' slots: the final norm and the vocabulary head (one part). */
+enum { HEAD_NORM_W, HEAD_NORM_B, HEAD_PART, HEAD_SLOTS = HEAD_PART + PART_SLOTS };
+enum { D_LAYERS, D_C, D_H, D_KV, D_HEAD, D_FF, D_GATED, D_ROPE, D_LAYERNORM, D_ACT, D_CACHE_BF16, D_VOCAB, D_COUNT };
 enum { ACT_SILU, ACT_GELU_TANH, ACT_GELU, ACT_RELU };
 
 #define F(p) ((const float *)(intptr_t)(p))
@@ -92,6 +105,39 @@ static void share(int64_t N, int t, int nt, int64_t *j0, int64_t *n) {
     if (a > N) a = N;
     *j0 = a;
     *n = b - a;
+}
+
+/* One projection's parts (see P_QKV), each a K -> N matrix. */
+typedef struct {
+    mat m[MAX_PARTS];
+    const float *bias[MAX_PARTS];
+    int n, quant;
+} proj;
+
+static proj proj_at(const int64_t *p, int nparts, int64_t K) {
+    proj r = {.n = 0, .quant = 0};
+    for (int i = 0; i < nparts && p[PART_N]; i++, p += PART_SLOTS, r.n++) {
+        r.m[i] = (mat){p[PART_T], K, p[PART_N], (const void *)(intptr_t)p[PART_W]};
+        r.bias[i] = F(p[PART_B]);
+        r.quant |= p[PART_T] >= T_Q8_0;
+    }
+    return r;
+}
+
+/* r[b * ldr + 0:n] = x[b] @ the projection's outputs j0..j0+n, plus the bias, every row b < B
+   (a range may straddle parts); qa holds x's block sums when a part is quantized. */
+static void project(const proj *pr, const float *x, const qact *qa, int64_t B, int64_t j0, int64_t n, float *r,
+                    int64_t ldr) {
+    int64_t start = 0;
+    for (int i = 0; i < pr->n; start += pr->m[i].N, i++) {
+        const int64_t end = start + pr->m[i].N, lo = j0 > start ? j0 : start, hi = j0 + n < end ? j0 + n : end;
+        if (lo >= hi) continue;
+        float *out = r + (lo - j0);
+        matvec(&pr->m[i], x, qa, B, lo - start, hi - lo, out, ldr);
+        if (pr->bias[i])
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t j = 0; j < hi - lo; j++) out[b * ldr + j] += pr->bias[i][lo - start + j];
+    }
 }
 
 /* v rotated: out[d] = v[d] cos[d] + v[(d + D/2) % D] sin[d] (sin's first half negated). */
@@ -208,25 +254,33 @@ static int64_t chunks(int64_t N, int nt) {
 
 #define PHASES_PER_LAYER 5
 
+/* The phases of a step: five per layer, and the head's. */
+static int64_t phases(const int64_t *dims) { return dims[D_LAYERS] * PHASES_PER_LAYER + 1; }
+
 /* Rows b < B: x [B, C] enters as the embedded tokens (plus position embeddings) and leaves as the
    residual stream after the last block; pos[b] its position, slot[b] its cache row. ptrs: P_SLOTS
-   values per layer (types, addresses; 0 where absent); k_cache, v_cache: the whole
+   values per layer (types, addresses; 0 where absent), then HEAD_SLOTS; k_cache, v_cache: the whole
    [n_layer, cache_rows, KV, max_len, D] caches; cos, sin: RoPE tables [*, D] (unused without RoPE);
-   scratch: lml_scratch_floats(dims, B, max_len, nthreads) floats, 64-byte aligned. The caller
-   checks B <= 8, positions against max_len, slots against cache_rows, and shapes against types. */
+   logits: NULL, or [B, dims[D_VOCAB]] to receive the head of the final norm of x, in the same
+   parallel region (a second one per token cost a wake-up of the thread team, and the head's
+   GEMV is a fifth of a quantized step); scratch: lml_scratch_floats(dims, B, max_len, nthreads)
+   floats, 64-byte aligned. The caller checks B <= 8, positions against max_len, slots against
+   cache_rows, and shapes against types. */
 void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, const int64_t *pos,
                 const int64_t *slot, const float *cos, const float *sin, void *k_cache, void *v_cache,
-                int64_t cache_rows, int64_t max_len, float *x, float *scratch, int nthreads) {
+                int64_t cache_rows, int64_t max_len, float *x, float *logits, float *scratch, int nthreads) {
     const int64_t L = dims[D_LAYERS], C = dims[D_C], H = dims[D_H], KV = dims[D_KV], D = dims[D_HEAD];
-    const int64_t FF = dims[D_FF], gated = dims[D_GATED], use_rope = dims[D_ROPE];
+    const int64_t FF = dims[D_FF], gated = dims[D_GATED], use_rope = dims[D_ROPE], V = dims[D_VOCAB];
     const int64_t layernorm = dims[D_LAYERNORM], act = dims[D_ACT];
     const int cbf16 = (int)dims[D_CACHE_BF16];
-    const int64_t Q = (H + 2 * KV) * D, up_w = gated ? 2 * FF : FF, group = H / KV, HD = H * D;
+    const int64_t Q = (H + 2 * KV) * D, group = H / KV, HD = H * D;
     const int64_t esize = cbf16 ? 2 : 4, layer_stride = cache_rows * KV * max_len * D * esize;
-    const layout lay = private_layout(B, C, D, max_len, max3(Q, up_w, C), max3(C, HD, FF));
+    const layout lay = private_layout(B, C, D, max_len, max3(Q, C, FF), max3(C, HD, FF));
     float *qkv = scratch, *y = qkv + up16(B * Q), *a = y + up16(B * HD), *priv = a + up16(B * FF);
     phase_ctr *ctr = (phase_ctr *)(priv + (int64_t)nthreads * lay.total);
-    memset(ctr, 0, (size_t)(L * PHASES_PER_LAYER) * sizeof(phase_ctr));
+    memset(ctr, 0, (size_t)phases(dims) * sizeof(phase_ctr));
+    const int64_t *hp = ptrs + L * P_SLOTS;
+    const proj head_p = proj_at(hp + HEAD_PART, 1, C);
 
 #pragma omp parallel num_threads(nthreads)
     {
@@ -236,29 +290,24 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
         qact qa = {NULL, mine + lay.s};
         const int64_t nq = chunks(Q, nt), nc = chunks(C, nt), nf = chunks(FF, nt), natt = B * KV;
         int64_t j0, n, ci;
+        phase_ctr *ph = ctr;
+        int ready;
         for (int64_t l = 0; l < L; l++) {
             const int64_t *p = ptrs + l * P_SLOTS;
-            const mat qkv_m = {p[P_QKV_T], C, Q, (const void *)(intptr_t)p[P_QKV_W]};
-            const mat o_m = {p[P_O_T], HD, C, (const void *)(intptr_t)p[P_O_W]};
-            const mat up_m = {p[P_UP_T], C, up_w, (const void *)(intptr_t)p[P_UP_W]};
-            const mat down_m = {p[P_DOWN_T], FF, C, (const void *)(intptr_t)p[P_DOWN_W]};
+            const proj qkv_p = proj_at(p + P_QKV, MAX_PARTS, C), o_p = proj_at(p + P_O, 1, HD);
+            const proj up_p = proj_at(p + P_UP, MAX_PARTS, C), down_p = proj_at(p + P_DOWN, 1, FF);
             char *kl = (char *)k_cache + l * layer_stride, *vl = (char *)v_cache + l * layer_stride;
-            phase_ctr *ph = ctr + l * PHASES_PER_LAYER;
-            int ready;
 
             /* 1. q|k|v of every row (a thread norms and quantizes its input once, on its first chunk) */
             for (ready = 0; (ci = claim(ph)) < nq; finish(ph)) {
                 if (!ready) {
                     for (int64_t b = 0; b < B; b++)
                         norm(x + b * C, C, F(p[P_NORM1_W]), F(p[P_NORM1_B]), layernorm, eps, h + b * C);
-                    if (qkv_m.type >= T_Q8_0) block_sums(h, B, C, &qa);
+                    if (qkv_p.quant) block_sums(h, B, C, &qa);
                     ready = 1;
                 }
                 share(Q, (int)ci, (int)nq, &j0, &n);
-                matvec(&qkv_m, h, &qa, B, j0, n, r);
-                for (int64_t b = 0; b < B; b++)
-                    for (int64_t j = 0; j < n; j++)
-                        qkv[b * Q + j0 + j] = r[b * n + j] + (p[P_QKV_B] ? F(p[P_QKV_B])[j0 + j] : 0.0f);
+                project(&qkv_p, h, &qa, B, j0, n, qkv + j0, Q);
             }
             wait_done(ph, nq);
             ph++;
@@ -282,14 +331,13 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
             /* 3. output projection onto the residual */
             for (ready = 0; (ci = claim(ph)) < nc; finish(ph)) {
                 if (!ready) {
-                    if (o_m.type >= T_Q8_0) block_sums(y, B, HD, &qa);
+                    if (o_p.quant) block_sums(y, B, HD, &qa);
                     ready = 1;
                 }
                 share(C, (int)ci, (int)nc, &j0, &n);
-                matvec(&o_m, y, &qa, B, j0, n, r);
+                project(&o_p, y, &qa, B, j0, n, r, n);
                 for (int64_t b = 0; b < B; b++)
-                    for (int64_t j = 0; j < n; j++)
-                        x[b * C + j0 + j] += r[b * n + j] + (p[P_O_B] ? F(p[P_O_B])[j0 + j] : 0.0f);
+                    for (int64_t j = 0; j < n; j++) x[b * C + j0 + j] += r[b * n + j];
             }
             wait_done(ph, nc);
             ph++;
@@ -298,35 +346,47 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
                 if (!ready) {
                     for (int64_t b = 0; b < B; b++)
                         norm(x + b * C, C, F(p[P_NORM2_W]), F(p[P_NORM2_B]), layernorm, eps, h + b * C);
-                    if (up_m.type >= T_Q8_0) block_sums(h, B, C, &qa);
+                    if (up_p.quant) block_sums(h, B, C, &qa);
                     ready = 1;
                 }
                 share(FF, (int)ci, (int)nf, &j0, &n);
-                const float *ub = p[P_UP_B] ? F(p[P_UP_B]) : 0;
-                matvec(&up_m, h, &qa, B, j0, n, r);  /* gate is outputs [0, F), up is [F, 2F) */
-                if (gated) matvec(&up_m, h, &qa, B, FF + j0, n, r2);
+                project(&up_p, h, &qa, B, j0, n, r, n);  /* gate is outputs [0, F), up is [F, 2F) */
+                if (gated) project(&up_p, h, &qa, B, FF + j0, n, r2, n);
                 for (int64_t b = 0; b < B; b++)
-                    for (int64_t j = 0; j < n; j++) {
-                        const float gv = r[b * n + j] + (ub ? ub[j0 + j] : 0.0f);
-                        a[b * FF + j0 + j] = gated ? activate(gv, act) * (r2[b * n + j] + (ub ? ub[FF + j0 + j] : 0.0f))
-                                                   : activate(gv, act);
-                    }
+                    for (int64_t j = 0; j < n; j++)
+                        a[b * FF + j0 + j] = gated ? activate(r[b * n + j], act) * r2[b * n + j]
+                                                   : activate(r[b * n + j], act);
             }
             wait_done(ph, nf);
             ph++;
             /* 5. MLP down onto the residual */
             for (ready = 0; (ci = claim(ph)) < nc; finish(ph)) {
                 if (!ready) {
-                    if (down_m.type >= T_Q8_0) block_sums(a, B, FF, &qa);
+                    if (down_p.quant) block_sums(a, B, FF, &qa);
                     ready = 1;
                 }
                 share(C, (int)ci, (int)nc, &j0, &n);
-                matvec(&down_m, a, &qa, B, j0, n, r);
+                project(&down_p, a, &qa, B, j0, n, r, n);
                 for (int64_t b = 0; b < B; b++)
-                    for (int64_t j = 0; j < n; j++)
-                        x[b * C + j0 + j] += r[b * n + j] + (p[P_DOWN_B] ? F(p[P_DOWN_B])[j0 + j] : 0.0f);
+                    for (int64_t j = 0; j < n; j++) x[b * C + j0 + j] += r[b * n + j];
             }
             wait_done(ph, nc);
+            ph++;
+        }
+        /* 6. the head of the final norm, straight into the logits */
+        if (logits) {
+            const int64_t nv = chunks(V, nt) * (nt == 1 ? 1 : 4);  /* a large matrix: finer chunks */
+            for (ready = 0; (ci = claim(ph)) < nv; finish(ph)) {
+                if (!ready) {
+                    for (int64_t b = 0; b < B; b++)
+                        norm(x + b * C, C, F(hp[HEAD_NORM_W]), F(hp[HEAD_NORM_B]), layernorm, eps, h + b * C);
+                    if (head_p.quant) block_sums(h, B, C, &qa);
+                    ready = 1;
+                }
+                share(V, (int)ci, (int)nv, &j0, &n);
+                project(&head_p, h, &qa, B, j0, n, logits + j0, V);
+            }
+            wait_done(ph, nv);
         }
     }
 }
@@ -334,10 +394,10 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
 /* Floats of scratch lml_decode needs for B rows (the phase counters last). */
 int64_t lml_scratch_floats(const int64_t *dims, int64_t B, int64_t max_len, int nthreads) {
     const int64_t C = dims[D_C], H = dims[D_H], KV = dims[D_KV], D = dims[D_HEAD], FF = dims[D_FF];
-    const int64_t Q = (H + 2 * KV) * D, up_w = dims[D_GATED] ? 2 * FF : FF;
-    const layout lay = private_layout(B, C, D, max_len, max3(Q, up_w, C), max3(C, H * D, FF));
+    const int64_t Q = (H + 2 * KV) * D;
+    const layout lay = private_layout(B, C, D, max_len, max3(Q, C, FF), max3(C, H * D, FF));
     return up16(B * Q) + up16(B * H * D) + up16(B * FF) + (int64_t)nthreads * lay.total +
-           dims[D_LAYERS] * PHASES_PER_LAYER * (int64_t)(sizeof(phase_ctr) / sizeof(float));
+           phases(dims) * (int64_t)(sizeof(phase_ctr) / sizeof(float));
 }
 
 /* The most outputs share() gives one thread. */
@@ -350,7 +410,7 @@ void lml_linear(int64_t type, const void *w, const float *bias, int64_t K, int64
                 float *out, float *scratch, int nthreads) {
     const int64_t G = B < MAX_ROWS ? B : MAX_ROWS;
     const layout lay = private_layout(G, 0, 0, 0, linear_share(N, nthreads), K);
-    const mat m = {type, K, N, w};
+    const proj pr = {.m = {{type, K, N, w}}, .bias = {bias}, .n = 1, .quant = type >= T_Q8_0};
     /* (row group, output chunk) pairs claimed from one counter (as phase_ctr in lml_decode), so
        that a thread that is away does not hold up the other; a chunk is at most a static share */
     const int64_t lines = (N + 15) / 16, want = nthreads == 1 ? 1 : 16 * (int64_t)nthreads;
@@ -360,7 +420,7 @@ void lml_linear(int64_t type, const void *w, const float *bias, int64_t K, int64
 #pragma omp parallel num_threads(nthreads)
     {
         const int t = omp_get_thread_num();
-        float *mine = scratch + t * lay.total, *r = mine + lay.r;
+        float *mine = scratch + t * lay.total;
         qact qa = {NULL, mine + lay.s};
         int64_t j0, n, ci, quantized = -1;
         while ((ci = claim(&ctr)) < total) {
@@ -370,10 +430,7 @@ void lml_linear(int64_t type, const void *w, const float *bias, int64_t K, int64
                 quantized = b0;
             }
             share(N, (int)(ci % nch), (int)nch, &j0, &n);
-            matvec(&m, x + b0 * K, &qa, g, j0, n, r);
-            for (int64_t b = 0; b < g; b++)
-                for (int64_t j = 0; j < n; j++)
-                    out[(b0 + b) * N + j0 + j] = r[b * n + j] + (bias ? bias[j0 + j] : 0.0f);
+            project(&pr, x + b0 * K, &qa, g, j0, n, out + b0 * N + j0, N);
         }
     }
 }
@@ -381,4 +438,39 @@ void lml_linear(int64_t type, const void *w, const float *bias, int64_t K, int64
 int64_t lml_linear_scratch_floats(int64_t K, int64_t N, int64_t B, int nthreads) {
     const int64_t G = B < MAX_ROWS ? B : MAX_ROWS;
     return (int64_t)nthreads * private_layout(G, 0, 0, 0, linear_share(N, nthreads), K).total;
+}
+
+/* out [R, K] = the rows of a block matrix dequantized in float32, value for value as
+   quant.dequantize computes them (q d, (q - 8) d, q d + m): prefill's GEMMs take the weights
+   this way. One pass over memory instead of the reference's several. */
+void lml_dequantize(int64_t type, const void *w, int64_t R, int64_t K, float *out, int nthreads) {
+    const int64_t nb = K / 32, bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t r = 0; r < R; r++) {
+        const uint8_t *blk = (const uint8_t *)w + r * nb * bytes;
+        float *o = out + r * K;
+        for (int64_t k = 0; k < nb; k++, blk += bytes, o += 32) {
+            uint16_t h;
+            memcpy(&h, blk, 2);
+            const float d = fp16_to_f32(h);
+            if (type == T_Q8_0) {
+                const int8_t *q = (const int8_t *)(blk + 2);
+                for (int i = 0; i < 32; i++) o[i] = (float)q[i] * d;
+            } else if (type == T_Q4_0) {
+                const uint8_t *q = blk + 2;
+                for (int i = 0; i < 16; i++) {
+                    o[i] = (float)((q[i] & 0x0F) - 8) * d;
+                    o[i + 16] = (float)((q[i] >> 4) - 8) * d;
+                }
+            } else {
+                memcpy(&h, blk + 2, 2);
+                const float m = fp16_to_f32(h);
+                const uint8_t *q = blk + 4;
+                for (int i = 0; i < 16; i++) {
+                    o[i] = (float)(q[i] & 0x0F) * d + m;
+                    o[i + 16] = (float)(q[i] >> 4) * d + m;
+                }
+            }
+        }
+    }
 }
