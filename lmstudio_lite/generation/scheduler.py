@@ -10,8 +10,8 @@ model's whole context, sized from a memory budget). Each step it
 3. prefills up to ``prefill_chunk`` prompt tokens (one or more sequences, a chunk each;
    short prompts that start at the same position go through one batched pass), so a long
    prompt never stalls the running streams for more than one chunk;
-4. runs one decode step for every sequence past its prompt (``model.decode.decode_rows``:
-   the native kernel's multi-row step on the CPU, each weight read once for all rows; a
+4. runs one decode step for every sequence past its prompt (``model.decode.decode_rows_logits``:
+   the native kernel's multi-row step and head on the CPU, each weight read once for all rows; a
    batched PyTorch step elsewhere) and samples each row with its own settings and seed.
 
 Prompt cache: a finished sequence's row keeps the tokens whose K/V it holds. A new request
@@ -41,7 +41,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from ..device import inference_threads
-from ..model.decode import decode_rows
+from ..model.decode import decode_rows_logits
 from ..model.kv_cache import KVCache
 from .engine import check_request
 from .sampling import SamplingParams, sample
@@ -440,8 +440,7 @@ class Scheduler:
         positions = torch.tensor([s.fed for s in batch], dtype=torch.long, device=dev)
         slots = torch.tensor([s.row.index for s in batch], dtype=torch.long, device=dev)
         try:
-            hidden = decode_rows(self.model, tokens, positions, slots, self._pool)
-            logits = self.model.project(hidden)  # [B, V]
+            logits = decode_rows_logits(self.model, tokens, positions, slots, self._pool)  # [B, V]
         except Exception as e:
             for seq in batch:
                 self._fail(seq, e)

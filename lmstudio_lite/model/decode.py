@@ -293,6 +293,19 @@ def decode_step(model, ids: torch.Tensor, pos: int, cache) -> torch.Tensor:
 
 
 @torch.no_grad()
+def decode_rows_logits(model, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                       cache) -> torch.Tensor:
+    """``decode_rows`` and the head -> logits [B, V]. Where the native step runs the head too, each
+    group of rows is one call (no torch norm and head between steps: a second parallel region per
+    step cost about as much as the head itself)."""
+    native = model._native
+    if native is not None and native.fused_head and native._takes(cache):
+        parts = [native.step(tokens[i:i + MAX_ROWS], positions[i:i + MAX_ROWS], slots[i:i + MAX_ROWS], cache,
+                             logits=True) for i in range(0, tokens.shape[0], MAX_ROWS)]
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+    return model.project(decode_rows(model, tokens, positions, slots, cache))
+
+
 def decode_rows(model, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, cache) -> torch.Tensor:
     """A batched decode step with a position and a cache row per row -> final normed hidden [B, C].
 
