@@ -25,7 +25,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..checkpoints.errors import CheckpointError
-from ..generation import ContextOverflowError
 from . import convert
 from .convert import APIError, GenerateRequest
 
@@ -142,6 +141,8 @@ def _check_size(model, req: GenerateRequest):
 
 def _start(model, req: GenerateRequest):
     """Encode the prompt and check it fits (raises before anything is streamed); the stream is lazy."""
+    from ..generation import ContextOverflowError  # here, not at the top: serving the page needs no torch
+
     _check_size(model, req)
     options = dict(req.options)
     options.setdefault("max_new_tokens", model.context_length)  # the engine caps it to what is left
