@@ -241,8 +241,9 @@ class ChatHandlers:
 
     # -- conversations ---------------------------------------------------------------------
     def new_chat(self, system, owned):
+        """-> conv, chatbot, stats, notice, list, sidebar notice (what was said of the last chat goes)."""
         conv = new_conversation(system or DEFAULT_SYSTEM)
-        return conv, [], "", "", self.list_update(owned, None)
+        return conv, [], "", "", self.list_update(owned, None), ""
 
     def select(self, cid, conv, owned):
         """Open a saved conversation. -> conv, chatbot, system, notice, stats."""
@@ -307,7 +308,8 @@ class ChatHandlers:
         except (ValueError, OSError) as e:
             return gr.skip(), gr.skip(), gr.skip(), notice_md(warn(f"Import failed: {friendly(e)}")), gr.skip(), owned
         owned = list(owned or []) + [conv["id"]]
-        note = done_md(f"Imported “{conv['title']}” ({len(conv['messages'])} messages); it is open now.")
+        n = len(conv["messages"])
+        note = done_md(f"Imported “{conv['title']}” ({n} message{'s' if n != 1 else ''}); it is open now.")
         return conv, view(conv), conv.get("system", ""), note, self.list_update(owned, conv), owned
 
 

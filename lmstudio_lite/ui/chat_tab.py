@@ -162,7 +162,7 @@ def _wire_generation(h, c, conv, job, owned, side):
 
 
 def _wire_conversations(h, c, conv, owned, side):
-    cleared = [conv, c["chatbot"], c["stats"], c["notice"], side["list"]]
+    cleared = [conv, c["chatbot"], c["stats"], c["notice"], side["list"], side["notice"]]
     for trigger in (side["new"].click, c["clear"].click, c["chatbot"].clear):  # the Chatbot's own trash icon too
         trigger(h.new_chat, [c["system"], owned], cleared, queue=False, **PRIVATE).then(
             h.meter, [c["input"], conv, c["system"], c["max_new"]], c["meter"], queue=False, **PRIVATE)
