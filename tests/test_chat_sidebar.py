@@ -88,7 +88,7 @@ def test_send_while_the_model_loads_waits_for_it(ui_models, tmp_path):
     svc = build_services(model=str(ui_models["tiny-256"]), device="cpu", dtype="float32", with_jobs=False,
                          paths=_paths(tmp_path), background=True)
     assert svc.registry.current is None and svc.loading == "tiny-256"
-    assert "loading tiny-256…" in status_text(svc)
+    assert "loading model tiny-256…" in status_text(svc)
     h = ChatHandlers(svc)
     assert "loading model tiny-256" in h.meter("", None, SYSTEM, 8)
     _, conv, _, notice, job, _ = h.submit("Hello early", None, SYSTEM, [])

@@ -22,7 +22,7 @@ def status_text(services) -> str:
     if reg.current is None:
         loading = services.loading
         if loading:
-            extra.append(f"loading {loading}…")
+            extra.append(f"loading model {loading}… (you can send already: replies wait for it)")
         elif reg.last_error:
             extra.append(f"**the model failed to load:** {reg.last_error}")
         else:

@@ -8,6 +8,7 @@ and the training package's data preparation; this module never imports torch its
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from ..paths import bundled_assets_dir
@@ -116,6 +117,10 @@ def device_type(services) -> str:
     cur = services.registry.current
     if cur is not None:
         return cur.device.type
+    if "torch" not in sys.modules:  # the page is being built, before torch: no need to wait for it here
+        from ..device_hint import likely_device_type
+
+        return likely_device_type(services.registry.device)
     from ..device import choose_device
 
     try:
