@@ -183,6 +183,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_get(args) -> int:
+    from .errors import user_message
     from .paths import app_paths
     from .registry import device_memory
     from .services.download import DownloadError, fetch, gguf_files, list_files
@@ -198,8 +199,8 @@ def cmd_get(args) -> int:
                     print(f"  {f.name:48} {f.quant or '?':8} {f.size / 1e6:9.1f} MB  {fits}", file=sys.stderr)
                 return 2
         path = fetch(args.repo, args.file, models, memory, progress=_terminal_bar())
-    except DownloadError as e:
-        print(f"\nerror: {e}", file=sys.stderr)
+    except DownloadError as e:  # after the progress bar's line
+        print(f"\nerror: {user_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume", file=sys.stderr)
@@ -260,14 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     # A training job and chat share the CPU by owning separate cores instead
     # (device.claim_cpu_threads / inference_threads).
     args = build_parser(command).parse_args(argv)
-    from .checkpoints.errors import CheckpointError
-    from .paths import HomeError
+    from .errors import is_user_error, user_message
 
     try:
         return COMMANDS[command][1](args) or 0
-    except (CheckpointError, ValueError, KeyError, FileNotFoundError, HomeError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        if not is_user_error(e):
+            raise  # a bug: the traceback is what a report needs
+        print(f"error: {user_message(e)}", file=sys.stderr)
+        return 2

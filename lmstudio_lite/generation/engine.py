@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from ..device import inference_threads
+from ..errors import LiteError
 from ..model.kv_cache import KVCache
 from .sampling import SamplingParams, sample
 from .stopping import StopStringHoldback
@@ -22,7 +23,7 @@ FINISH_REASONS = ("stop", "length", "cancelled")  # plus "error" when the model 
 MIN_CACHE_LEN = 256  # the cache grows in powers of two from here, so it is reallocated only a few times
 
 
-class ContextOverflowError(ValueError):
+class ContextOverflowError(LiteError, ValueError):
     """The prompt leaves no room for a new token in the model's context window."""
 
     def __init__(self, prompt_tokens: int, limit: int):

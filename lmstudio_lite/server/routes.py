@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..checkpoints.errors import CheckpointError
+from ..errors import is_user_error, user_message
 from . import convert
 from .convert import APIError, GenerateRequest
 
@@ -63,10 +64,10 @@ async def _answer(request: Request, services, handler: Callable[[], Awaitable]):
         result = await handler()
     except APIError as e:
         return JSONResponse(e.body(), status_code=e.status)
-    except Exception as e:  # an unexpected bug: log it, still answer in JSON
-        log.exception("error while answering %s %s", request.method, request.url.path)
-        return JSONResponse(convert.error_body(f"internal error: {type(e).__name__}: {e}", "server_error"),
-                            status_code=500)
+    except Exception as e:  # not a request's fault: log a bug's traceback, still answer in JSON
+        if not is_user_error(e):
+            log.exception("error while answering %s %s", request.method, request.url.path)
+        return JSONResponse(convert.error_body(user_message(e), "server_error"), status_code=500)
     return result if isinstance(result, (JSONResponse, StreamingResponse)) else JSONResponse(result)
 
 
@@ -107,7 +108,7 @@ def _load(registry, name: str):
     except KeyError:
         raise convert.model_not_found(name, [c["id"] for c in _cards(registry)]) from None
     except (CheckpointError, OSError, ValueError) as e:
-        raise APIError(400, f"the model {name!r} could not be loaded: {e}", param="model",
+        raise APIError(400, f"the model {name!r} could not be loaded: {user_message(e)}", param="model",
                        code="model_load_failed") from e
 
 
@@ -149,10 +150,10 @@ def _start(model, req: GenerateRequest):
     try:
         return model.generate(req.prompt, **options)
     except ContextOverflowError as e:
-        raise convert.bad_request(str(e), "messages" if isinstance(req.prompt, list) else "prompt",
+        raise convert.bad_request(user_message(e), "messages" if isinstance(req.prompt, list) else "prompt",
                                   "context_length_exceeded") from e
     except ValueError as e:  # a sampling option out of range, or a template that raised
-        raise convert.bad_request(str(e)) from e
+        raise convert.bad_request(user_message(e)) from e
 
 
 async def _generate(request: Request, services, slot: asyncio.Lock, kind: str):
@@ -183,8 +184,9 @@ async def _sse_frames(run: _Run, chunks: convert.ChunkMaker) -> AsyncIterator[st
         yield "".join(convert.sse(c) for c in (chunks.end(run.stream.stats) if started else
                                                chunks.start() + chunks.end(run.stream.stats)))
     except Exception as e:  # the headers are gone: report the failure as an error event
-        log.exception("generation failed mid-stream")
-        yield convert.sse(convert.error_body(f"generation failed: {type(e).__name__}: {e}", "server_error"))
+        if not is_user_error(e):
+            log.exception("generation failed mid-stream")
+        yield convert.sse(convert.error_body(f"generation failed: {user_message(e)}", "server_error"))
     yield convert.SSE_DONE
 
 

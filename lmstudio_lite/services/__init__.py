@@ -6,6 +6,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import user_message
 from ..paths import AppPaths, app_paths
 from ..registry import Registry
 from .access import AccessPolicy, app_roots
@@ -25,6 +26,7 @@ class Services:
     extra: dict = field(default_factory=dict)
     access: AccessPolicy | None = None  # who may call what; built from api_key / shared when not given
     pending: object = None  # _Pending: the start-up model, until it has loaded (or failed to)
+    upload_dir: str | None = None  # where the UI's uploads land (set by ui.app.build_app); None: no uploads
 
     def __post_init__(self):
         if self.access is None:
@@ -47,7 +49,7 @@ class Services:
                     _load_first(self.registry, p.target, p.fallback)
             except Exception as e:  # not the folder's fault: still keep the app up, saying why
                 logging.getLogger("lmstudio_lite").error("loading the model failed", exc_info=e)
-                self.registry.last_error = f"{type(e).__name__}: {e}"
+                self.registry.last_error = user_message(e)
             finally:
                 try:
                     if on_done is not None:
@@ -113,7 +115,7 @@ def _load_first(registry, target: str, fallback: bool) -> None:
     try:
         registry.load(target)
     except (CheckpointError, KeyError, ValueError, OSError) as e:
-        registry.last_error = str(e.args[0] if isinstance(e, KeyError) else e)
+        registry.last_error = user_message(e)
         bundled = registry.bundled_default() if fallback else None
         if bundled is not None and bundled.path != target:  # a default that fails: the bundled one
             error = registry.last_error

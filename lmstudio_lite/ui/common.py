@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..checkpoints.errors import CheckpointError
+from ..errors import LiteError, is_user_error, user_message
 
 log = logging.getLogger("lmstudio_lite.ui")
 
@@ -33,7 +33,7 @@ CSS = """
 """
 
 
-class NoModelError(RuntimeError):
+class NoModelError(LiteError, RuntimeError):
     """Raised when a task needs a model and none is loaded."""
 
 
@@ -49,23 +49,11 @@ def current_model(services):
 
 
 def friendly(e: BaseException) -> str:
-    """A one-paragraph message for the UI; the traceback goes to the terminal log only.
-
-    Mistakes the user can fix (a wrong path, a name taken, a folder that is not a model, a full disk)
-    are worded as such, with no traceback: only unexpected errors are logged as crashes."""
-    from ..checkpoints.errors import DiskFullError
-
-    name = type(e).__name__
-    if (isinstance(e, OSError) and not isinstance(e, DiskFullError)  # DiskFullError words itself
-            and e.strerror and e.filename):  # the OS's own: '[Errno 2] ...' reads as a crash
-        return f"{e.filename}: {e.strerror}"
-    if isinstance(e, (NoModelError, CheckpointError, ValueError, KeyError, OSError)):
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        return str(msg)[:2000]
-    if name == "OutOfMemoryError" or isinstance(e, MemoryError):
-        return "The device ran out of memory. Try a shorter text, fewer new tokens, or a smaller model."
-    log.error("unexpected error in the UI", exc_info=e)
-    return f"Something went wrong in the model ({name}: {str(e)[:300]}). The app is still running."
+    """``user_message(e)`` for the UI; an unexpected error (a bug) also goes to the terminal log with
+    its traceback. Mistakes the user can fix are logged nowhere: the message says it all."""
+    if not is_user_error(e):
+        log.error("unexpected error in the UI", exc_info=e)
+    return user_message(e)
 
 
 def warn(message: str) -> str:

@@ -1,9 +1,9 @@
 """The Models tab: every local model with its size and memory estimate; load, unload, import, delete,
 export as GGUF.
 
-All work goes through ``services.registry``; a folder that fails to load leaves the loaded model as
-it was and says why. When the app is reachable from other machines, typed folder paths must lie
-inside the app's folders (``services.access``).
+All work goes through ``services.models`` (listing, loading, importing, records) and the registry; a
+folder that fails to load leaves the loaded model as it was and says why. When the app is reachable
+from other machines, typed folder paths must lie inside the app's folders (``services.access``).
 """
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import gradio as gr
 import pandas as pd
 
 from ..services import exports
+from ..services import models
 from . import models_download
 from . import train_view as view
 from .common import LLM, PRIVATE, friendly
-from .train_actions import all_models, device_type
 
 
 # Weight formats offered beside Load: (label, value); "float" keeps the folder's own weights.
@@ -24,30 +24,14 @@ QUANT_CHOICES = [("float (as saved)", "float"), ("q8_0 (8-bit)", "q8_0"), ("q4_1
                  ("q4_0 (4-bit)", "q4_0")]
 
 
-# ---- actions (plain values in, message out) -------------------------------------------------------
-def _device_memory(services) -> tuple[int, str, str]:
-    """(total bytes, device label, dtype name) of the device models load on."""
-    from ..registry import device_memory
-
-    reg, cur = services.registry, services.registry.current
-    dtype = cur.info()["dtype"] if cur is not None else (reg.dtype or None)
-    dev = device_type(services)
-    if dtype is None:
-        dtype = "float32" if dev == "cpu" else "bfloat16"
-    try:
-        total = device_memory(dev)
-    except Exception:  # no driver, or a device without a memory query
-        total = 0
-    return total, {"cpu": "RAM"}.get(dev, dev.upper()), dtype
-
-
+# ---- messages around services.models (plain values in, message out) -------------------------------------------------------
 def models_frame(services) -> pd.DataFrame:
     from ..registry import memory_needed
 
-    total, label, dtype = _device_memory(services)
+    total, label, dtype = models.device_memory_info(services)
     cur = services.registry.current
     loaded = str(Path(cur.path).resolve()) if cur is not None else None
-    entries = all_models(services)
+    entries = models.all_models(services)
     for e in entries:
         e.path = str(Path(e.path).resolve())
     rows = view.model_rows(entries, loaded, lambda e: memory_needed(e, dtype), total, label)
@@ -60,16 +44,10 @@ def load_model(services, name: str | None, quant: str | None = None) -> str:
     ``quant`` is a QUANT_CHOICES value; None loads in the registry's format (``--quant``)."""
     if not name:
         return "Choose a model to load."
-    entry = next((e for e in all_models(services) if e.name == name), None)
-    if entry is None and services.access.path_allowed(name) and Path(name).expanduser().is_dir():
-        target, by_path = name, True  # a typed folder path (inside the app's folders when remote)
-    elif entry is None:
-        return f"⚠ No local model named {name!r}. Refresh the list, or import the folder first."
-    else:  # by name, so the registry keeps its display name; the unlisted loaded model by its path
-        target, by_path = (entry.path, True) if entry.source == "loaded" else (entry.name, False)
     try:
-        fmt = {} if quant is None else {"quant": None if quant == "float" else quant}
-        model = services.registry.load(target, allow_path=by_path, **fmt)
+        model = models.load(services, name, quant)
+    except models.UnknownModel:
+        return f"⚠ No local model named {name!r}. Refresh the list, or import the folder first."
     except Exception as e:  # CheckpointError, OSError, bad weights: report, keep the old model
         cur = services.registry.current
         kept = f" {cur.name} is still loaded." if cur is not None else " No model is loaded."
@@ -93,11 +71,9 @@ def import_folder(services, path: str | None) -> str:
     if not (path or "").strip():
         return "Type the path of a model folder to import."
     try:
-        services.access.check_path(path.strip(), "model folder")
+        entry = models.import_folder(services, path.strip())
     except AccessError as e:
         return f"⚠ {e}"
-    try:
-        entry = services.registry.import_folder(path.strip())
     except Exception as e:  # CheckpointError, FileExistsError, OSError: all worded for the user
         return f"⚠ Could not import: {friendly(e)}"  # the message names the folder
     return f"Imported **{entry.name}** into {services.paths.models}."
@@ -115,15 +91,11 @@ def delete_model(services, name: str | None, confirmed: bool) -> str:
     return f"Deleted {name}."
 
 
-def names(services) -> list[str]:
-    return [e.name for e in all_models(services)]
-
-
 # ---- layout and wiring ------------------------------------------------------------------------------
 def build(services) -> dict:
     """Build the tab inside the caller's ``with gr.Tab(...)``; returns the components by name."""
     c: dict = {"tab": enclosing_tab()}
-    cur, choices = services.registry.current, names(services)
+    cur, choices = services.registry.current, models.names(services)
     # Filled when the tab is opened (the memory column asks torch for the device; the page is
     # served before torch is imported).
     c["table"] = gr.Dataframe(pd.DataFrame([], columns=view.MODEL_COLUMNS), interactive=False, wrap=True,
@@ -171,12 +143,6 @@ def enclosing_tab():
     return block if isinstance(block, gr.Tab) else None
 
 
-def _current_name(services) -> str | None:
-    """The loaded model's name (it may have loaded after the page was built)."""
-    cur = services.registry.current
-    return cur.name if cur is not None else None
-
-
 def _hint(services) -> str:
     err = services.registry.last_error
     return f"⚠ The model given at start could not be loaded: {err}" if err else ""
@@ -184,7 +150,7 @@ def _hint(services) -> str:
 
 def _wire(services, c: dict):
     def refreshed(msg: str, keep: str | None = None):
-        choices = names(services)
+        choices = models.names(services)
         return msg, models_frame(services), gr.update(choices=choices, value=keep if keep in choices else None)
 
     outs = [c["msg"], c["table"], c["pick"]]
@@ -194,7 +160,7 @@ def _wire(services, c: dict):
     c["unload"].click(lambda n: refreshed(unload_model(services), n), c["pick"], outs, **private)
     c["refresh"].click(lambda n: refreshed("", n), c["pick"], outs, **private)
     if c["tab"] is not None:  # a model trained or deleted elsewhere shows up when the tab is opened
-        c["tab"].select(lambda n: refreshed(gr.skip(), n or _current_name(services)), c["pick"], outs, **private)
+        c["tab"].select(lambda n: refreshed(gr.skip(), n or models.current_name(services)), c["pick"], outs, **private)
     c["import_btn"].click(lambda p, n: refreshed(import_folder(services, p), n), [c["import_path"], c["pick"]],
                           outs, **private)
     def export(name, quant):
@@ -209,7 +175,7 @@ def _wire(services, c: dict):
     def models_list() -> list:
         """Every local model: name, folder, source, family, parameters, context_length, dtype, size_bytes,
         memory_bytes (estimate), loaded, error. ("folder", not "path": gradio_client would fetch a "path".)"""
-        return [model_record(services, e) for e in all_models(services)]
+        return [models.model_record(services, e) for e in models.all_models(services)]
 
     def model_load(name: str) -> str:
         """Load a listed model by name into the registry (serves Chat and /v1); returns a message."""
@@ -218,18 +184,3 @@ def _wire(services, c: dict):
     gr.api(models_list, api_name="models_list", concurrency_limit=None)
     gr.api(model_load, api_name="model_load", **LLM)
     return refreshed
-
-
-def model_record(services, entry) -> dict:
-    from ..registry import memory_needed
-
-    d = entry.as_dict()
-    d["folder"] = d.pop("path")
-    d["memory_bytes"] = memory_needed(entry, _device_memory(services)[2]) if entry.parameters else None
-    d["loaded"] = _is_loaded(services, entry)
-    return d
-
-
-def _is_loaded(services, entry) -> bool:
-    cur = services.registry.current
-    return cur is not None and Path(cur.path).resolve() == Path(entry.path).resolve()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .common import PRIVATE
+from .common import PRIVATE, friendly
 
 REFRESH_S = 5.0
 
@@ -17,7 +17,7 @@ def status_text(services) -> str:
     try:
         line = reg.status_line()
     except Exception as e:  # never let the status line take a page down
-        line = f"status unavailable: {e}"
+        line = f"status unavailable: {friendly(e)}"
     extra = []
     if reg.current is None:
         loading = services.loading
