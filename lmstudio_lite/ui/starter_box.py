@@ -17,7 +17,8 @@ INTRO = ("The bundled model is a toy that writes short stories. For real chat, s
 
 def build(services) -> dict:
     c: dict = {}
-    offer = services.downloads is not None and starter.needs_starter(services.registry)
+    pending = getattr(services.pending, "target", None)  # the model still loading at start-up
+    offer = services.downloads is not None and starter.needs_starter(services.registry, pending)
     with gr.Row(visible=offer, elem_id="starter-row") as c["row"]:
         gr.Markdown(INTRO)
         c["get"] = gr.Button(starter.LABEL, variant="primary", elem_id="starter-get", scale=0, min_width=320)

@@ -20,9 +20,9 @@ def status_text(services) -> str:
         line = f"status unavailable: {friendly(e)}"
     extra = []
     if reg.current is None:
-        loading = services.extra.get("loading")
+        loading = services.loading
         if loading:
-            extra.append(f"loading {loading}…")
+            extra.append(f"loading model {loading}… (you can send already: replies wait for it)")
         elif reg.last_error:
             extra.append(f"**the model failed to load:** {reg.last_error}")
         else:
@@ -33,7 +33,8 @@ def status_text(services) -> str:
 
 def build(services, demo: gr.Blocks) -> gr.Markdown:
     """The status Markdown (elem_id ``status-line``), fresh on each page load and every few seconds."""
-    status = gr.Markdown(status_text(services), elem_id="status-line")
+    # Filled on page load, not at build: naming the device imports torch, which the page need not wait for.
+    status = gr.Markdown("…", elem_id="status-line")
 
     def refresh() -> str:
         return status_text(services)
