@@ -7,9 +7,11 @@ model's whole context, sized from a memory budget). Each step it
    the stream, or their ``cancel`` event was set): the row is free before the next step;
 2. admits waiting requests, oldest first, while fewer than ``max_batch`` run and a row is
    free or holds only a cached prefix (least recently used goes first);
-3. prefills up to ``prefill_chunk`` prompt tokens (one or more sequences, a chunk each;
-   short prompts that start at the same position go through one batched pass), so a long
-   prompt never stalls the running streams for more than one chunk;
+3. prefills pending prompts in padded passes (prompts at the same position and of similar
+   remaining length together, a chunk of ``prefill_chunk`` tokens each, one read of the
+   weights per pass); passes go on before the decode step until a decoding stream has waited
+   ``decode_gap_s`` for its next token, so a burst of newcomers gets first tokens soon while
+   running streams keep flowing;
 4. runs one decode step for every sequence past its prompt (``model.decode.decode_rows``:
    the native kernel's multi-row step on the CPU, each weight read once for all rows; a
    batched PyTorch step elsewhere) and samples each row with its own settings and seed.
