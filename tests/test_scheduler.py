@@ -60,6 +60,23 @@ def test_seeded_requests_give_the_same_tokens_alone_or_batched(stories):
     assert sched.info()["steps"] - steps < sum(len(a) for a in alone) // 2  # they did run together
 
 
+def test_prompts_prefilled_together_in_small_chunks_give_the_full_forward_logits(stories):
+    """Rows of different lengths share padded passes of a few tokens each: every first token's
+    logprobs must still be the model's own (padding and chunking leave no trace)."""
+    tok = stories.tokenizer
+    prompts = [tok.encode(p) for p in ("Once upon a time there was a big brown dog who liked to run and jump",
+                                       "The cat sat", "Lily and Ben went to the park because the sun was out",
+                                       "A little bird sang a song in the tall green tree by the river bank")]
+    sched = fresh(stories, cache_rows=0, prefill_chunk=4)
+    streams = run_all(sched, [(p, GREEDY, 2, {"ignore_eos": True, "logprobs": 3}) for p in prompts])
+    for p, s in zip(prompts, streams):
+        ref = torch.log_softmax(stories.logits(torch.tensor([p]))[0, -1], dim=-1)
+        first = s.logprobs[0]
+        assert first["id"] == int(ref.argmax())
+        assert first["logprob"] == pytest.approx(float(ref[first["id"]]), abs=1e-4)
+        assert [t for t, _ in first["top"]] == ref.topk(3).indices.tolist()
+
+
 def test_prompt_cache_is_exact_and_counts_cached_tokens(stories):
     tok = stories.tokenizer
     first = tok.encode("Once upon a time there was a little girl named Lily. She liked to")

@@ -7,9 +7,11 @@ model's whole context, sized from a memory budget). Each step it
    the stream, or their ``cancel`` event was set): the row is free before the next step;
 2. admits waiting requests, oldest first, while fewer than ``max_batch`` run and a row is
    free or holds only a cached prefix (least recently used goes first);
-3. prefills up to ``prefill_chunk`` prompt tokens (one or more sequences, a chunk each;
-   short prompts that start at the same position go through one batched pass), so a long
-   prompt never stalls the running streams for more than one chunk;
+3. prefills pending prompts in padded passes (prompts at the same position and of similar
+   remaining length together, a chunk of ``prefill_chunk`` tokens each, one read of the
+   weights per pass); passes go on before the decode step until a decoding stream has waited
+   ``decode_gap_s`` for its next token, so a burst of newcomers gets first tokens soon while
+   running streams keep flowing;
 4. runs one decode step for every sequence past its prompt (``model.decode.decode_rows_logits``:
    the native kernel's multi-row step and head on the CPU, each weight read once for all rows; a
    batched PyTorch step elsewhere) and samples each row with its own settings and seed.
@@ -51,7 +53,9 @@ CPU_BATCH, GPU_BATCH = 8, 32  # default rows decoded together
 PREFILL_CHUNK = 128  # prompt tokens prefilled per step (between two decode steps)
 CLOSE_WAIT_S = 60.0  # close() waits at most this long for the driver (one step, normally)
 IDLE_EXIT_S = 2.0  # an idle driver thread ends after this long
-GROUP_PAD = 2  # prompts prefilled together: their padded size may be at most this many chunks
+PASS_CHUNKS = 4  # with no stream decoding, one prefill pass may hold this many chunks (padded tokens)
+PAD_WASTE = 0.3  # prompts prefilled together: padding may be at most this share of the pass
+DECODE_GAP_S = 0.25  # while streams decode, prefill passes go on only until this long since their last step
 SHARE_MIN = 16  # a request waits for a prefix being prefilled only when it saves more tokens than this
 CPU_BUDGET = 4 << 30  # default KV budget on the CPU, at most a quarter of the RAM; untouched rows cost nothing
 
@@ -129,7 +133,7 @@ class _Seq:
         self.fed = 0  # tokens whose K/V is in the row
         self.row: _Row | None = None
         self.generator: torch.Generator | None = None
-        self.t_submit = self.t_first = self.t_prefill = 0.0
+        self.t_submit = self.t_first = self.t_prefill = self.t_last = 0.0  # t_last: its last token
         self.submit_step = 0
         self.cancel_step: int | None = None
         self.stats = {"prompt_tokens": len(prompt_ids), "new_tokens": 0, "finish_reason": None,
@@ -154,7 +158,8 @@ class Scheduler:
 
     def __init__(self, model, tokenizer, device: torch.device | str | None = None, max_batch: int | None = None,
                  kv_budget_bytes: int | None = None, cache_rows: int | None = None,
-                 prefill_chunk: int = PREFILL_CHUNK, idle_exit_s: float = IDLE_EXIT_S):
+                 prefill_chunk: int = PREFILL_CHUNK, idle_exit_s: float = IDLE_EXIT_S,
+                 decode_gap_s: float = DECODE_GAP_S):
         self.model, self.tokenizer = model, tokenizer
         param = next(model.parameters(), None)
         self.device = torch.device(device) if device is not None else (
@@ -164,7 +169,7 @@ class Scheduler:
         self.max_batch = max_batch or _env_int("LMSTUDIO_LITE_MAX_BATCH") or default_batch
         self.cache_rows = self.max_batch if cache_rows is None else cache_rows
         self.kv_budget_bytes = kv_budget_bytes if kv_budget_bytes is not None else default_budget(self.device)
-        self.prefill_chunk, self.idle_exit_s = prefill_chunk, idle_exit_s
+        self.prefill_chunk, self.idle_exit_s, self.decode_gap_s = prefill_chunk, idle_exit_s, decode_gap_s
         self.steps = 0  # driver steps so far (a step: admissions, one prefill chunk, one decode step)
         self._cond = threading.Condition()
         self._waiting: list[_Seq] = []
@@ -351,75 +356,76 @@ class Scheduler:
         return True
 
     def _prefill(self):
-        budget = self.prefill_chunk
+        """Prefill pending prompts, one padded pass per group (``_prefill_group``). A pass holds
+        a chunk (``prefill_chunk`` padded tokens) per pending prompt, at most ``PASS_CHUNKS``
+        chunks (every pass dequantizes each quantized matrix once: fewer, larger passes are what
+        makes a burst of prompts cheap). Passes go on, before the decode step, while no decoding
+        stream has waited ``decode_gap_s`` for its next token and nothing waits to join or cancel:
+        newcomers get their first token sooner, running streams still step at least that often."""
         pending = [s for s in self._running if s.fed < len(s.prompt_ids)]
-        while pending and budget > 0:
-            group = self._prefill_group(pending, budget)
-            for seq in group:
-                pending.remove(seq)
-            if len(group) > 1:
-                budget -= sum(len(s.prompt_ids) - s.fed for s in group)
-                self._prefill_together(group)
-                continue
-            seq = group[0]
-            n = min(budget, len(seq.prompt_ids) - seq.fed)
-            budget -= n
-            t0 = time.perf_counter()
-            try:
-                ids = torch.tensor([seq.prompt_ids[seq.fed:seq.fed + n]], dtype=torch.long, device=self.device)
-                logits = self.model(ids, start_pos=seq.fed, cache=self._pool.row(seq.row.index), last_only=True)
-            except Exception as e:
-                self._fail(seq, e)
-                continue
-            seq.t_prefill += time.perf_counter() - t0
-            seq.fed += n
-            seq.row.valid = seq.fed
-            if seq.fed == len(seq.prompt_ids):
-                self._accept(seq, logits[:, -1])
+        while pending:
+            decoding = [s.t_last for s in self._running if s.fed >= len(s.prompt_ids)]
+            chunks = min(PASS_CHUNKS, len(pending)) if decoding else PASS_CHUNKS
+            group, chunk = self._prefill_group(pending, self.prefill_chunk * chunks)
+            self._prefill_pass(group, chunk)
+            pending = [s for s in self._running if s.fed < len(s.prompt_ids)]
+            decoding = [s.t_last for s in self._running if s.fed >= len(s.prompt_ids)]
+            if (decoding and time.perf_counter() - min(decoding) >= self.decode_gap_s) or self._waiting \
+                    or any(s.cancelled() for s in pending):
+                break
 
-    def _prefill_group(self, pending: list[_Seq], budget: int) -> list[_Seq]:
-        """The first pending sequence and those that can be prefilled with it in one forward pass:
-        the same start position, the whole rest of each prompt within the budget, padded rows
-        within ``GROUP_PAD`` times the budget (one pass reads the weights once, which matters most
-        for quantized layers: their prefill dequantizes every matrix per pass)."""
+    def _prefill_group(self, pending: list[_Seq], budget: int) -> tuple[list[_Seq], int]:
+        """The oldest pending sequence and those at the same position whose rest of prompt is
+        close to its length (padding at most ``PAD_WASTE`` of the pass), and the tokens per row:
+        one pass of at most ``budget`` padded tokens. Rows longer than that go on from the same
+        position in the next pass, so a group stays together."""
         head = pending[0]
-        group, longest = [head], len(head.prompt_ids) - head.fed
-        if longest > budget:
-            return group
-        used = longest
-        for seq in pending[1:]:
-            rest = len(seq.prompt_ids) - seq.fed
-            if seq.fed != head.fed or used + rest > budget \
-                    or max(longest, rest) * (len(group) + 1) > GROUP_PAD * budget:
+        rest = {id(s): len(s.prompt_ids) - s.fed for s in pending}
+        group = [head]
+        peers = sorted((s for s in pending[1:] if s.fed == head.fed),
+                       key=lambda s: abs(rest[id(s)] - rest[id(head)]))
+        for seq in peers:
+            trial = group + [seq]
+            chunk = min(max(rest[id(s)] for s in trial), budget // len(trial))
+            if chunk < 1:
+                break
+            real = sum(min(rest[id(s)], chunk) for s in trial)
+            if real < (1.0 - PAD_WASTE) * chunk * len(trial):
                 continue
-            group.append(seq)
-            used, longest = used + rest, max(longest, rest)
-        return group
+            group = trial
+        return group, min(max(rest[id(s)] for s in group), max(1, budget // len(group)))
 
-    def _prefill_together(self, group: list[_Seq]):
-        """Prefill the rest of several prompts (all from position ``start``) in one batched pass over
-        a scratch cache: each row's prefix K/V is copied in, the new K/V copied back to its row.
-        Rows are right-padded; causal attention keeps every real position from seeing the padding."""
+    def _prefill_pass(self, group: list[_Seq], chunk: int):
+        """Feed up to ``chunk`` more prompt tokens of each sequence in ``group`` (all at position
+        ``start``) in one batched pass; a sequence whose prompt is then complete gets its first token.
+        One row goes straight into its cache row; several go through a scratch cache (each row's
+        prefix K/V copied in, the new K/V copied back), right-padded: causal attention keeps every
+        real position from seeing the padding, so the result is the unbatched forward's."""
         start, pool = group[0].fed, self._pool
-        lens = [len(s.prompt_ids) - start for s in group]
+        lens = [min(chunk, len(s.prompt_ids) - start) for s in group]
         B, T = len(group), max(lens)
         t0 = time.perf_counter()
         try:
-            rows = torch.tensor([s.row.index for s in group], device=self.device)
-            scratch = KVCache(self.model.config, B, start + T, self.device, self.dtype, zeroed=False)
-            if start:
-                scratch.k[:, :, :, :start] = pool.k[:, rows, :, :start]
-                scratch.v[:, :, :, :start] = pool.v[:, rows, :, :start]
-            ids = torch.zeros((B, T), dtype=torch.long)
-            for b, seq in enumerate(group):
-                ids[b, :lens[b]] = torch.tensor(seq.prompt_ids[start:], dtype=torch.long)
-            hidden = self.model.forward_hidden(ids.to(self.device), start_pos=start, cache=scratch)
-            last = hidden[torch.arange(B, device=self.device), torch.tensor(lens, device=self.device) - 1]
-            logits = self.model.project(last)  # [B, V]
-            for b, seq in enumerate(group):
-                end = start + lens[b]
-                pool.k[:, seq.row.index, :, start:end] = scratch.k[:, b, :, start:end]
-                pool.v[:, seq.row.index, :, start:end] = scratch.v[:, b, :, start:end]
+            if B == 1:
+                ids = torch.tensor([group[0].prompt_ids[start:start + T]], dtype=torch.long, device=self.device)
+                last = self.model.forward_hidden(ids, start_pos=start, cache=pool.row(group[0].row.index))[:, -1]
+            else:
+                rows = torch.tensor([s.row.index for s in group], device=self.device)
+                scratch = KVCache(self.model.config, B, start + T, self.device, self.dtype, zeroed=False)
+                if start:
+                    scratch.k[:, :, :, :start] = pool.k[:, rows, :, :start]
+                    scratch.v[:, :, :, :start] = pool.v[:, rows, :, :start]
+                ids = torch.zeros((B, T), dtype=torch.long)
+                for b, seq in enumerate(group):
+                    ids[b, :lens[b]] = torch.tensor(seq.prompt_ids[start:start + lens[b]], dtype=torch.long)
+                hidden = self.model.forward_hidden(ids.to(self.device), start_pos=start, cache=scratch)
+                last = hidden[torch.arange(B, device=self.device), torch.tensor(lens, device=self.device) - 1]
+                for b, seq in enumerate(group):
+                    end = start + lens[b]
+                    pool.k[:, seq.row.index, :, start:end] = scratch.k[:, b, :, start:end]
+                    pool.v[:, seq.row.index, :, start:end] = scratch.v[:, b, :, start:end]
+            done = [b for b, s in enumerate(group) if start + lens[b] == len(s.prompt_ids)]
+            logits = self.model.project(last[done]) if done else None  # [len(done), V]
         except Exception as e:
             for seq in group:
                 self._fail(seq, e)
@@ -427,9 +433,10 @@ class Scheduler:
         spent = time.perf_counter() - t0
         for b, seq in enumerate(group):
             seq.t_prefill += spent
-            seq.fed = len(seq.prompt_ids)
+            seq.fed = start + lens[b]
             seq.row.valid = seq.fed
-            self._accept(seq, logits[b:b + 1])
+        for i, b in enumerate(done or ()):
+            self._accept(group[b], logits[i:i + 1])
 
     def _decode(self):
         batch = [s for s in self._running if s.fed == len(s.tokens) - 1 and s.fed >= len(s.prompt_ids)]
@@ -465,7 +472,7 @@ class Scheduler:
         entry = None
         if seq.logprobs is not None and tok not in seq.eos:  # OpenAI lists no entry for the end token
             entry = _logprob_entry(logits, tok, seq.logprobs)
-        now = time.perf_counter()
+        now = seq.t_last = time.perf_counter()
         seq.tokens.append(tok)
         seq.new_ids.append(tok)
         stats = seq.stats
