@@ -180,7 +180,8 @@ INLINE void rows_bf16(const uint16_t *W, int64_t K, const float *x, const int B,
 /* r[b][j] = x[b] . row j0+j of a GGUF block matrix, j < n, with the weights dequantized exactly
    in registers and float32 accumulation: per block d_w * sum(q_i x_i) (FMAs on the widened q),
    plus for the 4-bit formats an offset times the block's sum of x, as (q - 8) d and q d + m expand
-   (AVX2 and plain C; AVX-512 looks the block's exact values up in a table, decode.c's header). */
+   (AVX2 and plain C; AVX-512 looks the block's exact values up in a table, decode.c's header;
+   at one row, d multiplies the block's sum of q x once, as AVX-512 Q8_0 does). */
 #if defined(LML_AVX2)
 /* 8 bytes (signed for q8_0, unsigned nibbles otherwise) widened to 8 floats. */
 static inline __m256 widen_s8(const int8_t *q) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q))); }
