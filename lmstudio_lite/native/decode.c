@@ -29,7 +29,9 @@
    (only the order of summation differs). On AVX-512 a Q4 block's 32 weights are two vpermps
    lookups into a 16-entry table of its values ((q - 8) d or q d + m, computed as the reference
    computes them), indexed by the nibbles; a Q8_0 block at one row is d times the block's float32
-   sum of q x. Each row stream prefetches 2 KiB ahead (gemv.h: LML_PREFETCH).
+   sum of q x. AVX2 widens the nibbles instead (the same lookup on 8 lanes, two tables and a
+   blend, was 1.5x slower per one-row GEMV) and at one row takes d times the block's sum of q x
+   in every format, the 4-bit offset times the block's sum of x. Each row stream prefetches 2 KiB ahead (gemv.h: LML_PREFETCH).
    llama.cpp instead quantizes the activation to int8 per block and takes integer dot products.
    We built that first (VNNI vpdpbusd / AVX2 maddubs) and measured it: on SmolLM2-135M-Instruct
    Q4_1 its error (3.3% of the final hidden state after 30 layers, every activation off by up to

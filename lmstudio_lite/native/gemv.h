@@ -180,7 +180,8 @@ INLINE void rows_bf16(const uint16_t *W, int64_t K, const float *x, const int B,
 /* r[b][j] = x[b] . row j0+j of a GGUF block matrix, j < n, with the weights dequantized exactly
    in registers and float32 accumulation: per block d_w * sum(q_i x_i) (FMAs on the widened q),
    plus for the 4-bit formats an offset times the block's sum of x, as (q - 8) d and q d + m expand
-   (AVX2 and plain C; AVX-512 looks the block's exact values up in a table, decode.c's header). */
+   (AVX2 and plain C; AVX-512 looks the block's exact values up in a table, decode.c's header;
+   at one row, d multiplies the block's sum of q x once, as AVX-512 Q8_0 does). */
 #if defined(LML_AVX2)
 /* 8 bytes (signed for q8_0, unsigned nibbles otherwise) widened to 8 floats. */
 static inline __m256 widen_s8(const int8_t *q) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q))); }
@@ -266,6 +267,25 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
             const float *xs = a->s + k;
             __m256 w[4];  /* the block's 32 weights q * d (the offset apart), in element order */
             const __m256 vd = _mm256_set1_ps(dw);
+            if (B == 1) {  /* one row: d times the block's sum of q x, one multiply per block (as AVX-512 Q8_0) */
+                const float *xb = a->x + k * 32;
+                if (type == T_Q8_0)
+                    for (int u = 0; u < 4; u++) w[u] = widen_s8((const int8_t *)qs + 8 * u);
+                else {
+                    const __m128i raw = _mm_loadu_si128((const __m128i *)qs), mask = _mm_set1_epi8(0x0F);
+                    const __m128i lo = _mm_and_si128(raw, mask), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+                    w[0] = widen_u8(lo), w[1] = widen_u8(_mm_srli_si128(lo, 8));
+                    w[2] = widen_u8(hi), w[3] = widen_u8(_mm_srli_si128(hi, 8));
+                }
+                const __m256 part = _mm256_add_ps(
+                    _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xb + 8), _mm256_mul_ps(w[0], _mm256_loadu_ps(xb))),
+                    _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xb + 24), _mm256_mul_ps(w[2], _mm256_loadu_ps(xb + 16))));
+                const __m256 prev = acc[0][0];  /* four chains, taking turns by block */
+                acc[0][0] = acc[0][1], acc[0][1] = acc[0][2], acc[0][2] = acc[0][3];
+                acc[0][3] = _mm256_fmadd_ps(part, vd, prev);
+                if (type != T_Q8_0) off[0] += c * xs[0];
+                continue;
+            }
             if (type == T_Q8_0) {
                 for (int u = 0; u < 4; u++) w[u] = _mm256_mul_ps(widen_s8((const int8_t *)qs + 8 * u), vd);
             } else {
