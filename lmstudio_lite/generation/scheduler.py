@@ -360,7 +360,7 @@ class Scheduler:
         a chunk (``prefill_chunk`` padded tokens) per pending prompt, at most ``PASS_CHUNKS``
         chunks (every pass dequantizes each quantized matrix once: fewer, larger passes are what
         makes a burst of prompts cheap). Passes go on, before the decode step, while no decoding
-        stream has waited ``decode_gap_s`` for its next token and nothing waits to join or cancel:
+        stream has waited ``decode_gap_s`` for its next token and nothing can join or waits to cancel:
         newcomers get their first token sooner, running streams still step at least that often."""
         pending = [s for s in self._running if s.fed < len(s.prompt_ids)]
         while pending:
@@ -370,7 +370,8 @@ class Scheduler:
             self._prefill_pass(group, chunk)
             pending = [s for s in self._running if s.fed < len(s.prompt_ids)]
             decoding = [s.t_last for s in self._running if s.fed >= len(s.prompt_ids)]
-            if (decoding and time.perf_counter() - min(decoding) >= self.decode_gap_s) or self._waiting \
+            joinable = self._waiting and len(self._running) < self.max_batch  # a newcomer could take a row
+            if (decoding and time.perf_counter() - min(decoding) >= self.decode_gap_s) or joinable \
                     or any(s.cancelled() for s in pending):
                 break
 
