@@ -302,7 +302,8 @@ def quantize_model(model: nn.Module, qtype: str, head: str | None = HEAD_QTYPE,
     A layer whose input width is not a multiple of 32 stays float (stories260K's
     172-wide MLP). ``blocks`` maps ``"<module name>.blocks"`` to cached blocks
     (see ``quantized_blocks``) to use instead of quantizing again. Call
-    ``prepare_for_inference()`` after: any earlier inference layout is dropped.
+    ``prepare_for_inference()`` after: any earlier inference layout is dropped. A head
+    already quantized (a GGUF file's) stays as it is.
     """
     check_qtype(qtype)
     if head is not None:
@@ -314,7 +315,7 @@ def quantize_model(model: nn.Module, qtype: str, head: str | None = HEAD_QTYPE,
             layer = model.get_submodule(name) if _has(model, name) else None
             if isinstance(layer, Linear) and layer.d_in % BLOCK == 0:
                 _swap(model, name, _quantized(layer.weight.t(), layer.bias, qtype, name, blocks))
-    if head is not None and model.config.d_model % BLOCK == 0:
+    if head is not None and model.config.d_model % BLOCK == 0 and not isinstance(model.head, QuantLinear):
         w = model.tok_emb.weight if model.head is None else model.head.weight.t()
         bias = None if model.head is None else model.head.bias
         model.head = _quantized(w, bias, head, HEAD, blocks)
