@@ -20,7 +20,7 @@ from lmstudio_lite.checkpoints.tokenizer import Tokenizer
 from lmstudio_lite.model.config import ModelConfig
 from lmstudio_lite.model.layers import Linear
 from lmstudio_lite.model.kv_cache import KVCache
-from lmstudio_lite.model.quant import QuantLinear, quantize_model
+from lmstudio_lite.model.quant import QuantEmbedding, QuantLinear, quantize_model
 from shared_data import STORIES
 
 torch.set_num_threads(1)
@@ -97,6 +97,44 @@ def test_kept_types_equal_their_dequantized_weights(qtype, tmp_path):
         assert isinstance(q, QuantLinear) and q.qtype == qtype.lower()
         assert isinstance(loaded.model.head, QuantLinear)
     torch.testing.assert_close(logits(loaded.model), logits(ref), atol=1e-4, rtol=0)
+
+
+def with_float_embedding(model):
+    """``model`` with its quantized embedding replaced by a float one holding the dequantized table."""
+    out = copy.deepcopy(model)
+    table = out.tok_emb.dequantized(out.dtype)
+    out.tok_emb = torch.nn.Embedding(*table.shape, _weight=table)
+    out.prepare_for_inference()
+    return out
+
+
+@torch.no_grad()
+def decoded(model) -> list[torch.Tensor]:
+    """Last-position logits of a 2-row prefill, then of 3 one-token decode steps (the native step)."""
+    cache = KVCache(model.config, 2, 20)
+    steps = [model(IDS[:, :8].repeat(2, 1), 0, cache)[:, -1]]
+    return steps + [model(torch.tensor([[5], [499]]), 8 + i, cache)[:, -1] for i in range(3)]
+
+
+def test_quantized_tied_embedding_is_held_once_and_looks_up_exact_rows(tmp_path):
+    """A Q8_0 embedding tied to the head is the head's blocks, with no float copy of the table;
+    prefill and decode logits are those of a float embedding of the dequantized table, bit for bit."""
+    path = write_gguf(random_model(tiny_config("llama-rope-linear")), tmp_path / "m.gguf", "llama", qtype="Q8_0")
+    loaded = load_model(path, device="cpu", dtype="float32", quant="q4_0")  # quant: the file's blocks stay
+    model, cfg = loaded.model, loaded.config
+    emb = model.tok_emb
+    assert isinstance(emb, QuantEmbedding) and isinstance(model.head, QuantLinear) and emb.qtype == "q8_0"
+    assert emb.blocks.data_ptr() == model.head.blocks.data_ptr()
+    tables = [n for n, t in model.state_dict().items() if t.is_floating_point() and t.numel() >= cfg.vocab_size * cfg.d_model]
+    assert not tables and not list(emb.parameters())
+    assert loaded.info()["weights_bytes"] < cfg.vocab_size * cfg.d_model * 4  # the float table alone would not fit
+
+    ref = with_float_embedding(model)
+    assert torch.equal(logits(model), logits(ref))
+    for ours, theirs in zip(decoded(model), decoded(ref)):
+        assert torch.equal(ours, theirs)
+    with pytest.raises(IndexError):
+        model(torch.tensor([[1, cfg.vocab_size]]))
 
 
 @pytest.mark.parametrize("qtype,target", [("Q5_1", "Q8_0")])

@@ -6,7 +6,8 @@ at load, to the nearest of those (``_types``): block by block where the values s
 (Q5_0 -> Q8_0 exactly, Q4_K -> Q4_1 up to float16 rounding: gguf_transcode.py), else decoded
 with gguf's reference dequantizer and quantized again. Which conversion happened is reported
 per type. Quantized linears become ``model.quant.QuantLinear`` layers over the file's own
-blocks (no float copy).
+blocks, and a quantized token embedding a ``QuantEmbedding`` over its blocks (the head's when
+tied): no float copy of either.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from ..model.config import ModelConfig
-from ..model.quant import QuantLinear, dequantize, quantize
+from ..model.quant import QuantEmbedding, QuantLinear, dequantize, quantize
 from ..model.transformer import Transformer
 from .errors import CheckpointError
 from .gguf_file import IGNORED, Entry, entries, unpermute
@@ -108,14 +109,14 @@ def _converted_blocks(rows: np.ndarray, qtype, target, report: LoadReport) -> to
 def load_gguf_weights(reader, cfg: ModelConfig, device="cpu", dtype: torch.dtype = torch.float32,
                       as_float: bool = False) -> tuple[Transformer, LoadReport]:
     """Build a Transformer from the file's tensors. Quantized linears become QuantLinear layers
-    over the file's blocks; a quantized tied embedding is also the head's blocks (as in llama.cpp)
-    and is dequantized to ``dtype`` for lookups. ``as_float``: every tensor decoded to ``dtype``
+    over the file's blocks; a quantized embedding a QuantEmbedding whose lookups dequantize the
+    rows they read, over the head's blocks when tied (held once, as in llama.cpp). ``as_float``: every tensor decoded to ``dtype``
     by gguf's reference dequantizer, nothing converted (the float reference of a quantized file)."""
     by_name = {t.name: t for t in reader.tensors}
     with torch.device("meta"):
         model = Transformer(cfg)
     expected = dict(model.state_dict())
-    state, quantized, report = {}, {}, LoadReport()
+    state, quantized, report, embedding = {}, {}, LoadReport(), None
     wanted = entries(cfg)
     for entry in wanted:
         t = by_name.get(entry.theirs)
@@ -126,8 +127,11 @@ def load_gguf_weights(reader, cfg: ModelConfig, device="cpu", dtype: torch.dtype
             if entry.kind == "linear":
                 quantized[entry.ours.removesuffix(".weight")] = value
                 continue
-            if entry.ours == "tok_emb.weight" and cfg.tie_embeddings:
-                quantized["head"] = value
+            if entry.ours == "tok_emb.weight":
+                embedding = value
+                if cfg.tie_embeddings:
+                    quantized["head"] = value
+                continue
             value = value.dequantize()
         if entry.kind == "linear":
             value = value.t()  # [out, in] -> our [in, out]
@@ -135,6 +139,8 @@ def load_gguf_weights(reader, cfg: ModelConfig, device="cpu", dtype: torch.dtype
     _check_unexpected(reader, by_name, {e.theirs for e in wanted})
     for name, q in quantized.items():
         _install(reader, model, name, q, state, device)
+    if embedding is not None:
+        _install_embedding(reader, model, embedding, state, device)
     model.load_state_dict(state, strict=True, assign=True)
     model.reset_rope()
     return model, report
@@ -151,6 +157,15 @@ def _install(reader, model: Transformer, name: str, q: QuantBlocks, state: dict,
     state[f"{name}.blocks"] = layer.blocks
     if layer.bias is not None:
         state[f"{name}.bias"] = layer.bias
+
+
+def _install_embedding(reader, model: Transformer, q: QuantBlocks, state: dict, device) -> None:
+    """Put a QuantEmbedding over ``q`` (the head's blocks when tied: one copy) where the float one was."""
+    cfg = model.config
+    _checked(reader, "token_embd.weight", torch.empty(q.d_out, q.d_in, device="meta"), (cfg.vocab_size, cfg.d_model))
+    blocks = model.head.blocks if cfg.tie_embeddings else q.blocks.to(device)
+    model.tok_emb = QuantEmbedding(blocks, q.qtype.lower(), q.d_out, q.d_in)
+    state["tok_emb.blocks"] = blocks
 
 
 def _checked(reader, name: str, value: torch.Tensor, want: tuple) -> torch.Tensor:

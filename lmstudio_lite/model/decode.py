@@ -79,7 +79,7 @@ class NativeDecoder:
         self._dims = {torch.float32: torch.tensor(dims + [0, cfg.vocab_size]),
                       torch.bfloat16: torch.tensor(dims + [1, cfg.vocab_size])}
         self._eps = model.blocks[0].norm1.eps
-        self._emb = model.tok_emb.weight
+        self._emb, self._emb_dtype = model.tok_emb, model.dtype  # a float or a quantized embedding
         self._pos_emb = None if rope else model.pos_emb.weight
         self._cos = self._addr(model.rope_cos) if rope else 0
         self._sin = self._addr(model.rope_sin) if rope else 0
@@ -154,7 +154,7 @@ class NativeDecoder:
         """The native step for this prepared model, or None when it does not apply or cannot be built."""
         cfg = model.config
         norms = [n for b in model.blocks for n in (b.norm1, b.norm2)]
-        if (model.tok_emb.weight.device.type != "cpu" or cfg.act not in _NATIVE_ACTS or cfg.n_head % cfg.n_kv_head
+        if (model.device.type != "cpu" or cfg.act not in _NATIVE_ACTS or cfg.n_head % cfg.n_kv_head
                 or any(getattr(n, "eps", None) != norms[0].eps for n in norms)
                 or any(isinstance(n, nn.LayerNorm) and n.bias is None for n in norms)):
             return None
@@ -198,7 +198,8 @@ class NativeDecoder:
         if int(slots.min()) < 0 or int(slots.max()) >= cache.batch:
             raise IndexError(f"the KV cache has {cache.batch} rows, asked for rows {slots.tolist()}")
         x = self._x[:B]
-        x.copy_(self._emb.index_select(0, tokens))  # converts a bf16 embedding to float32 on the way
+        # through the model's dtype, as Transformer.embed_tokens: a bf16 model's rows are bf16 values
+        x.copy_(self._emb(tokens).to(self._emb_dtype))
         if self._pos_emb is not None:
             x += self._pos_emb.index_select(0, positions)
         threads = torch.get_num_threads()
@@ -261,8 +262,8 @@ def decode_step(model, ids: torch.Tensor, pos: int, cache) -> torch.Tensor:
     if native is not None and native.usable(ids, cache):
         rows = torch.arange(B)
         x = native.step(ids[:, 0], torch.full((B,), pos), rows, cache)
-        return model.norm_f.forward(x.to(model.tok_emb.weight.dtype)).unsqueeze(1)
-    x = F.embedding(ids[:, 0], model.tok_emb.weight)  # [B, C]
+        return model.norm_f.forward(x.to(model.dtype)).unsqueeze(1)
+    x = model.embed_tokens(ids[:, 0])  # [B, C]
     rope = None
     if model.pos_emb is not None:
         x = x + model.pos_emb.weight[pos]
@@ -322,12 +323,12 @@ def decode_rows(model, tokens: torch.Tensor, positions: torch.Tensor, slots: tor
             x = native.step(tokens[i:i + MAX_ROWS], positions[i:i + MAX_ROWS], slots[i:i + MAX_ROWS], cache)
             parts.append(x.clone() if B > MAX_ROWS else x)
         x = torch.cat(parts) if len(parts) > 1 else parts[0]
-        return model.norm_f.forward(x.to(model.tok_emb.weight.dtype))
+        return model.norm_f.forward(x.to(model.dtype))
     cfg = model.config
     H, KV, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
     if int(positions.max()) >= cache.max_len:
         raise IndexError(f"KV cache holds {cache.max_len} positions, asked to write at {positions.tolist()}")
-    x = F.embedding(tokens, model.tok_emb.weight)  # [B, C]
+    x = model.embed_tokens(tokens)  # [B, C]
     rope = None
     if model.pos_emb is not None:
         x = x + model.pos_emb.weight[positions]

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from .layers import Linear
-from .quant import QuantLinear
+from .quant import QuantEmbedding, QuantLinear
 
 # Short target names -> module paths inside a Block (see transformer.py).
 TARGETS = {"q": "attn.q", "k": "attn.k", "v": "attn.v", "o": "attn.o",
@@ -83,7 +83,7 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
     (e.g. ``gate`` on a GPT-2 model, whose MLP has no gate).
     """
     paths = _resolve_targets(targets)
-    if any(isinstance(m, QuantLinear) for m in model.modules()):
+    if any(isinstance(m, (QuantLinear, QuantEmbedding)) for m in model.modules()):
         raise ValueError("a quantized model cannot be fine-tuned: load it without quantization to train LoRA")
     for p in model.parameters():
         p.requires_grad_(False)

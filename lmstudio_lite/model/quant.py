@@ -231,6 +231,39 @@ class QuantLinear(nn.Module):
         return f"{self.qtype}, in={self.d_in}, out={self.d_out}, bias={self.bias is not None}"
 
 
+class QuantEmbedding(nn.Module):
+    """Token lookups from ggml blocks: uint8 [vocab, dim / 32 * BLOCK_BYTES], one row per token.
+
+    A quantized GGUF embedding tied to the head shares the head's blocks, so the
+    vocabulary is held once; a lookup dequantizes only the rows it reads (float32,
+    ``dequantize``'s exact values; the model casts them to its dtype) instead of
+    keeping a float copy of the table (SmolLM2: 113 MB beside its 31 MB of blocks).
+    No weight to train: fine-tuning refuses a quantized model (model/lora.py).
+    """
+
+    def __init__(self, blocks: torch.Tensor, qtype: str, num_embeddings: int, embedding_dim: int):
+        super().__init__()
+        check_qtype(qtype)
+        want = (num_embeddings, embedding_dim // BLOCK * BLOCK_BYTES[qtype])
+        if embedding_dim % BLOCK or blocks.dtype != torch.uint8 or tuple(blocks.shape) != want:
+            raise ValueError(f"{qtype} blocks for a {num_embeddings} x {embedding_dim} embedding must be uint8 "
+                             f"{want}, got {blocks.dtype} {tuple(blocks.shape)}")
+        self.qtype, self.num_embeddings, self.embedding_dim = qtype, num_embeddings, embedding_dim
+        self.register_buffer("blocks", blocks)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [...] -> float32 [..., embedding_dim]."""
+        rows = self.blocks.index_select(0, ids.reshape(-1))  # raises IndexError on an id outside the table
+        return dequantize(rows, self.qtype).view(*ids.shape, self.embedding_dim)
+
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The whole table as float [num_embeddings, embedding_dim] (a new tensor, on demand)."""
+        return dequantize(self.blocks, self.qtype, dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.qtype}, {self.num_embeddings}, {self.embedding_dim}"
+
+
 class SideBySide(nn.Module):
     """Projections of one input held in different formats (a GGUF file may mix them, e.g. a
     q8_0 v beside q4_1 q and k): their outputs side by side, as one fused layer gives them."""
@@ -269,7 +302,8 @@ def quantize_model(model: nn.Module, qtype: str, head: str | None = HEAD_QTYPE,
     A layer whose input width is not a multiple of 32 stays float (stories260K's
     172-wide MLP). ``blocks`` maps ``"<module name>.blocks"`` to cached blocks
     (see ``quantized_blocks``) to use instead of quantizing again. Call
-    ``prepare_for_inference()`` after: any earlier inference layout is dropped.
+    ``prepare_for_inference()`` after: any earlier inference layout is dropped. A head
+    already quantized (a GGUF file's) stays as it is.
     """
     check_qtype(qtype)
     if head is not None:
@@ -281,7 +315,7 @@ def quantize_model(model: nn.Module, qtype: str, head: str | None = HEAD_QTYPE,
             layer = model.get_submodule(name) if _has(model, name) else None
             if isinstance(layer, Linear) and layer.d_in % BLOCK == 0:
                 _swap(model, name, _quantized(layer.weight.t(), layer.bias, qtype, name, blocks))
-    if head is not None and model.config.d_model % BLOCK == 0:
+    if head is not None and model.config.d_model % BLOCK == 0 and not isinstance(model.head, QuantLinear):
         w = model.tok_emb.weight if model.head is None else model.head.weight.t()
         bias = None if model.head is None else model.head.bias
         model.head = _quantized(w, bias, head, HEAD, blocks)
@@ -324,7 +358,7 @@ def weight_format(model: nn.Module) -> str:
         if isinstance(m, QuantLinear) and m is not getattr(model, "head", None):
             return m.qtype
     return {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}.get(
-        model.tok_emb.weight.dtype, str(model.tok_emb.weight.dtype).removeprefix("torch."))
+        model.dtype, str(model.dtype).removeprefix("torch."))
 
 
 def weight_bytes(model: nn.Module) -> int:

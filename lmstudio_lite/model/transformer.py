@@ -207,6 +207,15 @@ class Transformer(nn.Module):
             self.reset_rope()
 
     # -- setup ---------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        """The float dtype the model computes in (its norms': the embedding may be quantized)."""
+        return self.norm_f.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.norm_f.weight.device
+
     def init_weights(self, std: float = 0.02):
         """Random init for training from scratch (GPT-2 style, scaled residual projections)."""
         for name, p in self.named_parameters():
@@ -225,7 +234,7 @@ class Transformer(nn.Module):
             with torch.device("cpu"):  # real numbers even in a meta-device build (on meta these ops
                 # are Python decompositions whose first call imports torch._dynamo: ~1 s)
                 cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling)
-            dev = self.tok_emb.weight.device
+            dev = self.device
             self.rope_cos, self.rope_sin = cos.to(dev), sin.to(dev)
 
     def prepare_for_inference(self):
@@ -237,9 +246,9 @@ class Transformer(nn.Module):
         matmul (the tied embedding already is [V, C], so no copy at all).
         Training never calls this, so tied weights stay tied."""
         self.eval()
-        emb = self.tok_emb.weight
-        out_in = emb.device.type == "cpu" and emb.dtype != torch.float32
+        out_in = self.device.type == "cpu" and self.dtype != torch.float32
         if self.head is None:
+            emb = self.tok_emb.weight
             self._head_t = emb.detach().t() if out_in else emb.detach().t().contiguous()
         elif out_in and isinstance(self.head, Linear):
             self.head.weight.data = store_out_in(self.head.weight.data)
@@ -283,10 +292,16 @@ class Transformer(nn.Module):
         if start_pos + T > self.config.max_seq_len:
             raise ValueError(f"sequence of {start_pos + T} tokens exceeds the context of {self.config.max_seq_len}")
 
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [...] -> token embeddings [..., C] in the model's dtype. A quantized embedding
+        (model/quant.py's QuantEmbedding) dequantizes just these rows, to the values a float
+        copy of its table in this dtype would hold."""
+        return self.tok_emb(ids).to(self.dtype)
+
     def _embed(self, ids: torch.Tensor, start_pos: int):
         """ids [B, T] -> (token (+ position) embeddings [B, T, C], rope tables [T, 1, D] pair or None)."""
         T = ids.shape[1]
-        x = self.tok_emb(ids)
+        x = self.embed_tokens(ids)
         if self.pos_emb is not None:
             return x + self.pos_emb.weight[start_pos:start_pos + T], None
         dtype = x.dtype
