@@ -11,11 +11,11 @@ from pathlib import Path
 import gradio as gr
 
 from ..checkpoints.errors import CheckpointError
+from .i18n import tr
 
 log = logging.getLogger("lmstudio_lite.ui")
 
-NO_MODEL = ("No model is loaded. Load one in the Models tab, or start the app with "
-            "`lmstudio-lite --model FOLDER`.")
+NO_MODEL = tr(None, "err.no_model")  # English, for callers that do not know the page's language
 STREAM_EVERY_S = 0.05  # at most ~20 UI updates a second, however fast tokens come
 LLM = {"concurrency_id": "llm", "concurrency_limit": 1}  # one loaded model: never driven twice at once
 PRIVATE = {"api_visibility": "private"}
@@ -31,16 +31,17 @@ class NoModelError(RuntimeError):
     """Raised when a task needs a model and none is loaded."""
 
 
-def current_model(services):
-    """The loaded model, or NoModelError with the reason (including a failed load)."""
+def current_model(services, lang: str | None = None):
+    """The loaded model, or NoModelError with the reason (including a failed load), worded in ``lang``."""
     model = services.registry.current
     if model is None:
         err = services.registry.last_error
-        raise NoModelError(f"{NO_MODEL} The last load failed: {err}" if err else NO_MODEL)
+        no_model = tr(lang, "err.no_model")
+        raise NoModelError(f"{no_model} {tr(lang, 'err.last_load_failed', error=err)}" if err else no_model)
     return model
 
 
-def friendly(e: BaseException) -> str:
+def friendly(e: BaseException, lang: str | None = None) -> str:
     """A one-paragraph message for the UI; the traceback goes to the terminal log only.
 
     Mistakes the user can fix (a wrong path, a name taken, a folder that is not a model, a full disk)
@@ -55,9 +56,9 @@ def friendly(e: BaseException) -> str:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         return str(msg)[:2000]
     if name == "OutOfMemoryError" or isinstance(e, MemoryError):
-        return "The device ran out of memory. Try a shorter text, fewer new tokens, or a smaller model."
+        return tr(lang, "err.out_of_memory")
     log.error("unexpected error in the UI", exc_info=e)
-    return f"Something went wrong in the model ({name}: {str(e)[:300]}). The app is still running."
+    return tr(lang, "err.unexpected", error=f"{name}: {str(e)[:300]}")
 
 
 def warn(message: str) -> str:
@@ -84,24 +85,23 @@ class Throttle:
         return False
 
 
-def read_text_file(path: str | Path | None, max_bytes: int) -> str:
-    """The UTF-8 text of an uploaded file, or ValueError saying why it cannot be used."""
+def read_text_file(path: str | Path | None, max_bytes: int, lang: str | None = None) -> str:
+    """The UTF-8 text of an uploaded file, or ValueError saying (in ``lang``) why it cannot be used."""
     if not path:
-        raise ValueError("no file was uploaded")
+        raise ValueError(tr(lang, "file.none"))
     p = Path(path)
     size = p.stat().st_size
     if size > max_bytes:
-        raise ValueError(f"{p.name} is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB")
+        raise ValueError(tr(lang, "file.too_big", name=p.name, mb=f"{size / 1e6:.1f}", limit=f"{max_bytes / 1e6:.0f}"))
     data = p.read_bytes()
     if b"\x00" in data[:8192]:
-        raise ValueError(f"{p.name} looks like a binary file, not text. Upload a .txt or .md file.")
+        raise ValueError(tr(lang, "file.binary", name=p.name))
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{p.name} is not UTF-8 text (bad byte at position {e.start}). "
-                         "Save it as UTF-8 and try again.") from None
+        raise ValueError(tr(lang, "file.not_utf8", name=p.name, pos=e.start)) from None
     if not text.strip():
-        raise ValueError(f"{p.name} is empty")
+        raise ValueError(tr(lang, "file.empty", name=p.name))
     return text
 
 
