@@ -15,7 +15,6 @@ from .i18n import tr
 
 log = logging.getLogger("lmstudio_lite.ui")
 
-NO_MODEL = tr(None, "err.no_model")  # English, for callers that do not know the page's language
 STREAM_EVERY_S = 0.05  # at most ~20 UI updates a second, however fast tokens come
 LLM = {"concurrency_id": "llm", "concurrency_limit": 1}  # one loaded model: never driven twice at once
 PRIVATE = {"api_visibility": "private"}

@@ -20,9 +20,7 @@ from .i18n import lang_of, t, tr
 from .train_actions import all_models, device_type
 
 
-# Weight formats offered beside Load: (label, value); "float" keeps the folder's own weights.
-QUANT_CHOICES = [("float (as saved)", "float"), ("q8_0 (8-bit)", "q8_0"), ("q4_1 (4-bit with min)", "q4_1"),
-                 ("q4_0 (4-bit)", "q4_0")]
+# Weight formats offered beside Load: value -> its label's key; "float" keeps the folder's own weights.
 QUANT_KEYS = {"float": "models.quant_float", "q8_0": "models.quant_q8_0", "q4_1": "models.quant_q4_1",
               "q4_0": "models.quant_q4_0"}
 
@@ -60,7 +58,7 @@ def models_frame(services) -> pd.DataFrame:
 def load_model(services, name: str | None, quant: str | None = None, lang: str | None = None) -> str:
     """Load a listed model by name; on failure the previously loaded model stays and the message says so.
 
-    ``quant`` is a QUANT_CHOICES value; None loads in the registry's format (``--quant``)."""
+    ``quant`` is a QUANT_KEYS key; None loads in the registry's format (``--quant``)."""
     if not name:
         return tr(lang, "models.choose_load")
     entry = next((e for e in all_models(services) if e.name == name), None)
@@ -132,7 +130,7 @@ def build(services) -> dict:
     with gr.Row():
         c["pick"] = gr.Dropdown(choices, value=cur.name if cur is not None and cur.name in choices else None,
                                 label=t("models.model"), elem_id="model-pick", scale=3)
-        c["quant"] = gr.Dropdown([(t(QUANT_KEYS[v]), v) for _, v in QUANT_CHOICES], value=quant_value(services),
+        c["quant"] = gr.Dropdown([(t(key), v) for v, key in QUANT_KEYS.items()], value=quant_value(services),
                                  label=t("models.weights"), elem_id="model-quant", scale=1)
         c["load"] = gr.Button(t("models.load"), variant="primary", elem_id="model-load")
         c["unload"] = gr.Button(t("models.unload"), elem_id="model-unload")

@@ -47,6 +47,7 @@ def get_starter(services, lang: str | None = None):
     try:
         model = services.registry.load(status["path"])
     except Exception as e:  # e.g. a GGUF this build cannot load yet
-        yield "⚠ " + tr(lang, "starter.load_failed", path=status['path'], error=friendly(e, lang)), gr.update(visible=False)
+        message = tr(lang, "starter.load_failed", path=status['path'], error=friendly(e, lang))
+        yield f"⚠ {message}", gr.update(visible=False)
         return
     yield "✅ " + tr(lang, "starter.loaded", name=model.name), gr.update(visible=False)
