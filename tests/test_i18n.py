@@ -118,6 +118,22 @@ def test_a_summarize_notice_comes_in_the_pages_language(tmp_path, quiet_toasts):
     assert "Paste some text" in en
 
 
+def test_translate_notices_name_languages_in_the_pages_language(tmp_path, quiet_toasts):
+    from fixtures_models import make_services
+
+    from lmstudio_lite.tasks.translate import AUTO
+    from lmstudio_lite.ui.translate_tab import TranslateHandlers, detected
+
+    german = "Der Hund ist nicht groß und die Katze auch nicht."
+    assert detected(german, AUTO, request(accept="zh-CN")) == "检测到的源语言：**德语**"
+    assert detected(german, AUTO) == "Detected source language: **German**"
+    h = TranslateHandlers(make_services(tmp_path))
+    *_, (_, same) = h.run("The cat is small.", "English", "English", 8, 0.0, request=request(cookie="zh-CN"))
+    assert "文本已经是英语" in same
+    src, tgt = h.language_lists(request(accept="zh-CN"))
+    assert ("法语", "French") in tgt["choices"] and src["choices"][0] == ("自动检测", AUTO)
+
+
 def commands(readme: Path) -> list[str]:
     """The bash blocks of the set-up section (up to the next '## ')."""
     text = readme.read_text(encoding="utf-8")

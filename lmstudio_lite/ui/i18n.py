@@ -47,8 +47,9 @@ def t(key: str) -> gr.i18n.I18nData:
     return gr.i18n.I18nData(key)
 
 
-def tr(lang: str | None, key: str, **params) -> str:
-    """The text of ``key`` in ``lang`` (English where a translation is missing), ``{name}``s filled in."""
+def tr(lang: str | None, key: str, /, **params) -> str:
+    """The text of ``key`` in ``lang`` (English where a translation is missing), ``{name}``s filled in
+    (positional-only, so a string may have a ``{lang}`` field too)."""
     text = strings(lang).get(key) if lang in LANGS else None
     return (text or strings(DEFAULT)[key]).format(**params)
 
