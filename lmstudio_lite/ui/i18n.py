@@ -140,7 +140,7 @@ def wire_switch(demo: gr.Blocks, switch: gr.Radio, tabs: dict[str, gr.Tab]):
     keys, private = list(tabs), {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
 
     def relabel():
-        return [gr.Tab(label=t(key)) for key in keys]
+        return [gr.update(label=t(key)) for key in keys]  # the label only: nothing else of the tab
 
     demo.load(None, None, switch, js=LOAD_JS, **private).then(relabel, None, list(tabs.values()), **private)
     # .input, not .change: setting the value on load is not a choice to remember.
