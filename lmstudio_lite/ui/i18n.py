@@ -142,7 +142,15 @@ def wire_switch(demo: gr.Blocks, switch: gr.Radio, tabs: dict[str, gr.Tab]):
     def relabel():
         return [gr.update(label=t(key)) for key in keys]  # the label only: nothing else of the tab
 
-    demo.load(None, None, switch, js=LOAD_JS, **private).then(relabel, None, list(tabs.values()), **private)
+    def relabel_if_changed(lang: str, request: gr.Request):
+        # Only when LOAD_JS changed the language the browser started in (a remembered choice): tab
+        # updates on every page load left Stop unclickable mid-stream in test_ui_browser.
+        if lang == from_accept_language((getattr(request, "headers", None) or {}).get("accept-language")):
+            return [gr.skip() for _ in keys]
+        return relabel()
+
+    demo.load(None, None, switch, js=LOAD_JS, **private).then(relabel_if_changed, switch, list(tabs.values()),
+                                                              **private)
     # .input, not .change: setting the value on load is not a choice to remember.
     return switch.input(None, switch, None, js=SWITCH_JS, **private).then(relabel, None, list(tabs.values()),
                                                                           **private)
