@@ -32,7 +32,32 @@ from lmstudio_lite.checkpoints.gguf_weights import load_gguf_weights
 from lmstudio_lite.model import KVCache
 
 FORMATS = ["f32", "bf16", "q8_0", "q4_1", "q4_0"]
-DEFAULT_BIN = Path.home() / ".cache/lsl-peers/llama.cpp/src/build/bin"
+NATIVE_BIN = Path.home() / ".cache/lsl-peers/llama.cpp/src/build/bin"  # ../shared/tools/llamacpp.sh
+# The same source built with -DGGML_NATIVE=OFF and AVX-512/VNNI/BF16 on, AMX off: on the Sapphire
+# Rapids VMs GCC 12 drops the stores that fill ggml's AMX tile config, so the native build's
+# quantized GEMMs die (SIGSEGV at ldtilecfg, SIGILL at tilezero). See README, "GGUF files".
+NOAMX_BIN = Path.home() / ".cache/lsl-peers/llama.cpp-noamx/src/build/bin"
+TOOLS = ["llama-bench", "llama-completion", "llama-tokenize", "llama-perplexity", "llama-quantize"]
+
+
+def find_bin() -> Path:
+    """$LSL_LLAMA_BIN, else the AMX-free build when it is complete, else llamacpp.sh's build."""
+    if os.environ.get("LSL_LLAMA_BIN"):
+        return Path(os.environ["LSL_LLAMA_BIN"])
+    if all((NOAMX_BIN / t).is_file() for t in TOOLS):
+        return NOAMX_BIN
+    return NATIVE_BIN
+
+
+def safe_args(bin_dir: Path) -> list[str]:
+    """Flags that keep a -march=native build off its AMX kernels (llama-perplexity, llama-completion):
+    --no-repack turns off the extra buffer types, AMX's among them."""
+    cache = bin_dir.parent / "CMakeCache.txt"
+    native = cache.is_file() and "GGML_NATIVE:BOOL=ON" in cache.read_text(errors="replace")
+    return ["--no-repack"] if native else []
+
+
+DEFAULT_BIN = find_bin()
 DEFAULT_GGUF = Path.home() / ".cache/lsl-peers/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

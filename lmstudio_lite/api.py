@@ -8,6 +8,7 @@ Used by the app, the OpenAI server, the CLI and outside scripts::
 """
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from .checkpoints.gguf_weights import load_gguf
 from .checkpoints.quant_cache import load_quantized
 from .checkpoints.tokenizer import Tokenizer
 from .device import DeviceChoice, choose_device
-from .generation import ContextOverflowError, Engine, GenerationStream, SamplingParams
+from .generation import ContextOverflowError, Engine, GenerationStream, SamplingParams, Scheduler
 from .model.quant import check_qtype, quantize_model, weight_bytes, weight_format
 
 
@@ -43,7 +44,10 @@ class LoadedModel:
         self.quant = quant  # what was asked for: None or a qtype
         self.quant_cache = quant_cache  # "hit": blocks read from the cache; "written": quantized now; "none"
         self.weight_bytes = weight_bytes(model)
-        self.engine = Engine(model, tokenizer)
+        # The scheduler drives the model for every caller (batching, prompt cache);
+        # LMSTUDIO_LITE_SCHEDULER=off brings back the plain one-at-a-time queue (bench/serve.py compares).
+        plain = os.environ.get("LMSTUDIO_LITE_SCHEDULER", "").strip().lower() in ("off", "0", "plain")
+        self.engine = Engine(model, tokenizer) if plain else Scheduler(model, tokenizer)
         self.name = path.name
 
     @property
@@ -111,15 +115,21 @@ class LoadedModel:
     def generate(self, prompt_or_messages, max_new_tokens: int = 256, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
                  seed: int | None = None, stop=(), ignore_eos: bool = False, on_overflow: str = "error",
-                 cancel: threading.Event | None = None) -> GenerationStream:
-        """Stream text deltas; ``stream.stats`` holds counts, timings and what was cut."""
+                 cancel: threading.Event | None = None, logprobs: int | None = None) -> GenerationStream:
+        """Stream text deltas; ``stream.stats`` holds counts, timings and what was cut.
+        ``logprobs`` (None, or 0..20 alternatives) fills ``stream.logprobs`` (see ``Scheduler.stream``)."""
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                 repetition_penalty=repetition_penalty, seed=seed)
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
         prepared = self.prepare(prompt_or_messages, max_new_tokens, on_overflow)
+        extra = {}
+        if logprobs is not None:
+            if not isinstance(self.engine, Scheduler):
+                raise ValueError("logprobs need the scheduler (LMSTUDIO_LITE_SCHEDULER is off)")
+            extra["logprobs"] = logprobs
         stream = self.engine.stream(prepared.ids, params, max_new_tokens, stop=list(stop or ()),
-                                    ignore_eos=ignore_eos, cancel=cancel)
+                                    ignore_eos=ignore_eos, cancel=cancel, **extra)
         stream.stats["dropped_turns"] = prepared.dropped_turns
         stream.stats["truncated_tokens"] = prepared.truncated_tokens
         return stream
@@ -133,6 +143,7 @@ class LoadedModel:
                 "device_reason": self.choice.reason, "has_chat_template": self.tokenizer.has_chat_template,
                 "quant": weight_format(self.model), "quant_cache": self.quant_cache,
                 "weights_bytes": self.weight_bytes,
+                "scheduler": self.engine.info() if isinstance(self.engine, Scheduler) else None,
                 "decode_kernel": f"native C step ({weight_format(self.model)} weights, 1-8 rows)"
                 if self.model._native is not None
                 else "pytorch" + ("" if native.status() == "on" else f" (native kernel {native.status()})")}

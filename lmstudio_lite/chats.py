@@ -6,8 +6,7 @@ A conversation is a plain dict, saved as it happens and reloaded after a restart
      "updated": 1735732812.5, "system": "You are a helpful assistant.",
      "messages": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi!"}]}
 
-Writes are atomic (a temp file in the same folder, fsync, ``os.replace``), so a crash
-never leaves half a file. The store is shared by every browser session; which
+Writes are atomic (``atomic.write_text``), so a crash never leaves half a file. The store is shared by every browser session; which
 conversation a session shows lives in that session's ``gr.State``.
 """
 from __future__ import annotations
@@ -16,10 +15,12 @@ import json
 import os
 import re
 import secrets
-import tempfile
 import threading
 import time
 from pathlib import Path
+
+from .atomic import write_text
+from .errors import LiteError
 
 ROLES = ("system", "user", "assistant")
 TITLE_CHARS = 48
@@ -27,7 +28,7 @@ MAX_IMPORT_BYTES = 5 * 1024 * 1024
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-class ChatFormatError(ValueError):
+class ChatFormatError(LiteError, ValueError):
     """An imported or stored conversation is not in the expected shape."""
 
 
@@ -91,31 +92,6 @@ def to_json(conv: dict) -> str:
     return json.dumps(conv, ensure_ascii=False, indent=2)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so a reader sees the old or the new file, never a torn one."""
-    from .checkpoints.errors import disk_full_named
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with disk_full_named(path, len(text.encode("utf-8", "surrogatepass"))), \
-                os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
 class ChatStore:
     """Conversations on disk, one ``<id>.json`` each."""
 
@@ -133,7 +109,7 @@ class ChatStore:
         """Write the conversation (stamping ``updated``); returns it."""
         conv["updated"] = time.time()
         with self._lock:
-            atomic_write_text(self._path(conv["id"]), to_json(conv))
+            write_text(self._path(conv["id"]), to_json(conv))
         return conv
 
     def load(self, cid: str) -> dict:

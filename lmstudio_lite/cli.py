@@ -75,6 +75,9 @@ def add_generate_args(p: argparse.ArgumentParser):
                    help="send the prompt as a chat message through the model's chat template "
                         "(default: plain text for the model to continue)")
     p.add_argument("--json", action="store_true", help="print one JSON object: prompt_ids, new_ids, text, stats")
+    p.add_argument("--logprobs", type=int, default=None, metavar="K",
+                   help="with --json: each new token's log-probability (the model's log-softmax) and the top K "
+                        "alternatives (0-20)")
 
 
 def add_models_args(p: argparse.ArgumentParser):
@@ -131,15 +134,23 @@ def cmd_generate(args) -> int:
     from .registry import model_or_default
 
     m = load_model(model_or_default(args.model), device=args.device, dtype=args.dtype, quant=args.quant)
+    if args.logprobs is not None and not args.json:
+        print("error: --logprobs needs --json", file=sys.stderr)
+        return 2
     query = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
     stream = m.generate(query, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                         top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                         repetition_penalty=args.repetition_penalty, seed=args.seed, stop=args.stop,
-                        ignore_eos=args.ignore_eos)
+                        ignore_eos=args.ignore_eos, logprobs=args.logprobs)
     if args.json:
         text = "".join(stream)
-        print(json.dumps({"prompt_ids": m.prompt_ids(query), "new_ids": stream.new_ids,
-                          "text": text, "stats": stream.stats}, ensure_ascii=False))
+        out = {"prompt_ids": m.prompt_ids(query), "new_ids": stream.new_ids, "text": text, "stats": stream.stats}
+        if args.logprobs is not None:
+            name = lambda i: m.tokenizer.token_strings([i])[0]  # noqa: E731
+            out["logprobs"] = [{"id": e["id"], "token": e["text"], "logprob": e["logprob"],
+                                "top_logprobs": [{"id": i, "token": name(i), "logprob": lp} for i, lp in e["top"]]}
+                               for e in stream.logprobs]
+        print(json.dumps(out, ensure_ascii=False))
         return 0
     for delta in stream:
         print(delta, end="", flush=True)
@@ -183,6 +194,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_get(args) -> int:
+    from .errors import user_message
     from .paths import app_paths
     from .registry import device_memory
     from .services.download import DownloadError, fetch, gguf_files, list_files
@@ -198,8 +210,8 @@ def cmd_get(args) -> int:
                     print(f"  {f.name:48} {f.quant or '?':8} {f.size / 1e6:9.1f} MB  {fits}", file=sys.stderr)
                 return 2
         path = fetch(args.repo, args.file, models, memory, progress=_terminal_bar())
-    except DownloadError as e:
-        print(f"\nerror: {e}", file=sys.stderr)
+    except DownloadError as e:  # after the progress bar's line
+        print(f"\nerror: {user_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume", file=sys.stderr)
@@ -260,14 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     # A training job and chat share the CPU by owning separate cores instead
     # (device.claim_cpu_threads / inference_threads).
     args = build_parser(command).parse_args(argv)
-    from .checkpoints.errors import CheckpointError
-    from .paths import HomeError
+    from .errors import is_user_error, user_message
 
     try:
         return COMMANDS[command][1](args) or 0
-    except (CheckpointError, ValueError, KeyError, FileNotFoundError, HomeError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        if not is_user_error(e):
+            raise  # a bug: the traceback is what a report needs
+        print(f"error: {user_message(e)}", file=sys.stderr)
+        return 2

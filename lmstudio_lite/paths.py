@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import LiteError
+
 HOME_ENV = "LMSTUDIO_LITE_HOME"
 
 
@@ -29,7 +31,7 @@ class AppPaths:
         return self
 
 
-class HomeError(OSError):
+class HomeError(LiteError, OSError):
     """The app's own folders cannot be created."""
 
 

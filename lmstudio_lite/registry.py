@@ -268,8 +268,20 @@ class Registry:
         except ValueError as e:
             dev = str(e)
         cur = self._current
-        model = f"{cur.name} ({_weights(cur.info())})" if cur else "no model loaded"
-        return f"Device: {dev} · Model: {model} · Memory: {_rss_mb():.0f} MB"
+        info = cur.info() if cur else None
+        model = f"{cur.name} ({_weights(info)})" if cur else "no model loaded"
+        return f"Device: {dev} · Model: {model}{_kv(info)} · Memory: {_rss_mb():.0f} MB"
+
+
+def _kv(info: dict | None) -> str:
+    """The scheduler's use of its KV rows (sized from its budget), e.g.
+    " · KV: 3 of 8 running, 2 waiting, 12 of 36 MB in 16 rows"."""
+    sched = (info or {}).get("scheduler")
+    if not sched:
+        return ""
+    waiting = f", {sched['waiting']} waiting" if sched["waiting"] else ""
+    return (f" · KV: {sched['running']} of {sched['max_batch']} running{waiting}, "
+            f"{sched['kv_used_bytes'] / 2**20:.0f} of {sched['kv_bytes'] / 2**20:.0f} MB in {sched['kv_rows']} rows")
 
 
 def _weights(info: dict) -> str:

@@ -7,10 +7,12 @@ dropped (the system prompt is kept) and a notice says so.
 """
 from __future__ import annotations
 
-import json
 import signal
 import sys
 from pathlib import Path
+
+from .atomic import write_json
+from .errors import user_message
 
 HELP = """commands:
   /system TEXT   set the system prompt (/system alone shows it; /system - clears it)
@@ -67,7 +69,7 @@ class ChatSession:
         out = Path(path).expanduser()
         head = [{"role": "system", "content": self.system}] if self.system else []
         data = {"model": self.model.name, "messages": head + self.transcript}
-        out.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_json(out, data)
         return out
 
 
@@ -88,7 +90,7 @@ def _reply(session: ChatSession, text: str, out) -> None:
     try:
         stream = session.start_reply(text)
     except ValueError as e:
-        out.write(f"[{e}]\n")
+        out.write(f"[{user_message(e)}]\n")
         return
     dropped = session.forget(stream.stats.get("dropped_turns") or [])
     if dropped:
@@ -124,7 +126,7 @@ def _command(session: ChatSession, line: str, out) -> bool:
             try:
                 out.write(f"[saved {len(session.transcript)} messages to {session.save(arg)}]\n")
             except OSError as e:
-                out.write(f"[could not save: {e}]\n")
+                out.write(f"[could not save: {user_message(e)}]\n")
     else:
         out.write(f"[unknown command {name}; /help lists them]\n")
     return True

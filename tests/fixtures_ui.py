@@ -130,8 +130,11 @@ def ui_models(tmp_path_factory) -> dict[str, Path]:
 def browser():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (README's test command does)")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # expect() has its own 5 s default, apart from the page's: on a busy 2-core CI machine a poll
+    # tick or a queued event can take longer than that, so assertions wait as long as actions do.
+    expect.set_options(timeout=20000)
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield b

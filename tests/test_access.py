@@ -139,7 +139,7 @@ def test_failed_logins_are_locked_out_and_logged(tmp_path, caplog):
 def test_remote_app_refuses_paths_outside_its_folders(tmp_path):
     from lmstudio_lite.paths import app_paths
     from lmstudio_lite.ui import models_tab as mt
-    from lmstudio_lite.ui import train_actions as act
+    from lmstudio_lite.services import train_actions as act
 
     paths = app_paths(tmp_path / "home").ensure()
     policy = AccessPolicy(api_key=KEY, remote=True, roots=app_roots(paths, tmp_path / "uploads"))

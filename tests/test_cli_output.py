@@ -29,3 +29,21 @@ def test_models_table_columns_align():
         start = lines[0].index(column)
         assert all(line[start - 2:start] == "  " and line[start] != " " for line in lines[1:]), (column, lines)
     assert lines[3].endswith("[config.json: file is missing]")
+
+
+def test_generate_json_prints_logprobs(capsys, monkeypatch, tmp_path):
+    import json
+    import math
+
+    monkeypatch.setenv("LMSTUDIO_LITE_HOME", str(tmp_path))
+    assert main(["generate", "--prompt", "Once upon a time", "--max-new-tokens", "5", "--ignore-eos", "--json",
+                 "--logprobs", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    lps = out["logprobs"]
+    assert [e["id"] for e in lps] == out["new_ids"] and "".join(e["token"] for e in lps) == out["text"]
+    for e in lps:  # greedy: the chosen token is the most likely one; probabilities of alternatives are below 1
+        assert len(e["top_logprobs"]) == 2 and e["top_logprobs"][0]["id"] == e["id"]
+        assert e["logprob"] == e["top_logprobs"][0]["logprob"] <= 0
+        assert math.exp(e["top_logprobs"][0]["logprob"]) + math.exp(e["top_logprobs"][1]["logprob"]) <= 1 + 1e-6
+    assert main(["generate", "--prompt", "x", "--logprobs", "2"]) == 2
+    assert "--logprobs needs --json" in capsys.readouterr().err

@@ -20,7 +20,7 @@ CHILD = textwrap.dedent("""
     import json, resource, signal, sys
     from pathlib import Path
     import torch
-    from lmstudio_lite.chats import atomic_write_text
+    from lmstudio_lite.atomic import write_text as atomic_write_text
     from lmstudio_lite.checkpoints.folder import load_weights, save_folder
     from lmstudio_lite.training.checkpointing import save_checkpoint
 

@@ -242,14 +242,14 @@ def test_the_training_tab_exports_the_finished_run(tmp_path):
             return {"state": "finished", "run_id": "r1", "model_path": str(run_model), "history": [], "log": []}
 
         def list_runs(self):
-            return []
+            return [{"run_id": "r1", "outcome": "finished", "model_path": str(run_model), "spec": {}}]
 
     services.jobs = FinishedJobs()
     with gr.Blocks() as demo:
         with gr.Tab("Train"):
             train_tab.build(services)
     export = next(f.fn for f in demo.fns.values() if f.fn.__name__ == "export" and "train_tab" in f.fn.__module__)
-    message, path = export("q8_0")
+    message, path = export("q8_0", "r1")  # the run chosen in the tab's runs list
     assert path == str(services.paths.models / "exports" / "my-run-q8_0.gguf"), message
     assert gguf.GGUFReader(path).fields["general.file_type"].contents() == 7
 

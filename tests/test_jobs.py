@@ -72,7 +72,7 @@ def test_finished_job_status_agrees_with_metrics(runner, base, data):
 def test_second_start_is_refused_and_cancel_stops_within_one_step(runner, base, data):
     run_id = runner.start(spec(base, data, steps=400, eval_every=0))
     wait_for(lambda: runner.status()["step"] >= 3)
-    with pytest.raises(JobBusyError, match="in progress"):
+    with pytest.raises(JobBusyError, match="still running"):
         runner.start(spec(base, data))
     with runner._lock:  # the step count at the very moment Cancel is pressed
         asked_at = runner._status["step"]
@@ -133,3 +133,24 @@ def test_job_limits_only_its_own_thread_count(runner, base, data, monkeypatch):
         assert later == [2]  # and threads started afterwards get the process default back
     finally:
         torch.set_num_threads(before)
+
+
+def test_overfitting_warning_reaches_the_status_and_the_runs_list_keeps_the_best(runner, base, data, monkeypatch):
+    """D11: validation loss 1.0, 1.5, 2.0 (train loss falling meanwhile): the status carries the warning
+    for the UI, and the run's record names step 2 as the kept, exported best."""
+    from lmstudio_lite.training.trainer import Trainer
+
+    real, scripted = Trainer.evaluate, [1.0, 1.5, 2.0]
+
+    def evaluate(self):
+        return {**real(self), "val_loss": scripted.pop(0)}
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    run_id = runner.start(spec(base, data, eval_every=2, overfit_warn_evals=2))
+    st = runner.wait(60)
+    assert st["state"] == "finished", st["error"]
+    assert "validation loss rose 2 evaluations in a row (1.000 → 2.000)" in st["warning"]
+    run = runner.list_runs()[0]
+    assert run["run_id"] == run_id and run["outcome"] == "finished"
+    assert (run["best"]["step"], run["best"]["val_loss"]) == (2, 1.0)
+    assert any("exporting the best weights: step 2" in line for line in st["log"])

@@ -2,23 +2,32 @@
 from __future__ import annotations
 
 import ast
+import functools
 import sys
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "lmstudio_lite"
 
 # Higher number = higher layer; a module may import only its own layer or lower.
-LAYER = {"paths": 0, "device": 0, "native": 0, "model": 1, "checkpoints": 2, "generation": 3, "training": 3,
+LAYER = {"paths": 0, "device": 0, "native": 0, "errors": 0, "atomic": 0, "model": 1, "checkpoints": 2, "generation": 3, "training": 3,
          "api": 4, "registry": 4, "services": 4, "tasks": 4, "chats": 4,
          "server": 5, "terminal_chat": 5, "ui": 6, "cli": 7, "__main__": 7, "__init__": 7}
 # training/jobs.py is a service (DESIGN.md) and may use the services layer below it.
+# (api.py, registry.py and tasks/ are services too, still at the top level of the package.)
 SERVICE_FILES = {"training/jobs.py", "training/cli.py"}
 
 
-def modules():
+@functools.cache
+def _parsed() -> tuple:
+    out = []
     for path in sorted(PKG.rglob("*.py")):
         rel = path.relative_to(PKG)
-        yield rel, rel.parts[0].removesuffix(".py"), ast.parse(path.read_text())
+        out.append((rel, rel.parts[0].removesuffix(".py"), ast.parse(path.read_text())))
+    return tuple(out)
+
+
+def modules():
+    yield from _parsed()  # parsed once for the three tests
 
 
 def imported(tree, rel):
@@ -60,4 +69,19 @@ def test_only_ui_imports_gradio_only_server_fastapi_model_only_torch():
                 bad.append(f"{rel} imports transformers (a test-only reference)")
             if top == "model" and root not in ("torch", "lmstudio_lite") and root not in sys.stdlib_module_names:
                 bad.append(f"{rel} imports {root}")
+    assert not bad, "\n".join(bad)
+
+
+def test_ui_reaches_the_engine_only_through_services():
+    """ui/ holds tab builders and formatters: what they do lives in services (api, registry, tasks,
+    chats, services/), never in a direct call into training, checkpoints, generation or the model."""
+    engine = {"model", "checkpoints", "generation", "training", "device", "native"}
+    bad = []
+    for rel, top, tree in modules():
+        if top != "ui":
+            continue
+        for name in imported(tree, rel):
+            parts = name.split(".")
+            if parts[0] == "lmstudio_lite" and len(parts) > 1 and parts[1] in engine:
+                bad.append(f"{rel} imports {name}")
     assert not bad, "\n".join(bad)

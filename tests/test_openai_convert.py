@@ -72,14 +72,16 @@ def test_content_parts_roles_and_include_usage_without_stream():
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop takes at most 4 strings"),
     ({"stop": [1]}, "stop must be a string or a list of strings"),
     ({"seed": "7"}, "seed must be a whole number"),
-    ({"n": 2}, "n must be 1"),
+    ({"n": 9}, "n must be at most 8"),
+    ({"n": 0}, "n must be at least 1"),
     ({"presence_penalty": 0.5}, "presence_penalty is not supported"),
     ({"frequency_penalty": -1}, "frequency_penalty is not supported"),
     ({"presence_penalty": 3}, "presence_penalty must be in [-2, 2]"),
     ({"stream": "yes"}, "stream must be true or false"),
     ({"tools": [{"type": "function"}]}, "tools"),
     ({"response_format": {"type": "json_object"}}, "response_format is not supported"),
-    ({"logprobs": True}, "logprobs are not supported"),
+    ({"top_logprobs": 2}, "top_logprobs needs logprobs: true"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs must be at most 20"),
     ({"logit_bias": {"1": 5}}, "logit_bias is not supported"),
 ])
 def test_bad_chat_requests_name_the_problem(fields, words):
@@ -137,7 +139,8 @@ def test_chat_completion_body():
     assert body == {"id": "chatcmpl-1", "object": "chat.completion", "created": 100, "model": "m",
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": "abc"},
                                  "logprobs": None, "finish_reason": "length"}],
-                    "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8,
+                              "prompt_tokens_details": {"cached_tokens": 0}}}
 
 
 def test_text_completion_body_and_finish_reasons():

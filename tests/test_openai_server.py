@@ -56,9 +56,45 @@ def test_list_models(client):
     models = {m.id: m for m in client.models.list()}
     assert {"tiny-chat", "stories260K"} <= set(models)
     assert models["tiny-chat"].object == "model" and models["tiny-chat"].owned_by == "local"
+    loaded = [m.model_extra["scheduler"] for m in models.values() if "scheduler" in (m.model_extra or {})]
+    assert len(loaded) == 1 and loaded[0]["kv_budget_bytes"] > 0 and loaded[0]["max_batch"] == 8
     assert client.models.retrieve("stories260K").id == "stories260K"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("ghost")
+
+
+def test_logprobs_n_choices_and_cached_tokens_through_the_client(client, services):
+    import torch
+
+    model = services.registry.get_or_load("tiny-chat")
+    kw = dict(max_tokens=6, logprobs=True, top_logprobs=3, extra_body={"ignore_eos": True})
+    first = chat(client, **kw)
+    out = chat(client, n=2, temperature=1.0, seed=5, **kw)  # the same prompt again: read from the cache
+    assert out.usage.prompt_tokens_details.cached_tokens == out.usage.prompt_tokens - 1
+    assert len(out.choices) == 2 and out.usage.completion_tokens == 12
+    ids = model.prompt_ids(HI)
+    for choice in [first.choices[0], *out.choices]:
+        content = choice.logprobs.content
+        assert "".join(t.token for t in content) == choice.message.content and len(content) == 6
+        assert all(len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob >= t.logprob for t in content)
+    # OpenAI's meaning: the model's own log-softmax at each position, whatever the temperature
+    direct = model.generate(HI, max_new_tokens=6, ignore_eos=True)
+    assert "".join(direct) == first.choices[0].message.content
+    reply = list(direct.new_ids)
+    ref = torch.log_softmax(model.logits(torch.tensor([ids + reply]))[0, len(ids) - 1:-1], dim=-1)
+    got = [t.logprob for t in first.choices[0].logprobs.content]
+    assert got == pytest.approx([float(ref[i, r]) for i, r in enumerate(reply)], abs=1e-4)
+    texts, ends = {0: "", 1: ""}, {}
+    for c in chat(client, n=2, stream=True, temperature=1.0, seed=5, max_tokens=6, extra_body={"ignore_eos": True}):
+        for ch in c.choices:
+            texts[ch.index] += ch.delta.content or ""
+            ends[ch.index] = ch.finish_reason or ends.get(ch.index)
+    assert texts == {i: out.choices[i].message.content for i in (0, 1)} and ends == {0: "length", 1: "length"}
+    chunks = list(client.completions.create(model="tiny-chat", prompt="Once upon", max_tokens=5, logprobs=2,
+                                            stream=True, temperature=0, extra_body={"ignore_eos": True}))
+    parts = [c.choices[0] for c in chunks if c.choices and c.choices[0].logprobs]
+    assert "".join(t for p in parts for t in p.logprobs.tokens) == "".join(c.choices[0].text for c in chunks)
+    assert all(len(d) == 2 for p in parts for d in p.logprobs.top_logprobs)
 
 
 # -- chat -----------------------------------------------------------------------------
@@ -118,7 +154,7 @@ def test_default_completion_length_is_16_and_seeded_sampling_repeats(client):
 # -- errors ---------------------------------------------------------------------------
 @pytest.mark.parametrize("kw, words", [
     ({"temperature": 3}, "temperature must be in [0, 2]"),
-    ({"n": 2}, "n must be 1"),
+    ({"n": 9}, "n must be at most 8"),
     ({"presence_penalty": 0.5}, "presence_penalty is not supported"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role must be one of"),
     ({"messages": [{"role": "user", "content": "word " * 600}]}, "context window holds 512"),
@@ -201,9 +237,9 @@ def test_client_disconnect_stops_the_generation(client, services, slow_chat):  #
             break
     stream.close()  # the client hangs up with ~3,000 tokens (over 10 s) still to go
     t0 = time.monotonic()
-    while model.engine._lock.locked() and time.monotonic() - t0 < 5:
+    while model.engine.info()["running"] and time.monotonic() - t0 < 5:
         time.sleep(0.01)
-    assert not model.engine._lock.locked(), "the engine is still generating for a gone client"
+    assert not model.engine.info()["running"], "the engine is still generating for a gone client"
     out = chat(client, model="slow-chat", max_tokens=2)
     assert out.usage.completion_tokens == 2
     assert time.monotonic() - t0 < 5
@@ -221,16 +257,21 @@ def test_waiting_client_that_leaves_never_runs(base, services, slow_chat):  # no
         return stream
 
     model.engine.stream = spy
+    model.engine.max_batch = 1  # one row: the second request queues behind the first
     try:
         with openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0) as c:
             first = chat(c, model="slow-chat", max_tokens=3000, stream=True)
             next(iter(first))
             with pytest.raises(openai.APITimeoutError):
                 chat(c.with_options(timeout=0.5), model="slow-chat", max_tokens=3000)
+            t0 = time.monotonic()  # the server notices the gone client within a poll, while it still waits
+            while started[1]["finish_reason"] is None and time.monotonic() - t0 < 5:
+                time.sleep(0.01)
             first.close()
             assert chat(c, model="slow-chat", max_tokens=2).usage.completion_tokens == 2  # queued behind both
     finally:
         model.engine.stream = real_stream
+        model.engine.max_batch = 8
     assert [s["finish_reason"] for s in started] == ["cancelled", "cancelled", "length"]
     assert started[1]["new_tokens"] == 0
 

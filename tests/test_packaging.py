@@ -76,7 +76,7 @@ def test_installed_wheel_generates_with_the_default_model(installed):
 
 def test_installed_wheel_carries_the_samples(installed):
     bin_dir, empty, env = installed
-    code = "from lmstudio_lite.ui.train_actions import list_samples; print(sorted(list_samples()))"
+    code = "from lmstudio_lite.services.train_actions import list_samples; print(sorted(list_samples()))"
     out = run([str(bin_dir / "python"), "-c", code], cwd=empty, env=env).stdout
     assert "sample_stories.txt" in out and "sample_chat.jsonl" in out
 

@@ -239,3 +239,23 @@ def test_summarize_real_model_with_small_context(real_chat_model):
     steps = list(summarize.summarize(real_chat_model, doc, "One sentence", chat.Settings(temperature=0.0,
                                      max_new_tokens=24), cancel))
     assert steps[0].total > 2 and steps[-1].final
+
+
+def test_translate_stops_each_piece_at_the_end_of_its_line_structure():
+    """A one-line piece ends at a line break, a piece of several lines at a blank line, so a chat
+    model that rambles on after its translation (SmolLM2: "\n\nIn this context, ...") is cut there
+    and its generation closed; a reply that opens with a line break is not cut to nothing."""
+    class Rambler(FakeModel):
+        def generate(self, messages, cancel=None, **kwargs):
+            self.calls.append((messages, kwargs))
+            one_line = "\n" not in messages[-1]["content"].split(":\n", 1)[1]
+            words = ["\nBonjour", "mon", "ami.\nIn", "this", "context"] if one_line else \
+                ["Les roses\nsont", "rouges.\n\nIn", "this"]
+            self.streams.append(FakeStream(words))
+            return self.streams[-1]
+
+    model = Rambler()
+    doc = "Hello there my friend.\n\nRoses are red\nviolets are blue."
+    steps = list(translate.translate(model, doc, "English", "French", chat.Settings()))
+    assert steps[-1].text == "Bonjour mon ami.\n\nLes roses\nsont rouges."
+    assert all(s.closed for s in model.streams)

@@ -7,9 +7,9 @@ import pytest
 from lmstudio_lite.paths import app_paths, bundled_models_dir
 from lmstudio_lite.registry import Registry
 from lmstudio_lite.services import Services
+from lmstudio_lite.services import train_actions as act
+from lmstudio_lite.services.train_actions import UserError
 from lmstudio_lite.training.jobs import JobRunner
-from lmstudio_lite.ui import train_actions as act
-from lmstudio_lite.ui.train_actions import UserError
 
 BUNDLED = "lmstudio-lite-tiny"
 SAMPLE = "sample_stories.txt"

@@ -17,7 +17,8 @@ from lmstudio_lite.training.checkpointing import load_checkpoint, save_checkpoin
 from lmstudio_lite.training.run import run_training
 from lmstudio_lite.training.schedule import lr_at
 from lmstudio_lite.training.spec import TrainSpec
-from lmstudio_lite.training.trainer import CausalLMLoss, Hooks, TrainingError
+from lmstudio_lite.training.trainer import CausalLMLoss, Hooks, Trainer, TrainingError
+from lmstudio_lite.training.watch import ValWatch
 
 
 @pytest.fixture(scope="module")
@@ -248,6 +249,68 @@ def test_schedule_warmup_then_cosine_to_the_floor():
     assert lrs[4] == 1.0 and lrs[-1] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
     assert lr_at(0, 1.0, 0, 1, 0.1) == 1.0
+    linear = [lr_at(s, 1.0, 0, 11, 0.1, "linear") for s in range(11)]
+    assert linear[0] == 1.0 and linear[5] == pytest.approx(0.55) and linear[-1] == pytest.approx(0.1)
+    assert {lr_at(s, 1.0, 2, 20, 0.1, "constant") for s in range(2, 20)} == {1.0}
+
+
+def test_val_watch_tracks_the_best_stops_early_and_warns_once_per_rising_streak():
+    watch = ValWatch(patience=3, warn_after=2)
+    verdicts = [watch.update(step, val, 0.5) for step, val in
+                [(10, 3.0), (20, 2.0), (30, 2.5), (40, 2.9), (50, 3.2), (60, 1.9), (70, 2.4), (80, 2.6)]]
+    assert [v.improved for v in verdicts] == [True, True, False, False, False, True, False, False]
+    warned = [i for i, v in enumerate(verdicts) if v.warning]
+    assert warned == [3, 7]  # the 2nd rise of each streak, once
+    assert "2.000 → 2.900" in verdicts[3].warning and "training loss is 0.500" in verdicts[3].warning
+    assert "step 20" in verdicts[3].warning
+    assert [v.stop for v in verdicts] == [False] * 4 + [True, False, False, False]
+    resumed = ValWatch(patience=3, warn_after=2)
+    resumed.load_state_dict(watch.state_dict())
+    assert resumed.update(90, 2.7).stop  # the count goes on after a resume: 3 evaluations since step 60
+    assert not ValWatch().update(1, 9.0).stop  # patience 0 never stops
+
+
+def scripted_evaluations(monkeypatch, val_losses: list[float]):
+    """Trainer.evaluate returns these validation losses in turn (the real probes come with them), so a
+    test can make a run overfit on cue."""
+    real, queue = Trainer.evaluate, list(val_losses)
+
+    def evaluate(self):
+        out = real(self)
+        out["val_loss"] = queue.pop(0)
+        return out
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+
+
+def test_the_best_evaluation_is_exported_not_the_last_step(bases, home, text_file, monkeypatch):
+    """D11: validation loss 3.0, 2.0 (step 4), 2.5, 2.8: the exported model is the step-4 model (the same
+    weights as a 4-step run on a constant schedule), the card says so, and the rise was warned of."""
+    from safetensors.torch import load_file
+
+    common = dict(scheduler="constant", warmup_steps=0, eval_every=2)
+    short = run_training(spec_for(bases["llama"], text_file, steps=4, keep_best=False, **common))
+    scripted_evaluations(monkeypatch, [3.0, 2.0, 2.5, 2.8])
+    warnings = []
+    hooks = Hooks(on_step=lambda r: warnings.append(r["warning"]) if r.get("warning") else None)
+    best = run_training(spec_for(bases["llama"], text_file, steps=8, overfit_warn_evals=2, **common), hooks=hooks)
+    assert best.state == "finished" and best.step == 8
+    want = load_file(str(short.model_path / "model.safetensors"))
+    got = load_file(str(best.model_path / "model.safetensors"))
+    assert set(got) == set(want)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert "weights are those of step 4" in (best.model_path / "README.md").read_text()
+    assert len(warnings) == 1 and "rose 2 evaluations in a row (2.000 → 2.800)" in warnings[0]
+    result = json.loads((best.run_dir / "result.json").read_text())
+    assert result["best"] == {"step": 4, "val_loss": 2.0}
+
+
+def test_early_stopping_ends_the_run_with_the_best_model(bases, home, text_file, monkeypatch):
+    scripted_evaluations(monkeypatch, [3.0, 2.0, 2.5, 2.6, 2.7, 2.8])
+    result = run_training(spec_for(bases["llama"], text_file, steps=12, eval_every=2, early_stop_patience=2))
+    assert result.state == "finished" and result.step == 8 and result.model_path.is_dir()
+    log = (result.run_dir / "log.txt").read_text()
+    assert "early stop at step 8" in log and "best weights: step 4" in log
 
 
 def test_chunked_vocabulary_projection_matches_the_plain_loss(bases, monkeypatch):

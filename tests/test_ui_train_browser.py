@@ -1,6 +1,8 @@
-"""The Train tab in headless chromium against the real app: upload data, see the preview, start a
-run on stories260K, watch the loss plot grow, reload the page and find the same run still going
-(re-attached by the always-on poll timer), use another tab meanwhile, then Cancel.
+"""The Train tab in headless chromium against the real app: Start in view at 1280x800 and only the
+fields of the chosen mode shown, upload data, see the preview, start a run on stories260K, watch the
+loss plot grow, reload the page and find the same run still going with its own settings in the form
+(re-attached by the always-on poll timer), use another tab meanwhile, Cancel, find the run in the
+runs list without a model (Use in Chat off, D3), Resume it and cancel again.
 
 Screenshots go to the test's tmp folder (train-*.png) for a person to look at."""
 from __future__ import annotations
@@ -96,6 +98,33 @@ def fill_number(page, selector: str, value):
     box.press("Tab")  # commit the value (change/blur)
 
 
+def form_fits_and_shows_only_what_applies(page, shots):
+    """D12: Start is in view at 1280x800 without scrolling; epochs, LoRA rank and the Advanced settings
+    show only when chosen."""
+    from playwright.sync_api import expect
+
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.evaluate("window.scrollTo(0, 0)")  # as the tab opens: nothing scrolled yet
+    box = page.locator("#train-start").bounding_box()
+    assert page.evaluate("window.scrollY") == 0 and 0 <= box["y"] and box["y"] + box["height"] <= 800, box
+    page.screenshot(path=str(shots / "train-0-fold.png"))
+    expect(page.locator("#train-epochs")).to_be_hidden()
+    expect(page.locator("#train-lora-rank")).to_be_hidden()  # stories260K trains fully by default
+    expect(page.locator("#train-seed")).to_be_hidden()  # in the closed Advanced section
+    page.click("#train-method label:has-text('LoRA')")
+    expect(page.locator("#train-lora-rank")).to_be_visible()
+    page.click("#train-length-by label:has-text('epochs')")
+    expect(page.locator("#train-epochs")).to_be_visible()
+    expect(page.locator("#train-steps")).to_be_hidden()
+    page.click("#train-method label:has-text('Full')")
+    page.click("#train-length-by label:has-text('steps')")
+    expect(page.locator("#train-lora-rank")).to_be_hidden()
+    expect(page.locator("#train-steps")).to_be_visible()
+    page.click("#train-advanced button")
+    expect(page.locator("#train-seed")).to_be_visible()
+    page.set_viewport_size({"width": 1280, "height": 1000})
+
+
 def preview_and_start(app, page, data, shots):
     """Upload, check the preview (format, highlighted loss tokens), set a long run going."""
     from playwright.sync_api import expect
@@ -107,6 +136,7 @@ def preview_and_start(app, page, data, shots):
     fill_number(page, "#train-steps input", 5000)  # far more than we wait for: Cancel ends it
     fill_number(page, "#train-batch input", 4)
     fill_number(page, "#train-eval-every input", 25)
+    fill_number(page, "#train-seed input", 7)
     fill_number(page, "#train-seq-len input[type=number]", 64)
     assert job(app)["state"] == "idle"  # nothing else is training in this app
     page.click("#train-start")
@@ -143,6 +173,13 @@ def reattached_after_reload(app, page, run_id: str, step: int, blank: bytes, sho
     page.click("#tab-train-button")
     expect(page.locator("#train-status")).to_contain_text(run_id, timeout=20000)
     expect(page.locator("#data-preview")).to_contain_text(f"Data of run {run_id}")  # the run's own data
+    # D11: the form shows the run's own settings, not the defaults
+    expect(page.locator("#train-steps input")).to_have_value("5000")
+    expect(page.locator("#train-batch input")).to_have_value("4")
+    expect(page.locator("#train-seq-len input[type=number]")).to_have_value("64")
+    page.click("#train-advanced button")
+    expect(page.locator("#train-seed input")).to_have_value("7")
+    expect(page.locator("#train-eval-every input")).to_have_value("25")
     after = wait_step(app, page, step + 1)
     wait_step(app, page, after + 20)
     expect(page.locator("#train-status")).to_contain_text("running")
@@ -159,6 +196,7 @@ def test_train_live_plot_reload_reattach_cancel(browser, app, tmp_path):  # noqa
                                         "completion": f"Once upon a time there was a cat named {i}."}) + "\n"
                             for i in range(40)))
     ctx, page = open_train_tab(browser, app.base)
+    form_fits_and_shows_only_what_applies(page, tmp_path)
     blank = page.locator("#loss-plot").screenshot()
     preview_and_start(app, page, data, tmp_path)
     step = plot_grows(app, page, blank, tmp_path)
@@ -171,15 +209,41 @@ def test_train_live_plot_reload_reattach_cancel(browser, app, tmp_path):  # noqa
     page.click("#tab-train-button")
 
     reattached_after_reload(app, page, run_id, step, blank, tmp_path)
+    cancel_and_wait(app, page)
+    expect(page.locator("#train-status")).to_contain_text("cancelled")
+    expect(page.locator("#train-start")).to_be_enabled()
+    expect(page.locator("#train-msg")).to_have_text("")  # "Cancel requested" is stale once it is done
+    cancelled_run_has_no_model_and_resumes(app, page, run_id, tmp_path)
+    ctx.close()
+
+
+def cancelled_run_has_no_model_and_resumes(app, page, run_id: str, shots):
+    """D3: the cancelled run is the chosen one; it says it has no model, Use in Chat and Compare are
+    off (no earlier model is used quietly), and Resume continues it."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("#train-runs input")).to_have_value(re.compile(f"{run_id} .* cancelled · step"))
+    expect(page.locator("#train-run-info")).to_contain_text(f"Run {run_id}: cancelled")
+    expect(page.locator("#train-run-info")).to_contain_text("Resume continues this run")
+    expect(page.locator("#use-in-chat")).to_be_disabled()
+    expect(page.locator("#compare-btn")).to_be_disabled()
+    page.locator("#train-runs-section").scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "train-5-cancelled.png"), full_page=True)
+    step = job(app)["step"]
+    page.click("#train-resume")
+    expect(page.locator("#train-run-msg")).to_contain_text(f"Resumed run {run_id}")
+    wait_job(app, lambda s: s["run_id"] == run_id and s["state"] == "running" and s["step"] > step,
+             "the resumed run to train on")
+    expect(page.locator("#train-run-info")).to_contain_text("running")
+    cancel_and_wait(app, page)
+
+
+def cancel_and_wait(app, page):
     page.click("#train-cancel")
     end = time.monotonic() + 120  # cancel lands at the next optimizer step
     while job(app)["state"] != "cancelled" and time.monotonic() < end and app.proc.poll() is None:
         time.sleep(0.25)
     assert job(app)["state"] == "cancelled"
-    expect(page.locator("#train-status")).to_contain_text("cancelled")
-    expect(page.locator("#train-start")).to_be_enabled()
-    page.screenshot(path=str(tmp_path / "train-5-cancelled.png"), full_page=True)
-    ctx.close()
 
 
 def test_bad_data_shows_a_clear_message(browser, app, tmp_path):  # noqa: F811

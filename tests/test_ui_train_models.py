@@ -13,9 +13,10 @@ import pytest
 from fixtures_models import STORIES, make_services
 from fixtures_ui import start_app
 
-from lmstudio_lite.ui import train_actions as act
+from lmstudio_lite.services import models
+from lmstudio_lite.services import train_actions as act
+from lmstudio_lite.services.train_actions import UserError
 from lmstudio_lite.ui import train_view as view
-from lmstudio_lite.ui.train_actions import UserError
 
 
 def write_jsonl(path: Path, rows: int = 40) -> Path:
@@ -65,6 +66,26 @@ def test_status_markdown_and_progress():
     assert "/m/new" in view.status_markdown(done) and view.percent(done) == 100.0
     assert "ETA" not in view.progress_html(done)
     assert "&lt;b&gt;" in view.progress_html({"state": "<b>"})  # escaped
+    warned = dict(running, warning="validation loss rose 3 evaluations in a row (0.540 → 3.210)")
+    assert "Overfitting? validation loss rose 3" in view.status_markdown(warned).replace("**", "")
+    assert "Resume" in view.status_markdown(dict(running, state="cancelled"))
+
+
+def test_past_runs_show_settings_and_outcome_and_fill_the_form():
+    spec = {"base_model": "/m/stories260K", "data": "/d/stories.jsonl", "steps": 0, "epochs": 2.0, "lr": 1e-3,
+            "batch_size": 4, "seq_len": 64, "lora_rank": 8, "warmup_steps": -1, "scheduler": "linear",
+            "grad_accum": 2, "eval_every": 25, "seed": 7, "keep_best": True, "early_stop_patience": 3,
+            "out_name": None}
+    run = {"run_id": "r9", "spec": spec, "outcome": "cancelled", "step": 37, "total_steps": 500, "loss": 1.2,
+           "val_loss": 1.5, "best": {"step": 25, "val_loss": 1.4}, "resumable": True, "model_path": None}
+    assert view.run_label(run) == "r9 · stories260K (LoRA r8) on stories.jsonl · cancelled · step 37/500"
+    md = view.run_markdown(run)
+    assert "cancelled at step 37 of 500" in md and "Best validation loss 1.4000 at step 25" in md
+    assert "Resume" in md and "scheduler: linear" in md and "early stopping: after 3 evaluations" in md
+    form = view.form_from_spec(spec, "stories260K")
+    assert set(form) == set(view.FORM_KEYS)
+    assert form["length_by"] == "epochs" and form["epochs"] == 2.0 and form["method"] == "LoRA"
+    assert (form["base"], form["seed"], form["grad_accum"], form["out_name"]) == ("stories260K", 7, 2, "")
 
 
 def test_signature_changes_only_with_news():
@@ -103,11 +124,11 @@ def test_preview_markdown_and_highlight():
 
 
 def test_default_hparams_fit_model_and_device():
-    tiny = view.default_hparams(260_000, 512, "cpu")
+    tiny = act.default_hparams(260_000, 512, "cpu")
     assert tiny["method"] == "Full" and tiny["lora_rank"] == 0 and tiny["seq_len"] <= 512 and tiny["lr"] == 5e-4
-    big = view.default_hparams(500_000_000, 32768, "cuda")
+    big = act.default_hparams(500_000_000, 32768, "cuda")
     assert big["method"] == "LoRA" and big["lora_rank"] > 0 and big["seq_len"] == 512
-    assert view.default_hparams(1_000_000, 128, "cpu")["seq_len"] == 128  # never past the context
+    assert act.default_hparams(1_000_000, 128, "cpu")["seq_len"] == 128  # never past the context
 
 
 def test_model_rows_estimate_fit():
@@ -136,8 +157,10 @@ class FakeJobs:
     started: list = field(default_factory=list)
 
     def start(self, spec):
+        from lmstudio_lite.training.jobs import JobBusyError
+
         if self.state["state"] == "running":
-            raise type("JobBusyError", (RuntimeError,), {})("run r0 is running")
+            raise JobBusyError("r1", "running")
         self.started.append(spec)
         self.state = {"state": "running", "run_id": "r1"}
         return "r1"
@@ -149,7 +172,8 @@ class FakeJobs:
         return dict(self.state)
 
     def list_runs(self):
-        return []
+        return [{"run_id": "r1", "outcome": "running", "step": 3, "total_steps": 10, "resumable": False,
+                 "spec": {}}] if self.started else []
 
 
 @pytest.fixture
@@ -197,10 +221,11 @@ def test_preview_and_spec(services, tmp_path):
     spec = act.make_spec(services, "stories260K", str(data), seq_len=64, steps=10, lr=1e-3, lora_rank=4, bogus=1)
     assert spec.base_model.endswith("stories260K") and spec.lora_rank == 4 and spec.seq_len == 64
     assert act.start_run(services, spec).startswith("Started run `r1`")
-    with pytest.raises(UserError, match="already in progress"):
+    with pytest.raises(UserError) as busy:
         act.start_run(services, spec)
+    assert str(busy.value) == "Not started: run r1 is still running: cancel it or wait for it to finish."
     assert "Cancel requested" in act.cancel_run(services)
-    assert "No finished model" in act.use_in_chat(services)
+    assert act.use_in_chat(services).startswith("⚠ Run `r1` is still training (step 3 of 10)")
 
 
 def test_finished_run_compare_and_use_in_chat(tmp_path):
@@ -220,12 +245,38 @@ def test_finished_run_compare_and_use_in_chat(tmp_path):
     done = act.finished_model(svc)
     assert done["model_path"] == status["model_path"] and done["base_model"].endswith("stories260K")
     assert Path(done["model_path"]).name in act.model_choices(svc)  # the new model is listed
+    form = act.run_form(svc, done["run_id"])  # what a reloaded page's form shows: the run's own settings
+    assert (form["base"], form["steps"], form["batch_size"], form["seq_len"], form["eval_every"]) == \
+        ("stories260K", 12, 4, 64, 6)
     answers = list(act.compare_stream(svc, "Tell me a story 3", as_chat=True, max_new_tokens=12))
     base, tuned = answers[-1]
     assert base and tuned and "[error" not in base + tuned
     assert svc.registry.current.name == "stories260K"  # comparing never replaces the serving model
     assert "Loaded" in act.use_in_chat(svc)
     assert Path(svc.registry.current.path) == Path(done["model_path"]).resolve()
+
+    # D3: after Cancel, Use in Chat and Compare act on the cancelled run (say why they cannot), not on
+    # the previous run's model; Resume finishes it with its own settings, and then they use its model.
+    svc.registry.load(str(svc.paths.models / "stories260K"))
+    cancelled = svc.jobs.start(act.make_spec(svc, "stories260K", spec.data, seq_len=64, steps=6, lr=1e-3,
+                                             batch_size=4, eval_every=3, threads=1, out_name="resumed-model"))
+    svc.jobs.cancel()
+    assert svc.jobs.wait(120)["state"] == "cancelled"
+    said = act.use_in_chat(svc)
+    assert said.startswith(f"⚠ Run `{cancelled}` was cancelled at step 0 of 6, so it has no model.")
+    assert svc.registry.current.name == "stories260K"  # nothing was loaded
+    with pytest.raises(UserError, match=f"Run `{cancelled}` was cancelled"):
+        next(act.compare_stream(svc, "Tell me a story 3", as_chat=True))
+    assert act.finished_model(svc) is None
+    runs = {r["run_id"]: r for r in act.list_runs(svc)}
+    assert runs[cancelled]["outcome"] == "cancelled" and runs[cancelled]["resumable"]
+    assert runs[done["run_id"]]["outcome"] == "finished"
+    assert "Loaded" in act.use_in_chat(svc, done["run_id"])  # the earlier run, named explicitly
+    assert act.resume_run(svc, cancelled) == f"Resumed run `{cancelled}` from step 0."
+    assert svc.jobs.wait(120)["state"] == "finished"
+    assert act.run_model(svc)["model_path"].endswith("resumed-model")
+    with pytest.raises(UserError, match="already finished"):
+        act.resume_run(svc, cancelled)
 
 
 def test_models_tab_actions(tmp_path):
@@ -247,9 +298,9 @@ def test_models_tab_actions(tmp_path):
     src = shutil.copytree(STORIES, tmp_path / "src" / "story-copy")
     assert "Imported **story-copy**" in mt.import_folder(svc, str(src))
     assert "already exists" in mt.import_folder(svc, str(src))
-    assert "Tick" in mt.delete_model(svc, "story-copy", False) and "story-copy" in mt.names(svc)
+    assert "Tick" in mt.delete_model(svc, "story-copy", False) and "story-copy" in models.names(svc)
     assert mt.delete_model(svc, "story-copy", True) == "Deleted story-copy."
-    assert "story-copy" not in mt.names(svc)
+    assert "story-copy" not in models.names(svc)
     assert "Unloaded stories260K" in mt.unload_model(svc) and svc.registry.current is None
     svc.shared = svc.access.remote = True
     assert "reachable from other machines" in mt.import_folder(svc, str(src))
@@ -322,7 +373,8 @@ def test_train_start_status_cancel(client, app, tmp_path):
         time.sleep(0.2)
         s = json.loads(client.predict(api_name="/train_status"))
     assert s["total_steps"] == 5000 and s["data_format"] == "prompt_completion"
-    assert "already in progress" in client.predict("stories260K", str(data), 10, api_name="/train_start")
+    busy = client.predict("stories260K", str(data), 10, api_name="/train_start")
+    assert busy.startswith("error: Not started: run ") and busy.count("still running") == 1
     assert "Cancel requested" in client.predict(api_name="/train_cancel")
     s = wait_status(client, ("cancelled",), timeout=60)
     assert 0 < s["step"] < 5000

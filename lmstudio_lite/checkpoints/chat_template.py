@@ -38,6 +38,8 @@ import jinja2.ext
 import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from ..errors import LiteError
+
 ROLES = ("system", "user", "assistant", "tool")
 
 FALLBACK_TEMPLATE = (
@@ -64,7 +66,7 @@ CHATML_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>")
 PRESETS = {"fallback": FALLBACK_TEMPLATE, "chatml": CHATML_TEMPLATE}
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(LiteError, ValueError):
     """Messages a template cannot render, a broken template, or the template's own raise_exception."""
 
     def __init__(self, message: str):

@@ -14,7 +14,8 @@ import torch
 
 from ..model.config import ModelConfig
 from ..model.transformer import Transformer
-from .errors import CheckpointError, disk_full_named
+from ..atomic import write_atomic, write_json
+from .errors import CheckpointError
 from .hf_config import config_from_hf, config_to_hf
 from .names import IGNORABLE_SUFFIXES, entries_for, normalize_name
 
@@ -207,13 +208,14 @@ def save_folder(model: Transformer, out_dir: str | Path, tokenizer=None, dtype: 
     for name in [p for p in out.glob("model*.safetensors*")]:
         name.unlink()  # stale shards from an earlier save must not linger
     if len(shards) == 1:
-        _atomic(out / "model.safetensors", lambda p: save_file(shards[0], p, metadata={"format": "pt"}),
-                _nbytes(shards[0]))
+        write_atomic(out / "model.safetensors", lambda p: save_file(shards[0], str(p), metadata={"format": "pt"}),
+                     _nbytes(shards[0]))
     else:
         weight_map = {}
         for i, shard in enumerate(shards, 1):
             fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            _atomic(out / fname, lambda p, s=shard: save_file(s, p, metadata={"format": "pt"}), _nbytes(shard))
+            write_atomic(out / fname, lambda p, s=shard: save_file(s, str(p), metadata={"format": "pt"}),
+                         _nbytes(shard))
             weight_map.update({k: fname for k in shard})
         total = sum(v.numel() * v.element_size() for v in state.values())
         write_json(out / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
@@ -240,23 +242,3 @@ def _plan_shards(state: dict, max_bytes: int | None) -> list[dict]:
             cur, size = {}, 0
         cur[k], size = v, size + n
     return shards + ([cur] if cur else [])
-
-
-def _atomic(path: Path, write, needed_bytes: int = 0):
-    """``write(tmp)``, fsync, rename over ``path``: readers see the old file or the new one.
-    Out of space, the temporary is removed and DiskFullError says how much was needed."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with disk_full_named(path, needed_bytes):
-            write(str(tmp))
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data: dict):
-    _atomic(Path(path), lambda p: Path(p).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n",
-                                                    encoding="utf-8"))

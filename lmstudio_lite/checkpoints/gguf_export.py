@@ -23,9 +23,10 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from ..atomic import write_atomic
 from ..model.config import ModelConfig
 from .errors import CheckpointError
-from .folder import _atomic, load_weights, read_config
+from .folder import load_weights, read_config
 from .gguf_export_vocab import write_vocab
 from .gguf_file import HPARAMS, entries, gguf_arch, permute
 from .gguf_file import unpermute  # noqa: F401  (the inverse, beside permute for callers and tests)
@@ -164,9 +165,8 @@ def export_gguf(folder: str | Path, out: str | Path, quant: str = "f32",
             progress(f"{name} {qtype.name}")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _atomic(out, lambda tmp: _write_file(writer, tmp), needed)
+        write_atomic(out, lambda tmp: _write_file(writer, tmp), needed)
     except OSError as e:
-        Path(str(out) + ".tmp").unlink(missing_ok=True)
         raise CheckpointError(out, f"could not be written ({e.strerror or e})") from None
     return out
 

@@ -20,9 +20,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..atomic import write_atomic
 from ..model.quant import FORMAT_VERSION, HEAD_QTYPE, check_qtype, quantize_model, quantized_blocks
 from ..paths import cache_dir
-from .folder import _atomic, load_weights, weight_files
+from .folder import load_weights, weight_files
 
 
 def _digest(value) -> str:
@@ -79,7 +80,7 @@ def load_quantized(folder: Path, cfg, device, dtype, qtype: str, head: str | Non
     path.parent.mkdir(parents=True, exist_ok=True)
     blocks = {k: v.cpu() for k, v in quantized_blocks(model).items()}
     meta = {"qtype": qtype, "head": str(head), "format_version": str(FORMAT_VERSION), "source": str(folder)}
-    _atomic(path, lambda p: save_file(blocks, p, metadata=meta))
+    write_atomic(path, lambda p: save_file(blocks, str(p), metadata=meta))
     for old in path.parent.glob(glob.escape(_prefix(folder, qtype)) + "*.safetensors"):
         if old != path:
             old.unlink(missing_ok=True)  # the same folder in the same format, from older source files

@@ -18,6 +18,7 @@ import jinja2
 import tokenizers
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 
+from lmstudio_lite.atomic import write_atomic, write_text
 from lmstudio_lite.checkpoints import chat_template as chat_templates
 from lmstudio_lite.checkpoints.errors import CheckpointError
 
@@ -97,7 +98,7 @@ class Tokenizer:
         self._tok, self._specials, self._source = tok, specials, source
         self._config, self._generation = dict(config or {}), dict(generation or {})
         self._template, self._compiled = template, None
-        self._byte_level: bool | None = None
+        self._byte_level: dict[str, int] | bool | None = None  # the byte table of a byte-level BPE, else False
         _add_missing_tokens(tok, self._config, specials)
 
     # ---- construction -------------------------------------------------------------------------
@@ -186,11 +187,31 @@ class Tokenizer:
 
     def token_strings(self, ids: Iterable[int]) -> list[str]:
         """One readable piece per id, for token previews (spaces shown as spaces, bytes as <0xHH>)."""
-        if self._byte_level is None:
-            self._byte_level = self._tok.decoder is not None and b'"ByteLevel"' in self._tok.decoder.__getstate__()
-        added = set(self._tok.get_added_tokens_decoder())
-        byte_table = _byte_decoder() if self._byte_level else None
+        added, byte_table = self._piece_tables()
         return [self._token_string(int(i), added, byte_table) for i in ids]
+
+    def token_bytes(self, ids: Iterable[int]) -> list[bytes]:
+        """The bytes of text each id stands for: a byte-fallback piece <0xHH> is that one byte, a
+        byte-level piece its raw bytes, a special token its own text (what inspection counts)."""
+        added, byte_table = self._piece_tables()
+        out = []
+        for i in ids:
+            piece = self._tok.id_to_token(int(i)) or ""
+            if int(i) in added:
+                out.append(piece.encode())
+            elif _BYTE_TOKEN.match(piece):
+                out.append(bytes([int(piece[3:5], 16)]))
+            elif byte_table is not None:
+                out.append(bytes(byte_table.get(ch, ord("?")) for ch in piece))
+            else:
+                out.append(piece.replace("\u2581", " ").encode())
+        return out
+
+    def _piece_tables(self) -> tuple[set[int], dict[str, int] | None]:
+        if self._byte_level is None:
+            byte_level = self._tok.decoder is not None and b'"ByteLevel"' in self._tok.decoder.__getstate__()
+            self._byte_level = _byte_decoder() if byte_level else False
+        return set(self._tok.get_added_tokens_decoder()), self._byte_level or None
 
     def _token_string(self, token_id: int, added: set[int], byte_table: dict[str, int] | None) -> str:
         piece = self._tok.id_to_token(token_id)
@@ -235,17 +256,17 @@ class Tokenizer:
         if src is not None and src.is_file():
             # Copy the original bytes: tokens we add on load are added again by whoever loads it.
             if src.resolve() != (out / "tokenizer.json").resolve():
-                shutil.copyfile(src, out / "tokenizer.json")
+                write_atomic(out / "tokenizer.json", lambda tmp: shutil.copyfile(src, tmp), src.stat().st_size)
         else:
-            self._tok.save(str(out / "tokenizer.json"))
+            write_atomic(out / "tokenizer.json", lambda tmp: self._tok.save(str(tmp)))
         config = dict(self._config)
         if self.chat_template is not None and _pick_template(config.get("chat_template")) != self.chat_template:
             config["chat_template"] = self.chat_template
         text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
-        (out / "tokenizer_config.json").write_text(text, encoding="utf-8")
+        write_text(out / "tokenizer_config.json", text)
         if self.chat_template is not None and (out / "chat_template.jinja").exists():
             # transformers prefers chat_template.jinja over the config: keep the two the same.
-            (out / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
+            write_text(out / "chat_template.jinja", self.chat_template)
 
 
 def train_bpe_tokenizer(

@@ -1,6 +1,7 @@
 """Streaming generation: sampling, stop strings, and the decode loop over a KV cache."""
 from .engine import ContextOverflowError, Engine, GenerationStream
+from .scheduler import Scheduler, ScheduledStream
 from .sampling import SamplingParams, sample
 from .stopping import StopStringHoldback
 
-__all__ = ["ContextOverflowError", "Engine", "GenerationStream", "SamplingParams", "StopStringHoldback", "sample"]
+__all__ = ["ContextOverflowError", "Engine", "GenerationStream", "SamplingParams", "ScheduledStream", "Scheduler", "StopStringHoldback", "sample"]

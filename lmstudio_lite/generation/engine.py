@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from ..device import inference_threads
+from ..errors import LiteError
 from ..model.kv_cache import KVCache
 from .sampling import SamplingParams, sample
 from .stopping import StopStringHoldback
@@ -22,7 +23,7 @@ FINISH_REASONS = ("stop", "length", "cancelled")  # plus "error" when the model 
 MIN_CACHE_LEN = 256  # the cache grows in powers of two from here, so it is reallocated only a few times
 
 
-class ContextOverflowError(ValueError):
+class ContextOverflowError(LiteError, ValueError):
     """The prompt leaves no room for a new token in the model's context window."""
 
     def __init__(self, prompt_tokens: int, limit: int):
@@ -30,6 +31,25 @@ class ContextOverflowError(ValueError):
         super().__init__(
             f"the prompt is {prompt_tokens} tokens but the model's context window holds {limit}; "
             f"shorten it to at most {limit - 1} tokens to leave room for the reply")
+
+
+def check_request(config, prompt_ids, params: SamplingParams, max_new_tokens: int) -> tuple[list[int], int]:
+    """-> (prompt ids as ints, max_new_tokens capped to what the context leaves); raises ValueError
+    or ContextOverflowError for a request no model could serve (shared by Engine and Scheduler)."""
+    prompt_ids = [int(i) for i in prompt_ids]
+    if not prompt_ids:
+        raise ValueError("the prompt is empty: give at least one token")
+    if len(prompt_ids) >= config.max_seq_len:
+        raise ContextOverflowError(len(prompt_ids), config.max_seq_len)
+    bad = [i for i in prompt_ids if not 0 <= i < config.vocab_size]
+    if bad:
+        raise ValueError(f"token id {bad[0]} is outside the model's vocabulary (0..{config.vocab_size - 1})")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
+    if not isinstance(params, SamplingParams):
+        raise ValueError(f"params must be SamplingParams, got {type(params).__name__}")
+    max_new_tokens = min(max_new_tokens, config.max_seq_len - len(prompt_ids))
+    return prompt_ids, max_new_tokens
 
 
 class Engine:
@@ -68,20 +88,7 @@ class Engine:
 
         ``max_new_tokens`` is capped to what is left of the context window after the prompt.
         """
-        prompt_ids = [int(i) for i in prompt_ids]
-        config = self.model.config
-        if not prompt_ids:
-            raise ValueError("the prompt is empty: give at least one token")
-        if len(prompt_ids) >= config.max_seq_len:
-            raise ContextOverflowError(len(prompt_ids), config.max_seq_len)
-        bad = [i for i in prompt_ids if not 0 <= i < config.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is outside the model's vocabulary (0..{config.vocab_size - 1})")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
-        if not isinstance(params, SamplingParams):
-            raise ValueError(f"params must be SamplingParams, got {type(params).__name__}")
-        max_new_tokens = min(max_new_tokens, config.max_seq_len - len(prompt_ids))
+        prompt_ids, max_new_tokens = check_request(self.model.config, prompt_ids, params, max_new_tokens)
         return GenerationStream(self, prompt_ids, params, max_new_tokens, StopStringHoldback(stop),
                                 ignore_eos, cancel)
 

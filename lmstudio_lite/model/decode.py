@@ -241,3 +241,64 @@ def decode_step(model, ids: torch.Tensor, pos: int, cache) -> torch.Tensor:
             a = mlp.act(mlp.up.forward(h))
         x = _add_linear(mlp.down, a, x)
     return model.norm_f.forward(x).unsqueeze(1)
+
+
+@torch.no_grad()
+def decode_rows(model, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, cache) -> torch.Tensor:
+    """A batched decode step with a position and a cache row per row -> final normed hidden [B, C].
+
+    Row b feeds ``tokens[b]`` at ``positions[b]`` of cache row ``slots[b]`` (a scheduler's
+    sequences sit at different lengths). On the CPU the native step takes up to 8 rows per
+    call; otherwise every matrix runs once for all rows and attention runs per row over that
+    row's own prefix (positions past it are never read, so rows need no masks).
+    """
+    native = model._native
+    B = tokens.shape[0]
+    if native is not None and native._takes(cache):
+        parts = []
+        for i in range(0, B, MAX_ROWS):
+            x = native.step(tokens[i:i + MAX_ROWS], positions[i:i + MAX_ROWS], slots[i:i + MAX_ROWS], cache)
+            parts.append(x.clone() if B > MAX_ROWS else x)
+        x = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return model.norm_f.forward(x.to(model.tok_emb.weight.dtype))
+    cfg = model.config
+    H, KV, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+    if int(positions.max()) >= cache.max_len:
+        raise IndexError(f"KV cache holds {cache.max_len} positions, asked to write at {positions.tolist()}")
+    x = F.embedding(tokens, model.tok_emb.weight)  # [B, C]
+    rope = None
+    if model.pos_emb is not None:
+        x = x + model.pos_emb.weight[positions]
+    else:
+        rope = model.rope_cos[positions].to(x.dtype).unsqueeze(1), model.rope_sin[positions].to(x.dtype).unsqueeze(1)
+    ends = (positions + 1).tolist()
+    rows = slots.tolist()
+    qk_width = (H + KV) * D
+    for i, block in enumerate(model.blocks):
+        attn, mlp = block.attn, block.mlp
+        h = block.norm1.forward(x)
+        if attn.fused is not None:
+            qkv = run_fused(attn.fused, h)
+        else:
+            qkv = torch.cat([attn.q.forward(h), attn.k.forward(h), attn.v.forward(h)], dim=-1)
+        qk = qkv[:, :qk_width].view(B, H + KV, D)
+        if rope is not None:
+            qk = torch.addcmul(qk * rope[0], qk.roll(D // 2, -1), rope[1])
+        k_all, v_all = cache._k[i], cache._v[i]  # [R, KV, max_len, D]
+        k_all[slots, :, positions] = qk[:, H:]
+        v_all[slots, :, positions] = qkv[:, qk_width:].view(B, KV, D)
+        q = qk[:, :H].reshape(B, KV, H // KV, D)
+        y = torch.cat([F.scaled_dot_product_attention(q[b:b + 1], k_all[r:r + 1, :, :e], v_all[r:r + 1, :, :e])
+                       for b, (r, e) in enumerate(zip(rows, ends))])
+        x = _add_linear(attn.o, y.reshape(B, H * D), x)
+        h = block.norm2.forward(x)
+        if mlp.gated:
+            if mlp.fused is not None:
+                gate, up = run_fused(mlp.fused, h).chunk(2, dim=-1)
+            else:
+                gate, up = mlp.gate.forward(h), mlp.up.forward(h)
+            a = mlp.act(gate) * up
+        else:
+            a = mlp.act(mlp.up.forward(h))
+        x = _add_linear(mlp.down, a, x)
+    return model.norm_f.forward(x)

@@ -15,14 +15,35 @@ class KVCache:
     """
 
     def __init__(self, config: ModelConfig, batch: int, max_len: int,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, zeroed: bool = True):
         shape = (config.n_layer, batch, config.n_kv_head, max_len, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # ``zeroed=False`` leaves the memory untouched, so a large pool costs only the pages its
+        # rows have written: every reader (SDPA over ``:end``, the native step up to its
+        # position) reads only positions that were written first.
+        make = torch.zeros if zeroed else torch.empty
+        self.k = make(shape, device=device, dtype=dtype)
+        self.v = make(shape, device=device, dtype=dtype)
         self.batch, self.max_len = batch, max_len
         # Per-layer views made once: indexing the 5-D tensors on every write
         # costs more than the copy itself at decode.
         self._k, self._v = self.k.unbind(0), self.v.unbind(0)
+
+    @classmethod
+    def _views(cls, k: torch.Tensor, v: torch.Tensor) -> "KVCache":
+        view = cls.__new__(cls)
+        view.k, view.v, view.batch, view.max_len = k, v, k.shape[1], k.shape[3]
+        view._k, view._v = k.unbind(0), v.unbind(0)
+        return view
+
+    def row(self, index: int) -> "KVCache":
+        """A one-row cache that is a view of row ``index`` (a scheduler prefills a sequence there)."""
+        return KVCache._views(self.k[:, index:index + 1], self.v[:, index:index + 1])
+
+    @property
+    def bytes_per_token(self) -> int:
+        """K and V of one position of one row, all layers."""
+        n_layer, _, kv, _, d = self.k.shape
+        return 2 * n_layer * kv * d * self.k.element_size()
 
     def fits(self, config: ModelConfig, batch: int, max_len: int, device, dtype) -> bool:
         """True when this cache can be reused for a request of this size."""

@@ -49,13 +49,15 @@ def _causal_mask(T: int, L: int, device) -> torch.Tensor:
     return torch.arange(L, device=device).unsqueeze(0) <= q_pos
 
 
-def attention_reference(q, k, v, causal: bool) -> torch.Tensor:
+def attention_reference(q, k, v, causal: bool, return_probs: bool = False):
     """Plain matmul + softmax with grouped queries (same contract as ``attention``).
 
     Older torch builds ran bfloat16 SDPA on the CPU 1.3-4.4x slower than this;
     on torch 2.13 SDPA wins in every case bench/attention.py measures (decode,
     prefill, training; float32 and bfloat16), so the model no longer calls it.
-    It stays as the benchmark's comparison and the tests' second opinion.
+    It stays as the benchmark's comparison, the tests' second opinion, and the
+    one path that can show the attention weights (SDPA never materializes
+    them): ``return_probs`` -> (out, probs [B, H, T, L] float32).
     """
     B, H, T, D = q.shape
     KV, L = k.shape[1], k.shape[2]
@@ -64,8 +66,12 @@ def attention_reference(q, k, v, causal: bool) -> torch.Tensor:
     scores = (qg @ k.transpose(-1, -2)) * (1.0 / math.sqrt(D))  # [B, KV, rep*T, L]
     if causal and T > 1:
         scores = scores.masked_fill(~_causal_mask(T, L, q.device).repeat(rep, 1), float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    return (probs @ v).view(B, H, T, D)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
+    out = (probs.to(q.dtype) @ v).view(B, H, T, D)
+    if not return_probs:
+        return out
+    # Row r*T + t of group g is query head g*rep + r at position t (the reshape above).
+    return out, probs.view(B, KV, rep, T, L).reshape(B, H, T, L)
 
 
 def attention(q, k, v, causal: bool) -> torch.Tensor:
@@ -106,7 +112,9 @@ class Attention(nn.Module):
         if out_in and isinstance(self.o, Linear):
             self.o.weight.data = store_out_in(self.o.weight.data)
 
-    def forward(self, x, rope, layer: int, start_pos: int, cache: KVCache | None):
+    def forward(self, x, rope, layer: int, start_pos: int, cache: KVCache | None, weights: list | None = None):
+        """``weights``, when given, receives this layer's attention probabilities [B, H, T, L]
+        (through the reference path: slower, only for inspection)."""
         B, T, _ = x.shape
         H, KV, D = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
         if self.fused is not None and not torch.is_grad_enabled():
@@ -124,7 +132,11 @@ class Attention(nn.Module):
         v = v.view(B, T, KV, D).transpose(1, 2)
         if cache is not None:
             k, v = cache.write(layer, start_pos, k, v)  # [B, KV, L, D]
-        y = attention(q, k, v, causal=True)
+        if weights is None:
+            y = attention(q, k, v, causal=True)
+        else:
+            y, probs = attention_reference(q, k, v, causal=True, return_probs=True)
+            weights.append(probs)
         return self.o(y.transpose(1, 2).reshape(B, T, H * D))
 
 
@@ -172,8 +184,8 @@ class Block(nn.Module):
         self.norm1, self.attn = _norm(cfg), Attention(cfg)
         self.norm2, self.mlp = _norm(cfg), MLP(cfg)
 
-    def forward(self, x, rope, layer, start_pos, cache):
-        x = x + self.attn(self.norm1(x), rope, layer, start_pos, cache)
+    def forward(self, x, rope, layer, start_pos, cache, weights: list | None = None):
+        x = x + self.attn(self.norm1(x), rope, layer, start_pos, cache, weights)
         return x + self.mlp(self.norm2(x))
 
 
@@ -243,7 +255,11 @@ class Transformer(nn.Module):
         """Drop the inference layout (fused weights, head copy, native step): prepare again after."""
         self._native, self._decode_ready, self._head_t = None, False, None
         for b in self.blocks:
-            b.attn.fused = b.mlp.fused = None
+            for layer in (b.attn, b.mlp):
+                # a fused QuantLinear registered ``fused`` as a child module, which would then refuse
+                # the (weight, bias) tuple a float layout fuses into: unregister it first
+                layer._modules.pop("fused", None)
+                layer.fused = None
 
     def _apply(self, fn, *args, **kwargs):
         # .to(), .float(), .cuda()... make new parameter tensors: the fused copies and the
@@ -259,17 +275,37 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence of {start_pos + T} tokens exceeds the context of {self.config.max_seq_len}")
         if T == 1 and cache is not None and self._decode_ready and not torch.is_grad_enabled():
             return decode_step(self, ids, start_pos, cache)
-        x = self.tok_emb(ids)
-        rope = None
-        if self.pos_emb is not None:
-            x = x + self.pos_emb.weight[start_pos:start_pos + T]
-        else:
-            dtype = x.dtype
-            rope = (self.rope_cos[start_pos:start_pos + T, None].to(dtype),
-                    self.rope_sin[start_pos:start_pos + T, None].to(dtype))  # [T, 1, D]
+        x, rope = self._embed(ids, start_pos)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, i, start_pos, cache)
         return self.norm_f(x)
+
+    def _embed(self, ids: torch.Tensor, start_pos: int):
+        """ids [B, T] -> (token (+ position) embeddings [B, T, C], rope tables [T, 1, D] pair or None)."""
+        T = ids.shape[1]
+        x = self.tok_emb(ids)
+        if self.pos_emb is not None:
+            return x + self.pos_emb.weight[start_pos:start_pos + T], None
+        dtype = x.dtype
+        return x, (self.rope_cos[start_pos:start_pos + T, None].to(dtype),
+                   self.rope_sin[start_pos:start_pos + T, None].to(dtype))
+
+    def trace(self, ids: torch.Tensor, attention_layers=()) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
+        """A whole-sequence forward (no cache) that keeps what inspection shows:
+        -> (residual stream after each block: n_layer tensors [B, T, C], not normed;
+            {layer: attention probabilities [B, H, T, T] float32} for ``attention_layers``).
+        ``project(norm_f(hidden[-1]))`` is ``forward(ids)``; on earlier layers it is the logit lens."""
+        if ids.shape[1] > self.config.max_seq_len:
+            raise ValueError(f"sequence of {ids.shape[1]} tokens exceeds the context of {self.config.max_seq_len}")
+        x, rope = self._embed(ids, 0)
+        hidden, attn = [], {}
+        for i, block in enumerate(self.blocks):
+            weights = [] if i in attention_layers else None
+            x = block(x, rope, i, 0, None, weights)
+            hidden.append(x)
+            if weights:
+                attn[i] = weights[0]
+        return hidden, attn
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden [.., C] -> logits [.., V]."""

@@ -19,12 +19,12 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import torch  # noqa: F401  (loads torch's libgomp before the kernel's)
 
+from ..atomic import write_atomic
 from ..paths import cache_dir
 
 DISABLE_ENV = "LMSTUDIO_LITE_NATIVE"
@@ -72,20 +72,17 @@ def build(source: Path, out_dir: Path, compiler: str | None = None, timeout: flo
     if target.exists():
         return target
     out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
-    os.close(fd)
-    try:
-        proc = subprocess.run([exe, *FLAGS, *defines, "-o", tmp, str(source), "-lm"], capture_output=True, text=True,
-                              timeout=timeout)
+
+    def compile_to(tmp: Path):
+        proc = subprocess.run([exe, *FLAGS, *defines, "-o", str(tmp), str(source), "-lm"], capture_output=True,
+                              text=True, timeout=timeout)
         if proc.returncode != 0:
             raise BuildError(f"{exe} could not compile {source.name}: {(proc.stderr or proc.stdout).strip()[-800:]}")
-        os.replace(tmp, target)  # atomic: a process building beside us never loads half a file
+
+    try:  # atomic: a process building beside us never loads half a file
+        return write_atomic(target, compile_to)
     except subprocess.TimeoutExpired:
         raise BuildError(f"{exe} took more than {timeout:.0f} s to compile {source.name}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
 
 
 def load(path: Path) -> ctypes.CDLL:

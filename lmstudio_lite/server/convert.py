@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 ROLES = ("system", "user", "assistant", "developer")  # developer: OpenAI's newer name for system
 MAX_STOP_STRINGS = 4
+MAX_N = 8  # choices per request (they share the prompt's K/V in the scheduler)
+MAX_TOP_LOGPROBS = {"chat": 20, "text": 5}  # OpenAI's limits per endpoint
 SSE_DONE = "data: [DONE]\n\n"
 
 
@@ -65,6 +67,7 @@ class GenerateRequest:
     options: dict = field(default_factory=dict)
     stream: bool = False
     include_usage: bool = False
+    n: int = 1
 
 
 def parse_chat_request(body) -> GenerateRequest:
@@ -77,12 +80,14 @@ def parse_chat_request(body) -> GenerateRequest:
     fmt = body.get("response_format")
     if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
         raise bad_request("response_format is not supported: only plain text replies", "response_format")
-    if body.get("logprobs"):
-        raise bad_request("logprobs are not supported by this server", "logprobs")
-    if body.get("top_logprobs") is not None:  # OpenAI too refuses it without logprobs: true
-        raise bad_request("top_logprobs needs logprobs: true, and logprobs are not supported by this server",
-                          "top_logprobs")
-    return _request(body, messages)
+    wanted = _bool(body, "logprobs", False)
+    top = _int(body, "top_logprobs", 0)
+    if top is not None and not wanted:  # as OpenAI: alternatives only with logprobs: true
+        raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
+    req = _request(body, messages)
+    if wanted:
+        req.options["logprobs"] = _top_logprobs(top or 0, "top_logprobs", "chat")
+    return req
 
 
 def parse_completion_request(body) -> GenerateRequest:
@@ -94,14 +99,23 @@ def parse_completion_request(body) -> GenerateRequest:
     if not isinstance(prompt, str) or not prompt:
         raise bad_request("'prompt' must be a non-empty string", "prompt")
     _unicode(prompt, "prompt")
-    for name in ("echo", "suffix", "logprobs"):
+    for name in ("echo", "suffix"):
         if body.get(name):
             raise bad_request(f"{name} is not supported by this server", name)
     if body.get("best_of") not in (None, 1):
         raise bad_request("best_of must be 1: this server makes one completion per request", "best_of")
+    top = _int(body, "logprobs", 0)
     req = _request(body, prompt)
+    if top is not None:  # the legacy endpoint: logprobs is the number of alternatives
+        req.options["logprobs"] = _top_logprobs(top, "logprobs", "text")
     req.options.setdefault("max_new_tokens", 16)  # the OpenAI default for this endpoint
     return req
+
+
+def _top_logprobs(top: int, name: str, kind: str) -> int:
+    if top > MAX_TOP_LOGPROBS[kind]:
+        raise bad_request(f"{name} must be at most {MAX_TOP_LOGPROBS[kind]}, got {top}", name)
+    return top
 
 
 def prompt_chars(prompt: str | list[dict]) -> int:
@@ -126,7 +140,11 @@ def _request(body: dict, prompt) -> GenerateRequest:
     if not isinstance(stream_options, dict):
         raise bad_request("stream_options must be an object", "stream_options")
     include_usage = stream and bool(stream_options.get("include_usage"))
-    return GenerateRequest(model, prompt, _sampling_options(body), stream, include_usage)
+    n = _int(body, "n", 1)
+    n = 1 if n is None else n
+    if n > MAX_N:
+        raise bad_request(f"n must be at most {MAX_N}, got {n}", "n")
+    return GenerateRequest(model, prompt, _sampling_options(body), stream, include_usage, n)
 
 
 def _messages(messages) -> list[dict]:
@@ -186,8 +204,6 @@ def _sampling_options(body: dict) -> dict:
     seed = _int(body, "seed", None)
     if seed is not None:
         opts["seed"] = seed % 2**64  # OpenAI allows negative seeds; ours are unsigned
-    if body.get("n") not in (None, 1):
-        raise bad_request("n must be 1: this server generates one choice per request", "n")
     for name in ("presence_penalty", "frequency_penalty"):
         if _number(body, name, 0.0, -2.0, 2.0) != 0.0:
             raise bad_request(f"{name} is not supported (use repetition_penalty instead)", name)
@@ -261,29 +277,66 @@ def finish_reason(stats: dict) -> str | None:
     return reason if reason in ("stop", "length") else None
 
 
-def usage(stats: dict) -> dict:
-    prompt, completion = int(stats.get("prompt_tokens", 0)), int(stats.get("new_tokens", 0))
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def usage(stats: dict | list[dict]) -> dict:
+    """Token counts; with ``n`` choices the prompt counts once and every choice's tokens add up.
+    ``prompt_tokens_details.cached_tokens``: prompt tokens whose K/V came from the prompt cache."""
+    all_stats = stats if isinstance(stats, list) else [stats]
+    first = all_stats[0]
+    prompt = int(first.get("prompt_tokens", 0))
+    completion = sum(int(s.get("new_tokens", 0)) for s in all_stats)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": int(first.get("cached_tokens", 0))}}
 
 
-def completion_body(kind: str, rid: str, created: int, model: str, text: str, stats: dict) -> dict:
-    """A whole non-streamed answer: ``chat.completion`` (kind "chat") or ``text_completion``."""
+def logprobs_body(kind: str, entries: list[dict] | None, token_text, offset: int = 0) -> dict | None:
+    """OpenAI's ``logprobs`` of a choice (or of one streamed chunk) from the scheduler's
+    entries ``{"id", "text", "logprob", "top": [(id, logprob)]}``; ``token_text(id) -> str`` names
+    the alternatives (a chosen token is named by its share of the reply, so they add up to it).
+    Chat: ``{"content": [{token, logprob, bytes, top_logprobs}], "refusal": None}``;
+    completions: ``{tokens, token_logprobs, top_logprobs, text_offset}`` (offsets from ``offset``)."""
+    if entries is None:
+        return None
     if kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                  "logprobs": None, "finish_reason": finish_reason(stats)}
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason(stats)}
-        obj = "text_completion"
-    return {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice],
-            "usage": usage(stats)}
+        def item(text, lp):
+            return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
+        return {"content": [{**item(e["text"], e["logprob"]),
+                             "top_logprobs": [item(token_text(t), lp) for t, lp in e["top"]]}
+                            for e in entries], "refusal": None}
+    tokens = [e["text"] for e in entries]
+    offsets = []
+    for text in tokens:
+        offsets.append(offset)
+        offset += len(text)
+    return {"tokens": tokens, "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{token_text(t): lp for t, lp in e["top"]} for e in entries], "text_offset": offsets}
+
+
+def _choice(kind: str, index: int, text: str, stats: dict, logprobs: dict | None) -> dict:
+    if kind == "chat":
+        return {"index": index, "message": {"role": "assistant", "content": text},
+                "logprobs": logprobs, "finish_reason": finish_reason(stats)}
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason(stats)}
+
+
+def completion_body(kind: str, rid: str, created: int, model: str, text: str | list[str],
+                    stats: dict | list[dict], logprobs: list[dict | None] | None = None) -> dict:
+    """A whole non-streamed answer: ``chat.completion`` (kind "chat") or ``text_completion``;
+    ``text``/``stats`` (and ``logprobs``, one per choice) are lists when ``n`` > 1."""
+    texts = text if isinstance(text, list) else [text]
+    all_stats = stats if isinstance(stats, list) else [stats]
+    lps = logprobs or [None] * len(texts)
+    choices = [_choice(kind, i, t, s, lp) for i, (t, s, lp) in enumerate(zip(texts, all_stats, lps))]
+    obj = "chat.completion" if kind == "chat" else "text_completion"
+    return {"id": rid, "object": obj, "created": created, "model": model, "choices": choices,
+            "usage": usage(all_stats)}
 
 
 class ChunkMaker:
-    """Streamed chunks for one generation: ``start()``, ``delta(text)`` per text delta, ``end(stats)``.
+    """Streamed chunks for one request: ``start(i)``, ``delta(text, i)`` per text delta, ``end(stats, i)``
+    per choice, then ``usage(all_stats)``.
 
     Chat: a first chunk whose delta has the role, content deltas, then an empty delta with
-    the finish_reason, then (with include_usage) a chunk with no choices and the usage.
+    the finish_reason; with include_usage a last chunk with no choices and the usage.
     Completions: text chunks, then an empty text with the finish_reason."""
 
     def __init__(self, kind: str, model: str, include_usage: bool = False,
@@ -292,8 +345,8 @@ class ChunkMaker:
         self.id = rid or new_id(kind)
         self.created = int(time.time()) if created is None else created
 
-    def _chunk(self, payload: dict, finish: str | None) -> dict:
-        choice = {"index": 0, **payload, "logprobs": None, "finish_reason": finish}
+    def _chunk(self, payload: dict, finish: str | None, index: int = 0, logprobs: dict | None = None) -> dict:
+        choice = {"index": index, **payload, "logprobs": logprobs, "finish_reason": finish}
         obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
         chunk = {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [choice]}
         if self.include_usage:
@@ -303,18 +356,25 @@ class ChunkMaker:
     def _text(self, text: str) -> dict:
         return {"delta": {"content": text}} if self.kind == "chat" else {"text": text}
 
-    def start(self) -> list[dict]:
-        return [self._chunk({"delta": {"role": "assistant", "content": ""}}, None)] if self.kind == "chat" else []
+    def start(self, index: int = 0) -> list[dict]:
+        if self.kind != "chat":
+            return []
+        return [self._chunk({"delta": {"role": "assistant", "content": ""}}, None, index)]
 
-    def delta(self, text: str) -> list[dict]:
-        return [self._chunk(self._text(text), None)] if text else []
+    def delta(self, text: str, index: int = 0, logprobs: dict | None = None) -> list[dict]:
+        return [self._chunk(self._text(text), None, index, logprobs)] if text else []
 
-    def end(self, stats: dict) -> list[dict]:
+    def end(self, stats: dict, index: int = 0, with_usage: bool = True) -> list[dict]:
         empty = {"delta": {}} if self.kind == "chat" else {"text": ""}
-        chunks = [self._chunk(empty, finish_reason(stats))]
-        if self.include_usage:
-            chunks.append({**self._chunk({}, None), "choices": [], "usage": usage(stats)})
+        chunks = [self._chunk(empty, finish_reason(stats), index)]
+        if with_usage:
+            chunks += self.usage([stats])
         return chunks
+
+    def usage(self, all_stats: list[dict]) -> list[dict]:
+        if not self.include_usage:
+            return []
+        return [{**self._chunk({}, None), "choices": [], "usage": usage(all_stats)}]
 
 
 def sse(obj: dict) -> str:

@@ -1,11 +1,10 @@
 """The OpenAI-compatible routes: ``create_api(services) -> APIRouter`` with /v1/models,
 /v1/chat/completions and /v1/completions, streamed (SSE) or not.
 
-The engine is synchronous and serves one generation at a time. Each request's generation
-runs in its own worker thread, which hands text deltas to the event loop through a queue;
-requests wait their turn on an asyncio lock (the "model slot", first come first served)
-so a queued request costs no thread. A client that goes away cancels its generation: it
-stops within one token and the next request starts.
+The loaded model's scheduler decodes many requests together (generation/scheduler.py).
+Each generation (one per choice, ``n`` of them) is iterated by its own worker thread, which
+hands text deltas to the event loop through a queue. A client that goes away cancels its
+generations: each stops within one step and its KV row is free for the next request.
 
 Include the router in any FastAPI app (before mounting Gradio at "/"); it needs no
 exception handlers of the app: every error is answered here with an OpenAI-style body.
@@ -25,6 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..checkpoints.errors import CheckpointError
+from ..errors import is_user_error, user_message
 from ..generation import ContextOverflowError
 from . import convert
 from .convert import APIError, GenerateRequest
@@ -36,7 +36,6 @@ POLL_S = 0.25  # how often a non-streamed request checks that its client is stil
 def create_api(services) -> APIRouter:
     """The /v1 routes over ``services.registry``; ``services.api_key`` (when set) guards them all."""
     router = APIRouter(prefix="/v1")
-    slot = asyncio.Lock()  # one generation at a time through the API; waiters queue in order
 
     @router.get("/models")
     async def list_models(request: Request):
@@ -48,11 +47,11 @@ def create_api(services) -> APIRouter:
 
     @router.post("/chat/completions")
     async def chat_completions(request: Request):
-        return await _answer(request, services, lambda: _generate(request, services, slot, "chat"))
+        return await _answer(request, services, lambda: _generate(request, services, "chat"))
 
     @router.post("/completions")
     async def completions(request: Request):
-        return await _answer(request, services, lambda: _generate(request, services, slot, "text"))
+        return await _answer(request, services, lambda: _generate(request, services, "text"))
 
     return router
 
@@ -64,10 +63,10 @@ async def _answer(request: Request, services, handler: Callable[[], Awaitable]):
         result = await handler()
     except APIError as e:
         return JSONResponse(e.body(), status_code=e.status)
-    except Exception as e:  # an unexpected bug: log it, still answer in JSON
-        log.exception("error while answering %s %s", request.method, request.url.path)
-        return JSONResponse(convert.error_body(f"internal error: {type(e).__name__}: {e}", "server_error"),
-                            status_code=500)
+    except Exception as e:  # not a request's fault: log a bug's traceback, still answer in JSON
+        if not is_user_error(e):
+            log.exception("error while answering %s %s", request.method, request.url.path)
+        return JSONResponse(convert.error_body(user_message(e), "server_error"), status_code=500)
     return result if isinstance(result, (JSONResponse, StreamingResponse)) else JSONResponse(result)
 
 
@@ -90,7 +89,13 @@ def _cards(registry) -> list[dict]:
 
 
 def _models_body(registry) -> dict:
-    return {"object": "list", "data": _cards(registry)}
+    cards = _cards(registry)
+    current = registry.current
+    if current is not None and hasattr(current.engine, "info"):
+        for card in cards:  # an extension field: the loaded model's KV budget and its use
+            if card["id"] == current.name:
+                card["scheduler"] = current.engine.info()
+    return {"object": "list", "data": cards}
 
 
 def _model_body(registry, name: str) -> dict:
@@ -108,7 +113,7 @@ def _load(registry, name: str):
     except KeyError:
         raise convert.model_not_found(name, [c["id"] for c in _cards(registry)]) from None
     except (CheckpointError, OSError, ValueError) as e:
-        raise APIError(400, f"the model {name!r} could not be loaded: {e}", param="model",
+        raise APIError(400, f"the model {name!r} could not be loaded: {user_message(e)}", param="model",
                        code="model_load_failed") from e
 
 
@@ -140,56 +145,84 @@ def _check_size(model, req: GenerateRequest):
                                   "context_length_exceeded")
 
 
-def _start(model, req: GenerateRequest):
-    """Encode the prompt and check it fits (raises before anything is streamed); the stream is lazy."""
+def _start(model, req: GenerateRequest) -> list:
+    """Encode the prompt and check it fits (raises before anything is streamed); the streams
+    (one per choice) are lazy. A seeded request seeds choice i with seed + i."""
     _check_size(model, req)
     options = dict(req.options)
     options.setdefault("max_new_tokens", model.context_length)  # the engine caps it to what is left
     try:
-        return model.generate(req.prompt, **options)
+        streams = [model.generate(req.prompt, **options)]
+        for i in range(1, req.n):
+            seed = options.get("seed")
+            more = options if seed is None else {**options, "seed": (seed + i) % 2**64}
+            streams.append(model.generate(req.prompt, **more))
+        return streams
     except ContextOverflowError as e:
-        raise convert.bad_request(str(e), "messages" if isinstance(req.prompt, list) else "prompt",
+        raise convert.bad_request(user_message(e), "messages" if isinstance(req.prompt, list) else "prompt",
                                   "context_length_exceeded") from e
     except ValueError as e:  # a sampling option out of range, or a template that raised
-        raise convert.bad_request(str(e)) from e
+        raise convert.bad_request(user_message(e)) from e
 
 
-async def _generate(request: Request, services, slot: asyncio.Lock, kind: str):
+async def _generate(request: Request, services, kind: str):
     body = await _read_json(request)
     req = convert.parse_chat_request(body) if kind == "chat" else convert.parse_completion_request(body)
     model = await run_in_threadpool(_load, services.registry, req.model)
-    stream = await run_in_threadpool(_start, model, req)
-    run = _Run(stream, slot)
+    streams = await run_in_threadpool(_start, model, req)
+    run = _Run(streams, "logprobs" in req.options)
     chunks = convert.ChunkMaker(kind, model.name, req.include_usage)
+    token_text = _token_text(model)
     if req.stream:
-        return _EventStreamResponse(_sse_frames(run, chunks), media_type="text/event-stream",
+        return _EventStreamResponse(_sse_frames(run, chunks, token_text), media_type="text/event-stream",
                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    watcher = asyncio.ensure_future(_cancel_when_gone(request, stream))
+    watchers = [asyncio.ensure_future(_cancel_when_gone(request, s)) for s in streams]
+    texts = [""] * len(streams)
     try:
-        text = "".join([d async for d in run.deltas(request.is_disconnected)])
+        async for i, delta, _ in run.deltas(request.is_disconnected):
+            texts[i] += delta
     finally:
-        watcher.cancel()
-    return convert.completion_body(kind, chunks.id, chunks.created, model.name, text, stream.stats)
+        for w in watchers:
+            w.cancel()
+    logprobs = None
+    if "logprobs" in req.options:
+        logprobs = [convert.logprobs_body(kind, s.logprobs, token_text) for s in streams]
+    return convert.completion_body(kind, chunks.id, chunks.created, model.name, texts,
+                                   [s.stats for s in streams], logprobs)
 
 
-async def _sse_frames(run: _Run, chunks: convert.ChunkMaker) -> AsyncIterator[str]:
+def _token_text(model):
+    """id -> that token's readable piece (spaces as spaces), naming logprobs' alternatives."""
+    strings = model.tokenizer.token_strings
+    return lambda tid: strings([tid])[0]
+
+
+async def _sse_frames(run: _Run, chunks: convert.ChunkMaker, token_text) -> AsyncIterator[str]:
+    n, kind = len(run.streams), chunks.kind
     try:
-        started = False
-        async for delta in run.deltas():  # the first bytes go out with the first text
-            yield "".join(convert.sse(c) for c in (chunks.delta(delta) if started else
-                                                   chunks.start() + chunks.delta(delta)))
-            started = True
-        yield "".join(convert.sse(c) for c in (chunks.end(run.stream.stats) if started else
-                                               chunks.start() + chunks.end(run.stream.stats)))
+        started = [False] * n
+        offsets = [0] * n
+        async for i, delta, entries in run.deltas():  # the first bytes go out with the first text
+            lp = convert.logprobs_body(kind, entries, token_text, offsets[i])
+            offsets[i] += len(delta)
+            out = [] if started[i] else chunks.start(i)
+            started[i] = True
+            yield "".join(convert.sse(c) for c in out + chunks.delta(delta, i, lp))
+        out = []
+        for i, stream in enumerate(run.streams):
+            out += ([] if started[i] else chunks.start(i)) + chunks.end(stream.stats, i, with_usage=False)
+        out += chunks.usage([s.stats for s in run.streams])
+        yield "".join(convert.sse(c) for c in out)
     except Exception as e:  # the headers are gone: report the failure as an error event
-        log.exception("generation failed mid-stream")
-        yield convert.sse(convert.error_body(f"generation failed: {type(e).__name__}: {e}", "server_error"))
+        if not is_user_error(e):
+            log.exception("generation failed mid-stream")
+        yield convert.sse(convert.error_body(f"generation failed: {user_message(e)}", "server_error"))
     yield convert.SSE_DONE
 
 
 class _EventStreamResponse(StreamingResponse):
     """Closes its body iterator even when cancelled mid-send (client gone), so the
-    generation is cancelled and the model slot freed at once, not when garbage collected."""
+    generation is cancelled and its row freed at once, not when garbage collected."""
 
     async def stream_response(self, send) -> None:
         try:
@@ -200,60 +233,70 @@ class _EventStreamResponse(StreamingResponse):
 
 
 class _Run:
-    """One generation: waits for the model slot, then a worker thread iterates the stream
-    and hands each delta to the event loop; leaving ``deltas()`` early cancels it."""
+    """A request's generations (``n`` choices): a worker thread per stream iterates it and
+    hands each delta to the event loop; leaving ``deltas()`` early cancels them all.
+    The model's scheduler decides when each one runs (waiting ones cost a blocked thread)."""
 
-    def __init__(self, stream, slot: asyncio.Lock):
-        self.stream, self._slot = stream, slot
+    def __init__(self, streams: list, with_logprobs: bool = False):
+        self.streams, self._with_logprobs = streams, with_logprobs
         self._queue: asyncio.Queue = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
 
-    async def deltas(self, gone: Callable[[], Awaitable[bool]] | None = None) -> AsyncIterator[str]:
-        """Text deltas as they come; raises what the generation raised. ``gone()`` is asked
-        once the slot is ours: a client that left while queued never starts generating."""
-        try:
-            await self._slot.acquire()
-        except BaseException:
-            self.stream.close()  # cancelled while queued: it never started
-            raise
+    async def deltas(self, gone: Callable[[], Awaitable[bool]] | None = None
+                     ) -> AsyncIterator[tuple[int, str, list | None]]:
+        """(choice index, text delta, logprob entries since the last delta or None) as they come;
+        raises what a generation raised. A client already gone never starts generating."""
         try:
             if gone is not None and await gone():
-                self.stream.close()
+                for stream in self.streams:
+                    stream.close()
                 return
-            threading.Thread(target=self._produce, name="lmstudio-api-generation", daemon=True).start()
-            while True:
+            for i, stream in enumerate(self.streams):
+                threading.Thread(target=self._produce, args=(i, stream), name="lmstudio-api-generation",
+                                 daemon=True).start()
+            open_ = len(self.streams)
+            while open_:
                 # Deltas that piled up while the client was busy go out as one: with a fast
                 # model the per-chunk cost, not the engine, would set the pace.
                 items = [await self._queue.get()]
                 while not self._queue.empty():
                     items.append(self._queue.get_nowait())
-                text = "".join(value for what, value in items if what == "delta")
-                if text:
-                    yield text
-                what, value = items[-1]  # an end or an error always comes last
-                if what == "end":
-                    return
-                if what == "error":
-                    raise value
+                for i in range(len(self.streams)):
+                    mine = [item for item in items if item[0] == i]
+                    text = "".join(value for _, what, value, _ in mine if what == "delta")
+                    if text:
+                        lists = [e for _, what, _, e in mine if what == "delta" and e is not None]
+                        yield i, text, [x for e in lists for x in e] if lists else None
+                for _, what, value, _ in items:
+                    if what == "error":
+                        raise value
+                    if what == "end":
+                        open_ -= 1
         finally:
-            self.stream.cancel()  # a no-op when finished; else it stops within one token
-            self._slot.release()
+            for stream in self.streams:
+                stream.cancel()  # a no-op when finished; else it stops within one step
 
-    def _produce(self):
+    def _produce(self, index: int, stream):
+        seen = 0
         try:
-            for delta in self.stream:
-                self._put(("delta", delta))
-            self._put(("end", None))
+            for delta in stream:
+                taken = None
+                if self._with_logprobs:  # the scheduler adds a token's entry before its text
+                    entries = stream.logprobs
+                    taken, seen = entries[seen:], len(entries)
+                self._put((index, "delta", delta, taken))
+            self._put((index, "end", None, None))
         except BaseException as e:  # handed to the event loop, which answers with an error
-            self._put(("error", e))
+            self._put((index, "error", e, None))
         finally:
-            self.stream.close()  # releases the engine whatever happened
+            stream.close()  # frees its row whatever happened
 
     def _put(self, item):
         try:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
         except RuntimeError:  # the event loop is closed (server shutting down): nobody is listening
-            self.stream.cancel()
+            for stream in self.streams:
+                stream.cancel()
 
 
 async def _cancel_when_gone(request: Request, stream):

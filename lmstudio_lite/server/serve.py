@@ -34,13 +34,14 @@ def run_serve(args) -> int:
     """Load ``--model`` (or the bundled default) and serve the API until Ctrl-C."""
     import uvicorn
 
+    from ..errors import user_message
     from ..services import build_services
     from ..services.access import AccessError, AccessPolicy, app_roots, check_listen, is_loopback, listen_urls
 
     try:
         warning = check_listen(args.host, False, bool(args.api_key), args.insecure_no_auth)
     except AccessError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
     if warning:
         print(warning, file=sys.stderr)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import user_message
 from ..paths import AppPaths, app_paths
 from ..registry import Registry
 from .access import AccessPolicy, app_roots
@@ -21,6 +22,7 @@ class Services:
     max_body_bytes: int = 4 * 1024 * 1024  # any other request body (/v1, Gradio's API): larger is a 413
     extra: dict = field(default_factory=dict)
     access: AccessPolicy | None = None  # who may call what; built from api_key / shared when not given
+    upload_dir: str | None = None  # where the UI's uploads land (set by ui.app.build_app); None: no uploads
 
     def __post_init__(self):
         if self.access is None:
@@ -50,7 +52,7 @@ def build_services(model: str | None = None, device: str | None = None, dtype: s
         try:
             registry.load(target)
         except (CheckpointError, KeyError, ValueError, OSError) as e:
-            registry.last_error = str(e.args[0] if isinstance(e, KeyError) else e)
+            registry.last_error = user_message(e)
             fallback = registry.bundled_default() if model is None else None
             if fallback is not None and fallback.path != target:  # a default that fails: the bundled one
                 error = registry.last_error

@@ -30,13 +30,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import LiteError
+
 log = logging.getLogger("lmstudio_lite.access")
 
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 KEY_USER = "api-key"  # the user name a request authenticated by the API key acts as
 
 
-class AccessError(Exception):
+class AccessError(LiteError):
     """A caller asked for something the policy forbids; the message says what and why."""
 
 

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -26,6 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..atomic import commit, fsync_file, write_json
+from ..errors import LiteError, user_message
+
 CONNECT_TIMEOUT_S = 5.0  # a blocked network must fail fast, not hang the UI
 READ_TIMEOUT_S = 30.0
 CHUNK = 1 << 20
@@ -34,7 +36,7 @@ _QUANT = re.compile(r"(?i)(?:^|[-_.])(I?Q\d(?:_[A-Z0-9]+)*|BF16|F16|F32)(?=[-_.]
 _REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class DownloadError(Exception):
+class DownloadError(LiteError):
     """A download cannot start or go on; the message is for the user."""
 
 
@@ -165,7 +167,8 @@ def download_file(repo: str, filename: str, models_dir: Path, progress: Callable
                                 f"{size / 1e6:.1f} MB ({type(e).__name__}); start it again to resume.") from None
         raise explain(e, repo, filename) from None
     _verify(part, size, meta.etag)
-    os.replace(part, dest)
+    fsync_file(part)
+    commit(part, dest)
     if folder is None:
         record_source(dest, repo, filename, meta, url)
     return dest
@@ -221,13 +224,11 @@ def _verify(part: Path, size: int, etag: str | None) -> None:
 
 
 def record_source(dest: Path, repo: str, filename: str, meta, url: str) -> Path:
-    from ..chats import atomic_write_text
-
     source = {"repo": repo, "file": filename, "revision": meta.commit_hash, "url": url, "etag": meta.etag,
               "size": meta.size, "endpoint": endpoint(), "downloaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                        time.gmtime())}
     path = dest.with_name(dest.name + ".source.json")
-    atomic_write_text(path, json.dumps(source, indent=2) + "\n")
+    write_json(path, source)
     return path
 
 
@@ -249,10 +250,7 @@ def download_folder(repo: str, files: list[RepoFile], models_dir: Path, progress
         path = download_file(repo, f.name, models_dir, report, cancel, folder=name)
         done += path.stat().st_size
     folder = destination(models_dir, name, "config.json").parent
-    from ..chats import atomic_write_text
-
-    atomic_write_text(folder / "source.json", json.dumps({"repo": repo, "endpoint": endpoint(), "files":
-                                                          [f.name for f in wanted]}, indent=2) + "\n")
+    write_json(folder / "source.json", {"repo": repo, "endpoint": endpoint(), "files": [f.name for f in wanted]})
     return folder
 
 
@@ -338,6 +336,6 @@ class Downloads:
         except DownloadError as e:
             self._set(state="failed", message=str(e))
         except Exception as e:  # the thread must always end in a final state
-            self._set(state="failed", message=f"Download failed: {type(e).__name__}: {e}")
+            self._set(state="failed", message=f"Download failed: {user_message(e)}")
         else:
             self._set(state="done", path=str(path), message=f"Saved {path}")

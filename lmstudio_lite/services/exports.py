@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import user_message
+
 EXPORT_DIR = "exports"
 HOW_TO_USE = ("LM Studio: put it in `~/.lmstudio/models/<you>/<model>/`. Ollama: write a `Modelfile` with "
               "`FROM ./{file}`, then `ollama create <name> -f Modelfile`. llama.cpp: `llama-cli -m {file}`.")
@@ -52,8 +54,7 @@ def export_model(services, name: str | None, quant: str = "f32", allow_path: boo
         label = folder.name if Path(name).is_absolute() else name
         out = export_gguf(folder, export_path(services.paths.models, label, quant), quant)
     except (CheckpointError, ValueError, KeyError, OSError) as e:
-        reason = e.args[0] if isinstance(e, KeyError) and e.args else e
-        return ExportResult(False, f"Could not export {name}: {reason}")
+        return ExportResult(False, f"Could not export {name}: {user_message(e)}")
     size = out.stat().st_size / 1e6
     return ExportResult(True, f"Exported **{label}** as `{out.name}` ({size:.1f} MB, {quant}) in {out.parent}. "
                         + HOW_TO_USE.format(file=out.name), out)

@@ -1,7 +1,7 @@
 """Start-up housekeeping: temporary files that interrupted saves left behind.
 
-Every save here writes ``NAME.tmp`` (a file, or ``checkpoint.tmp/`` for a training
-checkpoint) and renames it into place; a kill between the two leaves the ``.tmp``
+Every save writes ``.NAME.<random>.tmp`` (``atomic.write_atomic``; ``checkpoint.tmp/`` for a
+training checkpoint) and renames it into place; a kill between the two leaves the ``.tmp``
 behind, the previous state intact. Nothing reads them, so at start they only take
 disk space (a checkpoint's is the size of the model).
 """

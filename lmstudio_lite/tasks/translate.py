@@ -158,6 +158,21 @@ def pieces(model, text: str, src: str, tgt: str) -> list[list[str]]:
     return [split_text(p, count, budget) for p in paragraphs(text)]
 
 
+def piece_stop(piece: str) -> str:
+    """Where a translation of ``piece`` is over: a line break for a one-line piece, a blank line
+    for one of several lines (pieces never hold a blank line). Chat models such as SmolLM2 go on
+    after the translated sentence ("\n\nIn this context, ...") instead of ending their turn."""
+    return "\n\n" if "\n" in piece.strip() else "\n"
+
+
+def cut_at_stop(out: str, stop: str) -> tuple[str, bool]:
+    """(``out`` up to ``stop``, whether it was there), looking past leading whitespace only, so a
+    reply that opens with a line break is not cut to nothing."""
+    body = out.lstrip()
+    at = body.find(stop)
+    return (out, False) if at < 0 else (body[:at], True)
+
+
 def translate(model, text: str, src: str, tgt: str, settings, cancel=None) -> Iterator[Step]:
     """Stream the translation: ``Step``s whose text is everything translated so far."""
     if not text or not text.strip():
@@ -174,10 +189,16 @@ def translate(model, text: str, src: str, tgt: str, settings, cancel=None) -> It
         current = []
         for piece in para:
             desc = f"Translating part {n + 1} of {total} ({src} → {tgt})"
-            out = ""
-            for delta in run_messages(model, translate_messages(piece, src, tgt), settings, cancel=cancel):
-                out += delta
-                yield Step(n, total, desc, _join(done_paras, current + [out]))
+            out, stop = "", piece_stop(piece)
+            deltas = run_messages(model, translate_messages(piece, src, tgt), settings, cancel=cancel)
+            try:
+                for delta in deltas:
+                    out, over = cut_at_stop(out + delta, stop)
+                    yield Step(n, total, desc, _join(done_paras, current + [out]))
+                    if over:
+                        break
+            finally:
+                deltas.close()  # ends the generation when the translation stopped early
             current.append(out.strip())
             n += 1
             if cancel is not None and cancel.is_set():

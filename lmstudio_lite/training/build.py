@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..atomic import commit, write_json, write_text
 from ..checkpoints.chat_template import CHATML_SPECIAL_TOKENS, FALLBACK_TEMPLATE, PRESETS
-from ..checkpoints.folder import load_weights, read_config, save_folder, write_json
+from ..checkpoints.folder import load_weights, read_config, save_folder
 from ..checkpoints.hf_config import config_to_hf
 from ..checkpoints.tokenizer import Tokenizer, train_bpe_tokenizer
 from ..model.config import ModelConfig
@@ -171,14 +171,14 @@ def export_model(built: Built, spec: TrainSpec, run: RunFolder, models_dir: Path
                 card.setdefault("notes", []).append("adapter not exported: GPT-2's fused q/k/v has no PEFT layout")
         merge_lora(model)
     save_folder(model, staging, tokenizer=built.tokenizer, dtype=built.save_dtype, model_type=built.model_type)
-    (staging / "README.md").write_text(render_card(card), encoding="utf-8")
+    write_text(staging / "README.md", render_card(card))
     write_json(staging / EXPORT_MARK, {"run_id": run.run_id})
     target = models_dir / name
     if target.exists():
         target = models_dir / f"{name}-{run.run_id}"
     models_dir.mkdir(parents=True, exist_ok=True)
     try:
-        os.replace(staging, target)
+        commit(staging, target)
     except OSError:  # runs and models on different filesystems: copy, then remove
         shutil.move(str(staging), str(target))
     return target

@@ -5,11 +5,14 @@ Layout of ``runs/<run_id>/``::
     spec.json          the TrainSpec used (resume reads it back)
     metrics.jsonl      one JSON object per logged step, append-only
     log.txt            human-readable log lines (and a traceback when a run fails)
-    result.json        written when the model is exported: {"state", "step", "model_path"}
+    result.json        the outcome: {"state", "step", "total_steps"} on cancel or failure ("error"),
+                       plus "model_path" once the model is exported
     base/              from-scratch runs only: config.json + tokenizer files of the new model
     checkpoint/        model.safetensors (trainable parameters) + state.pt (optimizer, step, RNG, batcher)
+    best/              model.safetensors + best.json: the trainable parameters at the lowest validation
+                       loss so far (spec.keep_best), exported instead of the last step's
 
-A checkpoint is written to ``checkpoint.tmp/``, fsynced, then swapped in with two
+A checkpoint (and ``best/`` alike) is written to ``checkpoint.tmp/``, fsynced, then swapped in with two
 renames (``checkpoint -> checkpoint.prev``, ``checkpoint.tmp -> checkpoint``).
 A crash at any point leaves either ``checkpoint/`` or ``checkpoint.prev/``
 complete, and ``load_checkpoint`` takes whichever exists. ``state.pt`` holds only
@@ -27,29 +30,15 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints.errors import CheckpointError, disk_full_named
-from ..checkpoints.folder import write_json
+from ..atomic import disk_full_named, fsync_dir, fsync_file, write_json, write_text
+from ..checkpoints.errors import CheckpointError
 
-CKPT, TMP, PREV = "checkpoint", "checkpoint.tmp", "checkpoint.prev"
+CKPT, PREV = "checkpoint", "checkpoint.prev"
+BEST = "best"
 
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
-
-
-def _fsync_dir(path: Path):
-    if os.name != "posix":
-        return  # directory fsync is a POSIX notion; NTFS journals renames itself
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path):
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 class RunFolder:
@@ -104,10 +93,7 @@ class RunFolder:
         """Drop lines logged after ``last_step`` (a resumed run logs those steps again)."""
         kept = [r for r in self.read_metrics() if r.get("step", 0) <= last_step]
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
-        tmp = self.metrics_path.with_name("metrics.jsonl.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        _fsync_file(tmp)
-        os.replace(tmp, self.metrics_path)
+        write_text(self.metrics_path, text)
 
     def log(self, line: str):
         with open(self.path / "log.txt", "a", encoding="utf-8") as f:
@@ -128,37 +114,90 @@ def read_metrics_file(path: Path) -> list[dict]:
 
 
 # -- checkpoints -------------------------------------------------------------------
-def save_checkpoint(run_dir: str | Path, weights: dict[str, torch.Tensor], state: dict) -> Path:
-    """Write weights (safetensors) and training state (torch.save) atomically into ``checkpoint/``."""
-    from safetensors.torch import save_file
-
-    run_dir = Path(run_dir)
-    tmp, final, prev = run_dir / TMP, run_dir / CKPT, run_dir / PREV
+def _swap_in(run_dir: Path, name: str, needed: int, write) -> Path:
+    """Let ``write(tmp_folder)`` fill ``<name>.tmp/``, fsync it, then swap it in for ``<name>/``
+    with two renames (the old copy stays complete as ``<name>.prev/`` until the new one is in)."""
+    tmp, final, prev = run_dir / f"{name}.tmp", run_dir / name, run_dir / f"{name}.prev"
     if tmp.exists():
-        shutil.rmtree(tmp)  # left over from an interrupted save; never the live checkpoint
+        shutil.rmtree(tmp)  # left over from an interrupted save; never the live copy
     tmp.mkdir(parents=True)
-    cpu = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
-    # Weights plus AdamW's two moments: about three times the weights.
-    needed = 3 * sum(v.numel() * v.element_size() for v in cpu.values())
     try:
         with disk_full_named(final, needed):
-            save_file(cpu, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            torch.save(state, tmp / "state.pt")
-            for name in ("model.safetensors", "state.pt"):
-                _fsync_file(tmp / name)
+            write(tmp)
+            for file in tmp.iterdir():
+                fsync_file(file)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # give the space back; the last checkpoint stays
+        shutil.rmtree(tmp, ignore_errors=True)  # give the space back; the last copy stays
         raise
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():
         if prev.exists():
             shutil.rmtree(prev)
         os.replace(final, prev)
     os.replace(tmp, final)
-    _fsync_dir(run_dir)
+    fsync_dir(run_dir)
     if prev.exists():
         shutil.rmtree(prev)
     return final
+
+
+def _cpu(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
+
+
+def save_checkpoint(run_dir: str | Path, weights: dict[str, torch.Tensor], state: dict) -> Path:
+    """Write weights (safetensors) and training state (torch.save) atomically into ``checkpoint/``."""
+    from safetensors.torch import save_file
+
+    cpu = _cpu(weights)
+    # Weights plus AdamW's two moments: about three times the weights.
+    needed = 3 * sum(v.numel() * v.element_size() for v in cpu.values())
+
+    def write(tmp: Path):
+        save_file(cpu, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        torch.save(state, tmp / "state.pt")
+
+    return _swap_in(Path(run_dir), CKPT, needed, write)
+
+
+def save_best(run_dir: str | Path, weights: dict[str, torch.Tensor], info: dict) -> Path:
+    """The trainable weights of the best evaluation so far into ``best/`` (atomically), with
+    ``best.json`` = ``info`` ({"step", "val_loss"})."""
+    from safetensors.torch import save_file
+
+    cpu = _cpu(weights)
+
+    def write(tmp: Path):
+        save_file(cpu, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "best.json").write_text(json.dumps(info), encoding="utf-8")
+
+    return _swap_in(Path(run_dir), BEST, sum(v.numel() * v.element_size() for v in cpu.values()), write)
+
+
+def best_info(run_dir: str | Path) -> dict | None:
+    """{"step", "val_loss"} of the run's kept best weights, or None when it has none."""
+    for name in (BEST, f"{BEST}.prev"):
+        folder = Path(run_dir) / name
+        try:
+            info = json.loads((folder / "best.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if (folder / "model.safetensors").is_file():
+            return {**info, "folder": str(folder)}
+    return None
+
+
+def load_best(run_dir: str | Path, device="cpu") -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    info = best_info(run_dir)
+    if info is None:
+        raise CheckpointError(Path(run_dir) / BEST, "no best weights were kept in this run")
+    path = Path(info["folder"]) / "model.safetensors"
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as e:  # safetensors has its own error types for corrupt files
+        raise CheckpointError(path, f"cannot be read ({e})") from None
 
 
 def checkpoint_path(run_dir: str | Path) -> Path | None:

@@ -9,6 +9,7 @@ trains with DDP; only rank 0 prints.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -18,62 +19,54 @@ import time
 EXIT_CANCELLED = 130
 
 
+LENGTH = ("steps", "epochs")  # one or the other: a mutually exclusive pair of flags
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--model", help="base model folder to fine-tune")
-    p.add_argument("--data", help="training data: .txt, .jsonl, .csv or .tsv")
+    """One flag per TrainSpec field (``--field-name``, or the field's ``metadata["flag"]``), generated:
+    help from its docstring, the type and default from the field, choices from its metadata. A flag
+    left out leaves the field to TrainSpec's own default, so every default is defined once."""
+    from .spec import TrainSpec, defaults, field_help
+
+    helps, values = field_help(), defaults()
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, default=0, help="optimizer steps")
-    length.add_argument("--epochs", type=float, default=0.0, help="passes over the data (instead of --steps)")
-    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per micro-batch (default 8)")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
-    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--warmup-steps", type=int, default=-1, help="-1 = 5%% of the run, at most 100")
-    p.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank (0 = full fine-tune)")
-    p.add_argument("--lora-alpha", type=float, default=16.0)
-    p.add_argument("--lora-dropout", type=float, default=0.0)
-    p.add_argument("--lora-targets", default="q,k,v,o", help="comma list of q,k,v,o,gate,up,down")
-    p.add_argument("--eval-every", type=int, default=50, help="validation + probe generations every N steps")
-    p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps")
-    p.add_argument("--log-every", type=int, default=1, help="a metrics.jsonl line every N steps")
-    p.add_argument("--probe", action="append", default=[], help="a prompt to generate from at each evaluation")
-    p.add_argument("--out", help="name of the finished model in the models folder")
+    for f in dataclasses.fields(TrainSpec):
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        group = length if f.name in LENGTH else p
+        group.add_argument(flag, dest=f.name, default=None, **_flag_kind(f, flag, helps.get(f.name, ""), values))
     p.add_argument("--resume", metavar="RUN", help="continue a cancelled or interrupted run by its id")
-    p.add_argument("--from-scratch", action="store_true", help="train a new model with a new BPE tokenizer")
-    p.add_argument("--vocab-size", type=int, default=8192)
-    p.add_argument("--n-layer", type=int, default=6)
-    p.add_argument("--d-model", type=int, default=384)
-    p.add_argument("--n-head", type=int, default=6)
-    p.add_argument("--family", choices=("llama", "gpt2"), default="llama")
-    p.add_argument("--chat-template", choices=("fallback", "chatml"), default="fallback",
-                   help="chat format of a from-scratch model (chatml adds <|im_start|>/<|im_end|> tokens)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 or mps (default: best available)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="bf16 = autocast with float32 master weights (default: bf16 where the GPU or CPU runs it natively)")
-    p.add_argument("--threads", type=int, help="CPU threads for training (default: all cores but one)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.05)
-    p.add_argument("--task-prompt", help="instruction put before each source text of a .csv/.tsv file")
     return p
 
 
+def _flag_kind(f: dataclasses.Field, flag: str, doc: str, values: dict) -> dict:
+    kind = str(f.type).split("|")[0].strip()  # "str | None" -> "str" (annotations are strings here)
+    shown = values.get(f.name) if f.default is not dataclasses.MISSING else None
+    if shown not in (None, "", (), []) and "default" not in doc:
+        shown = ",".join(shown) if isinstance(shown, tuple) else shown
+        doc = f"{doc} (default: {shown})".strip()
+    out = {"help": doc.replace("%", "%%"), "choices": f.metadata.get("choices"),
+           "metavar": None if f.metadata.get("choices") else flag[2:].upper().replace("-", "_")}
+    if kind == "bool":
+        out["action"] = argparse.BooleanOptionalAction
+    elif kind == "list":
+        out.update(action="append", metavar="TEXT", help=out["help"] + " Repeat the flag for more.")
+    elif kind == "tuple":
+        out.update(type=_comma_list, metavar="A,B,...")
+    else:
+        out["type"] = {"int": int, "float": float}.get(kind, str)
+    return out
+
+
+def _comma_list(text: str) -> tuple:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
 def spec_from_args(args):
+    """The TrainSpec of the flags given; the others keep TrainSpec's defaults."""
     from .spec import TrainSpec
 
-    extra = {"threads": args.threads} if args.threads else {}
-    return TrainSpec(
-        data=args.data, base_model=args.model, out_name=args.out, steps=args.steps, epochs=args.epochs, lr=args.lr,
-        batch_size=args.batch_size, grad_accum=args.grad_accum, seq_len=args.seq_len, optimizer=args.optimizer,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, lora_rank=args.lora_rank,
-        lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-        lora_targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
-        eval_every=args.eval_every, save_every=args.save_every, log_every=args.log_every, probe_prompts=args.probe,
-        seed=args.seed, device=args.device, precision=args.precision, from_scratch=args.from_scratch,
-        vocab_size=args.vocab_size, n_layer=args.n_layer, d_model=args.d_model, n_head=args.n_head,
-        family=args.family, chat_template=args.chat_template, val_fraction=args.val_fraction,
-        task_prompt=args.task_prompt, **extra)
+    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainSpec)}
+    return TrainSpec(**{name: value for name, value in given.items() if value is not None})
 
 
 def _clock(seconds) -> str:
@@ -124,14 +117,14 @@ class Progress:
 def run_train(args) -> int:
     """Run ``lmstudio-lite train``; 0 finished, 130 cancelled (Ctrl-C), 1 failed, 2 bad arguments."""
     from . import distributed as D
-    from .jobs import error_message
+    from ..errors import user_message
     from .run import run_training
     from .trainer import Hooks
 
     try:
         spec = None if args.resume else spec_from_args(args)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
     is_main = int(os.environ.get("RANK", "0")) == 0
     bar = Progress() if is_main else None
@@ -149,7 +142,7 @@ def run_train(args) -> int:
     except Exception as e:
         if bar:
             bar.end()
-        print(f"error: {error_message(e)}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 1
     finally:
         restore()

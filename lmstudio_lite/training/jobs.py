@@ -19,36 +19,31 @@ import threading
 import time
 
 from ..checkpoints.errors import CheckpointError
+from ..errors import LiteError, user_message
 from ..paths import AppPaths, app_paths
-from .checkpointing import RunFolder, checkpoint_path, new_run_id, read_metrics_file
-from .data import DataError
+from .checkpointing import RunFolder, best_info, checkpoint_path, new_run_id, read_metrics_file
 from .run import run_training
 from .spec import TrainSpec
-from .trainer import Hooks, TrainingError
+from .trainer import Hooks
 
 STATES = ("idle", "queued", "running", "cancelling", "finished", "failed", "cancelled")
 HISTORY_MAX = 400  # plot points kept in the status; halved (every other point) when full
 LOG_MAX = 50
 
 
-class JobBusyError(RuntimeError):
-    """A second run was started while one is still going."""
+class JobBusyError(LiteError, RuntimeError):
+    """A second run was started while one is still going; ``run_id`` and ``state`` name that one."""
+
+    def __init__(self, run_id: str | None, state: str):
+        super().__init__(f"run {run_id} is still {state}: cancel it or wait for it to finish")
+        self.run_id, self.state = run_id, state
 
 
 def _blank(state: str = "idle", run_id: str | None = None) -> dict:
     return {"state": state, "run_id": run_id, "step": 0, "total_steps": None, "epoch": 0.0, "loss": None,
             "val_loss": None, "val_ppl": None, "lr": None, "tokens_per_s": None, "elapsed_s": 0.0, "eta_s": None,
             "probes": [], "error": None, "model_path": None, "run_dir": None, "history": [], "log": [],
-            "preview": None}
-
-
-def error_message(e: BaseException) -> str:
-    """One readable line for the UI; the traceback stays in the run's log.txt."""
-    if isinstance(e, (DataError, CheckpointError, TrainingError, ValueError)):
-        return str(e)
-    if "out of memory" in str(e).lower() or isinstance(e, MemoryError):
-        return "out of memory: lower the batch size or the sequence length, or use LoRA"
-    return f"{type(e).__name__}: {e}"
+            "preview": None, "warning": None}
 
 
 class JobRunner:
@@ -68,8 +63,7 @@ class JobRunner:
             raise ValueError("give a training spec, or a run id to resume")
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
-                raise JobBusyError(f"another training run ({self._status['run_id']}) is in progress "
-                                   f"({self._status['state']}); cancel it or wait for it to finish")
+                raise JobBusyError(self._status["run_id"], self._status["state"])
             run_id = resume or new_run_id()
             self._cancel = threading.Event()
             self._status = _blank("queued", run_id)
@@ -112,8 +106,8 @@ class JobRunner:
             result = run_training(spec, paths=self.paths, run_id=None if resume else run_id, resume=resume,
                                   cancel=cancel, hooks=hooks)
         except BaseException as e:  # the thread must always end in a final state
-            self._on_log(f"failed: {error_message(e)}")
-            self._update(state="failed", error=error_message(e), eta_s=None)
+            self._on_log(f"failed: {user_message(e)}")
+            self._update(state="failed", error=user_message(e), eta_s=None)
             return
         self._update(state=result.state, step=result.step, eta_s=None,
                      model_path=str(result.model_path) if result.model_path else None)
@@ -134,6 +128,8 @@ class JobRunner:
                 s[key] = record.get(key)
             if "val_loss" in record:
                 s["val_loss"], s["val_ppl"] = record["val_loss"], record.get("val_ppl")
+            if record.get("warning"):
+                s["warning"] = record["warning"]
             if record.get("probes") is not None:
                 s["probes"] = record["probes"]
             if record.get("logged", True):
@@ -150,9 +146,12 @@ class JobRunner:
         return read_metrics_file(self.paths.runs / run_id / "metrics.jsonl")
 
     def list_runs(self) -> list[dict]:
-        """Runs on disk, newest first: id, base model, data, steps done, last loss, model path, resumable."""
+        """Runs on disk, newest first: id, spec (its settings), outcome ("finished", "cancelled",
+        "failed", "running" for this runner's live run, "stopped" when the app ended mid-run), steps
+        done and planned, last losses, the kept best, the model path, and whether it can be resumed."""
         if not self.paths.runs.is_dir():
             return []
+        live = self.status()
         out = []
         for folder in sorted((p for p in self.paths.runs.iterdir() if p.is_dir()), reverse=True):
             run = RunFolder(folder)
@@ -160,15 +159,20 @@ class JobRunner:
                 spec = run.read_spec()
             except CheckpointError:
                 continue
-            metrics = run.read_metrics()
+            metrics, result = run.read_metrics(), run.read_result()
             last = metrics[-1] if metrics else {}
-            result = run.read_result()
-            out.append({"run_id": folder.name, "base_model": spec.get("base_model"), "data": spec.get("data"),
-                        "from_scratch": spec.get("from_scratch"), "step": last.get("step", 0),
+            outcome = result.get("state") or "stopped"
+            if live["run_id"] == folder.name and live["state"] in ("queued", "running", "cancelling"):
+                outcome = "running"
+            out.append({"run_id": folder.name, "spec": spec, "base_model": spec.get("base_model"),
+                        "data": spec.get("data"), "from_scratch": spec.get("from_scratch"), "outcome": outcome,
+                        "step": last.get("step", 0), "total_steps": result.get("total_steps"),
                         "loss": last.get("loss"), "val_loss": next((m["val_loss"] for m in reversed(metrics)
                                                                     if "val_loss" in m), None),
+                        "best": best_info(folder), "error": result.get("error"),
                         "model_path": result.get("model_path"),
-                        "resumable": checkpoint_path(folder) is not None and not result.get("model_path")})
+                        "resumable": (outcome != "running" and checkpoint_path(folder) is not None
+                                      and not result.get("model_path"))})
         return out
 
 

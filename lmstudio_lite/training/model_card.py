@@ -13,8 +13,8 @@ def _fmt(value) -> str:
 
 
 HYPERPARAMETERS = ("steps", "epochs", "lr", "batch_size", "grad_accum", "seq_len", "optimizer", "weight_decay",
-                   "warmup_steps", "min_lr_ratio", "clip", "lora_rank", "lora_alpha", "lora_dropout",
-                   "lora_targets", "precision", "seed")
+                   "warmup_steps", "scheduler", "min_lr_ratio", "clip", "lora_rank", "lora_alpha", "lora_dropout",
+                   "lora_targets", "precision", "seed", "keep_best", "early_stop_patience")
 
 
 def render_card(info: dict) -> str:

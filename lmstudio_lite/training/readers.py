@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import LiteError
+
 FORMATS = ("text", "raw_text", "prompt_completion", "instruction", "messages", "pairs")
 EXTENSIONS = (".txt", ".jsonl", ".csv", ".tsv")
 ROLES = ("system", "user", "assistant", "tool")
@@ -51,7 +53,7 @@ _HEADER_NAMES = {
 MAX_LINE_CHARS = 1_000_000
 
 
-class DataError(ValueError):
+class DataError(LiteError, ValueError):
     """A training-data problem, worded for the user: ``"data.jsonl line 7: missing field 'completion'"``."""
 
     def __init__(self, path: str | Path | None, problem: str, line: int | None = None):

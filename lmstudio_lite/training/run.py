@@ -14,12 +14,16 @@ from pathlib import Path
 import torch
 
 from ..device import choose_device, claim_cpu_threads
+from ..errors import is_out_of_memory, user_message
 from ..paths import AppPaths, app_paths
 from . import distributed as D
 from .build import build_model, default_out_name, export_model, file_sha256, load_data
 from .checkpointing import RunFolder, new_run_id
 from .spec import TrainSpec
 from .trainer import Hooks, Trainer, TrainingError, limit_threads
+
+
+OUT_OF_MEMORY = "out of memory: lower the batch size or the sequence length, or use LoRA"
 
 
 @dataclass
@@ -101,8 +105,13 @@ def run_training(spec: TrainSpec | None, *, paths: AppPaths | None = None, run_i
         with claim_cpu_threads(held):  # chat in this process decodes on the other cores meanwhile
             return _train(spec, run, paths, ctx, cancel, hooks, resumed=bool(resume))
     except BaseException as e:
+        failure = TrainingError(OUT_OF_MEMORY) if is_out_of_memory(e) else e  # worded where the knobs are known
         if run is not None and ctx.is_main and run.path.is_dir():
             run.log(f"failed: {e}\n{traceback.format_exc()}")
+            if isinstance(e, Exception) and not run.read_result().get("model_path"):  # for the runs list
+                run.write_result({"state": "failed", "error": user_message(failure)})
+        if failure is not e:
+            raise failure from e
         raise
     finally:
         D.shutdown(ctx)
@@ -134,17 +143,26 @@ def _train(spec, run: RunFolder, paths: AppPaths, ctx, cancel, hooks: Hooks, res
     state = trainer.loop() if trainer.step < trainer.total else "finished"
     result = RunResult(run.run_id, state, trainer.step, trainer.total, run.path)
     if state == "finished" and ctx.is_main:
-        card = _card_info(spec, run, data, trainer, device)
+        best = trainer.use_best()
+        if best:
+            say(f"exporting the best weights: step {best['step']} (validation loss {best['val_loss']:.4f}), "
+                f"not step {trainer.step}")
+        card = _card_info(spec, run, data, trainer, device, best)
         result.model_path = export_model(built, spec, run, paths.models, card)
-        run.write_result({"state": state, "step": trainer.step, "model_path": str(result.model_path)})
+        run.write_result({"state": state, "step": trainer.step, "total_steps": trainer.total,
+                          "model_path": str(result.model_path), "best": best})
         say(f"model saved to {result.model_path}")
+    elif ctx.is_main:
+        run.write_result({"state": state, "step": trainer.step, "total_steps": trainer.total})
     D.barrier(ctx)
     return result
 
 
-def _card_info(spec: TrainSpec, run: RunFolder, data, trainer: Trainer, device) -> dict:
+def _card_info(spec: TrainSpec, run: RunFolder, data, trainer: Trainer, device, best: dict | None) -> dict:
     last = trainer.last
-    return {"name": spec.out_name or default_out_name(spec, run.run_id), "base_model": spec.base_model,
+    notes = [f"the weights are those of step {best['step']}, the lowest validation loss "
+             f"({best['val_loss']:.4g}); the final losses above are of step {trainer.step}"] if best else []
+    return {"notes": notes, "name": spec.out_name or default_out_name(spec, run.run_id), "base_model": spec.base_model,
             "from_scratch": spec.from_scratch, "data": Path(spec.data).name, "data_sha256": file_sha256(spec.data),
             "data_format": data.format, "train_examples": len(data.train), "val_examples": len(data.val),
             "spec": {**spec.to_dict(), "warmup_steps": trainer.warmup, "steps": trainer.total},

@@ -16,18 +16,20 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from ..errors import LiteError
 from ..generation import Engine, SamplingParams
 from . import distributed as D
-from .checkpointing import RunFolder, load_checkpoint, save_checkpoint
+from .checkpointing import RunFolder, best_info, load_best, load_checkpoint, save_best, save_checkpoint
 from .data import IGNORE, Batcher, Example, PreparedData
 from .loss import CausalLMLoss
 from .schedule import lr_at
 from .spec import TrainSpec
+from .watch import ValWatch
 
 ADAM_BETAS = (0.9, 0.95)  # the usual choice for transformer LMs (GPT-3, Llama); 0.999 reacts slowly
 
 
-class TrainingError(RuntimeError):
+class TrainingError(LiteError, RuntimeError):
     """The run cannot go on (diverged, nothing to resume, a name taken): a message for the user."""
 
 
@@ -100,6 +102,7 @@ class Trainer:
         self.warmup = spec.warmup(self.total)
         self.step, self.elapsed_before, self.last, self.last_probes = 0, 0.0, {}, []
         self.probe_ids = self._probe_prompts()
+        self.watch = ValWatch(spec.early_stop_patience, spec.overfit_warn_evals)
 
     # -- state -------------------------------------------------------------------------
     def trainable_state(self) -> dict[str, torch.Tensor]:
@@ -111,7 +114,8 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {"step": self.step, "total_steps": self.total, "elapsed_s": elapsed, "rng": rng,
                 "optimizer": self.optimizer.state_dict(), "batcher": self.batcher.state_dict(),
-                "last": {k: v for k, v in self.last.items() if isinstance(v, (int, float))}}
+                "last": {k: v for k, v in self.last.items() if isinstance(v, (int, float))},
+                "watch": self.watch.state_dict()}
 
     def save(self, elapsed: float):
         if self.ctx.is_main:
@@ -133,6 +137,7 @@ class Trainer:
         self.batcher.load_state_dict(state["batcher"])
         self.step, self.elapsed_before = int(state["step"]), float(state["elapsed_s"])
         self.last = dict(state.get("last", {}))
+        self.watch.load_state_dict(state.get("watch"))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"].cpu())
         random.setstate(_as_tuple(rng["python"]))
@@ -152,7 +157,7 @@ class Trainer:
     def train_step(self) -> dict:
         """Accumulate ``grad_accum`` micro-batches, clip, step. Loss is the mean over every
         loss-carrying token of the global batch, however it is split over micro-batches and ranks."""
-        lr = lr_at(self.step, self.spec.lr, self.warmup, self.total, self.spec.min_lr_ratio)
+        lr = lr_at(self.step, self.spec.lr, self.warmup, self.total, self.spec.min_lr_ratio, self.spec.scheduler)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         micro = [next(self.batcher) for _ in range(self.spec.grad_accum)]
@@ -237,13 +242,17 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def _cancelled(self) -> bool:
-        flag = torch.tensor([1.0 if self.cancel is not None and self.cancel.is_set() else 0.0],
-                            device=D.comm_device())
-        return bool(D.all_reduce_sum(flag, self.ctx).item())  # every rank stops at the same step
+        return self._agree(self.cancel is not None and self.cancel.is_set())
+
+    def _agree(self, mine: bool) -> bool:
+        """True on every rank when any rank says so: every rank stops at the same step."""
+        flag = torch.tensor([1.0 if mine else 0.0], device=D.comm_device())
+        return bool(D.all_reduce_sum(flag, self.ctx).item())
 
     def loop(self) -> str:
-        """Train to ``total`` steps; returns "finished" or "cancelled" (a checkpoint is written either way)."""
-        spec, start = self.spec, time.perf_counter()
+        """Train to ``total`` steps (or an early stop); returns "finished" or "cancelled" (a checkpoint
+        is written either way)."""
+        spec, start, stop = self.spec, time.perf_counter(), False
         steps_here, window_tokens, window_t = 0, 0, start
         while self.step < self.total:
             # 1. stop at a step boundary when asked (the Cancel button, Ctrl-C)
@@ -266,6 +275,7 @@ class Trainer:
             is_eval = self.step == self.total or (spec.eval_every and self.step % spec.eval_every == 0)
             if is_eval and self.ctx.is_main:
                 record.update(self.evaluate())
+                stop = self._judge(record)
             self.last = {k: v for k, v in record.items() if k != "probes"}
             if "probes" in record:
                 self.last_probes = record["probes"]
@@ -278,10 +288,43 @@ class Trainer:
                 record["logged"] = logged
                 if self.hooks.on_step:
                     self.hooks.on_step(record)
-            # 5. checkpoint on schedule and at the end
+            # 5. early stopping, agreed by every rank (only rank 0 evaluated)
+            if is_eval and spec.early_stop_patience and self._agree(self.ctx.is_main and stop):
+                self._log(f"early stop at step {self.step}: no better validation loss in "
+                          f"{spec.early_stop_patience} evaluations (best: step {self.watch.best_step})")
+                self.save(self.elapsed_before + time.perf_counter() - start)
+                return "finished"
+            # 6. checkpoint on schedule and at the end
             if self.step == self.total or (spec.save_every and self.step % spec.save_every == 0):
                 self.save(self.elapsed_before + time.perf_counter() - start)
         return "finished"
+
+    def _judge(self, record: dict) -> bool:
+        """Rank 0, after an evaluation: keep the best weights, warn of overfitting; True = stop early."""
+        if "val_loss" not in record:
+            return False  # no validation examples: nothing to judge by
+        verdict = self.watch.update(self.step, record["val_loss"], record["loss"])
+        if verdict.improved and self.spec.keep_best:
+            save_best(self.run.path, self.trainable_state(), {"step": self.step, "val_loss": record["val_loss"]})
+        if verdict.warning:
+            record["warning"] = verdict.warning
+            self._log("warning: " + verdict.warning)
+        return verdict.stop
+
+    def use_best(self) -> dict | None:
+        """Put the kept best weights back (before export); {"step", "val_loss"} of them, or None when
+        the last step is the best or none were kept."""
+        if not self.spec.keep_best or self.watch.best_loss is None or self.watch.best_step == self.step:
+            return None
+        kept = best_info(self.run.path)
+        if kept is None or kept.get("step") != self.watch.best_step:  # a crash between the two saves
+            self._log(f"the kept best weights are not those of step {self.watch.best_step}: exporting the last step")
+            return None
+        weights = load_best(self.run.path, self.device)
+        with torch.no_grad():
+            for name, p in self.trainable_state().items():
+                p.copy_(weights[name])
+        return {"step": self.watch.best_step, "val_loss": self.watch.best_loss}
 
     def _log(self, line: str):
         if self.ctx.is_main:

@@ -53,7 +53,7 @@ class ChatHandlers:
             try:
                 self.store.save(conv)
             except OSError as e:
-                warn(f"Could not save the conversation: {e}")
+                warn(f"Could not save the conversation: {friendly(e)}")
 
     # -- sending ---------------------------------------------------------------------------
     def submit(self, message: str, conv, system: str, owned: list):
@@ -100,6 +100,8 @@ class ChatHandlers:
         throttle = Throttle()
         yield conv, view(conv), "", notice_md(note)
         try:
+            for position in getattr(stream, "waiting", lambda: ())():  # the model serves others first
+                yield conv, view(conv), "", notice_md(f"Waiting for the model: number {position} in the queue.")
             for delta in stream:
                 msg["content"] += delta
                 if throttle.ready():

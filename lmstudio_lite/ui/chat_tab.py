@@ -12,7 +12,7 @@ import gradio as gr
 
 from ..tasks.chat import DEFAULT_SYSTEM, PRESETS, build_messages, make_settings
 from ..tasks.text import run_messages
-from . import starter_box
+from . import chat_probs, starter_box
 from .chat_handlers import ChatHandlers, preset_values
 from .common import LLM, PRIVATE, current_model, friendly
 from .models_tab import enclosing_tab
@@ -67,6 +67,7 @@ def _chat_area() -> dict:
     c["chatbot"] = gr.Chatbot(elem_id="chatbot", height=440, editable="user", show_label=False,
                               buttons=["copy", "copy_all"],
                               placeholder="Send a message to start. Replies stream as they are written.")
+    c["probs"] = chat_probs.build_view()
     c["meter"] = gr.HTML("", elem_id="context-meter")
     with gr.Row():
         c["input"] = gr.Textbox(placeholder="Message (Enter sends, Shift+Enter for a new line)", lines=1,
@@ -78,13 +79,16 @@ def _chat_area() -> dict:
         c["continue"] = gr.Button("→ Continue", elem_id="continue-btn", size="sm")
         c["clear"] = gr.Button("Clear", elem_id="clear-btn", size="sm")
         c["show"] = gr.Button("Show prompt", elem_id="show-prompt-btn", size="sm")
+        c["inspect"] = gr.Button("Inspect reply", elem_id="chat-inspect-btn", size="sm")
+    c["probs_toggle"] = chat_probs.build_toggle()
     c["stats"] = gr.Markdown("", elem_id="chat-stats")
     c["notice"] = gr.Markdown("", elem_id="chat-notice")
     return c
 
 
-def build(services, demo: gr.Blocks) -> None:
-    """Lay out the Chat tab and wire its events (call inside a ``gr.Tab`` of ``demo``)."""
+def build(services, demo: gr.Blocks) -> dict:
+    """Lay out the Chat tab and wire its events (call inside a ``gr.Tab`` of ``demo``);
+    -> the Inspect button and the conversation state, for the Inspect tab to wire."""
     h = ChatHandlers(services)
     tab = enclosing_tab()
     conv, job, owned = gr.State(None), gr.State(None), gr.State([])
@@ -98,7 +102,8 @@ def build(services, demo: gr.Blocks) -> None:
             with gr.Accordion("Prompt sent to the model", open=False, elem_id="prompt-accordion"):
                 c["prompt"] = gr.Textbox(lines=12, max_lines=30, interactive=False, show_label=False,
                                          elem_id="prompt-view", buttons=["copy"])
-    _wire_generation(h, c, conv, job, owned, side)
+    runs = _wire_generation(h, c, conv, job, owned, side)
+    chat_probs.wire(services, c["probs_toggle"], c["probs"], conv, runs, side["list"])
     _wire_conversations(h, c, conv, owned, side)
     _register_api(services)
     meter_in = [c["input"], conv, c["system"], c["max_new"]]
@@ -108,6 +113,7 @@ def build(services, demo: gr.Blocks) -> None:
     if tab is not None:  # the model may have changed in the Models tab since: fit the slider, redraw the meter
         tab.select(h.max_new_limit, c["max_new"], c["max_new"], queue=False, **PRIVATE).then(
             h.meter, meter_in, c["meter"], queue=False, show_progress="hidden", **PRIVATE)
+    return {"inspect": c["inspect"], "conv": conv}
 
 
 def _wire_generation(h, c, conv, job, owned, side):
@@ -140,6 +146,7 @@ def _wire_generation(h, c, conv, job, owned, side):
     c["show"].click(h.show_prompt, meter_in, c["prompt"], queue=False, **PRIVATE)
     c["preset"].input(preset_values, c["preset"], [c["temperature"], c["top_p"], c["top_k"], c["min_p"],
                                                    c["rep"], c["seed"]], queue=False, **PRIVATE)
+    return runs
 
 
 def _wire_conversations(h, c, conv, owned, side):

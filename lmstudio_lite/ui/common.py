@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..checkpoints.errors import CheckpointError
+from ..errors import BUG_TEXT_MAX, LiteError, is_out_of_memory, is_user_error, user_message
 from .i18n import tr
 
 log = logging.getLogger("lmstudio_lite.ui")
@@ -26,7 +26,7 @@ CSS = """
 """
 
 
-class NoModelError(RuntimeError):
+class NoModelError(LiteError, RuntimeError):
     """Raised when a task needs a model and none is loaded."""
 
 
@@ -41,23 +41,15 @@ def current_model(services, lang: str | None = None):
 
 
 def friendly(e: BaseException, lang: str | None = None) -> str:
-    """A one-paragraph message for the UI; the traceback goes to the terminal log only.
-
-    Mistakes the user can fix (a wrong path, a name taken, a folder that is not a model, a full disk)
-    are worded as such, with no traceback: only unexpected errors are logged as crashes."""
-    from ..checkpoints.errors import DiskFullError
-
-    name = type(e).__name__
-    if (isinstance(e, OSError) and not isinstance(e, DiskFullError)  # DiskFullError words itself
-            and e.strerror and e.filename):  # the OS's own: '[Errno 2] ...' reads as a crash
-        return f"{e.filename}: {e.strerror}"
-    if isinstance(e, (NoModelError, CheckpointError, ValueError, KeyError, OSError)):
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        return str(msg)[:2000]
-    if name == "OutOfMemoryError" or isinstance(e, MemoryError):
+    """``user_message(e)`` for the UI, in ``lang`` where we word it ourselves (out of memory, a bug);
+    the user's own mistakes are worded where they are raised and stay as they are. An unexpected
+    error (a bug) also goes to the terminal log with its traceback."""
+    if is_out_of_memory(e):
         return tr(lang, "err.out_of_memory")
-    log.error("unexpected error in the UI", exc_info=e)
-    return tr(lang, "err.unexpected", error=f"{name}: {str(e)[:300]}")
+    if not is_user_error(e):
+        log.error("unexpected error in the UI", exc_info=e)
+        return tr(lang, "err.unexpected", error=f"{type(e).__name__}: {str(e)[:BUG_TEXT_MAX]}")
+    return user_message(e)
 
 
 def warn(message: str) -> str:

@@ -24,13 +24,15 @@ import threading
 import time
 import webbrowser
 
+from ..errors import LiteError, user_message
+
 DEFAULT_PORT = 7860
 PORT_SCAN = 100
 SHARE_WAIT_S = 8.0  # how long to wait for the share tunnel before saying it failed
 SHARED_UPLOAD_BYTES = 5 * 1024 * 1024
 
 
-class PortBusy(OSError):
+class PortBusy(LiteError, OSError):
     pass
 
 
@@ -163,7 +165,7 @@ def run_app(args) -> int:
         warning = check_listen(args.host, args.share, bool(auth or args.api_key), args.insecure_no_auth)
         sock, port = bind_socket(args.host, args.port)
     except (ValueError, OSError, AccessError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
     if warning:
         print(warning, file=sys.stderr)

@@ -1,9 +1,9 @@
 """The Models tab: every local model with its size and memory estimate; load, unload, import, delete,
 export as GGUF.
 
-All work goes through ``services.registry``; a folder that fails to load leaves the loaded model as
-it was and says why. When the app is reachable from other machines, typed folder paths must lie
-inside the app's folders (``services.access``).
+All work goes through ``services.models`` (listing, loading, importing, records) and the registry; a
+folder that fails to load leaves the loaded model as it was and says why. When the app is reachable
+from other machines, typed folder paths must lie inside the app's folders (``services.access``).
 """
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import gradio as gr
 import pandas as pd
 
 from ..services import exports
+from ..services import models
 from . import models_download
 from . import train_view as view
 from .common import LLM, PRIVATE, friendly
 from .i18n import lang_of, t, tr
-from .train_actions import all_models, device_type
 
 
 # Weight formats offered beside Load: value -> its label's key; "float" keeps the folder's own weights.
@@ -25,30 +25,14 @@ QUANT_KEYS = {"float": "models.quant_float", "q8_0": "models.quant_q8_0", "q4_1"
               "q4_0": "models.quant_q4_0"}
 
 
-# ---- actions (plain values in, message out) -------------------------------------------------------
-def _device_memory(services) -> tuple[int, str, str]:
-    """(total bytes, device label, dtype name) of the device models load on."""
-    from ..registry import device_memory
-
-    reg, cur = services.registry, services.registry.current
-    dtype = cur.info()["dtype"] if cur is not None else (reg.dtype or None)
-    dev = device_type(services)
-    if dtype is None:
-        dtype = "float32" if dev == "cpu" else "bfloat16"
-    try:
-        total = device_memory(dev)
-    except Exception:  # no driver, or a device without a memory query
-        total = 0
-    return total, {"cpu": "RAM"}.get(dev, dev.upper()), dtype
-
-
+# ---- messages around services.models (plain values in, message out) -------------------------------------------------------
 def models_frame(services) -> pd.DataFrame:
     from ..registry import memory_needed
 
-    total, label, dtype = _device_memory(services)
+    total, label, dtype = models.device_memory_info(services)
     cur = services.registry.current
     loaded = str(Path(cur.path).resolve()) if cur is not None else None
-    entries = all_models(services)
+    entries = models.all_models(services)
     for e in entries:
         e.path = str(Path(e.path).resolve())
     rows = view.model_rows(entries, loaded, lambda e: memory_needed(e, dtype), total, label)
@@ -61,16 +45,10 @@ def load_model(services, name: str | None, quant: str | None = None, lang: str |
     ``quant`` is a QUANT_KEYS key; None loads in the registry's format (``--quant``)."""
     if not name:
         return tr(lang, "models.choose_load")
-    entry = next((e for e in all_models(services) if e.name == name), None)
-    if entry is None and services.access.path_allowed(name) and Path(name).expanduser().is_dir():
-        target, by_path = name, True  # a typed folder path (inside the app's folders when remote)
-    elif entry is None:
-        return "⚠ " + tr(lang, "models.unknown", name=repr(name))
-    else:  # by name, so the registry keeps its display name; the unlisted loaded model by its path
-        target, by_path = (entry.path, True) if entry.source == "loaded" else (entry.name, False)
     try:
-        fmt = {} if quant is None else {"quant": None if quant == "float" else quant}
-        model = services.registry.load(target, allow_path=by_path, **fmt)
+        model = models.load(services, name, quant)
+    except models.UnknownModel:
+        return "⚠ " + tr(lang, "models.unknown", name=repr(name))
     except Exception as e:  # CheckpointError, OSError, bad weights: report, keep the old model
         cur = services.registry.current
         kept = tr(lang, "models.still_loaded", name=cur.name) if cur is not None else tr(lang, "models.none_loaded")
@@ -94,11 +72,9 @@ def import_folder(services, path: str | None, lang: str | None = None) -> str:
     if not (path or "").strip():
         return tr(lang, "models.import_empty")
     try:
-        services.access.check_path(path.strip(), "model folder")
+        entry = models.import_folder(services, path.strip())
     except AccessError as e:
         return f"⚠ {e}"
-    try:
-        entry = services.registry.import_folder(path.strip())
     except Exception as e:  # CheckpointError, FileExistsError, OSError: all worded for the user
         return "⚠ " + tr(lang, "models.import_failed", error=friendly(e, lang))  # the message names the folder
     return tr(lang, "models.imported", name=entry.name, folder=services.paths.models)
@@ -116,15 +92,11 @@ def delete_model(services, name: str | None, confirmed: bool, lang: str | None =
     return tr(lang, "models.deleted", name=name)
 
 
-def names(services) -> list[str]:
-    return [e.name for e in all_models(services)]
-
-
 # ---- layout and wiring ------------------------------------------------------------------------------
 def build(services) -> dict:
     """Build the tab inside the caller's ``with gr.Tab(...)``; returns the components by name."""
     c: dict = {"tab": enclosing_tab()}
-    cur, choices = services.registry.current, names(services)
+    cur, choices = services.registry.current, models.names(services)
     c["table"] = gr.Dataframe(models_frame(services), interactive=False, wrap=True, elem_id="models-table",
                               label=t("models.table"))
     with gr.Row():
@@ -174,7 +146,7 @@ def _hint(services) -> str:
 
 def _wire(services, c: dict):
     def refreshed(msg: str, keep: str | None = None):
-        choices = names(services)
+        choices = models.names(services)
         return msg, models_frame(services), gr.update(choices=choices, value=keep if keep in choices else None)
 
     outs = [c["msg"], c["table"], c["pick"]]
@@ -208,7 +180,7 @@ def _wire(services, c: dict):
     def models_list() -> list:
         """Every local model: name, folder, source, family, parameters, context_length, dtype, size_bytes,
         memory_bytes (estimate), loaded, error. ("folder", not "path": gradio_client would fetch a "path".)"""
-        return [model_record(services, e) for e in all_models(services)]
+        return [models.model_record(services, e) for e in models.all_models(services)]
 
     def model_load(name: str) -> str:
         """Load a listed model by name into the registry (serves Chat and /v1); returns a message."""
@@ -217,18 +189,3 @@ def _wire(services, c: dict):
     gr.api(models_list, api_name="models_list", concurrency_limit=None)
     gr.api(model_load, api_name="model_load", **LLM)
     return refreshed
-
-
-def model_record(services, entry) -> dict:
-    from ..registry import memory_needed
-
-    d = entry.as_dict()
-    d["folder"] = d.pop("path")
-    d["memory_bytes"] = memory_needed(entry, _device_memory(services)[2]) if entry.parameters else None
-    d["loaded"] = _is_loaded(services, entry)
-    return d
-
-
-def _is_loaded(services, entry) -> bool:
-    cur = services.registry.current
-    return cur is not None and Path(cur.path).resolve() == Path(entry.path).resolve()

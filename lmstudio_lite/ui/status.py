@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .common import PRIVATE
+from .common import PRIVATE, friendly
 from .i18n import lang_of, tr
 
 REFRESH_S = 5.0
@@ -19,7 +19,7 @@ def status_text(services, lang: str | None = None) -> str:
     try:
         line = reg.status_line()
     except Exception as e:  # never let the status line take a page down
-        line = tr(lang, "status.unavailable", error=e)
+        line = tr(lang, "status.unavailable", error=friendly(e, lang))
     extra = []
     if reg.current is None:
         loading = services.extra.get("loading")

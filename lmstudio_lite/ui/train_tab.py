@@ -11,10 +11,10 @@ from __future__ import annotations
 import gradio as gr
 
 from ..services import exports
-from . import train_actions as act
+from ..services import train_actions as act
+from ..services.train_actions import UserError
 from . import train_view as view
 from .models_tab import enclosing_tab
-from .train_actions import UserError
 
 POLL_S = 1.0
 COLOR_MAP = {"train": "#4a90e2", "validation": "#e67e22"}
@@ -38,6 +38,14 @@ def build(services) -> dict:
 
 
 # ---- layout -------------------------------------------------------------------------------------
+# Form keys (train_view.FORM_KEYS) -> component names in the dict build() returns.
+FORM = {"base": "base", "data": "data_path", "length_by": "length_by", "steps": "steps", "epochs": "epochs",
+        "lr": "lr", "batch_size": "batch", "seq_len": "seq_len", "method": "method", "lora_rank": "rank",
+        "out_name": "out_name", "warmup_steps": "warmup", "scheduler": "scheduler", "grad_accum": "grad_accum",
+        "eval_every": "eval_every", "seed": "seed", "keep_best": "keep_best", "early_stop_patience": "patience"}
+RUN_PANEL = ("run_info", "run_plot", "resume", "use", "compare_btn", "export_btn")
+
+
 def _layout(services) -> dict:
     c: dict = {}
     choices = act.model_choices(services)
@@ -47,11 +55,18 @@ def _layout(services) -> dict:
         with gr.Column(scale=1):
             c["base"] = gr.Dropdown(choices, value=base, label="Base model", elem_id="train-base")
             c["dataset"] = gr.File(label="Training data (.txt .jsonl .csv .tsv)", file_types=list(act.DATA_TYPES),
-                                   elem_id="dataset", height=120)
+                                   elem_id="dataset", height=110)
             c["sample"] = gr.Dropdown(list(act.list_samples()), value=None, label="…or a bundled sample",
                                       elem_id="sample-pick")
             _layout_hparams(c, d)
+            _layout_advanced(c, d)
         with gr.Column(scale=2):
+            with gr.Row():  # at the top, so Start is in view without scrolling
+                c["start"] = gr.Button("Start training", variant="primary", elem_id="train-start")
+                c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
+            c["msg"] = gr.Markdown("", elem_id="train-msg")
+            c["status"] = gr.Markdown(view.status_markdown(None), elem_id="train-status")
+            c["progress"] = gr.HTML(view.progress_html(None), elem_id="train-progress")
             c["preview_md"] = gr.Markdown("_Upload data or pick a sample to see how it will be trained._",
                                           elem_id="data-preview")
             c["preview_hl"] = gr.HighlightedText(label="Examples (highlighted text carries the loss)",
@@ -59,6 +74,7 @@ def _layout(services) -> dict:
                                                  show_inline_category=False,
                                                  combine_adjacent=True, elem_id="data-tokens")
     _layout_progress(c)
+    _layout_runs(c)
     _layout_compare(c)
     c["data_path"] = gr.State(None)  # the resolved file of this session's current choice
     c["sig"] = gr.State(None)  # last drawn status signature
@@ -75,33 +91,46 @@ def _initial_base(services, choices: list[str]) -> str | None:
 
 
 def _layout_hparams(c: dict, d: dict):
-    with gr.Accordion("Hyperparameters", open=True):
+    """The settings every run needs; a field shows only when it applies (steps or epochs, LoRA rank)."""
+    with gr.Row():
+        c["length_by"] = gr.Radio(["steps", "epochs"], value="steps", label="Train for", elem_id="train-length-by")
+        c["steps"] = gr.Number(d["steps"], label="Steps", precision=0, minimum=1, elem_id="train-steps")
+        c["epochs"] = gr.Number(d["epochs"], label="Epochs", minimum=0.01, elem_id="train-epochs", visible=False)
+    with gr.Row():
+        c["lr"] = gr.Number(d["lr"], label="Learning rate", elem_id="train-lr")
+        c["batch"] = gr.Number(d["batch_size"], label="Batch size", precision=0, minimum=1, elem_id="train-batch")
+    c["seq_len"] = gr.Slider(8, d["max_seq_len"], value=d["seq_len"], step=8, label="Sequence length",
+                             elem_id="train-seq-len")
+    with gr.Row():
+        c["method"] = gr.Radio(["Full", "LoRA"], value=d["method"], label="Fine-tune", elem_id="train-method")
+        c["rank"] = gr.Slider(1, 128, value=d["lora_rank"] or 8, step=1, label="LoRA rank",
+                              elem_id="train-lora-rank", visible=d["method"] == "LoRA")
+    c["out_name"] = gr.Textbox(label="Name of the new model (optional)", elem_id="train-out-name",
+                               placeholder="default: derived from the run id")
+
+
+def _layout_advanced(c: dict, d: dict):
+    a = act.advanced_defaults()
+    with gr.Accordion("Advanced", open=False, elem_id="train-advanced"):
         with gr.Row():
-            c["length_by"] = gr.Radio(["steps", "epochs"], value="steps", label="Train for", elem_id="train-length-by")
-            c["steps"] = gr.Number(d["steps"], label="Steps", precision=0, minimum=1, elem_id="train-steps")
-            c["epochs"] = gr.Number(d["epochs"], label="Epochs", minimum=0.01, elem_id="train-epochs")
+            c["warmup"] = gr.Number(a["warmup_steps"], label="Warm-up steps (-1 = automatic)", precision=0,
+                                    minimum=-1, elem_id="train-warmup")
+            c["scheduler"] = gr.Dropdown(list(a["schedulers"]), value=a["scheduler"], label="Learning-rate schedule",
+                                         elem_id="train-scheduler")
         with gr.Row():
-            c["lr"] = gr.Number(d["lr"], label="Learning rate", elem_id="train-lr")
-            c["batch"] = gr.Number(d["batch_size"], label="Batch size", precision=0, minimum=1, elem_id="train-batch")
+            c["grad_accum"] = gr.Number(a["grad_accum"], label="Gradient accumulation", precision=0, minimum=1,
+                                        elem_id="train-grad-accum")
             c["eval_every"] = gr.Number(d["eval_every"], label="Eval every (steps)", precision=0, minimum=0,
                                         elem_id="train-eval-every")
-        c["seq_len"] = gr.Slider(8, d["max_seq_len"], value=d["seq_len"], step=8, label="Sequence length",
-                                 elem_id="train-seq-len")
+            c["seed"] = gr.Number(a["seed"], label="Seed", precision=0, minimum=0, elem_id="train-seed")
         with gr.Row():
-            c["method"] = gr.Radio(["Full", "LoRA"], value=d["method"], label="Fine-tune", elem_id="train-method")
-            c["rank"] = gr.Slider(1, 128, value=d["lora_rank"] or 8, step=1, label="LoRA rank",
-                                  elem_id="train-lora-rank")
-        c["out_name"] = gr.Textbox(label="Name of the new model (optional)", elem_id="train-out-name",
-                                   placeholder="default: derived from the run id")
+            c["keep_best"] = gr.Checkbox(a["keep_best"], label="Keep the best checkpoint (lowest validation loss)",
+                                         elem_id="train-keep-best")
+            c["patience"] = gr.Number(a["early_stop_patience"], precision=0, minimum=0, elem_id="train-patience",
+                                      label="Early stopping: evaluations without improvement (0 = off)")
 
 
 def _layout_progress(c: dict):
-    with gr.Row():
-        c["start"] = gr.Button("Start training", variant="primary", elem_id="train-start")
-        c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
-    c["msg"] = gr.Markdown("", elem_id="train-msg")
-    c["status"] = gr.Markdown(view.status_markdown(None), elem_id="train-status")
-    c["progress"] = gr.HTML(view.progress_html(None), elem_id="train-progress")
     with gr.Row():
         c["plot"] = gr.LinePlot(None, x="step", y="loss", color="series", color_map=COLOR_MAP,
                                 title="Loss", x_title="step", y_title="loss", elem_id="loss-plot", height=300,
@@ -111,14 +140,29 @@ def _layout_progress(c: dict):
                           elem_id="train-log")
 
 
+def _layout_runs(c: dict):
+    with gr.Accordion("Runs: resume, use or compare", open=True, elem_id="train-runs-section"):
+        with gr.Row():
+            # allow_custom_value: a run id the list does not hold yet must not fail the poll that reads it
+            c["runs"] = gr.Dropdown([], value=None, label="Run", elem_id="train-runs", scale=4,
+                                    allow_custom_value=True)
+            c["resume"] = gr.Button("Resume", elem_id="train-resume", interactive=False, scale=1)
+            c["use"] = gr.Button("Use in Chat", elem_id="use-in-chat", interactive=False, scale=1)
+        c["run_msg"] = gr.Markdown("", elem_id="train-run-msg")
+        with gr.Row():
+            c["run_info"] = gr.Markdown(view.run_markdown(None), elem_id="train-run-info")
+            c["run_plot"] = gr.LinePlot(None, x="step", y="loss", color="series", color_map=COLOR_MAP,
+                                        title="Loss of this run", x_title="step", y_title="loss",
+                                        elem_id="train-run-plot", height=220)
+
+
 def _layout_compare(c: dict):
-    with gr.Accordion("Use the new model", open=True):
-        c["use"] = gr.Button("Use in Chat", elem_id="use-in-chat", interactive=False)
+    with gr.Accordion("Compare or export the chosen run's model", open=True):
         with gr.Row():
             c["export_quant"] = gr.Dropdown(list(exports.quant_choices()), value="f32", label="GGUF weights",
                                             elem_id="run-export-quant", scale=1)
             c["export_btn"] = gr.Button("Export GGUF (for LM Studio, Ollama, llama.cpp)", elem_id="run-export",
-                                        scale=2)
+                                        scale=2, interactive=False)
             c["export_file"] = gr.File(label="Exported GGUF", interactive=False, elem_id="run-export-file", scale=2)
         c["export_msg"] = gr.Markdown("", elem_id="run-export-msg")
         with gr.Row():
@@ -143,7 +187,7 @@ def _wire_data(services, c: dict):
     def on_base(name):
         d = act.defaults_for(services, name)
         return (d["steps"], d["lr"], d["batch_size"], gr.update(value=d["seq_len"], maximum=d["max_seq_len"]),
-                d["method"], d["lora_rank"] or 8, d["eval_every"])
+                d["method"], gr.update(value=d["lora_rank"] or 8, visible=d["method"] == "LoRA"), d["eval_every"])
 
     def preview(base, data, seq_len, batch):
         if not data:
@@ -165,71 +209,141 @@ def _wire_data(services, c: dict):
     c["base"].input(on_base, c["base"], [c["steps"], c["lr"], c["batch"], c["seq_len"], c["method"], c["rank"],
                                          c["eval_every"]], api_visibility="private").then(**pv)
     c["seq_len"].release(**pv)
+    c["length_by"].change(lambda by: (gr.update(visible=by == "steps"), gr.update(visible=by == "epochs")),
+                          c["length_by"], [c["steps"], c["epochs"]], api_visibility="private", queue=False)
+    c["method"].change(lambda m: gr.update(visible=m == "LoRA"), c["method"], c["rank"],
+                       api_visibility="private", queue=False)
 
 
-# ---- run: start, cancel, poll --------------------------------------------------------------------
+# ---- run: start, cancel, resume, poll -------------------------------------------------------------
 def _wire_run(services, c: dict):
-    def start(base, data, length_by, steps, epochs, lr, batch, seq_len, eval_every, method, rank, out_name):
-        by_steps = length_by == "steps"
+    def start(*values):
+        f = dict(zip(FORM, values))
+        by_steps = f["length_by"] == "steps"
         try:
-            spec = act.make_spec(services, base, data, out_name, steps=int(steps or 0) if by_steps else 0,
-                                 epochs=0.0 if by_steps else float(epochs or 0), lr=float(lr or 0),
-                                 batch_size=int(batch or 0), seq_len=int(seq_len), eval_every=int(eval_every or 0),
-                                 lora_rank=int(rank) if method == "LoRA" else 0)
+            spec = act.make_spec(services, f["base"], f["data"], f["out_name"],
+                                 steps=int(f["steps"] or 0) if by_steps else 0,
+                                 epochs=0.0 if by_steps else float(f["epochs"] or 0), lr=float(f["lr"] or 0),
+                                 batch_size=int(f["batch_size"] or 0), seq_len=int(f["seq_len"]),
+                                 eval_every=int(f["eval_every"] or 0),
+                                 lora_rank=int(f["lora_rank"]) if f["method"] == "LoRA" else 0,
+                                 warmup_steps=int(f["warmup_steps"] if f["warmup_steps"] is not None else -1),
+                                 scheduler=f["scheduler"], grad_accum=int(f["grad_accum"] or 1),
+                                 seed=int(f["seed"] or 0), keep_best=bool(f["keep_best"]),
+                                 early_stop_patience=int(f["early_stop_patience"] or 0))
             return act.start_run(services, spec)
         except UserError as e:
             return f"⚠ {e}"
 
-    inputs = [c[k] for k in ("base", "data_path", "length_by", "steps", "epochs", "lr", "batch", "seq_len",
-                             "eval_every", "method", "rank", "out_name")]
-    c["start"].click(start, inputs, c["msg"], api_visibility="private")
+    def resume(run_id):
+        try:
+            return act.resume_run(services, run_id)
+        except UserError as e:
+            return f"⚠ {e}"
+
+    c["start"].click(start, [c[name] for name in FORM.values()], c["msg"], api_visibility="private")
     c["cancel"].click(lambda: act.cancel_run(services), None, c["msg"], api_visibility="private")
-    c["use"].click(lambda: act.use_in_chat(services), None, c["msg"], api_visibility="private")
-    outputs = [c[k] for k in ("status", "progress", "plot", "probes", "log", "start", "cancel", "use",
-                              "compare_btn", "base", "preview_md", "preview_hl", "sig")]
-    c["timer"].tick(lambda sig: _poll(services, sig), c["sig"], outputs, show_progress="hidden",
-                    api_visibility="private", concurrency_limit=None, queue=False)
+    c["resume"].click(resume, c["runs"], c["run_msg"], api_visibility="private")
+    c["use"].click(lambda run_id: act.use_in_chat(services, run_id), c["runs"], c["run_msg"],
+                   api_visibility="private")
+    c["runs"].input(lambda run_id: ["", *_run_panel(services, run_id)], c["runs"],
+                    [c["run_msg"], *(c[k] for k in RUN_PANEL)], api_visibility="private")
+    outputs = [c[k] for k in ("status", "progress", "plot", "probes", "log", "start", "cancel", "base", "msg",
+                              "preview_md", "preview_hl", "runs", *RUN_PANEL, *FORM.values(), "sig")]
+    c["timer"].tick(lambda sig, run_id: _poll(services, sig, run_id), [c["sig"], c["runs"]], outputs,
+                    show_progress="hidden", api_visibility="private", concurrency_limit=None, queue=False)
 
 
-def _poll(services, sig):
-    """Redraw only when the run moved on; refresh the model list when a run ends (its model appears).
+def _run_panel(services, run_id: str | None) -> list:
+    """The chosen run: its outcome and settings, its curve, and which of its actions apply."""
+    run = next((r for r in act.list_runs(services) if r["run_id"] == run_id), None)
+    has_model = run is not None and act.finished_model(services, run_id) is not None
+    return [view.run_markdown(run), view.plot_value(act.run_history(services, run_id)),
+            gr.update(interactive=bool(run and run.get("resumable"))), gr.update(interactive=has_model),
+            gr.update(interactive=has_model), gr.update(interactive=has_model)]
 
-    A page's first tick (``sig`` None) attaches it: it draws everything, and while a run is active it
-    also shows that run's data preview, since this new session has no data of its own chosen yet."""
+
+def _poll(services, sig, chosen):
+    """Redraw only when the run moved on; refresh the model and run lists when a run starts or ends.
+
+    A page's first tick (``sig`` None) attaches it: it draws everything, fills the form with the
+    runner's run's own settings and, while that run is active, shows its data preview, since this
+    new session has no data of its own chosen yet."""
     status = act.job_status(services)
     new = view.signature(status)
-    if sig is not None and tuple(sig) == new:
-        return [gr.skip()] * 13
-    active, state = view.is_active(status), status.get("state")
-    done_now = state in view.DONE_STATES and (sig is None or tuple(sig)[1] != state)
-    has_model = not active and act.finished_model(services) is not None
+    n_out = 13 + len(RUN_PANEL) + len(FORM)  # every output of the tick, sig included
+    active, state, run_id = view.is_active(status), status.get("state"), status.get("run_id")
+    # sig: the last drawn signature, then whether the live run was in the runs list (its folder is
+    # made a moment after it starts, so an active run missing from the list is looked for again)
+    listed = bool(sig[-1]) if sig is not None and len(sig) > len(new) else False
+    if sig is not None and tuple(sig[:len(new)]) == new and (listed or not active):
+        return [gr.skip()] * n_out
+    old = tuple(sig[:len(new)]) if sig is not None else (None, None)
+    done_now = state in view.DONE_STATES and old[1] != state
     base = gr.update(choices=act.model_choices(services)) if done_now else gr.skip()
+    msg = "" if done_now and sig is not None else gr.skip()  # a message about the ended run is stale now
     preview = status.get("preview") if sig is None and active else None
-    shown = ((f"**Data of run `{status.get('run_id')}`:** " + view.preview_markdown(preview),
+    shown = ((f"**Data of run `{run_id}`:** " + view.preview_markdown(preview),
               view.preview_highlight(preview)) if isinstance(preview, dict) else (gr.skip(), gr.skip()))
+    runs = [gr.skip()] * (1 + len(RUN_PANEL))
+    if sig is None or old[0] != run_id or old[1] != state or (active and not listed):  # list anew
+        runs_now = act.list_runs(services)
+        ids = [r["run_id"] for r in runs_now]
+        newly, listed = not listed, run_id in ids  # a run that just appeared is shown; later, the choice stays
+        pick = run_id if sig is None or old[0] != run_id or newly or not chosen else chosen
+        pick = pick if pick in ids else (ids[0] if ids else None)
+        runs = [gr.update(choices=[(view.run_label(r), r["run_id"]) for r in runs_now], value=pick),
+                *_run_panel(services, pick)]
+    elif chosen == run_id and old[5:6] != new[5:6]:  # the chosen live run was evaluated: its best moved
+        runs = [gr.skip(), *_run_panel(services, chosen)]
+    form = [gr.skip()] * len(FORM)
+    attach = act.run_form(services, run_id) if sig is None and state not in (None, "idle") else None
+    if attach:
+        form = _form_updates(attach)
     return [view.status_markdown(status), view.progress_html(status), view.plot_value(status.get("history")),
             view.probes_markdown(status.get("probes")), view.log_text(status),
-            gr.update(interactive=not active), gr.update(interactive=active),
-            gr.update(interactive=has_model), gr.update(interactive=has_model),
-            base, *shown, list(new)]
+            gr.update(interactive=not active), gr.update(interactive=active), base, msg, *shown, *runs,
+            *form, [*new, listed]]
+
+
+def _form_updates(values: dict) -> list:
+    """The form set to a run's settings; the fields that do not apply to it hidden."""
+    out = []
+    for key in FORM:
+        value = values.get(key)
+        if key == "steps":
+            out.append(gr.update(value=value or None, visible=values["length_by"] == "steps"))
+        elif key == "epochs":
+            out.append(gr.update(value=value or None, visible=values["length_by"] == "epochs"))
+        elif key == "lora_rank":
+            out.append(gr.update(value=value, visible=values["method"] == "LoRA"))
+        elif key == "base" and value is None:
+            out.append(gr.skip())
+        else:
+            out.append(value)
+    return out
 
 
 # ---- compare ------------------------------------------------------------------------------------
 def _wire_compare(services, c: dict):
-    def compare(prompt, as_chat):
+    def compare(prompt, as_chat, run_id):
         try:
-            yield from act.compare_stream(services, prompt, as_chat)
+            yield from act.compare_stream(services, prompt, as_chat, run_id=run_id)
         except UserError as e:
             gr.Warning(str(e))
             yield gr.skip(), gr.skip()
 
-    def export(quant):
-        result = exports.export_run_model(services, act.finished_model(services), quant)
+    def export(quant, run_id):
+        try:
+            run = act.run_model(services, run_id)
+        except UserError as e:
+            return f"⚠ {e}", None
+        result = exports.export_run_model(services, run, quant)
         return ("" if result.ok else "⚠ ") + result.message, str(result.path) if result.ok else None
 
-    c["export_btn"].click(export, c["export_quant"], [c["export_msg"], c["export_file"]],
+    c["export_btn"].click(export, [c["export_quant"], c["runs"]], [c["export_msg"], c["export_file"]],
                           api_visibility="private")
-    c["compare_btn"].click(compare, [c["compare_prompt"], c["as_chat"]], [c["base_out"], c["tuned_out"]],
+    c["compare_btn"].click(compare, [c["compare_prompt"], c["as_chat"], c["runs"]], [c["base_out"], c["tuned_out"]],
                            api_visibility="private", concurrency_limit=1, concurrency_id="compare")
 
 

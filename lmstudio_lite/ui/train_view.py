@@ -12,7 +12,10 @@ import re
 
 import pandas as pd
 
-ACTIVE_STATES = ("queued", "running", "cancelling")
+# Job states and sizes are the service's: its messages and these views say them alike.
+from ..services.train_actions import (ACTIVE_STATES, FORM_KEYS, form_from_spec, history_of,  # noqa: F401
+                                      human_bytes, is_active)
+
 DONE_STATES = ("finished", "failed", "cancelled")
 MAX_PLOT_POINTS = 400  # per series: a long run is thinned so the plot stays cheap to send each second
 LOG_LINES = 200
@@ -32,16 +35,6 @@ def fmt_duration(seconds) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def human_bytes(n) -> str:
-    if not n:
-        return "0 B"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
 def human_count(n) -> str:
     """260_000 -> '260K', 124_000_000 -> '124M', 0 -> '?'."""
     if not n:
@@ -58,10 +51,6 @@ def _num(value, fmt: str = "{:.4f}") -> str:
 
 
 # ---- status -------------------------------------------------------------------------------------
-def is_active(status: dict | None) -> bool:
-    return bool(status) and status.get("state") in ACTIVE_STATES
-
-
 def signature(status: dict | None) -> tuple:
     """What changes when there is something new to draw; equal signatures mean 'skip this poll'."""
     s = status or {}
@@ -94,11 +83,13 @@ def status_markdown(status: dict | None) -> str:
     lines = [head]
     if state == "failed" and s.get("error"):
         lines.append(f"**Error:** {s['error']}")
+    if s.get("warning"):
+        lines.append(f"⚠️ **Overfitting?** {s['warning']}")
     if state == "finished" and s.get("model_path"):
         lines.append(f"**New model:** `{s['model_path']}`. Use it in Chat or compare it with the base below.")
     if state == "cancelled":
-        lines.append("Cancelled; the last checkpoint was kept." + (
-            f" Model: `{s['model_path']}`" if s.get("model_path") else ""))
+        lines.append("Cancelled: there is no new model. The last checkpoint was kept: Resume the run below "
+                     "to finish it.")
     return "\n\n".join(lines)
 
 
@@ -302,29 +293,56 @@ def _clip(segments, limit: int):
     return out
 
 
-# ---- defaults -----------------------------------------------------------------------------------
-def default_hparams(parameters: int, context_length: int, device_type: str = "cpu") -> dict:
-    """Starting hyperparameters for a model of this size on this device (all editable in the form).
+# ---- past runs ----------------------------------------------------------------------------------
+OUTCOMES = {"finished": "✓ finished", "cancelled": "cancelled", "failed": "✗ failed", "running": "● running",
+            "stopped": "stopped (app closed)"}
 
-    Small models train fully; from ~50M parameters LoRA is the default, since a full fine-tune needs
-    ~16 bytes per parameter for weights, gradients and AdamW state. Learning rates follow common
-    practice: ~5e-4 for tiny models, 5e-5 for a full fine-tune of bigger ones, 2e-4 for LoRA.
-    """
-    gpu = device_type in ("cuda", "mps")
-    lora = parameters >= 50_000_000
-    if lora:
-        lr = 2e-4
-    elif parameters and parameters < 10_000_000:
-        lr = 5e-4
-    else:
-        lr = 5e-5
-    ctx = context_length or 256
-    seq_len = min(ctx, 512 if gpu else 256)
-    batch = (16 if gpu else 8) if parameters < 50_000_000 else (8 if gpu else 2)
-    steps = 200
-    return {"steps": steps, "epochs": 1.0, "lr": lr, "batch_size": batch, "seq_len": seq_len,
-            "max_seq_len": ctx, "method": "LoRA" if lora else "Full", "lora_rank": 8 if lora else 0,
-            "eval_every": max(10, steps // 10)}
+
+def run_label(run: dict) -> str:
+    """One line for the runs list: id, model, outcome, progress."""
+    spec = run.get("spec") or {}
+    model = "from scratch" if spec.get("from_scratch") else _tail(spec.get("base_model"))
+    kind = f"LoRA r{spec['lora_rank']}" if spec.get("lora_rank") else "full"
+    steps = f"step {run.get('step') or 0}" + (f"/{run['total_steps']}" if run.get("total_steps") else "")
+    return (f"{run['run_id']} · {model} ({kind}) on {_tail(spec.get('data'))} · "
+            f"{OUTCOMES.get(run.get('outcome'), run.get('outcome'))} · {steps}")
+
+
+def _tail(path) -> str:
+    return re.split(r"[\\/]", str(path or "?").rstrip("/\\"))[-1]
+
+
+def run_markdown(run: dict | None) -> str:
+    """A past run: its outcome, results and settings."""
+    if not run:
+        return "_No training runs yet._"
+    spec = run.get("spec") or {}
+    lines = [f"**Run `{run['run_id']}`:** {OUTCOMES.get(run.get('outcome'), run.get('outcome'))} at step "
+             f"{run.get('step') or 0}" + (f" of {run['total_steps']}" if run.get("total_steps") else "")
+             + f" · last loss {_num(run.get('loss'))} · val loss {_num(run.get('val_loss'))}"]
+    best = run.get("best")
+    if best:
+        lines.append(f"Best validation loss {best['val_loss']:.4f} at step {best['step']}"
+                     + (" (these weights were exported)." if run.get("model_path") else "."))
+    if run.get("error"):
+        lines.append(f"**Error:** {html.escape(str(run['error']))}")
+    if run.get("model_path"):
+        lines.append(f"**Model:** `{run['model_path']}`")
+    elif run.get("resumable"):
+        lines.append("No model yet: **Resume** continues this run from its last checkpoint.")
+    settings = [("base model", _tail(spec.get("base_model")) if not spec.get("from_scratch") else "from scratch"),
+                ("data", _tail(spec.get("data"))),
+                ("length", f"{spec['steps']} steps" if spec.get("steps") else f"{spec.get('epochs')} epochs"),
+                ("method", f"LoRA rank {spec['lora_rank']}" if spec.get("lora_rank") else "full fine-tune"),
+                ("learning rate", spec.get("lr")), ("batch size", spec.get("batch_size")),
+                ("gradient accumulation", spec.get("grad_accum")), ("sequence length", spec.get("seq_len")),
+                ("warm-up steps", "auto" if spec.get("warmup_steps", -1) < 0 else spec.get("warmup_steps")),
+                ("scheduler", spec.get("scheduler", "cosine")), ("eval every", spec.get("eval_every")),
+                ("keep best", "yes" if spec.get("keep_best", True) else "no"),
+                ("early stopping", f"after {spec['early_stop_patience']} evaluations"
+                 if spec.get("early_stop_patience") else "off"), ("seed", spec.get("seed"))]
+    lines.append(" · ".join(f"{k}: {html.escape(str(v))}" for k, v in settings))
+    return "\n\n".join(lines)
 
 
 # ---- models table -------------------------------------------------------------------------------

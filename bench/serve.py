@@ -1,0 +1,222 @@
+"""Many clients at once through `lmstudio-lite serve`: the scheduler (continuous batching and
+the prompt cache) against the plain one-at-a-time queue, side by side in one run.
+
+    python bench/serve.py                      # the bundled model and SmolLM2-135M (GGUF), 1-16 clients
+    python bench/serve.py --quick              # the bundled model only, 1, 4 and 8 clients
+    python bench/serve.py --model PATH ...     # any model folders or GGUF files
+
+For each model two real servers run at once, each in its own process on the same cores
+(``LMSTUDIO_LITE_SCHEDULER=off`` gives the plain queue). For each client count, the plain
+and the batched server are measured back to back (interleaved, ``--repeat`` times, medians):
+every client is an official openai client streaming one chat completion with a prompt of
+mixed length (short, medium, long in turn; with fewer clients than lengths each client sends
+one request per length, one after the other) and ``--tokens`` new tokens (EOS ignored).
+Reported: aggregate tok/s (all new tokens / wall time), p50 and p95 time to first token,
+median inter-token latency ((last text - first text) / (tokens - 1) per request).
+Then a 10-turn chat (one client; each turn sends the whole conversation so far): the tenth
+turn's time to first token against the first's.
+
+Targets (issue 14, 2 CPU cores): aggregate tok/s at 8 clients >= 3x one client's; p95 TTFT at
+8 clients <= 3x one client's; tenth-turn TTFT within 1.5x of the first turn's.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+BUNDLED = REPO / "models" / "lmstudio-lite-tiny"
+SMOLLM2 = Path.home() / ".cache" / "lsl-peers" / "smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+SENTENCES = ["Lily found a red ball in the park.", "The dog ran after the ball and barked at the birds.",
+             "Her mom called her home for dinner, and the sun went down behind the hills.",
+             "Ben had a toy boat.", "They went to the lake to sail it, but the wind was too strong that day."]
+
+
+def prompt_of(words: int, i: int) -> str:
+    """A user message of about ``words`` words, different per client (no accidental cache hits)."""
+    out, k = [], i
+    while sum(len(s.split()) for s in out) < words:
+        out.append(SENTENCES[k % len(SENTENCES)])
+        k += 1
+    return f"Story {i}: " + " ".join(out) + " What happens next?"
+
+
+def start_server(model: str, plain: bool, threads: int):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), LMSTUDIO_LITE_HOME=tempfile.mkdtemp(prefix="bench-serve-"))
+    if plain:
+        env["LMSTUDIO_LITE_SCHEDULER"] = "off"
+    proc = subprocess.Popen([sys.executable, "-m", "lmstudio_lite", "serve", "--model", model, "--port", str(port),
+                             "--device", "cpu"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    import httpx
+
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(1200):
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            name = httpx.get(base + "/healthz", timeout=1).json().get("model")
+            if name:
+                return proc, base, name
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise TimeoutError("server did not start")
+
+
+def one_request(client, name: str, messages: list[dict], tokens: int) -> dict:
+    t0 = time.perf_counter()
+    times, usage, text = [], {}, []
+    for chunk in client.chat.completions.create(model=name, messages=messages, max_tokens=tokens, temperature=0,
+                                                stream=True, stream_options={"include_usage": True},
+                                                extra_body={"ignore_eos": True}):
+        if chunk.usage:
+            usage = chunk.usage
+        if chunk.choices and chunk.choices[0].delta.content:
+            times.append(time.perf_counter())
+            text.append(chunk.choices[0].delta.content)
+    n = usage.completion_tokens
+    return {"ttft": times[0] - t0, "itl": (times[-1] - times[0]) / max(n - 1, 1), "tokens": n, "end": times[-1],
+            "text": "".join(text),
+            "cached": usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0}
+
+
+def load_run(client, name: str, clients: int, tokens: int, lengths: tuple[int, ...], round_: int) -> dict:
+    # Fewer clients than prompt lengths: each sends one request per length in turn, so one
+    # client's figures cover the same mix of short and long prompts as eight clients'.
+    waves = -(-len(lengths) // clients)
+    results: list[dict] = []
+    start = threading.Barrier(clients + 1)
+
+    def run(i):
+        start.wait()
+        for w in range(waves):
+            k = i + w * clients
+            msg = [{"role": "user", "content": prompt_of(lengths[k % len(lengths)], 100 * round_ + k)}]
+            results.append(one_request(client, name, msg, tokens))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = max(r["end"] for r in results) - t0
+    ttfts = sorted(r["ttft"] for r in results)
+    return {"tok_s": sum(r["tokens"] for r in results) / wall, "ttft_p50": statistics.median(ttfts),
+            "ttft_p95": ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))],
+            "itl": statistics.median(r["itl"] for r in results)}
+
+
+def turns_run(client, name: str, turns: int, tokens: int, first_words: int, seed: int = 7) -> list[dict]:
+    messages = [{"role": "system", "content": prompt_of(first_words, seed)}]
+    out = []
+    for k in range(turns):
+        messages.append({"role": "user", "content": f"Turn {k}: and then?"})
+        r = one_request(client, name, messages, tokens)
+        messages.append({"role": "assistant", "content": r["text"]})
+        out.append(r)
+    return out
+
+
+def bench_model(model: str, args) -> list[str]:
+    import openai
+
+    lines = []
+    servers = {mode: start_server(model, mode == "plain", args.threads) for mode in ("plain", "batched")}
+    try:
+        clients = {mode: openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=600)
+                   for mode, (_, base, _) in servers.items()}
+        names = {mode: name for mode, (_, _, name) in servers.items()}
+        info = __import__("httpx").get(servers["batched"][1] + "/v1/models").json()
+        ctx = next((c for c in info["data"] if "scheduler" in c), {}).get("scheduler", {})
+        lines.append(f"### {Path(model).name}  (KV rows {ctx.get('kv_rows')} x {ctx.get('kv_row_tokens')} tokens, "
+                     f"max batch {ctx.get('max_batch')})")
+        for mode in servers:  # warm up: first calls build caches, threads, the native kernel
+            load_run(clients[mode], names[mode], 2, 4, args.lengths, 99)
+        table: dict[tuple[str, int], list[dict]] = {}
+        for rep in range(args.repeat):
+            for c in args.clients:
+                for mode in ("plain", "batched"):  # back to back: drift on a shared machine hits both
+                    table.setdefault((mode, c), []).append(
+                        load_run(clients[mode], names[mode], c, args.tokens, args.lengths, rep * 1000 + c))
+        med = {key: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for key, runs in table.items()}
+        lines.append("| clients | mode | tok/s | TTFT p50 ms | TTFT p95 ms | ITL ms |")
+        lines.append("|---:|---|---:|---:|---:|---:|")
+        for c in args.clients:
+            for mode in ("plain", "batched"):
+                m = med[(mode, c)]
+                lines.append(f"| {c} | {mode} | {m['tok_s']:.1f} | {m['ttft_p50'] * 1000:.0f} | "
+                             f"{m['ttft_p95'] * 1000:.0f} | {m['itl'] * 1000:.1f} |")
+        if 1 in args.clients and 8 in args.clients:
+            for mode in ("plain", "batched"):
+                one, eight = med[(mode, 1)], med[(mode, 8)]
+                thr, p95 = eight["tok_s"] / one["tok_s"], eight["ttft_p95"] / one["ttft_p95"]
+                lines.append(f"- {mode}: 8-client tok/s = {thr:.2f}x one client's (target >= 3x: "
+                             f"{'OK' if thr >= 3 else 'MISS'}); 8-client p95 TTFT = {p95:.2f}x one client's "
+                             f"(target <= 3x: {'OK' if p95 <= 3 else 'MISS'})")
+        small = (ctx.get("kv_row_tokens") or 4096) <= 512  # ten turns must fit the context window
+        first_words, turn_tokens = (16, 5) if small else (args.first_words, args.turn_tokens)
+        chats: dict[str, list[list[dict]]] = {"plain": [], "batched": []}
+        for rep in range(args.repeat):  # a new conversation each time (no hits across them), modes interleaved
+            for mode in ("plain", "batched"):
+                chats[mode].append(turns_run(clients[mode], names[mode], args.turns, turn_tokens, first_words,
+                                             seed=7 + rep))
+        for mode in ("plain", "batched"):
+            first = statistics.median(t[0]["ttft"] for t in chats[mode])
+            last = statistics.median(t[-1]["ttft"] for t in chats[mode])
+            ratio = last / first
+            lines.append(f"- {mode}: turn 1 TTFT {first * 1000:.0f} ms, turn {args.turns} {last * 1000:.0f} ms "
+                         f"({ratio:.2f}x; target <= 1.5x: {'OK' if ratio <= 1.5 else 'MISS'}); cached prompt "
+                         f"tokens at turn {args.turns}: {chats[mode][-1][-1]['cached']}")
+    finally:
+        for proc, _, _ in servers.values():
+            proc.terminate()
+            proc.wait(30)
+    return lines
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", action="append", help="model folder or GGUF file (repeatable; default: the "
+                                                    "bundled model and SmolLM2-135M's GGUF when present)")
+    p.add_argument("--clients", default="1,2,4,8,16")
+    p.add_argument("--tokens", type=int, default=48, help="new tokens per request")
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads of each server")
+    p.add_argument("--turns", type=int, default=10)
+    p.add_argument("--turn-tokens", type=int, default=8)
+    p.add_argument("--first-words", type=int, default=900, help="words of the chat's system prompt (models "
+                                                                  "with a context over 512 tokens)")
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stopped: still stop the servers (finally)
+    args.clients = [int(c) for c in args.clients.split(",")]
+    args.lengths = (8, 40, 90)  # words: short, medium and long prompts in turn
+    models = args.model or [str(BUNDLED)] + ([str(SMOLLM2)] if SMOLLM2.is_file() and not args.quick else [])
+    if args.quick:
+        args.clients, args.repeat = [1, 4, 8], 1
+    print(f"bench/serve.py: {args.tokens} new tokens per request, {args.threads} threads per server, "
+          f"repeat {args.repeat} (medians)")
+    for model in models:
+        print("\n".join(bench_model(model, args)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

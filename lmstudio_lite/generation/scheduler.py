@@ -1,0 +1,656 @@
+"""The scheduler: the one driver of a loaded model, decoding many sequences together.
+
+One driver thread owns the model and a pool of KV rows (``KVCache`` with R rows of the
+model's whole context, sized from a memory budget). Each step it
+
+1. drops sequences that were cancelled (their consumer called ``cancel``/``close``, dropped
+   the stream, or their ``cancel`` event was set): the row is free before the next step;
+2. admits waiting requests, oldest first, while fewer than ``max_batch`` run and a row is
+   free or holds only a cached prefix (least recently used goes first);
+3. prefills up to ``prefill_chunk`` prompt tokens (one or more sequences, a chunk each;
+   short prompts that start at the same position go through one batched pass), so a long
+   prompt never stalls the running streams for more than one chunk;
+4. runs one decode step for every sequence past its prompt (``model.decode.decode_rows``:
+   the native kernel's multi-row step on the CPU, each weight read once for all rows; a
+   batched PyTorch step elsewhere) and samples each row with its own settings and seed.
+
+Prompt cache: a finished sequence's row keeps the tokens whose K/V it holds. A new request
+starts from the longest prefix any row holds (its own row when that row's whole content is
+its prefix, as with the next turn of a chat; otherwise a copy of that prefix into a free
+row), and only the rest is prefilled. K/V of a prefix depends on that prefix alone (causal
+attention), so reuse is exact up to float rounding and no other tokens of that row are
+ever read: nothing of another conversation can leak in. A request whose prompt shares a
+longer prefix with one still being prefilled waits for it (``n`` > 1, a common system prompt
+sent by several clients at once), so that prefix is computed once.
+
+Consumers iterate a ``ScheduledStream`` (the same surface as ``GenerationStream``) in their
+own thread; the driver hands each sequence's text deltas over through a queue. Sampling,
+stop strings and detokenizing happen per sequence in the driver, exactly as the single
+stream engine does them.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from ..device import inference_threads
+from ..model.decode import decode_rows
+from ..model.kv_cache import KVCache
+from .engine import check_request
+from .sampling import SamplingParams, sample
+from .stopping import StopStringHoldback
+
+CPU_BATCH, GPU_BATCH = 8, 32  # default rows decoded together
+PREFILL_CHUNK = 128  # prompt tokens prefilled per step (between two decode steps)
+CLOSE_WAIT_S = 60.0  # close() waits at most this long for the driver (one step, normally)
+IDLE_EXIT_S = 2.0  # an idle driver thread ends after this long
+GROUP_PAD = 2  # prompts prefilled together: their padded size may be at most this many chunks
+SHARE_MIN = 16  # a request waits for a prefix being prefilled only when it saves more tokens than this
+CPU_BUDGET = 4 << 30  # default KV budget on the CPU, at most a quarter of the RAM; untouched rows cost nothing
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+    if number < 1:
+        raise ValueError(f"{name} must be at least 1, got {number}")
+    return number
+
+
+def default_budget(device: torch.device) -> int:
+    """Bytes of KV the pool may hold: ``LMSTUDIO_LITE_KV_BUDGET_MB``, else a quarter of the RAM
+    (at most 4 GiB) on the CPU, or half of the free memory on a GPU."""
+    mb = _env_int("LMSTUDIO_LITE_KV_BUDGET_MB")
+    if mb is not None:
+        return mb << 20
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 4 * CPU_BUDGET
+    return min(CPU_BUDGET, ram // 4)
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    if a[:n] == b[:n]:  # the usual case (a chat's earlier turns): one C-level comparison
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+class _Row:
+    """One KV row: ``tokens[:valid]`` are in it; ``seq`` is the sequence running there, if any."""
+
+    __slots__ = ("index", "tokens", "valid", "seq", "used")
+
+    def __init__(self, index: int):
+        self.index, self.tokens, self.valid, self.seq, self.used = index, [], 0, None, 0.0
+
+
+class _Seq:
+    """A request's state; the driver alone changes it (the stream only reads it)."""
+
+    def __init__(self, prompt_ids, params, max_new_tokens, stop, ignore_eos, cancel, logprobs, tokenizer):
+        self.prompt_ids, self.params, self.max_new_tokens = prompt_ids, params, max_new_tokens
+        self.seed = params.seed if params.seed is not None else secrets.randbits(63)
+        self.holdback = StopStringHoldback(stop)
+        self.eos = frozenset() if ignore_eos else frozenset(tokenizer.eos_ids)
+        self.detok = tokenizer.decode_stream(skip_special_tokens=True)
+        self.logprobs = logprobs  # None: off; k >= 0: the chosen token's logprob and the top k
+        self.token_logprobs: list[dict] = []
+        self.cancel_event, self.outside_cancel = threading.Event(), cancel
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.finished = threading.Event()
+        self.placed = threading.Event()  # it has a row (or ended): no longer waiting
+        self.tokens = list(prompt_ids)  # prompt, then every sampled id
+        self.new_ids: list[int] = []
+        self.text = ""
+        self.fed = 0  # tokens whose K/V is in the row
+        self.row: _Row | None = None
+        self.generator: torch.Generator | None = None
+        self.t_submit = self.t_first = self.t_prefill = 0.0
+        self.submit_step = 0
+        self.cancel_step: int | None = None
+        self.stats = {"prompt_tokens": len(prompt_ids), "new_tokens": 0, "finish_reason": None,
+                      "ttft_s": 0.0, "decode_tok_s": 0.0, "prefill_ms": 0.0, "total_s": 0.0,
+                      "cached_tokens": 0}
+
+    def cancelled(self) -> bool:
+        outside = self.outside_cancel
+        return self.cancel_event.is_set() or (outside is not None and outside.is_set())
+
+
+class Scheduler:
+    """Serves every generation of one model, up to ``max_batch`` at once (see the module doc).
+
+    model: a ``Transformer`` (prepared for inference or not); tokenizer: ``.eos_ids`` and
+    ``.decode_stream``. ``max_batch`` (default ``LMSTUDIO_LITE_MAX_BATCH``, else 8 on the CPU
+    and 32 on a GPU) may be changed at any time. ``kv_budget_bytes`` bounds the pool of KV
+    rows (default ``default_budget``); ``cache_rows`` extra rows (default ``max_batch``) keep
+    finished sequences for the prompt cache, 0 turns the cache off. The driver thread ends after
+    ``idle_exit_s`` without work (so nothing keeps an unloaded model alive) and restarts on demand.
+    """
+
+    def __init__(self, model, tokenizer, device: torch.device | str | None = None, max_batch: int | None = None,
+                 kv_budget_bytes: int | None = None, cache_rows: int | None = None,
+                 prefill_chunk: int = PREFILL_CHUNK, idle_exit_s: float = IDLE_EXIT_S):
+        self.model, self.tokenizer = model, tokenizer
+        param = next(model.parameters(), None)
+        self.device = torch.device(device) if device is not None else (
+            param.device if param is not None else torch.device("cpu"))
+        self.dtype = param.dtype if param is not None else torch.float32
+        default_batch = GPU_BATCH if self.device.type == "cuda" else CPU_BATCH
+        self.max_batch = max_batch or _env_int("LMSTUDIO_LITE_MAX_BATCH") or default_batch
+        self.cache_rows = self.max_batch if cache_rows is None else cache_rows
+        self.kv_budget_bytes = kv_budget_bytes if kv_budget_bytes is not None else default_budget(self.device)
+        self.prefill_chunk, self.idle_exit_s = prefill_chunk, idle_exit_s
+        self.steps = 0  # driver steps so far (a step: admissions, one prefill chunk, one decode step)
+        self._cond = threading.Condition()
+        self._waiting: list[_Seq] = []
+        self._running: list[_Seq] = []
+        self._rows: list[_Row] = []
+        self._pool: KVCache | None = None
+        self._thread: threading.Thread | None = None
+        self._pool_error: str | None = None
+
+    # -- the public surface ---------------------------------------------------------------
+    def stream(self, prompt_ids: list[int], params: SamplingParams, max_new_tokens: int,
+               stop: Iterable[str] = (), ignore_eos: bool = False, cancel: threading.Event | None = None,
+               logprobs: int | None = None) -> "ScheduledStream":
+        """Check the request now (ValueError / ContextOverflowError); it joins the scheduler on the
+        stream's first ``next()``. ``logprobs`` (None, or k >= 0) records each token's logprob and
+        the top k alternatives in ``stream.logprobs``."""
+        prompt_ids, max_new_tokens = check_request(self.model.config, prompt_ids, params, max_new_tokens)
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int)
+                                     or not 0 <= logprobs <= 20):
+            raise ValueError(f"logprobs must be a whole number from 0 to 20 or None, got {logprobs!r}")
+        seq = _Seq(prompt_ids, params, max_new_tokens, stop, ignore_eos, cancel, logprobs, self.tokenizer)
+        return ScheduledStream(self, seq)
+
+    def generate_ids(self, prompt_ids: list[int], params: SamplingParams, max_new_tokens: int,
+                     ignore_eos: bool = False) -> list[int]:
+        stream = self.stream(prompt_ids, params, max_new_tokens, ignore_eos=ignore_eos)
+        for _ in stream:
+            pass
+        return list(stream.new_ids)
+
+    def info(self) -> dict:
+        """The pool and its use: budget, rows, what runs, waits and is cached (for status lines and /v1/models)."""
+        with self._cond:
+            per_row = self._row_bytes()
+            rows = len(self._rows) or self._planned_rows()  # planned until the first request makes the pool
+            cached = [r for r in self._rows if r.seq is None and r.valid]
+            return {"max_batch": self.max_batch, "kv_budget_bytes": self.kv_budget_bytes,
+                    "kv_rows": rows, "kv_row_tokens": self.model.config.max_seq_len, "kv_bytes": per_row * rows,
+                    "kv_used_bytes": sum(r.valid for r in self._rows) * per_row // self.model.config.max_seq_len,
+                    "running": len(self._running), "waiting": len(self._waiting),
+                    "cached_prefixes": len(cached), "cached_tokens": sum(r.valid for r in cached),
+                    "steps": self.steps, "pool_error": self._pool_error}
+
+    def queue_position(self, seq: _Seq) -> int | None:
+        """1 for the next request to start; None once it runs (or before it was submitted)."""
+        with self._cond:
+            try:
+                return self._waiting.index(seq) + 1
+            except ValueError:
+                return None
+
+    def clear_cache(self):
+        """Forget every cached prefix (rows of running sequences stay)."""
+        with self._cond:
+            for row in self._rows:
+                if row.seq is None:
+                    row.tokens, row.valid = [], 0
+
+    # -- submission ----------------------------------------------------------------------
+    def _submit(self, seq: _Seq):
+        seq.t_submit = time.perf_counter()
+        with self._cond:
+            seq.submit_step = self.steps
+            self._waiting.append(seq)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._drive, name="lmstudio-scheduler", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _wake(self):
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- the driver --------------------------------------------------------------------------
+    def _drive(self):
+        while True:
+            with self._cond:
+                while not self._waiting and not self._running:
+                    # Idle for a while: end, so an unloaded model (and its KV pool) is not kept
+                    # alive by this thread; the next request starts a new one.
+                    if not self._cond.wait(self.idle_exit_s) and not self._waiting and not self._running:
+                        self._thread = None
+                        return
+            threads = inference_threads()
+            if self.device.type == "cpu" and torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)  # this thread only: a job may hold the rest
+            try:
+                self._step()
+            except BaseException as e:  # a bug in the driver itself: fail what runs, keep serving
+                for seq in list(self._running):
+                    self._fail(seq, e)
+
+    def _step(self):
+        with self._cond:
+            for seq in [s for s in self._waiting if s.cancelled()]:
+                self._waiting.remove(seq)
+                self._finish(seq, "cancelled")
+        for seq in [s for s in self._running if s.cancelled()]:
+            self._finish(seq, "cancelled")
+        self._admit()
+        with torch.inference_mode():
+            self._prefill()
+            self._decode()
+        with self._cond:  # counted under the lock that ``cancel`` reads it with
+            self.steps += 1
+
+    def _row_bytes(self) -> int:
+        cfg = self.model.config
+        return 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * cfg.max_seq_len * self.dtype.itemsize
+
+    def _planned_rows(self) -> int:
+        return max(1, min(self.max_batch + self.cache_rows, self.kv_budget_bytes // self._row_bytes()))
+
+    def _ensure_pool(self):
+        if self._pool is not None:
+            return
+        want = self._planned_rows()
+        while True:
+            try:  # untouched memory: a row costs what its sequences write
+                self._pool = KVCache(self.model.config, want, self.model.config.max_seq_len, self.device,
+                                     self.dtype, zeroed=False)
+                break
+            except (RuntimeError, MemoryError) as e:  # out of memory: fewer rows, never a crash
+                if want == 1:
+                    self._pool_error = f"no memory for one KV row: {e}"
+                    raise MemoryError(self._pool_error) from e
+                want //= 2
+        with self._cond:
+            self._rows = [_Row(i) for i in range(want)]
+
+    def _admit(self):
+        with self._cond:
+            if not self._waiting:
+                return
+        try:
+            self._ensure_pool()
+        except MemoryError as e:
+            with self._cond:
+                waiting, self._waiting = self._waiting, []
+            for seq in waiting:
+                self._fail(seq, e)
+            return
+        with self._cond:
+            for seq in list(self._waiting):
+                if len(self._running) >= self.max_batch:
+                    break
+                if self._place(seq):
+                    self._waiting.remove(seq)
+                    self._running.append(seq)
+
+    def _place(self, seq: _Seq) -> bool:
+        """Give ``seq`` a row holding the longest prefix available; False: it waits."""
+        prompt, limit = seq.prompt_ids, len(seq.prompt_ids) - 1  # the last prompt token is always fed
+        best, match = None, 0
+        for row in self._rows:
+            m = _common_prefix(prompt, row.tokens, min(limit, row.valid)) if row.valid else 0
+            if m > match:
+                best, match = row, m
+        for other in self._running:  # its prompt is being prefilled: wait rather than compute it twice
+            if other.fed < len(other.prompt_ids) and \
+                    _common_prefix(prompt, other.prompt_ids, limit) > match + SHARE_MIN:
+                return False
+        if best is not None and best.seq is None and match == best.valid:
+            row = best  # its whole content is our prefix (the next turn of a chat): take it over
+        else:
+            free = [r for r in self._rows if r.seq is None and r is not best]
+            if not free:
+                if best is None or best.seq is not None:
+                    return False
+                row = best  # the only row left holds part of our prefix: keep that part
+            else:
+                row = min(free, key=lambda r: (r.valid > 0, r.used))  # empty first, then least recently used
+                if best is not None and match:
+                    self._pool.k[:, row.index, :, :match].copy_(self._pool.k[:, best.index, :, :match])
+                    self._pool.v[:, row.index, :, :match].copy_(self._pool.v[:, best.index, :, :match])
+                else:
+                    match = 0
+        row.seq, row.tokens, row.valid, row.used = seq, seq.tokens, match, time.monotonic()
+        seq.row, seq.fed = row, match
+        seq.stats["cached_tokens"] = match
+        seq.placed.set()
+        seq.generator = torch.Generator(device=self.device)
+        seq.generator.manual_seed(seq.seed)
+        return True
+
+    def _prefill(self):
+        budget = self.prefill_chunk
+        pending = [s for s in self._running if s.fed < len(s.prompt_ids)]
+        while pending and budget > 0:
+            group = self._prefill_group(pending, budget)
+            for seq in group:
+                pending.remove(seq)
+            if len(group) > 1:
+                budget -= sum(len(s.prompt_ids) - s.fed for s in group)
+                self._prefill_together(group)
+                continue
+            seq = group[0]
+            n = min(budget, len(seq.prompt_ids) - seq.fed)
+            budget -= n
+            t0 = time.perf_counter()
+            try:
+                ids = torch.tensor([seq.prompt_ids[seq.fed:seq.fed + n]], dtype=torch.long, device=self.device)
+                logits = self.model(ids, start_pos=seq.fed, cache=self._pool.row(seq.row.index), last_only=True)
+            except Exception as e:
+                self._fail(seq, e)
+                continue
+            seq.t_prefill += time.perf_counter() - t0
+            seq.fed += n
+            seq.row.valid = seq.fed
+            if seq.fed == len(seq.prompt_ids):
+                self._accept(seq, logits[:, -1])
+
+    def _prefill_group(self, pending: list[_Seq], budget: int) -> list[_Seq]:
+        """The first pending sequence and those that can be prefilled with it in one forward pass:
+        the same start position, the whole rest of each prompt within the budget, padded rows
+        within ``GROUP_PAD`` times the budget (one pass reads the weights once, which matters most
+        for quantized layers: their prefill dequantizes every matrix per pass)."""
+        head = pending[0]
+        group, longest = [head], len(head.prompt_ids) - head.fed
+        if longest > budget:
+            return group
+        used = longest
+        for seq in pending[1:]:
+            rest = len(seq.prompt_ids) - seq.fed
+            if seq.fed != head.fed or used + rest > budget \
+                    or max(longest, rest) * (len(group) + 1) > GROUP_PAD * budget:
+                continue
+            group.append(seq)
+            used, longest = used + rest, max(longest, rest)
+        return group
+
+    def _prefill_together(self, group: list[_Seq]):
+        """Prefill the rest of several prompts (all from position ``start``) in one batched pass over
+        a scratch cache: each row's prefix K/V is copied in, the new K/V copied back to its row.
+        Rows are right-padded; causal attention keeps every real position from seeing the padding."""
+        start, pool = group[0].fed, self._pool
+        lens = [len(s.prompt_ids) - start for s in group]
+        B, T = len(group), max(lens)
+        t0 = time.perf_counter()
+        try:
+            rows = torch.tensor([s.row.index for s in group], device=self.device)
+            scratch = KVCache(self.model.config, B, start + T, self.device, self.dtype, zeroed=False)
+            if start:
+                scratch.k[:, :, :, :start] = pool.k[:, rows, :, :start]
+                scratch.v[:, :, :, :start] = pool.v[:, rows, :, :start]
+            ids = torch.zeros((B, T), dtype=torch.long)
+            for b, seq in enumerate(group):
+                ids[b, :lens[b]] = torch.tensor(seq.prompt_ids[start:], dtype=torch.long)
+            hidden = self.model.forward_hidden(ids.to(self.device), start_pos=start, cache=scratch)
+            last = hidden[torch.arange(B, device=self.device), torch.tensor(lens, device=self.device) - 1]
+            logits = self.model.project(last)  # [B, V]
+            for b, seq in enumerate(group):
+                end = start + lens[b]
+                pool.k[:, seq.row.index, :, start:end] = scratch.k[:, b, :, start:end]
+                pool.v[:, seq.row.index, :, start:end] = scratch.v[:, b, :, start:end]
+        except Exception as e:
+            for seq in group:
+                self._fail(seq, e)
+            return
+        spent = time.perf_counter() - t0
+        for b, seq in enumerate(group):
+            seq.t_prefill += spent
+            seq.fed = len(seq.prompt_ids)
+            seq.row.valid = seq.fed
+            self._accept(seq, logits[b:b + 1])
+
+    def _decode(self):
+        batch = [s for s in self._running if s.fed == len(s.tokens) - 1 and s.fed >= len(s.prompt_ids)]
+        if not batch:
+            return
+        dev = self.device
+        tokens = torch.tensor([s.tokens[-1] for s in batch], dtype=torch.long, device=dev)
+        positions = torch.tensor([s.fed for s in batch], dtype=torch.long, device=dev)
+        slots = torch.tensor([s.row.index for s in batch], dtype=torch.long, device=dev)
+        try:
+            hidden = decode_rows(self.model, tokens, positions, slots, self._pool)
+            logits = self.model.project(hidden)  # [B, V]
+        except Exception as e:
+            for seq in batch:
+                self._fail(seq, e)
+            return
+        # Greedy rows without a penalty pick by one argmax over the batch (one host sync, not one per row).
+        plain = [s.params.greedy and s.params.repetition_penalty == 1.0 for s in batch]
+        picks = logits.argmax(dim=-1).tolist() if any(plain) else None
+        for b, seq in enumerate(batch):
+            seq.fed += 1
+            seq.row.valid = seq.fed
+            self._accept(seq, logits[b:b + 1], picks[b] if plain[b] else None)
+
+    def _accept(self, seq: _Seq, logits: torch.Tensor, tok: int | None = None):
+        """Sample the next id from logits [1, V] (unless ``tok`` was already picked), stream its text,
+        and end the sequence when it is done."""
+        params = seq.params
+        if tok is None:
+            prev = None
+            if params.repetition_penalty != 1.0:
+                prev = torch.tensor([seq.tokens], dtype=torch.long, device=logits.device)
+            tok = int(sample(logits, params, seq.generator, prev).item())
+        entry = None
+        if seq.logprobs is not None and tok not in seq.eos:  # OpenAI lists no entry for the end token
+            entry = _logprob_entry(logits, tok, seq.logprobs)
+        now = time.perf_counter()
+        seq.tokens.append(tok)
+        seq.new_ids.append(tok)
+        stats = seq.stats
+        if seq.t_first == 0.0:
+            seq.t_first = now
+            stats["ttft_s"] = now - seq.t_submit
+            stats["prefill_ms"] = seq.t_prefill * 1000.0
+            stats["ttft_steps"] = self.steps - seq.submit_step  # driver steps it waited (0: its first one)
+        stats["new_tokens"] = len(seq.new_ids)
+        if len(seq.new_ids) >= 2:
+            stats["decode_tok_s"] = (len(seq.new_ids) - 1) / max(now - seq.t_first, 1e-9)
+        if tok in seq.eos:
+            self._finish(seq, "stop")
+            return
+        piece = seq.detok.step(tok) or ""
+        if entry is not None:
+            entry["text"] = piece  # its share of the text: the entries' texts add up to the reply
+            seq.token_logprobs.append(entry)
+        emit, hit = seq.holdback.feed(piece)
+        if emit:
+            self._emit(seq, emit)
+        if hit:
+            self._finish(seq, "stop")
+        elif len(seq.new_ids) >= seq.max_new_tokens:
+            self._finish(seq, "length")
+
+    def _emit(self, seq: _Seq, text: str):
+        seq.text += text
+        seq.events.put(("delta", text))
+
+    def _finish(self, seq: _Seq, reason: str):
+        if reason == "length":  # bytes of a character cut off by the limit still reach the user (U+FFFD)
+            emit, _ = seq.holdback.feed(seq.detok.flush() or "")
+            if emit:
+                self._emit(seq, emit)
+        if reason != "error":
+            tail = seq.holdback.flush()  # text held back for a stop string that never came
+            if tail:
+                self._emit(seq, tail)
+        self._release(seq, keep=reason != "error")
+        stats = seq.stats
+        stats["finish_reason"] = reason
+        if reason == "cancelled" and seq.cancel_step is not None:
+            stats["cancel_steps"] = self.steps - seq.cancel_step  # steps that ran after cancel() (0 or 1)
+        stats["context_full"] = len(seq.tokens) >= self.model.config.max_seq_len
+        stats["total_s"] = time.perf_counter() - seq.t_submit if seq.t_submit else 0.0
+        seq.events.put(("end", None))
+        seq.placed.set()
+        seq.finished.set()
+
+    def _fail(self, seq: _Seq, error: BaseException):
+        with self._cond:
+            if seq in self._waiting:
+                self._waiting.remove(seq)
+        self._release(seq, keep=False)
+        seq.stats["finish_reason"] = "error"
+        seq.stats["total_s"] = time.perf_counter() - seq.t_submit if seq.t_submit else 0.0
+        seq.events.put(("error", error))
+        seq.placed.set()
+        seq.finished.set()
+
+    def _release(self, seq: _Seq, keep: bool):
+        with self._cond:
+            if seq in self._running:
+                self._running.remove(seq)
+            row = seq.row
+            if row is not None:
+                row.seq, row.used = None, time.monotonic()
+                if keep and self.cache_rows > 0:
+                    row.tokens = row.tokens[:row.valid]  # its own copy: the sequence's list stays the stream's
+                else:
+                    row.tokens, row.valid = [], 0  # contents unknown after an error, or no cache wanted
+                seq.row = None
+
+
+def _logprob_entry(logits: torch.Tensor, tok: int, top: int) -> dict:
+    """OpenAI's meaning: log-softmax of the model's raw logits (temperature 1, before the
+    repetition penalty and every filter), whatever the request's sampling settings."""
+    lp = torch.log_softmax(logits[0].float(), dim=-1)
+    entry = {"id": tok, "logprob": float(lp[tok]), "top": []}
+    if top:
+        values, ids = lp.topk(top)
+        entry["top"] = [(int(i), float(v)) for v, i in zip(values.tolist(), ids.tolist())]
+    return entry
+
+
+class ScheduledStream:
+    """An iterator of non-empty text deltas from the scheduler (``GenerationStream``'s surface).
+
+    ``.stats`` (live): prompt_tokens, cached_tokens (prompt tokens whose K/V came from the
+    prompt cache), new_tokens, finish_reason, ttft_s (first ``next()`` -> first token, waiting
+    included), ttft_steps (driver steps between joining and the first token), cancel_steps (after
+    ``cancel()``: driver steps that completed before its row was freed), decode_tok_s, prefill_ms,
+    total_s, context_full. ``.new_ids``, ``.text``, ``.seed``,
+    ``.logprobs`` (with ``logprobs=k``: per sampled token ``{"id", "text", "logprob", "top": [(id, lp)]}``,
+    ``text`` its share of the reply: empty for the first bytes of a character split over tokens),
+    ``.queue_position`` (1.. while waiting for a row, else None).
+
+    The request joins on the first ``next()``; ``cancel()`` (any thread) ends it within one
+    step; ``close()`` ends it and returns once its row is free; dropping the stream cancels it.
+    """
+
+    def __init__(self, scheduler: Scheduler, seq: _Seq):
+        self._scheduler, self._seq = scheduler, seq
+        self.stats, self.new_ids, self.logprobs = seq.stats, seq.new_ids, seq.token_logprobs
+        self.prompt_ids, self.params, self.max_new_tokens = seq.prompt_ids, seq.params, seq.max_new_tokens
+        self.seed = seq.seed
+        self._submitted = self._done = False
+        weakref.finalize(self, _drop, scheduler, seq)
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def _join(self) -> bool:
+        """Submit the request once; False when it was cancelled before it joined."""
+        if not self._submitted:
+            self._submitted = True
+            if self._seq.cancelled():
+                self._done = True
+                self.stats["finish_reason"] = "cancelled"
+                return False
+            self._scheduler._submit(self._seq)
+        return not self._done
+
+    def waiting(self, poll_s: float = 0.5) -> Iterator[int]:
+        """Join now and yield the queue position (1 = next) every ``poll_s`` seconds while the request
+        waits for a row; returns as soon as it runs or ends (for a UI to say where it stands)."""
+        if not self._join():
+            return
+        while not self._seq.placed.is_set():
+            position = self.queue_position
+            if position is not None:
+                yield position
+            self._seq.placed.wait(poll_s)
+
+    def __next__(self) -> str:
+        if self._done or not self._join():
+            raise StopIteration
+        what, value = self._seq.events.get()
+        if what == "delta":
+            return value
+        self._done = True
+        if what == "error":
+            raise value
+        raise StopIteration
+
+    def __enter__(self) -> "ScheduledStream":
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def text(self) -> str:
+        return self._seq.text
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.stats["finish_reason"]
+
+    @property
+    def queue_position(self) -> int | None:
+        return self._scheduler.queue_position(self._seq)
+
+    def cancel(self):
+        """Ask the generation to stop (safe from any thread); its row is free within one step."""
+        with self._scheduler._cond:
+            if self._seq.cancel_step is None:
+                self._seq.cancel_step = self._scheduler.steps
+            self._seq.cancel_event.set()
+            self._scheduler._cond.notify_all()
+
+    def close(self):
+        """Stop now; returns once the scheduler has let the sequence go."""
+        self.cancel()
+        if self._submitted:
+            self._seq.finished.wait(CLOSE_WAIT_S)
+        self._done = True
+        if self.stats["finish_reason"] is None:
+            self.stats["finish_reason"] = "cancelled"
+
+
+def _drop(scheduler: Scheduler, seq: _Seq):
+    """A stream dropped unfinished: cancel its sequence (holds no reference to the stream)."""
+    if not seq.finished.is_set():
+        seq.cancel_event.set()
+        scheduler._wake()
