@@ -6,7 +6,10 @@
 For each run a fresh process is started and timed from spawn:
 - page: until ``GET /config`` answers 200 (the page can be drawn);
 - first token: until the first streamed token of a chat reply is visible in headless
-  chromium (the browser is started beforehand, so its own launch is not counted).
+  chromium (the browser is started beforehand, so its own launch is not counted);
+- Ctrl-C: from SIGINT (the page still open) until the process has exited;
+- page CPU: the CPU seconds the process used until the page answered (Linux), which a
+  machine busy with other work inflates far less than the wall-clock times.
 The floor is a bare ``gr.Blocks`` with one Textbox streaming a canned reply: what any
 Gradio app costs here. Prints medians and our/floor ratios.
 """
@@ -16,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -87,19 +91,15 @@ def wait_page(base: str, proc: subprocess.Popen, timeout: float = 180.0) -> None
     raise TimeoutError(base)
 
 
-def first_token(browser, base: str, output_js: str) -> None:
+def first_token(ctx, base: str, output_js: str) -> None:
     """Open the page, send a message, wait until reply text appears."""
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    try:
-        page = ctx.new_page()
-        page.set_default_timeout(120000)
-        page.goto(base + "/")
-        box = page.locator("#chat-input textarea")
-        box.fill("Hello")
-        box.press("Enter")
-        page.wait_for_function(output_js, timeout=120000)
-    finally:
-        ctx.close()
+    page = ctx.new_page()
+    page.set_default_timeout(120000)
+    page.goto(base + "/")
+    box = page.locator("#chat-input textarea")
+    box.fill("Hello")
+    box.press("Enter")
+    page.wait_for_function(output_js, timeout=120000)
 
 
 OURS_JS = ("() => { const b = document.querySelectorAll('#chatbot [data-testid=bot]');"
@@ -107,20 +107,34 @@ OURS_JS = ("() => { const b = document.querySelectorAll('#chatbot [data-testid=b
 FLOOR_JS = "() => { const t = document.querySelector('#floor-out textarea'); return t && t.value.length > 0; }"
 
 
-def one_run(browser, cmd: list[str], port: int, env: dict, output_js: str) -> tuple[float, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (0.0 where /proc is missing)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def one_run(browser, cmd: list[str], port: int, env: dict, output_js: str) -> tuple[float, float, float, float]:
+    """-> (page answers, first token, Ctrl-C to exit, CPU until the page answered) in seconds."""
     base = f"http://127.0.0.1:{port}"
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_page(base, proc)
         t_page = time.monotonic() - t0
-        first_token(browser, base, output_js)
-        return t_page, time.monotonic() - t0
+        cpu_page = cpu_seconds(proc.pid)
+        first_token(ctx, base, output_js)
+        t_token = time.monotonic() - t0
+        t1 = time.monotonic()
+        proc.send_signal(signal.SIGINT)  # like Ctrl-C, with the page still open
+        proc.wait(60)
+        return t_page, t_token, time.monotonic() - t1, cpu_page
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
+        ctx.close()
+        if proc.poll() is None:
             proc.kill()
             proc.wait()
 
@@ -129,27 +143,30 @@ def measure(browser, runs: int, model: Path, home: Path) -> dict[str, list[tuple
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", LMSTUDIO_LITE_HOME=str(home), PYTHONUNBUFFERED="1")
     floor_py = home / "floor_app.py"
     floor_py.write_text(FLOOR_APP)
-    results: dict[str, list[tuple[float, float]]] = {"floor": [], "lmstudio_lite": []}
+    results: dict[str, list[tuple[float, ...]]] = {"floor": [], "lmstudio_lite": []}
     for i in range(runs):  # interleaved, so a busy moment on the machine hits both alike
         port = free_port()
         results["floor"].append(one_run(browser, [sys.executable, str(floor_py), str(port)], port, env, FLOOR_JS))
         port = free_port()
         cmd = [sys.executable, "-m", "lmstudio_lite", "--no-browser", "--port", str(port), "--model", str(model)]
         results["lmstudio_lite"].append(one_run(browser, cmd, port, env, OURS_JS))
-        print(f"run {i + 1}: floor page {results['floor'][-1][0]:.2f} s, token {results['floor'][-1][1]:.2f} s;"
-              f" ours page {results['lmstudio_lite'][-1][0]:.2f} s, token {results['lmstudio_lite'][-1][1]:.2f} s",
-              flush=True)
+        (fp, ft, fx, fc), (op, ot, ox, oc) = results["floor"][-1], results["lmstudio_lite"][-1]
+        print(f"run {i + 1}: floor page {fp:.2f} s ({fc:.2f} s CPU), token {ft:.2f} s, Ctrl-C {fx:.2f} s;"
+              f" ours page {op:.2f} s ({oc:.2f} s CPU), token {ot:.2f} s, Ctrl-C {ox:.2f} s;"
+              f" page ratio {op / fp:.2f}x", flush=True)
     return results
 
 
-def report(results: dict[str, list[tuple[float, float]]]) -> None:
-    med = {k: (statistics.median(p for p, _ in v), statistics.median(t for _, t in v)) for k, v in results.items()}
-    print(f"\n{'app':16} {'page answers':>14} {'first token':>13}")
-    for name, (page, token) in med.items():
-        print(f"{name:16} {page:12.2f} s {token:11.2f} s")
-    fp, ft = med["floor"]
-    op, ot = med["lmstudio_lite"]
-    print(f"{'ratio ours/floor':16} {op / fp:13.2f}x {ot / ft:12.2f}x")
+def report(results: dict[str, list[tuple[float, ...]]]) -> None:
+    med = {k: tuple(statistics.median(r[i] for r in v) for i in range(4)) for k, v in results.items()}
+    print(f"\n{'app':16} {'page answers':>14} {'first token':>13} {'Ctrl-C':>9} {'page CPU':>10}")
+    for name, (page, token, stop, cpu) in med.items():
+        print(f"{name:16} {page:12.2f} s {token:11.2f} s {stop:7.2f} s {cpu:8.2f} s")
+    fp, ft, _, fc = med["floor"]
+    op, ot, _, oc = med["lmstudio_lite"]
+    paired = statistics.median(o[0] / f[0] for f, o in zip(results["floor"], results["lmstudio_lite"]))
+    print(f"{'ratio ours/floor':16} {op / fp:13.2f}x {ot / ft:12.2f}x {'':9} {oc / fc:9.2f}x")
+    print(f"page ratio, median of the paired runs: {paired:.2f}x")
 
 
 def main(argv=None) -> int:

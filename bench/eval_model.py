@@ -6,7 +6,10 @@
   (tokenizer-independent: summed next-token NLL in bits / UTF-8 bytes)
 - translation BLEU and chrF, each direction, on held-out Tatoeba pairs (recipes/heldout.py)
 - summarization ROUGE-L and chrF: one-sentence summaries of held-out TinyStories
-  paragraphs (reference: the lead sentence, templated) and QMSum validation spans
+  paragraphs (reference: the lead sentence, templated) and QMSum validation spans.
+  The story references mostly open alike ("Once upon a time, there was ..."), so the
+  same line for every text scores well: the constant baseline and how many different
+  summaries a model wrote are printed beside the scores
 - the same probe prompts every time, greedy
 """
 from __future__ import annotations
@@ -77,13 +80,28 @@ def translation_scores(m, n) -> dict:
     return out
 
 
-def summary_scores(m, n) -> dict:
+CONSTANT_SUMMARY = "Once upon a time, there was a little girl named Lily."  # says nothing of the text
+
+
+def story_pairs(n) -> tuple[list[str], list[str]]:
     paras = [p for p in valid_paragraphs()[300:] if p.count(". ") >= 2 and len(p) < 900][:n]
+    return paras, [lead_sentence(p) for p in paras]
+
+
+def constant_baseline(n) -> dict:
+    """What the story metric gives one fixed sentence for every text: the score to beat."""
+    _, refs = story_pairs(n)
+    hyps = [CONSTANT_SUMMARY] * len(refs)
+    return {"rougeL": rouge_l(hyps, refs), "chrf": chrf(hyps, refs)}
+
+
+def summary_scores(m, n) -> dict:
+    paras, refs = story_pairs(n)
     hyps = [answer(m, f"Summarize in one sentence:\n{p}", 48) for p in paras]
-    refs = [lead_sentence(p) for p in paras]
     qms = [(d[:1500], s) for d, s in summary_pairs("val")[: max(n // 4, 5)]]
     qh = [answer(m, f"Summarize in one sentence:\n{d}", 64) for d, _ in qms]
-    return {"stories-lead": {"rougeL": rouge_l(hyps, refs), "chrf": chrf(hyps, refs)},
+    return {"stories-lead": {"rougeL": rouge_l(hyps, refs), "chrf": chrf(hyps, refs),
+                             "distinct": len(set(hyps)), "of": len(hyps)},
             "qmsum-val": {"rougeL": rouge_l(qh, [s for _, s in qms]), "chrf": chrf(qh, [s for _, s in qms])}}
 
 
@@ -121,6 +139,12 @@ def main():
     for s in results[0]["summarization"]:
         for k in ("rougeL", "chrf"):
             print(f"{s + ' ' + k:28}" + "".join(f"{r['summarization'][s][k]:>24.1f}" for r in results))
+    print(f"{'stories-lead distinct':28}" + "".join(
+        f"{r['summarization']['stories-lead']['distinct']:>17} of {r['summarization']['stories-lead']['of']:<3}"
+        for r in results))
+    base = constant_baseline(args.n)
+    print(f"{'stories-lead, one fixed line':28}{base['rougeL']:>17.1f} ROUGE-L {base['chrf']:.1f} chrF "
+          f"({CONSTANT_SUMMARY!r} for every text)")
     for r in results:
         print(f"\nprobes, {Path(r['model']).name}:")
         for prompt, out in zip(PROBES, r["probes"]):

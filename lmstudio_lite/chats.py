@@ -4,7 +4,10 @@ A conversation is a plain dict, saved as it happens and reloaded after a restart
 
     {"id": "20250101-120000-ab12cd", "title": "Hello there", "created": 1735732800.0,
      "updated": 1735732812.5, "system": "You are a helpful assistant.",
-     "messages": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi!"}]}
+     "messages": [{"role": "user", "content": "Hello"},
+                  {"role": "assistant", "content": "Hi!", "model": "SmolLM2-135M-Instruct"}]}
+
+An assistant message names the model that wrote it (``model``; older files may lack it).
 
 Writes are atomic (``atomic.write_text``), so a crash never leaves half a file. The store is shared by every browser session; which
 conversation a session shows lives in that session's ``gr.State``.
@@ -60,6 +63,8 @@ def validate(data) -> dict:
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
             raise ChatFormatError(f"message {i} needs a 'role' ({', '.join(ROLES)}) and a text 'content'")
         clean.append({"role": m["role"], "content": m["content"]})
+        if m["role"] == "assistant" and isinstance(m.get("model"), str) and m["model"]:
+            clean[-1]["model"] = m["model"][:200]
     system = data.get("system") or ""
     if clean and clean[0]["role"] == "system":  # OpenAI-style exports keep the system prompt in messages
         system = system or clean.pop(0)["content"]
@@ -84,7 +89,8 @@ def to_markdown(conv: dict) -> str:
     if conv.get("system"):
         lines += ["**System:**", "", conv["system"], ""]
     for m in conv.get("messages", []):
-        lines += [f"## {m['role'].capitalize()}", "", m["content"], ""]
+        by = f" ({m['model']})" if m.get("model") else ""
+        lines += [f"## {m['role'].capitalize()}{by}", "", m["content"], ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -41,7 +41,7 @@ class ModelEntry:
 def describe_folder(path: Path, name: str, source: str) -> ModelEntry:
     """Read config.json only (cheap); a folder that can't be described still lists, with its error."""
     from .checkpoints.errors import CheckpointError
-    from .checkpoints.folder import read_config
+    from .checkpoints.hf_config import read_config
 
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     entry = ModelEntry(name, str(path), source, size_bytes=size)

@@ -89,9 +89,23 @@ def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = S
     raise TimeoutError(f"{url} did not answer in {timeout:.0f} s")
 
 
+def wait_model_loaded(app: "AppProcess", timeout: float = START_TIMEOUT_S) -> dict:
+    """Until /healthz no longer says the start-up model is loading; -> that answer."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if app.proc.poll() is not None:
+            raise RuntimeError(f"the app exited with {app.proc.returncode}:\n{app.log()}")
+        health = httpx.get(app.base + "/healthz", timeout=5.0).json()
+        if not health.get("loading"):
+            return health
+        time.sleep(0.1)
+    raise TimeoutError(f"the model did not load in {timeout:.0f} s")
+
+
 def start_app(model: Path | None, home: Path, *extra: str, port: int | None = None, wait_page: bool = True,
-              env: dict | None = None) -> AppProcess:
-    """The real app in a subprocess on a free port, ready when this returns."""
+              env: dict | None = None, wait_model: bool = True) -> AppProcess:
+    """The real app in a subprocess on a free port, ready when this returns (with ``wait_model``: the
+    model it starts with has loaded, or failed to; the page answers before that)."""
     port = port or free_port()
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / f"app-{port}.log"
@@ -105,6 +119,8 @@ def start_app(model: Path | None, home: Path, *extra: str, port: int | None = No
         wait_http(app.base + "/healthz", proc, log=log_path)
         if wait_page:
             wait_http(app.base + "/config", proc, log=log_path)
+        if wait_model:
+            wait_model_loaded(app)
     except BaseException:
         app.stop()
         raise

@@ -9,6 +9,7 @@ import pytest
 from fixtures_models import make_services
 
 from lmstudio_lite.chats import ChatStore
+from lmstudio_lite.ui.chat_handlers import view
 
 SAMPLING = (0.0, 1.0, 0, 0.0, 1.0, 16, 0, "")  # temperature .. stop: greedy, 16 new tokens
 
@@ -107,13 +108,14 @@ def test_stop_cancels_within_one_token(h):
 
 def test_export_and_import(h, tmp_path):
     conv, _, _ = send(h, None, "Export me")
-    files = h.export(conv)["value"]
+    files = h.export(conv)[0]["value"]
     data = json.loads(open(files[0], encoding="utf-8").read())
     assert data["messages"] == conv["messages"] and open(files[1]).read().startswith("# Export me")
     src = tmp_path / "c.json"
     src.write_text(json.dumps(data))
     new, chatbot, system, notice, _, owned = h.import_file(str(src), [])
-    assert new["id"] != conv["id"] and chatbot == conv["messages"] and owned == [new["id"]]
+    assert new["id"] != conv["id"] and chatbot == view(conv) and owned == [new["id"]]
+    assert new["messages"] == conv["messages"]  # with the model that wrote each reply
     bad = tmp_path / "bad.json"
     bad.write_bytes(b"\x00\x01binary")
     assert "Import failed" in h.import_file(str(bad), [])[3]

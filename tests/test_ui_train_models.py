@@ -228,6 +228,23 @@ def test_preview_and_spec(services, tmp_path):
     assert act.use_in_chat(services).startswith("⚠ Run `r1` is still training (step 3 of 10)")
 
 
+def test_train_tab_starts_on_the_model_loading_in_the_background(tmp_path):
+    """The app builds the page before its start-up model has loaded: the Train tab's base model is
+    still that one, not merely the first listed."""
+    from lmstudio_lite.paths import app_paths
+    from lmstudio_lite.services import build_services
+
+    home = tmp_path / "home"
+    for name in ("a-first", "zz-started-with"):
+        shutil.copytree(STORIES, home / "models" / name)
+    svc = build_services(model=str(home / "models" / "zz-started-with"), paths=app_paths(home), with_jobs=False,
+                         with_chats=False, background=True)
+    choices = act.model_choices(svc)
+    assert svc.loading == "zz-started-with" and svc.registry.current is None
+    assert choices[0] != "zz-started-with"
+    assert act.initial_base(svc, choices) == "zz-started-with"
+
+
 def test_finished_run_compare_and_use_in_chat(tmp_path):
     """A real 12-step run in the job thread; then Compare streams both answers and Use in Chat loads it."""
     from lmstudio_lite.training.jobs import JobRunner

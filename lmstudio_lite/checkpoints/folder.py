@@ -6,7 +6,6 @@ pickle is ever opened.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -16,40 +15,12 @@ from ..model.config import ModelConfig
 from ..model.transformer import Transformer
 from ..atomic import write_atomic, write_json
 from .errors import CheckpointError
-from .hf_config import config_from_hf, config_to_hf
+from .hf_config import config_to_hf, read_config, read_json  # noqa: F401 (read_config: used via this module too)
 from .names import IGNORABLE_SUFFIXES, entries_for, normalize_name
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 INDEX_NAME = "model.safetensors.index.json"
 FINITE_SAMPLE = 4096  # values checked per tensor at load: cheap, and catches all-NaN/inf weights
-
-
-def read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise CheckpointError(path, "file is missing")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(path, f"not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(path, "expected a JSON object")
-    return data
-
-
-def read_config(folder: str | Path) -> tuple[ModelConfig, dict]:
-    """(our config, the raw config.json dict)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointError(folder, "model folder does not exist")
-    path = folder / "config.json"
-    hf = read_json(path)
-    try:
-        return config_from_hf(hf), hf
-    except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as e:
-        # ValueError is the checks' own wording; the others are a backstop for shapes of
-        # JSON the checks did not foresee: still this folder's fault, never the app's.
-        problem = f"missing field {e}" if isinstance(e, KeyError) else str(e)
-        raise CheckpointError(path, problem) from None
 
 
 def weight_files(folder: Path) -> dict[str, Path]:

@@ -28,11 +28,11 @@ from ..model.config import ModelConfig
 from .errors import CheckpointError
 from .folder import load_weights, read_config
 from .gguf_export_vocab import write_vocab
+from .gguf_file import EXPORT_QUANTS as QUANT_CHOICES
 from .gguf_file import HPARAMS, entries, gguf_arch, permute
 from .gguf_file import unpermute  # noqa: F401  (the inverse, beside permute for callers and tests)
 from .tokenizer import Tokenizer
 
-QUANT_CHOICES = ("f32", "bf16", "q8_0", "q4_0")
 # The tensors llama.cpp keeps at a higher precision than the rest of a 4-bit file.
 _WIDE = ("token_embd.weight", "output.weight", "position_embd.weight")
 # llama.cpp's order of a block's tensors (each weight before its bias); the file keeps it.

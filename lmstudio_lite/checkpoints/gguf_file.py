@@ -22,6 +22,10 @@ from ..model.config import ModelConfig
 from .errors import CheckpointError
 from .gguf_parse import GGUFFile, parse
 
+# The weight types gguf_export.py writes; here, in a module without torch, so the Models tab can
+# offer them while the page is served before torch is imported.
+EXPORT_QUANTS = ("f32", "bf16", "q8_0", "q4_0")
+
 ARCHITECTURES = ("llama", "qwen2", "gpt2")
 _MISSING = object()
 

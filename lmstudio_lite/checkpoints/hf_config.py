@@ -1,10 +1,16 @@
-"""config.json (Hugging Face layout) <-> our typed ModelConfig."""
+"""config.json (Hugging Face layout) <-> our typed ModelConfig.
+
+No torch here: listing models reads configs, and the page is served before torch is imported.
+"""
 from __future__ import annotations
 
+import json
 import math
 import numbers
+from pathlib import Path
 
 from ..model.config import ModelConfig
+from .errors import CheckpointError
 
 LLAMA_LIKE = ("llama", "qwen2", "mistral")
 SUPPORTED = ("gpt2",) + LLAMA_LIKE
@@ -129,3 +135,31 @@ def config_to_hf(cfg: ModelConfig, model_type: str | None = None, special: dict 
     hf["architectures"] = [ARCHITECTURES[mt]]
     hf.update(special)
     return hf
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(path, "file is missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(path, f"not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(path, "expected a JSON object")
+    return data
+
+
+def read_config(folder: str | Path) -> tuple[ModelConfig, dict]:
+    """(our config, the raw config.json dict)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(folder, "model folder does not exist")
+    path = folder / "config.json"
+    hf = read_json(path)
+    try:
+        return config_from_hf(hf), hf
+    except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as e:
+        # ValueError is the checks' own wording; the others are a backstop for shapes of
+        # JSON the checks did not foresee: still this folder's fault, never the app's.
+        problem = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+        raise CheckpointError(path, problem) from None

@@ -1,6 +1,20 @@
-"""The pure-torch transformer: config, layers, KV cache, LoRA."""
+"""The pure-torch transformer: config, layers, KV cache, LoRA.
+
+``ModelConfig`` (``model.config``) needs no torch; the rest is imported on first use, so
+reading a config.json (listing models while the page starts) does not import torch.
+"""
 from .config import ModelConfig
-from .kv_cache import KVCache
-from .transformer import Transformer
 
 __all__ = ["ModelConfig", "KVCache", "Transformer"]
+
+
+def __getattr__(name: str):
+    if name == "KVCache":
+        from .kv_cache import KVCache
+
+        return KVCache
+    if name == "Transformer":
+        from .transformer import Transformer
+
+        return Transformer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

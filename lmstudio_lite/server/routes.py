@@ -25,7 +25,6 @@ from starlette.concurrency import run_in_threadpool
 
 from ..checkpoints.errors import CheckpointError
 from ..errors import is_user_error, user_message
-from ..generation import ContextOverflowError
 from . import convert
 from .convert import APIError, GenerateRequest
 
@@ -148,6 +147,8 @@ def _check_size(model, req: GenerateRequest):
 def _start(model, req: GenerateRequest) -> list:
     """Encode the prompt and check it fits (raises before anything is streamed); the streams
     (one per choice) are lazy. A seeded request seeds choice i with seed + i."""
+    from ..generation import ContextOverflowError  # here, not at the top: serving the page needs no torch
+
     _check_size(model, req)
     options = dict(req.options)
     options.setdefault("max_new_tokens", model.context_length)  # the engine caps it to what is left

@@ -25,7 +25,7 @@ def create_app(services, sessions=None) -> FastAPI:
     def healthz():
         current = services.registry.current
         return {"status": "ok", "model": current.name if current is not None else None,
-                "error": services.registry.last_error}
+                "loading": getattr(services, "loading", None), "error": services.registry.last_error}
 
     return app
 

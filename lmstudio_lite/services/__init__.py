@@ -1,7 +1,10 @@
 """The process-wide objects, made once in ``main`` and passed down (STYLE rule 8)."""
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..errors import user_message
 from ..paths import AppPaths, app_paths
@@ -22,23 +25,60 @@ class Services:
     max_body_bytes: int = 4 * 1024 * 1024  # any other request body (/v1, Gradio's API): larger is a 413
     extra: dict = field(default_factory=dict)
     access: AccessPolicy | None = None  # who may call what; built from api_key / shared when not given
+    pending: object = None  # _Pending: the start-up model, until it has loaded (or failed to)
     upload_dir: str | None = None  # where the UI's uploads land (set by ui.app.build_app); None: no uploads
 
     def __post_init__(self):
         if self.access is None:
             self.access = AccessPolicy(api_key=self.api_key, remote=self.shared, roots=app_roots(self.paths))
 
+    @property
+    def loading(self) -> str | None:
+        """The name of the model being loaded at start-up, or None."""
+        p = self.pending
+        return p.name if p is not None and not p.done.is_set() else None
+
+    def load_in_background(self, on_done=None) -> threading.Thread:
+        """Load the start-up model in a thread (the page answers meanwhile), then call ``on_done()``;
+        -> the thread."""
+        p = self.pending
+
+        def load():
+            try:
+                if p is not None:
+                    _load_first(self.registry, p.target, p.fallback)
+            except Exception as e:  # not the folder's fault: still keep the app up, saying why
+                logging.getLogger("lmstudio_lite").error("loading the model failed", exc_info=e)
+                self.registry.last_error = user_message(e)
+            finally:
+                try:
+                    if on_done is not None:
+                        on_done()
+                finally:
+                    if p is not None:
+                        p.done.set()
+
+        thread = threading.Thread(target=load, name="load-model", daemon=True)
+        thread.start()
+        return thread
+
+    def wait_for_model(self, timeout: float | None = None) -> bool:
+        """Wait while the start-up model loads; -> False if it is still loading after ``timeout``."""
+        p = self.pending
+        return p is None or p.done.wait(timeout)
+
 
 def build_services(model: str | None = None, device: str | None = None, dtype: str | None = None,
                    quant: str | None = None, shared: bool = False, api_key: str | None = None, with_jobs: bool = True,
                    with_chats: bool = True, paths: AppPaths | None = None, load_default: bool = True,
-                   access: AccessPolicy | None = None) -> Services:
+                   access: AccessPolicy | None = None, background: bool = False) -> Services:
     """Create the registry (loading ``model`` or the bundled default), job runner and chat store.
 
     A model that fails to load leaves the app running with no model and the
     error in ``registry.last_error``: the UI says so instead of crashing.
+    ``background=True`` (the app): nothing here imports torch; the model loads when
+    ``services.load_in_background()`` is called, and the job runner is made on first use.
     """
-    from ..checkpoints.errors import CheckpointError
     from .housekeeping import clean_orphaned_tmp
 
     paths = (paths or app_paths()).ensure()
@@ -48,24 +88,9 @@ def build_services(model: str | None = None, device: str | None = None, dtype: s
     if target is None and load_default:
         default = registry.default_model()
         target = default.path if default else None
-    if target:
-        try:
-            registry.load(target)
-        except (CheckpointError, KeyError, ValueError, OSError) as e:
-            registry.last_error = user_message(e)
-            fallback = registry.bundled_default() if model is None else None
-            if fallback is not None and fallback.path != target:  # a default that fails: the bundled one
-                error = registry.last_error
-                try:
-                    registry.load(fallback.path)
-                    registry.last_error = f"{error} (the bundled model is loaded instead)"
-                except (CheckpointError, KeyError, ValueError, OSError):
-                    registry.last_error = error
     jobs = chats = None
     if with_jobs:
-        from ..training.jobs import JobRunner
-
-        jobs = JobRunner(paths)
+        jobs = LazyJobs(paths) if background else LazyJobs(paths).runner()
     if with_chats:
         from ..chats import ChatStore
 
@@ -74,5 +99,56 @@ def build_services(model: str | None = None, device: str | None = None, dtype: s
     from .download import Downloads
 
     downloads = None if shared else Downloads(paths.models, device_memory("cpu"))  # shared: no writes by strangers
-    return Services(paths, registry, jobs, chats, shared=shared, api_key=api_key, downloads=downloads,
-                    access=access)
+    services = Services(paths, registry, jobs, chats, shared=shared, api_key=api_key, downloads=downloads,
+                        access=access)
+    if target and background:
+        services.pending = _Pending(target, fallback=model is None)
+    elif target:
+        _load_first(registry, target, fallback=model is None)
+    return services
+
+
+def _load_first(registry, target: str, fallback: bool) -> None:
+    """Load the model the app starts with; when the default fails, the bundled one instead."""
+    from ..checkpoints.errors import CheckpointError
+
+    try:
+        registry.load(target)
+    except (CheckpointError, KeyError, ValueError, OSError) as e:
+        registry.last_error = user_message(e)
+        bundled = registry.bundled_default() if fallback else None
+        if bundled is not None and bundled.path != target:  # a default that fails: the bundled one
+            error = registry.last_error
+            try:
+                registry.load(bundled.path)
+                registry.last_error = f"{error} (the bundled model is loaded instead)"
+            except (CheckpointError, KeyError, ValueError, OSError):
+                registry.last_error = error
+
+
+class _Pending:
+    """The model the app starts with, while it loads: its name, and an event set when done."""
+
+    def __init__(self, target: str, fallback: bool):
+        self.target, self.fallback = target, fallback
+        self.name = Path(target).name
+        self.done = threading.Event()
+
+
+class LazyJobs:
+    """The training job runner, made on first use: importing training imports torch, which
+    serving the page does not need."""
+
+    def __init__(self, paths: AppPaths):
+        self._paths, self._runner, self._lock = paths, None, threading.Lock()
+
+    def runner(self):
+        with self._lock:
+            if self._runner is None:
+                from ..training.jobs import JobRunner
+
+                self._runner = JobRunner(self._paths)
+            return self._runner
+
+    def __getattr__(self, name):
+        return getattr(self.runner(), name)

@@ -25,9 +25,9 @@ class ExportResult:
 
 def quant_choices() -> tuple[str, ...]:
     """The weight types an export offers (imported late: the UI builds without loading torch first)."""
-    from ..checkpoints.gguf_export import QUANT_CHOICES
+    from ..checkpoints.gguf_file import EXPORT_QUANTS
 
-    return QUANT_CHOICES
+    return EXPORT_QUANTS
 
 
 def export_path(models_dir: Path, name: str, quant: str) -> Path:

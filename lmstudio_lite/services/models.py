@@ -5,6 +5,7 @@ exceptions (LiteError, or the OS's and the loaders' own, worded by ``errors.user
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ..errors import LiteError
@@ -32,10 +33,20 @@ def names(services) -> list[str]:
     return [e.name for e in all_models(services)]
 
 
+def current_name(services) -> str | None:
+    """The loaded model's name (it may have loaded after the page was built)."""
+    cur = services.registry.current
+    return cur.name if cur is not None else None
+
+
 def device_type(services) -> str:
     cur = services.registry.current
     if cur is not None:
         return cur.device.type
+    if "torch" not in sys.modules:  # the page is being built, before torch: no need to wait for it here
+        from ..device_hint import likely_device_type
+
+        return likely_device_type(services.registry.device)
     from ..device import choose_device
 
     try:

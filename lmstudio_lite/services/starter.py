@@ -35,10 +35,12 @@ def is_starter(entry) -> bool:
     return entry.error is None and entry.name in (FOLDER_NAME, GGUF_NAME)
 
 
-def needs_starter(registry) -> bool:
-    """True while the only usable models are the bundled ones (and no other model was loaded by path)."""
+def needs_starter(registry, loading: str | None = None) -> bool:
+    """True while the only usable models are the bundled ones (and no other model was loaded, or is
+    ``loading`` at start-up, by path)."""
     cur = registry.current
-    if cur is not None and not Path(cur.path).resolve().is_relative_to(Path(registry.bundled).resolve()):
+    path = cur.path if cur is not None else loading
+    if path is not None and not Path(path).resolve().is_relative_to(Path(registry.bundled).resolve()):
         return False
     return not any(e.error is None and e.source != "bundled" for e in registry.list())
 

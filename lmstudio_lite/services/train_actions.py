@@ -101,6 +101,21 @@ def model_choices(services) -> list[str]:
     return [e.name for e in all_models(services) if e.error is None]
 
 
+def initial_base(services, choices: list[str]) -> str | None:
+    """The Train tab's first base model: the loaded one; while the start-up model still loads in the
+    background (the tab is built before it), that one; else the first listed."""
+    cur, pending = services.registry.current, services.pending
+    if cur is not None:
+        if cur.name in choices:
+            return cur.name
+    elif pending is not None:
+        target = Path(pending.target).expanduser().resolve()
+        for e in all_models(services):
+            if e.name in choices and (e.name == pending.target or Path(e.path).resolve() == target):
+                return e.name
+    return choices[0] if choices else None
+
+
 def find_model(services, name: str | None):
     """A listed (or the loaded) model by name, or by folder path when the app is not shared."""
     if not name:

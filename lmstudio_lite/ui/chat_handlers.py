@@ -48,12 +48,14 @@ class ChatHandlers:
         ids = [v for _, v in choices]
         return gr.update(choices=choices, value=cid if cid in ids else None)
 
-    def _save(self, conv: dict | None):
+    def _save(self, conv: dict | None) -> str:
+        """Save a non-empty conversation; -> "" or why it could not be saved (also toasted)."""
         if conv and conv.get("messages"):
             try:
                 self.store.save(conv)
             except OSError as e:
-                warn(f"Could not save the conversation: {friendly(e)}")
+                return warn(f"Could not save the conversation: {friendly(e)}")
+        return ""
 
     # -- sending ---------------------------------------------------------------------------
     def submit(self, message: str, conv, system: str, owned: list):
@@ -64,9 +66,10 @@ class ChatHandlers:
         refusal = None
         if not text:
             refusal = "Type a message first — nothing was sent."
-        elif model is None:
+        elif model is None and not self.services.loading:  # while it loads, the reply step waits for it
             refusal = _no_model_text(self.services)
-        elif too_long_for(model.context_length, text) or self._alone_too_long(model, system, text):
+        elif model is not None and (too_long_for(model.context_length, text)
+                                    or self._alone_too_long(model, system, text)):
             refusal = (f"Your message is {len(text):,} characters — more than the model's context window of "
                        f"{model.context_length:,} tokens can hold. Nothing was sent: shorten it, or use the "
                        "Summarize tab for long texts.")
@@ -77,8 +80,8 @@ class ChatHandlers:
             conv["title"] = title_from(text)
         conv["messages"].append({"role": "user", "content": message.strip("\n")})
         owned = list(owned or []) + ([conv["id"]] if conv["id"] not in (owned or []) else [])
-        self._save(conv)
-        return "", conv, view(conv), "", {"mode": "reply"}, owned
+        unsaved = self._save(conv)  # submit is not queued, so a toast would not show: say it inline
+        return "", conv, view(conv), notice_md(unsaved), {"mode": "reply"}, owned
 
     @staticmethod
     def _alone_too_long(model, system, text) -> bool:
@@ -122,13 +125,13 @@ class ChatHandlers:
             stream = model.generate(prompt, on_overflow="truncate", **kwargs)
             cut = stream.stats.get("truncated_tokens", 0)
             note = f"Context full: the oldest {cut} tokens of the conversation are left out." if cut else ""
-            return stream, conv["messages"][-1], note
+            return stream, credit(conv["messages"][-1], model.name), note
         answered_since(conv)
         messages = build_messages(conv.get("system"), conv["messages"])
         stream = model.generate(messages, on_overflow="truncate", **kwargs)
         dropped = stream.stats.get("dropped_turns") or []
         note = f"Context full: {describe_dropped(messages, dropped)} left out of this reply." if dropped else ""
-        msg = {"role": "assistant", "content": ""}
+        msg = credit({"role": "assistant", "content": ""}, model.name)
         conv["messages"].append(msg)
         return stream, msg, note
 
@@ -186,6 +189,17 @@ class ChatHandlers:
         ctx, value = model.context_length, int(max_new or 0)
         return gr.update(maximum=ctx, value=value if 0 < value < ctx else ctx // 2)
 
+    def model_changed(self, seen, draft, conv, system, max_new):
+        """Polled: when the loaded model is not the one this page last drew the meter for, fit the
+        slider and redraw the meter. -> seen, max_new, meter."""
+        model = self.services.registry.current
+        now = None if model is None else (model.name, id(model))
+        if now == seen:
+            return gr.skip(), gr.skip(), gr.skip()
+        limit = self.max_new_limit(max_new)
+        value = limit.get("value", max_new) if isinstance(limit, dict) else max_new
+        return now, limit, self.meter(draft, conv, system, value)
+
     def _draft_messages(self, draft, conv, system):
         history = list((conv or {}).get("messages") or [])
         if draft and draft.strip():
@@ -195,7 +209,9 @@ class ChatHandlers:
     def meter(self, draft, conv, system, max_new):
         model = self.services.registry.current
         if model is None:
-            return "<div class='meter'>Context: no model loaded</div>"
+            loading = self.services.loading
+            return ("<div class='meter'>Context: " + (f"loading model {html.escape(loading)}… (you can send "
+                    "already: the reply starts once it has loaded)" if loading else "no model loaded") + "</div>")
         messages = self._draft_messages(draft, conv, system)
         typed = bool(draft and draft.strip())
         try:
@@ -227,8 +243,9 @@ class ChatHandlers:
 
     # -- conversations ---------------------------------------------------------------------
     def new_chat(self, system, owned):
+        """-> conv, chatbot, stats, notice, list, sidebar notice (what was said of the last chat goes)."""
         conv = new_conversation(system or DEFAULT_SYSTEM)
-        return conv, [], "", "", self.list_update(owned, None)
+        return conv, [], "", "", self.list_update(owned, None), ""
 
     def select(self, cid, conv, owned):
         """Open a saved conversation. -> conv, chatbot, system, notice, stats."""
@@ -242,36 +259,50 @@ class ChatHandlers:
             return conv, view(conv), gr.skip(), notice_md(warn(friendly(e))), gr.skip()
         return loaded, view(loaded), loaded.get("system", ""), "", ""
 
+    # The sidebar's events are not queued (they answer at once), so Gradio drops their toasts:
+    # each says what happened in the sidebar's own notice, next to the button that was pressed.
     def rename(self, title, conv, owned):
-        """-> title box, notice, list."""
+        """-> title box, sidebar notice, list."""
         if not conv or not conv.get("messages"):
             return title, notice_md(warn("Send a message first: an empty chat is not saved yet.")), gr.skip()
         title = " ".join((title or "").split())
         if not title:
             return title, notice_md(warn("Type a new title first.")), gr.skip()
         conv["title"] = title[:200]
-        self._save(conv)
-        return "", "", self.list_update(owned, conv)
+        unsaved = self._save(conv)
+        return "", notice_md(unsaved) or done_md(f"Renamed to “{conv['title']}”."), self.list_update(owned, conv)
+
+    def ask_delete(self, conv):
+        """Delete pressed: ask first, unless there is nothing saved to delete. -> confirm row, sidebar notice."""
+        if not conv or not conv.get("messages"):
+            return gr.update(visible=False), notice_md(warn("This chat is empty and was never saved: "
+                                                           "there is nothing to delete."))
+        return gr.update(visible=True), ""
 
     def delete(self, conv, owned):
-        """Delete the open conversation (after the confirmation step) and start a new one."""
-        if conv:
+        """Delete the open conversation (after the confirmation step) and start a new one.
+        -> conv, chatbot, sidebar notice, list, confirm row."""
+        note = ""
+        if conv and conv.get("messages"):
             self.store.delete(conv["id"])
+            note = done_md(f"Deleted “{conv['title']}”.")
         fresh = new_conversation((conv or {}).get("system") or DEFAULT_SYSTEM)
-        return fresh, [], "", self.list_update(owned, None), gr.update(visible=False)
+        return fresh, [], note, self.list_update(owned, None), gr.update(visible=False)
 
     def export(self, conv):
+        """-> files, sidebar notice."""
         if not conv or not conv.get("messages"):
-            warn("There is nothing to export yet.")
-            return gr.update(value=None, visible=False)
+            note = warn("There is nothing to export yet: this chat has no messages.")
+            return gr.update(value=None, visible=False), notice_md(note)
         folder = Path(tempfile.mkdtemp(prefix="lmstudio-export-"))
         stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in conv["title"])[:40] or "chat"
         (folder / f"{stem}.json").write_text(to_json(conv), encoding="utf-8")
         (folder / f"{stem}.md").write_text(to_markdown(conv), encoding="utf-8")
-        return gr.update(value=[str(folder / f"{stem}.json"), str(folder / f"{stem}.md")], visible=True)
+        return (gr.update(value=[str(folder / f"{stem}.json"), str(folder / f"{stem}.md")], visible=True),
+                done_md(f"Exported “{conv['title']}”: download it below (JSON to import again, Markdown to read)."))
 
     def import_file(self, path, owned):
-        """-> conv, chatbot, system, notice, list, owned."""
+        """-> conv, chatbot, system, sidebar notice, list, owned."""
         from .common import read_text_file
 
         try:
@@ -279,8 +310,9 @@ class ChatHandlers:
         except (ValueError, OSError) as e:
             return gr.skip(), gr.skip(), gr.skip(), notice_md(warn(f"Import failed: {friendly(e)}")), gr.skip(), owned
         owned = list(owned or []) + [conv["id"]]
-        gr.Info(f"Imported “{conv['title']}”.")
-        return conv, view(conv), conv.get("system", ""), "", self.list_update(owned, conv), owned
+        n = len(conv["messages"])
+        note = done_md(f"Imported “{conv['title']}” ({n} message{'s' if n != 1 else ''}); it is open now.")
+        return conv, view(conv), conv.get("system", ""), note, self.list_update(owned, conv), owned
 
 
 METER_COLORS = {"prompt": "#4a90e2", "reply": "#f0ad4e"}  # free space is the bar's grey track
@@ -297,6 +329,19 @@ def meter_html(r, extra: str = "", note: str = "") -> str:
     words = (f"Context {r.limit:,} tokens: prompt {r.used:,}{extra} · reply up to {r.reply:,} · "
              f"free {r.free:,}")
     return f"<div class='meter'>{bar}{words}" + (f"<br>{note}" if note else "") + "</div>"
+
+
+def done_md(message: str) -> str:
+    """An inline confirmation (the counterpart of ``notice_md``'s warning)."""
+    return f"✓ {message}"
+
+
+def credit(msg: dict, model_name: str) -> dict:
+    """Record on an assistant message which model wrote it (both, when a reply was continued by
+    another model)."""
+    old = msg.get("model")
+    msg["model"] = model_name if not old or old == model_name else f"{old} + {model_name}"
+    return msg
 
 
 def answered_since(conv: dict) -> None:

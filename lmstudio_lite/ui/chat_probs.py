@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..tasks import inspect as analysis
 from ..tasks.chat import build_messages
 from .common import LLM, PRIVATE, current_model, friendly
 from .inspect_view import reply_html
@@ -30,6 +29,8 @@ def colours(services, on: bool, conv):
     msgs = (conv or {}).get("messages") or []
     if not msgs or msgs[-1]["role"] != "assistant":
         return gr.update(value=reply_html([]), visible=True)
+    from ..tasks import inspect as analysis  # here: it imports torch, which building the page must not wait for
+
     try:
         model = current_model(services)
         messages = build_messages(conv.get("system"), msgs[:-1])

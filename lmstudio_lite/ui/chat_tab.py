@@ -17,6 +17,16 @@ from .chat_handlers import ChatHandlers, preset_values
 from .common import LLM, PRIVATE, current_model, friendly
 from .models_tab import enclosing_tab
 
+MODEL_POLL_S = 2.0  # how soon the meter and the Max new tokens slider follow a model loaded elsewhere
+# After "Show prompt" opens its section: scroll it into view once it has been drawn.
+SCROLL_TO_PROMPT = """async () => {
+  for (let i = 0; i < 40; i++) {
+    const el = document.getElementById('prompt-view');
+    if (el && el.offsetHeight > 0) { el.scrollIntoView({block: 'nearest'}); return; }
+    await new Promise(r => setTimeout(r, 50));
+  }
+}"""
+
 
 def _sidebar(h: ChatHandlers) -> dict:
     c = {}
@@ -34,6 +44,7 @@ def _sidebar(h: ChatHandlers) -> dict:
     with gr.Row():
         c["export"] = gr.Button("Export", elem_id="chat-export-btn", size="sm")
         c["import"] = gr.UploadButton("Import JSON", file_types=[".json"], elem_id="chat-import-btn", size="sm")
+    c["notice"] = gr.Markdown("", elem_id="chat-side-notice")
     c["files"] = gr.File(label="Exported (JSON, Markdown)", file_count="multiple", interactive=False,
                          visible=False, elem_id="chat-export-files")
     return c
@@ -98,10 +109,11 @@ def build(services, demo: gr.Blocks) -> dict:
         with gr.Column(scale=4):
             starter_box.build(services)
             c = _chat_area()
-            c |= _settings()
-            with gr.Accordion("Prompt sent to the model", open=False, elem_id="prompt-accordion"):
+            # Right under the buttons, so "Show prompt" opens it where the user is looking.
+            with gr.Accordion("Prompt sent to the model", open=False, elem_id="prompt-accordion") as c["prompt_box"]:
                 c["prompt"] = gr.Textbox(lines=12, max_lines=30, interactive=False, show_label=False,
                                          elem_id="prompt-view", buttons=["copy"])
+            c |= _settings()
     runs = _wire_generation(h, c, conv, job, owned, side)
     chat_probs.wire(services, c["probs_toggle"], c["probs"], conv, runs, side["list"])
     _wire_conversations(h, c, conv, owned, side)
@@ -113,6 +125,11 @@ def build(services, demo: gr.Blocks) -> dict:
     if tab is not None:  # the model may have changed in the Models tab since: fit the slider, redraw the meter
         tab.select(h.max_new_limit, c["max_new"], c["max_new"], queue=False, **PRIVATE).then(
             h.meter, meter_in, c["meter"], queue=False, show_progress="hidden", **PRIVATE)
+    # ... or elsewhere (the starter button, another window, /v1, the start-up load finishing): a cheap
+    # poll notices and does the same.
+    seen = gr.State(None)
+    gr.Timer(MODEL_POLL_S).tick(h.model_changed, [seen, *meter_in], [seen, c["max_new"], c["meter"]], queue=False,
+                                show_progress="hidden", **PRIVATE)
     return {"inspect": c["inspect"], "conv": conv}
 
 
@@ -143,28 +160,30 @@ def _wire_generation(h, c, conv, job, owned, side):
     for trigger in (c["input"].change, c["system"].change, c["max_new"].release):
         trigger(h.meter, meter_in, c["meter"], queue=False, show_progress="hidden", trigger_mode="always_last",
                 **PRIVATE)
-    c["show"].click(h.show_prompt, meter_in, c["prompt"], queue=False, **PRIVATE)
+    c["show"].click(h.show_prompt, meter_in, c["prompt"], queue=False, **PRIVATE).then(
+        lambda: gr.update(open=True), None, c["prompt_box"], queue=False, **PRIVATE).then(
+        None, js=SCROLL_TO_PROMPT, **PRIVATE)
     c["preset"].input(preset_values, c["preset"], [c["temperature"], c["top_p"], c["top_k"], c["min_p"],
                                                    c["rep"], c["seed"]], queue=False, **PRIVATE)
     return runs
 
 
 def _wire_conversations(h, c, conv, owned, side):
-    cleared = [conv, c["chatbot"], c["stats"], c["notice"], side["list"]]
+    cleared = [conv, c["chatbot"], c["stats"], c["notice"], side["list"], side["notice"]]
     for trigger in (side["new"].click, c["clear"].click, c["chatbot"].clear):  # the Chatbot's own trash icon too
         trigger(h.new_chat, [c["system"], owned], cleared, queue=False, **PRIVATE).then(
             h.meter, [c["input"], conv, c["system"], c["max_new"]], c["meter"], queue=False, **PRIVATE)
     side["list"].input(h.select, [side["list"], conv, owned], [conv, c["chatbot"], c["system"], c["notice"],
                                                                 c["stats"]], queue=False, **PRIVATE)
-    side["rename"].click(h.rename, [side["title"], conv, owned], [side["title"], c["notice"], side["list"]],
+    side["rename"].click(h.rename, [side["title"], conv, owned], [side["title"], side["notice"], side["list"]],
                          queue=False, **PRIVATE)
-    side["delete"].click(lambda: gr.update(visible=True), None, side["confirm_row"], queue=False, **PRIVATE)
+    side["delete"].click(h.ask_delete, conv, [side["confirm_row"], side["notice"]], queue=False, **PRIVATE)
     side["cancel_del"].click(lambda: gr.update(visible=False), None, side["confirm_row"], queue=False, **PRIVATE)
-    side["confirm"].click(h.delete, [conv, owned], [conv, c["chatbot"], c["notice"], side["list"],
+    side["confirm"].click(h.delete, [conv, owned], [conv, c["chatbot"], side["notice"], side["list"],
                                                     side["confirm_row"]], queue=False, **PRIVATE)
-    side["export"].click(h.export, [conv], side["files"], queue=False, **PRIVATE)
+    side["export"].click(h.export, [conv], [side["files"], side["notice"]], queue=False, **PRIVATE)
     side["import"].upload(h.import_file, [side["import"], owned],
-                          [conv, c["chatbot"], c["system"], c["notice"], side["list"], owned], queue=False,
+                          [conv, c["chatbot"], c["system"], side["notice"], side["list"], owned], queue=False,
                           **PRIVATE)
 
 

@@ -23,6 +23,12 @@ CSS = """
 #status-line { font-size: 0.85em; opacity: 0.85; }
 #chat-stats, #context-meter { font-size: 0.85em; }
 #chat-notice:empty, #sum-notice:empty, #trans-notice:empty { display: none; }
+#chat-side-notice:empty { display: none; }
+#chat-side-notice { font-size: 0.85em; }
+/* A long list of saved chats scrolls inside itself instead of pushing the sidebar's buttons away. */
+#chat-list { max-height: 42vh; overflow-y: auto; }
+/* Column names wrap between words only ("Context" never becomes "Contex / t"). */
+#models-table th, #models-table th * { word-break: normal; overflow-wrap: normal; hyphens: none; }
 """
 
 
@@ -31,7 +37,9 @@ class NoModelError(LiteError, RuntimeError):
 
 
 def current_model(services, lang: str | None = None):
-    """The loaded model, or NoModelError with the reason (including a failed load), worded in ``lang``."""
+    """The loaded model, or NoModelError with the reason (including a failed load), worded in ``lang``.
+    While the start-up model is still loading this waits for it: a message sent early is answered, not refused."""
+    services.wait_for_model()
     model = services.registry.current
     if model is None:
         err = services.registry.last_error

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..tasks import inspect as analysis
 from ..tasks.chat import build_messages
 from . import inspect_view as view
 from .common import LLM, PRIVATE, current_model, friendly, notice_md, warn
@@ -22,6 +21,13 @@ INTRO = ("Type a text, pick a sample, or press **Inspect reply** in the Chat tab
          "model expected after it; click a candidate to continue the text from it.")
 
 
+def _analysis():
+    """tasks.inspect, imported on first use: it imports torch, which building the page must not wait for."""
+    from ..tasks import inspect
+
+    return inspect
+
+
 class InspectHandlers:
     def __init__(self, services):
         self.services = services
@@ -30,7 +36,7 @@ class InspectHandlers:
         """-> state, notice, summary, tokens, position, position info, candidates, branch, lens, layer, head, map."""
         try:
             model = current_model(self.services)
-            result = analysis.analyze(model, text)
+            result = _analysis().analyze(model, text)
         except Exception as e:
             return (None, notice_md(warn(friendly(e))), "", None, gr.update(value=0, maximum=1), "",
                     gr.update(choices=[], value=None), "", "", gr.skip(), gr.skip(), "")
@@ -60,7 +66,7 @@ class InspectHandlers:
         if not state or token_id in (None, ""):
             return ""
         try:
-            prefix, cont = analysis.branch(current_model(self.services), state["text"], int(index), int(token_id))
+            prefix, cont = _analysis().branch(current_model(self.services), state["text"], int(index), int(token_id))
         except Exception as e:
             return notice_md(warn(friendly(e)))
         return view.branch_md(prefix, cont)
@@ -70,7 +76,7 @@ class InspectHandlers:
             return notice_md(warn("Inspect a text first."))
         head = None if head in (None, view.AVERAGE) else int(head)
         try:
-            weights = analysis.attention(current_model(self.services), state["text"], int(layer), head)
+            weights = _analysis().attention(current_model(self.services), state["text"], int(layer), head)
         except Exception as e:
             return notice_md(warn(friendly(e)))
         who = "average of all heads" if head is None else f"head {head}"
@@ -81,7 +87,7 @@ class InspectHandlers:
         if not state:
             return notice_md(warn("Inspect a text first."))
         try:
-            rows = analysis.logit_lens(current_model(self.services), state["text"])
+            rows = _analysis().logit_lens(current_model(self.services), state["text"])
         except Exception as e:
             return notice_md(warn(friendly(e)))
         return view.lens_html(state["analysis"], rows)
@@ -145,7 +151,7 @@ def wire_from_chat(services, button: gr.Button, conv: gr.State, tabs: gr.Tabs, c
         conversation = conversation or {}
         messages = build_messages(conversation.get("system"), conversation.get("messages") or [])
         try:
-            text = analysis.chat_text(current_model(services), messages)
+            text = _analysis().chat_text(current_model(services), messages)
         except Exception as e:
             warn(friendly(e))
             return gr.skip(), gr.skip()

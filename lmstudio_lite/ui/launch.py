@@ -83,7 +83,8 @@ def make_policy(args, logins, api_key: str | None):
 
 
 def make_services(args, api_key: str | None, policy=None):
-    """Services with the requested (or bundled default) model; a failed load leaves the app up, saying why."""
+    """Services with the requested (or bundled default) model to load; a failed load leaves the app up,
+    saying why. Nothing here imports torch: ``_serve`` loads the model once the page answers."""
     import importlib.util
 
     from ..services import build_services
@@ -94,9 +95,9 @@ def make_services(args, api_key: str | None, policy=None):
                 access=policy,
                 with_jobs=importlib.util.find_spec("lmstudio_lite.training.jobs") is not None)
     try:
-        services = build_services(model=args.model, **opts)
+        services = build_services(model=args.model, background=True, **opts)
     except Exception as e:  # anything build_services itself does not catch: still start, with no model
-        services = build_services(model=None, load_default=False, **opts)
+        services = build_services(model=None, load_default=False, background=True, **opts)
         services.registry.last_error = friendly(e)
     if args.share:
         services.max_upload_bytes = min(services.max_upload_bytes, SHARED_UPLOAD_BYTES)
@@ -178,14 +179,7 @@ def run_app(args) -> int:
 
 
 def _banner(services, urls: list[str], login_line: str | None, new_key: str | None) -> list[str]:
-    cur = services.registry.current
-    if cur is not None:
-        info = cur.info()
-        model = f"model: {cur.name} on {info['device']} ({info['device_reason']})"
-    else:
-        err = services.registry.last_error
-        model = f"no model loaded: {err}" if err else "no model loaded yet (no bundled model found); load one in " \
-                                                       "the Models tab or start with --model FOLDER"
+    model = _model_line(services)
     url = urls[0]
     lines = [f"lmstudio_lite is running at {url}"] + [f"  also at {u}" for u in urls[1:]]
     lines += [f"  {model}", f"  OpenAI-compatible API: {url}v1"]
@@ -197,6 +191,19 @@ def _banner(services, urls: list[str], login_line: str | None, new_key: str | No
     return lines + ["  Press Ctrl-C to stop."]
 
 
+def _model_line(services) -> str:
+    cur, loading = services.registry.current, getattr(services, "loading", None)
+    if cur is not None:
+        info = cur.info()
+        return f"model: {cur.name} on {info['device']} ({info['device_reason']})"
+    err = services.registry.last_error
+    if err:
+        return f"no model loaded: {err}"
+    if loading:
+        return f"model: loading {loading}… (the page answers meanwhile)"
+    return "no model loaded yet (no bundled model found); load one in the Models tab or start with --model FOLDER"
+
+
 def _serve(app, sock, url, lines, args, services, port) -> int:
     import uvicorn
 
@@ -206,7 +213,8 @@ def _serve(app, sock, url, lines, args, services, port) -> int:
             logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
             super().handle_exit(sig, frame)
 
-    server = Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    # Each open page holds a stream that only ends when cut: waiting for them is waiting for the timeout.
+    server = Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=0.5))
 
     def after_start():
         while not server.started:
@@ -214,18 +222,37 @@ def _serve(app, sock, url, lines, args, services, port) -> int:
                 return
             time.sleep(0.02)
         print("\n".join(lines), flush=True)
+        # Only now: importing torch and reading weights would hold up the page (the GIL, two cores).
+        services.load_in_background(lambda: print(f"  {_model_line(services)}", flush=True))
         if args.share:
             start_share(services, port)
         if not args.no_browser:
             webbrowser.open(url)
 
     threading.Thread(target=after_start, name="after-start", daemon=True).start()
+    interrupted = False
     try:
         server.run(sockets=[sock])  # uvicorn re-raises Ctrl-C after a clean shutdown
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         sock.close()
         print("lmstudio_lite stopped.", flush=True)
-    return 0 if server.started else 1
+    if server.started:
+        exit_at_once(130 if interrupted else 0)
+    if interrupted:
+        raise KeyboardInterrupt
+    return 1
+
+
+def exit_at_once(code: int) -> None:
+    """End the process now that the server has shut down cleanly. A normal interpreter exit then
+    spends seconds tearing down torch, gradio and their threads (3-8 s measured, after Ctrl-C):
+    nothing is left to save (every write is atomic and already done), so skip it."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def start_share(services, port: int, wait_s: float = SHARE_WAIT_S) -> str | None:

@@ -97,8 +97,10 @@ def build(services) -> dict:
     """Build the tab inside the caller's ``with gr.Tab(...)``; returns the components by name."""
     c: dict = {"tab": enclosing_tab()}
     cur, choices = services.registry.current, models.names(services)
-    c["table"] = gr.Dataframe(models_frame(services), interactive=False, wrap=True, elem_id="models-table",
-                              label=t("models.table"))
+    # Filled when the tab is opened (the memory column asks torch for the device; the page is
+    # served before torch is imported).
+    c["table"] = gr.Dataframe(pd.DataFrame([], columns=view.MODEL_COLUMNS), interactive=False, wrap=True,
+                              elem_id="models-table", label=t("models.table"))
     with gr.Row():
         c["pick"] = gr.Dropdown(choices, value=cur.name if cur is not None and cur.name in choices else None,
                                 label=t("models.model"), elem_id="model-pick", scale=3)
@@ -167,7 +169,7 @@ def _wire(services, c: dict):
     c["unload"].click(unload, c["pick"], outs, **private)
     c["refresh"].click(lambda n: refreshed("", n), c["pick"], outs, **private)
     if c["tab"] is not None:  # a model trained or deleted elsewhere shows up when the tab is opened
-        c["tab"].select(lambda n: refreshed(gr.skip(), n), c["pick"], outs, **private)
+        c["tab"].select(lambda n: refreshed(gr.skip(), n or models.current_name(services)), c["pick"], outs, **private)
     c["import_btn"].click(import_, [c["import_path"], c["pick"]], outs, **private)
     def export(name, quant):
         result = exports.export_model(services, name, quant)

@@ -15,7 +15,8 @@ from .models_download import progress_md
 
 def build(services) -> dict:
     c: dict = {}
-    offer = services.downloads is not None and starter.needs_starter(services.registry)
+    pending = getattr(services.pending, "target", None)  # the model still loading at start-up
+    offer = services.downloads is not None and starter.needs_starter(services.registry, pending)
     with gr.Row(visible=offer, elem_id="starter-row") as c["row"]:
         gr.Markdown(t("starter.intro"))
         c["get"] = gr.Button(t("starter.get"), variant="primary", elem_id="starter-get", scale=0, min_width=320)

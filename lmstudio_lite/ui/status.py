@@ -22,7 +22,7 @@ def status_text(services, lang: str | None = None) -> str:
         line = tr(lang, "status.unavailable", error=friendly(e, lang))
     extra = []
     if reg.current is None:
-        loading = services.extra.get("loading")
+        loading = services.loading
         if loading:
             extra.append(tr(lang, "status.loading", name=loading))
         elif reg.last_error:
@@ -43,7 +43,8 @@ def refresher(services):
 
 def build(services, demo: gr.Blocks) -> gr.Markdown:
     """The status Markdown (elem_id ``status-line``), fresh on each page load and every few seconds."""
-    status = gr.Markdown(status_text(services), elem_id="status-line")
+    # Filled on page load, not at build: naming the device imports torch, which the page need not wait for.
+    status = gr.Markdown("…", elem_id="status-line")
     refresh = refresher(services)
     demo.load(refresh, None, status, show_progress="hidden", queue=False, **PRIVATE)
     gr.Timer(REFRESH_S).tick(refresh, None, status, show_progress="hidden", queue=False, **PRIVATE)

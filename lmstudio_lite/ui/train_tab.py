@@ -49,7 +49,7 @@ RUN_PANEL = ("run_info", "run_plot", "resume", "use", "compare_btn", "export_btn
 def _layout(services) -> dict:
     c: dict = {}
     choices = act.model_choices(services)
-    base = _initial_base(services, choices)
+    base = act.initial_base(services, choices)
     d = act.defaults_for(services, base)
     with gr.Row():
         with gr.Column(scale=1):
@@ -80,14 +80,6 @@ def _layout(services) -> dict:
     c["sig"] = gr.State(None)  # last drawn status signature
     c["timer"] = gr.Timer(POLL_S, active=True)
     return c
-
-
-def _initial_base(services, choices: list[str]) -> str | None:
-    cur = services.registry.current
-    for name in choices:
-        if cur is not None and name == cur.name:
-            return name
-    return choices[0] if choices else None
 
 
 def _layout_hparams(c: dict, d: dict):
