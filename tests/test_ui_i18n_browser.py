@@ -2,7 +2,9 @@
 
 A browser whose language is zh-CN gets Chinese labels and Chinese notices from the server; the
 switch at the top turns both to English at once, and a reload keeps the choice. The app runs
-in-process with no model (so the notices are the no-model and empty-input ones).
+in-process, first with no model (so the notices are the no-model and empty-input ones), then with
+the slow random model: after switches, Stop still stops a streaming reply, and the Inspect tab
+analyses a Chinese and an English sentence in Chinese.
 Screenshots go to ``$UI_SHOTS_DIR`` when set, else to the test's tmp folder.
 """
 from __future__ import annotations
@@ -18,11 +20,18 @@ pytestmark = pytest.mark.browser
 from playwright.sync_api import expect  # noqa: E402
 
 
+BOT = "#chatbot [data-testid=bot]"
+
+
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
+def services(tmp_path_factory):
+    return make_services(tmp_path_factory.mktemp("home-i18n"))
+
+
+@pytest.fixture(scope="module")
+def base(services):
     from lmstudio_lite.ui.launch import create_web_app
 
-    services = make_services(tmp_path_factory.mktemp("home-i18n"))
     with serve_in_thread(create_web_app(services)) as url:
         yield url
 
@@ -75,5 +84,48 @@ def test_chinese_browser_gets_chinese_and_the_switch_turns_it_to_english(browser
         page.click("#tab-models-button")
         expect(page.locator("#model-load")).to_have_text("加载")
         page.screenshot(path=str(shots / "i18n-03-models-zh.png"), full_page=True)
+    finally:
+        ctx.close()
+
+
+def test_after_switches_stop_stops_a_reply_and_inspect_reads_chinese(browser, base, services, ui_models, shots):
+    services.registry.load(str(ui_models["slow-chat"]), allow_path=True)  # never stops by itself
+    ctx = browser.new_context(locale="zh-CN", viewport={"width": 1280, "height": 1000})
+    page = ctx.new_page()
+    page.set_default_timeout(20000)
+    try:
+        page.goto(base + "/")
+        page.wait_for_selector("#chat-input textarea")
+        for tab, name in [("chat", "对话"), ("inspect", "检查"), ("train", "训练")]:
+            expect(page.locator(f"#tab-{tab}-button")).to_have_text(name)
+        page.locator("#lang-switch label", has_text="English").click()  # the tab names are re-sent twice
+        expect(page.locator("#send-btn")).to_have_text("Send")
+        page.locator("#lang-switch label", has_text="简体中文").click()
+        expect(page.locator("#tab-inspect-button")).to_have_text("检查")
+        expect(page.locator("#send-btn")).to_have_text("发送")
+        box = page.locator("#chat-input textarea")
+        box.fill("你好")
+        box.press("Enter")
+        grows = ("n => { const b = document.querySelectorAll('%s');"
+                 " return b.length && b[b.length - 1].innerText.length > n; }" % BOT)
+        page.wait_for_function(grows, arg=5, timeout=60000)
+        page.wait_for_function(grows, arg=len(page.locator(BOT).last.inner_text()) + 5, timeout=60000)  # streaming
+        page.click("#stop-btn")
+        expect(page.locator("#chat-stats")).to_contain_text("已由你停止", timeout=15000)
+        frozen = page.locator(BOT).last.text_content()
+        page.screenshot(path=str(shots / "i18n-04-chat-stopped-zh.png"), full_page=True)
+
+        page.click("#tab-inspect-button")
+        expect(page.locator("#inspect-btn")).to_have_text("检查")
+        for text in ("我喜欢在公园里散步，因为那里很安静。", "Once upon a time there was a dog."):
+            page.locator("#inspect-text textarea").fill(text)
+            page.click("#inspect-btn")
+            expect(page.locator("#inspect-summary")).to_contain_text(f"对应 {len(text)} 个字符", timeout=30000)
+            expect(page.locator("#inspect-summary")).to_contain_text("困惑度")
+            expect(page.locator("#inspect-position-info")).to_contain_text("位置")
+            if text.startswith("我"):
+                page.screenshot(path=str(shots / "i18n-05-inspect-chinese-zh.png"), full_page=True)
+        # Several seconds of model work later, the stopped reply has not grown.
+        assert page.locator(BOT).last.text_content() == frozen
     finally:
         ctx.close()

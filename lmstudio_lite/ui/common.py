@@ -104,18 +104,20 @@ def read_text_file(path: str | Path | None, max_bytes: int, lang: str | None = N
     return text
 
 
-def stats_md(stats: dict | None) -> str:
+FINISH_KEYS = {"length": "chat.stats_length", "cancelled": "chat.stats_cancelled", "stop": "chat.stats_stop"}
+
+
+def stats_md(stats: dict | None, lang: str | None = None) -> str:
     """'42 tokens · 31.5 tok/s · first token 120 ms · finished: stop' for a reply's stats."""
     if not stats:
         return ""
-    parts = [f"{stats.get('new_tokens', 0)} tokens",
+    parts = [tr(lang, "chat.stats_tokens", n=stats.get("new_tokens", 0)),
              f"{stats.get('decode_tok_s', 0.0):.1f} tok/s",
-             f"first token {stats.get('ttft_s', 0.0) * 1000:.0f} ms",
-             f"prompt {stats.get('prompt_tokens', 0)} tokens"]
+             tr(lang, "chat.stats_first", ms=f"{stats.get('ttft_s', 0.0) * 1000:.0f}"),
+             tr(lang, "chat.stats_prompt", n=stats.get("prompt_tokens", 0))]
     reason = stats.get("finish_reason")
     if reason == "length" and stats.get("context_full"):
-        parts.append("stopped: the context window is full")
+        parts.append(tr(lang, "chat.stats_context_full"))
     elif reason:
-        parts.append({"length": "stopped at the token limit", "cancelled": "stopped by you",
-                      "stop": "finished"}.get(reason, reason))
+        parts.append(tr(lang, FINISH_KEYS[reason]) if reason in FINISH_KEYS else reason)
     return " · ".join(parts)

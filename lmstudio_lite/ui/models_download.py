@@ -90,7 +90,7 @@ def _wire(services, c: dict, outs: list, refreshed, keep):
         while status["state"] == "running":
             yield progress_md(status, lang), *[gr.skip()] * len(outs)
             version, status = jobs.wait(1.0, version)
-        yield progress_md(status, lang), *refreshed("", kept)
+        yield progress_md(status, lang), *refreshed("", kept, lang)
 
     def cancel(request: gr.Request):
         return tr(lang_of(request), "dl.cancelling" if jobs.cancel() else "dl.not_running")

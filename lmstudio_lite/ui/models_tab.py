@@ -26,7 +26,7 @@ QUANT_KEYS = {"float": "models.quant_float", "q8_0": "models.quant_q8_0", "q4_1"
 
 
 # ---- messages around services.models (plain values in, message out) -------------------------------------------------------
-def models_frame(services) -> pd.DataFrame:
+def models_frame(services, lang: str | None = None) -> pd.DataFrame:
     from ..registry import memory_needed
 
     total, label, dtype = models.device_memory_info(services)
@@ -36,7 +36,12 @@ def models_frame(services) -> pd.DataFrame:
     for e in entries:
         e.path = str(Path(e.path).resolve())
     rows = view.model_rows(entries, loaded, lambda e: memory_needed(e, dtype), total, label)
-    return pd.DataFrame(rows, columns=view.MODEL_COLUMNS)
+    return pd.DataFrame(rows, columns=column_names(lang))
+
+
+def column_names(lang: str | None = None) -> list[str]:
+    """The table's headers in ``lang`` (a Dataframe's headers are not translated in the browser)."""
+    return [tr(lang, key) for key in view.MODEL_COLUMN_KEYS.values()]
 
 
 def load_model(services, name: str | None, quant: str | None = None, lang: str | None = None) -> str:
@@ -99,7 +104,7 @@ def build(services) -> dict:
     cur, choices = services.registry.current, models.names(services)
     # Filled when the tab is opened (the memory column asks torch for the device; the page is
     # served before torch is imported).
-    c["table"] = gr.Dataframe(pd.DataFrame([], columns=view.MODEL_COLUMNS), interactive=False, wrap=True,
+    c["table"] = gr.Dataframe(pd.DataFrame([], columns=column_names()), interactive=False, wrap=True,
                               elem_id="models-table", label=t("models.table"))
     with gr.Row():
         c["pick"] = gr.Dropdown(choices, value=cur.name if cur is not None and cur.name in choices else None,
@@ -147,33 +152,40 @@ def _hint(services) -> str:
 
 
 def _wire(services, c: dict):
-    def refreshed(msg: str, keep: str | None = None):
+    def refreshed(msg: str, keep: str | None = None, lang: str | None = None):
         choices = models.names(services)
-        return msg, models_frame(services), gr.update(choices=choices, value=keep if keep in choices else None)
+        return msg, models_frame(services, lang), gr.update(choices=choices, value=keep if keep in choices else None)
 
     outs = [c["msg"], c["table"], c["pick"]]
     private = PRIVATE
+
     def load(n, q, request: gr.Request):
-        return refreshed(load_model(services, n, q, lang_of(request)), n)
+        return refreshed(load_model(services, n, q, lang_of(request)), n, lang_of(request))
 
     def unload(n, request: gr.Request):
-        return refreshed(unload_model(services, lang_of(request)), n)
+        return refreshed(unload_model(services, lang_of(request)), n, lang_of(request))
 
     def import_(p, n, request: gr.Request):
-        return refreshed(import_folder(services, p, lang_of(request)), n)
+        return refreshed(import_folder(services, p, lang_of(request)), n, lang_of(request))
 
     def delete(n, ok, request: gr.Request):
-        return *refreshed(delete_model(services, n, ok, lang_of(request)), n), False
+        return *refreshed(delete_model(services, n, ok, lang_of(request)), n, lang_of(request)), False
+
+    def refresh(n, request: gr.Request):
+        return refreshed("", n, lang_of(request))
+
+    def reopened(n, request: gr.Request):
+        return refreshed(gr.skip(), n or models.current_name(services), lang_of(request))
 
     c["load"].click(load, [c["pick"], c["quant"]], outs, **LLM, **private)
     c["unload"].click(unload, c["pick"], outs, **private)
-    c["refresh"].click(lambda n: refreshed("", n), c["pick"], outs, **private)
+    c["refresh"].click(refresh, c["pick"], outs, **private)
     if c["tab"] is not None:  # a model trained or deleted elsewhere shows up when the tab is opened
-        c["tab"].select(lambda n: refreshed(gr.skip(), n or models.current_name(services)), c["pick"], outs, **private)
+        c["tab"].select(reopened, c["pick"], outs, **private)
     c["import_btn"].click(import_, [c["import_path"], c["pick"]], outs, **private)
-    def export(name, quant):
+    def export(name, quant, request: gr.Request):
         result = exports.export_model(services, name, quant)
-        return (*refreshed(("" if result.ok else "⚠ ") + result.message, name),
+        return (*refreshed(("" if result.ok else "⚠ ") + result.message, name, lang_of(request)),
                 str(result.path) if result.ok else None)
 
     c["export_btn"].click(export, [c["pick"], c["export_quant"]], outs + [c["export_file"]], **private)
