@@ -108,22 +108,35 @@ const shown = async (lang) => {
 };"""
 
 # On load: a remembered choice wins, else the browser's language mapped as ``match`` does (Gradio
-# itself would show English for a plain "zh"). Returns the switch's value.
-LOAD_JS = "async () => {" + _SET_LOCALE + _WAIT + f"""
+# itself would show English for a plain "zh"). Returns the switch's value. ``relabel`` is defined by
+# ``_relabel_js``.
+_LOAD_BODY = f"""
   const saved = (document.cookie.match(/(?:^|; ){COOKIE}=([^;]*)/) || [])[1];
   const nav = (navigator.language || '').toLowerCase();
   const browser = (nav === 'zh' || (nav.startsWith('zh-') && !/tw|hk|mo|hant/.test(nav))) ? 'zh-CN' : null;
   const want = saved || browser;
-  if (want && want !== document.documentElement.lang) {{ await setLocale(want); await shown(want); }}
+  if (want && want !== document.documentElement.lang) {{ await setLocale(want); await shown(want); relabel(want); }}
   return (want || document.documentElement.lang) === 'zh-CN' ? 'zh-CN' : 'en';
 }}"""
 
-SWITCH_JS = "async (lang) => {" + _SET_LOCALE + _WAIT + f"""
+_SWITCH_BODY = f"""
   document.cookie = '{COOKIE}=' + lang + '; path=/; max-age=31536000; SameSite=Lax';
   await setLocale(lang);
   await shown(lang);
+  relabel(lang);
   return lang;
 }}"""
+
+
+def _relabel_js(tabs: dict[str, gr.Tab]) -> str:
+    """JS ``relabel(lang)``: writes each tab's name in ``lang`` into its tab-bar button. The tab bar
+    keeps the names it was built with for tabs not opened yet; re-sending the tabs from the server
+    (gr.update(label=...)) renamed them, but then every streamed step re-rendered the open tab, and
+    Stop took ~30 s to click mid-reply (tests/test_ui_i18n_browser.py)."""
+    names = {f"{tab.elem_id}-button": {lang: tr(lang, key) for lang in LANGS} for key, tab in tabs.items()}
+    return (f"const relabel = (lang) => {{ const names = {json.dumps(names, ensure_ascii=False)};"
+            " for (const [id, by] of Object.entries(names)) {"
+            " const b = document.getElementById(id); if (b && by[lang]) b.textContent = by[lang]; } };")
 
 
 def build_switch() -> gr.Radio:
@@ -134,23 +147,12 @@ def build_switch() -> gr.Radio:
 
 def wire_switch(demo: gr.Blocks, switch: gr.Radio, tabs: dict[str, gr.Tab]):
     """On load the page takes the remembered or the browser's language; a click changes it and
-    remembers it. ``tabs`` (key -> gr.Tab): the tab bar keeps the names it was built with for tabs
-    not opened yet, so each change re-sends their markers and the browser words them anew.
-    Returns the switch's event, for the caller to chain what the server words (``.then``)."""
-    keys, private = list(tabs), {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
-
-    def relabel():
-        return [gr.update(label=t(key)) for key in keys]  # the label only: nothing else of the tab
-
-    def relabel_if_changed(lang: str, request: gr.Request):
-        # Only when LOAD_JS changed the language the browser started in (a remembered choice): tab
-        # updates on every page load left Stop unclickable mid-stream in test_ui_browser.
-        if lang == from_accept_language((getattr(request, "headers", None) or {}).get("accept-language")):
-            return [gr.skip() for _ in keys]
-        return relabel()
-
-    demo.load(None, None, switch, js=LOAD_JS, **private).then(relabel_if_changed, switch, list(tabs.values()),
-                                                              **private)
+    remembers it. ``tabs`` (key -> gr.Tab, each with an elem_id): their tab-bar names are rewritten
+    in the browser (``_relabel_js``). Returns the switch's event, for the caller to chain what the
+    server words (``.then``)."""
+    private = {"queue": False, "api_visibility": "private", "show_progress": "hidden"}
+    relabel = _relabel_js(tabs)
+    demo.load(None, None, switch, js="async () => {" + _SET_LOCALE + _WAIT + relabel + _LOAD_BODY, **private)
     # .input, not .change: setting the value on load is not a choice to remember.
-    return switch.input(None, switch, None, js=SWITCH_JS, **private).then(relabel, None, list(tabs.values()),
-                                                                          **private)
+    return switch.input(None, switch, None, js="async (lang) => {" + _SET_LOCALE + _WAIT + relabel + _SWITCH_BODY,
+                        **private)
