@@ -3,8 +3,8 @@
 A browser whose language is zh-CN gets Chinese labels and Chinese notices from the server; the
 switch at the top turns both to English at once, and a reload keeps the choice. After switches,
 Stop still stops a streaming reply, and the Inspect tab analyses a Chinese and an English sentence
-in Chinese. One app, in a subprocess, on the slow random model (in-process, its decoding starved
-the page's server and the page lost the Chat tab mid-stream).
+in Chinese. One app, in a subprocess as a person runs it, on the slow random model (its replies never
+end by themselves, so Stop is what ends one).
 Screenshots go to ``$UI_SHOTS_DIR`` when set, else to the test's tmp folder.
 """
 from __future__ import annotations
