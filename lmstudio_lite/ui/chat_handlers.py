@@ -17,6 +17,7 @@ from ..chats import ChatStore, new_conversation, title_from, to_json, to_markdow
 from ..tasks.chat import (DEFAULT_SYSTEM, PRESETS, build_messages, context_report, continue_prompt,
                           describe_dropped, make_settings, plain_prompt, too_long_for)
 from .common import NoModelError, Throttle, current_model, friendly, notice_md, stats_md, warn
+from .i18n import lang_of, tr
 
 
 def view(conv: dict | None) -> list[dict]:
@@ -48,31 +49,30 @@ class ChatHandlers:
         ids = [v for _, v in choices]
         return gr.update(choices=choices, value=cid if cid in ids else None)
 
-    def _save(self, conv: dict | None) -> str:
+    def _save(self, conv: dict | None, lang: str | None = None) -> str:
         """Save a non-empty conversation; -> "" or why it could not be saved (also toasted)."""
         if conv and conv.get("messages"):
             try:
                 self.store.save(conv)
             except OSError as e:
-                return warn(f"Could not save the conversation: {friendly(e)}")
+                return warn(tr(lang, "chat.save_failed", error=friendly(e, lang)))
         return ""
 
     # -- sending ---------------------------------------------------------------------------
-    def submit(self, message: str, conv, system: str, owned: list):
+    def submit(self, message: str, conv, system: str, owned: list, request: gr.Request = None):
         """Append the user's message (or refuse it, saying why). -> input, conv, chatbot, notice, job, owned."""
+        lang = lang_of(request)
         conv = conv or new_conversation(system or "")
         text = (message or "").strip()
         model = self.services.registry.current
         refusal = None
         if not text:
-            refusal = "Type a message first — nothing was sent."
+            refusal = tr(lang, "chat.empty")
         elif model is None and not self.services.loading:  # while it loads, the reply step waits for it
-            refusal = _no_model_text(self.services)
+            refusal = _no_model_text(self.services, lang)
         elif model is not None and (too_long_for(model.context_length, text)
                                     or self._alone_too_long(model, system, text)):
-            refusal = (f"Your message is {len(text):,} characters — more than the model's context window of "
-                       f"{model.context_length:,} tokens can hold. Nothing was sent: shorten it, or use the "
-                       "Summarize tab for long texts.")
+            refusal = tr(lang, "chat.too_long", chars=f"{len(text):,}", context=f"{model.context_length:,}")
         if refusal:
             return message, conv, view(conv), notice_md(warn(refusal)), None, owned
         conv["system"] = system or ""
@@ -80,7 +80,7 @@ class ChatHandlers:
             conv["title"] = title_from(text)
         conv["messages"].append({"role": "user", "content": message.strip("\n")})
         owned = list(owned or []) + ([conv["id"]] if conv["id"] not in (owned or []) else [])
-        unsaved = self._save(conv)  # submit is not queued, so a toast would not show: say it inline
+        unsaved = self._save(conv, lang)  # submit is not queued, so a toast would not show: say it inline
         return "", conv, view(conv), notice_md(unsaved), {"mode": "reply"}, owned
 
     @staticmethod
@@ -88,35 +88,37 @@ class ChatHandlers:
         report = context_report(model, build_messages(system, [{"role": "user", "content": text}]), 1)
         return report.error is not None
 
-    def run(self, job, conv, system, temperature, top_p, top_k, min_p, rep, max_new, seed, stop):
+    def run(self, job, conv, system, temperature, top_p, top_k, min_p, rep, max_new, seed, stop,
+            request: gr.Request = None):
         """Stream the reply the job asks for. Yields conv, chatbot, stats, notice."""
+        lang = lang_of(request)
         if not job or conv is None:  # the message was refused: leave what the first step showed
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
         try:
             settings = make_settings(temperature, top_p, top_k, min_p, rep, max_new, seed, stop)
-            stream, msg, note = self._start(current_model(self.services), job, conv, settings)
+            stream, msg, note = self._start(current_model(self.services, lang), job, conv, settings, lang)
         except Exception as e:
-            yield conv, view(conv), "", notice_md(warn(friendly(e)))
+            yield conv, view(conv), "", notice_md(warn(friendly(e, lang)))
             return
         job["stream"] = stream
         throttle = Throttle()
         yield conv, view(conv), "", notice_md(note)
         try:
             for position in getattr(stream, "waiting", lambda: ())():  # the model serves others first
-                yield conv, view(conv), "", notice_md(f"Waiting for the model: number {position} in the queue.")
+                yield conv, view(conv), "", notice_md(tr(lang, "chat.waiting", position=position))
             for delta in stream:
                 msg["content"] += delta
                 if throttle.ready():
-                    yield conv, view(conv), stats_md(stream.stats), notice_md(note)
+                    yield conv, view(conv), stats_md(stream.stats, lang), notice_md(note)
         except Exception as e:
-            note = warn(friendly(e))
+            note = warn(friendly(e, lang))
         finally:
             stream.close()  # runs at once on Stop / job.cancel(): frees the engine
-            self._save(conv)
-        yield conv, view(conv), stats_md(stream.stats), notice_md(note)
+            self._save(conv, lang)
+        yield conv, view(conv), stats_md(stream.stats, lang), notice_md(note)
 
-    def _start(self, model, job, conv, settings):
+    def _start(self, model, job, conv, settings, lang: str | None = None):
         """Begin generating: -> (stream, the message being written, a note on what was cut)."""
         kwargs = settings.generate_kwargs()
         if job["mode"] == "continue":
@@ -124,13 +126,13 @@ class ChatHandlers:
             prompt = plain_prompt(tok, continue_prompt(tok, build_messages(conv.get("system"), conv["messages"])))
             stream = model.generate(prompt, on_overflow="truncate", **kwargs)
             cut = stream.stats.get("truncated_tokens", 0)
-            note = f"Context full: the oldest {cut} tokens of the conversation are left out." if cut else ""
+            note = tr(lang, "chat.cut_oldest", cut=cut) if cut else ""
             return stream, credit(conv["messages"][-1], model.name), note
         answered_since(conv)
         messages = build_messages(conv.get("system"), conv["messages"])
         stream = model.generate(messages, on_overflow="truncate", **kwargs)
         dropped = stream.stats.get("dropped_turns") or []
-        note = f"Context full: {describe_dropped(messages, dropped)} left out of this reply." if dropped else ""
+        note = tr(lang, "chat.cut_turns", dropped=describe_dropped(messages, dropped)) if dropped else ""
         msg = credit({"role": "assistant", "content": ""}, model.name)
         conv["messages"].append(msg)
         return stream, msg, note
@@ -141,41 +143,41 @@ class ChatHandlers:
         if stream is not None:
             stream.cancel()
 
-    def stopped(self, job):
+    def stopped(self, job, request: gr.Request = None):
         """The stopped reply's stats (run after ``stop``)."""
         stream = (job or {}).get("stream")
         if stream is None:
             return gr.skip()
         stats = dict(stream.stats)
         stats["finish_reason"] = stats.get("finish_reason") or "cancelled"
-        return stats_md(stats)
+        return stats_md(stats, lang_of(request))
 
-    def regenerate(self, conv):
+    def regenerate(self, conv, request: gr.Request = None):
         """Drop the last reply and ask for a new one. -> conv, chatbot, notice, job."""
         msgs = (conv or {}).get("messages") or []
         if msgs and msgs[-1]["role"] == "assistant":
             msgs.pop()
         if not msgs:
-            return conv, view(conv), notice_md(warn("There is nothing to regenerate yet.")), None
+            return conv, view(conv), notice_md(warn(tr(lang_of(request), "chat.nothing_to_regen"))), None
         return conv, view(conv), "", {"mode": "reply"}
 
-    def cont(self, conv):
+    def cont(self, conv, request: gr.Request = None):
         """Continue the last assistant message. -> conv, chatbot, notice, job."""
         msgs = (conv or {}).get("messages") or []
         if not msgs or msgs[-1]["role"] != "assistant":
-            return conv, view(conv), notice_md(warn("There is no reply to continue.")), None
+            return conv, view(conv), notice_md(warn(tr(lang_of(request), "chat.nothing_to_continue"))), None
         return conv, view(conv), "", {"mode": "continue"}
 
-    def edit(self, conv, data: gr.EditData):
+    def edit(self, conv, data: gr.EditData, request: gr.Request = None):
         """A user message was edited in place: keep the turns before it and answer it again."""
         msgs = (conv or {}).get("messages") or []
         index = data.index if isinstance(data.index, int) else data.index[0]
         value = data.value if isinstance(data.value, str) else _text_of(data.value)
         if not 0 <= index < len(msgs) or msgs[index]["role"] != "user" or not value.strip():
-            return conv, view(conv), notice_md(warn("Only a non-empty user message can be edited.")), None
+            return conv, view(conv), notice_md(warn(tr(lang_of(request), "chat.edit_only_user"))), None
         del msgs[index + 1:]
         msgs[index]["content"] = value.strip("\n")
-        self._save(conv)
+        self._save(conv, lang_of(request))
         return conv, view(conv), "", {"mode": "reply"}
 
     # -- context meter and prompt preview ---------------------------------------------------
@@ -189,7 +191,7 @@ class ChatHandlers:
         ctx, value = model.context_length, int(max_new or 0)
         return gr.update(maximum=ctx, value=value if 0 < value < ctx else ctx // 2)
 
-    def model_changed(self, seen, draft, conv, system, max_new):
+    def model_changed(self, seen, draft, conv, system, max_new, request: gr.Request = None):
         """Polled: when the loaded model is not the one this page last drew the meter for, fit the
         slider and redraw the meter. -> seen, max_new, meter."""
         model = self.services.registry.current
@@ -198,7 +200,7 @@ class ChatHandlers:
             return gr.skip(), gr.skip(), gr.skip()
         limit = self.max_new_limit(max_new)
         value = limit.get("value", max_new) if isinstance(limit, dict) else max_new
-        return now, limit, self.meter(draft, conv, system, value)
+        return now, limit, self.meter(draft, conv, system, value, request)
 
     def _draft_messages(self, draft, conv, system):
         history = list((conv or {}).get("messages") or [])
@@ -206,35 +208,37 @@ class ChatHandlers:
             history.append({"role": "user", "content": draft.strip("\n")})
         return build_messages(system, history)
 
-    def meter(self, draft, conv, system, max_new):
+    def meter(self, draft, conv, system, max_new, request: gr.Request = None):
+        lang = lang_of(request)
         model = self.services.registry.current
         if model is None:
             loading = self.services.loading
-            return ("<div class='meter'>Context: " + (f"loading model {html.escape(loading)}… (you can send "
-                    "already: the reply starts once it has loaded)" if loading else "no model loaded") + "</div>")
+            words = (tr(lang, "chat.meter_loading", name=html.escape(loading)) if loading
+                     else tr(lang, "chat.meter_no_model"))
+            return f"<div class='meter'>{words}</div>"
         messages = self._draft_messages(draft, conv, system)
         typed = bool(draft and draft.strip())
         try:
             r = context_report(model, messages, int(max_new), sending=typed)
         except Exception as e:  # a template error, say: show it instead of a broken meter
-            return f"<div class='meter'>Context: {html.escape(friendly(e))}</div>"
+            return f"<div class='meter'>{tr(lang, 'chat.meter_error', error=html.escape(friendly(e, lang)))}</div>"
         note = ""
         if r.error:
-            note = f"⚠ Too long: {html.escape(r.error)}; it cannot be sent."
+            note = tr(lang, "chat.meter_too_long", error=html.escape(r.error))
         elif r.dropped:
-            note = f"⚠ Too long for the context: {describe_dropped(messages, r.dropped)} will be left out."
-        return meter_html(r, " (with your draft)" if typed else "", note)
+            note = tr(lang, "chat.meter_dropped", dropped=describe_dropped(messages, r.dropped))
+        return meter_html(r, tr(lang, "chat.meter_draft") if typed else "", note, lang)
 
-    def show_prompt(self, draft, conv, system, max_new):
+    def show_prompt(self, draft, conv, system, max_new, request: gr.Request = None):
         """The exact prompt the model would get (special tokens shown) for the next reply."""
         try:
-            model = current_model(self.services)
+            model = current_model(self.services, lang_of(request))
             messages = self._draft_messages(draft, conv, system)
             if len(messages) == 0 or too_long_for(model.context_length, messages[-1]["content"]):
-                return "(nothing to show: the conversation is empty or the draft is far over the context)"
+                return tr(lang_of(request), "chat.prompt_nothing")
             prepared = model.prepare(messages, int(max_new), on_overflow="truncate")
         except Exception as e:
-            return friendly(e)
+            return friendly(e, lang_of(request))
         text = model.tokenizer.decode(prepared.ids, skip_special_tokens=False)
         head = f"# {len(prepared.ids)} tokens"
         if prepared.dropped_turns:
@@ -247,78 +251,82 @@ class ChatHandlers:
         conv = new_conversation(system or DEFAULT_SYSTEM)
         return conv, [], "", "", self.list_update(owned, None), ""
 
-    def select(self, cid, conv, owned):
+    def select(self, cid, conv, owned, request: gr.Request = None):
         """Open a saved conversation. -> conv, chatbot, system, notice, stats."""
         if not cid or (conv and conv["id"] == cid):
             return conv, view(conv), gr.skip(), "", gr.skip()
         if self.services.shared and cid not in (owned or []):
-            return conv, view(conv), gr.skip(), notice_md(warn("That conversation is not yours.")), gr.skip()
+            return conv, view(conv), gr.skip(), notice_md(warn(tr(lang_of(request), "chat.not_yours"))), gr.skip()
         try:
             loaded = self.store.load(cid)
         except (KeyError, ValueError) as e:
-            return conv, view(conv), gr.skip(), notice_md(warn(friendly(e))), gr.skip()
+            return conv, view(conv), gr.skip(), notice_md(warn(friendly(e, lang_of(request)))), gr.skip()
         return loaded, view(loaded), loaded.get("system", ""), "", ""
 
     # The sidebar's events are not queued (they answer at once), so Gradio drops their toasts:
     # each says what happened in the sidebar's own notice, next to the button that was pressed.
-    def rename(self, title, conv, owned):
+    def rename(self, title, conv, owned, request: gr.Request = None):
         """-> title box, sidebar notice, list."""
+        lang = lang_of(request)
         if not conv or not conv.get("messages"):
-            return title, notice_md(warn("Send a message first: an empty chat is not saved yet.")), gr.skip()
+            return title, notice_md(warn(tr(lang, "chat.rename_empty_chat"))), gr.skip()
         title = " ".join((title or "").split())
         if not title:
-            return title, notice_md(warn("Type a new title first.")), gr.skip()
+            return title, notice_md(warn(tr(lang, "chat.rename_no_title"))), gr.skip()
         conv["title"] = title[:200]
-        unsaved = self._save(conv)
-        return "", notice_md(unsaved) or done_md(f"Renamed to “{conv['title']}”."), self.list_update(owned, conv)
+        unsaved = self._save(conv, lang)
+        renamed = done_md(tr(lang, "chat.renamed", title=conv["title"]))
+        return "", notice_md(unsaved) or renamed, self.list_update(owned, conv)
 
-    def ask_delete(self, conv):
+    def ask_delete(self, conv, request: gr.Request = None):
         """Delete pressed: ask first, unless there is nothing saved to delete. -> confirm row, sidebar notice."""
         if not conv or not conv.get("messages"):
-            return gr.update(visible=False), notice_md(warn("This chat is empty and was never saved: "
-                                                           "there is nothing to delete."))
+            return gr.update(visible=False), notice_md(warn(tr(lang_of(request), "chat.delete_nothing")))
         return gr.update(visible=True), ""
 
-    def delete(self, conv, owned):
+    def delete(self, conv, owned, request: gr.Request = None):
         """Delete the open conversation (after the confirmation step) and start a new one.
         -> conv, chatbot, sidebar notice, list, confirm row."""
         note = ""
         if conv and conv.get("messages"):
             self.store.delete(conv["id"])
-            note = done_md(f"Deleted “{conv['title']}”.")
+            note = done_md(tr(lang_of(request), "chat.deleted", title=conv["title"]))
         fresh = new_conversation((conv or {}).get("system") or DEFAULT_SYSTEM)
         return fresh, [], note, self.list_update(owned, None), gr.update(visible=False)
 
-    def export(self, conv):
+    def export(self, conv, request: gr.Request = None):
         """-> files, sidebar notice."""
         if not conv or not conv.get("messages"):
-            note = warn("There is nothing to export yet: this chat has no messages.")
+            note = warn(tr(lang_of(request), "chat.export_nothing"))
             return gr.update(value=None, visible=False), notice_md(note)
         folder = Path(tempfile.mkdtemp(prefix="lmstudio-export-"))
         stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in conv["title"])[:40] or "chat"
         (folder / f"{stem}.json").write_text(to_json(conv), encoding="utf-8")
         (folder / f"{stem}.md").write_text(to_markdown(conv), encoding="utf-8")
         return (gr.update(value=[str(folder / f"{stem}.json"), str(folder / f"{stem}.md")], visible=True),
-                done_md(f"Exported “{conv['title']}”: download it below (JSON to import again, Markdown to read)."))
+                done_md(tr(lang_of(request), "chat.exported_note", title=conv["title"])))
 
-    def import_file(self, path, owned):
+    def import_file(self, path, owned, request: gr.Request = None):
         """-> conv, chatbot, system, sidebar notice, list, owned."""
         from .common import read_text_file
 
+        lang = lang_of(request)
         try:
-            conv = self.store.import_json(read_text_file(path, self.services.max_upload_bytes))
+            conv = self.store.import_json(read_text_file(path, self.services.max_upload_bytes, lang))
         except (ValueError, OSError) as e:
-            return gr.skip(), gr.skip(), gr.skip(), notice_md(warn(f"Import failed: {friendly(e)}")), gr.skip(), owned
+            failed = notice_md(warn(tr(lang, "chat.import_failed", error=friendly(e, lang))))
+            return gr.skip(), gr.skip(), gr.skip(), failed, gr.skip(), owned
         owned = list(owned or []) + [conv["id"]]
         n = len(conv["messages"])
-        note = done_md(f"Imported “{conv['title']}” ({n} message{'s' if n != 1 else ''}); it is open now.")
+        note = done_md(tr(lang, "chat.imported_one", title=conv["title"]) if n == 1
+                       else tr(lang, "chat.imported", title=conv["title"], n=n))
         return conv, view(conv), conv.get("system", ""), note, self.list_update(owned, conv), owned
 
 
 METER_COLORS = {"prompt": "#4a90e2", "reply": "#f0ad4e"}  # free space is the bar's grey track
 
 
-def meter_html(r, extra: str = "", note: str = "") -> str:
+def meter_html(r, extra: str = "", note: str = "", lang: str | None = None) -> str:
     """The context window as one bar of three parts (prompt, room kept for the reply, free) and the
     same three numbers in words; ``note`` (HTML) goes on a second line."""
     parts = "".join(
@@ -326,8 +334,8 @@ def meter_html(r, extra: str = "", note: str = "") -> str:
         f"background:{METER_COLORS[name]}'></span>" for name, n in (("prompt", r.used), ("reply", r.reply)))
     bar = (f"<div class='meter-bar' style='display:flex;height:8px;border-radius:4px;overflow:hidden;"
            f"background:#e5e7eb;margin-bottom:2px'>{parts}</div>")
-    words = (f"Context {r.limit:,} tokens: prompt {r.used:,}{extra} · reply up to {r.reply:,} · "
-             f"free {r.free:,}")
+    words = tr(lang, "chat.meter_words", limit=f"{r.limit:,}", used=f"{r.used:,}", extra=extra,
+               reply=f"{r.reply:,}", free=f"{r.free:,}")
     return f"<div class='meter'>{bar}{words}" + (f"<br>{note}" if note else "") + "</div>"
 
 
@@ -361,9 +369,9 @@ def _text_of(content) -> str:
     return "".join(c.get("text", "") for c in content if isinstance(c, dict))
 
 
-def _no_model_text(services) -> str:
+def _no_model_text(services, lang: str | None = None) -> str:
     try:
-        current_model(services)
+        current_model(services, lang)
     except NoModelError as e:
         return str(e)
     return ""

@@ -15,8 +15,11 @@ from ..tasks.text import run_messages
 from . import chat_probs, starter_box
 from .chat_handlers import ChatHandlers, preset_values
 from .common import LLM, PRIVATE, current_model, friendly
+from .i18n import t
 from .models_tab import enclosing_tab
 
+PRESET_KEYS = {"Balanced": "chat.preset_balanced", "Creative": "chat.preset_creative",
+               "Precise": "chat.preset_precise"}  # tasks.chat.PRESETS name -> its label's key
 MODEL_POLL_S = 2.0  # how soon the meter and the Max new tokens slider follow a model loaded elsewhere
 # After "Show prompt" opens its section: scroll it into view once it has been drawn.
 SCROLL_TO_PROMPT = """async () => {
@@ -30,45 +33,47 @@ SCROLL_TO_PROMPT = """async () => {
 
 def _sidebar(h: ChatHandlers) -> dict:
     c = {}
-    c["new"] = gr.Button("+ New chat", elem_id="new-chat-btn", size="sm")
-    c["list"] = gr.Radio(choices=[], label="Saved conversations", elem_id="chat-list")
+    c["new"] = gr.Button(t("chat.new"), elem_id="new-chat-btn", size="sm")
+    c["list"] = gr.Radio(choices=[], label=t("chat.saved"), elem_id="chat-list")
     with gr.Row():
-        c["title"] = gr.Textbox(placeholder="New title", show_label=False, elem_id="rename-box", scale=3,
+        c["title"] = gr.Textbox(placeholder=t("chat.new_title"), show_label=False, elem_id="rename-box", scale=3,
                                 min_width=80)
-        c["rename"] = gr.Button("Rename", elem_id="rename-btn", size="sm", scale=1, min_width=60)
-    c["delete"] = gr.Button("Delete", elem_id="chat-delete-btn", size="sm", variant="stop")
+        c["rename"] = gr.Button(t("chat.rename"), elem_id="rename-btn", size="sm", scale=1, min_width=60)
+    c["delete"] = gr.Button(t("chat.delete"), elem_id="chat-delete-btn", size="sm", variant="stop")
     with gr.Row(visible=False, elem_id="chat-delete-confirm-row") as c["confirm_row"]:
-        gr.Markdown("Delete this conversation for good?")
-        c["confirm"] = gr.Button("Yes, delete", elem_id="chat-delete-confirm-btn", size="sm", variant="stop")
-        c["cancel_del"] = gr.Button("Cancel", elem_id="chat-delete-cancel-btn", size="sm")
+        gr.Markdown(t("chat.delete_ask"))
+        c["confirm"] = gr.Button(t("chat.delete_yes"), elem_id="chat-delete-confirm-btn", size="sm", variant="stop")
+        c["cancel_del"] = gr.Button(t("chat.cancel"), elem_id="chat-delete-cancel-btn", size="sm")
     with gr.Row():
-        c["export"] = gr.Button("Export", elem_id="chat-export-btn", size="sm")
-        c["import"] = gr.UploadButton("Import JSON", file_types=[".json"], elem_id="chat-import-btn", size="sm")
+        c["export"] = gr.Button(t("chat.export"), elem_id="chat-export-btn", size="sm")
+        c["import"] = gr.UploadButton(t("chat.import"), file_types=[".json"], elem_id="chat-import-btn", size="sm")
     c["notice"] = gr.Markdown("", elem_id="chat-side-notice")
-    c["files"] = gr.File(label="Exported (JSON, Markdown)", file_count="multiple", interactive=False,
+    c["files"] = gr.File(label=t("chat.exported"), file_count="multiple", interactive=False,
                          visible=False, elem_id="chat-export-files")
     return c
 
 
 def _settings() -> dict:
     c = {}
-    with gr.Accordion("System prompt and sampling", open=False, elem_id="chat-settings"):
-        c["system"] = gr.Textbox(DEFAULT_SYSTEM, label="System prompt", lines=2, elem_id="system-prompt")
-        c["preset"] = gr.Radio(list(PRESETS), value="Balanced", label="Preset", elem_id="preset")
+    with gr.Accordion(t("chat.settings"), open=False, elem_id="chat-settings"):
+        c["system"] = gr.Textbox(DEFAULT_SYSTEM, label=t("chat.system"), lines=2, elem_id="system-prompt")
+        c["preset"] = gr.Radio([(t(PRESET_KEYS[name]), name) for name in PRESETS], value="Balanced",
+                               label=t("chat.preset"), elem_id="preset")
         p = PRESETS["Balanced"]
         with gr.Row():
-            c["temperature"] = gr.Slider(0, 2, p.temperature, step=0.05, label="Temperature", elem_id="temperature")
+            c["temperature"] = gr.Slider(0, 2, p.temperature, step=0.05, label=t("chat.temperature"),
+                                         elem_id="temperature")
             c["top_p"] = gr.Slider(0.05, 1, p.top_p, step=0.05, label="Top-p", elem_id="top-p")
-            c["top_k"] = gr.Slider(0, 200, p.top_k, step=1, label="Top-k (0 = off)", elem_id="top-k")
+            c["top_k"] = gr.Slider(0, 200, p.top_k, step=1, label=t("chat.top_k"), elem_id="top-k")
         with gr.Row():
             c["min_p"] = gr.Slider(0, 0.5, p.min_p, step=0.01, label="Min-p", elem_id="min-p")
-            c["rep"] = gr.Slider(1, 2, p.repetition_penalty, step=0.05, label="Repetition penalty",
+            c["rep"] = gr.Slider(1, 2, p.repetition_penalty, step=0.05, label=t("chat.rep"),
                                  elem_id="rep-penalty")
-            c["max_new"] = gr.Slider(1, 4096, p.max_new_tokens, step=1, label="Max new tokens",
+            c["max_new"] = gr.Slider(1, 4096, p.max_new_tokens, step=1, label=t("chat.max_new"),
                                      elem_id="max-new-tokens")
         with gr.Row():
-            c["seed"] = gr.Number(-1, precision=0, label="Seed (-1 = random)", elem_id="seed")
-            c["stops"] = gr.Textbox(label="Stop strings (one per line; \\n = newline)", lines=2,
+            c["seed"] = gr.Number(-1, precision=0, label=t("chat.seed"), elem_id="seed")
+            c["stops"] = gr.Textbox(label=t("chat.stops"), lines=2,
                                    elem_id="stop-strings")
     return c
 
@@ -77,20 +82,20 @@ def _chat_area() -> dict:
     c = {}
     c["chatbot"] = gr.Chatbot(elem_id="chatbot", height=440, editable="user", show_label=False,
                               buttons=["copy", "copy_all"],
-                              placeholder="Send a message to start. Replies stream as they are written.")
+                              placeholder=t("chat.placeholder"))
     c["probs"] = chat_probs.build_view()
     c["meter"] = gr.HTML("", elem_id="context-meter")
     with gr.Row():
-        c["input"] = gr.Textbox(placeholder="Message (Enter sends, Shift+Enter for a new line)", lines=1,
+        c["input"] = gr.Textbox(placeholder=t("chat.input"), lines=1,
                                 max_lines=8, show_label=False, elem_id="chat-input", scale=6, autofocus=True)
-        c["send"] = gr.Button("Send", variant="primary", elem_id="send-btn", scale=1, min_width=70)
-        c["stop"] = gr.Button("Stop", variant="stop", elem_id="stop-btn", scale=1, min_width=70)
+        c["send"] = gr.Button(t("chat.send"), variant="primary", elem_id="send-btn", scale=1, min_width=70)
+        c["stop"] = gr.Button(t("chat.stop"), variant="stop", elem_id="stop-btn", scale=1, min_width=70)
     with gr.Row():
-        c["regen"] = gr.Button("↻ Regenerate", elem_id="regen-btn", size="sm")
-        c["continue"] = gr.Button("→ Continue", elem_id="continue-btn", size="sm")
-        c["clear"] = gr.Button("Clear", elem_id="clear-btn", size="sm")
-        c["show"] = gr.Button("Show prompt", elem_id="show-prompt-btn", size="sm")
-        c["inspect"] = gr.Button("Inspect reply", elem_id="chat-inspect-btn", size="sm")
+        c["regen"] = gr.Button(t("chat.regen"), elem_id="regen-btn", size="sm")
+        c["continue"] = gr.Button(t("chat.continue"), elem_id="continue-btn", size="sm")
+        c["clear"] = gr.Button(t("chat.clear"), elem_id="clear-btn", size="sm")
+        c["show"] = gr.Button(t("chat.show_prompt"), elem_id="show-prompt-btn", size="sm")
+        c["inspect"] = gr.Button(t("chat.inspect"), elem_id="chat-inspect-btn", size="sm")
     c["probs_toggle"] = chat_probs.build_toggle()
     c["stats"] = gr.Markdown("", elem_id="chat-stats")
     c["notice"] = gr.Markdown("", elem_id="chat-notice")
@@ -110,7 +115,7 @@ def build(services, demo: gr.Blocks) -> dict:
             starter_box.build(services)
             c = _chat_area()
             # Right under the buttons, so "Show prompt" opens it where the user is looking.
-            with gr.Accordion("Prompt sent to the model", open=False, elem_id="prompt-accordion") as c["prompt_box"]:
+            with gr.Accordion(t("chat.prompt_sent"), open=False, elem_id="prompt-accordion") as c["prompt_box"]:
                 c["prompt"] = gr.Textbox(lines=12, max_lines=30, interactive=False, show_label=False,
                                          elem_id="prompt-view", buttons=["copy"])
             c |= _settings()

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..errors import LiteError, is_user_error, user_message
+from ..errors import BUG_TEXT_MAX, LiteError, is_out_of_memory, is_user_error, user_message
+from .i18n import tr
 
 log = logging.getLogger("lmstudio_lite.ui")
 
-NO_MODEL = ("No model is loaded. Load one in the Models tab, or start the app with "
-            "`lmstudio-lite --model FOLDER`.")
 STREAM_EVERY_S = 0.05  # at most ~20 UI updates a second, however fast tokens come
 LLM = {"concurrency_id": "llm", "concurrency_limit": 1}  # one loaded model: never driven twice at once
 PRIVATE = {"api_visibility": "private"}
@@ -37,22 +36,27 @@ class NoModelError(LiteError, RuntimeError):
     """Raised when a task needs a model and none is loaded."""
 
 
-def current_model(services):
-    """The loaded model, or NoModelError with the reason (including a failed load). While the
-    start-up model is still loading this waits for it: a message sent early is answered, not refused."""
+def current_model(services, lang: str | None = None):
+    """The loaded model, or NoModelError with the reason (including a failed load), worded in ``lang``.
+    While the start-up model is still loading this waits for it: a message sent early is answered, not refused."""
     services.wait_for_model()
     model = services.registry.current
     if model is None:
         err = services.registry.last_error
-        raise NoModelError(f"{NO_MODEL} The last load failed: {err}" if err else NO_MODEL)
+        no_model = tr(lang, "err.no_model")
+        raise NoModelError(f"{no_model} {tr(lang, 'err.last_load_failed', error=err)}" if err else no_model)
     return model
 
 
-def friendly(e: BaseException) -> str:
-    """``user_message(e)`` for the UI; an unexpected error (a bug) also goes to the terminal log with
-    its traceback. Mistakes the user can fix are logged nowhere: the message says it all."""
+def friendly(e: BaseException, lang: str | None = None) -> str:
+    """``user_message(e)`` for the UI, in ``lang`` where we word it ourselves (out of memory, a bug);
+    the user's own mistakes are worded where they are raised and stay as they are. An unexpected
+    error (a bug) also goes to the terminal log with its traceback."""
+    if is_out_of_memory(e):
+        return tr(lang, "err.out_of_memory")
     if not is_user_error(e):
         log.error("unexpected error in the UI", exc_info=e)
+        return tr(lang, "err.unexpected", error=f"{type(e).__name__}: {str(e)[:BUG_TEXT_MAX]}")
     return user_message(e)
 
 
@@ -80,39 +84,40 @@ class Throttle:
         return False
 
 
-def read_text_file(path: str | Path | None, max_bytes: int) -> str:
-    """The UTF-8 text of an uploaded file, or ValueError saying why it cannot be used."""
+def read_text_file(path: str | Path | None, max_bytes: int, lang: str | None = None) -> str:
+    """The UTF-8 text of an uploaded file, or ValueError saying (in ``lang``) why it cannot be used."""
     if not path:
-        raise ValueError("no file was uploaded")
+        raise ValueError(tr(lang, "file.none"))
     p = Path(path)
     size = p.stat().st_size
     if size > max_bytes:
-        raise ValueError(f"{p.name} is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB")
+        raise ValueError(tr(lang, "file.too_big", name=p.name, mb=f"{size / 1e6:.1f}", limit=f"{max_bytes / 1e6:.0f}"))
     data = p.read_bytes()
     if b"\x00" in data[:8192]:
-        raise ValueError(f"{p.name} looks like a binary file, not text. Upload a .txt or .md file.")
+        raise ValueError(tr(lang, "file.binary", name=p.name))
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{p.name} is not UTF-8 text (bad byte at position {e.start}). "
-                         "Save it as UTF-8 and try again.") from None
+        raise ValueError(tr(lang, "file.not_utf8", name=p.name, pos=e.start)) from None
     if not text.strip():
-        raise ValueError(f"{p.name} is empty")
+        raise ValueError(tr(lang, "file.empty", name=p.name))
     return text
 
 
-def stats_md(stats: dict | None) -> str:
+FINISH_KEYS = {"length": "chat.stats_length", "cancelled": "chat.stats_cancelled", "stop": "chat.stats_stop"}
+
+
+def stats_md(stats: dict | None, lang: str | None = None) -> str:
     """'42 tokens · 31.5 tok/s · first token 120 ms · finished: stop' for a reply's stats."""
     if not stats:
         return ""
-    parts = [f"{stats.get('new_tokens', 0)} tokens",
+    parts = [tr(lang, "chat.stats_tokens", n=stats.get("new_tokens", 0)),
              f"{stats.get('decode_tok_s', 0.0):.1f} tok/s",
-             f"first token {stats.get('ttft_s', 0.0) * 1000:.0f} ms",
-             f"prompt {stats.get('prompt_tokens', 0)} tokens"]
+             tr(lang, "chat.stats_first", ms=f"{stats.get('ttft_s', 0.0) * 1000:.0f}"),
+             tr(lang, "chat.stats_prompt", n=stats.get("prompt_tokens", 0))]
     reason = stats.get("finish_reason")
     if reason == "length" and stats.get("context_full"):
-        parts.append("stopped: the context window is full")
+        parts.append(tr(lang, "chat.stats_context_full"))
     elif reason:
-        parts.append({"length": "stopped at the token limit", "cancelled": "stopped by you",
-                      "stop": "finished"}.get(reason, reason))
+        parts.append(tr(lang, FINISH_KEYS[reason]) if reason in FINISH_KEYS else reason)
     return " · ".join(parts)

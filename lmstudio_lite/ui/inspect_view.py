@@ -9,6 +9,8 @@ import io
 
 import numpy as np
 
+from .i18n import tr
+
 AVERAGE = "average of all heads"
 
 
@@ -26,39 +28,37 @@ def chips(analysis) -> list[tuple[str, str]]:
     return [(shown(p.text), f"#{p.id} · {p.nbytes}B") for p in analysis.positions]
 
 
-def summary_md(analysis) -> str:
-    n = len(analysis.ids)
-    head = (f"**{n} tokens** for {len(analysis.text)} characters "
-            f"({sum(p.nbytes for p in analysis.positions)} bytes of UTF-8 and special tokens)")
+def summary_md(analysis, lang: str | None = None) -> str:
+    head = tr(lang, "inspect.summary", n=len(analysis.ids), chars=len(analysis.text),
+              bytes=sum(p.nbytes for p in analysis.positions))
     ce = analysis.cross_entropy
     if ce is None:
-        return head + " · one token: nothing to predict, so no cross-entropy."
-    bits = ce / np.log(2)
-    return (f"{head} · cross-entropy **{ce:.3f} nats** ({bits:.2f} bits) per predicted token · "
-            f"perplexity **{analysis.perplexity:.2f}** (the model was, on average, as unsure as a "
-            f"choice among {analysis.perplexity:.1f} equally likely tokens)")
+        return head + tr(lang, "inspect.one_token")
+    return head + tr(lang, "inspect.scores", ce=f"{ce:.3f}", bits=f"{ce / np.log(2):.2f}",
+                     ppl=f"{analysis.perplexity:.2f}", choices=f"{analysis.perplexity:.1f}")
 
 
-def position_md(analysis, index: int) -> str:
+def position_md(analysis, index: int, lang: str | None = None) -> str:
     p = analysis.positions[index]
-    head = f"Position **{index}**: `{shown(p.text)}` (id {p.id}, {p.nbytes} byte{'' if p.nbytes == 1 else 's'})."
+    head = tr(lang, "inspect.position_head_one" if p.nbytes == 1 else "inspect.position_head", index=index,
+              token=shown(p.text), id=p.id, nbytes=p.nbytes)
     if p.next_id is None:
-        return head + " The text ends here; below is what the model would write next."
+        return head + tr(lang, "inspect.text_ends")
     nxt = analysis.positions[index + 1]
-    return (f"{head} Next in the text: `{shown(nxt.text)}` with probability **{pct(p.next_prob)}** "
-            f"(rank {p.next_rank}), surprise **{p.surprise_bits:.2f} bits**.")
+    return head + tr(lang, "inspect.next", token=shown(nxt.text), prob=pct(p.next_prob), rank=p.next_rank,
+                     bits=f"{p.surprise_bits:.2f}")
 
 
-def candidate_choices(analysis, index: int) -> list[tuple[str, str]]:
+def candidate_choices(analysis, index: int, lang: str | None = None) -> list[tuple[str, str]]:
     """Radio choices for the top candidates after ``index``: label, value = the token id."""
     p = analysis.positions[index]
-    return [(f"{shown(c.text)}  {pct(c.prob)}" + ("  ✓ in the text" if c.id == p.next_id else ""), str(c.id))
+    return [(f"{shown(c.text)}  {pct(c.prob)}" + (tr(lang, "inspect.in_text") if c.id == p.next_id else ""), str(c.id))
             for c in p.top]
 
 
-def branch_md(prefix: str, continuation: str) -> str:
+def branch_md(prefix: str, continuation: str, lang: str | None = None) -> str:
     """The text up to the branch point, then the chosen token's continuation highlighted."""
-    return (f"<div class='branch'><b>What if:</b> {html.escape(prefix[-300:])}"
+    return (f"<div class='branch'><b>{tr(lang, 'inspect.what_if')}</b> {html.escape(prefix[-300:])}"
             f"<mark>{html.escape(continuation)}</mark></div>")
 
 
@@ -68,7 +68,7 @@ def _rgb(value: float) -> tuple[int, int, int]:
     return (int(255 - 225 * v), int(255 - 190 * v), int(255 - 75 * v))
 
 
-def heatmap_html(weights: list[list[float]], pieces: list[str], title: str) -> str:
+def heatmap_html(weights: list[list[float]], pieces: list[str], title: str, lang: str | None = None) -> str:
     """Attention [query][key] as an image (square-root scale, so small weights show) with the
     tokens on both axes: queries down the left, keys across the top."""
     w = np.sqrt(np.clip(np.asarray(weights, dtype=np.float32), 0.0, 1.0))
@@ -93,11 +93,10 @@ def heatmap_html(weights: list[list[float]], pieces: list[str], title: str) -> s
             f"<div class='hm-rows' style='text-align:right;padding-right:4px'>{rows}</div>"
             f"<img alt='attention heatmap' src='data:image/png;base64,{src}' width='{n * cell}' "
             f"height='{n * cell}' style='image-rendering:pixelated;max-width:none'></div></div>"
-            "<div class='hm-legend'>Rows: the token that attends (query); columns: the tokens it looks at "
-            "(keys). Darker = more attention (square-root scale); each row sums to 100%.</div></div>")
+            f"<div class='hm-legend'>{tr(lang, 'inspect.heatmap_legend')}</div></div>")
 
 
-def lens_html(analysis, lens) -> str:
+def lens_html(analysis, lens, lang: str | None = None) -> str:
     """The logit lens ``lens[layer][position]``: for each position (rows) each layer's top next
     token (columns), shaded by its probability; the last layer is the model's own prediction."""
     layers = len(lens)
@@ -116,26 +115,24 @@ def lens_html(analysis, lens) -> str:
         body.append(f"<tr><th>{i}</th><td class='lens-in'>{html.escape(shown(pos.text))}</td>{''.join(cells)}"
                     f"<td class='lens-in'>{html.escape(shown(nxt))}</td></tr>")
     return (f"<style>{CSS}</style><div class='lens' style='overflow:auto;max-height:600px'><table class='lens-table'>"
-            f"<tr><th>#</th><th>token</th>{head}<th>actual next</th></tr>{''.join(body)}</table>"
-            "<div class='hm-legend'>Each layer's residual stream read through the final norm and the output "
-            "head: its top next token, darker = more probable; bold = the text's actual next token.</div></div>")
+            f"<tr><th>#</th><th>{tr(lang, 'inspect.lens_token')}</th>{head}<th>{tr(lang, 'inspect.lens_next')}</th>"
+            f"</tr>{''.join(body)}</table><div class='hm-legend'>{tr(lang, 'inspect.lens_legend')}</div></div>")
 
 
-def reply_html(tokens) -> str:
+def reply_html(tokens, lang: str | None = None) -> str:
     """A chat reply with each piece's background by its probability (red unlikely, green likely);
     hovering shows the probability and the alternatives."""
     if not tokens:
-        return "<div class='reply-probs'>No reply to colour yet.</div>"
+        return f"<div class='reply-probs'>{tr(lang, 'inspect.no_reply')}</div>"
     spans = []
     for t in tokens:
         hue = int(120 * t.prob)  # 0 red .. 120 green
         alts = ", ".join(f"{shown(a.text)} {pct(a.prob)}" for a in t.alternatives)
-        tip = html.escape(f"{pct(t.prob)} · alternatives: {alts}", quote=True)
+        tip = html.escape(tr(lang, "inspect.alternatives", prob=pct(t.prob), alts=alts), quote=True)
         text = html.escape(t.text).replace("\n", "<br>")
         spans.append(f"<span class='tok' style='background:hsl({hue},80%,82%)' title=\"{tip}\" "
                      f"data-prob='{t.prob:.4f}'>{text}</span>")
-    return (f"<style>{CSS}</style><div class='reply-probs'><div class='hm-legend'>The last reply, each token coloured by the "
-            "probability the model gave it (red = unlikely, green = likely); hover for the alternatives."
+    return (f"<style>{CSS}</style><div class='reply-probs'><div class='hm-legend'>{tr(lang, 'inspect.reply_legend')}"
             f"</div>{''.join(spans)}</div>")
 
 

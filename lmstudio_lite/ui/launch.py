@@ -144,13 +144,15 @@ def create_web_app(services):
     from ..server.serve import create_app
     from .app import build_app
     from .common import CSS
+    from .i18n import gradio_i18n
 
     sessions = GradioSessions()
     app = create_app(services, sessions)  # its routes are registered before the catch-all Gradio mount
     demo = build_app(services)
     auth = services.access.login_ok if services.access.protected else None
     app = gr.mount_gradio_app(app, demo, path="/", auth=auth, max_file_size=services.max_upload_bytes,
-                              theme=gr.themes.Soft(), css=CSS, show_error=True, footer_links=["api", "settings"])
+                              theme=gr.themes.Soft(), css=CSS, show_error=True, footer_links=["api", "settings"],
+                              i18n=gradio_i18n())
     sessions.attach(app)
     return app
 

@@ -17,15 +17,16 @@ from ..services import models
 from . import models_download
 from . import train_view as view
 from .common import LLM, PRIVATE, friendly
+from .i18n import lang_of, t, tr
 
 
-# Weight formats offered beside Load: (label, value); "float" keeps the folder's own weights.
-QUANT_CHOICES = [("float (as saved)", "float"), ("q8_0 (8-bit)", "q8_0"), ("q4_1 (4-bit with min)", "q4_1"),
-                 ("q4_0 (4-bit)", "q4_0")]
+# Weight formats offered beside Load: value -> its label's key; "float" keeps the folder's own weights.
+QUANT_KEYS = {"float": "models.quant_float", "q8_0": "models.quant_q8_0", "q4_1": "models.quant_q4_1",
+              "q4_0": "models.quant_q4_0"}
 
 
 # ---- messages around services.models (plain values in, message out) -------------------------------------------------------
-def models_frame(services) -> pd.DataFrame:
+def models_frame(services, lang: str | None = None) -> pd.DataFrame:
     from ..registry import memory_needed
 
     total, label, dtype = models.device_memory_info(services)
@@ -35,60 +36,65 @@ def models_frame(services) -> pd.DataFrame:
     for e in entries:
         e.path = str(Path(e.path).resolve())
     rows = view.model_rows(entries, loaded, lambda e: memory_needed(e, dtype), total, label)
-    return pd.DataFrame(rows, columns=view.MODEL_COLUMNS)
+    return pd.DataFrame(rows, columns=column_names(lang))
 
 
-def load_model(services, name: str | None, quant: str | None = None) -> str:
+def column_names(lang: str | None = None) -> list[str]:
+    """The table's headers in ``lang`` (a Dataframe's headers are not translated in the browser)."""
+    return [tr(lang, key) for key in view.MODEL_COLUMN_KEYS.values()]
+
+
+def load_model(services, name: str | None, quant: str | None = None, lang: str | None = None) -> str:
     """Load a listed model by name; on failure the previously loaded model stays and the message says so.
 
-    ``quant`` is a QUANT_CHOICES value; None loads in the registry's format (``--quant``)."""
+    ``quant`` is a QUANT_KEYS key; None loads in the registry's format (``--quant``)."""
     if not name:
-        return "Choose a model to load."
+        return tr(lang, "models.choose_load")
     try:
         model = models.load(services, name, quant)
     except models.UnknownModel:
-        return f"⚠ No local model named {name!r}. Refresh the list, or import the folder first."
+        return "⚠ " + tr(lang, "models.unknown", name=repr(name))
     except Exception as e:  # CheckpointError, OSError, bad weights: report, keep the old model
         cur = services.registry.current
-        kept = f" {cur.name} is still loaded." if cur is not None else " No model is loaded."
-        return f"⚠ Could not load {name}: {friendly(e).rstrip('.')}.{kept}"
+        kept = tr(lang, "models.still_loaded", name=cur.name) if cur is not None else tr(lang, "models.none_loaded")
+        return "⚠ " + tr(lang, "models.load_failed", name=name, error=friendly(e, lang).rstrip('.'), kept=kept)
     info = model.info()
-    return (f"Loaded **{model.name}** ({info['quant']} on {info['device']}, "
-            f"{info['weights_bytes'] / 2**20:.1f} MB of weights).")
+    return tr(lang, "models.loaded", name=model.name, quant=info['quant'], device=info['device'],
+              mb=f"{info['weights_bytes'] / 2**20:.1f}")
 
 
-def unload_model(services) -> str:
+def unload_model(services, lang: str | None = None) -> str:
     cur = services.registry.current
     if cur is None:
-        return "No model is loaded."
+        return tr(lang, "models.none_loaded")
     services.registry.unload()
-    return f"Unloaded {cur.name}."
+    return tr(lang, "models.unloaded", name=cur.name)
 
 
-def import_folder(services, path: str | None) -> str:
+def import_folder(services, path: str | None, lang: str | None = None) -> str:
     from ..services.access import AccessError
 
     if not (path or "").strip():
-        return "Type the path of a model folder to import."
+        return tr(lang, "models.import_empty")
     try:
         entry = models.import_folder(services, path.strip())
     except AccessError as e:
         return f"⚠ {e}"
     except Exception as e:  # CheckpointError, FileExistsError, OSError: all worded for the user
-        return f"⚠ Could not import: {friendly(e)}"  # the message names the folder
-    return f"Imported **{entry.name}** into {services.paths.models}."
+        return "⚠ " + tr(lang, "models.import_failed", error=friendly(e, lang))  # the message names the folder
+    return tr(lang, "models.imported", name=entry.name, folder=services.paths.models)
 
 
-def delete_model(services, name: str | None, confirmed: bool) -> str:
+def delete_model(services, name: str | None, confirmed: bool, lang: str | None = None) -> str:
     if not name:
-        return "Choose a model to delete."
+        return tr(lang, "models.choose_delete")
     if not confirmed:
-        return f"Tick “Yes, delete {name}” to confirm, then press Delete again."
+        return tr(lang, "models.confirm_delete", name=name)
     try:
         services.registry.delete(name)
     except (KeyError, PermissionError, OSError) as e:
-        return f"⚠ {friendly(e)}"
-    return f"Deleted {name}."
+        return f"⚠ {friendly(e, lang)}"
+    return tr(lang, "models.deleted", name=name)
 
 
 # ---- layout and wiring ------------------------------------------------------------------------------
@@ -98,30 +104,27 @@ def build(services) -> dict:
     cur, choices = services.registry.current, models.names(services)
     # Filled when the tab is opened (the memory column asks torch for the device; the page is
     # served before torch is imported).
-    c["table"] = gr.Dataframe(pd.DataFrame([], columns=view.MODEL_COLUMNS), interactive=False, wrap=True,
-                              elem_id="models-table",
-                              label="Local models")
+    c["table"] = gr.Dataframe(pd.DataFrame([], columns=column_names()), interactive=False, wrap=True,
+                              elem_id="models-table", label=t("models.table"))
     with gr.Row():
-        c["pick"] = gr.Dropdown(choices, value=cur.name if cur is not None and cur.name in choices else None, label="Model",
-                                elem_id="model-pick", scale=3)
-        c["quant"] = gr.Dropdown(QUANT_CHOICES, value=quant_value(services), label="Weights", elem_id="model-quant",
-                                 scale=1)
-        c["load"] = gr.Button("Load", variant="primary", elem_id="model-load")
-        c["unload"] = gr.Button("Unload", elem_id="model-unload")
-        c["refresh"] = gr.Button("Refresh", elem_id="models-refresh")
+        c["pick"] = gr.Dropdown(choices, value=cur.name if cur is not None and cur.name in choices else None,
+                                label=t("models.model"), elem_id="model-pick", scale=3)
+        c["quant"] = gr.Dropdown([(t(key), v) for v, key in QUANT_KEYS.items()], value=quant_value(services),
+                                 label=t("models.weights"), elem_id="model-quant", scale=1)
+        c["load"] = gr.Button(t("models.load"), variant="primary", elem_id="model-load")
+        c["unload"] = gr.Button(t("models.unload"), elem_id="model-unload")
+        c["refresh"] = gr.Button(t("models.refresh"), elem_id="models-refresh")
     with gr.Row():
-        c["confirm"] = gr.Checkbox(False, label="Yes, delete the chosen model (user models only)",
-                                   elem_id="delete-confirm")
-        c["delete"] = gr.Button("Delete", variant="stop", elem_id="delete-btn")
+        c["confirm"] = gr.Checkbox(False, label=t("models.delete_confirm"), elem_id="delete-confirm")
+        c["delete"] = gr.Button(t("models.delete"), variant="stop", elem_id="delete-btn")
     with gr.Row():
-        c["export_quant"] = gr.Dropdown(list(exports.quant_choices()), value="f32", label="GGUF weights",
+        c["export_quant"] = gr.Dropdown(list(exports.quant_choices()), value="f32", label=t("models.gguf_weights"),
                                         elem_id="export-quant", scale=1)
-        c["export_btn"] = gr.Button("Export GGUF", elem_id="export-btn", scale=1)
-        c["export_file"] = gr.File(label="Exported GGUF (for LM Studio, Ollama, llama.cpp)", interactive=False,
-                                   elem_id="export-file", scale=2)
+        c["export_btn"] = gr.Button(t("models.export"), elem_id="export-btn", scale=1)
+        c["export_file"] = gr.File(label=t("models.exported"), interactive=False, elem_id="export-file", scale=2)
     with gr.Row(visible=not services.shared):
-        c["import_path"] = gr.Textbox(label="Import a model folder (path)", elem_id="import-path", scale=4)
-        c["import_btn"] = gr.Button("Import", elem_id="import-btn")
+        c["import_path"] = gr.Textbox(label=t("models.import_path"), elem_id="import-path", scale=4)
+        c["import_btn"] = gr.Button(t("models.import"), elem_id="import-btn")
     c["msg"] = gr.Markdown(_hint(services), elem_id="models-msg")
     refresh = _wire(services, c)
     c["download"] = models_download.build(services, [c["msg"], c["table"], c["pick"]], refresh, c["pick"])
@@ -145,32 +148,48 @@ def enclosing_tab():
 
 def _hint(services) -> str:
     err = services.registry.last_error
-    return f"⚠ The model given at start could not be loaded: {err}" if err else ""
+    return f"⚠ {t('models.start_failed')} {err}" if err else ""  # one marker, translated in the browser
 
 
 def _wire(services, c: dict):
-    def refreshed(msg: str, keep: str | None = None):
+    def refreshed(msg: str, keep: str | None = None, lang: str | None = None):
         choices = models.names(services)
-        return msg, models_frame(services), gr.update(choices=choices, value=keep if keep in choices else None)
+        return msg, models_frame(services, lang), gr.update(choices=choices, value=keep if keep in choices else None)
 
     outs = [c["msg"], c["table"], c["pick"]]
     private = PRIVATE
-    c["load"].click(lambda n, q: refreshed(load_model(services, n, q), n), [c["pick"], c["quant"]], outs,
-                    **LLM, **private)
-    c["unload"].click(lambda n: refreshed(unload_model(services), n), c["pick"], outs, **private)
-    c["refresh"].click(lambda n: refreshed("", n), c["pick"], outs, **private)
+
+    def load(n, q, request: gr.Request):
+        return refreshed(load_model(services, n, q, lang_of(request)), n, lang_of(request))
+
+    def unload(n, request: gr.Request):
+        return refreshed(unload_model(services, lang_of(request)), n, lang_of(request))
+
+    def import_(p, n, request: gr.Request):
+        return refreshed(import_folder(services, p, lang_of(request)), n, lang_of(request))
+
+    def delete(n, ok, request: gr.Request):
+        return *refreshed(delete_model(services, n, ok, lang_of(request)), n, lang_of(request)), False
+
+    def refresh(n, request: gr.Request):
+        return refreshed("", n, lang_of(request))
+
+    def reopened(n, request: gr.Request):
+        return refreshed(gr.skip(), n or models.current_name(services), lang_of(request))
+
+    c["load"].click(load, [c["pick"], c["quant"]], outs, **LLM, **private)
+    c["unload"].click(unload, c["pick"], outs, **private)
+    c["refresh"].click(refresh, c["pick"], outs, **private)
     if c["tab"] is not None:  # a model trained or deleted elsewhere shows up when the tab is opened
-        c["tab"].select(lambda n: refreshed(gr.skip(), n or models.current_name(services)), c["pick"], outs, **private)
-    c["import_btn"].click(lambda p, n: refreshed(import_folder(services, p), n), [c["import_path"], c["pick"]],
-                          outs, **private)
-    def export(name, quant):
+        c["tab"].select(reopened, c["pick"], outs, **private)
+    c["import_btn"].click(import_, [c["import_path"], c["pick"]], outs, **private)
+    def export(name, quant, request: gr.Request):
         result = exports.export_model(services, name, quant)
-        return (*refreshed(("" if result.ok else "⚠ ") + result.message, name),
+        return (*refreshed(("" if result.ok else "⚠ ") + result.message, name, lang_of(request)),
                 str(result.path) if result.ok else None)
 
     c["export_btn"].click(export, [c["pick"], c["export_quant"]], outs + [c["export_file"]], **private)
-    c["delete"].click(lambda n, ok: (*refreshed(delete_model(services, n, ok), n), False),
-                      [c["pick"], c["confirm"]], outs + [c["confirm"]], **private)
+    c["delete"].click(delete, [c["pick"], c["confirm"]], outs + [c["confirm"]], **private)
 
     def models_list() -> list:
         """Every local model: name, folder, source, family, parameters, context_length, dtype, size_bytes,

@@ -9,10 +9,8 @@ import gradio as gr
 
 from ..services import starter
 from .common import PRIVATE, friendly
+from .i18n import lang_of, t, tr
 from .models_download import progress_md
-
-INTRO = ("The bundled model is a toy that writes short stories. For real chat, summaries and translation, "
-         "get a small instruct model (it runs on this machine, nothing leaves it):")
 
 
 def build(services) -> dict:
@@ -20,36 +18,37 @@ def build(services) -> dict:
     pending = getattr(services.pending, "target", None)  # the model still loading at start-up
     offer = services.downloads is not None and starter.needs_starter(services.registry, pending)
     with gr.Row(visible=offer, elem_id="starter-row") as c["row"]:
-        gr.Markdown(INTRO)
-        c["get"] = gr.Button(starter.LABEL, variant="primary", elem_id="starter-get", scale=0, min_width=320)
+        gr.Markdown(t("starter.intro"))
+        c["get"] = gr.Button(t("starter.get"), variant="primary", elem_id="starter-get", scale=0, min_width=320)
     c["progress"] = gr.Markdown("", elem_id="starter-progress")
-    def get():
-        yield from get_starter(services)
+    def get(request: gr.Request):
+        yield from get_starter(services, lang_of(request))
 
     if services.downloads is not None:
         c["get"].click(get, None, [c["progress"], c["row"]], **PRIVATE)
     return c
 
 
-def get_starter(services):
+def get_starter(services, lang: str | None = None):
     """Stream the download's progress, then load the model so Chat uses it at once."""
     jobs = services.downloads
     try:
         jobs.run(starter.HUB_REPO, None, lambda progress, cancel: starter.fetch_starter(jobs.models_dir, progress,
                                                                                           cancel))
     except Exception as e:  # another download is running
-        yield f"⚠ {friendly(e)}", gr.skip()
+        yield f"⚠ {friendly(e, lang)}", gr.skip()
         return
     version, status = jobs.wait(0.0)
     while status["state"] == "running":
-        yield progress_md(status), gr.skip()
+        yield progress_md(status, lang), gr.skip()
         version, status = jobs.wait(1.0, version)
     if status["state"] != "done":
-        yield progress_md(status), gr.skip()
+        yield progress_md(status, lang), gr.skip()
         return
     try:
         model = services.registry.load(status["path"])
     except Exception as e:  # e.g. a GGUF this build cannot load yet
-        yield f"⚠ Downloaded to {status['path']}, but it could not be loaded: {friendly(e)}", gr.update(visible=False)
+        message = tr(lang, "starter.load_failed", path=status['path'], error=friendly(e, lang))
+        yield f"⚠ {message}", gr.update(visible=False)
         return
-    yield f"✅ **{model.name}** is loaded: chat away.", gr.update(visible=False)
+    yield "✅ " + tr(lang, "starter.loaded", name=model.name), gr.update(visible=False)

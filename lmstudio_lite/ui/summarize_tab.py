@@ -14,8 +14,11 @@ from ..tasks.chat import Settings
 from ..tasks.summarize import STYLES, budgets, summarize
 from ..tasks.text import token_counter
 from .common import LLM, PRIVATE, Throttle, current_model, friendly, notice_md, read_text_file, warn
+from .i18n import lang_of, t, tr
 
 DEFAULT_STYLE = "Short paragraph"
+STYLE_KEYS = {"One sentence": "sum.style_sentence", "Short paragraph": "sum.style_paragraph",
+              "Bullet points": "sum.style_bullets"}  # the names stay the values: the API takes them
 
 
 def task_settings(max_new_tokens, temperature) -> Settings:
@@ -29,37 +32,38 @@ class SummarizeHandlers:
     def __init__(self, services):
         self.services = services
 
-    def upload(self, path):
+    def upload(self, path, request: gr.Request = None):
         """-> text box, notice: the file's text, or a clear reason it cannot be used."""
         if not path:
             return gr.skip(), ""
+        lang = lang_of(request)
         try:
-            return read_text_file(path, self.services.max_upload_bytes), ""
+            return read_text_file(path, self.services.max_upload_bytes, lang), ""
         except (ValueError, OSError) as e:
-            return gr.skip(), notice_md(warn(friendly(e)))
+            return gr.skip(), notice_md(warn(friendly(e, lang)))
 
-    def run(self, text, style, max_new, temperature, progress=gr.Progress()):
+    def run(self, text, style, max_new, temperature, progress=gr.Progress(), request: gr.Request = None):
         """Stream the summary. Yields output, info, notice."""
+        lang = lang_of(request)
         if not (text or "").strip():
-            yield "", "", notice_md(warn("Paste some text or upload a .txt/.md file first."))
+            yield "", "", notice_md(warn(tr(lang, "sum.empty")))
             return
         try:
-            model = current_model(self.services)
+            model = current_model(self.services, lang)
             n_tokens = token_counter(model.tokenizer)(text)
             reply = budgets(model, int(max_new), style)[1]  # what the context leaves, at most what was asked
-            info = (f"{n_tokens:,} tokens of text · context {model.context_length:,} tokens · "
-                    f"summary up to {reply:,} tokens")
+            info = tr(lang, "sum.info", tokens=f"{n_tokens:,}", context=f"{model.context_length:,}",
+                      reply=f"{reply:,}")
             throttle, parts = Throttle(), 0
             for step in summarize(model, text, style, task_settings(max_new, temperature)):
                 progress((step.done, step.total), desc=step.desc)
                 if step.total > 2 and not parts:  # the first round tells how the text was cut
                     parts = step.total - 1
-                    info = (f"{n_tokens:,} tokens of text, more than fits in one prompt: summarized in "
-                            f"{parts} parts, then combined · summary up to {reply:,} tokens")
+                    info = tr(lang, "sum.info_parts", tokens=f"{n_tokens:,}", parts=parts, reply=f"{reply:,}")
                 if step.final or throttle.ready():
                     yield step.text, info, ""
         except Exception as e:
-            yield gr.skip(), gr.skip(), notice_md(warn(friendly(e)))
+            yield gr.skip(), gr.skip(), notice_md(warn(friendly(e, lang)))
 
 
 def build(services) -> None:
@@ -67,20 +71,21 @@ def build(services) -> None:
     h = SummarizeHandlers(services)
     with gr.Row():
         with gr.Column():
-            text = gr.Textbox(label="Text to summarize", lines=14, max_lines=30, elem_id="sum-input",
-                              placeholder="Paste text here (Shift+Enter runs), or upload a file below.")
-            upload = gr.File(label="…or upload a .txt / .md file", file_types=[".txt", ".md"], elem_id="sum-file")
-            style = gr.Radio(list(STYLES), value=DEFAULT_STYLE, label="Style", elem_id="sum-style")
-            with gr.Accordion("Settings", open=False):
-                max_new = gr.Slider(16, 1024, 200, step=1, label="Max new tokens per summary",
+            text = gr.Textbox(label=t("sum.text"), lines=14, max_lines=30, elem_id="sum-input",
+                              placeholder=t("sum.text_placeholder"))
+            upload = gr.File(label=t("sum.upload"), file_types=[".txt", ".md"], elem_id="sum-file")
+            style = gr.Radio([(t(STYLE_KEYS[s]), s) for s in STYLES], value=DEFAULT_STYLE, label=t("sum.style"),
+                             elem_id="sum-style")
+            with gr.Accordion(t("common.settings"), open=False):
+                max_new = gr.Slider(16, 1024, 200, step=1, label=t("sum.max_new"),
                                     elem_id="sum-max-new")
-                temperature = gr.Slider(0, 1.5, 0.0, step=0.05, label="Temperature (0 = deterministic)",
+                temperature = gr.Slider(0, 1.5, 0.0, step=0.05, label=t("common.temperature"),
                                         elem_id="sum-temperature")
             with gr.Row():
-                run = gr.Button("Summarize", variant="primary", elem_id="sum-btn")
-                stop = gr.Button("Stop", variant="stop", elem_id="sum-stop")
+                run = gr.Button(t("sum.run"), variant="primary", elem_id="sum-btn")
+                stop = gr.Button(t("common.stop"), variant="stop", elem_id="sum-stop")
         with gr.Column():
-            output = gr.Textbox(label="Summary", lines=14, max_lines=30, interactive=False, elem_id="sum-output",
+            output = gr.Textbox(label=t("sum.output"), lines=14, max_lines=30, interactive=False, elem_id="sum-output",
                                 buttons=["copy"])
             info = gr.Markdown("", elem_id="sum-info")
             notice = gr.Markdown("", elem_id="sum-notice")

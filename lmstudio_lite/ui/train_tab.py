@@ -14,6 +14,7 @@ from ..services import exports
 from ..services import train_actions as act
 from ..services.train_actions import UserError
 from . import train_view as view
+from .i18n import t
 from .models_tab import enclosing_tab
 
 POLL_S = 1.0
@@ -23,7 +24,7 @@ COLOR_MAP = {"train": "#4a90e2", "validation": "#e67e22"}
 def build(services) -> dict:
     """Build the tab inside the caller's ``with gr.Tab(...)``; returns the components by name."""
     if services.jobs is None:
-        gr.Markdown("Training is not available in this app.", elem_id="train-status")
+        gr.Markdown(t("train.unavailable"), elem_id="train-status")
         return {}
     tab = enclosing_tab()
     c = _layout(services)
@@ -53,23 +54,23 @@ def _layout(services) -> dict:
     d = act.defaults_for(services, base)
     with gr.Row():
         with gr.Column(scale=1):
-            c["base"] = gr.Dropdown(choices, value=base, label="Base model", elem_id="train-base")
-            c["dataset"] = gr.File(label="Training data (.txt .jsonl .csv .tsv)", file_types=list(act.DATA_TYPES),
+            c["base"] = gr.Dropdown(choices, value=base, label=t("train.base"), elem_id="train-base")
+            c["dataset"] = gr.File(label=t("train.data"), file_types=list(act.DATA_TYPES),
                                    elem_id="dataset", height=110)
-            c["sample"] = gr.Dropdown(list(act.list_samples()), value=None, label="…or a bundled sample",
+            c["sample"] = gr.Dropdown(list(act.list_samples()), value=None, label=t("train.sample"),
                                       elem_id="sample-pick")
             _layout_hparams(c, d)
             _layout_advanced(c, d)
         with gr.Column(scale=2):
             with gr.Row():  # at the top, so Start is in view without scrolling
-                c["start"] = gr.Button("Start training", variant="primary", elem_id="train-start")
-                c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
+                c["start"] = gr.Button(t("train.start"), variant="primary", elem_id="train-start")
+                c["cancel"] = gr.Button(t("train.cancel"), variant="stop", elem_id="train-cancel")
             c["msg"] = gr.Markdown("", elem_id="train-msg")
             c["status"] = gr.Markdown(view.status_markdown(None), elem_id="train-status")
             c["progress"] = gr.HTML(view.progress_html(None), elem_id="train-progress")
-            c["preview_md"] = gr.Markdown("_Upload data or pick a sample to see how it will be trained._",
+            c["preview_md"] = gr.Markdown(t("train.preview_hint"),
                                           elem_id="data-preview")
-            c["preview_hl"] = gr.HighlightedText(label="Examples (highlighted text carries the loss)",
+            c["preview_hl"] = gr.HighlightedText(label=t("train.examples"),
                                                  color_map={"loss": "#fde68a"}, show_legend=True,
                                                  show_inline_category=False,
                                                  combine_adjacent=True, elem_id="data-tokens")
@@ -85,41 +86,44 @@ def _layout(services) -> dict:
 def _layout_hparams(c: dict, d: dict):
     """The settings every run needs; a field shows only when it applies (steps or epochs, LoRA rank)."""
     with gr.Row():
-        c["length_by"] = gr.Radio(["steps", "epochs"], value="steps", label="Train for", elem_id="train-length-by")
-        c["steps"] = gr.Number(d["steps"], label="Steps", precision=0, minimum=1, elem_id="train-steps")
-        c["epochs"] = gr.Number(d["epochs"], label="Epochs", minimum=0.01, elem_id="train-epochs", visible=False)
+        c["length_by"] = gr.Radio([(t("train.by_steps"), "steps"), (t("train.by_epochs"), "epochs")], value="steps",
+                                  label=t("train.length_by"), elem_id="train-length-by")
+        c["steps"] = gr.Number(d["steps"], label=t("train.steps"), precision=0, minimum=1, elem_id="train-steps")
+        c["epochs"] = gr.Number(d["epochs"], label=t("train.epochs"), minimum=0.01, elem_id="train-epochs",
+                                visible=False)
     with gr.Row():
-        c["lr"] = gr.Number(d["lr"], label="Learning rate", elem_id="train-lr")
-        c["batch"] = gr.Number(d["batch_size"], label="Batch size", precision=0, minimum=1, elem_id="train-batch")
-    c["seq_len"] = gr.Slider(8, d["max_seq_len"], value=d["seq_len"], step=8, label="Sequence length",
+        c["lr"] = gr.Number(d["lr"], label=t("train.lr"), elem_id="train-lr")
+        c["batch"] = gr.Number(d["batch_size"], label=t("train.batch"), precision=0, minimum=1, elem_id="train-batch")
+    c["seq_len"] = gr.Slider(8, d["max_seq_len"], value=d["seq_len"], step=8, label=t("train.seq_len"),
                              elem_id="train-seq-len")
     with gr.Row():
-        c["method"] = gr.Radio(["Full", "LoRA"], value=d["method"], label="Fine-tune", elem_id="train-method")
-        c["rank"] = gr.Slider(1, 128, value=d["lora_rank"] or 8, step=1, label="LoRA rank",
+        c["method"] = gr.Radio([(t("train.full"), "Full"), (t("train.lora"), "LoRA")], value=d["method"],
+                               label=t("train.method"), elem_id="train-method")
+        c["rank"] = gr.Slider(1, 128, value=d["lora_rank"] or 8, step=1, label=t("train.rank"),
                               elem_id="train-lora-rank", visible=d["method"] == "LoRA")
-    c["out_name"] = gr.Textbox(label="Name of the new model (optional)", elem_id="train-out-name",
-                               placeholder="default: derived from the run id")
+    c["out_name"] = gr.Textbox(label=t("train.out_name"), elem_id="train-out-name",
+                               placeholder=t("train.out_name_hint"))
 
 
 def _layout_advanced(c: dict, d: dict):
     a = act.advanced_defaults()
-    with gr.Accordion("Advanced", open=False, elem_id="train-advanced"):
+    with gr.Accordion(t("train.advanced"), open=False, elem_id="train-advanced"):
         with gr.Row():
-            c["warmup"] = gr.Number(a["warmup_steps"], label="Warm-up steps (-1 = automatic)", precision=0,
+            c["warmup"] = gr.Number(a["warmup_steps"], label=t("train.warmup"), precision=0,
                                     minimum=-1, elem_id="train-warmup")
-            c["scheduler"] = gr.Dropdown(list(a["schedulers"]), value=a["scheduler"], label="Learning-rate schedule",
+            c["scheduler"] = gr.Dropdown(list(a["schedulers"]), value=a["scheduler"], label=t("train.scheduler"),
                                          elem_id="train-scheduler")
         with gr.Row():
-            c["grad_accum"] = gr.Number(a["grad_accum"], label="Gradient accumulation", precision=0, minimum=1,
+            c["grad_accum"] = gr.Number(a["grad_accum"], label=t("train.grad_accum"), precision=0, minimum=1,
                                         elem_id="train-grad-accum")
-            c["eval_every"] = gr.Number(d["eval_every"], label="Eval every (steps)", precision=0, minimum=0,
+            c["eval_every"] = gr.Number(d["eval_every"], label=t("train.eval_every"), precision=0, minimum=0,
                                         elem_id="train-eval-every")
-            c["seed"] = gr.Number(a["seed"], label="Seed", precision=0, minimum=0, elem_id="train-seed")
+            c["seed"] = gr.Number(a["seed"], label=t("train.seed"), precision=0, minimum=0, elem_id="train-seed")
         with gr.Row():
-            c["keep_best"] = gr.Checkbox(a["keep_best"], label="Keep the best checkpoint (lowest validation loss)",
+            c["keep_best"] = gr.Checkbox(a["keep_best"], label=t("train.keep_best"),
                                          elem_id="train-keep-best")
             c["patience"] = gr.Number(a["early_stop_patience"], precision=0, minimum=0, elem_id="train-patience",
-                                      label="Early stopping: evaluations without improvement (0 = off)")
+                                      label=t("train.patience"))
 
 
 def _layout_progress(c: dict):
@@ -127,19 +131,19 @@ def _layout_progress(c: dict):
         c["plot"] = gr.LinePlot(None, x="step", y="loss", color="series", color_map=COLOR_MAP,
                                 title="Loss", x_title="step", y_title="loss", elem_id="loss-plot", height=300,
                                 scale=2)
-        c["probes"] = gr.Markdown(view.probes_markdown(None), elem_id="train-probes", label="Latest probes")
-    c["log"] = gr.Textbox(label="Log (newest first)", lines=8, max_lines=8, interactive=False,
+        c["probes"] = gr.Markdown(view.probes_markdown(None), elem_id="train-probes", label=t("train.probes"))
+    c["log"] = gr.Textbox(label=t("train.log"), lines=8, max_lines=8, interactive=False,
                           elem_id="train-log")
 
 
 def _layout_runs(c: dict):
-    with gr.Accordion("Runs: resume, use or compare", open=True, elem_id="train-runs-section"):
+    with gr.Accordion(t("train.runs"), open=True, elem_id="train-runs-section"):
         with gr.Row():
             # allow_custom_value: a run id the list does not hold yet must not fail the poll that reads it
-            c["runs"] = gr.Dropdown([], value=None, label="Run", elem_id="train-runs", scale=4,
+            c["runs"] = gr.Dropdown([], value=None, label=t("train.run"), elem_id="train-runs", scale=4,
                                     allow_custom_value=True)
-            c["resume"] = gr.Button("Resume", elem_id="train-resume", interactive=False, scale=1)
-            c["use"] = gr.Button("Use in Chat", elem_id="use-in-chat", interactive=False, scale=1)
+            c["resume"] = gr.Button(t("train.resume"), elem_id="train-resume", interactive=False, scale=1)
+            c["use"] = gr.Button(t("train.use"), elem_id="use-in-chat", interactive=False, scale=1)
         c["run_msg"] = gr.Markdown("", elem_id="train-run-msg")
         with gr.Row():
             c["run_info"] = gr.Markdown(view.run_markdown(None), elem_id="train-run-info")
@@ -149,21 +153,21 @@ def _layout_runs(c: dict):
 
 
 def _layout_compare(c: dict):
-    with gr.Accordion("Compare or export the chosen run's model", open=True):
+    with gr.Accordion(t("train.compare_export"), open=True):
         with gr.Row():
-            c["export_quant"] = gr.Dropdown(list(exports.quant_choices()), value="f32", label="GGUF weights",
+            c["export_quant"] = gr.Dropdown(list(exports.quant_choices()), value="f32", label=t("models.gguf_weights"),
                                             elem_id="run-export-quant", scale=1)
-            c["export_btn"] = gr.Button("Export GGUF (for LM Studio, Ollama, llama.cpp)", elem_id="run-export",
+            c["export_btn"] = gr.Button(t("train.export"), elem_id="run-export",
                                         scale=2, interactive=False)
-            c["export_file"] = gr.File(label="Exported GGUF", interactive=False, elem_id="run-export-file", scale=2)
+            c["export_file"] = gr.File(label=t("train.exported"), interactive=False, elem_id="run-export-file", scale=2)
         c["export_msg"] = gr.Markdown("", elem_id="run-export-msg")
         with gr.Row():
-            c["compare_prompt"] = gr.Textbox(label="Prompt for both models", elem_id="compare-prompt", scale=4)
-            c["as_chat"] = gr.Checkbox(True, label="Send as a chat message", elem_id="compare-chat", scale=1)
-            c["compare_btn"] = gr.Button("Compare", elem_id="compare-btn", scale=1, interactive=False)
+            c["compare_prompt"] = gr.Textbox(label=t("train.compare_prompt"), elem_id="compare-prompt", scale=4)
+            c["as_chat"] = gr.Checkbox(True, label=t("train.as_chat"), elem_id="compare-chat", scale=1)
+            c["compare_btn"] = gr.Button(t("train.compare"), elem_id="compare-btn", scale=1, interactive=False)
         with gr.Row():
-            c["base_out"] = gr.Textbox(label="Base model", lines=6, interactive=False, elem_id="compare-base")
-            c["tuned_out"] = gr.Textbox(label="Fine-tuned model", lines=6, interactive=False, elem_id="compare-tuned")
+            c["base_out"] = gr.Textbox(label=t("train.base"), lines=6, interactive=False, elem_id="compare-base")
+            c["tuned_out"] = gr.Textbox(label=t("train.tuned"), lines=6, interactive=False, elem_id="compare-tuned")
 
 
 # ---- data: choose and preview --------------------------------------------------------------------

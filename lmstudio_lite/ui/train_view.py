@@ -346,8 +346,13 @@ def run_markdown(run: dict | None) -> str:
 
 
 # ---- models table -------------------------------------------------------------------------------
-MODEL_COLUMNS = ["name", "source", "family", "parameters", "context", "dtype", "size on disk",
-                 "memory needed", "fits", "loaded", "problem"]
+# The Models table's columns (English) -> their header's key, worded when the table is drawn.
+MODEL_COLUMN_KEYS = {"name": "train.col_name", "source": "train.col_source", "family": "train.col_family",
+                     "parameters": "train.col_parameters", "context": "train.col_context",
+                     "dtype": "train.col_dtype", "size on disk": "train.col_size",
+                     "memory needed": "train.col_memory", "fits": "train.col_fits", "loaded": "train.col_loaded",
+                     "problem": "train.col_problem"}
+MODEL_COLUMNS = list(MODEL_COLUMN_KEYS)
 
 
 def model_rows(entries, loaded_path: str | None, need_fn, device_total: int, device_label: str) -> list[list]:

@@ -1,0 +1,146 @@
+"""The UI's strings: both languages hold the same keys with the same {fields}, every key the code
+uses exists, the page's language is read from the request, and README.zh-CN.md keeps README's
+set-up commands byte for byte."""
+from __future__ import annotations
+
+import ast
+import re
+import string
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from lmstudio_lite.tasks.translate import LANGUAGES
+from lmstudio_lite.ui import i18n
+
+REPO = Path(__file__).resolve().parents[1]
+UI = REPO / "lmstudio_lite" / "ui"
+
+
+def fields(text: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+
+
+def test_both_languages_hold_the_same_keys_with_the_same_fields():
+    en, zh = i18n.strings("en"), i18n.strings("zh-CN")
+    assert set(en) - set(zh) == set(), "keys missing in zh-CN.json"
+    assert set(zh) - set(en) == set(), "keys missing in en.json"
+    for key in en:
+        assert en[key].strip() and zh[key].strip(), key
+        assert fields(en[key]) == fields(zh[key]), f"{key}: the languages fill different {{fields}}"
+    assert set(i18n.LANGS) == {p.stem for p in i18n.LOCALES.glob("*.json")}
+
+
+def used_keys() -> tuple[set[str], set[str], set[str]]:
+    """(keys, f-string prefixes, keys given to t()) that ui/*.py passes to t() and tr(), read from the source."""
+    keys, prefixes, marked = set(), set(), set()
+
+    def literal(node, into_t: bool):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            keys.add(node.value)
+            if into_t:
+                marked.add(node.value)
+        elif isinstance(node, ast.IfExp):
+            literal(node.body, into_t)
+            literal(node.orelse, into_t)
+        elif isinstance(node, ast.JoinedStr) and isinstance(node.values[0], ast.Constant):
+            prefixes.add(node.values[0].value)
+
+    for path in UI.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("t", "tr"):
+                args = node.args if node.func.id == "t" else node.args[1:]
+                if args:
+                    literal(args[0], node.func.id == "t")
+            # tables of keys (STYLE_KEYS, QUANT_KEYS): their values are keys too
+            if isinstance(node, ast.Assign) and any(isinstance(x, ast.Name) and x.id.endswith("_KEYS")
+                                                    for x in node.targets):
+                for v in node.value.values:
+                    literal(v, True)
+    return keys, prefixes, marked
+
+
+def test_every_key_the_code_uses_exists():
+    en = i18n.strings("en")
+    keys, prefixes, marked = used_keys()
+    assert len(keys) > 60, "the source scan found too few keys: has the convention changed?"
+    assert sorted(keys - set(en)) == []
+    assert prefixes == {"lang."}, prefixes  # the only computed keys; each language name must be there
+    assert all(f"lang.{name}" in en for name in LANGUAGES)
+    # The browser cannot fill {fields}: a t() string must not have any.
+    assert [k for k in marked if fields(en[k])] == []
+
+
+def test_t_refuses_an_unknown_key_and_tr_fills_fields_and_falls_back():
+    with pytest.raises(KeyError, match="no.such"):
+        i18n.t("no.such")
+    assert str(i18n.t("tab.chat")).startswith("__i18n__")
+    assert i18n.tr("zh-CN", "models.unloaded", name="m") == "已卸载 m。"
+    assert i18n.tr("en", "models.unloaded", name="m") == "Unloaded m."
+    assert i18n.tr("fr", "models.unloaded", name="m") == "Unloaded m."  # not offered: English
+    assert i18n.tr(None, "models.unloaded", name="m") == "Unloaded m."
+
+
+def request(cookie: str | None = None, accept: str | None = None):
+    return SimpleNamespace(cookies={i18n.COOKIE: cookie} if cookie else {},
+                           headers={"accept-language": accept} if accept else {})
+
+
+@pytest.mark.parametrize("cookie, accept, lang", [
+    (None, "zh-CN,zh;q=0.9,en;q=0.8", "zh-CN"),
+    (None, "en-US,en;q=0.9,zh-CN;q=0.8", "en"),
+    (None, "fr-FR,fr;q=0.9,zh;q=0.8", "zh-CN"),  # the best language we have
+    (None, "en;q=0.2, zh-Hans-CN;q=0.9", "zh-CN"),  # by q, not by order
+    (None, "zh-TW,zh-HK;q=0.9", "en"),  # Traditional: Gradio shows English too
+    (None, "de, ;q=x, *", "en"),
+    (None, None, "en"),
+    ("en", "zh-CN", "en"),  # the switch wins over the browser
+    ("zh-CN", "en-US", "zh-CN"),
+    ("klingon", "zh-CN", "zh-CN"),  # a cookie we did not write is ignored
+])
+def test_the_request_says_the_pages_language(cookie, accept, lang):
+    assert i18n.lang_of(request(cookie, accept)) == lang
+
+
+def test_a_summarize_notice_comes_in_the_pages_language(tmp_path, quiet_toasts):
+    from fixtures_models import make_services
+
+    from lmstudio_lite.ui.summarize_tab import SummarizeHandlers
+
+    h = SummarizeHandlers(make_services(tmp_path))
+    *_, (_, _, zh) = h.run("", "Short paragraph", 8, 0.0, request=request(accept="zh-CN"))
+    assert "请先粘贴文本" in zh
+    *_, (_, _, none) = h.run("Some text.", "Short paragraph", 8, 0.0, request=request(cookie="zh-CN"))
+    assert "没有加载模型" in none
+    *_, (_, _, en) = h.run("", "Short paragraph", 8, 0.0)
+    assert "Paste some text" in en
+
+
+def test_translate_notices_name_languages_in_the_pages_language(tmp_path, quiet_toasts):
+    from fixtures_models import make_services
+
+    from lmstudio_lite.tasks.translate import AUTO
+    from lmstudio_lite.ui.translate_tab import TranslateHandlers, detected
+
+    german = "Der Hund ist nicht groß und die Katze auch nicht."
+    assert detected(german, AUTO, request(accept="zh-CN")) == "检测到的源语言：**德语**"
+    assert detected(german, AUTO) == "Detected source language: **German**"
+    h = TranslateHandlers(make_services(tmp_path))
+    *_, (_, same) = h.run("The cat is small.", "English", "English", 8, 0.0, request=request(cookie="zh-CN"))
+    assert "文本已经是英语" in same
+    src, tgt = h.language_lists(request(accept="zh-CN"))
+    assert ("法语", "French") in tgt["choices"] and src["choices"][0] == ("自动检测", AUTO)
+
+
+def commands(readme: Path) -> list[str]:
+    """The bash blocks of the set-up section (up to the next '## ')."""
+    text = readme.read_text(encoding="utf-8")
+    setup = re.split(r"\n## ", text.split("\n## ", 1)[1])[0]
+    return re.findall(r"```bash\n(.*?)```", setup, re.S)
+
+
+def test_the_chinese_readme_has_the_same_two_setup_commands():
+    en, zh = commands(REPO / "README.md"), commands(REPO / "README.zh-CN.md")
+    assert len(en) == 2 and zh == en
