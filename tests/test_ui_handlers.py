@@ -103,7 +103,10 @@ def test_stop_cancels_within_one_token(h):
     h.stop(job)
     rest = list(gen)
     assert job["stream"].stats["finish_reason"] == "cancelled"
-    assert "stopped by you" in rest[-1][2] and "stopped by you" in h.stopped(job)
+    shown, stats = h.stopped(job, conv)
+    assert "stopped by you" in rest[-1][2] and "stopped by you" in stats
+    # the page is redrawn from what was kept: a delta the throttled view had not drawn yet shows now
+    assert shown[-1]["content"] == conv["messages"][-1]["content"] and shown[-1]["content"]
 
 
 def test_export_and_import(h, tmp_path):

@@ -9,6 +9,7 @@ itself, nor gradio (the UI says where its uploads land: ``services.upload_dir``)
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from ..errors import LiteError, user_message
@@ -293,6 +294,16 @@ def cancel_run(services) -> str:
         return "No training run is in progress."
     services.jobs.cancel()
     return "Cancel requested: the run stops after the current step and keeps its last checkpoint."
+
+
+def wait_until_ended(services, timeout_s: float = 300.0) -> bool:
+    """Block until no run holds the runner (True), or ``timeout_s`` passed (False)."""
+    end = time.monotonic() + timeout_s
+    while services.jobs is not None and is_active(services.jobs.status()):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def job_status(services) -> dict:

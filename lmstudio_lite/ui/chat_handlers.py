@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import tempfile
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -18,6 +19,8 @@ from ..tasks.chat import (DEFAULT_SYSTEM, PRESETS, build_messages, context_repor
                           describe_dropped, make_settings, plain_prompt, too_long_for)
 from .common import NoModelError, Throttle, current_model, friendly, notice_md, stats_md, warn
 from .i18n import lang_of, tr
+
+STOP_WAIT_S = 5.0  # Stop waits this long for the cancelled reply to close before drawing it
 
 
 def view(conv: dict | None) -> list[dict]:
@@ -101,7 +104,7 @@ class ChatHandlers:
         except Exception as e:
             yield conv, view(conv), "", notice_md(warn(friendly(e, lang)))
             return
-        job["stream"] = stream
+        job["stream"], job["done"] = stream, threading.Event()
         throttle = Throttle()
         yield conv, view(conv), "", notice_md(note)
         try:
@@ -116,6 +119,7 @@ class ChatHandlers:
         finally:
             stream.close()  # runs at once on Stop / job.cancel(): frees the engine
             self._save(conv, lang)
+            job["done"].set()
         yield conv, view(conv), stats_md(stream.stats, lang), notice_md(note)
 
     def _start(self, model, job, conv, settings, lang: str | None = None):
@@ -143,14 +147,19 @@ class ChatHandlers:
         if stream is not None:
             stream.cancel()
 
-    def stopped(self, job, request: gr.Request = None):
-        """The stopped reply's stats (run after ``stop``)."""
+    def stopped(self, job, conv, request: gr.Request = None):
+        """After ``stop``: the reply as saved and its stats. -> chatbot, stats.
+
+        The cancelled event's last deltas may not have been drawn (the view is throttled, and a
+        token can land while the cancel takes effect): once the stream has closed and the chat is
+        saved, the page shows exactly what was kept, so nothing appears later."""
         stream = (job or {}).get("stream")
         if stream is None:
-            return gr.skip()
+            return gr.skip(), gr.skip()
+        job["done"].wait(STOP_WAIT_S)
         stats = dict(stream.stats)
         stats["finish_reason"] = stats.get("finish_reason") or "cancelled"
-        return stats_md(stats, lang_of(request))
+        return view(conv), stats_md(stats, lang_of(request))
 
     def regenerate(self, conv, request: gr.Request = None):
         """Drop the last reply and ask for a new one. -> conv, chatbot, notice, job."""

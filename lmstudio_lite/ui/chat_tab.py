@@ -161,7 +161,7 @@ def _wire_generation(h, c, conv, job, owned, side):
             after(c["chatbot"].edit(h.edit, [conv], [conv, c["chatbot"], c["notice"], job], queue=False,
                                     **PRIVATE))]
     c["stop"].click(h.stop, [job], None, cancels=runs, concurrency_limit=None, **PRIVATE).then(
-        h.stopped, [job], c["stats"], queue=False, **PRIVATE)
+        h.stopped, [job, conv], [c["chatbot"], c["stats"]], queue=False, **PRIVATE)
     for trigger in (c["input"].change, c["system"].change, c["max_new"].release):
         trigger(h.meter, meter_in, c["meter"], queue=False, show_progress="hidden", trigger_mode="always_last",
                 **PRIVATE)

@@ -238,7 +238,10 @@ def _wire_run(services, c: dict):
             return f"⚠ {e}"
 
     c["start"].click(start, [c[name] for name in FORM.values()], c["msg"], api_visibility="private")
-    c["cancel"].click(lambda: act.cancel_run(services), None, c["msg"], api_visibility="private")
+    # "Cancel requested" is cleared once the run has ended: chained after the click, so it can never
+    # land after the poll tick that saw the run end (that race left it on screen)
+    c["cancel"].click(lambda: act.cancel_run(services), None, c["msg"], api_visibility="private").then(
+        lambda: "" if act.wait_until_ended(services) else gr.skip(), None, c["msg"], api_visibility="private")
     c["resume"].click(resume, c["runs"], c["run_msg"], api_visibility="private")
     c["use"].click(lambda run_id: act.use_in_chat(services, run_id), c["runs"], c["run_msg"],
                    api_visibility="private")
