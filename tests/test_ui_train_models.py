@@ -8,6 +8,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fixtures_models import STORIES, make_services
@@ -226,6 +227,34 @@ def test_preview_and_spec(services, tmp_path):
     assert str(busy.value) == "Not started: run r1 is still running: cancel it or wait for it to finish."
     assert "Cancel requested" in act.cancel_run(services)
     assert act.use_in_chat(services).startswith("⚠ Run `r1` is still training (step 3 of 10)")
+
+
+def test_train_handlers_answer_in_the_language_of_the_request(services, tmp_path):
+    """A zh-CN request gets the Train tab's status, progress, preview and runs list in Chinese; no
+    language (an API caller) gets the English they always had."""
+    import gradio as gr
+
+    from lmstudio_lite.ui import i18n, train_tab
+
+    with gr.Blocks() as demo:
+        train_tab.build(services)
+    fn = {f.fn.__name__: f.fn for f in demo.fns.values() if f.fn.__module__.endswith("train_tab")}
+    zh = SimpleNamespace(cookies={i18n.COOKIE: "zh-CN"}, headers={})
+    data = str(write_jsonl(tmp_path / "d.jsonl"))
+    preview_zh, preview_en = fn["preview"]("stories260K", data, 64, 4, zh), fn["preview"]("stories260K", data, 64, 4)
+    assert "**格式：**prompt_completion · **行数：**40" in preview_zh[0] and "高亮" in preview_zh[0]
+    assert preview_en[0].startswith("**Format:** prompt_completion · **rows:** 40")
+    assert "此数据无法使用" in fn["preview"]("stories260K", str(tmp_path / "none.jsonl"), 64, 4, zh)[0]
+    assert fn["preview"]("stories260K", None, 64, 4, zh)[0] == i18n.tr("zh-CN", "train.preview_hint")
+
+    services.jobs.start(act.make_spec(services, "stories260K", data, seq_len=64, steps=10))
+    services.jobs.state.update(step=3, total_steps=10, loss=2.5, elapsed_s=65)
+    status, progress, *_ = out = fn["tick"](None, None, zh)
+    assert status.startswith("**状态：**训练中 · 运行 `r1` · 第 3/10 步") and "损失 2.5000" in status
+    assert "第 3/10 步" in progress and "已用时 1:05" in progress and "ETA" not in progress
+    runs = next(o for o in out if isinstance(o, dict) and o.get("choices"))
+    assert runs["choices"] == [("r1 · ?（全量）基于 ? · ● 训练中 · 第 3/10 步", "r1")]
+    assert fn["tick"](None, None)[0].startswith("**Status:** running · run `r1` · step 3/10")
 
 
 def test_train_tab_starts_on_the_model_loading_in_the_background(tmp_path):

@@ -40,15 +40,18 @@ class ChatHandlers:
         self.store = services.chats or ChatStore(services.paths.chats)
 
     # -- the conversation list -------------------------------------------------------------
-    def choices(self, owned: list[str]) -> list[tuple[str, str]]:
+    def choices(self, owned: list[str], lang: str | None = None) -> list[tuple[str, str]]:
         items = self.store.list()
         if self.services.shared:  # a share link: each visitor sees only what they created
             items = [s for s in items if s["id"] in set(owned or [])]
-        return [(f"{s['title']} · {s['turns']} msgs", s["id"]) for s in items]
+        return [(tr(lang, "chat.list_item", title=s["title"], n=s["turns"]), s["id"]) for s in items]
 
-    def list_update(self, owned, conv):
+    def refresh_list(self, owned, conv, request: gr.Request = None):
+        return self.list_update(owned, conv, lang_of(request))
+
+    def list_update(self, owned, conv, lang: str | None = None):
         cid = conv["id"] if conv else None
-        choices = self.choices(owned)
+        choices = self.choices(owned, lang)
         ids = [v for _, v in choices]
         return gr.update(choices=choices, value=cid if cid in ids else None)
 
@@ -255,10 +258,10 @@ class ChatHandlers:
         return f"{head}\n{text}"
 
     # -- conversations ---------------------------------------------------------------------
-    def new_chat(self, system, owned):
+    def new_chat(self, system, owned, request: gr.Request = None):
         """-> conv, chatbot, stats, notice, list, sidebar notice (what was said of the last chat goes)."""
         conv = new_conversation(system or DEFAULT_SYSTEM)
-        return conv, [], "", "", self.list_update(owned, None), ""
+        return conv, [], "", "", self.list_update(owned, None, lang_of(request)), ""
 
     def select(self, cid, conv, owned, request: gr.Request = None):
         """Open a saved conversation. -> conv, chatbot, system, notice, stats."""
@@ -285,7 +288,7 @@ class ChatHandlers:
         conv["title"] = title[:200]
         unsaved = self._save(conv, lang)
         renamed = done_md(tr(lang, "chat.renamed", title=conv["title"]))
-        return "", notice_md(unsaved) or renamed, self.list_update(owned, conv)
+        return "", notice_md(unsaved) or renamed, self.list_update(owned, conv, lang)
 
     def ask_delete(self, conv, request: gr.Request = None):
         """Delete pressed: ask first, unless there is nothing saved to delete. -> confirm row, sidebar notice."""
@@ -301,7 +304,7 @@ class ChatHandlers:
             self.store.delete(conv["id"])
             note = done_md(tr(lang_of(request), "chat.deleted", title=conv["title"]))
         fresh = new_conversation((conv or {}).get("system") or DEFAULT_SYSTEM)
-        return fresh, [], note, self.list_update(owned, None), gr.update(visible=False)
+        return fresh, [], note, self.list_update(owned, None, lang_of(request)), gr.update(visible=False)
 
     def export(self, conv, request: gr.Request = None):
         """-> files, sidebar notice."""
@@ -329,7 +332,7 @@ class ChatHandlers:
         n = len(conv["messages"])
         note = done_md(tr(lang, "chat.imported_one", title=conv["title"]) if n == 1
                        else tr(lang, "chat.imported", title=conv["title"], n=n))
-        return conv, view(conv), conv.get("system", ""), note, self.list_update(owned, conv), owned
+        return conv, view(conv), conv.get("system", ""), note, self.list_update(owned, conv, lang), owned
 
 
 METER_COLORS = {"prompt": "#4a90e2", "reply": "#f0ad4e"}  # free space is the bar's grey track

@@ -124,7 +124,7 @@ def build(services, demo: gr.Blocks) -> dict:
     _wire_conversations(h, c, conv, owned, side)
     _register_api(services)
     meter_in = [c["input"], conv, c["system"], c["max_new"]]
-    demo.load(h.list_update, [owned, conv], side["list"], queue=False, **PRIVATE).then(
+    demo.load(h.refresh_list, [owned, conv], side["list"], queue=False, **PRIVATE).then(
         h.max_new_limit, c["max_new"], c["max_new"], queue=False, **PRIVATE).then(
         h.meter, meter_in, c["meter"], queue=False, **PRIVATE)
     if tab is not None:  # the model may have changed in the Models tab since: fit the slider, redraw the meter
@@ -146,7 +146,7 @@ def _wire_generation(h, c, conv, job, owned, side):
     def after(step):  # the reply (returned: Stop cancels it), then the meter and the list
         run = step.then(h.run, [job, conv, c["system"], *sampling], gen_out, **LLM, **PRIVATE)
         run.then(h.meter, meter_in, c["meter"], queue=False, show_progress="hidden", **PRIVATE).then(
-            h.list_update, [owned, conv], side["list"], queue=False, show_progress="hidden", **PRIVATE)
+            h.refresh_list, [owned, conv], side["list"], queue=False, show_progress="hidden", **PRIVATE)
         return run
 
     submit_out = [c["input"], conv, c["chatbot"], c["notice"], job, owned]

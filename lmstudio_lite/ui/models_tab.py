@@ -35,7 +35,7 @@ def models_frame(services, lang: str | None = None) -> pd.DataFrame:
     entries = models.all_models(services)
     for e in entries:
         e.path = str(Path(e.path).resolve())
-    rows = view.model_rows(entries, loaded, lambda e: memory_needed(e, dtype), total, label)
+    rows = view.model_rows(entries, loaded, lambda e: memory_needed(e, dtype), total, label, lang)
     return pd.DataFrame(rows, columns=column_names(lang))
 
 

@@ -14,7 +14,7 @@ from ..services import exports
 from ..services import train_actions as act
 from ..services.train_actions import UserError
 from . import train_view as view
-from .i18n import t
+from .i18n import lang_of, t, tr
 from .models_tab import enclosing_tab
 
 POLL_S = 1.0
@@ -66,7 +66,7 @@ def _layout(services) -> dict:
                 c["start"] = gr.Button(t("train.start"), variant="primary", elem_id="train-start")
                 c["cancel"] = gr.Button(t("train.cancel"), variant="stop", elem_id="train-cancel")
             c["msg"] = gr.Markdown("", elem_id="train-msg")
-            c["status"] = gr.Markdown(view.status_markdown(None), elem_id="train-status")
+            c["status"] = gr.Markdown(t("train.status_idle"), elem_id="train-status")
             c["progress"] = gr.HTML(view.progress_html(None), elem_id="train-progress")
             c["preview_md"] = gr.Markdown(t("train.preview_hint"),
                                           elem_id="data-preview")
@@ -131,7 +131,7 @@ def _layout_progress(c: dict):
         c["plot"] = gr.LinePlot(None, x="step", y="loss", color="series", color_map=COLOR_MAP,
                                 title="Loss", x_title="step", y_title="loss", elem_id="loss-plot", height=300,
                                 scale=2)
-        c["probes"] = gr.Markdown(view.probes_markdown(None), elem_id="train-probes", label=t("train.probes"))
+        c["probes"] = gr.Markdown(t("train.probes_hint"), elem_id="train-probes", label=t("train.probes"))
     c["log"] = gr.Textbox(label=t("train.log"), lines=8, max_lines=8, interactive=False,
                           elem_id="train-log")
 
@@ -146,7 +146,7 @@ def _layout_runs(c: dict):
             c["use"] = gr.Button(t("train.use"), elem_id="use-in-chat", interactive=False, scale=1)
         c["run_msg"] = gr.Markdown("", elem_id="train-run-msg")
         with gr.Row():
-            c["run_info"] = gr.Markdown(view.run_markdown(None), elem_id="train-run-info")
+            c["run_info"] = gr.Markdown(t("train.no_runs"), elem_id="train-run-info")
             c["run_plot"] = gr.LinePlot(None, x="step", y="loss", color="series", color_map=COLOR_MAP,
                                         title="Loss of this run", x_title="step", y_title="loss",
                                         elem_id="train-run-plot", height=220)
@@ -185,15 +185,17 @@ def _wire_data(services, c: dict):
         return (d["steps"], d["lr"], d["batch_size"], gr.update(value=d["seq_len"], maximum=d["max_seq_len"]),
                 d["method"], gr.update(value=d["lora_rank"] or 8, visible=d["method"] == "LoRA"), d["eval_every"])
 
-    def preview(base, data, seq_len, batch):
+    def preview(base, data, seq_len, batch, request: gr.Request = None):
+        lang = lang_of(request)
         if not data:
-            return "_Upload data or pick a sample to see how it will be trained._", None, gr.skip(), gr.skip()
+            return tr(lang, "train.preview_hint"), None, gr.skip(), gr.skip()
         try:
             p = act.preview_data(services, base, data, seq_len, batch)
         except UserError as e:
-            return view.data_error_markdown(str(e)), None, gr.skip(), gr.skip()
+            return view.data_error_markdown(str(e), lang), None, gr.skip(), gr.skip()
         fitted = p["batch_size"] if p["batch_size"] != batch else gr.skip()  # lowered to what the data fills
-        return view.preview_markdown(p), view.preview_highlight(p), p.get("format") in act.CHAT_FORMATS, fitted
+        return (view.preview_markdown(p, lang), view.preview_highlight(p), p.get("format") in act.CHAT_FORMATS,
+                fitted)
 
     pv = dict(fn=preview, inputs=[c["base"], c["data_path"], c["seq_len"], c["batch"]],
               outputs=[c["preview_md"], c["preview_hl"], c["as_chat"], c["batch"]], api_visibility="private")
@@ -245,24 +247,30 @@ def _wire_run(services, c: dict):
     c["resume"].click(resume, c["runs"], c["run_msg"], api_visibility="private")
     c["use"].click(lambda run_id: act.use_in_chat(services, run_id), c["runs"], c["run_msg"],
                    api_visibility="private")
-    c["runs"].input(lambda run_id: ["", *_run_panel(services, run_id)], c["runs"],
+    def choose_run(run_id, request: gr.Request = None):
+        return ["", *_run_panel(services, run_id, lang_of(request))]
+
+    c["runs"].input(choose_run, c["runs"],
                     [c["run_msg"], *(c[k] for k in RUN_PANEL)], api_visibility="private")
     outputs = [c[k] for k in ("status", "progress", "plot", "probes", "log", "start", "cancel", "base", "msg",
                               "preview_md", "preview_hl", "runs", *RUN_PANEL, *FORM.values(), "sig")]
-    c["timer"].tick(lambda sig, run_id: _poll(services, sig, run_id), [c["sig"], c["runs"]], outputs,
+    def tick(sig, run_id, request: gr.Request = None):
+        return _poll(services, sig, run_id, lang_of(request))
+
+    c["timer"].tick(tick, [c["sig"], c["runs"]], outputs,
                     show_progress="hidden", api_visibility="private", concurrency_limit=None, queue=False)
 
 
-def _run_panel(services, run_id: str | None) -> list:
+def _run_panel(services, run_id: str | None, lang: str | None = None) -> list:
     """The chosen run: its outcome and settings, its curve, and which of its actions apply."""
     run = next((r for r in act.list_runs(services) if r["run_id"] == run_id), None)
     has_model = run is not None and act.finished_model(services, run_id) is not None
-    return [view.run_markdown(run), view.plot_value(act.run_history(services, run_id)),
+    return [view.run_markdown(run, lang), view.plot_value(act.run_history(services, run_id)),
             gr.update(interactive=bool(run and run.get("resumable"))), gr.update(interactive=has_model),
             gr.update(interactive=has_model), gr.update(interactive=has_model)]
 
 
-def _poll(services, sig, chosen):
+def _poll(services, sig, chosen, lang: str | None = None):
     """Redraw only when the run moved on; refresh the model and run lists when a run starts or ends.
 
     A page's first tick (``sig`` None) attaches it: it draws everything, fills the form with the
@@ -282,7 +290,7 @@ def _poll(services, sig, chosen):
     base = gr.update(choices=act.model_choices(services)) if done_now else gr.skip()
     msg = "" if done_now and sig is not None else gr.skip()  # a message about the ended run is stale now
     preview = status.get("preview") if sig is None and active else None
-    shown = ((f"**Data of run `{run_id}`:** " + view.preview_markdown(preview),
+    shown = ((tr(lang, "train.pv_of_run", run_id=run_id) + view.preview_markdown(preview, lang),
               view.preview_highlight(preview)) if isinstance(preview, dict) else (gr.skip(), gr.skip()))
     runs = [gr.skip()] * (1 + len(RUN_PANEL))
     if sig is None or old[0] != run_id or old[1] != state or (active and not listed):  # list anew
@@ -291,16 +299,17 @@ def _poll(services, sig, chosen):
         newly, listed = not listed, run_id in ids  # a run that just appeared is shown; later, the choice stays
         pick = run_id if sig is None or old[0] != run_id or newly or not chosen else chosen
         pick = pick if pick in ids else (ids[0] if ids else None)
-        runs = [gr.update(choices=[(view.run_label(r), r["run_id"]) for r in runs_now], value=pick),
-                *_run_panel(services, pick)]
+        runs = [gr.update(choices=[(view.run_label(r, lang), r["run_id"]) for r in runs_now], value=pick),
+                *_run_panel(services, pick, lang)]
     elif chosen == run_id and old[5:6] != new[5:6]:  # the chosen live run was evaluated: its best moved
-        runs = [gr.skip(), *_run_panel(services, chosen)]
+        runs = [gr.skip(), *_run_panel(services, chosen, lang)]
     form = [gr.skip()] * len(FORM)
     attach = act.run_form(services, run_id) if sig is None and state not in (None, "idle") else None
     if attach:
         form = _form_updates(attach)
-    return [view.status_markdown(status), view.progress_html(status), view.plot_value(status.get("history")),
-            view.probes_markdown(status.get("probes")), view.log_text(status),
+    return [view.status_markdown(status, lang), view.progress_html(status, lang),
+            view.plot_value(status.get("history")), view.probes_markdown(status.get("probes"), lang),
+            view.log_text(status),
             gr.update(interactive=not active), gr.update(interactive=active), base, msg, *shown, *runs,
             *form, [*new, listed]]
 

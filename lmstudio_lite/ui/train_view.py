@@ -1,6 +1,7 @@
 """Pure view helpers for the Train and Models tabs: status dicts and previews -> frames, markdown, HTML.
 
-No gradio and no torch here, so every rendering rule is unit-tested without a browser. The status
+No torch here and no components, so every rendering rule is unit-tested without a browser. Text
+a person reads takes ``lang`` (None is English) and is worded by ``i18n.tr``. The status
 dict is ``JobRunner.status()``; missing keys are tolerated (a runner that has never run returns
 little more than ``{"state": "idle"}``).
 """
@@ -12,11 +13,16 @@ import re
 
 import pandas as pd
 
+from .i18n import tr
+
 # Job states and sizes are the service's: its messages and these views say them alike.
 from ..services.train_actions import (ACTIVE_STATES, FORM_KEYS, form_from_spec, history_of,  # noqa: F401
                                       human_bytes, is_active)
 
 DONE_STATES = ("finished", "failed", "cancelled")
+STATE_KEYS = {"idle": "train.state_idle", "queued": "train.state_queued", "running": "train.state_running",
+              "cancelling": "train.state_cancelling", "finished": "train.state_finished",
+              "failed": "train.state_failed", "cancelled": "train.state_cancelled"}
 MAX_PLOT_POINTS = 400  # per series: a long run is thinned so the plot stays cheap to send each second
 LOG_LINES = 200
 SERIES = ("train", "validation")
@@ -66,46 +72,50 @@ def percent(status: dict | None) -> float:
     return max(0.0, min(100.0, 100.0 * step / total)) if total else 0.0
 
 
-def status_markdown(status: dict | None) -> str:
+def status_markdown(status: dict | None, lang: str | None = None) -> str:
     """One or two lines: state, run, step, losses; the error in full when the run failed."""
     s = status or {}
     state = s.get("state") or "idle"
     if state == "idle" or not s.get("run_id"):
-        return "**Status:** idle. Pick a base model and data, then Start."
-    head = f"**Status:** {state} · run `{s.get('run_id')}`"
+        return tr(lang, "train.status_idle")
+    head = tr(lang, "train.status_head", state=state_name(state, lang), run_id=s.get("run_id"))
     if s.get("total_steps"):
-        head += f" · step {s.get('step') or 0}/{s['total_steps']}"
+        head += " · " + tr(lang, "train.step_of", step=s.get("step") or 0, total=s["total_steps"])
     if s.get("epoch") is not None:
-        head += f" · epoch {s['epoch']:.2f}"
-    head += f" · loss {_num(s.get('loss'))} · val loss {_num(s.get('val_loss'))}"
+        head += " · " + tr(lang, "train.epoch", epoch=f"{s['epoch']:.2f}")
+    head += " · " + tr(lang, "train.losses", loss=_num(s.get("loss")), val_loss=_num(s.get("val_loss")))
     if s.get("lr") is not None:
         head += f" · lr {s['lr']:.2e}"
     lines = [head]
     if state == "failed" and s.get("error"):
-        lines.append(f"**Error:** {s['error']}")
+        lines.append(tr(lang, "train.error_line", error=s["error"]))
     if s.get("warning"):
-        lines.append(f"⚠️ **Overfitting?** {s['warning']}")
+        lines.append(tr(lang, "train.overfitting", warning=s["warning"]))
     if state == "finished" and s.get("model_path"):
-        lines.append(f"**New model:** `{s['model_path']}`. Use it in Chat or compare it with the base below.")
+        lines.append(tr(lang, "train.new_model", path=s["model_path"]))
     if state == "cancelled":
-        lines.append("Cancelled: there is no new model. The last checkpoint was kept: Resume the run below "
-                     "to finish it.")
+        lines.append(tr(lang, "train.cancelled_note"))
     return "\n\n".join(lines)
 
 
-def progress_html(status: dict | None) -> str:
+def state_name(state: str, lang: str | None = None) -> str:
+    """A job state in words; one this view does not know is shown as the service names it."""
+    return tr(lang, STATE_KEYS[state]) if state in STATE_KEYS else state
+
+
+def progress_html(status: dict | None, lang: str | None = None) -> str:
     """A progress bar with step count, ETA and tokens/s (HTML, escaped)."""
     s = status or {}
     pct = percent(s)
     state = s.get("state") or "idle"
     bits = [f"{pct:.0f}%"]
     if s.get("total_steps"):
-        bits.append(f"step {s.get('step') or 0}/{s['total_steps']}")
+        bits.append(tr(lang, "train.step_of", step=s.get("step") or 0, total=s["total_steps"]))
     if state in ACTIVE_STATES:
-        bits.append(f"ETA {fmt_duration(s.get('eta_s'))}")
-    bits.append(f"elapsed {fmt_duration(s.get('elapsed_s') or 0)}")
+        bits.append(tr(lang, "train.eta", eta=fmt_duration(s.get("eta_s"))))
+    bits.append(tr(lang, "train.elapsed", elapsed=fmt_duration(s.get("elapsed_s") or 0)))
     if s.get("tokens_per_s"):
-        bits.append(f"{s['tokens_per_s']:,.0f} tokens/s")
+        bits.append(tr(lang, "train.tokens_per_s", rate=f"{s['tokens_per_s']:,.0f}"))
     color = {"failed": "#d9534f", "cancelled": "#999", "cancelling": "#f0ad4e"}.get(state, "#4a90e2")
     text = html.escape(" · ".join(bits))
     return (f'<div class="train-progress-bar" data-percent="{pct:.1f}" data-state="{html.escape(state)}">'
@@ -155,10 +165,10 @@ def _thin(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.iloc[keep]
 
 
-def probes_markdown(probes) -> str:
+def probes_markdown(probes, lang: str | None = None) -> str:
     """Latest probe generations; accepts [{prompt, output[, step]}], [(prompt, output)] or {prompt: output}."""
     if not probes:
-        return "_Probe generations appear here at each evaluation._"
+        return tr(lang, "train.probes_hint")
     if isinstance(probes, dict):
         probes = list(probes.items())
     lines = []
@@ -201,22 +211,22 @@ def status_json(status: dict | None) -> str:
 
 
 # ---- data preview -------------------------------------------------------------------------------
-def preview_markdown(preview: dict) -> str:
+def preview_markdown(preview: dict, lang: str | None = None) -> str:
     """Format, counts, a length histogram and the warnings, as markdown."""
     p = preview
-    lines = [f"**Format:** {p.get('format', '?')} · **rows:** {p.get('rows', 0):,} · "
-             f"**examples:** {p.get('examples_count', p.get('rows', 0)):,} · **tokens:** {p.get('tokens', 0):,}"
-             + (f" (loss on {p['loss_tokens']:,})" if p.get("loss_tokens") is not None else "")
-             + f" · **truncated rows:** {p.get('truncated_rows', 0):,}"]
+    loss_on = (tr(lang, "train.pv_loss_on", n=f"{p['loss_tokens']:,}") if p.get("loss_tokens") is not None else "")
+    lines = [tr(lang, "train.pv_head", format=p.get("format", "?"), rows=f"{p.get('rows', 0):,}",
+                examples=f"{p.get('examples_count', p.get('rows', 0)):,}", tokens=f"{p.get('tokens', 0):,}",
+                loss_on=loss_on, truncated=f"{p.get('truncated_rows', 0):,}")]
     if p.get("train_examples") is not None:
-        lines.append(f"Split: {p['train_examples']:,} training / {p.get('val_examples', 0):,} validation examples.")
+        lines.append(tr(lang, "train.pv_split", train=f"{p['train_examples']:,}", val=f"{p.get('val_examples', 0):,}"))
     if p.get("task_prompt"):
-        lines.append(f"Task prompt: `{p['task_prompt']}`")
+        lines.append(tr(lang, "train.pv_task_prompt", prompt=p["task_prompt"]))
     if p.get("histogram"):
-        lines.append("**Tokens per row:**\n\n" + histogram_text(p["histogram"]))
+        lines.append(tr(lang, "train.pv_histogram") + "\n\n" + histogram_text(p["histogram"]))
     for w in p.get("warnings") or []:
         lines.append(f"⚠️ {w}")
-    lines.append("Below: the first examples as the model sees them; **highlighted** text carries the loss.")
+    lines.append(tr(lang, "train.pv_below"))
     return "\n\n".join(lines)
 
 
@@ -229,8 +239,8 @@ def histogram_text(hist, width: int = 30) -> str:
     return "```\n" + "\n".join(lines) + "\n```"
 
 
-def data_error_markdown(message: str) -> str:
-    return f"### ⚠ This data cannot be used\n\n{html.escape(str(message))}"
+def data_error_markdown(message: str, lang: str | None = None) -> str:
+    return f"### ⚠ {tr(lang, 'train.data_unusable')}\n\n{html.escape(str(message))}"
 
 
 def preview_highlight(preview: dict, limit_chars: int = 4000) -> list[tuple[str, str | None]]:
@@ -294,54 +304,71 @@ def _clip(segments, limit: int):
 
 
 # ---- past runs ----------------------------------------------------------------------------------
-OUTCOMES = {"finished": "✓ finished", "cancelled": "cancelled", "failed": "✗ failed", "running": "● running",
-            "stopped": "stopped (app closed)"}
+OUTCOME_KEYS = {"finished": "train.outcome_finished", "cancelled": "train.outcome_cancelled",
+                "failed": "train.outcome_failed", "running": "train.outcome_running",
+                "stopped": "train.outcome_stopped"}
+# run_markdown's settings line: its names, in order
+SETTING_KEYS = {"base_model": "train.set_base_model", "data": "train.set_data", "length": "train.set_length",
+                "method": "train.set_method", "lr": "train.set_lr", "batch_size": "train.set_batch_size",
+                "grad_accum": "train.set_grad_accum", "seq_len": "train.set_seq_len", "warmup": "train.set_warmup",
+                "scheduler": "train.set_scheduler", "eval_every": "train.set_eval_every",
+                "keep_best": "train.set_keep_best", "early_stop": "train.set_early_stop", "seed": "train.set_seed"}
 
 
-def run_label(run: dict) -> str:
+def outcome_name(outcome, lang: str | None = None) -> str:
+    return tr(lang, OUTCOME_KEYS[outcome]) if outcome in OUTCOME_KEYS else str(outcome)
+
+
+def run_label(run: dict, lang: str | None = None) -> str:
     """One line for the runs list: id, model, outcome, progress."""
     spec = run.get("spec") or {}
-    model = "from scratch" if spec.get("from_scratch") else _tail(spec.get("base_model"))
-    kind = f"LoRA r{spec['lora_rank']}" if spec.get("lora_rank") else "full"
-    steps = f"step {run.get('step') or 0}" + (f"/{run['total_steps']}" if run.get("total_steps") else "")
-    return (f"{run['run_id']} · {model} ({kind}) on {_tail(spec.get('data'))} · "
-            f"{OUTCOMES.get(run.get('outcome'), run.get('outcome'))} · {steps}")
+    model = tr(lang, "train.from_scratch") if spec.get("from_scratch") else _tail(spec.get("base_model"))
+    kind = f"LoRA r{spec['lora_rank']}" if spec.get("lora_rank") else tr(lang, "train.kind_full")
+    steps = (tr(lang, "train.step_of", step=run.get("step") or 0, total=run["total_steps"]) if run.get("total_steps")
+             else tr(lang, "train.step", step=run.get("step") or 0))
+    return tr(lang, "train.run_label", run_id=run["run_id"], model=model, kind=kind, data=_tail(spec.get("data")),
+              outcome=outcome_name(run.get("outcome"), lang), steps=steps)
 
 
 def _tail(path) -> str:
     return re.split(r"[\\/]", str(path or "?").rstrip("/\\"))[-1]
 
 
-def run_markdown(run: dict | None) -> str:
+def run_markdown(run: dict | None, lang: str | None = None) -> str:
     """A past run: its outcome, results and settings."""
     if not run:
-        return "_No training runs yet._"
+        return tr(lang, "train.no_runs")
     spec = run.get("spec") or {}
-    lines = [f"**Run `{run['run_id']}`:** {OUTCOMES.get(run.get('outcome'), run.get('outcome'))} at step "
-             f"{run.get('step') or 0}" + (f" of {run['total_steps']}" if run.get("total_steps") else "")
-             + f" · last loss {_num(run.get('loss'))} · val loss {_num(run.get('val_loss'))}"]
+    at = (tr(lang, "train.at_step_of", step=run.get("step") or 0, total=run["total_steps"]) if run.get("total_steps")
+          else tr(lang, "train.at_step", step=run.get("step") or 0))
+    lines = [tr(lang, "train.run_head", run_id=run["run_id"], outcome=outcome_name(run.get("outcome"), lang), at=at,
+                loss=_num(run.get("loss")), val_loss=_num(run.get("val_loss")))]
     best = run.get("best")
     if best:
-        lines.append(f"Best validation loss {best['val_loss']:.4f} at step {best['step']}"
-                     + (" (these weights were exported)." if run.get("model_path") else "."))
+        lines.append(tr(lang, "train.best_exported" if run.get("model_path") else "train.best",
+                        val_loss=f"{best['val_loss']:.4f}", step=best["step"]))
     if run.get("error"):
-        lines.append(f"**Error:** {html.escape(str(run['error']))}")
+        lines.append(tr(lang, "train.error_line", error=html.escape(str(run["error"]))))
     if run.get("model_path"):
-        lines.append(f"**Model:** `{run['model_path']}`")
+        lines.append(tr(lang, "train.run_model", path=run["model_path"]))
     elif run.get("resumable"):
-        lines.append("No model yet: **Resume** continues this run from its last checkpoint.")
-    settings = [("base model", _tail(spec.get("base_model")) if not spec.get("from_scratch") else "from scratch"),
+        lines.append(tr(lang, "train.run_resumable"))
+    yes, no = tr(lang, "train.yes"), tr(lang, "train.no")
+    settings = [("base_model", _tail(spec.get("base_model")) if not spec.get("from_scratch")
+                 else tr(lang, "train.from_scratch")),
                 ("data", _tail(spec.get("data"))),
-                ("length", f"{spec['steps']} steps" if spec.get("steps") else f"{spec.get('epochs')} epochs"),
-                ("method", f"LoRA rank {spec['lora_rank']}" if spec.get("lora_rank") else "full fine-tune"),
-                ("learning rate", spec.get("lr")), ("batch size", spec.get("batch_size")),
-                ("gradient accumulation", spec.get("grad_accum")), ("sequence length", spec.get("seq_len")),
-                ("warm-up steps", "auto" if spec.get("warmup_steps", -1) < 0 else spec.get("warmup_steps")),
-                ("scheduler", spec.get("scheduler", "cosine")), ("eval every", spec.get("eval_every")),
-                ("keep best", "yes" if spec.get("keep_best", True) else "no"),
-                ("early stopping", f"after {spec['early_stop_patience']} evaluations"
-                 if spec.get("early_stop_patience") else "off"), ("seed", spec.get("seed"))]
-    lines.append(" · ".join(f"{k}: {html.escape(str(v))}" for k, v in settings))
+                ("length", tr(lang, "train.n_steps", n=spec["steps"]) if spec.get("steps")
+                 else tr(lang, "train.n_epochs", n=spec.get("epochs"))),
+                ("method", tr(lang, "train.lora_rank_n", n=spec["lora_rank"]) if spec.get("lora_rank")
+                 else tr(lang, "train.full_finetune")),
+                ("lr", spec.get("lr")), ("batch_size", spec.get("batch_size")),
+                ("grad_accum", spec.get("grad_accum")), ("seq_len", spec.get("seq_len")),
+                ("warmup", tr(lang, "train.auto") if spec.get("warmup_steps", -1) < 0 else spec.get("warmup_steps")),
+                ("scheduler", spec.get("scheduler", "cosine")), ("eval_every", spec.get("eval_every")),
+                ("keep_best", yes if spec.get("keep_best", True) else no),
+                ("early_stop", tr(lang, "train.after_n_evals", n=spec["early_stop_patience"])
+                 if spec.get("early_stop_patience") else tr(lang, "train.off")), ("seed", spec.get("seed"))]
+    lines.append(" · ".join(f"{tr(lang, SETTING_KEYS[k])}: {html.escape(str(v))}" for k, v in settings))
     return "\n\n".join(lines)
 
 
@@ -353,9 +380,11 @@ MODEL_COLUMN_KEYS = {"name": "train.col_name", "source": "train.col_source", "fa
                      "memory needed": "train.col_memory", "fits": "train.col_fits", "loaded": "train.col_loaded",
                      "problem": "train.col_problem"}
 MODEL_COLUMNS = list(MODEL_COLUMN_KEYS)
+SOURCE_KEYS = {"bundled": "train.source_bundled", "user": "train.source_user", "folder": "train.source_folder"}
 
 
-def model_rows(entries, loaded_path: str | None, need_fn, device_total: int, device_label: str) -> list[list]:
+def model_rows(entries, loaded_path: str | None, need_fn, device_total: int, device_label: str,
+               lang: str | None = None) -> list[list]:
     """One row per ModelEntry; ``need_fn(entry) -> bytes`` estimates the memory to run it."""
     rows = []
     for e in entries:
@@ -363,9 +392,12 @@ def model_rows(entries, loaded_path: str | None, need_fn, device_total: int, dev
         if not need or not device_total:
             fits = "?"
         else:
-            fits = f"{'yes' if need < 0.8 * device_total else 'tight' if need < device_total else 'no'}" \
-                   f" ({100 * need / device_total:.1f}% of {human_bytes(device_total)} {device_label})"
+            verdict = ("train.fits_yes" if need < 0.8 * device_total else "train.fits_tight" if need < device_total
+                       else "train.fits_no")
+            fits = tr(lang, "train.fits_of", verdict=tr(lang, verdict), pct=f"{100 * need / device_total:.1f}",
+                      total=human_bytes(device_total), device=device_label)
         loaded = "●" if loaded_path and str(e.path) == str(loaded_path) else ""
-        rows.append([e.name, e.source, e.family, human_count(e.parameters), e.context_length or "?", e.dtype,
+        source = tr(lang, SOURCE_KEYS[e.source]) if e.source in SOURCE_KEYS else e.source  # the rest are names
+        rows.append([e.name, source, e.family, human_count(e.parameters), e.context_length or "?", e.dtype,
                      human_bytes(e.size_bytes), human_bytes(need) if need else "?", fits, loaded, e.error or ""])
     return rows
