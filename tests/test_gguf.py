@@ -236,7 +236,7 @@ def test_smollm2_keeps_its_blocks_and_equals_the_float_path(smollm2):
     torch.testing.assert_close(ours, ref, atol=1e-3, rtol=0)
 
 
-@pytest.mark.slow  # transformers parses and dequantizes the whole file itself: ~40-60 s on 2 busy cores
+@pytest.mark.heavy  # transformers parses and dequantizes the whole file itself: ~20 s (the float-path test stays in the default run)
 def test_smollm2_logits_match_transformers_gguf_loader(smollm2, smollm2_path):  # noqa: F811
     """transformers dequantizes the file on its own (its GGUF integration, which needs accelerate)."""
     from transformers import AutoModelForCausalLM
@@ -273,7 +273,7 @@ def greedy(model, ids: list[int], new: int = 32) -> list[int]:
     return out
 
 
-@pytest.mark.slow  # two float copies and a Q8_0 quantization of 135M weights
+@pytest.mark.heavy  # two float copies and a Q8_0 quantization of 135M weights: ~18 s
 def test_smollm2_q8_0_greedy_equals_float32_for_32_tokens(smollm2):
     """Issue 11: the file's weights as float32, and the same weights quantized to Q8_0 (blocks and
     the tied head, as load_model(quant="q8_0") does), decode the same 32 tokens on 3 prompts.

@@ -156,6 +156,7 @@ def _sidebar_says_what_happened(page, tmp_path):
     page.click("#new-chat-btn")
 
 
+@pytest.mark.heavy  # restarts the app: ~24 s (saving and reopening chats is covered by test_chats, test_chat_sidebar)
 def test_saved_conversations_survive_a_restart(browser, ui_models, tmp_path, shots):
     home = tmp_path / "home"
     _many_saved_chats(home)

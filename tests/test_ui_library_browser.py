@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 from playwright.sync_api import expect  # noqa: E402
 
 
+@pytest.mark.heavy  # ~17 s; the listing, download and export logic is tested in test_libraries, test_download, test_gguf_export
 def test_models_tab_lists_libraries_downloads_and_exports(browser, ui_models, tmp_path):
     shots = Path(os.environ.get("UI_SHOTS_DIR") or tmp_path / "shots")
     shots.mkdir(parents=True, exist_ok=True)
