@@ -6,10 +6,10 @@ __all__ = ["load_model", "__version__"]
 
 
 def load_model(path, device=None, dtype=None, quant=None):
-    """Load a model folder; see :func:`lmstudio_lite.api.load_model`.
+    """Load a model folder; see :func:`lmstudio_lite.services.api.load_model`.
 
     Imported lazily so ``import lmstudio_lite`` (and the CLI's --help) stays fast.
     """
-    from .api import load_model as _load
+    from .services.api import load_model as _load
 
     return _load(path, device=device, dtype=dtype, quant=quant)

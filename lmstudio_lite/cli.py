@@ -130,8 +130,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .api import load_model
-    from .registry import model_or_default
+    from .services.api import load_model
+    from .services.registry import model_or_default
 
     m = load_model(model_or_default(args.model), device=args.device, dtype=args.dtype, quant=args.quant)
     if args.logprobs is not None and not args.json:
@@ -172,7 +172,7 @@ ENDED_AT_ONCE_CHAT = "(no text: the model ended its reply at once; try another p
 
 def cmd_models(args) -> int:
     from .paths import app_paths
-    from .registry import Registry, entries_json, entries_table
+    from .services.registry import Registry, entries_json, entries_table
 
     entries = Registry(app_paths()).list()
     if args.json:
@@ -185,7 +185,7 @@ def cmd_models(args) -> int:
 def cmd_export(args) -> int:
     from .checkpoints.gguf_export import export_gguf
     from .paths import app_paths
-    from .registry import Registry
+    from .services.registry import Registry
 
     folder = Registry(app_paths()).resolve_folder(args.model)
     out = export_gguf(folder, args.gguf, args.quant)
@@ -196,7 +196,7 @@ def cmd_export(args) -> int:
 def cmd_get(args) -> int:
     from .errors import user_message
     from .paths import app_paths
-    from .registry import device_memory
+    from .services.registry import device_memory
     from .services.download import DownloadError, fetch, gguf_files, list_files
 
     models, memory = app_paths().ensure().models, device_memory("cpu")

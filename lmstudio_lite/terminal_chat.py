@@ -156,7 +156,7 @@ def _model_path(args) -> str | None:
     if args.model:
         return args.model
     from .paths import app_paths
-    from .registry import Registry
+    from .services.registry import Registry
 
     default = Registry(app_paths()).default_model()
     return default.path if default else None
@@ -174,7 +174,7 @@ def run_chat(args) -> int:
               "(`lmstudio-lite models` lists local models)", file=sys.stderr)
         return 2
     from .paths import app_paths
-    from .registry import Registry
+    from .services.registry import Registry
 
     model = Registry(app_paths(), device=args.device, dtype=args.dtype, quant=args.quant).load(path)
     try:

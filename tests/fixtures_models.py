@@ -89,7 +89,7 @@ def slow_chat(model_home) -> Path:
 def make_services(home: Path, api_key: str | None = None, load: str | None = None):
     """Services over ``home`` only (no bundled models, no Hugging Face cache), on the CPU in float32."""
     from lmstudio_lite.paths import app_paths
-    from lmstudio_lite.registry import Registry
+    from lmstudio_lite.services.registry import Registry
     from lmstudio_lite.services import Services
 
     paths = app_paths(home).ensure()

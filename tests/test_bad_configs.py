@@ -10,7 +10,7 @@ import pytest
 import torch
 from fixtures_models import STORIES
 
-from lmstudio_lite.api import load_model
+from lmstudio_lite.services.api import load_model
 from lmstudio_lite.checkpoints.errors import CheckpointError
 from lmstudio_lite.checkpoints.folder import read_config
 from lmstudio_lite.model.config import ModelConfig

@@ -68,7 +68,7 @@ def test_cannot_be_sent_only_when_sending_fails(h):
 
 
 def test_a_reply_cut_by_the_context_says_so(ui_models):
-    from lmstudio_lite.api import load_model
+    from lmstudio_lite.services.api import load_model
     from lmstudio_lite.ui.common import stats_md
 
     model = load_model(ui_models["tiny-256"], device="cpu", dtype="float32")

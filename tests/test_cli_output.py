@@ -3,7 +3,7 @@ instruction, and `lmstudio-lite models` keeps its columns aligned whatever the n
 from __future__ import annotations
 
 from lmstudio_lite.cli import main
-from lmstudio_lite.registry import ModelEntry, entries_table
+from lmstudio_lite.services.registry import ModelEntry, entries_table
 
 DOG = "Tell me a story about a little dog."
 

@@ -45,7 +45,7 @@ def test_listing_shows_quant_size_and_whether_it_fits(hub, files):
 
 def test_download_lands_in_the_models_folder_with_its_source_and_lists(hub, files, tmp_path):
     from lmstudio_lite.paths import app_paths
-    from lmstudio_lite.registry import Registry
+    from lmstudio_lite.services.registry import Registry
     from lmstudio_lite.services.libraries import LibraryRoots
 
     models = tmp_path / "models"
@@ -155,7 +155,7 @@ def test_models_tab_download_box_lists_streams_progress_and_refreshes_the_table(
     import gradio as gr
 
     from lmstudio_lite.paths import app_paths
-    from lmstudio_lite.registry import Registry
+    from lmstudio_lite.services.registry import Registry
     from lmstudio_lite.services import Services
     from lmstudio_lite.services.libraries import LibraryRoots
     from lmstudio_lite.ui import models_download, models_tab

@@ -345,7 +345,7 @@ def _patch_tensor_type(path, name: str, new_type: int) -> None:
 
 def test_registry_loads_a_gguf_path(tmp_path):
     from lmstudio_lite.paths import app_paths
-    from lmstudio_lite.registry import Registry
+    from lmstudio_lite.services.registry import Registry
 
     empty = tmp_path / "none"
     empty.mkdir()

@@ -192,7 +192,7 @@ def test_cli_export_and_its_errors(tmp_path, capsys):
 
 def services_in(home: Path, shared: bool = False):
     from lmstudio_lite.paths import app_paths
-    from lmstudio_lite.registry import Registry
+    from lmstudio_lite.services.registry import Registry
     from lmstudio_lite.services import Services
     from lmstudio_lite.services.libraries import LibraryRoots
 

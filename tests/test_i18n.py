@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lmstudio_lite.tasks.translate import LANGUAGES
+from lmstudio_lite.services.tasks.translate import LANGUAGES
 from lmstudio_lite.ui import i18n
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ def test_a_summarize_notice_comes_in_the_pages_language(tmp_path, quiet_toasts):
 def test_translate_notices_name_languages_in_the_pages_language(tmp_path, quiet_toasts):
     from fixtures_models import make_services
 
-    from lmstudio_lite.tasks.translate import AUTO
+    from lmstudio_lite.services.tasks.translate import AUTO
     from lmstudio_lite.ui.translate_tab import TranslateHandlers, detected
 
     german = "Der Hund ist nicht groß und die Katze auch nicht."

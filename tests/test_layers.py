@@ -11,10 +11,9 @@ PKG = Path(__file__).resolve().parents[1] / "lmstudio_lite"
 # Higher number = higher layer; a module may import only its own layer or lower.
 LAYER = {"paths": 0, "device": 0, "device_hint": 0, "native": 0, "errors": 0, "atomic": 0, "model": 1, "checkpoints": 2,
          "generation": 3, "training": 3,
-         "api": 4, "registry": 4, "services": 4, "tasks": 4, "chats": 4,
+         "services": 4, "chats": 4,
          "server": 5, "terminal_chat": 5, "ui": 6, "cli": 7, "__main__": 7, "__init__": 7}
 # training/jobs.py is a service (DESIGN.md) and may use the services layer below it.
-# (api.py, registry.py and tasks/ are services too, still at the top level of the package.)
 SERVICE_FILES = {"training/jobs.py", "training/cli.py"}
 
 

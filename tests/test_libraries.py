@@ -14,7 +14,7 @@ gguf = pytest.importorskip("gguf")
 from helpers_gguf import tiny_gguf  # noqa: E402
 from lmstudio_lite.cli import main  # noqa: E402
 from lmstudio_lite.paths import app_paths  # noqa: E402
-from lmstudio_lite.registry import Registry  # noqa: E402
+from lmstudio_lite.services.registry import Registry  # noqa: E402
 from lmstudio_lite.services.libraries import LibraryRoots, add_model_dir, extra_dirs, scan  # noqa: E402
 
 

@@ -240,8 +240,8 @@ def test_an_idle_scheduler_lets_its_model_go(stories):
 
 
 def test_summarize_and_translate_instructions_hit_the_cache(stories):
-    from lmstudio_lite.tasks.summarize import summary_messages
-    from lmstudio_lite.tasks.translate import translate_messages
+    from lmstudio_lite.services.tasks.summarize import summary_messages
+    from lmstudio_lite.services.tasks.translate import translate_messages
 
     for build in (lambda t: summary_messages(t, "Short paragraph"),
                   lambda t: translate_messages(t, "English", "French")):

@@ -11,7 +11,7 @@ import pytest
 from fake_hub import FakeHub
 from helpers_gguf import tiny_gguf
 from lmstudio_lite.paths import app_paths
-from lmstudio_lite.registry import Registry
+from lmstudio_lite.services.registry import Registry
 from lmstudio_lite.services import starter
 from lmstudio_lite.services.download import DownloadError
 from lmstudio_lite.services.libraries import LibraryRoots

@@ -2,9 +2,9 @@
 token budget shrinks to fit a small context instead of crowding out the text."""
 from __future__ import annotations
 
-from lmstudio_lite.api import load_model
+from lmstudio_lite.services.api import load_model
 from lmstudio_lite.paths import bundled_assets_dir, bundled_models_dir
-from lmstudio_lite.tasks.summarize import as_bullets, budgets, summarize
+from lmstudio_lite.services.tasks.summarize import as_bullets, budgets, summarize
 from lmstudio_lite.ui.summarize_tab import task_settings
 
 

@@ -11,7 +11,7 @@ import threading
 import pytest
 from fixtures_models import STORIES, copy_with_template
 
-from lmstudio_lite.tasks import chat, summarize, text, translate
+from lmstudio_lite.services.tasks import chat, summarize, text, translate
 
 
 class FakeTokenizer:
@@ -196,7 +196,7 @@ def test_describe_dropped_counts_turns_without_the_system_prompt():
 
 @pytest.fixture(scope="module")
 def real_chat_model(tmp_path_factory):
-    from lmstudio_lite.api import load_model
+    from lmstudio_lite.services.api import load_model
 
     folder = copy_with_template(STORIES, tmp_path_factory.mktemp("m") / "tiny-chat")
     cfg = json.loads((folder / "config.json").read_text())

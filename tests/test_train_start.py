@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lmstudio_lite.paths import app_paths, bundled_models_dir
-from lmstudio_lite.registry import Registry
+from lmstudio_lite.services.registry import Registry
 from lmstudio_lite.services import Services
 from lmstudio_lite.services import train_actions as act
 from lmstudio_lite.services.train_actions import UserError

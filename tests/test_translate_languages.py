@@ -8,7 +8,7 @@ import pytest
 from fixtures_models import make_services
 
 from lmstudio_lite.paths import bundled_models_dir
-from lmstudio_lite.tasks.translate import LANGUAGES, MAY_NOT_WORK, card_languages, language_choices
+from lmstudio_lite.services.tasks.translate import LANGUAGES, MAY_NOT_WORK, card_languages, language_choices
 
 BUNDLED = bundled_models_dir() / "lmstudio-lite-tiny"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import user_message
 from ..paths import AppPaths, app_paths
-from ..registry import Registry
+from .registry import Registry
 from .access import AccessPolicy, app_roots
 
 
@@ -95,7 +95,7 @@ def build_services(model: str | None = None, device: str | None = None, dtype: s
         from ..chats import ChatStore
 
         chats = ChatStore(paths.chats)
-    from ..registry import device_memory
+    from .registry import device_memory
     from .download import Downloads
 
     downloads = None if shared else Downloads(paths.models, device_memory("cpu"))  # shared: no writes by strangers

@@ -20,7 +20,7 @@ class UnknownModel(LiteError, KeyError):
 
 def all_models(services) -> list:
     """registry.list(), plus the loaded model when it came from a folder outside the models folders."""
-    from ..registry import describe_folder
+    from .registry import describe_folder
 
     entries = services.registry.list()
     cur = services.registry.current
@@ -57,7 +57,7 @@ def device_type(services) -> str:
 
 def device_memory_info(services) -> tuple[int, str, str]:
     """(total bytes, device label, dtype name) of the device models load on."""
-    from ..registry import device_memory
+    from .registry import device_memory
 
     reg, cur = services.registry, services.registry.current
     dtype = cur.info()["dtype"] if cur is not None else (reg.dtype or None)
@@ -101,7 +101,7 @@ def is_loaded(services, entry) -> bool:
 def model_record(services, entry) -> dict:
     """A listed model as plain data (the models_list API): memory estimate and whether it is loaded.
     ("folder", not "path": gradio_client would fetch a "path".)"""
-    from ..registry import memory_needed
+    from .registry import memory_needed
 
     d = entry.as_dict()
     d["folder"] = d.pop("path")

@@ -87,7 +87,7 @@ def resolve_data(services, data: str | None) -> str:
 def _allowed(services, path: str, what: str, hint: str = ""):
     """UserError when the access policy refuses this typed path (the app is reachable from
     other machines and the path is outside the app's folders)."""
-    from ..services.access import AccessError
+    from .access import AccessError
 
     try:
         services.access.check_path(path, what)
@@ -425,7 +425,7 @@ def _load_for_compare(services, path: str):
     cur = services.registry.current
     if cur is not None and Path(cur.path) == Path(path).resolve():
         return cur
-    from ..api import load_model
+    from .api import load_model
 
     return load_model(path, device=services.registry.device, dtype=services.registry.dtype)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from ..chats import ChatStore, new_conversation, title_from, to_json, to_markdown
-from ..tasks.chat import (DEFAULT_SYSTEM, PRESETS, build_messages, context_report, continue_prompt,
+from ..services.tasks.chat import (DEFAULT_SYSTEM, PRESETS, build_messages, context_report, continue_prompt,
                           describe_dropped, make_settings, plain_prompt, too_long_for)
 from .common import NoModelError, Throttle, current_model, friendly, notice_md, stats_md, warn
 from .i18n import lang_of, tr

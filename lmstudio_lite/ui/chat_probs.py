@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..tasks.chat import build_messages
+from ..services.tasks.chat import build_messages
 from .common import LLM, PRIVATE, current_model, friendly
 from .i18n import lang_of, t
 from .inspect_view import reply_html
@@ -30,7 +30,7 @@ def colours(services, on: bool, conv, lang: str | None = None):
     msgs = (conv or {}).get("messages") or []
     if not msgs or msgs[-1]["role"] != "assistant":
         return gr.update(value=reply_html([], lang), visible=True)
-    from ..tasks import inspect as analysis  # here: it imports torch, which building the page must not wait for
+    from ..services.tasks import inspect as analysis  # here: it imports torch, which building the page must not wait for
 
     try:
         model = current_model(services, lang)

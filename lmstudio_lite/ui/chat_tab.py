@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import gradio as gr
 
-from ..tasks.chat import DEFAULT_SYSTEM, PRESETS, build_messages, make_settings
-from ..tasks.text import run_messages
+from ..services.tasks.chat import DEFAULT_SYSTEM, PRESETS, build_messages, make_settings
+from ..services.tasks.text import run_messages
 from . import chat_probs, starter_box
 from .chat_handlers import ChatHandlers, preset_values
 from .common import LLM, PRIVATE, current_model, friendly

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..tasks.chat import build_messages
+from ..services.tasks.chat import build_messages
 from . import inspect_view as view
 from .common import LLM, PRIVATE, current_model, friendly, notice_md, warn
 from .i18n import lang_of, t, tr
@@ -22,7 +22,7 @@ SAMPLES = {  # the label's key -> the text
 
 def _analysis():
     """tasks.inspect, imported on first use: it imports torch, which building the page must not wait for."""
-    from ..tasks import inspect
+    from ..services.tasks import inspect
 
     return inspect
 

@@ -27,7 +27,7 @@ QUANT_KEYS = {"float": "models.quant_float", "q8_0": "models.quant_q8_0", "q4_1"
 
 # ---- messages around services.models (plain values in, message out) -------------------------------------------------------
 def models_frame(services, lang: str | None = None) -> pd.DataFrame:
-    from ..registry import memory_needed
+    from ..services.registry import memory_needed
 
     total, label, dtype = models.device_memory_info(services)
     cur = services.registry.current

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import gradio as gr
 
-from ..tasks.chat import Settings
-from ..tasks.summarize import STYLES, budgets, summarize
-from ..tasks.text import token_counter
+from ..services.tasks.chat import Settings
+from ..services.tasks.summarize import STYLES, budgets, summarize
+from ..services.tasks.text import token_counter
 from .common import LLM, PRIVATE, Throttle, current_model, friendly, notice_md, read_text_file, warn
 from .i18n import lang_of, t, tr
 

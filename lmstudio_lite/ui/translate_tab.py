@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import gradio as gr
 
-from ..tasks.translate import (AUTO, LANGUAGES, card_languages, detect_language, language_choices, resolve_source,
+from ..services.tasks.translate import (AUTO, LANGUAGES, card_languages, detect_language, language_choices, resolve_source,
                                translate)
 from .common import LLM, PRIVATE, Throttle, current_model, friendly, notice_md, warn
 from .i18n import lang_of, t, tr

@@ -115,7 +115,7 @@ def context_report(model, messages: list[dict], max_new_tokens: int, sending: bo
 
     ``sending=False`` measures a conversation with no new message typed: nothing would be sent, so
     a turn too long to answer again is no error (the next message leaves the older turns out)."""
-    from ..generation import ContextOverflowError
+    from ...generation import ContextOverflowError
 
     limit, max_new = model.context_length, max(1, int(max_new_tokens))
     reserve = max(1, min(max_new, limit // 2))

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import torch
 
-from . import native
-from .checkpoints.folder import load_weights, read_config
-from .checkpoints import is_gguf_file
-from .checkpoints.gguf_weights import load_gguf
-from .checkpoints.quant_cache import load_quantized
-from .checkpoints.tokenizer import Tokenizer
-from .device import DeviceChoice, choose_device
-from .generation import ContextOverflowError, Engine, GenerationStream, SamplingParams, Scheduler
-from .model.quant import check_qtype, quantize_model, weight_bytes, weight_format
+from .. import native
+from ..checkpoints.folder import load_weights, read_config
+from ..checkpoints import is_gguf_file
+from ..checkpoints.gguf_weights import load_gguf
+from ..checkpoints.quant_cache import load_quantized
+from ..checkpoints.tokenizer import Tokenizer
+from ..device import DeviceChoice, choose_device
+from ..generation import ContextOverflowError, Engine, GenerationStream, SamplingParams, Scheduler
+from ..model.quant import check_qtype, quantize_model, weight_bytes, weight_format
 
 
 @dataclass

@@ -14,8 +14,8 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .checkpoints import is_gguf_file
-from .paths import AppPaths, bundled_models_dir, hf_cache_dirs
+from ..checkpoints import is_gguf_file
+from ..paths import AppPaths, bundled_models_dir, hf_cache_dirs
 
 BYTES_PER_DTYPE = {"float32": 4, "bfloat16": 2, "float16": 2}
 _REGISTRY_QUANT = object()  # load()'s default: the format the registry was made with
@@ -40,8 +40,8 @@ class ModelEntry:
 
 def describe_folder(path: Path, name: str, source: str) -> ModelEntry:
     """Read config.json only (cheap); a folder that can't be described still lists, with its error."""
-    from .checkpoints.errors import CheckpointError
-    from .checkpoints.hf_config import read_config
+    from ..checkpoints.errors import CheckpointError
+    from ..checkpoints.hf_config import read_config
 
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     entry = ModelEntry(name, str(path), source, size_bytes=size)
@@ -59,7 +59,7 @@ def describe_folder(path: Path, name: str, source: str) -> ModelEntry:
 
 def describe_gguf_file(path: Path, name: str, source: str) -> ModelEntry:
     """Read the GGUF header only (memory-mapped); an unreadable file still lists, with its error."""
-    from .services.libraries import describe_gguf
+    from .libraries import describe_gguf
 
     entry = ModelEntry(name, str(path), source, size_bytes=path.stat().st_size, format="gguf")
     for key, value in describe_gguf(path).items():
@@ -121,7 +121,7 @@ class Registry:
         for source, root in (("bundled", self.bundled), ("user", self.paths.models)):
             if root.is_dir():
                 out += [describe_folder(p, p.name, source) for p in sorted(root.iterdir()) if _is_model_folder(p)]
-        from .services.libraries import gguf_tree
+        from .libraries import gguf_tree
 
         out += [describe_gguf_file(m.path, m.name, "user") for m in gguf_tree(self.paths.models, "user")]
         out += self._hf_cache()
@@ -142,7 +142,7 @@ class Registry:
         return out
 
     def _library_entries(self) -> list[ModelEntry]:
-        from .services.libraries import default_roots, scan
+        from .libraries import default_roots, scan
 
         roots = self._libraries if self._libraries is not None else default_roots(self.paths.home)
         return [describe_folder(m.path, m.name, m.source) if m.kind == "folder"
@@ -176,7 +176,7 @@ class Registry:
 
     def default_model(self) -> ModelEntry | None:
         """The first-run chat model once present (services/starter.py), else the bundled model."""
-        from .services.starter import is_starter
+        from .starter import is_starter
 
         usable = [e for e in self.list() if e.error is None]
         preferred = [e for e in usable if is_starter(e)] + [e for e in usable if e.source == "bundled"]
@@ -228,8 +228,8 @@ class Registry:
     # -- managing --------------------------------------------------------------
     def import_folder(self, path: str, name: str | None = None) -> ModelEntry:
         """Copy a model folder into the user's models folder after checking it loads."""
-        from .checkpoints.errors import CheckpointError
-        from .checkpoints.folder import read_config, weight_files
+        from ..checkpoints.errors import CheckpointError
+        from ..checkpoints.folder import read_config, weight_files
 
         src = Path(path).expanduser().resolve()
         if not src.is_dir():
@@ -260,7 +260,7 @@ class Registry:
                 shutil.rmtree(entry.path)
 
     def status_line(self) -> str:
-        from .device import choose_device
+        from ..device import choose_device
 
         try:
             choice = choose_device(self.device, self.dtype)
@@ -326,7 +326,7 @@ def entries_table(entries: list[ModelEntry]) -> str:
 def model_or_default(name_or_path: str | None, paths: AppPaths | None = None) -> Path:
     """What ``--model`` stands for: a model folder or file as given, a listed model's folder by name,
     or, when it is left out, the default model. Raises ValueError when there is none."""
-    from .paths import app_paths
+    from ..paths import app_paths
 
     if name_or_path and Path(name_or_path).expanduser().exists():
         return Path(name_or_path).expanduser()

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..device import inference_threads
-from ..generation import SamplingParams
+from ...device import inference_threads
+from ...generation import SamplingParams
 from .chat import MAX_CHARS_PER_TOKEN
 
 MAX_TOKENS = 256  # the heatmap is T x T and the lens n_layer x T: beyond this neither reads well
