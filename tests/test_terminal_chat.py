@@ -73,7 +73,7 @@ def test_overflow_drops_the_oldest_turns_with_a_notice(tiny, tmp_path):
 
 
 def test_no_model_anywhere_is_a_clear_error(monkeypatch, capsys, model_home):  # noqa: F811
-    from lmstudio_lite import registry
+    from lmstudio_lite.services import registry
 
     monkeypatch.setenv("LMSTUDIO_LITE_HOME", str(model_home))
     monkeypatch.setattr(registry.Registry, "default_model", lambda self: None)
