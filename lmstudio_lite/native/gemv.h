@@ -188,6 +188,160 @@ static inline __m256 widen_s8(const int8_t *q) { return _mm256_cvtepi32_ps(_mm25
 static inline __m256 widen_u8(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }
 #endif
 
+#if defined(LML_AVX512)
+/* The scales d (and Q4_1's minimums m) of up to 16 consecutive blocks, in float32. */
+typedef struct {
+    float d[16], m[16];
+} scales16;
+
+/* Blocks blk[0..g)'s scales: for a whole group one gather of the blocks' first dwords (d | m << 16)
+   and one vcvtph2ps per 16 blocks. Converting and broadcasting each block's scalars had cost more
+   port-5 work than the block's weights themselves (perf: 7 of 13 vector ops of a Q4_1 block). */
+INLINE void load_scales(const int type, const uint8_t *blk, int64_t bytes, int g, scales16 *s) {
+    if (g == 16) {
+        const __m512i at = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                              _mm512_set1_epi32((int)bytes));
+        const __m512i dm = _mm512_i32gather_epi32(at, (const void *)blk, 1);
+        _mm512_storeu_ps(s->d, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)));
+        if (type == T_Q4_1) _mm512_storeu_ps(s->m, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))));
+        return;
+    }
+    for (int i = 0; i < g; i++, blk += bytes) {
+        uint16_t h;
+        memcpy(&h, blk, 2);
+        s->d[i] = fp16_to_f32(h);
+        if (type == T_Q4_1) {
+            memcpy(&h, blk + 2, 2);
+            s->m[i] = fp16_to_f32(h);
+        }
+    }
+}
+
+/* One block's 32 weights in element order, w0 (0..15) and w1 (16..31): Q4 exactly dequantized
+   (see below), Q8_0 its int8 values as floats, still to be multiplied by d. */
+INLINE void block_weights(const int type, const uint8_t *qs, float d, float m, __m512 *w0, __m512 *w1) {
+    if (type == T_Q8_0) {
+        *w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)qs)));
+        *w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16))));
+        return;
+    }
+    /* A 16-entry table of the block's values (q - 8) d or q d + m, computed as the reference dequantizes
+       them (q d + m with one rounding, as the reference's exact product then sum), looked up by nibble:
+       vpermps reads only the low 4 bits of each index, so a byte's low nibble indexes as it is and its
+       high one after a shift. */
+    const __m512 vd = _mm512_set1_ps(d);
+    const __m512 lut = type == T_Q4_0
+        ? _mm512_mul_ps(_mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7), vd)
+        : _mm512_fmadd_ps(_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), vd, _mm512_set1_ps(m));
+    const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
+    *w0 = _mm512_permutexvar_ps(idx, lut);
+    *w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), lut);
+}
+
+/* One row's block into two accumulators: Q4 weights times x; Q8_0 d times the block's sum of q x
+   (one multiply by d per block instead of two). */
+INLINE void block_one_row(const int type, const uint8_t *blk, float d, float m, const float *xb, __m512 *a0,
+                          __m512 *a1) {
+    __m512 w0, w1;
+    block_weights(type, blk + (type == T_Q4_1 ? 4 : 2), d, m, &w0, &w1);
+    if (type == T_Q8_0) {
+        const __m512 part = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(w0, _mm512_loadu_ps(xb)));
+        *a0 = _mm512_fmadd_ps(part, _mm512_set1_ps(d), *a0);
+    } else {
+        *a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb), *a0);
+        *a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), *a1);
+    }
+}
+
+#ifndef LML_STREAMS
+#define LML_STREAMS 4
+#endif
+
+/* One row (B = 1) of LML_STREAMS output rows at once, each from its own quarter of the range:
+   four sequential streams keep more of memory's latency covered than one (a plain read of 96 MB
+   on this VM: 1 stream 5-11 GB/s, 4 streams 6-17), and the rows share each load of x. */
+INLINE void streams_one_row(const int type, const uint8_t *W, int64_t row_bytes, int64_t nb, const float *x,
+                            int64_t first, int64_t stride, float *r) {
+    enum { S = LML_STREAMS };
+    const int64_t bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20;
+    const uint8_t *blk[S];
+    __m512 acc[S][2];
+    scales16 s[S];
+    for (int t = 0; t < S; t++) {
+        blk[t] = W + (first + t * stride) * row_bytes;
+        acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+    }
+    for (int64_t k0 = 0; k0 < nb; k0 += 16) {
+        const int g = nb - k0 < 16 ? (int)(nb - k0) : 16;
+        for (int t = 0; t < S; t++) load_scales(type, blk[t], bytes, g, &s[t]);
+        for (int i = 0; i < g; i++) {
+            const float *xb = x + (k0 + i) * 32;
+            for (int t = 0; t < S; t++) {
+                _mm_prefetch((const char *)blk[t] + LML_PREFETCH, _MM_HINT_T0);
+                block_one_row(type, blk[t], s[t].d[i], s[t].m[i], xb, &acc[t][0], &acc[t][1]);
+                blk[t] += bytes;
+            }
+        }
+    }
+    for (int t = 0; t < S; t++) r[t * stride] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
+}
+
+INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *a, const int B, int64_t j0,
+                       int64_t n, float *r, int64_t ldr) {
+    const int64_t nb = K / 32, bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20, row_bytes = nb * bytes;
+    scales16 s;
+    int64_t j = 0;
+    if (B == 1 && LML_STREAMS > 1) {
+        const int64_t q = n / LML_STREAMS;
+        for (; j < q; j++) streams_one_row(type, W, row_bytes, nb, a->x, j0 + j, q, r + j);
+        j = q * LML_STREAMS;
+    }
+    for (; j < n; j++) {
+        const uint8_t *blk = W + (j0 + j) * row_bytes;
+        /* one row: four chains (two per block, blocks taking turns), so an FMA's latency is hidden */
+        __m512 acc[MAX_ROWS][4];
+        for (int b = 0; b < B; b++)
+            for (int u = 0; u < 4; u++) acc[b][u] = _mm512_setzero_ps();
+        for (int64_t k0 = 0; k0 < nb; k0 += 16) {
+            const int g = nb - k0 < 16 ? (int)(nb - k0) : 16;
+            load_scales(type, blk, bytes, g, &s);
+            const float *x = a->x + k0 * 32;
+            int i = 0;
+            if (B == 1) {
+                for (; i + 2 <= g; i += 2, blk += 2 * bytes) {
+                    _mm_prefetch((const char *)blk + LML_PREFETCH, _MM_HINT_T0);
+                    _mm_prefetch((const char *)blk + bytes + LML_PREFETCH, _MM_HINT_T0);
+                    block_one_row(type, blk, s.d[i], s.m[i], x + i * 32, &acc[0][0], &acc[0][1]);
+                    block_one_row(type, blk + bytes, s.d[i + 1], s.m[i + 1], x + i * 32 + 32, &acc[0][2], &acc[0][3]);
+                }
+                if (i < g) {
+                    _mm_prefetch((const char *)blk + LML_PREFETCH, _MM_HINT_T0);
+                    block_one_row(type, blk, s.d[i], s.m[i], x + i * 32, &acc[0][0], &acc[0][1]);
+                    blk += bytes;
+                }
+                continue;
+            }
+            for (; i < g; i++, blk += bytes) {
+                _mm_prefetch((const char *)blk + LML_PREFETCH, _MM_HINT_T0);
+                __m512 w0, w1;
+                block_weights(type, blk + (type == T_Q4_1 ? 4 : 2), s.d[i], s.m[i], &w0, &w1);
+                if (type == T_Q8_0) {
+                    const __m512 vd = _mm512_set1_ps(s.d[i]);
+                    w0 = _mm512_mul_ps(w0, vd), w1 = _mm512_mul_ps(w1, vd);
+                }
+                for (int b = 0; b < B; b++) {
+                    const float *xb = x + b * K + i * 32;
+                    acc[b][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb), acc[b][0]);
+                    acc[b][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), acc[b][1]);
+                }
+            }
+        }
+        for (int b = 0; b < B; b++)
+            r[b * ldr + j] = _mm512_reduce_add_ps(
+                _mm512_add_ps(_mm512_add_ps(acc[b][0], acc[b][1]), _mm512_add_ps(acc[b][2], acc[b][3])));
+    }
+}
+#else
 /* Independent accumulators per row: one FMA chain per row would wait on the previous FMA's
    latency (4 cycles) every block; with few rows the chains of other rows cannot hide it. */
 #define LML_NACC(B) ((B) == 1 ? 4 : (B) == 2 ? 2 : 1)
@@ -199,13 +353,7 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
     for (int64_t j = 0; j < n; j++) {
         const uint8_t *blk = W + (j0 + j) * row_bytes;
         float off[MAX_ROWS];
-#if defined(LML_AVX512)
-        __m512 acc[MAX_ROWS][2];  /* 16 lanes: a block is two vectors, so at most two chains */
-        for (int b = 0; b < B; b++) {
-            off[b] = 0.0f;
-            for (int u = 0; u < 2; u++) acc[b][u] = _mm512_setzero_ps();
-        }
-#elif defined(LML_AVX2)
+#if defined(LML_AVX2)
         __m256 acc[MAX_ROWS][4];
         for (int b = 0; b < B; b++) {
             off[b] = 0.0f;
@@ -230,40 +378,7 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
                 c = fp16_to_f32(h);
                 qs = blk + 4;
             }
-#if defined(LML_AVX512)
-            __m512 w0, w1;  /* the block's 32 dequantized weights, in element order */
-            const __m512 vd = _mm512_set1_ps(dw);
-            if (type == T_Q8_0) {
-                w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)qs)));
-                w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16))));
-                if (B == 1) {  /* one row: d times the block's sum of q x saves a multiply per block */
-                    const float *xb = a->x + k * 32;
-                    const __m512 part = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(w0, _mm512_loadu_ps(xb)));
-                    const __m512 prev = acc[0][0];  /* two chains, alternating blocks */
-                    acc[0][0] = acc[0][1];
-                    acc[0][1] = _mm512_fmadd_ps(part, vd, prev);
-                    continue;
-                }
-                w0 = _mm512_mul_ps(w0, vd), w1 = _mm512_mul_ps(w1, vd);
-            } else {
-                /* A 16-entry table of the block's values (q - 8) d or q d + m, computed as the reference
-                   dequantizes them, and looked up by nibble: vpermps reads only the low 4 bits of each
-                   index, so a byte's low nibble indexes as it is and its high one after a shift. */
-                const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
-                /* q d + m with one rounding, as the reference's (exact) product then sum */
-                const __m512 lut = type == T_Q4_0
-                    ? _mm512_mul_ps(_mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7), vd)
-                    : _mm512_fmadd_ps(_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), vd,
-                                      _mm512_set1_ps(c));
-                w0 = _mm512_permutexvar_ps(bytes, lut);
-                w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), lut);
-            }
-            for (int b = 0; b < B; b++) {
-                const float *xb = a->x + b * K + k * 32;
-                acc[b][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb), acc[b][0]);
-                acc[b][NA > 1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), acc[b][NA > 1]);
-            }
-#elif defined(LML_AVX2)
+#if defined(LML_AVX2)
             const float *xs = a->s + k;
             __m256 w[4];  /* the block's 32 weights q * d (the offset apart), in element order */
             const __m256 vd = _mm256_set1_ps(dw);
@@ -320,9 +435,7 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
 #endif
         }
         for (int b = 0; b < B; b++) {
-#if defined(LML_AVX512)
-            r[b * ldr + j] = _mm512_reduce_add_ps(NA > 1 ? _mm512_add_ps(acc[b][0], acc[b][1]) : acc[b][0]) + off[b];
-#elif defined(LML_AVX2)
+#if defined(LML_AVX2)
             __m256 t = acc[b][0];
             for (int u = 1; u < NA; u++) t = _mm256_add_ps(t, acc[b][u]);
             r[b * ldr + j] = hsum8(t) + off[b];
@@ -332,6 +445,8 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
         }
     }
 }
+
+#endif
 
 #define LML_ROWS_CASES(CALL) \
     CALL(1) CALL(2) CALL(3) CALL(4) CALL(5) CALL(6) CALL(7) CALL(8)
