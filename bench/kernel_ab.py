@@ -2,6 +2,7 @@
 
     python bench/kernel_ab.py --old HEAD                       # HEAD's kernel against the working tree's
     python bench/kernel_ab.py --old HEAD~2 --new HEAD --shape 1b --formats q4_0 q8_0
+    python bench/kernel_ab.py --gguf /tmp/lsl-bench-gguf/SmolLM2-135M-Instruct-q4_1.gguf   # whole decode steps
     python bench/kernel_ab.py --quick                          # a tiny shape: checks the script runs
 
 Each format gets a whole model's worth of random matrices (every layer's q|k|v, o, gate|up and down,
@@ -12,6 +13,8 @@ hits both alike, and each pass is timed on the calling thread's CPU time at one 
 (``time.thread_time``: other processes' load disturbs it least) or on the wall clock at more. Prints
 the median ms per pass of each, GB/s of weight bytes, and the median of the paired ratios old/new;
 beside them, torch's sum of the same bytes (as float32) at the same time: the read bandwidth to reach.
+With ``--gguf``, a pass is instead one greedy decode step of that model (our GGUF loader, the
+native step with its head), the two builds swapped under the same prepared model.
 """
 from __future__ import annotations
 
@@ -90,6 +93,7 @@ def main():
     p.add_argument("--pairs", type=int, default=10)
     p.add_argument("--build-dir", default=os.path.join(tempfile.gettempdir(), "lsl-kernel-ab"),
                    help="where the libraries are built and kept (perf can then name their symbols)")
+    p.add_argument("--gguf", help="time whole decode steps of this GGUF model instead of its shape's matrices")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     if args.quick:
@@ -107,6 +111,8 @@ def main():
         print(f"{args.shape} B={args.rows}, {args.threads} thread(s), {args.pairs} pairs, "
               f"{'thread CPU' if args.threads == 1 else 'wall'} time; old {args.old}, new {args.new or 'working tree'}; "
               f"load average {load:.1f}", flush=True)
+        if args.gguf:
+            return steps_ab(args, libs, clock)
         for fmt in args.formats:
             g = torch.Generator().manual_seed(0)
             mats = model_matrices(shape, fmt, g)
@@ -147,6 +153,33 @@ def main():
                   flush=True)
             del mats
         print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+def steps_ab(args, libs, clock) -> None:
+    """Paired decode steps of a GGUF model (1 row), the two builds' libraries swapped in turn."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from peer_llamacpp import load_ours  # noqa: E402
+
+    from lmstudio_lite.model import KVCache  # noqa: E402
+
+    dtype = torch.bfloat16 if "bf16" in Path(args.gguf).name else torch.float32  # as bench/decode.py loads it
+    model = load_ours(Path(args.gguf), dtype)
+    decoder = model._native  # the prepared step: only its library is swapped (same ABI in both builds)
+    steps = 2 * args.pairs + 4
+    cache = KVCache(model.config, 1, steps + 1, dtype=dtype)
+    tok, times = torch.full((1, 1), 1), {"old": [], "new": []}
+    with torch.inference_mode():
+        for i in range(steps):
+            label = ("old", "new", "new", "old")[i % 4]
+            decoder._lib = libs[label]
+            t = clock()
+            tok = model(tok, i, cache, last_only=True)[:, -1].argmax(-1, keepdim=True)
+            if i >= 4:  # the first steps warm both
+                times[label].append(clock() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = statistics.median(o / n for o, n in zip(times["old"], times["new"]))
+    print(f"{Path(args.gguf).name}: ms per token old {med['old'] * 1e3:.2f}, new {med['new'] * 1e3:.2f}, "
+          f"old/new {ratio:.3f}x (median of {len(times['new'])} pairs); load average after {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@
 #if !defined(LML_PLAIN_C) && defined(__AVX2__) && defined(__FMA__)
 #define LML_AVX2 1
 #include <immintrin.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512BW__)
 #define LML_AVX512 1
 #endif
 #endif
@@ -238,16 +238,34 @@ typedef struct {
     float d[16], m[16];
 } scales16;
 
-/* Blocks blk[0..g)'s scales: for a whole group one gather of the blocks' first dwords (d | m << 16)
-   and one vcvtph2ps per 16 blocks. Converting and broadcasting each block's scalars had cost more
-   port-5 work than the block's weights themselves (perf: 7 of 13 vector ops of a Q4_1 block). */
+/* Blocks blk[0..g)'s scales. A whole group's fp16 words come out of its bytes (already in L1: the
+   blocks are read next) by word permutes, 64 words per vpermt2w, then one vcvtph2ps converts 16:
+   converting and broadcasting each block's scalars had cost more port-5 work than the block's
+   weights (perf: 7 of 13 vector ops of a Q4_1 block), and a vpgatherdd of the 16 scales stalled
+   (43% of the kernel's cycles in a 2-thread SmolLM2 Q4_1 step). */
 INLINE void load_scales(const int type, const uint8_t *blk, int64_t bytes, int g, scales16 *s) {
     if (g == 16) {
-        const __m512i at = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                              _mm512_set1_epi32((int)bytes));
-        const __m512i dm = _mm512_i32gather_epi32(at, (const void *)blk, 1);
-        _mm512_storeu_ps(s->d, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)));
-        if (type == T_Q4_1) _mm512_storeu_ps(s->m, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))));
+        /* word lane k < 16: block k's d (word bytes/2 * k); lane 16 + k: the word after it (q4_1's m) */
+        const int step = (int)bytes / 2, words = 16 * step;
+        /* dword i holds word lanes 2i and 2i + 1: lane j < 16 is k = j, lane j >= 16 is k = j - 16, plus 1 */
+        const __m512i i32 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        const __m512i lo = _mm512_add_epi32(
+            _mm512_mullo_epi32(_mm512_and_si512(_mm512_slli_epi32(i32, 1), _mm512_set1_epi32(15)), _mm512_set1_epi32(step)),
+            _mm512_srli_epi32(i32, 3));
+        const __m512i idx = _mm512_or_si512(lo, _mm512_slli_epi32(_mm512_add_epi32(lo, _mm512_set1_epi32(step)), 16));
+        __m512i dm = _mm512_setzero_si512();
+        for (int base = 0; base < words; base += 64) {
+            const int left = words - base;  /* words of the group from here: load no further */
+            const __mmask32 m0 = left >= 32 ? 0xffffffffu : (1u << left) - 1;
+            const __mmask32 m1 = left >= 64 ? 0xffffffffu : left <= 32 ? 0 : (1u << (left - 32)) - 1;
+            const __m512i a = _mm512_maskz_loadu_epi16(m0, blk + 2 * base);
+            const __m512i b = _mm512_maskz_loadu_epi16(m1, blk + 2 * base + 64);
+            const __m512i rel = _mm512_sub_epi16(idx, _mm512_set1_epi16((short)base));
+            const __mmask32 here = _mm512_cmplt_epu16_mask(rel, _mm512_set1_epi16(64));
+            dm = _mm512_mask_mov_epi16(dm, here, _mm512_permutex2var_epi16(a, rel, b));
+        }
+        _mm512_storeu_ps(s->d, _mm512_cvtph_ps(_mm512_castsi512_si256(dm)));
+        if (type == T_Q4_1) _mm512_storeu_ps(s->m, _mm512_cvtph_ps(_mm512_extracti64x4_epi64(dm, 1)));
         return;
     }
     for (int i = 0; i < g; i++, blk += bytes) {
