@@ -405,7 +405,9 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
 INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *a, const int B, int64_t j0,
                        int64_t n, float *r, int64_t ldr) {
     const int64_t nb = K / 32, bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20, row_bytes = nb * bytes;
+#if defined(LML_AVX2)
     const int NA = LML_NACC(B);
+#endif
     for (int64_t j = 0; j < n; j++) {
         const uint8_t *blk = W + (j0 + j) * row_bytes;
         float off[MAX_ROWS];
