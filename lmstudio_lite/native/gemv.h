@@ -402,13 +402,70 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
    latency (4 cycles) every block; with few rows the chains of other rows cannot hide it. */
 #define LML_NACC(B) ((B) == 1 ? 4 : (B) == 2 ? 2 : 1)
 
+#if defined(LML_AVX2)
+/* AVX2, B = 1: x . rows first + t * stride (t < LML_STREAMS) into r[t * stride], each block d times
+   its sum of q x (plus the 4-bit offset times the block's sum of x), as the one-row path below. */
+INLINE void streams_one_row(const int type, const uint8_t *W, int64_t row_bytes, int64_t nb, const qact *a,
+                            int64_t first, int64_t stride, float *r) {
+    enum { S = LML_STREAMS };
+    const int64_t bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20;
+    const uint8_t *blk[S];
+    __m256 acc[S];
+    float off[S];
+    for (int t = 0; t < S; t++) {
+        blk[t] = W + (first + t * stride) * row_bytes;
+        acc[t] = _mm256_setzero_ps();
+        off[t] = 0.0f;
+    }
+    for (int64_t k = 0; k < nb; k++) {
+        const float *xb = a->x + k * 32;
+        const __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
+        const __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
+        for (int t = 0; t < S; t++) {
+            const uint8_t *b = blk[t];
+            _mm_prefetch((const char *)b + LML_PREFETCH, _MM_HINT_T0);
+            uint16_t h;
+            memcpy(&h, b, 2);
+            const float dw = fp16_to_f32(h);
+            __m256 w[4];
+            if (type == T_Q8_0) {
+                for (int u = 0; u < 4; u++) w[u] = widen_s8((const int8_t *)b + 2 + 8 * u);
+            } else {
+                const __m128i raw = _mm_loadu_si128((const __m128i *)(b + (type == T_Q4_1 ? 4 : 2)));
+                const __m128i mask = _mm_set1_epi8(0x0F);
+                const __m128i lo = _mm_and_si128(raw, mask), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+                w[0] = widen_u8(lo), w[1] = widen_u8(_mm_srli_si128(lo, 8));
+                w[2] = widen_u8(hi), w[3] = widen_u8(_mm_srli_si128(hi, 8));
+                float c = -8.0f * dw;
+                if (type == T_Q4_1) {
+                    memcpy(&h, b + 2, 2);
+                    c = fp16_to_f32(h);
+                }
+                off[t] += c * a->s[k];
+            }
+            const __m256 part = _mm256_add_ps(_mm256_fmadd_ps(w[1], x1, _mm256_mul_ps(w[0], x0)),
+                                              _mm256_fmadd_ps(w[3], x3, _mm256_mul_ps(w[2], x2)));
+            acc[t] = _mm256_fmadd_ps(part, _mm256_set1_ps(dw), acc[t]);
+            blk[t] += bytes;
+        }
+    }
+    for (int t = 0; t < S; t++) r[t * stride] = hsum8(acc[t]) + off[t];
+}
+#endif
+
 INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *a, const int B, int64_t j0,
                        int64_t n, float *r, int64_t ldr) {
     const int64_t nb = K / 32, bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20, row_bytes = nb * bytes;
+    int64_t j = 0;
 #if defined(LML_AVX2)
     const int NA = LML_NACC(B);
+    if (B == 1 && LML_STREAMS > 1) {
+        const int64_t q = n / LML_STREAMS;
+        for (; j < q; j++) streams_one_row(type, W, row_bytes, nb, a, j0 + j, q, r + j);
+        j = q * LML_STREAMS;
+    }
 #endif
-    for (int64_t j = 0; j < n; j++) {
+    for (; j < n; j++) {
         const uint8_t *blk = W + (j0 + j) * row_bytes;
         float off[MAX_ROWS];
 #if defined(LML_AVX2)
