@@ -33,8 +33,8 @@
    blend, was 1.5x slower per one-row GEMV) and at one row takes d times the block's sum of q x
    in every format, the 4-bit offset times the block's sum of x. Each row stream prefetches 2 KiB ahead (gemv.h: LML_PREFETCH).
    On AVX-512 a row's blocks go in groups of 16 whose fp16 scales one vcvtph2ps converts (gemv.h:
-   load_scales), and a one-row GEMV runs 4 output rows at once, each from its own part of the range
-   (LML_STREAMS: four memory streams in flight instead of one; x loaded once for the four).
+   load_scales), and a one-row GEMV (AVX-512 and AVX2) runs 4 output rows at once, each from its own
+   part of the range (LML_STREAMS: four memory streams in flight instead of one; x loaded once for the four).
    llama.cpp instead quantizes the activation to int8 per block and takes integer dot products.
    We built that first (VNNI vpdpbusd / AVX2 maddubs) and measured it: on SmolLM2-135M-Instruct
    Q4_1 its error (3.3% of the final hidden state after 30 layers, every activation off by up to

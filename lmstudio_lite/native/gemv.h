@@ -138,10 +138,11 @@ static inline float hsum8(__m256 v) {
 #define LML_PREFETCH 2048
 #endif
 
-/* One-row GEMVs (B = 1, AVX-512) run this many output rows at once, each from its own part of the
-   range: several sequential streams keep more of memory's latency covered than one (a plain read of
-   96 MB on the shared VM: 1 stream 5-11 GB/s, 4 streams 6-17), and the rows share each load of x.
-   SmolLM2's matrices, one thread: Q4_1/Q4_0/Q8_0 1.25-1.3x against one row at a time; 6 or 8 no better. */
+/* One-row GEMVs (B = 1; block formats on AVX-512 and AVX2, bf16 on AVX-512) run this many output rows
+   at once, each from its own part of the range: several sequential streams keep more of memory's
+   latency covered than one (a plain read of 96 MB on the shared VM: 1 stream 5-11 GB/s, 4 streams
+   6-17), and the rows share each load of x. SmolLM2's matrices, one thread, AVX-512: Q4_1/Q4_0/Q8_0
+   1.25-1.3x, bf16 1.27x against one row at a time; 6 or 8 streams no better. */
 #ifndef LML_STREAMS
 #define LML_STREAMS 4
 #endif
