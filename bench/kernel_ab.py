@@ -108,51 +108,56 @@ def main():
         torch.set_num_threads(args.threads)  # the read baseline uses as many
         load = os.getloadavg()[0]
         clock = time.thread_time if args.threads == 1 else time.perf_counter
-        print(f"{args.shape} B={args.rows}, {args.threads} thread(s), {args.pairs} pairs, "
+        what = Path(args.gguf).name if args.gguf else f"{args.shape} B={args.rows}"
+        print(f"{what}, {args.threads} thread(s), {args.pairs} pairs, "
               f"{'thread CPU' if args.threads == 1 else 'wall'} time; old {args.old}, new {args.new or 'working tree'}; "
               f"load average {load:.1f}", flush=True)
         if args.gguf:
             return steps_ab(args, libs, clock)
         for fmt in args.formats:
-            g = torch.Generator().manual_seed(0)
-            mats = model_matrices(shape, fmt, g)
-            nbytes = sum(w.numel() * w.element_size() for _, w, _, _ in mats)
-            widest = max(max(K, N) for _, _, K, N in mats)
-            x = torch.randn(args.rows, widest, generator=g)
-            out = torch.empty(args.rows, widest)
-            scratch = {k: torch.empty(max(lib.lml_linear_scratch_floats(K, N, args.rows, args.threads)
-                                          for _, _, K, N in mats)) for k, lib in libs.items()}
-
-            def one_pass(label):
-                lib, s = libs[label], scratch[label].data_ptr()
-                t = clock()
-                for f, w, K, N in mats:
-                    lib.lml_linear(native.FORMATS[f], w.data_ptr(), None, K, N, args.rows, x.data_ptr(),
-                                   out.data_ptr(), s, args.threads)
-                return clock() - t
-
-            flat = [w.view(-1).view(torch.float32) for _, w, _, _ in mats]  # the same bytes, as floats
-
-            def read_pass():  # the read bandwidth the machine gives one pass right now
-                t = clock()
-                for w in flat:
-                    w.sum()
-                return clock() - t
-
-            one_pass("old"), one_pass("new"), read_pass()  # warm: page faults, caches
-            times = {"old": [], "new": [], "read": []}
-            for i in range(args.pairs):
-                for label in (("old", "new") if i % 2 == 0 else ("new", "old")):
-                    times[label].append(one_pass(label))
-                times["read"].append(read_pass())
-            med = {k: statistics.median(v) for k, v in times.items()}
-            ratio = statistics.median(o / n for o, n in zip(times["old"], times["new"]))
-            print(f"{fmt:5} {nbytes / 1e6:6.0f} MB  old {med['old'] * 1e3:7.2f} ms ({nbytes / med['old'] / 1e9:5.1f} GB/s)"
-                  f"  new {med['new'] * 1e3:7.2f} ms ({nbytes / med['new'] / 1e9:5.1f} GB/s)  old/new {ratio:.3f}x"
-                  f"  (torch sum of the same bytes {nbytes / med['read'] / 1e9:5.1f} GB/s)",
-                  flush=True)
-            del mats
+            compare_format(fmt, shape, args, libs, clock)
         print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+def compare_format(fmt: str, shape: dict, args, libs: dict, clock) -> None:
+    """One format's paired passes over a model's worth of random matrices, printed as one line."""
+    g = torch.Generator().manual_seed(0)
+    mats = model_matrices(shape, fmt, g)
+    nbytes = sum(w.numel() * w.element_size() for _, w, _, _ in mats)
+    widest = max(max(K, N) for _, _, K, N in mats)
+    x = torch.randn(args.rows, widest, generator=g)
+    out = torch.empty(args.rows, widest)
+    scratch = {k: torch.empty(max(lib.lml_linear_scratch_floats(K, N, args.rows, args.threads)
+                                  for _, _, K, N in mats)) for k, lib in libs.items()}
+
+    def one_pass(label):
+        lib, s = libs[label], scratch[label].data_ptr()
+        t = clock()
+        for f, w, K, N in mats:
+            lib.lml_linear(native.FORMATS[f], w.data_ptr(), None, K, N, args.rows, x.data_ptr(),
+                           out.data_ptr(), s, args.threads)
+        return clock() - t
+
+    flat = [w.view(-1).view(torch.float32) for _, w, _, _ in mats]  # the same bytes, as floats
+
+    def read_pass():  # the read bandwidth the machine gives one pass right now
+        t = clock()
+        for w in flat:
+            w.sum()
+        return clock() - t
+
+    one_pass("old"), one_pass("new"), read_pass()  # warm: page faults, caches
+    times = {"old": [], "new": [], "read": []}
+    for i in range(args.pairs):
+        for label in (("old", "new") if i % 2 == 0 else ("new", "old")):
+            times[label].append(one_pass(label))
+        times["read"].append(read_pass())
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = statistics.median(o / n for o, n in zip(times["old"], times["new"]))
+    print(f"{fmt:5} {nbytes / 1e6:6.0f} MB  old {med['old'] * 1e3:7.2f} ms ({nbytes / med['old'] / 1e9:5.1f} GB/s)"
+          f"  new {med['new'] * 1e3:7.2f} ms ({nbytes / med['new'] / 1e9:5.1f} GB/s)  old/new {ratio:.3f}x"
+          f"  (torch sum of the same bytes {nbytes / med['read'] / 1e9:5.1f} GB/s)",
+          flush=True)
 
 
 def steps_ab(args, libs, clock) -> None:
