@@ -192,7 +192,10 @@ def test_bf16_cache_is_written_rounded_to_nearest_even(folders):
 @pytest.mark.parametrize("qtype", list(QTYPES))
 def test_quantized_gemv_equals_the_dequantized_matrix(request, lib_kind, qtype):
     lib = native.decode_library() if lib_kind == "native" else request.getfixturevalue(f"{lib_kind}_lib")
-    K, N, B = 256, 48, 9  # more rows than one group of 8: lml_linear takes them 8 at a time, the 9th alone (one-row kernels)
+    # more rows than one group of 8: lml_linear takes them 8 at a time, the 9th alone (one-row kernels);
+    # 18 blocks a row: one group of 16 whose scales AVX-512 converts together, then 2 one by one; 54 outputs
+    # in chunks of 16, 16, 16 and 6: the one-row kernels' 4 streams of 4 rows, of 1 row and 2 rows left over
+    K, N, B = 576, 54, 9
     g = torch.Generator().manual_seed(7)
     w = torch.randn(N, K, generator=g)
     x = torch.randn(B, K, generator=g) * torch.linspace(0.1, 3, K)  # blocks of different ranges

@@ -32,6 +32,9 @@
    sum of q x. AVX2 widens the nibbles instead (the same lookup on 8 lanes, two tables and a
    blend, was 1.5x slower per one-row GEMV) and at one row takes d times the block's sum of q x
    in every format, the 4-bit offset times the block's sum of x. Each row stream prefetches 2 KiB ahead (gemv.h: LML_PREFETCH).
+   On AVX-512 a row's blocks go in groups of 16 whose fp16 scales one vcvtph2ps converts (gemv.h:
+   load_scales), and a one-row GEMV (AVX-512 and AVX2) runs 4 output rows at once, each from its own
+   part of the range (LML_STREAMS: four memory streams in flight instead of one; x loaded once for the four).
    llama.cpp instead quantizes the activation to int8 per block and takes integer dot products.
    We built that first (VNNI vpdpbusd / AVX2 maddubs) and measured it: on SmolLM2-135M-Instruct
    Q4_1 its error (3.3% of the final hidden state after 30 layers, every activation off by up to
@@ -247,10 +250,28 @@ static void wait_done(phase_ctr *c, int64_t total) {
 static int64_t claim(phase_ctr *c) { return __atomic_fetch_add(&c->claim, 1, __ATOMIC_RELAXED); }
 static void finish(phase_ctr *c) { __atomic_fetch_add(&c->done, 1, __ATOMIC_RELEASE); }
 
-/* Chunks of a matrix's N outputs: a few per thread (so a thread that is away costs little),
-   cut on multiples of 16 by share(). */
+/* This thread's next chunk of a phase of total chunks; when none is left (the result is >= total),
+   it returns once every thread's chunks are done, so the next phase may read their results. */
+static int64_t take_chunk(phase_ctr *c, int64_t total) {
+    const int64_t ci = claim(c);
+    if (ci >= total) wait_done(c, total);
+    return ci;
+}
+
+/* for each chunk ci < total of phase c that this thread claims (see take_chunk) */
+#define EACH_CHUNK(ci, c, total) \
+    for (int64_t ci = take_chunk(c, total); ci < (total); finish(c), ci = take_chunk(c, total))
+
+/* Chunks of a matrix's N outputs: a couple per thread (so a thread that is away costs little),
+   cut on multiples of 16 by share(). Two per thread rather than four: longer row streams and less
+   waiting on the last chunk of a phase (SmolLM2 at 2 threads, paired steps: Q4_1 and Q8_0 1.04-1.08x
+   per token; one per thread no better, eight 0.92x). */
+#ifndef LML_CHUNKS
+#define LML_CHUNKS 2
+#endif
+
 static int64_t chunks(int64_t N, int nt) {
-    const int64_t lines = (N + 15) / 16, want = nt == 1 ? 1 : 4 * (int64_t)nt;
+    const int64_t lines = (N + 15) / 16, want = nt == 1 ? 1 : LML_CHUNKS * (int64_t)nt;
     return lines < want ? (lines > 0 ? lines : 1) : want;
 }
 
@@ -291,9 +312,8 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
         float *r = mine + lay.r, *r2 = mine + lay.r2;
         qact qa = {NULL, mine + lay.s};
         const int64_t nq = chunks(Q, nt), nc = chunks(C, nt), nf = chunks(FF, nt), natt = B * KV;
-        int64_t j0, n, ci;
+        int64_t j0, n;
         phase_ctr *ph = ctr;
-        int ready;
         for (int64_t l = 0; l < L; l++) {
             const int64_t *p = ptrs + l * P_SLOTS;
             const proj qkv_p = proj_at(p + P_QKV, MAX_PARTS, C), o_p = proj_at(p + P_O, 1, HD);
@@ -301,20 +321,19 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
             char *kl = (char *)k_cache + l * layer_stride, *vl = (char *)v_cache + l * layer_stride;
 
             /* 1. q|k|v of every row (a thread norms and quantizes its input once, on its first chunk) */
-            for (ready = 0; (ci = claim(ph)) < nq; finish(ph)) {
-                if (!ready) {
+            int ready = 0;
+            EACH_CHUNK(ci, ph, nq) {
+                if (!ready++) {
                     for (int64_t b = 0; b < B; b++)
                         norm(x + b * C, C, F(p[P_NORM1_W]), F(p[P_NORM1_B]), layernorm, eps, h + b * C);
                     if (qkv_p.quant) block_sums(h, B, C, &qa);
-                    ready = 1;
                 }
                 share(Q, (int)ci, (int)nq, &j0, &n);
                 project(&qkv_p, h, &qa, B, j0, n, qkv + j0, Q);
             }
-            wait_done(ph, nq);
             ph++;
             /* 2. cache writes and attention: a (row, KV head) and its queries per chunk */
-            for (; (ci = claim(ph)) < natt; finish(ph)) {
+            EACH_CHUNK(ci, ph, natt) {
                 const int64_t b = ci / KV, g = ci % KV, ps = pos[b];
                 const float *row = qkv + b * Q, *k = row + (H + g) * D, *v = row + (H + KV + g) * D;
                 const size_t head = (size_t)((slot[b] * KV + g) * max_len) * D * esize;
@@ -328,28 +347,24 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
                     attend(q, kc, vc, cbf16, ps, D, sc, y + b * HD + hh * D);
                 }
             }
-            wait_done(ph, natt);
             ph++;
             /* 3. output projection onto the residual */
-            for (ready = 0; (ci = claim(ph)) < nc; finish(ph)) {
-                if (!ready) {
-                    if (o_p.quant) block_sums(y, B, HD, &qa);
-                    ready = 1;
-                }
+            ready = 0;
+            EACH_CHUNK(ci, ph, nc) {
+                if (!ready++ && o_p.quant) block_sums(y, B, HD, &qa);
                 share(C, (int)ci, (int)nc, &j0, &n);
                 project(&o_p, y, &qa, B, j0, n, r, n);
                 for (int64_t b = 0; b < B; b++)
                     for (int64_t j = 0; j < n; j++) x[b * C + j0 + j] += r[b * n + j];
             }
-            wait_done(ph, nc);
             ph++;
             /* 4. MLP up (and gate) with the activation */
-            for (ready = 0; (ci = claim(ph)) < nf; finish(ph)) {
-                if (!ready) {
+            ready = 0;
+            EACH_CHUNK(ci, ph, nf) {
+                if (!ready++) {
                     for (int64_t b = 0; b < B; b++)
                         norm(x + b * C, C, F(p[P_NORM2_W]), F(p[P_NORM2_B]), layernorm, eps, h + b * C);
                     if (up_p.quant) block_sums(h, B, C, &qa);
-                    ready = 1;
                 }
                 share(FF, (int)ci, (int)nf, &j0, &n);
                 project(&up_p, h, &qa, B, j0, n, r, n);  /* gate is outputs [0, F), up is [F, 2F) */
@@ -359,36 +374,31 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
                         a[b * FF + j0 + j] = gated ? activate(r[b * n + j], act) * r2[b * n + j]
                                                    : activate(r[b * n + j], act);
             }
-            wait_done(ph, nf);
             ph++;
             /* 5. MLP down onto the residual */
-            for (ready = 0; (ci = claim(ph)) < nc; finish(ph)) {
-                if (!ready) {
-                    if (down_p.quant) block_sums(a, B, FF, &qa);
-                    ready = 1;
-                }
+            ready = 0;
+            EACH_CHUNK(ci, ph, nc) {
+                if (!ready++ && down_p.quant) block_sums(a, B, FF, &qa);
                 share(C, (int)ci, (int)nc, &j0, &n);
                 project(&down_p, a, &qa, B, j0, n, r, n);
                 for (int64_t b = 0; b < B; b++)
                     for (int64_t j = 0; j < n; j++) x[b * C + j0 + j] += r[b * n + j];
             }
-            wait_done(ph, nc);
             ph++;
         }
         /* 6. the head of the final norm, straight into the logits */
         if (logits) {
             const int64_t nv = chunks(V, nt) * (nt == 1 ? 1 : 4);  /* a large matrix: finer chunks */
-            for (ready = 0; (ci = claim(ph)) < nv; finish(ph)) {
-                if (!ready) {
+            int ready = 0;
+            EACH_CHUNK(ci, ph, nv) {
+                if (!ready++) {
                     for (int64_t b = 0; b < B; b++)
                         norm(x + b * C, C, F(hp[HEAD_NORM_W]), F(hp[HEAD_NORM_B]), layernorm, eps, h + b * C);
                     if (head_p.quant) block_sums(h, B, C, &qa);
-                    ready = 1;
                 }
                 share(V, (int)ci, (int)nv, &j0, &n);
                 project(&head_p, h, &qa, B, j0, n, logits + j0, V);
             }
-            wait_done(ph, nv);
         }
     }
 }
@@ -424,8 +434,8 @@ void lml_linear(int64_t type, const void *w, const float *bias, int64_t K, int64
         const int t = omp_get_thread_num();
         float *mine = scratch + t * lay.total;
         qact qa = {NULL, mine + lay.s};
-        int64_t j0, n, ci, quantized = -1;
-        while ((ci = claim(&ctr)) < total) {
+        int64_t j0, n, quantized = -1;
+        EACH_CHUNK(ci, &ctr, total) {
             const int64_t b0 = ci / nch * G, g = B - b0 < G ? B - b0 : G;
             if (type >= T_Q8_0 && quantized != b0) {
                 block_sums(x + b0 * K, g, K, &qa);

@@ -9,7 +9,7 @@
 #if !defined(LML_PLAIN_C) && defined(__AVX2__) && defined(__FMA__)
 #define LML_AVX2 1
 #include <immintrin.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512BW__)
 #define LML_AVX512 1
 #endif
 #endif
@@ -138,10 +138,55 @@ static inline float hsum8(__m256 v) {
 #define LML_PREFETCH 2048
 #endif
 
+/* One-row GEMVs (B = 1; block formats on AVX-512 and AVX2, bf16 on AVX-512) run this many output rows
+   at once, each from its own part of the range: several sequential streams keep more of memory's
+   latency covered than one (a plain read of 96 MB on the shared VM: 1 stream 5-11 GB/s, 4 streams
+   6-17), and the rows share each load of x. SmolLM2's matrices, one thread, AVX-512: Q4_1/Q4_0/Q8_0
+   1.25-1.3x, bf16 1.27x against one row at a time; 6 or 8 streams no better. */
+#ifndef LML_STREAMS
+#define LML_STREAMS 4
+#endif
+
+#if defined(LML_AVX512)
+/* x . rows first + t * stride (t < LML_STREAMS) of a bf16 [N, K] matrix into r[t * stride]. */
+INLINE void bf16_streams(const uint16_t *W, int64_t K, const float *x, int64_t first, int64_t stride, float *r) {
+    enum { S = LML_STREAMS };
+    const uint16_t *w[S];
+    __m512 acc[S];
+    for (int t = 0; t < S; t++) {
+        w[t] = W + (first + t * stride) * K;
+        acc[t] = _mm512_setzero_ps();
+    }
+    int64_t i = 0;
+    for (; i + 16 <= K; i += 16) {
+        const __m512 xv = _mm512_loadu_ps(x + i);
+        for (int t = 0; t < S; t++) {
+            _mm_prefetch((const char *)(w[t] + i) + LML_PREFETCH, _MM_HINT_T0);
+            const __m512 wf = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w[t] + i))), 16));
+            acc[t] = _mm512_fmadd_ps(wf, xv, acc[t]);
+        }
+    }
+    for (int t = 0; t < S; t++) {
+        float sum = _mm512_reduce_add_ps(acc[t]);
+        for (int64_t k = i; k < K; k++) sum += bf16_to_f32(w[t][k]) * x[k];
+        r[t * stride] = sum;
+    }
+}
+#endif
+
 /* r[b][j] = x[b] . row j0+j of a bf16 [N, K] matrix, j < n. */
 INLINE void rows_bf16(const uint16_t *W, int64_t K, const float *x, const int B, int64_t j0, int64_t n, float *r,
                       int64_t ldr) {
-    for (int64_t j = 0; j < n; j++) {
+    int64_t j = 0;
+#if defined(LML_AVX512)
+    if (B == 1 && LML_STREAMS > 1) {
+        const int64_t q = n / LML_STREAMS;
+        for (; j < q; j++) bf16_streams(W, K, x, j0 + j, q, r + j);
+        j = q * LML_STREAMS;
+    }
+#endif
+    for (; j < n; j++) {
         const uint16_t *w = W + (j0 + j) * K;
         int64_t i = 0;
 #if defined(LML_AVX512)
@@ -188,24 +233,243 @@ static inline __m256 widen_s8(const int8_t *q) { return _mm256_cvtepi32_ps(_mm25
 static inline __m256 widen_u8(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }
 #endif
 
-/* Independent accumulators per row: one FMA chain per row would wait on the previous FMA's
-   latency (4 cycles) every block; with few rows the chains of other rows cannot hide it. */
-#define LML_NACC(B) ((B) == 1 ? 4 : (B) == 2 ? 2 : 1)
+#if defined(LML_AVX512)
+/* The scales d (and Q4_1's minimums m) of up to 16 consecutive blocks, in float32. */
+typedef struct {
+    float d[16], m[16];
+} scales16;
+
+/* Blocks blk[0..g)'s scales. A whole group's fp16 words come out of its bytes (already in L1: the
+   blocks are read next) by word permutes, 64 words per vpermt2w, then one vcvtph2ps converts 16:
+   converting and broadcasting each block's scalars had cost more port-5 work than the block's
+   weights (perf: 7 of 13 vector ops of a Q4_1 block), and a vpgatherdd of the 16 scales stalled
+   (43% of the kernel's cycles in a 2-thread SmolLM2 Q4_1 step). */
+INLINE void load_scales(const int type, const uint8_t *blk, int64_t bytes, int g, scales16 *s) {
+    if (g == 16) {
+        /* word lane k < 16: block k's d (word bytes/2 * k); lane 16 + k: the word after it (q4_1's m) */
+        const int step = (int)bytes / 2, words = 16 * step;
+        /* dword i holds word lanes 2i and 2i + 1: lane j < 16 is k = j, lane j >= 16 is k = j - 16, plus 1 */
+        const __m512i i32 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        const __m512i lo = _mm512_add_epi32(
+            _mm512_mullo_epi32(_mm512_and_si512(_mm512_slli_epi32(i32, 1), _mm512_set1_epi32(15)), _mm512_set1_epi32(step)),
+            _mm512_srli_epi32(i32, 3));
+        const __m512i idx = _mm512_or_si512(lo, _mm512_slli_epi32(_mm512_add_epi32(lo, _mm512_set1_epi32(step)), 16));
+        __m512i dm = _mm512_setzero_si512();
+        for (int base = 0; base < words; base += 64) {
+            const int left = words - base;  /* words of the group from here: load no further */
+            const __mmask32 m0 = left >= 32 ? 0xffffffffu : (1u << left) - 1;
+            const __mmask32 m1 = left >= 64 ? 0xffffffffu : left <= 32 ? 0 : (1u << (left - 32)) - 1;
+            const __m512i a = _mm512_maskz_loadu_epi16(m0, blk + 2 * base);
+            const __m512i b = _mm512_maskz_loadu_epi16(m1, blk + 2 * base + 64);
+            const __m512i rel = _mm512_sub_epi16(idx, _mm512_set1_epi16((short)base));
+            const __mmask32 here = _mm512_cmplt_epu16_mask(rel, _mm512_set1_epi16(64));
+            dm = _mm512_mask_mov_epi16(dm, here, _mm512_permutex2var_epi16(a, rel, b));
+        }
+        _mm512_storeu_ps(s->d, _mm512_cvtph_ps(_mm512_castsi512_si256(dm)));
+        if (type == T_Q4_1) _mm512_storeu_ps(s->m, _mm512_cvtph_ps(_mm512_extracti64x4_epi64(dm, 1)));
+        return;
+    }
+    for (int i = 0; i < g; i++, blk += bytes) {
+        uint16_t h;
+        memcpy(&h, blk, 2);
+        s->d[i] = fp16_to_f32(h);
+        if (type == T_Q4_1) {
+            memcpy(&h, blk + 2, 2);
+            s->m[i] = fp16_to_f32(h);
+        }
+    }
+}
+
+/* One block's 32 weights in element order, w0 (0..15) and w1 (16..31): Q4 exactly dequantized
+   (see below), Q8_0 its int8 values as floats, still to be multiplied by d. */
+INLINE void block_weights(const int type, const uint8_t *qs, float d, float m, __m512 *w0, __m512 *w1) {
+    if (type == T_Q8_0) {
+        *w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)qs)));
+        *w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16))));
+        return;
+    }
+    /* A 16-entry table of the block's values (q - 8) d or q d + m, computed as the reference dequantizes
+       them (q d + m with one rounding, as the reference's exact product then sum), looked up by nibble:
+       vpermps reads only the low 4 bits of each index, so a byte's low nibble indexes as it is and its
+       high one after a shift. */
+    const __m512 vd = _mm512_set1_ps(d);
+    const __m512 lut = type == T_Q4_0
+        ? _mm512_mul_ps(_mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7), vd)
+        : _mm512_fmadd_ps(_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), vd, _mm512_set1_ps(m));
+    const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
+    *w0 = _mm512_permutexvar_ps(idx, lut);
+    *w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), lut);
+}
+
+/* One row's block into two accumulators: Q4 weights times x; Q8_0 d times the block's sum of q x
+   (one multiply by d per block instead of two). */
+INLINE void block_one_row(const int type, const uint8_t *blk, float d, float m, const float *xb, __m512 *a0,
+                          __m512 *a1) {
+    __m512 w0, w1;
+    block_weights(type, blk + (type == T_Q4_1 ? 4 : 2), d, m, &w0, &w1);
+    if (type == T_Q8_0) {
+        const __m512 part = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(w0, _mm512_loadu_ps(xb)));
+        *a0 = _mm512_fmadd_ps(part, _mm512_set1_ps(d), *a0);
+    } else {
+        *a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb), *a0);
+        *a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), *a1);
+    }
+}
+
+/* x . rows first + t * stride (t < LML_STREAMS) of a block matrix into r[t * stride] (B = 1). */
+INLINE void streams_one_row(const int type, const uint8_t *W, int64_t row_bytes, int64_t nb, const float *x,
+                            int64_t first, int64_t stride, float *r) {
+    enum { S = LML_STREAMS };
+    const int64_t bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20;
+    const uint8_t *blk[S];
+    __m512 acc[S][2];
+    scales16 s[S];
+    for (int t = 0; t < S; t++) {
+        blk[t] = W + (first + t * stride) * row_bytes;
+        acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+    }
+    for (int64_t k0 = 0; k0 < nb; k0 += 16) {
+        const int g = nb - k0 < 16 ? (int)(nb - k0) : 16;
+        for (int t = 0; t < S; t++) load_scales(type, blk[t], bytes, g, &s[t]);
+        for (int i = 0; i < g; i++) {
+            const float *xb = x + (k0 + i) * 32;
+            for (int t = 0; t < S; t++) {
+                _mm_prefetch((const char *)blk[t] + LML_PREFETCH, _MM_HINT_T0);
+                block_one_row(type, blk[t], s[t].d[i], s[t].m[i], xb, &acc[t][0], &acc[t][1]);
+                blk[t] += bytes;
+            }
+        }
+    }
+    for (int t = 0; t < S; t++) r[t * stride] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
+}
 
 INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *a, const int B, int64_t j0,
                        int64_t n, float *r, int64_t ldr) {
     const int64_t nb = K / 32, bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20, row_bytes = nb * bytes;
+    scales16 s;
+    int64_t j = 0;
+    if (B == 1 && LML_STREAMS > 1) {
+        const int64_t q = n / LML_STREAMS;
+        for (; j < q; j++) streams_one_row(type, W, row_bytes, nb, a->x, j0 + j, q, r + j);
+        j = q * LML_STREAMS;
+    }
+    for (; j < n; j++) {
+        const uint8_t *blk = W + (j0 + j) * row_bytes;
+        /* one row: four chains (two per block, blocks taking turns), so an FMA's latency is hidden */
+        __m512 acc[MAX_ROWS][4];
+        for (int b = 0; b < B; b++)
+            for (int u = 0; u < 4; u++) acc[b][u] = _mm512_setzero_ps();
+        for (int64_t k0 = 0; k0 < nb; k0 += 16) {
+            const int g = nb - k0 < 16 ? (int)(nb - k0) : 16;
+            load_scales(type, blk, bytes, g, &s);
+            const float *x = a->x + k0 * 32;
+            int i = 0;
+            if (B == 1) {
+                for (; i + 2 <= g; i += 2, blk += 2 * bytes) {
+                    _mm_prefetch((const char *)blk + LML_PREFETCH, _MM_HINT_T0);
+                    _mm_prefetch((const char *)blk + bytes + LML_PREFETCH, _MM_HINT_T0);
+                    block_one_row(type, blk, s.d[i], s.m[i], x + i * 32, &acc[0][0], &acc[0][1]);
+                    block_one_row(type, blk + bytes, s.d[i + 1], s.m[i + 1], x + i * 32 + 32, &acc[0][2], &acc[0][3]);
+                }
+                if (i < g) {
+                    _mm_prefetch((const char *)blk + LML_PREFETCH, _MM_HINT_T0);
+                    block_one_row(type, blk, s.d[i], s.m[i], x + i * 32, &acc[0][0], &acc[0][1]);
+                    blk += bytes;
+                }
+                continue;
+            }
+            for (; i < g; i++, blk += bytes) {
+                _mm_prefetch((const char *)blk + LML_PREFETCH, _MM_HINT_T0);
+                __m512 w0, w1;
+                block_weights(type, blk + (type == T_Q4_1 ? 4 : 2), s.d[i], s.m[i], &w0, &w1);
+                if (type == T_Q8_0) {
+                    const __m512 vd = _mm512_set1_ps(s.d[i]);
+                    w0 = _mm512_mul_ps(w0, vd), w1 = _mm512_mul_ps(w1, vd);
+                }
+                for (int b = 0; b < B; b++) {
+                    const float *xb = x + b * K + i * 32;
+                    acc[b][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb), acc[b][0]);
+                    acc[b][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), acc[b][1]);
+                }
+            }
+        }
+        for (int b = 0; b < B; b++)
+            r[b * ldr + j] = _mm512_reduce_add_ps(
+                _mm512_add_ps(_mm512_add_ps(acc[b][0], acc[b][1]), _mm512_add_ps(acc[b][2], acc[b][3])));
+    }
+}
+#else
+/* Independent accumulators per row: one FMA chain per row would wait on the previous FMA's
+   latency (4 cycles) every block; with few rows the chains of other rows cannot hide it. */
+#define LML_NACC(B) ((B) == 1 ? 4 : (B) == 2 ? 2 : 1)
+
+#if defined(LML_AVX2)
+/* AVX2, B = 1: x . rows first + t * stride (t < LML_STREAMS) into r[t * stride], each block d times
+   its sum of q x (plus the 4-bit offset times the block's sum of x), as the one-row path below. */
+INLINE void streams_one_row(const int type, const uint8_t *W, int64_t row_bytes, int64_t nb, const qact *a,
+                            int64_t first, int64_t stride, float *r) {
+    enum { S = LML_STREAMS };
+    const int64_t bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20;
+    const uint8_t *blk[S];
+    __m256 acc[S];
+    float off[S];
+    for (int t = 0; t < S; t++) {
+        blk[t] = W + (first + t * stride) * row_bytes;
+        acc[t] = _mm256_setzero_ps();
+        off[t] = 0.0f;
+    }
+    for (int64_t k = 0; k < nb; k++) {
+        const float *xb = a->x + k * 32;
+        const __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
+        const __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
+        for (int t = 0; t < S; t++) {
+            const uint8_t *b = blk[t];
+            _mm_prefetch((const char *)b + LML_PREFETCH, _MM_HINT_T0);
+            uint16_t h;
+            memcpy(&h, b, 2);
+            const float dw = fp16_to_f32(h);
+            __m256 w[4];
+            if (type == T_Q8_0) {
+                for (int u = 0; u < 4; u++) w[u] = widen_s8((const int8_t *)b + 2 + 8 * u);
+            } else {
+                const __m128i raw = _mm_loadu_si128((const __m128i *)(b + (type == T_Q4_1 ? 4 : 2)));
+                const __m128i mask = _mm_set1_epi8(0x0F);
+                const __m128i lo = _mm_and_si128(raw, mask), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+                w[0] = widen_u8(lo), w[1] = widen_u8(_mm_srli_si128(lo, 8));
+                w[2] = widen_u8(hi), w[3] = widen_u8(_mm_srli_si128(hi, 8));
+                float c = -8.0f * dw;
+                if (type == T_Q4_1) {
+                    memcpy(&h, b + 2, 2);
+                    c = fp16_to_f32(h);
+                }
+                off[t] += c * a->s[k];
+            }
+            const __m256 part = _mm256_add_ps(_mm256_fmadd_ps(w[1], x1, _mm256_mul_ps(w[0], x0)),
+                                              _mm256_fmadd_ps(w[3], x3, _mm256_mul_ps(w[2], x2)));
+            acc[t] = _mm256_fmadd_ps(part, _mm256_set1_ps(dw), acc[t]);
+            blk[t] += bytes;
+        }
+    }
+    for (int t = 0; t < S; t++) r[t * stride] = hsum8(acc[t]) + off[t];
+}
+#endif
+
+INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *a, const int B, int64_t j0,
+                       int64_t n, float *r, int64_t ldr) {
+    const int64_t nb = K / 32, bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20, row_bytes = nb * bytes;
+    int64_t j = 0;
+#if defined(LML_AVX2)
     const int NA = LML_NACC(B);
-    for (int64_t j = 0; j < n; j++) {
+    if (B == 1 && LML_STREAMS > 1) {
+        const int64_t q = n / LML_STREAMS;
+        for (; j < q; j++) streams_one_row(type, W, row_bytes, nb, a, j0 + j, q, r + j);
+        j = q * LML_STREAMS;
+    }
+#endif
+    for (; j < n; j++) {
         const uint8_t *blk = W + (j0 + j) * row_bytes;
         float off[MAX_ROWS];
-#if defined(LML_AVX512)
-        __m512 acc[MAX_ROWS][2];  /* 16 lanes: a block is two vectors, so at most two chains */
-        for (int b = 0; b < B; b++) {
-            off[b] = 0.0f;
-            for (int u = 0; u < 2; u++) acc[b][u] = _mm512_setzero_ps();
-        }
-#elif defined(LML_AVX2)
+#if defined(LML_AVX2)
         __m256 acc[MAX_ROWS][4];
         for (int b = 0; b < B; b++) {
             off[b] = 0.0f;
@@ -230,40 +494,7 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
                 c = fp16_to_f32(h);
                 qs = blk + 4;
             }
-#if defined(LML_AVX512)
-            __m512 w0, w1;  /* the block's 32 dequantized weights, in element order */
-            const __m512 vd = _mm512_set1_ps(dw);
-            if (type == T_Q8_0) {
-                w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)qs)));
-                w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16))));
-                if (B == 1) {  /* one row: d times the block's sum of q x saves a multiply per block */
-                    const float *xb = a->x + k * 32;
-                    const __m512 part = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(w0, _mm512_loadu_ps(xb)));
-                    const __m512 prev = acc[0][0];  /* two chains, alternating blocks */
-                    acc[0][0] = acc[0][1];
-                    acc[0][1] = _mm512_fmadd_ps(part, vd, prev);
-                    continue;
-                }
-                w0 = _mm512_mul_ps(w0, vd), w1 = _mm512_mul_ps(w1, vd);
-            } else {
-                /* A 16-entry table of the block's values (q - 8) d or q d + m, computed as the reference
-                   dequantizes them, and looked up by nibble: vpermps reads only the low 4 bits of each
-                   index, so a byte's low nibble indexes as it is and its high one after a shift. */
-                const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
-                /* q d + m with one rounding, as the reference's (exact) product then sum */
-                const __m512 lut = type == T_Q4_0
-                    ? _mm512_mul_ps(_mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7), vd)
-                    : _mm512_fmadd_ps(_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), vd,
-                                      _mm512_set1_ps(c));
-                w0 = _mm512_permutexvar_ps(bytes, lut);
-                w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), lut);
-            }
-            for (int b = 0; b < B; b++) {
-                const float *xb = a->x + b * K + k * 32;
-                acc[b][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb), acc[b][0]);
-                acc[b][NA > 1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), acc[b][NA > 1]);
-            }
-#elif defined(LML_AVX2)
+#if defined(LML_AVX2)
             const float *xs = a->s + k;
             __m256 w[4];  /* the block's 32 weights q * d (the offset apart), in element order */
             const __m256 vd = _mm256_set1_ps(dw);
@@ -320,9 +551,7 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
 #endif
         }
         for (int b = 0; b < B; b++) {
-#if defined(LML_AVX512)
-            r[b * ldr + j] = _mm512_reduce_add_ps(NA > 1 ? _mm512_add_ps(acc[b][0], acc[b][1]) : acc[b][0]) + off[b];
-#elif defined(LML_AVX2)
+#if defined(LML_AVX2)
             __m256 t = acc[b][0];
             for (int u = 1; u < NA; u++) t = _mm256_add_ps(t, acc[b][u]);
             r[b * ldr + j] = hsum8(t) + off[b];
@@ -332,6 +561,8 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
         }
     }
 }
+
+#endif
 
 #define LML_ROWS_CASES(CALL) \
     CALL(1) CALL(2) CALL(3) CALL(4) CALL(5) CALL(6) CALL(7) CALL(8)
