@@ -10,8 +10,8 @@ model's whole context, sized from a memory budget). Each step it
 3. prefills pending prompts in padded passes (prompts at the same position and of similar
    remaining length together, a chunk of ``prefill_chunk`` tokens each, one read of the
    weights per pass); passes go on before the decode step until a decoding stream has waited
-   ``decode_gap_s`` for its next token, so a burst of newcomers gets first tokens soon while
-   running streams keep flowing;
+   ``decode_gap_s`` for its next token (newcomers that can take a row are admitted between two
+   passes), so a burst of newcomers gets first tokens soon while running streams keep flowing;
 4. runs one decode step for every sequence past its prompt (``model.decode.decode_rows_logits``:
    the native kernel's multi-row step and head on the CPU, each weight read once for all rows; a
    batched PyTorch step elsewhere) and samples each row with its own settings and seed.
@@ -25,7 +25,7 @@ ever read: nothing of another conversation can leak in. A request whose prompt s
 longer prefix with one still being prefilled waits for it (``n`` > 1, a common system prompt
 sent by several clients at once), so that prefix is computed once.
 
-Consumers iterate a ``ScheduledStream`` (the same surface as ``GenerationStream``) in their
+Consumers iterate a ``ScheduledStream`` (``stream.TextStream``'s surface, as ``GenerationStream``) in their
 own thread; the driver hands each sequence's text deltas over through a queue. Sampling,
 stop strings and detokenizing happen per sequence in the driver, exactly as the single
 stream engine does them.
@@ -265,7 +265,8 @@ class Scheduler:
             self._finish(seq, "cancelled")
         self._admit()
         with torch.inference_mode():
-            self._prefill()
+            while self._prefill():  # newcomers can join and no decode step is due yet: they join now
+                self._admit()
             self._decode()
         with self._cond:  # counted under the lock that ``cancel`` reads it with
             self.steps += 1
@@ -349,13 +350,15 @@ class Scheduler:
         seq.generator.manual_seed(seq.seed)
         return True
 
-    def _prefill(self):
+    def _prefill(self) -> bool:
         """Prefill pending prompts, one padded pass per group (``_prefill_group``). A pass holds
         a chunk (``prefill_chunk`` padded tokens) per pending prompt, at most ``PASS_CHUNKS``
         chunks (every pass dequantizes each quantized matrix once: fewer, larger passes are what
         makes a burst of prompts cheap). Passes go on, before the decode step, while no decoding
         stream has waited ``decode_gap_s`` for its next token and nothing can join or waits to cancel:
-        newcomers get their first token sooner, running streams still step at least that often."""
+        newcomers get their first token sooner, running streams still step at least that often.
+        -> True when it stopped only because a newcomer can join (admit it and call again: a decode
+        step now would delay the burst's prompts by a step that no stream is due for yet)."""
         pending = [s for s in self._running if s.fed < len(s.prompt_ids)]
         while pending:
             decoding = [s.t_last for s in self._running if s.fed >= len(s.prompt_ids)]
@@ -364,10 +367,11 @@ class Scheduler:
             self._prefill_pass(group, chunk)
             pending = [s for s in self._running if s.fed < len(s.prompt_ids)]
             decoding = [s.t_last for s in self._running if s.fed >= len(s.prompt_ids)]
-            joinable = self._waiting and len(self._running) < self.max_batch  # a newcomer could take a row
-            if (decoding and time.perf_counter() - min(decoding) >= self.decode_gap_s) or joinable \
-                    or self._cancel_pending():
-                break
+            if (decoding and time.perf_counter() - min(decoding) >= self.decode_gap_s) or self._cancel_pending():
+                return False
+            if self._waiting and len(self._running) < self.max_batch:  # a newcomer could take a row
+                return True
+        return False
 
     def _cancel_pending(self) -> bool:
         """A sequence (running or waiting) was cancelled since this step began: the step ends so that

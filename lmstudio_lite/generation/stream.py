@@ -42,7 +42,8 @@ class TextStream:
     finish_reason (None while running, then "stop" | "length" | "cancelled", or "error" when the
     model raised), ttft_s (from the first ``next()`` to the first token, waiting included),
     decode_tok_s ((new_tokens - 1) / seconds after the first token; 0.0 with fewer than 2),
-    prefill_ms, total_s, context_full (a "length" that the context window, not max_new_tokens, set).
+    prefill_ms, total_s (timings are 0.0 until measured), context_full (at the end: a "length" that the
+    context window, not max_new_tokens, set).
     ``.new_ids`` holds every sampled id (an EOS or the tokens of a stop string included); ``.text``
     is everything generated so far (it may run ahead of what this consumer has taken);
     ``.seed`` is the seed used.
