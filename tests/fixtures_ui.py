@@ -160,9 +160,10 @@ def browser():
         b.close()
 
 
-def open_page(browser, base: str, timeout_ms: int = 20000):
-    """A fresh browser context (a fresh Gradio session) on the app; -> (context, page)."""
-    ctx = browser.new_context(viewport={"width": 1280, "height": 1000})
+def open_page(browser, base: str, timeout_ms: int = 20000, locale: str | None = None):
+    """A fresh browser context (a fresh Gradio session) on the app, its language ``locale`` (e.g.
+    "zh-CN") when given; -> (context, page)."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 1000}, locale=locale)
     page = ctx.new_page()
     page.set_default_timeout(timeout_ms)
     page.goto(base + "/")

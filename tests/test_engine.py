@@ -297,9 +297,30 @@ def test_breaking_out_counts_as_cancelled_and_releases_the_engine():
 def test_closing_before_iterating_is_cancelled():
     engine = Engine(MockModel(mixing), ByteTokenizer())
     stream = engine.stream([1], GREEDY, 5)
+    assert not stream.wait_ended(0)  # not started: nothing has ended yet
     stream.close()
-    assert stream.stats["finish_reason"] == "cancelled" and list(stream) == []
+    assert stream.stats["finish_reason"] == "cancelled" and list(stream) == [] and stream.wait_ended(0)
     assert engine.generate_ids([1], GREEDY, 2)
+
+
+def test_close_from_another_thread_returns_once_the_stream_has_ended():
+    """Stop in a UI closes the stream from another thread than the one iterating it."""
+    engine = Engine(MockModel(lambda prefix: 97, max_seq_len=2000, delay=0.01), ByteTokenizer())
+    stream = engine.stream([1], GREEDY, 1000)
+    started, got = threading.Event(), []
+
+    def consume():
+        for delta in stream:
+            got.append(delta)
+            started.set()
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    assert started.wait(30) and not stream.wait_ended(0)
+    stream.close()
+    assert stream.wait_ended(0) and stream.finish_reason == "cancelled"
+    consumer.join(30)
+    assert not consumer.is_alive() and stream.text == "".join(got)
+    assert engine.generate_ids([1], GREEDY, 2) == [97, 97]  # the engine was let go
 
 
 def test_model_error_releases_the_engine():

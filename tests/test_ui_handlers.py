@@ -109,6 +109,38 @@ def test_stop_cancels_within_one_token(h):
     assert shown[-1]["content"] == conv["messages"][-1]["content"]
 
 
+def test_stop_on_a_waiting_reply_returns_within_a_step_of_a_long_prefill(ui_models, tmp_path):
+    """Stop on a reply that waits for the model while another request's long prompt is prefilled:
+    the Stop handler redraws as soon as the reply's stream has ended (within a prefill pass), not
+    after a fixed wait nor after the other prompt's whole prefill (that stalled close() for as long
+    as the burst of prefill passes ran)."""
+    from lmstudio_lite.ui.chat_handlers import ChatHandlers
+
+    services = make_services(tmp_path / "home", load=str(ui_models["slow-chat"]))
+    services.chats = ChatStore(services.paths.chats)
+    h = ChatHandlers(services)
+    model = services.registry.current
+    model.engine.max_batch = 1  # one sequence at a time: the reply waits for the other request
+    model.engine.prefill_chunk = 16  # the other prompt takes a hundred-odd small passes (seconds)
+    other = model.generate("Once upon a time there was a dog. " * 400, max_new_tokens=1, ignore_eos=True,
+                           on_overflow="truncate")
+    assert other.stats["prompt_tokens"] > 1500
+    next(other.waiting(), None)  # it joins first and takes the only row
+    _, conv, _, _, job, _ = h.submit("Hello", None, "", [])
+    gen = h.run(job, conv, "", *SAMPLING)
+    next(gen)  # the reply's stream exists
+    assert "number 1 in the queue" in next(gen)[3]  # it waits behind the other prompt
+    h.stop(job)
+    shown, stats = h.stopped(job, conv)
+    assert job["stream"].wait_ended(0) and job["stream"].finish_reason == "cancelled"
+    assert other.stats["new_tokens"] == 0  # Stop answered while the other prompt was still being prefilled
+    assert "stopped by you" in stats and shown[-1] == {"role": "assistant", "content": ""}
+    other.close()
+    assert other.wait_ended(0) and other.finish_reason == "cancelled" and other.stats["new_tokens"] == 0
+    rest = list(gen)  # the cancelled event ends on its own and keeps what Stop drew
+    assert rest[-1][1] == shown and services.chats.load(conv["id"])["messages"][-1]["content"] == ""
+
+
 def test_export_and_import(h, tmp_path):
     conv, _, _ = send(h, None, "Export me")
     files = h.export(conv)[0]["value"]

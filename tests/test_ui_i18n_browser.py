@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
-from fixtures_ui import CHROMIUM, start_app  # noqa: F401  (the browser fixture comes from conftest)
+from fixtures_ui import CHROMIUM, open_page, start_app  # noqa: F401  (the browser fixture comes from conftest)
 
 pytestmark = pytest.mark.browser
 from playwright.sync_api import expect  # noqa: E402
@@ -29,6 +29,14 @@ def base(tmp_path_factory, ui_models):
     app.stop()
 
 
+@pytest.fixture
+def zh_page(browser, base):
+    """A fresh session on the app from a browser whose language is Simplified Chinese."""
+    ctx, page = open_page(browser, base, locale="zh-CN")
+    yield page
+    ctx.close()
+
+
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory) -> Path:
     folder = Path(os.environ.get("UI_SHOTS_DIR") or tmp_path_factory.mktemp("shots"))
@@ -36,91 +44,77 @@ def shots(tmp_path_factory) -> Path:
     return folder
 
 
-def test_chinese_browser_gets_chinese_and_the_switch_turns_it_to_english(browser, base, shots):
-    ctx = browser.new_context(locale="zh-CN", viewport={"width": 1280, "height": 1000})
-    page = ctx.new_page()
-    page.set_default_timeout(20000)
-    try:
-        page.goto(base + "/")
-        page.wait_for_selector("#chat-input textarea")  # expect() waits 5 s only: a busy machine needs more
-        expect(page.locator("#tab-summarize-button")).to_have_text("摘要")
-        expect(page.locator("#lang-switch input[value='zh-CN']")).to_be_checked()
-        expect(page.locator("#context-meter")).to_contain_text("上下文")  # worded by the server
-        page.click("#tab-summarize-button")
-        expect(page.locator("#sum-btn")).to_have_text("生成摘要")
-        expect(page.locator("#sum-input textarea")).to_have_attribute(
-            "placeholder", "在此粘贴文本（Shift+Enter 运行），或在下方上传文件。")
-        expect(page.locator("#sum-style")).to_contain_text("要点列表")
-        page.click("#sum-btn")
-        expect(page.locator("#sum-notice")).to_contain_text("请先粘贴文本")  # Accept-Language: zh-CN
-        page.screenshot(path=str(shots / "i18n-01-summarize-zh.png"), full_page=True)
-        page.click("#tab-translate-button")
-        expect(page.locator("#trans-src")).to_contain_text("源语言")
-        expect(page.locator("#trans-tgt input")).to_have_value("法语")
+def test_chinese_browser_gets_chinese_and_the_switch_turns_it_to_english(zh_page, shots):
+    page = zh_page
+    expect(page.locator("#tab-summarize-button")).to_have_text("摘要")
+    expect(page.locator("#lang-switch input[value='zh-CN']")).to_be_checked()
+    expect(page.locator("#context-meter")).to_contain_text("上下文")  # worded by the server
+    page.click("#tab-summarize-button")
+    expect(page.locator("#sum-btn")).to_have_text("生成摘要")
+    expect(page.locator("#sum-input textarea")).to_have_attribute(
+        "placeholder", "在此粘贴文本（Shift+Enter 运行），或在下方上传文件。")
+    expect(page.locator("#sum-style")).to_contain_text("要点列表")
+    page.click("#sum-btn")
+    expect(page.locator("#sum-notice")).to_contain_text("请先粘贴文本")  # Accept-Language: zh-CN
+    page.screenshot(path=str(shots / "i18n-01-summarize-zh.png"), full_page=True)
+    page.click("#tab-translate-button")
+    expect(page.locator("#trans-src")).to_contain_text("源语言")
+    expect(page.locator("#trans-tgt input")).to_have_value("法语")
 
-        page.locator("#lang-switch label", has_text="English").click()
-        expect(page.locator("#tab-models-button")).to_have_text("Models")  # a tab never opened
-        page.click("#tab-summarize-button")
-        page.click("#tab-translate-button")  # the server words the language lists anew when the tab opens
-        expect(page.locator("#trans-tgt input")).to_have_value("French")
-        page.click("#tab-summarize-button")
-        page.click("#sum-btn")  # the server follows the switch, not the browser
-        expect(page.locator("#sum-notice")).to_contain_text("Paste some text")
-        page.screenshot(path=str(shots / "i18n-02-summarize-en.png"), full_page=True)
+    page.locator("#lang-switch label", has_text="English").click()
+    expect(page.locator("#tab-models-button")).to_have_text("Models")  # a tab never opened
+    page.click("#tab-summarize-button")
+    page.click("#tab-translate-button")  # the server words the language lists anew when the tab opens
+    expect(page.locator("#trans-tgt input")).to_have_value("French")
+    page.click("#tab-summarize-button")
+    page.click("#sum-btn")  # the server follows the switch, not the browser
+    expect(page.locator("#sum-notice")).to_contain_text("Paste some text")
+    page.screenshot(path=str(shots / "i18n-02-summarize-en.png"), full_page=True)
 
-        page.reload()  # the choice is remembered over the browser's own language
-        expect(page.locator("#tab-summarize-button")).to_have_text("Summarize")
-        expect(page.locator("#lang-switch input[value='en']")).to_be_checked()
-        page.locator("#lang-switch label", has_text="简体中文").click()
-        expect(page.locator("#tab-models-button")).to_have_text("模型")
-        page.click("#tab-models-button")
-        expect(page.locator("#model-load")).to_have_text("加载")
-        page.screenshot(path=str(shots / "i18n-03-models-zh.png"), full_page=True)
-    finally:
-        ctx.close()
+    page.reload()  # the choice is remembered over the browser's own language
+    expect(page.locator("#tab-summarize-button")).to_have_text("Summarize")
+    expect(page.locator("#lang-switch input[value='en']")).to_be_checked()
+    page.locator("#lang-switch label", has_text="简体中文").click()
+    expect(page.locator("#tab-models-button")).to_have_text("模型")
+    page.click("#tab-models-button")
+    expect(page.locator("#model-load")).to_have_text("加载")
+    page.screenshot(path=str(shots / "i18n-03-models-zh.png"), full_page=True)
 
 
-def test_after_switches_stop_stops_a_reply_and_inspect_reads_chinese(browser, base, shots):
-    ctx = browser.new_context(locale="zh-CN", viewport={"width": 1280, "height": 1000})
-    page = ctx.new_page()
-    page.set_default_timeout(20000)
-    try:
-        page.goto(base + "/")
-        page.wait_for_selector("#chat-input textarea")
-        for tab, name in [("chat", "对话"), ("inspect", "检查"), ("train", "训练")]:
-            expect(page.locator(f"#tab-{tab}-button")).to_have_text(name)
-        page.locator("#lang-switch label", has_text="English").click()  # the tab names are re-sent twice
-        expect(page.locator("#send-btn")).to_have_text("Send")
-        page.locator("#lang-switch label", has_text="简体中文").click()
-        expect(page.locator("#tab-inspect-button")).to_have_text("检查")
-        expect(page.locator("#send-btn")).to_have_text("发送")
-        page.get_by_text("系统提示词与采样").click()
-        max_new = page.locator("#max-new-tokens input[type=number]")
-        max_new.fill("2000")  # far more than streams before Stop, however busy the machine
-        max_new.press("Enter")
-        box = page.locator("#chat-input textarea")
-        box.fill("你好")
-        box.press("Enter")
-        grows = ("n => { const b = document.querySelectorAll('%s');"
-                 " return b.length && b[b.length - 1].innerText.length > n; }" % BOT)
-        page.wait_for_function(grows, arg=5, timeout=60000)
-        page.wait_for_function(grows, arg=len(page.locator(BOT).last.inner_text()) + 5, timeout=60000)  # streaming
-        page.click("#stop-btn")
-        expect(page.locator("#chat-stats")).to_contain_text("已由你停止", timeout=15000)
-        frozen = page.locator(BOT).last.text_content()
-        page.screenshot(path=str(shots / "i18n-04-chat-stopped-zh.png"), full_page=True)
+def test_after_switches_stop_stops_a_reply_and_inspect_reads_chinese(zh_page, shots):
+    page = zh_page
+    for tab, name in [("chat", "对话"), ("inspect", "检查"), ("train", "训练")]:
+        expect(page.locator(f"#tab-{tab}-button")).to_have_text(name)
+    page.locator("#lang-switch label", has_text="English").click()  # the tab names are re-sent twice
+    expect(page.locator("#send-btn")).to_have_text("Send")
+    page.locator("#lang-switch label", has_text="简体中文").click()
+    expect(page.locator("#tab-inspect-button")).to_have_text("检查")
+    expect(page.locator("#send-btn")).to_have_text("发送")
+    page.get_by_text("系统提示词与采样").click()
+    max_new = page.locator("#max-new-tokens input[type=number]")
+    max_new.fill("2000")  # far more than streams before Stop, however busy the machine
+    max_new.press("Enter")
+    box = page.locator("#chat-input textarea")
+    box.fill("你好")
+    box.press("Enter")
+    grows = ("n => { const b = document.querySelectorAll('%s');"
+             " return b.length && b[b.length - 1].innerText.length > n; }" % BOT)
+    page.wait_for_function(grows, arg=5, timeout=60000)
+    page.wait_for_function(grows, arg=len(page.locator(BOT).last.inner_text()) + 5, timeout=60000)  # streaming
+    page.click("#stop-btn")
+    expect(page.locator("#chat-stats")).to_contain_text("已由你停止", timeout=15000)
+    frozen = page.locator(BOT).last.text_content()
+    page.screenshot(path=str(shots / "i18n-04-chat-stopped-zh.png"), full_page=True)
 
-        page.click("#tab-inspect-button")
-        expect(page.locator("#inspect-btn")).to_have_text("检查")
-        for text in ("我喜欢在公园里散步，因为那里很安静。", "Once upon a time there was a dog."):
-            page.locator("#inspect-text textarea").fill(text)
-            page.click("#inspect-btn")
-            expect(page.locator("#inspect-summary")).to_contain_text(f"对应 {len(text)} 个字符", timeout=30000)
-            expect(page.locator("#inspect-summary")).to_contain_text("困惑度")
-            expect(page.locator("#inspect-position-info")).to_contain_text("位置")
-            if text.startswith("我"):
-                page.screenshot(path=str(shots / "i18n-05-inspect-chinese-zh.png"), full_page=True)
-        # Several seconds of model work later, the stopped reply has not grown.
-        assert page.locator(BOT).last.text_content() == frozen
-    finally:
-        ctx.close()
+    page.click("#tab-inspect-button")
+    expect(page.locator("#inspect-btn")).to_have_text("检查")
+    for text in ("我喜欢在公园里散步，因为那里很安静。", "Once upon a time there was a dog."):
+        page.locator("#inspect-text textarea").fill(text)
+        page.click("#inspect-btn")
+        expect(page.locator("#inspect-summary")).to_contain_text(f"对应 {len(text)} 个字符", timeout=30000)
+        expect(page.locator("#inspect-summary")).to_contain_text("困惑度")
+        expect(page.locator("#inspect-position-info")).to_contain_text("位置")
+        if text.startswith("我"):
+            page.screenshot(path=str(shots / "i18n-05-inspect-chinese-zh.png"), full_page=True)
+    # Several seconds of model work later, the stopped reply has not grown.
+    assert page.locator(BOT).last.text_content() == frozen

@@ -3,5 +3,7 @@ from .engine import ContextOverflowError, Engine, GenerationStream
 from .scheduler import Scheduler, ScheduledStream
 from .sampling import SamplingParams, sample
 from .stopping import StopStringHoldback
+from .stream import TextStream
 
-__all__ = ["ContextOverflowError", "Engine", "GenerationStream", "SamplingParams", "ScheduledStream", "Scheduler", "StopStringHoldback", "sample"]
+__all__ = ["ContextOverflowError", "Engine", "GenerationStream", "SamplingParams", "ScheduledStream", "Scheduler",
+           "StopStringHoldback", "TextStream", "sample"]

@@ -6,7 +6,6 @@ iterates a ``GenerationStream``; there are no background threads.
 """
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -18,6 +17,7 @@ from ..errors import LiteError
 from ..model.kv_cache import KVCache
 from .sampling import SamplingParams, sample
 from .stopping import StopStringHoldback
+from .stream import RunState, TextStream
 
 FINISH_REASONS = ("stop", "length", "cancelled")  # plus "error" when the model raised
 MIN_CACHE_LEN = 256  # the cache grows in powers of two from here, so it is reallocated only a few times
@@ -117,86 +117,52 @@ class Engine:
         return self._cache
 
 
-class GenerationStream:
-    """An iterator of non-empty text deltas; generation happens as it is iterated.
+class GenerationStream(TextStream):
+    """The engine's stream (``TextStream``'s surface): generation happens as it is iterated.
 
-    ``.stats`` (updated while running, complete at the end): prompt_tokens, new_tokens,
-    finish_reason (None while running, then "stop" | "length" | "cancelled", or "error" when the
-    model raised), ttft_s (from the first ``next()`` — waiting for the engine included — to the
-    first sampled token), decode_tok_s ((new_tokens - 1) / seconds after the first token; 0.0 with
-    fewer than 2), prefill_ms (the prompt's forward pass and the first sample), total_s.
-    Timings are 0.0 until measured. ``.new_ids`` holds every sampled id (an EOS or the tokens of
-    a stop string included); ``.text`` is everything emitted; ``.seed`` is the seed used.
+    ``stats["ttft_s"]`` counts from the first ``next()``, waiting for the engine included;
+    ``prefill_ms`` is the prompt's forward pass and the first sample.
 
     The engine is held from the first ``next()`` until the stream ends. A consumer that stops
     early releases it by calling ``.close()``, leaving a ``with`` block, or dropping the stream
-    (the generator holds no reference back to this object, so that frees it at once).
+    (the generator holds no reference back to this object, so that frees it at once). ``close()``
+    from another thread waits for the consumer's current ``next()`` (one token once cancelled).
     """
 
     def __init__(self, engine: Engine, prompt_ids: list[int], params: SamplingParams,
                  max_new_tokens: int, holdback: StopStringHoldback, ignore_eos: bool,
                  cancel: threading.Event | None):
-        self._run = _Generation(engine, prompt_ids, params, max_new_tokens, holdback, ignore_eos, cancel)
+        super().__init__(_Generation(engine, prompt_ids, params, max_new_tokens, holdback, ignore_eos, cancel))
         self._gen = self._run.locked()
-        self.stats, self.new_ids = self._run.stats, self._run.new_ids  # shared, updated live
-        self.prompt_ids, self.params, self.max_new_tokens = prompt_ids, params, max_new_tokens
-        self.seed = self._run.seed
-
-    def __iter__(self) -> Iterator[str]:
-        return self
+        self._step = threading.Lock()  # held through each next(): a generator runs in one thread at a time
 
     def __next__(self) -> str:
-        return next(self._gen)
+        with self._step:
+            return next(self._gen)
 
-    def __enter__(self) -> GenerationStream:
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    @property
-    def text(self) -> str:
-        return self._run.text
-
-    @property
-    def finish_reason(self) -> str | None:
-        return self.stats["finish_reason"]
-
-    def cancel(self):
-        """Ask the generation to stop (safe from any thread); it ends within one token."""
-        self._run.cancel_event.set()
-
-    def close(self):
-        """Stop now and release the engine (counts as cancelled if it had not finished)."""
-        self._gen.close()
-        if self.stats["finish_reason"] is None:
-            self.stats["finish_reason"] = "cancelled"
+    def _let_go(self):
+        with self._step:
+            self._gen.close()
+        self._run.ended.set()  # closing a generator that never started runs none of its code
 
 
-class _Generation:
+class _Generation(RunState):
     """The state and decode loop behind one GenerationStream (kept apart so that the running
     generator does not keep the stream object alive)."""
 
     def __init__(self, engine: Engine, prompt_ids: list[int], params: SamplingParams,
                  max_new_tokens: int, holdback: StopStringHoldback, ignore_eos: bool,
                  cancel: threading.Event | None):
-        self.prompt_ids, self.params, self.max_new_tokens = prompt_ids, params, max_new_tokens
-        self.seed = params.seed if params.seed is not None else secrets.randbits(63)
-        self.new_ids: list[int] = []
-        self.text = ""
-        self.stats = {"prompt_tokens": len(prompt_ids), "new_tokens": 0, "finish_reason": None,
-                      "ttft_s": 0.0, "decode_tok_s": 0.0, "prefill_ms": 0.0, "total_s": 0.0}
+        super().__init__(prompt_ids, params, max_new_tokens, cancel)
         self._engine, self._holdback, self._ignore_eos = engine, holdback, ignore_eos
-        self.cancel_event, self._outside_cancel = threading.Event(), cancel
-
-    def _cancelled(self) -> bool:
-        outside = self._outside_cancel
-        return self.cancel_event.is_set() or (outside is not None and outside.is_set())
 
     def locked(self) -> Iterator[str]:
         t_start = time.perf_counter()
-        with self._engine._lock:  # a second stream waits here until the first one ends
-            yield from self._decode_loop(t_start)
+        try:
+            with self._engine._lock:  # a second stream waits here until the first one ends
+                yield from self._decode_loop(t_start)
+        finally:
+            self.ended.set()
 
     def _decode_loop(self, t_start: float) -> Iterator[str]:
         engine, stats, holdback = self._engine, self.stats, self._holdback
@@ -209,7 +175,7 @@ class _Generation:
             logits = None
             while reason is None:
                 # Cancel is checked before every token, so Stop lands within one token.
-                if self._cancelled():
+                if self.cancelled():
                     reason = "cancelled"
                     break
                 # Prefill the prompt (first pass) or decode the last id at its position; sample.

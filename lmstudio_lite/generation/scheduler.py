@@ -10,8 +10,8 @@ model's whole context, sized from a memory budget). Each step it
 3. prefills pending prompts in padded passes (prompts at the same position and of similar
    remaining length together, a chunk of ``prefill_chunk`` tokens each, one read of the
    weights per pass); passes go on before the decode step until a decoding stream has waited
-   ``decode_gap_s`` for its next token, so a burst of newcomers gets first tokens soon while
-   running streams keep flowing;
+   ``decode_gap_s`` for its next token (newcomers that can take a row are admitted between two
+   passes), so a burst of newcomers gets first tokens soon while running streams keep flowing;
 4. runs one decode step for every sequence past its prompt (``model.decode.decode_rows_logits``:
    the native kernel's multi-row step and head on the CPU, each weight read once for all rows; a
    batched PyTorch step elsewhere) and samples each row with its own settings and seed.
@@ -25,7 +25,7 @@ ever read: nothing of another conversation can leak in. A request whose prompt s
 longer prefix with one still being prefilled waits for it (``n`` > 1, a common system prompt
 sent by several clients at once), so that prefix is computed once.
 
-Consumers iterate a ``ScheduledStream`` (the same surface as ``GenerationStream``) in their
+Consumers iterate a ``ScheduledStream`` (``stream.TextStream``'s surface, as ``GenerationStream``) in their
 own thread; the driver hands each sequence's text deltas over through a queue. Sampling,
 stop strings and detokenizing happen per sequence in the driver, exactly as the single
 stream engine does them.
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import os
 import queue
-import secrets
 import threading
 import time
 import weakref
@@ -48,6 +47,7 @@ from ..model.kv_cache import KVCache
 from .engine import check_request
 from .sampling import SamplingParams, sample
 from .stopping import StopStringHoldback
+from .stream import RunState, TextStream
 
 CPU_BATCH, GPU_BATCH = 8, 32  # default rows decoded together
 PREFILL_CHUNK = 128  # prompt tokens prefilled per step (between two decode steps)
@@ -112,37 +112,26 @@ class _Row:
         self.index, self.tokens, self.valid, self.seq, self.used = index, [], 0, None, 0.0
 
 
-class _Seq:
+class _Seq(RunState):
     """A request's state; the driver alone changes it (the stream only reads it)."""
 
     def __init__(self, prompt_ids, params, max_new_tokens, stop, ignore_eos, cancel, logprobs, tokenizer):
-        self.prompt_ids, self.params, self.max_new_tokens = prompt_ids, params, max_new_tokens
-        self.seed = params.seed if params.seed is not None else secrets.randbits(63)
+        super().__init__(prompt_ids, params, max_new_tokens, cancel)
         self.holdback = StopStringHoldback(stop)
         self.eos = frozenset() if ignore_eos else frozenset(tokenizer.eos_ids)
         self.detok = tokenizer.decode_stream(skip_special_tokens=True)
         self.logprobs = logprobs  # None: off; k >= 0: the chosen token's logprob and the top k
         self.token_logprobs: list[dict] = []
-        self.cancel_event, self.outside_cancel = threading.Event(), cancel
         self.events: queue.SimpleQueue = queue.SimpleQueue()
-        self.finished = threading.Event()
         self.placed = threading.Event()  # it has a row (or ended): no longer waiting
         self.tokens = list(prompt_ids)  # prompt, then every sampled id
-        self.new_ids: list[int] = []
-        self.text = ""
         self.fed = 0  # tokens whose K/V is in the row
         self.row: _Row | None = None
         self.generator: torch.Generator | None = None
         self.t_submit = self.t_first = self.t_prefill = self.t_last = 0.0  # t_last: its last token
         self.submit_step = 0
         self.cancel_step: int | None = None
-        self.stats = {"prompt_tokens": len(prompt_ids), "new_tokens": 0, "finish_reason": None,
-                      "ttft_s": 0.0, "decode_tok_s": 0.0, "prefill_ms": 0.0, "total_s": 0.0,
-                      "cached_tokens": 0}
-
-    def cancelled(self) -> bool:
-        outside = self.outside_cancel
-        return self.cancel_event.is_set() or (outside is not None and outside.is_set())
+        self.stats["cached_tokens"] = 0
 
 
 class Scheduler:
@@ -221,6 +210,15 @@ class Scheduler:
             except ValueError:
                 return None
 
+    def _cancel(self, seq: _Seq):
+        """Mark ``seq`` cancelled and wake the driver: it ends at the next step (or the prefill pass
+        running now)."""
+        with self._cond:
+            if seq.cancel_step is None:
+                seq.cancel_step = self.steps
+            seq.cancel_event.set()
+            self._cond.notify_all()
+
     def clear_cache(self):
         """Forget every cached prefix (rows of running sequences stay)."""
         with self._cond:
@@ -239,10 +237,6 @@ class Scheduler:
                 self._thread.start()
             self._cond.notify_all()
 
-    def _wake(self):
-        with self._cond:
-            self._cond.notify_all()
-
     # -- the driver --------------------------------------------------------------------------
     def _drive(self):
         while True:
@@ -258,20 +252,21 @@ class Scheduler:
                 torch.set_num_threads(threads)  # this thread only: a job may hold the rest
             try:
                 self._step()
-            except BaseException as e:  # a bug in the driver itself: fail what runs, keep serving
-                for seq in list(self._running):
+            except BaseException as e:  # a bug in the driver itself: fail what it holds, keep serving
+                with self._cond:  # waiting ones too: a step that fails on them would fail again forever
+                    held = self._running + self._waiting
+                for seq in held:
                     self._fail(seq, e)
 
     def _step(self):
         with self._cond:
-            for seq in [s for s in self._waiting if s.cancelled()]:
-                self._waiting.remove(seq)
-                self._finish(seq, "cancelled")
-        for seq in [s for s in self._running if s.cancelled()]:
+            cancelled = [s for s in self._waiting + self._running if s.cancelled()]
+        for seq in cancelled:
             self._finish(seq, "cancelled")
         self._admit()
         with torch.inference_mode():
-            self._prefill()
+            while self._prefill():  # newcomers can join and no decode step is due yet: they join now
+                self._admit()
             self._decode()
         with self._cond:  # counted under the lock that ``cancel`` reads it with
             self.steps += 1
@@ -355,13 +350,15 @@ class Scheduler:
         seq.generator.manual_seed(seq.seed)
         return True
 
-    def _prefill(self):
+    def _prefill(self) -> bool:
         """Prefill pending prompts, one padded pass per group (``_prefill_group``). A pass holds
         a chunk (``prefill_chunk`` padded tokens) per pending prompt, at most ``PASS_CHUNKS``
         chunks (every pass dequantizes each quantized matrix once: fewer, larger passes are what
         makes a burst of prompts cheap). Passes go on, before the decode step, while no decoding
         stream has waited ``decode_gap_s`` for its next token and nothing can join or waits to cancel:
-        newcomers get their first token sooner, running streams still step at least that often."""
+        newcomers get their first token sooner, running streams still step at least that often.
+        -> True when it stopped only because a newcomer can join (admit it and call again: a decode
+        step now would delay the burst's prompts by a step that no stream is due for yet)."""
         pending = [s for s in self._running if s.fed < len(s.prompt_ids)]
         while pending:
             decoding = [s.t_last for s in self._running if s.fed >= len(s.prompt_ids)]
@@ -370,10 +367,17 @@ class Scheduler:
             self._prefill_pass(group, chunk)
             pending = [s for s in self._running if s.fed < len(s.prompt_ids)]
             decoding = [s.t_last for s in self._running if s.fed >= len(s.prompt_ids)]
-            joinable = self._waiting and len(self._running) < self.max_batch  # a newcomer could take a row
-            if (decoding and time.perf_counter() - min(decoding) >= self.decode_gap_s) or joinable \
-                    or any(s.cancelled() for s in pending):
-                break
+            if (decoding and time.perf_counter() - min(decoding) >= self.decode_gap_s) or self._cancel_pending():
+                return False
+            if self._waiting and len(self._running) < self.max_batch:  # a newcomer could take a row
+                return True
+        return False
+
+    def _cancel_pending(self) -> bool:
+        """A sequence (running or waiting) was cancelled since this step began: the step ends so that
+        its ``close()`` returns within one step, not after the whole burst of prefill passes."""
+        with self._cond:
+            return any(s.cancelled() for s in self._running) or any(s.cancelled() for s in self._waiting)
 
     def _prefill_group(self, pending: list[_Seq], budget: int) -> tuple[list[_Seq], int]:
         """The oldest pending sequence and those at the same position whose rest of prompt is
@@ -505,35 +509,37 @@ class Scheduler:
         seq.events.put(("delta", text))
 
     def _finish(self, seq: _Seq, reason: str):
+        """End ``seq`` normally ("stop", "length", "cancelled"): its text held back is released, its row
+        keeps its tokens for the prompt cache."""
         if reason == "length":  # bytes of a character cut off by the limit still reach the user (U+FFFD)
             emit, _ = seq.holdback.feed(seq.detok.flush() or "")
             if emit:
                 self._emit(seq, emit)
-        if reason != "error":
-            tail = seq.holdback.flush()  # text held back for a stop string that never came
-            if tail:
-                self._emit(seq, tail)
-        self._release(seq, keep=reason != "error")
-        stats = seq.stats
-        stats["finish_reason"] = reason
+        tail = seq.holdback.flush()  # text held back for a stop string that never came
+        if tail:
+            self._emit(seq, tail)
         if reason == "cancelled" and seq.cancel_step is not None:
-            stats["cancel_steps"] = self.steps - seq.cancel_step  # steps that ran after cancel() (0 or 1)
-        stats["context_full"] = len(seq.tokens) >= self.model.config.max_seq_len
-        stats["total_s"] = time.perf_counter() - seq.t_submit if seq.t_submit else 0.0
-        seq.events.put(("end", None))
-        seq.placed.set()
-        seq.finished.set()
+            seq.stats["cancel_steps"] = self.steps - seq.cancel_step  # steps that ran after cancel() (0 or 1)
+        self._end(seq, reason, ("end", None))
 
     def _fail(self, seq: _Seq, error: BaseException):
+        """End ``seq`` with ``error`` (raised to its consumer); its row's contents are forgotten."""
+        self._end(seq, "error", ("error", error))
+
+    def _end(self, seq: _Seq, reason: str, last_event: tuple):
+        """Take ``seq`` out of the queue and the batch, free its row, complete its stats, wake its
+        consumer and whoever waits for its end."""
         with self._cond:
             if seq in self._waiting:
                 self._waiting.remove(seq)
-        self._release(seq, keep=False)
-        seq.stats["finish_reason"] = "error"
-        seq.stats["total_s"] = time.perf_counter() - seq.t_submit if seq.t_submit else 0.0
-        seq.events.put(("error", error))
+        self._release(seq, keep=reason != "error")
+        stats = seq.stats
+        stats["finish_reason"] = reason
+        stats["context_full"] = len(seq.tokens) >= self.model.config.max_seq_len
+        stats["total_s"] = time.perf_counter() - seq.t_submit if seq.t_submit else 0.0
+        seq.events.put(last_event)
         seq.placed.set()
-        seq.finished.set()
+        seq.ended.set()
 
     def _release(self, seq: _Seq, keep: bool):
         with self._cond:
@@ -560,42 +566,37 @@ def _logprob_entry(logits: torch.Tensor, tok: int, top: int) -> dict:
     return entry
 
 
-class ScheduledStream:
-    """An iterator of non-empty text deltas from the scheduler (``GenerationStream``'s surface).
+class ScheduledStream(TextStream):
+    """The scheduler's stream (``TextStream``'s surface): its driver generates, this hands the deltas over.
 
-    ``.stats`` (live): prompt_tokens, cached_tokens (prompt tokens whose K/V came from the
-    prompt cache), new_tokens, finish_reason, ttft_s (first ``next()`` -> first token, waiting
-    included), ttft_steps (driver steps between joining and the first token), cancel_steps (after
-    ``cancel()``: driver steps that completed before its row was freed), decode_tok_s, prefill_ms,
-    total_s, context_full. ``.new_ids``, ``.text``, ``.seed``,
-    ``.logprobs`` (with ``logprobs=k``: per sampled token ``{"id", "text", "logprob", "top": [(id, lp)]}``,
-    ``text`` its share of the reply: empty for the first bytes of a character split over tokens),
-    ``.queue_position`` (1.. while waiting for a row, else None).
+    ``.stats`` adds cached_tokens (prompt tokens whose K/V came from the prompt cache), ttft_steps
+    (driver steps between joining and the first token) and cancel_steps (after ``cancel()``: driver
+    steps that completed before its row was freed); ttft_s counts from the first ``next()``, waiting
+    for a row included. ``.logprobs`` (with ``logprobs=k``: per sampled token
+    ``{"id", "text", "logprob", "top": [(id, lp)]}``, ``text`` its share of the reply: empty for the
+    first bytes of a character split over tokens); ``.queue_position`` (1.. while waiting for a row,
+    else None).
 
     The request joins on the first ``next()``; ``cancel()`` (any thread) ends it within one
     step; ``close()`` ends it and returns once its row is free; dropping the stream cancels it.
     """
 
     def __init__(self, scheduler: Scheduler, seq: _Seq):
-        self._scheduler, self._seq = scheduler, seq
-        self.stats, self.new_ids, self.logprobs = seq.stats, seq.new_ids, seq.token_logprobs
-        self.prompt_ids, self.params, self.max_new_tokens = seq.prompt_ids, seq.params, seq.max_new_tokens
-        self.seed = seq.seed
+        super().__init__(seq)
+        self._scheduler, self.logprobs = scheduler, seq.token_logprobs
         self._submitted = self._done = False
         weakref.finalize(self, _drop, scheduler, seq)
-
-    def __iter__(self) -> Iterator[str]:
-        return self
 
     def _join(self) -> bool:
         """Submit the request once; False when it was cancelled before it joined."""
         if not self._submitted:
-            self._submitted = True
-            if self._seq.cancelled():
+            self._submitted = True  # before the cancel check: close() then waits for what it sees submitted
+            if self._run.cancelled():
                 self._done = True
                 self.stats["finish_reason"] = "cancelled"
+                self._run.ended.set()
                 return False
-            self._scheduler._submit(self._seq)
+            self._scheduler._submit(self._run)
         return not self._done
 
     def waiting(self, poll_s: float = 0.5) -> Iterator[int]:
@@ -603,16 +604,16 @@ class ScheduledStream:
         waits for a row; returns as soon as it runs or ends (for a UI to say where it stands)."""
         if not self._join():
             return
-        while not self._seq.placed.is_set():
+        while not self._run.placed.is_set():
             position = self.queue_position
             if position is not None:
                 yield position
-            self._seq.placed.wait(poll_s)
+            self._run.placed.wait(poll_s)
 
     def __next__(self) -> str:
         if self._done or not self._join():
             raise StopIteration
-        what, value = self._seq.events.get()
+        what, value = self._run.events.get()
         if what == "delta":
             return value
         self._done = True
@@ -620,44 +621,23 @@ class ScheduledStream:
             raise value
         raise StopIteration
 
-    def __enter__(self) -> "ScheduledStream":
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    @property
-    def text(self) -> str:
-        return self._seq.text
-
-    @property
-    def finish_reason(self) -> str | None:
-        return self.stats["finish_reason"]
-
     @property
     def queue_position(self) -> int | None:
-        return self._scheduler.queue_position(self._seq)
+        return self._scheduler.queue_position(self._run)
 
     def cancel(self):
         """Ask the generation to stop (safe from any thread); its row is free within one step."""
-        with self._scheduler._cond:
-            if self._seq.cancel_step is None:
-                self._seq.cancel_step = self._scheduler.steps
-            self._seq.cancel_event.set()
-            self._scheduler._cond.notify_all()
+        self._scheduler._cancel(self._run)
 
-    def close(self):
-        """Stop now; returns once the scheduler has let the sequence go."""
-        self.cancel()
+    def _let_go(self):
         if self._submitted:
-            self._seq.finished.wait(CLOSE_WAIT_S)
+            self._run.ended.wait(CLOSE_WAIT_S)
+        else:
+            self._run.ended.set()  # it never joined: there is nothing to let go of
         self._done = True
-        if self.stats["finish_reason"] is None:
-            self.stats["finish_reason"] = "cancelled"
 
 
 def _drop(scheduler: Scheduler, seq: _Seq):
     """A stream dropped unfinished: cancel its sequence (holds no reference to the stream)."""
-    if not seq.finished.is_set():
-        seq.cancel_event.set()
-        scheduler._wake()
+    if not seq.ended.is_set():
+        scheduler._cancel(seq)

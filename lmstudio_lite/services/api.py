@@ -22,7 +22,7 @@ from ..checkpoints.gguf_weights import load_gguf
 from ..checkpoints.quant_cache import load_quantized
 from ..checkpoints.tokenizer import Tokenizer
 from ..device import DeviceChoice, choose_device
-from ..generation import ContextOverflowError, Engine, GenerationStream, SamplingParams, Scheduler
+from ..generation import ContextOverflowError, Engine, SamplingParams, Scheduler, TextStream
 from ..model.quant import check_qtype, quantize_model, weight_bytes, weight_format
 
 
@@ -115,7 +115,7 @@ class LoadedModel:
     def generate(self, prompt_or_messages, max_new_tokens: int = 256, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
                  seed: int | None = None, stop=(), ignore_eos: bool = False, on_overflow: str = "error",
-                 cancel: threading.Event | None = None, logprobs: int | None = None) -> GenerationStream:
+                 cancel: threading.Event | None = None, logprobs: int | None = None) -> TextStream:
         """Stream text deltas; ``stream.stats`` holds counts, timings and what was cut.
         ``logprobs`` (None, or 0..20 alternatives) fills ``stream.logprobs`` (see ``Scheduler.stream``)."""
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,

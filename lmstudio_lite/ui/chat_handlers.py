@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import tempfile
-import threading
 from pathlib import Path
 
 import gradio as gr
@@ -19,8 +18,6 @@ from ..services.tasks.chat import (DEFAULT_SYSTEM, PRESETS, build_messages, cont
                           describe_dropped, make_settings, plain_prompt, too_long_for)
 from .common import NoModelError, Throttle, current_model, friendly, notice_md, stats_md, warn
 from .i18n import lang_of, tr
-
-STOP_WAIT_S = 5.0  # Stop waits this long for the cancelled reply to close before drawing it
 
 
 def view(conv: dict | None) -> list[dict]:
@@ -107,22 +104,22 @@ class ChatHandlers:
         except Exception as e:
             yield conv, view(conv), "", notice_md(warn(friendly(e, lang)))
             return
-        job["stream"], job["done"] = stream, threading.Event()
+        job["stream"], job["msg"], job["before"] = stream, msg, msg["content"]
         throttle = Throttle()
         yield conv, view(conv), "", notice_md(note)
         try:
             for position in getattr(stream, "waiting", lambda: ())():  # the model serves others first
                 yield conv, view(conv), "", notice_md(tr(lang, "chat.waiting", position=position))
-            for delta in stream:
-                msg["content"] += delta
+            for _ in stream:
+                keep_reply(job)
                 if throttle.ready():
                     yield conv, view(conv), stats_md(stream.stats, lang), notice_md(note)
         except Exception as e:
             note = warn(friendly(e, lang))
         finally:
-            stream.close()  # runs at once on Stop / job.cancel(): frees the engine
+            stream.close()  # at once on Stop (the stream is cancelled): frees the model
+            keep_reply(job)
             self._save(conv, lang)
-            job["done"].set()
         yield conv, view(conv), stats_md(stream.stats, lang), notice_md(note)
 
     def _start(self, model, job, conv, settings, lang: str | None = None):
@@ -151,15 +148,18 @@ class ChatHandlers:
             stream.cancel()
 
     def stopped(self, job, conv, request: gr.Request = None):
-        """After ``stop``: the reply as saved and its stats. -> chatbot, stats.
+        """After ``stop``: the reply as kept and saved, and its stats. -> chatbot, stats.
 
         The cancelled event's last deltas may not have been drawn (the view is throttled, and a
-        token can land while the cancel takes effect): once the stream has closed and the chat is
-        saved, the page shows exactly what was kept, so nothing appears later."""
+        token can land while the cancel takes effect). ``close()`` returns once the stream has
+        ended, so its text is final: that is the reply kept, saved and drawn (the cancelled event
+        writes the same), and nothing appears later."""
         stream = (job or {}).get("stream")
         if stream is None:
             return gr.skip(), gr.skip()
-        job["done"].wait(STOP_WAIT_S)
+        stream.close()
+        keep_reply(job)
+        self._save(conv, lang_of(request))
         stats = dict(stream.stats)
         stats["finish_reason"] = stats.get("finish_reason") or "cancelled"
         return view(conv), stats_md(stats, lang_of(request))
@@ -349,6 +349,13 @@ def meter_html(r, extra: str = "", note: str = "", lang: str | None = None) -> s
     words = tr(lang, "chat.meter_words", limit=f"{r.limit:,}", used=f"{r.used:,}", extra=extra,
                reply=f"{r.reply:,}", free=f"{r.free:,}")
     return f"<div class='meter'>{bar}{words}" + (f"<br>{note}" if note else "") + "</div>"
+
+
+def keep_reply(job: dict) -> None:
+    """Write the stream's text so far into the reply being written (after what it held before: a
+    continued reply). Set, not appended: the event and Stop's redraw may both write it, and the
+    stream's text only grows, to its final value once the stream has ended."""
+    job["msg"]["content"] = job["before"] + job["stream"].text
 
 
 def done_md(message: str) -> str:
