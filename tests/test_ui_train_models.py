@@ -257,6 +257,32 @@ def test_train_handlers_answer_in_the_language_of_the_request(services, tmp_path
     assert fn["tick"](None, None)[0].startswith("**Status:** running · run `r1` · step 3/10")
 
 
+def test_train_actions_refuse_and_confirm_in_the_language_of_the_request(services, tmp_path):
+    """Start, Cancel, Resume, Use in Chat and Export: the services' refusals and confirmations, said
+    in Chinese for a zh-CN page, in English for an API caller."""
+    import gradio as gr
+
+    from lmstudio_lite.ui import i18n, train_tab
+
+    with gr.Blocks() as demo:
+        train_tab.build(services)
+    fn = {f.fn.__name__: f.fn for f in demo.fns.values() if f.fn.__module__.endswith("train_tab")}
+    zh = SimpleNamespace(cookies={i18n.COOKIE: "zh-CN"}, headers={})
+    form = dict.fromkeys(train_tab.FORM, None)
+    form.update(base="stories260K", length_by="steps", steps=10, seq_len=64, method="Full", batch_size=4, lr=1e-3)
+    assert fn["start"](zh, *form.values()) == "⚠ 请选择训练数据：上传一个文件，或选一个示例。"
+    assert fn["start"](None, *form.values()) == "⚠ Choose training data: upload a file or pick a sample."
+    assert fn["cancel"](zh) == "当前没有正在进行的训练。"
+    assert fn["use"](None, zh) == "⚠ 还没有训练运行：请先训练一个模型。"
+    form["data"] = str(write_jsonl(tmp_path / "d.jsonl"))
+    assert fn["start"](zh, *form.values()) == "已开始运行 `r1`：共 10 步。"
+    assert fn["start"](zh, *form.values()) == "⚠ 未开始：运行 r1 仍处于“训练中”状态：请先取消它，或等它结束。"
+    assert fn["use"]("r1", zh) == "⚠ 运行 `r1` 仍在训练（第 3/10 步）；训练完成后才会有模型。"
+    assert fn["export"]("f32", "r1", zh)[0] == "⚠ 运行 `r1` 仍在训练（第 3/10 步）；训练完成后才会有模型。"
+    assert fn["resume"]("nope", zh) == "⚠ 没有名为 `nope` 的训练运行。"
+    assert fn["cancel"](zh) == "已请求取消：当前这一步结束后训练停止，并保留最后一个检查点。"
+
+
 def test_train_tab_starts_on_the_model_loading_in_the_background(tmp_path):
     """The app builds the page before its start-up model has loaded: the Train tab's base model is
     still that one, not merely the first listed."""
