@@ -275,6 +275,7 @@ def test_train_actions_refuse_and_confirm_in_the_language_of_the_request(service
     assert fn["cancel"](zh) == "当前没有正在进行的训练。"
     assert fn["use"](None, zh) == "⚠ 还没有训练运行：请先训练一个模型。"
     form["data"] = str(write_jsonl(tmp_path / "d.jsonl"))
+    assert fn["start"](zh, *{**form, "lr": 0}.values()) == "⚠ 设置无效：学习率必须在 (0, 1] 之间，当前为 0.0"
     assert fn["start"](zh, *form.values()) == "已开始运行 `r1`：共 10 步。"
     assert fn["start"](zh, *form.values()) == "⚠ 未开始：运行 r1 仍处于“训练中”状态：请先取消它，或等它结束。"
     assert fn["use"]("r1", zh) == "⚠ 运行 `r1` 仍在训练（第 3/10 步）；训练完成后才会有模型。"
