@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from ..errors import LiteError, user_message
+from ..errors import LiteError
 from ..messages import Message, message_of
 from ..paths import bundled_assets_dir
 from .models import all_models, device_type  # noqa: F401  (act.all_models: the tabs' one listing)
@@ -479,5 +479,5 @@ def compare_stream(services, prompt: str, as_chat: bool, max_new_tokens: int = 6
                 answers[i] += delta
                 yield tuple(answers)
         except Exception as e:  # show the problem in that column; the other still runs
-            answers[i] += f"\n[error: {user_message(e)}]"
+            answers[i] = Message("train.answer_error", text=answers[i], error=message_of(e))
         yield tuple(answers)

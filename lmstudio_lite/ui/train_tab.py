@@ -353,10 +353,12 @@ def _form_updates(values: dict) -> list:
 # ---- compare ------------------------------------------------------------------------------------
 def _wire_compare(services, c: dict):
     def compare(prompt, as_chat, run_id, request: gr.Request = None):
+        lang = lang_of(request)
         try:
-            yield from act.compare_stream(services, prompt, as_chat, run_id=run_id)
+            for answers in act.compare_stream(services, prompt, as_chat, run_id=run_id):
+                yield tuple(say(lang, a) for a in answers)  # a column that failed says why
         except UserError as e:
-            gr.Warning(say(lang_of(request), e))
+            gr.Warning(say(lang, e))
             yield gr.skip(), gr.skip()
 
     def export(quant, run_id, request: gr.Request = None):
