@@ -224,9 +224,9 @@ def _wire_data(services, c: dict):
 # ---- run: start, cancel, resume, poll -------------------------------------------------------------
 def _wire_run(services, c: dict):
     def start(request: gr.Request, *values):  # first: Gradio fills only the parameters before *values
-        return say(lang_of(request), start_run(*values))
+        return say(lang_of(request), start_message(*values))
 
-    def start_run(*values):
+    def start_message(*values) -> str:
         f = dict(zip(FORM, values))
         by_steps = f["length_by"] == "steps"
         try:
