@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import re
 import string
+import unicodedata
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,6 +33,19 @@ def test_both_languages_hold_the_same_keys_with_the_same_fields():
         assert en[key].strip() and zh[key].strip(), key
         assert fields(en[key]) == fields(zh[key]), f"{key}: the languages fill different {{fields}}"
     assert set(i18n.LANGS) == {p.stem for p in i18n.LOCALES.glob("*.json")}
+    # CommonMark does not close ** after punctuation when a letter follows: "**状态：**空闲" shows its
+    # asterisks; "**状态**：空闲" is bold.
+    assert [k for lang in (en, zh) for k in lang if unclosed_bold(lang[k])] == []
+
+
+def unclosed_bold(text: str) -> bool:
+    """A closing ** (the 2nd, 4th, ...) after punctuation and before a letter: not a closer in CommonMark."""
+    def punct(ch: str) -> bool:
+        return unicodedata.category(ch)[0] in "PS"  # CommonMark counts symbols as punctuation
+
+    closers = [m.start() for m in re.finditer(r"\*\*", text)][1::2]
+    return any(i > 0 and punct(text[i - 1]) and i + 2 < len(text) and not (text[i + 2].isspace() or punct(text[i + 2]))
+               for i in closers)
 
 
 def used_keys(files=None) -> tuple[set[str], set[str], set[str]]:

@@ -242,7 +242,7 @@ def test_train_handlers_answer_in_the_language_of_the_request(services, tmp_path
     zh = SimpleNamespace(cookies={i18n.COOKIE: "zh-CN"}, headers={})
     data = str(write_jsonl(tmp_path / "d.jsonl"))
     preview_zh, preview_en = fn["preview"]("stories260K", data, 64, 4, zh), fn["preview"]("stories260K", data, 64, 4)
-    assert "**格式：**prompt_completion · **行数：**40" in preview_zh[0] and "高亮" in preview_zh[0]
+    assert "**格式**：prompt_completion · **行数**：40" in preview_zh[0] and "高亮" in preview_zh[0]
     assert preview_en[0].startswith("**Format:** prompt_completion · **rows:** 40")
     assert "此数据无法使用" in fn["preview"]("stories260K", str(tmp_path / "none.jsonl"), 64, 4, zh)[0]
     assert fn["preview"]("stories260K", None, 64, 4, zh)[0] == i18n.tr("zh-CN", "train.preview_hint")
@@ -250,7 +250,7 @@ def test_train_handlers_answer_in_the_language_of_the_request(services, tmp_path
     services.jobs.start(act.make_spec(services, "stories260K", data, seq_len=64, steps=10))
     services.jobs.state.update(step=3, total_steps=10, loss=2.5, elapsed_s=65)
     status, progress, *_ = out = fn["tick"](None, None, zh)
-    assert status.startswith("**状态：**训练中 · 运行 `r1` · 第 3/10 步") and "损失 2.5000" in status
+    assert status.startswith("**状态**：训练中 · 运行 `r1` · 第 3/10 步") and "损失 2.5000" in status
     assert "第 3/10 步" in progress and "已用时 1:05" in progress and "ETA" not in progress
     runs = next(o for o in out if isinstance(o, dict) and o.get("choices"))
     assert runs["choices"] == [("r1 · ?（全量）基于 ? · ● 训练中 · 第 3/10 步", "r1")]

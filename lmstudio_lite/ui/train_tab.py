@@ -70,8 +70,9 @@ def _layout(services) -> dict:
             c["progress"] = gr.HTML(view.progress_html(None), elem_id="train-progress")
             c["preview_md"] = gr.Markdown(t("train.preview_hint"),
                                           elem_id="data-preview")
+            # no legend: the label says what the highlight means (a legend would name it "loss", in English)
             c["preview_hl"] = gr.HighlightedText(label=t("train.examples"),
-                                                 color_map={"loss": "#fde68a"}, show_legend=True,
+                                                 color_map={"loss": "#fde68a"}, show_legend=False,
                                                  show_inline_category=False,
                                                  combine_adjacent=True, elem_id="data-tokens")
     _layout_progress(c)
@@ -171,7 +172,8 @@ def _layout_compare(c: dict):
 def plot_titles(key: str, lang: str | None = None) -> dict:
     """A loss plot's title and axis names in ``lang``: the plot draws them as they come (no gr.I18n
     there), so the server words them, like the rest of what the timer redraws."""
-    return {"title": tr(lang, key), "x_title": tr(lang, "train.plot_step"), "y_title": tr(lang, "train.plot_loss")}
+    return {"title": tr(lang, key), "x_title": tr(lang, "train.plot_step"), "y_title": tr(lang, "train.plot_loss"),
+            "color_title": tr(lang, "train.plot_series")}
 
 
 def plot_update(history, key: str, lang: str | None) -> dict:
