@@ -67,6 +67,7 @@ def test_status_markdown_and_progress():
     assert "/m/new" in view.status_markdown(done) and view.percent(done) == 100.0
     assert "ETA" not in view.progress_html(done)
     assert "&lt;b&gt;" in view.progress_html({"state": "<b>"})  # escaped
+    assert ">0%</div>" in view.progress_html(None)  # idle: no words to translate
     warned = dict(running, warning="validation loss rose 3 evaluations in a row (0.540 → 3.210)")
     assert "Overfitting? validation loss rose 3" in view.status_markdown(warned).replace("**", "")
     assert "Resume" in view.status_markdown(dict(running, state="cancelled"))

@@ -111,7 +111,8 @@ def progress_html(status: dict | None, lang: str | None = None) -> str:
         bits.append(tr(lang, "train.step_of", step=s.get("step") or 0, total=s["total_steps"]))
     if state in ACTIVE_STATES:
         bits.append(tr(lang, "train.eta", eta=fmt_duration(s.get("eta_s"))))
-    bits.append(tr(lang, "train.elapsed", elapsed=fmt_duration(s.get("elapsed_s") or 0)))
+    if state != "idle":  # idle: no words, so the bar the page is built with reads alike in every language
+        bits.append(tr(lang, "train.elapsed", elapsed=fmt_duration(s.get("elapsed_s") or 0)))
     if s.get("tokens_per_s"):
         bits.append(tr(lang, "train.tokens_per_s", rate=f"{s['tokens_per_s']:,.0f}"))
     color = {"failed": "#d9534f", "cancelled": "#999", "cancelling": "#f0ad4e"}.get(state, "#4a90e2")
