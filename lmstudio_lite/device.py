@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .messages import Message
+
 # Measured with bench/decode.py on the 2-core Zen 4 CI machines: see README.md.
 CPU_DEFAULT_DTYPE = torch.float32
 
@@ -55,13 +57,13 @@ def choose_device(override: str | None = None, dtype: str | torch.dtype | None =
         if dev.type == "mps" and not torch.backends.mps.is_available():
             raise ValueError("--device mps was asked for, but Apple MPS is not available")
         base = CPU_DEFAULT_DTYPE if dev.type == "cpu" else _gpu_dtype(dev)
-        return DeviceChoice(dev, want or base, f"{dev.type} chosen with --device")
+        return DeviceChoice(dev, want or base, Message("device.chosen", device=dev.type))
     if torch.cuda.is_available():
         dev = torch.device("cuda")
-        return DeviceChoice(dev, want or _gpu_dtype(dev), "a CUDA GPU is available")
+        return DeviceChoice(dev, want or _gpu_dtype(dev), Message("device.cuda"))
     if torch.backends.mps.is_available():
-        return DeviceChoice(torch.device("mps"), want or torch.float16, "Apple MPS is available")
-    return DeviceChoice(torch.device("cpu"), want or CPU_DEFAULT_DTYPE, "no GPU found, using the CPU")
+        return DeviceChoice(torch.device("mps"), want or torch.float16, Message("device.mps"))
+    return DeviceChoice(torch.device("cpu"), want or CPU_DEFAULT_DTYPE, Message("device.cpu"))
 
 
 # -- sharing the CPU between chat and a training job ------------------------------

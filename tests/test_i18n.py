@@ -1,11 +1,13 @@
 """The UI's strings: both languages hold the same keys with the same {fields}, every key the code
-uses exists, the page's language is read from the request, and README.zh-CN.md keeps README's
+uses exists, every message of the Train tab (its services, data checks and log lines) reads as
+Chinese in zh-CN, the page's language is read from the request, and README.zh-CN.md keeps README's
 set-up commands byte for byte."""
 from __future__ import annotations
 
 import ast
 import re
 import string
+import unicodedata
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +17,8 @@ from lmstudio_lite.services.tasks.translate import LANGUAGES
 from lmstudio_lite.ui import i18n
 
 REPO = Path(__file__).resolve().parents[1]
-UI = REPO / "lmstudio_lite" / "ui"
+PKG = REPO / "lmstudio_lite"
+UI = PKG / "ui"
 
 
 def fields(text: str) -> set[str]:
@@ -30,10 +33,24 @@ def test_both_languages_hold_the_same_keys_with_the_same_fields():
         assert en[key].strip() and zh[key].strip(), key
         assert fields(en[key]) == fields(zh[key]), f"{key}: the languages fill different {{fields}}"
     assert set(i18n.LANGS) == {p.stem for p in i18n.LOCALES.glob("*.json")}
+    # CommonMark does not close ** after punctuation when a letter follows: "**状态：**空闲" shows its
+    # asterisks; "**状态**：空闲" is bold.
+    assert [k for lang in (en, zh) for k in lang if unclosed_bold(lang[k])] == []
 
 
-def used_keys() -> tuple[set[str], set[str], set[str]]:
-    """(keys, f-string prefixes, keys given to t()) that ui/*.py passes to t() and tr(), read from the source."""
+def unclosed_bold(text: str) -> bool:
+    """A closing ** (the 2nd, 4th, ...) after punctuation and before a letter: not a closer in CommonMark."""
+    def punct(ch: str) -> bool:
+        return unicodedata.category(ch)[0] in "PS"  # CommonMark counts symbols as punctuation
+
+    closers = [m.start() for m in re.finditer(r"\*\*", text)][1::2]
+    return any(i > 0 and punct(text[i - 1]) and i + 2 < len(text) and not (text[i + 2].isspace() or punct(text[i + 2]))
+               for i in closers)
+
+
+def used_keys(files=None) -> tuple[set[str], set[str], set[str]]:
+    """(keys, f-string prefixes, keys given to t()) that the package's modules (or ``files``) pass to t(),
+    tr() and Message(), or hold in a ``*_KEYS`` table, read from the source."""
     keys, prefixes, marked = set(), set(), set()
 
     def literal(node, into_t: bool):
@@ -47,18 +64,19 @@ def used_keys() -> tuple[set[str], set[str], set[str]]:
         elif isinstance(node, ast.JoinedStr) and isinstance(node.values[0], ast.Constant):
             prefixes.add(node.values[0].value)
 
-    for path in UI.glob("*.py"):
+    for path in files or PKG.rglob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("t", "tr"):
-                args = node.args if node.func.id == "t" else node.args[1:]
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("t", "tr",
+                                                                                                  "Message"):
+                args = node.args if node.func.id != "tr" else node.args[1:]
                 if args:
                     literal(args[0], node.func.id == "t")
-            # tables of keys (STYLE_KEYS, QUANT_KEYS): their values are keys too
-            if isinstance(node, ast.Assign) and any(isinstance(x, ast.Name) and x.id.endswith("_KEYS")
-                                                    for x in node.targets):
+            # tables of keys (STYLE_KEYS, QUANT_KEYS): their values are keys too (the page's own go to t())
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict) and any(
+                    isinstance(x, ast.Name) and x.id.endswith("_KEYS") for x in node.targets):
                 for v in node.value.values:
-                    literal(v, True)
+                    literal(v, path.parent == UI)
     return keys, prefixes, marked
 
 
@@ -71,6 +89,69 @@ def test_every_key_the_code_uses_exists():
     assert all(f"lang.{name}" in en for name in LANGUAGES)
     # The browser cannot fill {fields}: a t() string must not have any.
     assert [k for k in marked if fields(en[k])] == []
+
+
+# The Train tab's path: what these modules word reaches the page (messages, data checks, log lines).
+TRAIN_PATH = [PKG / "services" / "train_actions.py", PKG / "services" / "exports.py", PKG / "device.py",
+              *sorted((PKG / "training").glob("*.py")), *sorted(UI.glob("train_*.py"))]
+# Three or more English words in a row, once code spans, quoted names and {fields} are taken out.
+ENGLISH_RUN = re.compile(r"[A-Za-z][a-z]+(?:[\s,;]+[A-Za-z][a-z]+){2,}")
+
+
+def english_left(text: str) -> list[str]:
+    text = re.sub(r"`[^`]*`|'[^']*'|\{[^}]*\}|\*\*", " ", text)
+    return ENGLISH_RUN.findall(text)
+
+
+def test_every_train_message_reads_as_chinese():
+    """Each key the Train tab's services, data checks, runner and view can produce, said in zh-CN,
+    is Chinese: no English sentence left (a key copied over untranslated fails here)."""
+    keys, _, _ = used_keys(TRAIN_PATH)
+    assert len(keys) > 150, "the Train path's keys were not found: has the convention changed?"
+    en, zh = i18n.strings("en"), i18n.strings("zh-CN")
+    same = {"train.lora", "train.warn", "log.timed", "log.float32"}  # names, or nothing but {fields}
+    untranslated = {}
+    for key in sorted(keys):
+        said = i18n.tr("zh-CN", key, **{name: "7" for name in fields(en[key])})
+        if english_left(said) or (zh[key] == en[key]) != (key in same):
+            untranslated[key] = said
+    assert untranslated == {}
+
+
+def prose(node) -> str:
+    """The literal text of a string or f-string node ('' for anything else)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(v.value for v in node.values if isinstance(v, ast.Constant))
+    return ""
+
+
+# Where a message for a person is made on the Train path: raised, returned, logged or listed as a
+# note or warning (``notes``/``out`` lists; a model card's notes are a file, in English like log.txt).
+SAID_BY = {"UserError", "DataError", "ExportResult", "warned", "say", "_log", "_on_log"}
+LISTS = {"notes", "out"}
+
+
+def test_the_train_path_words_its_messages_through_the_locale_files():
+    """No English sentence is raised, returned, logged or listed as a warning on the Train path as a
+    plain string: each is a Message, so the page can say it in Chinese (English stays in en.json)."""
+    plain = []
+    for path in TRAIN_PATH:
+        if path.parent == UI or path.name == "cli.py":  # the page words with tr(); the CLI stays English
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.id if isinstance(f, ast.Name) else getattr(f, "attr", "")
+                listed = name == "append" and isinstance(f.value, ast.Name) and f.value.id in LISTS
+                texts = [prose(a) for a in node.args] if name in SAID_BY or listed else []
+            elif isinstance(node, ast.Return) and path.parent.name == "services":
+                texts = [prose(node.value)]
+            else:
+                continue
+            plain += [f"{path.name}:{node.lineno}: {t!r}" for t in texts if ENGLISH_RUN.search(t)]
+    assert plain == []
 
 
 def test_t_refuses_an_unknown_key_and_tr_fills_fields_and_falls_back():

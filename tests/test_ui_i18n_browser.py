@@ -2,14 +2,16 @@
 
 A browser whose language is zh-CN gets Chinese labels and Chinese notices from the server; the
 switch at the top turns both to English at once, and a reload keeps the choice. After switches,
-Stop still stops a streaming reply, and the Inspect tab analyses a Chinese and an English sentence
-in Chinese. One app, in a subprocess as a person runs it, on the slow random model (its replies never
-end by themselves, so Stop is what ends one).
+Stop still stops a streaming reply, the Inspect tab analyses a Chinese and an English sentence
+in Chinese, and the Train tab refuses a start without data, then trains on the sample stories with
+its preview, messages, log and plot in Chinese until Cancel ends it. One app, in a subprocess as a
+person runs it, on the slow random model (its replies never end by themselves, so Stop is what ends one).
 Screenshots go to ``$UI_SHOTS_DIR`` when set, else to the test's tmp folder.
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from playwright.sync_api import expect  # noqa: E402
 
 
 BOT = "#chatbot [data-testid=bot]"
+STORIES = Path(__file__).resolve().parents[1] / "assets" / "sample_stories.txt"
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +121,39 @@ def test_after_switches_stop_stops_a_reply_and_inspect_reads_chinese(zh_page, sh
             page.screenshot(path=str(shots / "i18n-05-inspect-chinese-zh.png"), full_page=True)
     # Several seconds of model work later, the stopped reply has not grown.
     assert page.locator(BOT).last.text_content() == frozen
+    trains_in_chinese(page, shots)
+
+
+def fill_number(page, selector: str, value):
+    box = page.locator(selector)
+    box.fill(str(value))
+    box.press("Tab")  # commit the value
+
+
+def trains_in_chinese(page, shots):
+    """Start without data is refused in Chinese; the sample stories' preview warns in Chinese (the data
+    check's words); a run on the bundled tiny model says it started, logs, plots and is cancelled in
+    Chinese."""
+    page.click("#tab-train-button")
+    page.click("#train-start")
+    expect(page.locator("#train-msg")).to_contain_text("⚠ 请选择训练数据：上传一个文件，或选一个示例。")
+    page.screenshot(path=str(shots / "i18n-06-train-refused-zh.png"))
+    fill_number(page, "#train-steps input", 5000)  # far more than runs before Cancel
+    fill_number(page, "#train-batch input", 1)
+    fill_number(page, "#train-seq-len input[type=number]", 32)
+    page.set_input_files("#dataset input[type=file]", str(STORIES))
+    expect(page.locator("#data-preview")).to_contain_text("5 篇文档被拼接成 15 个块", timeout=30000)
+    page.click("#train-start")
+    expect(page.locator("#train-msg")).to_contain_text(re.compile(r"已开始运行 \S+：共 5000 步。"),
+                                                       timeout=30000)
+    status = page.locator("#train-status")
+    expect(status).to_contain_text(re.compile(r"第 [1-9]\d*/5000 步"), timeout=60000)  # a step done: plotted
+    page.click("#train-cancel")  # its note ("已请求取消") is cleared once the run ends: not waited for
+    expect(status).to_contain_text("状态：已取消", timeout=60000)
+    log = page.locator("#train-log textarea")
+    expect(log).to_have_value(re.compile(r"已在第 \d+ 步取消"))
+    said = log.input_value()
+    assert "数据：raw_text" in said and "个 CPU 线程" in said, said
+    assert re.search(r"[A-Za-z]{2,} [A-Za-z]{2,} [A-Za-z]{2,}", said) is None, said  # no English sentence
+    expect(page.locator("#loss-plot")).to_contain_text("损失")  # its title and axis
+    page.screenshot(path=str(shots / "i18n-07-train-run-zh.png"), full_page=True)

@@ -67,6 +67,7 @@ def test_status_markdown_and_progress():
     assert "/m/new" in view.status_markdown(done) and view.percent(done) == 100.0
     assert "ETA" not in view.progress_html(done)
     assert "&lt;b&gt;" in view.progress_html({"state": "<b>"})  # escaped
+    assert ">0%</div>" in view.progress_html(None)  # idle: no words to translate
     warned = dict(running, warning="validation loss rose 3 evaluations in a row (0.540 → 3.210)")
     assert "Overfitting? validation loss rose 3" in view.status_markdown(warned).replace("**", "")
     assert "Resume" in view.status_markdown(dict(running, state="cancelled"))
@@ -242,7 +243,7 @@ def test_train_handlers_answer_in_the_language_of_the_request(services, tmp_path
     zh = SimpleNamespace(cookies={i18n.COOKIE: "zh-CN"}, headers={})
     data = str(write_jsonl(tmp_path / "d.jsonl"))
     preview_zh, preview_en = fn["preview"]("stories260K", data, 64, 4, zh), fn["preview"]("stories260K", data, 64, 4)
-    assert "**格式：**prompt_completion · **行数：**40" in preview_zh[0] and "高亮" in preview_zh[0]
+    assert "**格式**：prompt_completion · **行数**：40" in preview_zh[0] and "高亮" in preview_zh[0]
     assert preview_en[0].startswith("**Format:** prompt_completion · **rows:** 40")
     assert "此数据无法使用" in fn["preview"]("stories260K", str(tmp_path / "none.jsonl"), 64, 4, zh)[0]
     assert fn["preview"]("stories260K", None, 64, 4, zh)[0] == i18n.tr("zh-CN", "train.preview_hint")
@@ -250,11 +251,38 @@ def test_train_handlers_answer_in_the_language_of_the_request(services, tmp_path
     services.jobs.start(act.make_spec(services, "stories260K", data, seq_len=64, steps=10))
     services.jobs.state.update(step=3, total_steps=10, loss=2.5, elapsed_s=65)
     status, progress, *_ = out = fn["tick"](None, None, zh)
-    assert status.startswith("**状态：**训练中 · 运行 `r1` · 第 3/10 步") and "损失 2.5000" in status
+    assert status.startswith("**状态**：训练中 · 运行 `r1` · 第 3/10 步") and "损失 2.5000" in status
     assert "第 3/10 步" in progress and "已用时 1:05" in progress and "ETA" not in progress
     runs = next(o for o in out if isinstance(o, dict) and o.get("choices"))
     assert runs["choices"] == [("r1 · ?（全量）基于 ? · ● 训练中 · 第 3/10 步", "r1")]
     assert fn["tick"](None, None)[0].startswith("**Status:** running · run `r1` · step 3/10")
+
+
+def test_train_actions_refuse_and_confirm_in_the_language_of_the_request(services, tmp_path):
+    """Start, Cancel, Resume, Use in Chat and Export: the services' refusals and confirmations, said
+    in Chinese for a zh-CN page, in English for an API caller."""
+    import gradio as gr
+
+    from lmstudio_lite.ui import i18n, train_tab
+
+    with gr.Blocks() as demo:
+        train_tab.build(services)
+    fn = {f.fn.__name__: f.fn for f in demo.fns.values() if f.fn.__module__.endswith("train_tab")}
+    zh = SimpleNamespace(cookies={i18n.COOKIE: "zh-CN"}, headers={})
+    form = dict.fromkeys(train_tab.FORM, None)
+    form.update(base="stories260K", length_by="steps", steps=10, seq_len=64, method="Full", batch_size=4, lr=1e-3)
+    assert fn["start"](zh, *form.values()) == "⚠ 请选择训练数据：上传一个文件，或选一个示例。"
+    assert fn["start"](None, *form.values()) == "⚠ Choose training data: upload a file or pick a sample."
+    assert fn["cancel"](zh) == "当前没有正在进行的训练。"
+    assert fn["use"](None, zh) == "⚠ 还没有训练运行：请先训练一个模型。"
+    form["data"] = str(write_jsonl(tmp_path / "d.jsonl"))
+    assert fn["start"](zh, *{**form, "lr": 0}.values()) == "⚠ 设置无效：学习率必须在 (0, 1] 之间，当前为 0.0"
+    assert fn["start"](zh, *form.values()) == "已开始运行 `r1`：共 10 步。"
+    assert fn["start"](zh, *form.values()) == "⚠ 未开始：运行 r1 仍处于“训练中”状态：请先取消它，或等它结束。"
+    assert fn["use"]("r1", zh) == "⚠ 运行 `r1` 仍在训练（第 3/10 步）；训练完成后才会有模型。"
+    assert fn["export"]("f32", "r1", zh)[0] == "⚠ 运行 `r1` 仍在训练（第 3/10 步）；训练完成后才会有模型。"
+    assert fn["resume"]("nope", zh) == "⚠ 没有名为 `nope` 的训练运行。"
+    assert fn["cancel"](zh) == "已请求取消：当前这一步结束后训练停止，并保留最后一个检查点。"
 
 
 def test_train_tab_starts_on_the_model_loading_in_the_background(tmp_path):

@@ -2,6 +2,7 @@
 
 The file lands in ``<models>/exports/`` so it lists (and loads, and deletes) like any other model,
 and the UI offers it for download: that is how a fine-tune travels to LM Studio or Ollama.
+An ExportResult's message is a ``messages.Message`` (English as a string; the page says it in its language).
 """
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import user_message
+from ..messages import Message
 
 EXPORT_DIR = "exports"
-HOW_TO_USE = ("LM Studio: put it in `~/.lmstudio/models/<you>/<model>/`. Ollama: write a `Modelfile` with "
-              "`FROM ./{file}`, then `ollama create <name> -f Modelfile`. llama.cpp: `llama-cli -m {file}`.")
 
 
 @dataclass
@@ -43,7 +43,7 @@ def export_model(services, name: str | None, quant: str = "f32", allow_path: boo
     from ..checkpoints.gguf_export import export_gguf
 
     if not name:
-        return ExportResult(False, "Choose a model to export.")
+        return ExportResult(False, Message("export.choose"))
     allow = services.access.path_allowed(name) if allow_path is None else allow_path
     cur = services.registry.current
     try:
@@ -54,15 +54,14 @@ def export_model(services, name: str | None, quant: str = "f32", allow_path: boo
         label = folder.name if Path(name).is_absolute() else name
         out = export_gguf(folder, export_path(services.paths.models, label, quant), quant)
     except (CheckpointError, ValueError, KeyError, OSError) as e:
-        return ExportResult(False, f"Could not export {name}: {user_message(e)}")
-    size = out.stat().st_size / 1e6
-    return ExportResult(True, f"Exported **{label}** as `{out.name}` ({size:.1f} MB, {quant}) in {out.parent}. "
-                        + HOW_TO_USE.format(file=out.name), out)
+        return ExportResult(False, Message("export.failed", name=name, error=user_message(e)))
+    return ExportResult(True, Message("export.done", name=label, file=out.name, mb=f"{out.stat().st_size / 1e6:.1f}",
+                                      quant=quant, folder=out.parent), out)
 
 
 def export_run_model(services, run: dict | None, quant: str = "f32") -> ExportResult:
     """Export the model a finished training run wrote (``run``: {"model_path": ...} or None).
     Its folder is the app's own output, so the path is trusted even when the app is shared."""
     if not run or not run.get("model_path"):
-        return ExportResult(False, "No finished training run with a model to export yet.")
+        return ExportResult(False, Message("export.no_run"))
     return export_model(services, str(run["model_path"]), quant, allow_path=True)

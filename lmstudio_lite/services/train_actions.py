@@ -5,6 +5,9 @@ Every function takes ``services`` and plain values and returns plain values or r
 and the tests share one path. Torch-backed work is reached through services (registry, job runner,
 ``api.load_model``) and the training package's data preparation; this module never imports torch
 itself, nor gradio (the UI says where its uploads land: ``services.upload_dir``).
+
+What a person reads is a ``messages.Message``: English wherever it is used as a string (the API, the
+CLI, tests), said again in the page's language by the tab (``i18n.say``).
 """
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ import json
 import time
 from pathlib import Path
 
-from ..errors import LiteError, user_message
+from ..errors import LiteError
+from ..messages import Message, message_of
 from ..paths import bundled_assets_dir
 from .models import all_models, device_type  # noqa: F401  (act.all_models: the tabs' one listing)
 
@@ -24,8 +28,23 @@ FORM_KEYS = ("base", "data", "length_by", "steps", "epochs", "lr", "batch_size",
              "early_stop_patience")
 
 
+# Job states in words (the runner's states; the status line and the refusals say them alike).
+STATE_KEYS = {"idle": "train.state_idle", "queued": "train.state_queued", "running": "train.state_running",
+              "cancelling": "train.state_cancelling", "finished": "train.state_finished",
+              "failed": "train.state_failed", "cancelled": "train.state_cancelled"}
+
+
 class UserError(LiteError):
-    """A problem the user can fix; the message is shown as is."""
+    """A problem the user can fix; raised with a Message (or text already worded), shown as is."""
+
+
+def warned(message) -> Message:
+    """A message shown as a warning (the tab's notices start with ⚠)."""
+    return Message("train.warn", text=message)
+
+
+def state_word(state: str | None) -> Message | str:
+    return Message(STATE_KEYS[state]) if state in STATE_KEYS else str(state)
 
 
 # ---- data sources -----------------------------------------------------------------------------
@@ -66,35 +85,36 @@ def resolve_data(services, data: str | None) -> str:
     """A sample name, an uploaded file, or (when not shared) a file path -> an existing file path."""
     data = (data or "").strip()
     if not data:
-        raise UserError("Choose training data: upload a file or pick a sample.")
+        raise UserError(Message("train.need_data"))
     samples = list_samples()
     if data in samples:
         return samples[data]
+    named = ", ".join(samples) or Message("train.none")
     if not is_uploaded(services, data):
-        _allowed(services, data, "data file", f" Samples: {', '.join(samples) or 'none'}.")
+        _allowed(services, data, named)
     path = Path(data).expanduser()
     if not path.is_file():
-        raise UserError(f"No data file at {data!r}; samples: {', '.join(samples) or 'none'}.")
+        raise UserError(Message("train.no_data_file", path=repr(data), samples=named))
     if path.suffix.lower() not in DATA_TYPES:
-        raise UserError(f"{path.name}: unsupported file type; use {', '.join(DATA_TYPES)}.")
+        raise UserError(Message("train.data_type", name=path.name, types=", ".join(DATA_TYPES)))
     limit = services.max_upload_bytes
     if limit and is_uploaded(services, str(path)) and path.stat().st_size > limit:
-        raise UserError(f"{path.name} is {human_bytes(path.stat().st_size)}; the limit is "
-                        f"{human_bytes(limit)}.")
+        raise UserError(Message("train.data_too_big", name=path.name, size=human_bytes(path.stat().st_size),
+                                limit=human_bytes(limit)))
     return str(path)
 
 
-def _allowed(services, path: str, what: str, hint: str = ""):
-    """UserError when the access policy refuses this typed path (the app is reachable from
+def _allowed(services, path: str, samples):
+    """UserError when the access policy refuses this typed data path (the app is reachable from
     other machines and the path is outside the app's folders)."""
     from .access import AccessError
 
     try:
-        services.access.check_path(path, what)
+        services.access.check_path(path, "data file")
     except AccessError as e:
-        raise UserError(f"{e}{hint}") from None
+        raise UserError(Message("train.data_path_refused", reason=message_of(e), samples=samples)) from None
     except (OSError, RuntimeError, ValueError):  # unresolvable ("~nosuchuser", NUL): it names nothing
-        raise UserError(f"No {what} at {path!r}.{hint}") from None
+        raise UserError(Message("train.no_data_file", path=repr(path), samples=samples)) from None
 
 
 # ---- models ------------------------------------------------------------------------------------
@@ -120,15 +140,15 @@ def initial_base(services, choices: list[str]) -> str | None:
 def find_model(services, name: str | None):
     """A listed (or the loaded) model by name, or by folder path when the app is not shared."""
     if not name:
-        raise UserError("Choose a base model.")
+        raise UserError(Message("train.need_base"))
     entry = next((e for e in all_models(services) if e.name == name), None)
     if entry is None and services.access.path_allowed(name):
         entry = next((e for e in all_models(services) if e.path == name), None)
     if entry is None:
-        names = ", ".join(e.name for e in all_models(services)) or "none"
-        raise UserError(f"No local model named {name!r}; available: {names}.")
+        names = ", ".join(e.name for e in all_models(services)) or Message("train.none")
+        raise UserError(Message("train.no_model", name=repr(name), names=names))
     if entry.error:
-        raise UserError(f"{entry.name} cannot be used: {entry.error}")
+        raise UserError(Message("train.model_unusable", name=entry.name, error=entry.error))
     return entry
 
 
@@ -203,10 +223,10 @@ def preview_data(services, base: str, data: str, seq_len: int, batch_size: int) 
     preview = prepared.preview
     fits = min(int(batch_size), len(prepared.train))
     if fits < int(batch_size):
-        preview["warnings"] = list(preview.get("warnings") or []) + [
-            f"batch size lowered from {int(batch_size)} to {fits}: this data gives {len(prepared.train)} "
-            f"training example{'s' if len(prepared.train) != 1 else ''} at sequence length {int(seq_len)} "
-            "(more data, or a shorter sequence length, gives more)"]
+        n = len(prepared.train)
+        preview["warnings"] = list(preview.get("warnings") or []) + [Message(
+            "train.batch_lowered", asked=int(batch_size), fits=fits, seq_len=int(seq_len),
+            examples=Message("train.n_examples" if n != 1 else "train.one_example", n=n))]
     preview["batch_size"] = fits
     return preview
 
@@ -218,7 +238,7 @@ def _prepare(path: str, tokenizer, seq_len: int, batch_size: int, **options):
     try:
         return prepare_data(path, tokenizer, seq_len, batch_size, **options)
     except (DataError, CheckpointError, ValueError) as e:
-        raise UserError(str(e)) from None
+        raise UserError(message_of(e)) from None
 
 
 def check_data(services, spec) -> None:
@@ -233,7 +253,7 @@ def check_data(services, spec) -> None:
         _prepare(spec.data, tokenizer, spec.seq_len, spec.batch_size, val_fraction=spec.val_fraction,
                  seed=spec.seed, task_prompt=spec.task_prompt)
     except UserError as e:
-        raise UserError(f"This data cannot be used: {e}") from None
+        raise UserError(Message("train.data_refused", error=message_of(e))) from None
 
 
 # ---- runs --------------------------------------------------------------------------------------
@@ -245,33 +265,35 @@ def make_spec(services, base: str, data: str, out_name: str | None = None, **set
     path = resolve_data(services, data)
     seq_len = int(settings.pop("seq_len", None) or defaults()["seq_len"])
     if entry.context_length and seq_len > entry.context_length:
-        raise UserError(f"Sequence length {seq_len} is longer than {entry.name}'s context ({entry.context_length}).")
+        raise UserError(Message("train.seq_too_long", seq_len=seq_len, name=entry.name, context=entry.context_length))
     known = set(TrainSpec.__dataclass_fields__)
     kwargs = {k: v for k, v in settings.items() if k in known and v is not None}
     try:
         return TrainSpec(data=path, base_model=entry.path, out_name=(out_name or "").strip() or None,
                          seq_len=seq_len, device=services.registry.device, **kwargs)
     except (ValueError, TypeError) as e:
-        raise UserError(f"Invalid setting: {e}") from None
+        raise UserError(Message("train.bad_setting", error=message_of(e))) from None
 
 
 def start_run(services, spec) -> str:
     if services.jobs is None:
-        raise UserError("Training is not available in this app.")
+        raise UserError(Message("train.no_training"))
     if not spec.from_scratch:
         check_data(services, spec)
     try:
         run_id = services.jobs.start(spec)
     except Exception as e:  # JobBusyError, or a start-time failure from the runner
         raise _start_error(e) from None
-    return f"Started run `{run_id}`: {spec.steps or spec.epochs} {'steps' if spec.steps else 'epochs'}."
+    if spec.steps:
+        return Message("train.started_steps", run_id=run_id, n=spec.steps)
+    return Message("train.started_epochs", run_id=run_id, n=spec.epochs)
 
 
 def _start_error(e: Exception) -> Exception:
-    if type(e).__name__ == "JobBusyError":  # its message names the run and says what to do
-        return UserError(f"Not started: {e}.")
+    if type(e).__name__ == "JobBusyError":  # it names the run in the way and its state
+        return UserError(Message("train.busy", run_id=e.run_id, state=state_word(e.state)))
     if isinstance(e, (ValueError, OSError, RuntimeError)):
-        return UserError(f"Could not start training: {e}")
+        return UserError(Message("train.start_failed", error=message_of(e)))
     return e
 
 
@@ -279,21 +301,21 @@ def resume_run(services, run_id: str | None) -> str:
     """Continue a cancelled (or interrupted) run from its last checkpoint, with its own settings."""
     run = find_run(services, run_id)
     if not run.get("resumable"):
-        raise UserError(f"Run `{run['run_id']}` cannot be resumed: it {_no_model_reason(run)}")
+        raise UserError(Message("train.not_resumable", run_id=run["run_id"], reason=_no_model_reason(run)))
     try:
         services.jobs.start(resume=run["run_id"])
     except Exception as e:
         raise _start_error(e) from None
-    return f"Resumed run `{run['run_id']}` from step {run.get('step') or 0}."
+    return Message("train.resumed", run_id=run["run_id"], step=run.get("step") or 0)
 
 
 def cancel_run(services) -> str:
     if services.jobs is None:
-        return "Training is not available in this app."
+        return Message("train.no_training")
     if not is_active(services.jobs.status()):
-        return "No training run is in progress."
+        return Message("train.nothing_to_cancel")
     services.jobs.cancel()
-    return "Cancel requested: the run stops after the current step and keeps its last checkpoint."
+    return Message("train.cancel_requested")
 
 
 def wait_until_ended(services, timeout_s: float = 300.0) -> bool:
@@ -323,20 +345,24 @@ def find_run(services, run_id: str | None) -> dict:
     if not run_id:
         run_id = job_status(services).get("run_id") or (runs[0]["run_id"] if runs else None)
     if not run_id:
-        raise UserError("No training run yet: train a model first.")
+        raise UserError(Message("train.no_runs_yet"))
     run = next((r for r in runs if r["run_id"] == run_id), None)
     if run is None:
-        raise UserError(f"No training run named `{run_id}`.")
+        raise UserError(Message("train.no_run_named", run_id=run_id))
     return run
 
 
-def _no_model_reason(run: dict) -> str:
-    step = f"step {run.get('step') or 0}" + (f" of {run['total_steps']}" if run.get("total_steps") else "")
-    return {"running": f"is still training ({step}); its model appears when it finishes.",
-            "cancelled": f"was cancelled at {step}, so it has no model. Resume it to finish training.",
-            "stopped": f"stopped at {step} when the app closed, so it has no model. Resume it to finish training.",
-            "failed": f"failed ({run.get('error') or 'see its log'}), so it has no model.",
-            "finished": "has already finished."}.get(run.get("outcome"), "has no model.")
+# Why a run has no model, by its outcome: the end of "Run `x` ..." (and of "... cannot be resumed: it ...")
+WHY_KEYS = {"running": "train.why_running", "cancelled": "train.why_cancelled", "stopped": "train.why_stopped",
+            "failed": "train.why_failed", "finished": "train.why_finished"}
+
+
+def _no_model_reason(run: dict) -> Message:
+    n = run.get("step") or 0
+    step = (Message("train.step_n_of", step=n, total=run["total_steps"]) if run.get("total_steps")
+            else Message("train.step", step=n))
+    error = run.get("error") or Message("train.see_log")
+    return Message(WHY_KEYS.get(run.get("outcome"), "train.why_none"), step=step, error=error)
 
 
 def run_model(services, run_id: str | None = None) -> dict:
@@ -345,9 +371,9 @@ def run_model(services, run_id: str | None = None) -> dict:
     run = find_run(services, run_id)
     path = run.get("model_path")
     if not path:
-        raise UserError(f"Run `{run['run_id']}` {_no_model_reason(run)}")
+        raise UserError(Message("train.run_without_model", run_id=run["run_id"], reason=_no_model_reason(run)))
     if not Path(path).is_dir():
-        raise UserError(f"The model of run `{run['run_id']}` ({Path(path).name}) has been deleted.")
+        raise UserError(Message("train.model_deleted", run_id=run["run_id"], name=Path(path).name))
     base = run.get("base_model") or (_run_spec(services, run["run_id"]) or {}).get("base_model")
     return {"run_id": run["run_id"], "model_path": str(path), "base_model": base}
 
@@ -373,12 +399,12 @@ def use_in_chat(services, run_id: str | None = None) -> str:
     try:
         done = run_model(services, run_id)
     except UserError as e:
-        return f"⚠ {e}"
+        return warned(message_of(e))
     try:
         model = services.registry.load(done["model_path"])
     except Exception as e:  # a broken output folder must not take the app down
-        return f"⚠ Could not load {done['model_path']}: {user_message(e)}"
-    return f"Loaded **{model.name}** (run `{done['run_id']}`) into Chat."
+        return warned(Message("train.load_failed", path=done["model_path"], error=message_of(e)))
+    return Message("train.loaded", name=model.name, run_id=done["run_id"])
 
 
 def history_of(metrics: list[dict]) -> list[tuple]:
@@ -439,9 +465,9 @@ def compare_stream(services, prompt: str, as_chat: bool, max_new_tokens: int = 6
     done = run_model(services, run_id)
     tuned, base = done["model_path"], done["base_model"]
     if not base:
-        raise UserError("The base model of this run is unknown.")
+        raise UserError(Message("train.base_unknown"))
     if not (prompt or "").strip():
-        raise UserError("Type a prompt to compare.")
+        raise UserError(Message("train.need_prompt"))
     query = [{"role": "user", "content": prompt}] if as_chat else prompt
     answers = ["", ""]
     for i, path in enumerate((base, tuned)):
@@ -453,5 +479,5 @@ def compare_stream(services, prompt: str, as_chat: bool, max_new_tokens: int = 6
                 answers[i] += delta
                 yield tuple(answers)
         except Exception as e:  # show the problem in that column; the other still runs
-            answers[i] += f"\n[error: {user_message(e)}]"
+            answers[i] = Message("train.answer_error", text=answers[i], error=message_of(e))
         yield tuple(answers)

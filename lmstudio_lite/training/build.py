@@ -19,6 +19,7 @@ from ..checkpoints.chat_template import CHATML_SPECIAL_TOKENS, FALLBACK_TEMPLATE
 from ..checkpoints.folder import load_weights, read_config, save_folder
 from ..checkpoints.hf_config import config_to_hf
 from ..checkpoints.tokenizer import Tokenizer, train_bpe_tokenizer
+from ..messages import Message
 from ..model.config import ModelConfig
 from ..model.lora import apply_lora, merge_lora
 from ..model.transformer import Transformer
@@ -63,15 +64,16 @@ def build_model(spec: TrainSpec, run: RunFolder, device: torch.device, is_main: 
         tokenizer.chat_template = FALLBACK_TEMPLATE
     seq_len = spec.seq_len
     if seq_len > cfg.max_seq_len:
-        notes.append(f"seq_len {seq_len} is longer than the model's context; using {cfg.max_seq_len}")
+        notes.append(Message("log.seq_capped", seq_len=seq_len, context=cfg.max_seq_len))
         seq_len = cfg.max_seq_len
     if spec.lora_rank:
         torch.manual_seed(spec.seed)
         swapped = apply_lora(model, spec.lora_rank, spec.lora_alpha, spec.lora_dropout, spec.lora_targets)
-        notes.append(f"LoRA rank {spec.lora_rank} on {len(swapped)} layers")
+        notes.append(Message("log.lora", rank=spec.lora_rank, layers=len(swapped)))
     model.train()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    notes.append(f"{trainable:,} trainable of {sum(p.numel() for p in model.parameters()):,} parameters")
+    notes.append(Message("log.trainable", trainable=f"{trainable:,}",
+                         total=f"{sum(p.numel() for p in model.parameters()):,}"))
     return Built(model, tokenizer, hf.get("model_type", cfg.family), save_dtype, seq_len, notes)
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from lmstudio_lite.checkpoints.chat_template import ChatTemplateError
+from lmstudio_lite.messages import Message
 from lmstudio_lite.training.readers import DataError, RawData, read_rows, task_prompt_for
 
 __all__ = ["IGNORE", "DataError", "RawData", "Example", "PreparedData", "Batcher", "read_rows",
@@ -121,7 +122,7 @@ def _render(tokenizer, messages: list[dict], add_generation_prompt: bool, path, 
     try:
         return tokenizer.render_chat(messages, add_generation_prompt=add_generation_prompt)
     except ChatTemplateError as e:
-        raise DataError(path, f"the chat template refused this row: {e}", line) from e
+        raise DataError(path, Message("data.template_refused", error=str(e)), line) from e
 
 
 def _masked_sequence(tokenizer, messages: list[dict], path, line: int) -> tuple[list[int], list[int]]:
@@ -134,7 +135,7 @@ def _masked_sequence(tokenizer, messages: list[dict], path, line: int) -> tuple[
         # Some templates rewrite earlier turns once an answer follows; split where the answer starts.
         cut = full.rfind(messages[-1]["content"].strip())
         if cut < 0:
-            raise DataError(path, "the chat template does not reproduce the answer text", line)
+            raise DataError(path, Message("data.template_loses_answer"), line)
         head, tail = full[:cut], full[cut:]
     head_ids = tokenizer.encode(head, add_special_tokens=False)
     ids = tokenizer.encode(full, add_special_tokens=False)
@@ -233,19 +234,19 @@ def _histogram(lengths: list[int], seq_len: int, buckets: int = 8) -> list[tuple
     return counts + [(f">{seq_len}", sum(n > seq_len for n in lengths))]
 
 
-def _warnings(raw: RawData, examples: list[Example], tokenizer, seq_len: int, stats: BuildStats) -> list[str]:
+def _warnings(raw: RawData, examples: list[Example], tokenizer, seq_len: int, stats: BuildStats) -> list[Message]:
+    """Messages (English as strings: the run's log.txt writes them; the page says them in its language)."""
     out = []
     if raw.format in ("text", "raw_text"):
-        out.append(f"{len(raw.rows)} documents packed into {len(examples)} blocks of up to {seq_len} tokens")
+        out.append(Message("data.packed", documents=len(raw.rows), blocks=len(examples), seq_len=seq_len))
     elif not tokenizer.has_chat_template:
-        out.append("the model has no chat template: rows use the plain '### User: / ### Assistant:' template")
+        out.append(Message("data.no_template"))
     if stats.truncated:
-        out.append(f"{stats.truncated} of {len(raw.rows)} rows are longer than {seq_len} tokens and are cut")
+        out.append(Message("data.cut", n=stats.truncated, rows=len(raw.rows), seq_len=seq_len))
     if stats.dropped_lines:
         lines = ", ".join(map(str, stats.dropped_lines[:10])) + (" ..." if len(stats.dropped_lines) > 10 else "")
-        label = "line" if len(stats.dropped_lines) == 1 else "lines"
-        out.append(f"{len(stats.dropped_lines)} rows dropped: the prompt alone fills {seq_len} tokens "
-                   f"({label} {lines})")
+        out.append(Message("data.dropped_one" if len(stats.dropped_lines) == 1 else "data.dropped",
+                           n=len(stats.dropped_lines), seq_len=seq_len, lines=lines))
     return out
 
 
@@ -258,12 +259,10 @@ def prepare_data(
     raw = read_rows(path)
     examples, stats = _build(raw, tokenizer, seq_len, task_prompt)
     if not examples:
-        raise DataError(path, f"no usable rows: every prompt is longer than the sequence length ({seq_len})")
+        raise DataError(path, Message("data.no_usable_rows", seq_len=seq_len))
     train, val = split_train_val(examples, val_fraction, seed=seed)
     if len(train) < batch_size:
-        raise DataError(path, f"too little data for one batch: {len(train)} training examples "
-                              f"({len(val)} more held out for validation) but the batch size is {batch_size}; "
-                              "add rows or lower the batch size")
+        raise DataError(path, Message("data.too_little", train=len(train), val=len(val), batch_size=batch_size))
     info = preview(raw, examples, tokenizer, seq_len, stats=stats)
     info.update(train_examples=len(train), val_examples=len(val))
     return PreparedData(train, val, info, raw.format)

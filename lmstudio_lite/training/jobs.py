@@ -19,7 +19,8 @@ import threading
 import time
 
 from ..checkpoints.errors import CheckpointError
-from ..errors import LiteError, user_message
+from ..errors import LiteError
+from ..messages import Message, message_of
 from ..paths import AppPaths, app_paths
 from .checkpointing import RunFolder, best_info, checkpoint_path, new_run_id, read_metrics_file
 from .run import run_training
@@ -106,8 +107,8 @@ class JobRunner:
             result = run_training(spec, paths=self.paths, run_id=None if resume else run_id, resume=resume,
                                   cancel=cancel, hooks=hooks)
         except BaseException as e:  # the thread must always end in a final state
-            self._on_log(f"failed: {user_message(e)}")
-            self._update(state="failed", error=user_message(e), eta_s=None)
+            self._on_log(Message("log.failed", error=message_of(e)))
+            self._update(state="failed", error=message_of(e), eta_s=None)
             return
         self._update(state=result.state, step=result.step, eta_s=None,
                      model_path=str(result.model_path) if result.model_path else None)
@@ -137,8 +138,10 @@ class JobRunner:
                 s["history"] = _thin(s["history"])
 
     def _on_log(self, line: str):
+        """``line``: often a Message; kept one (English as a string), so the page can say it in its language."""
+        timed = Message("log.timed", time=time.strftime("%H:%M:%S"), line=line)
         with self._lock:
-            self._status["log"] = (self._status["log"] + [time.strftime("%H:%M:%S ") + line])[-LOG_MAX:]
+            self._status["log"] = (self._status["log"] + [timed])[-LOG_MAX:]
 
     # -- runs on disk ---------------------------------------------------------------------
     def read_metrics(self, run_id: str) -> list[dict]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LiteError
+from ..messages import Message
 
 FORMATS = ("text", "raw_text", "prompt_completion", "instruction", "messages", "pairs")
 EXTENSIONS = (".txt", ".jsonl", ".csv", ".tsv")
@@ -41,6 +42,7 @@ LANGUAGES = {
     "nl": "Dutch", "ru": "Russian", "zh": "Chinese", "ja": "Japanese", "ko": "Korean", "ar": "Arabic",
     "pl": "Polish", "sv": "Swedish", "tr": "Turkish", "uk": "Ukrainian", "cs": "Czech", "el": "Greek",
 }
+COLUMN_EMPTY_KEYS = {"source": "data.source_empty", "target": "data.target_empty"}
 _HEADER_NAMES = {
     "source", "target", "src", "tgt", "input", "output", "prompt", "completion", "question", "answer",
     "text", "summary", "document", "article", "instruction", "response", "original", "translation",
@@ -54,13 +56,14 @@ MAX_LINE_CHARS = 1_000_000
 
 
 class DataError(LiteError, ValueError):
-    """A training-data problem, worded for the user: ``"data.jsonl line 7: missing field 'completion'"``."""
+    """A training-data problem, worded for the user: ``"data.jsonl line 7: missing field 'completion'"``
+    (a Message, so the page can say it in its language; ``problem`` may be one too)."""
 
     def __init__(self, path: str | Path | None, problem: str, line: int | None = None):
         self.path, self.problem, self.line = path, problem, line
-        where = Path(path).name if path is not None else "data"
-        where += f" line {line}" if line is not None else ""
-        super().__init__(f"{where}: {problem}")
+        where = Path(path).name if path is not None else Message("data.unnamed")
+        super().__init__(Message("data.at", file=where, problem=problem) if line is None
+                         else Message("data.at_line", file=where, line=line, problem=problem))
 
 
 @dataclass
@@ -80,7 +83,7 @@ def read_rows(path: str | Path) -> RawData:
     path = Path(path)
     ext = path.suffix.lower()
     if ext not in EXTENSIONS:
-        raise DataError(path, f"unsupported file type {ext or '(none)'!r}; use {', '.join(EXTENSIONS)}")
+        raise DataError(path, Message("data.bad_type", ext=repr(ext or "(none)"), types=", ".join(EXTENSIONS)))
     text = _read_text(path)
     _check_line_lengths(path, text)
     if ext == ".txt":
@@ -95,17 +98,17 @@ def _read_text(path: Path) -> str:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise DataError(path, f"cannot be read: {e.strerror or e}") from e
+        raise DataError(path, Message("data.unreadable", reason=e.strerror or str(e))) from e
     if not data.strip():
-        raise DataError(path, "the file is empty")
+        raise DataError(path, Message("data.empty"))
     if b"\x00" in data:
         # Text files never hold NUL; UTF-16 files and binaries do, and would decode to garbage.
         nul = data.index(b"\x00")
-        raise DataError(path, "looks like a binary file (NUL byte); expected UTF-8 text", _line_at(data, nul))
+        raise DataError(path, Message("data.binary"), _line_at(data, nul))
     try:
         return data.decode("utf-8-sig")  # -sig: spreadsheet exports often start with a BOM
     except UnicodeDecodeError as e:
-        raise DataError(path, f"is not UTF-8 text (byte 0x{data[e.start]:02x}); save it as UTF-8",
+        raise DataError(path, Message("data.not_utf8", byte=f"0x{data[e.start]:02x}"),
                         _line_at(data, e.start)) from e
 
 
@@ -117,8 +120,7 @@ def _check_line_lengths(path: Path, text: str, limit: int = MAX_LINE_CHARS):
         end = text.find("\n", start)
         end = len(text) if end < 0 else end
         if end - start > limit:
-            raise DataError(path, f"this line is {end - start:,} characters long; lines of more than {limit:,} "
-                                  "characters are refused (split long text into paragraphs or rows)", number)
+            raise DataError(path, Message("data.long_line", chars=f"{end - start:,}", limit=f"{limit:,}"), number)
         start, number = end + 1, number + 1
 
 
@@ -150,8 +152,8 @@ def _read_jsonl(path: Path, text: str) -> RawData:
         if fmt is None:
             fmt, first_line = kind, number
         elif kind != fmt:
-            raise DataError(path, f"mixed formats: this line is {kind!r} but line {first_line} is {fmt!r}; "
-                                  "use one format per file", number)
+            raise DataError(path, Message("data.mixed", kind=repr(kind), first_line=first_line, fmt=repr(fmt)),
+                            number)
         rows.append(_normalise(path, fmt, obj, number))
         lines.append(number)
     return RawData(fmt, rows, lines, path=path)
@@ -161,9 +163,9 @@ def _parse_json_object(path: Path, line: str, number: int) -> dict:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
-        raise DataError(path, f"malformed JSON ({e.msg} at column {e.colno})", number) from e
+        raise DataError(path, Message("data.bad_json", error=e.msg, column=e.colno), number) from e
     if not isinstance(obj, dict):
-        raise DataError(path, f"expected a JSON object {{...}}, got {type(obj).__name__}", number)
+        raise DataError(path, Message("data.not_object", got=type(obj).__name__), number)
     return obj
 
 
@@ -171,16 +173,15 @@ def _detect_kind(path: Path, obj: dict, number: int) -> str:
     for kind, keys, _ in _SIGNATURES:
         if any(key in obj for key in keys):
             return kind
-    found = ", ".join(sorted(obj)) or "none"
-    raise DataError(path, "no known fields: expected 'text', 'prompt'/'completion', "
-                          f"'instruction'/'output' or 'messages' (found: {found})", number)
+    found = ", ".join(sorted(obj)) or Message("train.none")
+    raise DataError(path, Message("data.no_known_fields", found=found), number)
 
 
 def _normalise(path: Path, fmt: str, obj: dict, number: int) -> dict:
     required = dict((kind, fields) for kind, _, fields in _SIGNATURES)[fmt]
     for name in required:
         if name not in obj:
-            raise DataError(path, f"missing field {name!r}", number)
+            raise DataError(path, Message("data.missing_field", name=repr(name)), number)
     if fmt == "messages":
         return {"messages": _check_messages(path, obj["messages"], number)}
     strings = {name: _string_field(path, obj, name, number) for name in required}
@@ -190,7 +191,7 @@ def _normalise(path: Path, fmt: str, obj: dict, number: int) -> dict:
         return {"messages": _turn(strings["prompt"], strings["completion"])}
     extra = obj.get("input") or ""
     if not isinstance(extra, str):
-        raise DataError(path, f"field 'input' must be a string, got {type(extra).__name__}", number)
+        raise DataError(path, Message("data.not_string", name="'input'", got=type(extra).__name__), number)
     prompt = f"{strings['instruction']}\n\n{extra}" if extra.strip() else strings["instruction"]
     return {"messages": _turn(prompt, strings["output"])}
 
@@ -198,9 +199,9 @@ def _normalise(path: Path, fmt: str, obj: dict, number: int) -> dict:
 def _string_field(path: Path, obj: dict, name: str, number: int) -> str:
     value = obj[name]
     if not isinstance(value, str):
-        raise DataError(path, f"field {name!r} must be a string, got {type(value).__name__}", number)
+        raise DataError(path, Message("data.not_string", name=repr(name), got=type(value).__name__), number)
     if not value.strip():
-        raise DataError(path, f"field {name!r} is empty", number)
+        raise DataError(path, Message("data.empty_field", name=repr(name)), number)
     return value
 
 
@@ -210,23 +211,23 @@ def _turn(prompt: str, answer: str) -> list[dict]:
 
 def _check_messages(path: Path, messages, number: int) -> list[dict]:
     if not isinstance(messages, list) or len(messages) < 2:
-        raise DataError(path, "field 'messages' must be a list of at least 2 messages (a prompt and the answer)",
-                        number)
+        raise DataError(path, Message("data.few_messages"), number)
     clean = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise DataError(path, f"message {i} must be an object with 'role' and 'content'", number)
+            raise DataError(path, Message("data.message_not_object", i=i), number)
         for name in ("role", "content"):
             if name not in message:
-                raise DataError(path, f"message {i}: missing field {name!r}", number)
+                raise DataError(path, Message("data.message_missing", i=i, name=repr(name)), number)
         if message["role"] not in ROLES:
-            raise DataError(path, f"message {i}: role {message['role']!r} is not one of {', '.join(ROLES)}", number)
+            raise DataError(path, Message("data.bad_role", i=i, role=repr(message["role"]), roles=", ".join(ROLES)),
+                            number)
         if not isinstance(message["content"], str):
-            raise DataError(path, f"message {i}: 'content' must be a string", number)
+            raise DataError(path, Message("data.content_not_string", i=i), number)
         clean.append({"role": message["role"], "content": message["content"]})
     if clean[-1]["role"] != "assistant" or not clean[-1]["content"].strip():
         # The final assistant message is what the loss trains on; without it the row teaches nothing.
-        raise DataError(path, "the last message must be a non-empty 'assistant' answer", number)
+        raise DataError(path, Message("data.no_answer"), number)
     return clean
 
 
@@ -242,27 +243,27 @@ def _read_pairs(path: Path, text: str, delimiter: str) -> RawData:
             if not any(cell.strip() for cell in cells):
                 continue
             if len(cells) != 2:
-                raise DataError(path, f"expected 2 columns (source, target), found {len(cells)}"
-                                      f"{_delimiter_hint(delimiter, cells)}", number)
+                raise DataError(path, Message("data.columns", n=len(cells), hint=_delimiter_hint(delimiter, cells)),
+                                number)
             if not rows and header is None and _is_header(cells):
                 header = (cells[0].strip(), cells[1].strip())
                 continue
             for name, cell in zip(("source", "target"), cells):
                 if not cell.strip():
-                    raise DataError(path, f"the {name} column is empty", number)
+                    raise DataError(path, Message(COLUMN_EMPTY_KEYS[name]), number)
             rows.append({"source": cells[0], "target": cells[1]})
             lines.append(number)
     except csv.Error as e:
         kind = "TSV" if delimiter == "\t" else "CSV"
-        raise DataError(path, f"malformed {kind}: {e}", start) from e
+        raise DataError(path, Message("data.bad_table", kind=kind, error=str(e)), start) from e
     if not rows:
-        raise DataError(path, "no data rows (only a header)")
+        raise DataError(path, Message("data.only_header"))
     return RawData("pairs", rows, lines, pair_header=header, path=path)
 
 
 def _delimiter_hint(delimiter: str, cells: list[str]) -> str:
     if len(cells) == 1 and ("\t" if delimiter == "," else ",") in cells[0]:
-        return f"; is this a {'TSV' if delimiter == ',' else 'CSV'} file with the wrong extension?"
+        return Message("data.wrong_extension", kind="TSV" if delimiter == "," else "CSV")
     return ""
 
 

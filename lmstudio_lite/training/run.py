@@ -15,6 +15,7 @@ import torch
 
 from ..device import choose_device, claim_cpu_threads
 from ..errors import is_out_of_memory, user_message
+from ..messages import Message
 from ..paths import AppPaths, app_paths
 from . import distributed as D
 from .build import build_model, default_out_name, export_model, file_sha256, load_data
@@ -124,19 +125,20 @@ def _train(spec, run: RunFolder, paths: AppPaths, ctx, cancel, hooks: Hooks, res
     if spec.batch_size % ctx.world:
         raise TrainingError(f"batch size {spec.batch_size} cannot be split evenly over {ctx.world} processes")
     say = _sayer(run, hooks, ctx)
-    say(f"run {run.run_id}: {'resuming' if resumed else 'starting'} on {device} ({choice.reason}), "
-        f"{'bf16 autocast' if amp else 'float32'}, {spec.threads} CPU thread(s), {ctx.world} process(es)")
+    say(Message("log.start", run_id=run.run_id, action=Message("log.resuming" if resumed else "log.starting"),
+                device=str(device), reason=choice.reason, precision=Message("log.bf16" if amp else "log.float32"),
+                threads=spec.threads, world=ctx.world))
     built = build_model(spec, run, device, ctx.is_main, lambda: D.barrier(ctx))
     for note in built.notes:
         say(note)
     data = load_data(spec, built.tokenizer, built.seq_len, spec.batch_size)
-    say(f"data: {data.format}, {len(data.train)} training / {len(data.val)} validation examples")
+    say(Message("log.data", format=data.format, train=len(data.train), val=len(data.val)))
     for w in data.preview.get("warnings", []):
-        say(f"data: {w}")
+        say(Message("log.data_warning", warning=w))
     trainer = Trainer(spec, run, built, data, ctx, device, hooks, cancel, amp)
     if resumed:
         trainer.restore()
-        say(f"resumed at step {trainer.step} of {trainer.total}")
+        say(Message("log.resumed", step=trainer.step, total=trainer.total))
     if ctx.is_main and hooks.on_start:
         hooks.on_start({"run_id": run.run_id, "run_dir": str(run.path), "step": trainer.step,
                         "total_steps": trainer.total, "preview": data.preview, "format": data.format})
@@ -145,13 +147,12 @@ def _train(spec, run: RunFolder, paths: AppPaths, ctx, cancel, hooks: Hooks, res
     if state == "finished" and ctx.is_main:
         best = trainer.use_best()
         if best:
-            say(f"exporting the best weights: step {best['step']} (validation loss {best['val_loss']:.4f}), "
-                f"not step {trainer.step}")
+            say(Message("log.best", step=best["step"], val_loss=f"{best['val_loss']:.4f}", last=trainer.step))
         card = _card_info(spec, run, data, trainer, device, best)
         result.model_path = export_model(built, spec, run, paths.models, card)
         run.write_result({"state": state, "step": trainer.step, "total_steps": trainer.total,
                           "model_path": str(result.model_path), "best": best})
-        say(f"model saved to {result.model_path}")
+        say(Message("log.saved", path=result.model_path))
     elif ctx.is_main:
         run.write_result({"state": state, "step": trainer.step, "total_steps": trainer.total})
     D.barrier(ctx)

@@ -15,6 +15,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from ..messages import Message
+
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -136,31 +138,30 @@ class TrainSpec:
         if not self.from_scratch and not self.base_model:
             raise ValueError("choose a base model to fine-tune (or train from scratch)")
         if self.out_name is not None and not _NAME_OK.match(self.out_name):
-            raise ValueError(f"output name {self.out_name!r} must be 1-100 letters, digits, '.', '_' or '-', "
-                             "starting with a letter or digit")
+            raise ValueError(Message("spec.out_name", name=repr(self.out_name)))
 
     def _check_numbers(self):
         if self.steps < 0 or self.epochs < 0:
-            raise ValueError("steps and epochs cannot be negative")
+            raise ValueError(Message("spec.negative_length"))
         if self.steps and self.epochs:
-            raise ValueError("give either steps or epochs, not both")
+            raise ValueError(Message("spec.both_lengths"))
         if not self.steps and not self.epochs:
-            raise ValueError("give the number of steps or epochs to train")
+            raise ValueError(Message("spec.no_length"))
         if not self.lr > 0 or self.lr > 1:
-            raise ValueError(f"learning rate must be in (0, 1], got {self.lr}")
+            raise ValueError(Message("spec.lr", lr=self.lr))
         positive = {"batch_size": self.batch_size, "grad_accum": self.grad_accum, "seq_len": self.seq_len,
                     "threads": self.threads, "probe_tokens": self.probe_tokens, "log_every": self.log_every}
         for name, value in positive.items():
             if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a whole number >= 1, got {value}")
+                raise ValueError(Message("spec.whole", name=name, value=value))
         if self.seq_len < 2:
-            raise ValueError("seq_len must be at least 2 tokens")
+            raise ValueError(Message("spec.seq_len"))
         for name in ("eval_every", "save_every", "eval_batches", "lora_rank", "early_stop_patience",
                      "overfit_warn_evals"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} cannot be negative")
+                raise ValueError(Message("spec.negative", name=name))
         if self.warmup_steps < -1:
-            raise ValueError("warmup_steps must be >= 0 (or -1 for automatic)")
+            raise ValueError(Message("spec.warmup"))
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.weight_decay < 0 or self.clip < 0:
@@ -176,7 +177,7 @@ class TrainSpec:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+            raise ValueError(Message("spec.scheduler", choices=", ".join(SCHEDULERS), got=repr(self.scheduler)))
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         from ..model.lora import TARGETS

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from ..errors import LiteError
 from ..generation import Engine, SamplingParams
+from ..messages import Message
 from . import distributed as D
 from .checkpointing import RunFolder, best_info, load_best, load_checkpoint, save_best, save_checkpoint
 from .data import IGNORE, Batcher, Example, PreparedData
@@ -120,7 +121,7 @@ class Trainer:
     def save(self, elapsed: float):
         if self.ctx.is_main:
             save_checkpoint(self.run.path, self.trainable_state(), self.state(elapsed))
-            self._log(f"checkpoint saved at step {self.step}")
+            self._log(Message("log.checkpoint", step=self.step))
         D.barrier(self.ctx)
 
     def restore(self):
@@ -257,7 +258,7 @@ class Trainer:
         while self.step < self.total:
             # 1. stop at a step boundary when asked (the Cancel button, Ctrl-C)
             if self._cancelled():
-                self._log(f"cancelled at step {self.step}")
+                self._log(Message("log.cancelled", step=self.step))
                 self.save(self.elapsed_before + time.perf_counter() - start)
                 return "cancelled"
             # 2. one optimizer step
@@ -290,8 +291,8 @@ class Trainer:
                     self.hooks.on_step(record)
             # 5. early stopping, agreed by every rank (only rank 0 evaluated)
             if is_eval and spec.early_stop_patience and self._agree(self.ctx.is_main and stop):
-                self._log(f"early stop at step {self.step}: no better validation loss in "
-                          f"{spec.early_stop_patience} evaluations (best: step {self.watch.best_step})")
+                self._log(Message("log.early_stop", step=self.step, n=spec.early_stop_patience,
+                                  best=self.watch.best_step))
                 self.save(self.elapsed_before + time.perf_counter() - start)
                 return "finished"
             # 6. checkpoint on schedule and at the end
@@ -308,7 +309,7 @@ class Trainer:
             save_best(self.run.path, self.trainable_state(), {"step": self.step, "val_loss": record["val_loss"]})
         if verdict.warning:
             record["warning"] = verdict.warning
-            self._log("warning: " + verdict.warning)
+            self._log(Message("log.warning", warning=verdict.warning))
         return verdict.stop
 
     def use_best(self) -> dict | None:
@@ -318,7 +319,7 @@ class Trainer:
             return None
         kept = best_info(self.run.path)
         if kept is None or kept.get("step") != self.watch.best_step:  # a crash between the two saves
-            self._log(f"the kept best weights are not those of step {self.watch.best_step}: exporting the last step")
+            self._log(Message("log.best_missing", step=self.watch.best_step))
             return None
         weights = load_best(self.run.path, self.device)
         with torch.no_grad():

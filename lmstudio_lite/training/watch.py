@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ..messages import Message
+
 
 @dataclass
 class Verdict:
@@ -45,12 +47,10 @@ class ValWatch:
         verdict.stop = bool(self.patience) and self.since_best >= self.patience
         return verdict
 
-    def _warning(self, val_loss: float, train_loss: float | None) -> str:
-        train = f" while the training loss is {train_loss:.3f}" if train_loss is not None else ""
-        return (f"validation loss rose {self.rises} evaluations in a row ({self.rise_from:.3f} → {val_loss:.3f})"
-                f"{train}: the model may be overfitting. The best so far is step {self.best_step} "
-                f"(validation loss {self.best_loss:.3f}). Fewer steps, a lower learning rate, more data "
-                "or early stopping help.")
+    def _warning(self, val_loss: float, train_loss: float | None) -> Message:
+        train = Message("log.while_train", loss=f"{train_loss:.3f}") if train_loss is not None else ""
+        return Message("log.overfit", n=self.rises, start=f"{self.rise_from:.3f}", end=f"{val_loss:.3f}", train=train,
+                       best=self.best_step, best_loss=f"{self.best_loss:.3f}")
 
     def state_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in ("patience", "warn_after")}

@@ -9,6 +9,8 @@ Two ways to use a string, chosen by *when* it is made:
 - ``tr(lang, "key", **params)`` for text a handler builds (notices, toasts, status lines), with
   ``lang = lang_of(request)``. Gradio translates neither toasts nor ``{params}``, so these are
   translated here, in the language of the request.
+- ``say(lang, value)`` for what a service returned or raised: a ``messages.Message`` (English text
+  that keeps its key and parameters) is said again in ``lang``; any other text is shown as it is.
 
 The browser picks its language (``navigator.language``: zh, zh-CN, zh-SG, zh-Hans -> Chinese); the
 switch at the top of the page (``build_switch``, ``wire_switch``) changes it in place and remembers the choice in the
@@ -18,21 +20,13 @@ cookie, else the request's Accept-Language, else English. The CLI and the API st
 from __future__ import annotations
 
 import json
-from functools import lru_cache
-from pathlib import Path
 
 import gradio as gr
 
+from ..messages import DEFAULT, LOCALES, Message, render, say, strings  # noqa: F401  (the one table reader)
+
 LANGS = {"en": "English", "zh-CN": "简体中文"}  # code -> its own name, for the switch
-DEFAULT = "en"
 COOKIE = "lmstudio_lang"
-LOCALES = Path(__file__).with_name("locales")
-
-
-@lru_cache(maxsize=None)
-def strings(lang: str) -> dict[str, str]:
-    """The key -> text table of one language (read once)."""
-    return json.loads((LOCALES / f"{lang}.json").read_text(encoding="utf-8"))
 
 
 def gradio_i18n() -> gr.I18n:
@@ -50,8 +44,7 @@ def t(key: str) -> gr.i18n.I18nData:
 def tr(lang: str | None, key: str, /, **params) -> str:
     """The text of ``key`` in ``lang`` (English where a translation is missing), ``{name}``s filled in
     (positional-only, so a string may have a ``{lang}`` field too)."""
-    text = strings(lang).get(key) if lang in LANGS else None
-    return (text or strings(DEFAULT)[key]).format(**params)
+    return render(lang if lang in LANGS else DEFAULT, key, **params)
 
 
 def match(tag: str | None) -> str | None:

@@ -17,7 +17,7 @@ from ..services import models
 from . import models_download
 from . import train_view as view
 from .common import LLM, PRIVATE, friendly
-from .i18n import lang_of, t, tr
+from .i18n import lang_of, say, t, tr
 
 
 # Weight formats offered beside Load: value -> its label's key; "float" keeps the folder's own weights.
@@ -184,8 +184,8 @@ def _wire(services, c: dict):
         c["tab"].select(reopened, c["pick"], outs, **private)
     c["import_btn"].click(import_, [c["import_path"], c["pick"]], outs, **private)
     def export(name, quant, request: gr.Request):
-        result = exports.export_model(services, name, quant)
-        return (*refreshed(("" if result.ok else "⚠ ") + result.message, name, lang_of(request)),
+        lang, result = lang_of(request), exports.export_model(services, name, quant)
+        return (*refreshed(("" if result.ok else "⚠ ") + say(lang, result.message), name, lang),
                 str(result.path) if result.ok else None)
 
     c["export_btn"].click(export, [c["pick"], c["export_quant"]], outs + [c["export_file"]], **private)

@@ -14,7 +14,7 @@ from ..services import exports
 from ..services import train_actions as act
 from ..services.train_actions import UserError
 from . import train_view as view
-from .i18n import lang_of, t, tr
+from .i18n import lang_of, say, t, tr
 from .models_tab import enclosing_tab
 
 POLL_S = 1.0
@@ -70,8 +70,9 @@ def _layout(services) -> dict:
             c["progress"] = gr.HTML(view.progress_html(None), elem_id="train-progress")
             c["preview_md"] = gr.Markdown(t("train.preview_hint"),
                                           elem_id="data-preview")
+            # no legend: the label says what the highlight means (a legend would name it "loss", in English)
             c["preview_hl"] = gr.HighlightedText(label=t("train.examples"),
-                                                 color_map={"loss": "#fde68a"}, show_legend=True,
+                                                 color_map={"loss": "#fde68a"}, show_legend=False,
                                                  show_inline_category=False,
                                                  combine_adjacent=True, elem_id="data-tokens")
     _layout_progress(c)
@@ -129,8 +130,7 @@ def _layout_advanced(c: dict, d: dict):
 def _layout_progress(c: dict):
     with gr.Row():
         c["plot"] = gr.LinePlot(None, x="step", y="loss", color="series", color_map=COLOR_MAP,
-                                title="Loss", x_title="step", y_title="loss", elem_id="loss-plot", height=300,
-                                scale=2)
+                                **plot_titles("train.plot_live"), elem_id="loss-plot", height=300, scale=2)
         c["probes"] = gr.Markdown(t("train.probes_hint"), elem_id="train-probes", label=t("train.probes"))
     c["log"] = gr.Textbox(label=t("train.log"), lines=8, max_lines=8, interactive=False,
                           elem_id="train-log")
@@ -148,8 +148,7 @@ def _layout_runs(c: dict):
         with gr.Row():
             c["run_info"] = gr.Markdown(t("train.no_runs"), elem_id="train-run-info")
             c["run_plot"] = gr.LinePlot(None, x="step", y="loss", color="series", color_map=COLOR_MAP,
-                                        title="Loss of this run", x_title="step", y_title="loss",
-                                        elem_id="train-run-plot", height=220)
+                                        **plot_titles("train.plot_run"), elem_id="train-run-plot", height=220)
 
 
 def _layout_compare(c: dict):
@@ -168,6 +167,17 @@ def _layout_compare(c: dict):
         with gr.Row():
             c["base_out"] = gr.Textbox(label=t("train.base"), lines=6, interactive=False, elem_id="compare-base")
             c["tuned_out"] = gr.Textbox(label=t("train.tuned"), lines=6, interactive=False, elem_id="compare-tuned")
+
+
+def plot_titles(key: str, lang: str | None = None) -> dict:
+    """A loss plot's title and axis names in ``lang``: the plot draws them as they come (no gr.I18n
+    there), so the server words them, like the rest of what the timer redraws."""
+    return {"title": tr(lang, key), "x_title": tr(lang, "train.plot_step"), "y_title": tr(lang, "train.plot_loss"),
+            "color_title": tr(lang, "train.plot_series")}
+
+
+def plot_update(history, key: str, lang: str | None) -> dict:
+    return gr.update(value=view.plot_value(history), **plot_titles(key, lang))
 
 
 # ---- data: choose and preview --------------------------------------------------------------------
@@ -192,10 +202,10 @@ def _wire_data(services, c: dict):
         try:
             p = act.preview_data(services, base, data, seq_len, batch)
         except UserError as e:
-            return view.data_error_markdown(str(e), lang), None, gr.skip(), gr.skip()
+            return view.data_error_markdown(say(lang, e), lang), None, gr.skip(), gr.skip()
         fitted = p["batch_size"] if p["batch_size"] != batch else gr.skip()  # lowered to what the data fills
-        return (view.preview_markdown(p, lang), view.preview_highlight(p), p.get("format") in act.CHAT_FORMATS,
-                fitted)
+        return (view.preview_markdown(p, lang), view.preview_highlight(p, lang=lang),
+                p.get("format") in act.CHAT_FORMATS, fitted)
 
     pv = dict(fn=preview, inputs=[c["base"], c["data_path"], c["seq_len"], c["batch"]],
               outputs=[c["preview_md"], c["preview_hl"], c["as_chat"], c["batch"]], api_visibility="private")
@@ -215,7 +225,10 @@ def _wire_data(services, c: dict):
 
 # ---- run: start, cancel, resume, poll -------------------------------------------------------------
 def _wire_run(services, c: dict):
-    def start(*values):
+    def start(request: gr.Request, *values):  # first: Gradio fills only the parameters before *values
+        return say(lang_of(request), start_message(*values))
+
+    def start_message(*values) -> str:
         f = dict(zip(FORM, values))
         by_steps = f["length_by"] == "steps"
         try:
@@ -231,22 +244,28 @@ def _wire_run(services, c: dict):
                                  early_stop_patience=int(f["early_stop_patience"] or 0))
             return act.start_run(services, spec)
         except UserError as e:
-            return f"⚠ {e}"
+            return act.warned(act.message_of(e))
 
-    def resume(run_id):
+    def resume(run_id, request: gr.Request = None):
         try:
-            return act.resume_run(services, run_id)
+            said = act.resume_run(services, run_id)
         except UserError as e:
-            return f"⚠ {e}"
+            said = act.warned(act.message_of(e))
+        return say(lang_of(request), said)
+
+    def cancel(request: gr.Request = None):
+        return say(lang_of(request), act.cancel_run(services))
+
+    def use(run_id, request: gr.Request = None):
+        return say(lang_of(request), act.use_in_chat(services, run_id))
 
     c["start"].click(start, [c[name] for name in FORM.values()], c["msg"], api_visibility="private")
     # "Cancel requested" is cleared once the run has ended: chained after the click, so it can never
     # land after the poll tick that saw the run end (that race left it on screen)
-    c["cancel"].click(lambda: act.cancel_run(services), None, c["msg"], api_visibility="private").then(
+    c["cancel"].click(cancel, None, c["msg"], api_visibility="private").then(
         lambda: "" if act.wait_until_ended(services) else gr.skip(), None, c["msg"], api_visibility="private")
     c["resume"].click(resume, c["runs"], c["run_msg"], api_visibility="private")
-    c["use"].click(lambda run_id: act.use_in_chat(services, run_id), c["runs"], c["run_msg"],
-                   api_visibility="private")
+    c["use"].click(use, c["runs"], c["run_msg"], api_visibility="private")
     def choose_run(run_id, request: gr.Request = None):
         return ["", *_run_panel(services, run_id, lang_of(request))]
 
@@ -265,7 +284,7 @@ def _run_panel(services, run_id: str | None, lang: str | None = None) -> list:
     """The chosen run: its outcome and settings, its curve, and which of its actions apply."""
     run = next((r for r in act.list_runs(services) if r["run_id"] == run_id), None)
     has_model = run is not None and act.finished_model(services, run_id) is not None
-    return [view.run_markdown(run, lang), view.plot_value(act.run_history(services, run_id)),
+    return [view.run_markdown(run, lang), plot_update(act.run_history(services, run_id), "train.plot_run", lang),
             gr.update(interactive=bool(run and run.get("resumable"))), gr.update(interactive=has_model),
             gr.update(interactive=has_model), gr.update(interactive=has_model)]
 
@@ -291,7 +310,7 @@ def _poll(services, sig, chosen, lang: str | None = None):
     msg = "" if done_now and sig is not None else gr.skip()  # a message about the ended run is stale now
     preview = status.get("preview") if sig is None and active else None
     shown = ((tr(lang, "train.pv_of_run", run_id=run_id) + view.preview_markdown(preview, lang),
-              view.preview_highlight(preview)) if isinstance(preview, dict) else (gr.skip(), gr.skip()))
+              view.preview_highlight(preview, lang=lang)) if isinstance(preview, dict) else (gr.skip(), gr.skip()))
     runs = [gr.skip()] * (1 + len(RUN_PANEL))
     if sig is None or old[0] != run_id or old[1] != state or (active and not listed):  # list anew
         runs_now = act.list_runs(services)
@@ -308,8 +327,9 @@ def _poll(services, sig, chosen, lang: str | None = None):
     if attach:
         form = _form_updates(attach)
     return [view.status_markdown(status, lang), view.progress_html(status, lang),
-            view.plot_value(status.get("history")), view.probes_markdown(status.get("probes"), lang),
-            view.log_text(status),
+            plot_update(status.get("history"), "train.plot_live", lang),
+            view.probes_markdown(status.get("probes"), lang),
+            view.log_text(status, lang=lang),
             gr.update(interactive=not active), gr.update(interactive=active), base, msg, *shown, *runs,
             *form, [*new, listed]]
 
@@ -334,20 +354,23 @@ def _form_updates(values: dict) -> list:
 
 # ---- compare ------------------------------------------------------------------------------------
 def _wire_compare(services, c: dict):
-    def compare(prompt, as_chat, run_id):
+    def compare(prompt, as_chat, run_id, request: gr.Request = None):
+        lang = lang_of(request)
         try:
-            yield from act.compare_stream(services, prompt, as_chat, run_id=run_id)
+            for answers in act.compare_stream(services, prompt, as_chat, run_id=run_id):
+                yield tuple(say(lang, a) for a in answers)  # a column that failed says why
         except UserError as e:
-            gr.Warning(str(e))
+            gr.Warning(say(lang, e))
             yield gr.skip(), gr.skip()
 
-    def export(quant, run_id):
+    def export(quant, run_id, request: gr.Request = None):
+        lang = lang_of(request)
         try:
             run = act.run_model(services, run_id)
         except UserError as e:
-            return f"⚠ {e}", None
+            return say(lang, act.warned(act.message_of(e))), None
         result = exports.export_run_model(services, run, quant)
-        return ("" if result.ok else "⚠ ") + result.message, str(result.path) if result.ok else None
+        return ("" if result.ok else "⚠ ") + say(lang, result.message), str(result.path) if result.ok else None
 
     c["export_btn"].click(export, [c["export_quant"], c["runs"]], [c["export_msg"], c["export_file"]],
                           api_visibility="private")

@@ -1,7 +1,8 @@
 """Pure view helpers for the Train and Models tabs: status dicts and previews -> frames, markdown, HTML.
 
 No torch here and no components, so every rendering rule is unit-tested without a browser. Text
-a person reads takes ``lang`` (None is English) and is worded by ``i18n.tr``. The status
+a person reads takes ``lang`` (None is English) and is worded by ``i18n.tr``, or said by ``i18n.say``
+when the runner or the data check worded it (a ``messages.Message``: log lines, warnings, errors). The status
 dict is ``JobRunner.status()``; missing keys are tolerated (a runner that has never run returns
 little more than ``{"state": "idle"}``).
 """
@@ -13,16 +14,13 @@ import re
 
 import pandas as pd
 
-from .i18n import tr
+from .i18n import say, tr
 
 # Job states and sizes are the service's: its messages and these views say them alike.
 from ..services.train_actions import (ACTIVE_STATES, FORM_KEYS, form_from_spec, history_of,  # noqa: F401
-                                      human_bytes, is_active)
+                                      human_bytes, is_active, state_word)
 
 DONE_STATES = ("finished", "failed", "cancelled")
-STATE_KEYS = {"idle": "train.state_idle", "queued": "train.state_queued", "running": "train.state_running",
-              "cancelling": "train.state_cancelling", "finished": "train.state_finished",
-              "failed": "train.state_failed", "cancelled": "train.state_cancelled"}
 MAX_PLOT_POINTS = 400  # per series: a long run is thinned so the plot stays cheap to send each second
 LOG_LINES = 200
 SERIES = ("train", "validation")
@@ -88,9 +86,9 @@ def status_markdown(status: dict | None, lang: str | None = None) -> str:
         head += f" · lr {s['lr']:.2e}"
     lines = [head]
     if state == "failed" and s.get("error"):
-        lines.append(tr(lang, "train.error_line", error=s["error"]))
+        lines.append(tr(lang, "train.error_line", error=say(lang, s["error"])))
     if s.get("warning"):
-        lines.append(tr(lang, "train.overfitting", warning=s["warning"]))
+        lines.append(tr(lang, "train.overfitting", warning=say(lang, s["warning"])))
     if state == "finished" and s.get("model_path"):
         lines.append(tr(lang, "train.new_model", path=s["model_path"]))
     if state == "cancelled":
@@ -100,7 +98,7 @@ def status_markdown(status: dict | None, lang: str | None = None) -> str:
 
 def state_name(state: str, lang: str | None = None) -> str:
     """A job state in words; one this view does not know is shown as the service names it."""
-    return tr(lang, STATE_KEYS[state]) if state in STATE_KEYS else state
+    return say(lang, state_word(state))
 
 
 def progress_html(status: dict | None, lang: str | None = None) -> str:
@@ -113,7 +111,8 @@ def progress_html(status: dict | None, lang: str | None = None) -> str:
         bits.append(tr(lang, "train.step_of", step=s.get("step") or 0, total=s["total_steps"]))
     if state in ACTIVE_STATES:
         bits.append(tr(lang, "train.eta", eta=fmt_duration(s.get("eta_s"))))
-    bits.append(tr(lang, "train.elapsed", elapsed=fmt_duration(s.get("elapsed_s") or 0)))
+    if state != "idle":  # idle: no words, so the bar the page is built with reads alike in every language
+        bits.append(tr(lang, "train.elapsed", elapsed=fmt_duration(s.get("elapsed_s") or 0)))
     if s.get("tokens_per_s"):
         bits.append(tr(lang, "train.tokens_per_s", rate=f"{s['tokens_per_s']:,.0f}"))
     color = {"failed": "#d9534f", "cancelled": "#999", "cancelling": "#f0ad4e"}.get(state, "#4a90e2")
@@ -175,7 +174,7 @@ def probes_markdown(probes, lang: str | None = None) -> str:
     for p in probes:
         if isinstance(p, dict):
             prompt, output = p.get("prompt", ""), p.get("output", p.get("text", ""))
-            step = f" (step {p['step']})" if p.get("step") is not None else ""
+            step = " " + tr(lang, "train.probe_step", step=p["step"]) if p.get("step") is not None else ""
         elif isinstance(p, (list, tuple)) and len(p) >= 2:
             prompt, output, step = p[0], p[1], ""
         else:
@@ -183,7 +182,8 @@ def probes_markdown(probes, lang: str | None = None) -> str:
         prompt = str(prompt).strip()
         prompt = prompt if len(prompt) <= PROBE_PROMPT_CHARS else "…" + prompt[-PROBE_PROMPT_CHARS:]
         # stripped: '**' closing after a space is not bold in CommonMark
-        lines.append(f"**{_md_escape(prompt)}**{step} → {_md_escape(str(output).strip()) or '(nothing)'}")
+        output = _md_escape(str(output).strip()) or tr(lang, "train.probe_nothing")
+        lines.append(f"**{_md_escape(prompt)}**{step} → {output}")
     return "\n\n".join(lines)
 
 
@@ -191,9 +191,10 @@ def _md_escape(text: str) -> str:
     return html.escape(text).replace("*", "\\*").replace("_", "\\_").replace("\n", " ⏎ ")
 
 
-def log_text(status: dict | None, limit: int = LOG_LINES) -> str:
-    """The newest ``limit`` log lines, newest first (a timer-updated Textbox does not autoscroll)."""
-    return "\n".join(str(line) for line in reversed(((status or {}).get("log") or [])[-limit:]))
+def log_text(status: dict | None, limit: int = LOG_LINES, lang: str | None = None) -> str:
+    """The newest ``limit`` log lines, newest first (a timer-updated Textbox does not autoscroll), in
+    ``lang`` (the runner keeps its lines as Messages; the run's log.txt has them in English)."""
+    return "\n".join(say(lang, line) for line in reversed(((status or {}).get("log") or [])[-limit:]))
 
 
 def status_json(status: dict | None) -> str:
@@ -225,7 +226,7 @@ def preview_markdown(preview: dict, lang: str | None = None) -> str:
     if p.get("histogram"):
         lines.append(tr(lang, "train.pv_histogram") + "\n\n" + histogram_text(p["histogram"]))
     for w in p.get("warnings") or []:
-        lines.append(f"⚠️ {w}")
+        lines.append(f"⚠️ {say(lang, w)}")
     lines.append(tr(lang, "train.pv_below"))
     return "\n\n".join(lines)
 
@@ -243,14 +244,14 @@ def data_error_markdown(message: str, lang: str | None = None) -> str:
     return f"### ⚠ {tr(lang, 'train.data_unusable')}\n\n{html.escape(str(message))}"
 
 
-def preview_highlight(preview: dict, limit_chars: int = 4000) -> list[tuple[str, str | None]]:
+def preview_highlight(preview: dict, limit_chars: int = 4000, lang: str | None = None) -> list[tuple[str, str | None]]:
     """Examples as HighlightedText segments: ("text", "loss") where the loss applies, else (text, None)."""
     segments: list[tuple[str, str | None]] = []
     rendered = preview.get("rendered") or []
     marked = preview.get("examples") or []
     for i in range(max(len(rendered), len(marked))):
         if segments:
-            segments.append((f"\n──── example {i + 1} ────\n", None))
+            segments.append((f"\n──── {tr(lang, 'train.example_n', n=i + 1)} ────\n", None))
         from_tokens = _runs_from_tokens(marked[i]) if i < len(marked) else None
         runs = _runs_from_rendered(rendered[i]) if i < len(rendered) else None
         # Guillemets in the data itself make the «» marks ambiguous: trust the rendered text only
