@@ -225,3 +225,19 @@ def commands(readme: Path) -> list[str]:
 def test_the_chinese_readme_has_the_same_two_setup_commands():
     en, zh = commands(REPO / "README.md"), commands(REPO / "README.zh-CN.md")
     assert len(en) == 2 and zh == en
+
+
+def test_the_status_line_is_said_in_the_pages_language(tmp_path):
+    """The registry words device, model, KV and memory as Messages: English for the CLI and API,
+    Chinese in a zh-CN page."""
+    from fixtures_models import make_services
+
+    from lmstudio_lite.ui.status import status_text
+
+    repo = Path(__file__).resolve().parents[1]
+    svc = make_services(tmp_path, load=str(repo / "models" / "lmstudio-lite-tiny"))
+    en, zh = status_text(svc, "en"), status_text(svc, "zh-CN")
+    assert en.startswith("Device: CPU (") and "MB of weights" in en and " running, " in en, en
+    assert zh.startswith("设备：CPU（") and "权重占" in zh and "KV 缓存：0/" in zh and "内存：" in zh, zh
+    assert not re.search(r"running|waiting|weights|Memory|Model|Device", zh), zh
+    assert str(svc.registry.status_line()) == en  # the Message reads English wherever it is not said

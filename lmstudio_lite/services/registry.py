@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..checkpoints import is_gguf_file
+from ..messages import Message
 from ..paths import AppPaths, bundled_models_dir, hf_cache_dirs
 
 BYTES_PER_DTYPE = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -260,34 +261,37 @@ class Registry:
                 shutil.rmtree(entry.path)
 
     def status_line(self) -> str:
+        """Device (and why), model (format, weights' memory), KV use and memory: a ``Message``, so the
+        page says it in its language and everything else reads English."""
         from ..device import choose_device
 
         try:
             choice = choose_device(self.device, self.dtype)
-            dev = f"{choice.name} ({choice.reason})"
+            dev = Message("status.device", name=choice.name, reason=choice.reason)
         except ValueError as e:
             dev = str(e)
         cur = self._current
         info = cur.info() if cur else None
-        model = f"{cur.name} ({_weights(info)})" if cur else "no model loaded"
-        return f"Device: {dev} · Model: {model}{_kv(info)} · Memory: {_rss_mb():.0f} MB"
+        model = Message("status.model", name=cur.name, weights=_weights(info)) if cur else Message("status.no_model_loaded")
+        return Message("status.line", device=dev, model=model, kv=_kv(info), memory=f"{_rss_mb():.0f}")
 
 
-def _kv(info: dict | None) -> str:
+def _kv(info: dict | None):
     """The scheduler's use of its KV rows (sized from its budget), e.g.
-    " · KV: 3 of 8 running, 2 waiting, 12 of 36 MB in 16 rows"."""
+    " · KV: 3 of 8 running, 2 waiting, 12 of 36 MB in 16 rows"; "" without a scheduler."""
     sched = (info or {}).get("scheduler")
     if not sched:
         return ""
-    waiting = f", {sched['waiting']} waiting" if sched["waiting"] else ""
-    return (f" · KV: {sched['running']} of {sched['max_batch']} running{waiting}, "
-            f"{sched['kv_used_bytes'] / 2**20:.0f} of {sched['kv_bytes'] / 2**20:.0f} MB in {sched['kv_rows']} rows")
+    waiting = Message("status.kv_waiting", n=sched["waiting"]) if sched["waiting"] else ""
+    return Message("status.kv", running=sched["running"], max_batch=sched["max_batch"], waiting=waiting,
+                   used=f"{sched['kv_used_bytes'] / 2**20:.0f}", total=f"{sched['kv_bytes'] / 2**20:.0f}",
+                   rows=sched["kv_rows"])
 
 
-def _weights(info: dict) -> str:
+def _weights(info: dict) -> Message:
     """The loaded format and the memory its weights take, e.g. "q4_0, 76 MB of weights"."""
     mb = info["weights_bytes"] / 2**20
-    return f"{info['quant']}, {mb:.0f} MB of weights" if mb >= 10 else f"{info['quant']}, {mb:.2f} MB of weights"
+    return Message("status.weights", quant=info["quant"], mb=f"{mb:.0f}" if mb >= 10 else f"{mb:.2f}")
 
 
 def _rss_mb() -> float:

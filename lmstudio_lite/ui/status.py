@@ -8,16 +8,16 @@ from __future__ import annotations
 import gradio as gr
 
 from .common import PRIVATE, friendly
-from .i18n import lang_of, tr
+from .i18n import lang_of, say, tr
 
 REFRESH_S = 5.0
 
 
 def status_text(services, lang: str | None = None) -> str:
-    """The line in ``lang``; the registry's own part (device, model, memory) stays as it words it."""
+    """The line in ``lang``: the registry's part (device, model, KV, memory) is a Message said in it too."""
     reg = services.registry
     try:
-        line = reg.status_line()
+        line = say(lang, reg.status_line())
     except Exception as e:  # never let the status line take a page down
         line = tr(lang, "status.unavailable", error=friendly(e, lang))
     extra = []
