@@ -214,9 +214,16 @@ def starter(browser, out: Path) -> list[dict]:
         steps = starter_messages(page, out, STARTER_S)
         results.append({"step": "starter", "messages": steps, "check": steps[-1]["text"].startswith("✅")})
         if results[-1]["check"]:
+            t0 = time.monotonic()  # the status line and the context meter follow the newly loaded model
+            page.wait_for_function("() => /SmolLM2/.test(document.querySelector('#status-line')?.innerText || '')"
+                                   " && /8,192/.test(document.querySelector('#context-meter')?.innerText || '')")
+            print(f"  status line and meter name SmolLM2 {time.monotonic() - t0:.1f} s after the ✅")
+            shot(page, out, "starter-4-followed")
             reply, stats = ask_chat(page, QUESTION)
             shot(page, out, "starter-chat")
-            results.append({"step": "starter chat", "reply": reply, "stats": stats, "check": answered(reply, stats)})
+            results.append({"step": "starter chat (Balanced preset, the default)", "reply": reply, "stats": stats,
+                            "check": answered(reply, stats)})
+            results.append(precise_chat_step(page, out))
         ctx.close()
     finally:
         app.stop()

@@ -120,6 +120,7 @@ def test_the_chat_tab_button_fetches_then_loads_the_model(tmp_path, monkeypatch)
             shown.set()
     assert shown.is_set()
     assert steps[-1][0].startswith("✅") and starter.FOLDER_NAME in steps[-1][0]
+    assert "Precise" in steps[-1][0]  # a 135M model wanders at the Balanced preset's temperature
     assert steps[-1][1] == {"__type__": "update", "visible": False}
     assert reg.current.name.endswith(starter.FOLDER_NAME)
     assert not starter.needs_starter(reg)
