@@ -91,7 +91,7 @@ def wait_task_done(page, output_id: str, timeout_s: float = REPLY_S) -> str:
 
 def answered(reply: str, stats: str) -> bool:
     """Paris in the first sentence, and the model ended its turn (no ramble up to the token limit)."""
-    return "Paris" in reply.split(".")[0] and "finished" in stats
+    return re.search(r"\bParis\b", reply.split(".")[0]) is not None and "finished" in stats
 
 
 def ask_chat(page, question: str) -> tuple[str, str]:
