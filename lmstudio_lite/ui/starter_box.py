@@ -34,7 +34,7 @@ def get_starter(services, lang: str | None = None):
     jobs = services.downloads
     try:
         jobs.run(starter.HUB_REPO, None, lambda progress, cancel: starter.fetch_starter(jobs.models_dir, progress,
-                                                                                          cancel))
+                                                                                          cancel, note=jobs.note))
     except Exception as e:  # another download is running
         yield f"⚠ {friendly(e, lang)}", gr.skip()
         return

@@ -37,7 +37,8 @@ SYSTEM = ("You are a translator. Translate the user's text from {src} to {tgt}. 
           "Reply with the translation only, keeping the meaning, tone and formatting.")
 
 _WORDS = {
-    "English": "the and is are was of to in that it you with for this have not be on",
+    "English": ("the and is are was of to in that it you with for this have not be on i he she we they my your his "
+                "her had has were would can what when there at from but by all"),
     "French": "le la les des est et une un que qui dans pour pas avec sur je vous nous ce au du",
     "German": "der die das und ist nicht ein eine ich sie mit zu den von auf für auch sich dem",
     "Spanish": "el la los las es y que de en un una por para con no se lo del al muy",
