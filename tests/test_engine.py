@@ -353,7 +353,7 @@ def test_closing_on_the_last_delta_keeps_the_real_reason():
 def test_generation_yields_the_cores_a_cpu_job_holds():
     """While a job claims CPU threads, a generation started in another thread runs on
     what is left (at least one); once the claim ends, the next one gets them all back."""
-    from lmstudio_lite import device
+    from lmstudio_lite import threads
 
     seen = []
 
@@ -366,9 +366,9 @@ def test_generation_yields_the_cores_a_cpu_job_holds():
         prompt = list(b"Hi")
         list(Engine(CountingModel(script("Hello", len(prompt))), ByteTokenizer()).stream(prompt, GREEDY, 10))
 
-    full = device.inference_threads()
-    with device.claim_cpu_threads(full):
-        assert device.inference_threads() == 1
+    full = threads.inference_threads()
+    with threads.claim_cpu_threads(full):
+        assert threads.inference_threads() == 1
         t = threading.Thread(target=generate)
         t.start()
         t.join()
@@ -377,5 +377,5 @@ def test_generation_yields_the_cores_a_cpu_job_holds():
     t = threading.Thread(target=generate)
     t.start()
     t.join()
-    assert device.inference_threads() == full
+    assert threads.inference_threads() == full
     assert set(seen) == {full}
