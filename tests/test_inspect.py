@@ -103,7 +103,7 @@ def test_attention_equals_transformers_eager_for_every_family(kind, tmp_path):
     hf = build(kind)
     hf.set_attn_implementation("eager")
     hf.save_pretrained(tmp_path)
-    ours = load_weights(tmp_path).prepare_for_inference()
+    ours = InferenceModel(load_weights(tmp_path))
     ids = torch.randint(0, VOCAB, (1, 19), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         want = hf(ids, output_attentions=True).attentions
