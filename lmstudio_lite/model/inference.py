@@ -54,7 +54,7 @@ class InferenceModel:
     """A ``Transformer`` prepared to serve: what the engine, the scheduler and inspection drive.
 
     Inference layout, chosen by measurement (bench/gemv.py): fused q|k|v and gate|up
-    weights (``qkv``, ``gate_up``: one per layer), so a decode step streams one matrix
+    weights (``qkv``, ``gate_up``: one per layer, on the CPU), so a decode step streams one matrix
     instead of two or three; in float32 a contiguous [C, V] copy of a tied head
     (``head_t``: batch-1 ``x @ W`` streams fastest that way); in bfloat16 on the CPU every
     weight stored [out, in], where ``torch.mv`` streams about twice as fast as any bf16
@@ -74,15 +74,16 @@ class InferenceModel:
     def __init__(self, net: Transformer):
         net.eval()
         self.net, self.config = net, net.config
-        out_in = net.device.type == "cpu" and net.dtype != torch.float32
+        cpu = net.device.type == "cpu"
+        out_in = cpu and net.dtype != torch.float32
         self.head_t: torch.Tensor | None = None  # a tied head for inference, [C, V]
         if net.head is None:
             emb = net.tok_emb.weight.detach()
             self.head_t = emb.t() if out_in else emb.t().contiguous()
         elif out_in and isinstance(net.head, Linear):
             net.head.weight.data = store_out_in(net.head.weight.data)
-        self.qkv, self.gate_up = [], []
-        for b in net.blocks:
+        self.qkv, self.gate_up = [], []  # only the native step reads them: fused on the CPU only
+        for b in net.blocks if cpu else ():
             self.qkv.append(_fuse((b.attn.q, b.attn.k, b.attn.v), out_in))
             self.gate_up.append(_fuse((b.mlp.gate, b.mlp.up), out_in) if b.mlp.gated else None)
             for layer in (b.attn.o, b.mlp.down) + (() if b.mlp.gated else (b.mlp.up,)):

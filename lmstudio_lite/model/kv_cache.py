@@ -8,7 +8,7 @@ import torch
 from .config import ModelConfig
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Rows:
     """Where a batched decode step's new tokens go: row b's one token at ``positions[b]`` of
     cache row ``slots[b]`` (a scheduler's sequences sit at different lengths). Passed as the
