@@ -90,17 +90,17 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, H, T, D], [B, KV, T, D]
         v = v.view(B, T, KV, D).transpose(1, 2)
-        if isinstance(start_pos, Rows):
+        if isinstance(start_pos, Rows):  # rows at different lengths: each over its own prefix
             y = torch.cat([attention(q[b:b + 1], k_row, v_row, causal=True)
                            for b, (k_row, v_row) in enumerate(cache.write_rows(layer, start_pos, k, v))])
-            return self.o(y.transpose(1, 2).reshape(B, T, H * D))
-        if cache is not None:
-            k, v = cache.write(layer, start_pos, k, v)  # [B, KV, L, D]
-        if weights is None:
-            y = attention(q, k, v, causal=True)
         else:
-            y, probs = attention_reference(q, k, v, causal=True, return_probs=True)
-            weights.append(probs)
+            if cache is not None:
+                k, v = cache.write(layer, start_pos, k, v)  # [B, KV, L, D]
+            if weights is None:
+                y = attention(q, k, v, causal=True)
+            else:
+                y, probs = attention_reference(q, k, v, causal=True, return_probs=True)
+                weights.append(probs)
         return self.o(y.transpose(1, 2).reshape(B, T, H * D))
 
 
