@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,15 +134,31 @@ def test_build_errors_name_the_compiler_and_its_message(tmp_path):
     assert not list(tmp_path.glob("*.so"))  # no half-written library left behind
 
 
-def test_disabled_kernel_leaves_pytorch_decoding(monkeypatch, tmp_path):
-    monkeypatch.setattr(native, "_lib", None)
-    monkeypatch.setattr(native, "_status", "not built yet")
-    monkeypatch.setenv(native.DISABLE_ENV, "0")
-    assert native.decode_library() is None
-    assert native.status().startswith("off")
-    folder = tmp_path / "m"
-    build("llama-gqa-untied").save_pretrained(folder)
-    model = InferenceModel(load_weights(folder))
-    assert model.native is None
-    with torch.inference_mode():  # the reference forward serves it
-        torch.testing.assert_close(model(torch.tensor([PROMPT])), model.net(torch.tensor([PROMPT])))
+DISABLED_RUN = """
+import torch
+from lmstudio_lite import native
+from lmstudio_lite.model.config import ModelConfig
+from lmstudio_lite.model.inference import InferenceModel
+from lmstudio_lite.model.kv_cache import KVCache
+from lmstudio_lite.model.transformer import Transformer
+
+torch.manual_seed(0)
+net = Transformer(ModelConfig(family="llama", vocab_size=96, n_layer=2, n_head=4, n_kv_head=2, d_model=64, d_ff=96,
+                              max_seq_len=32)).eval()
+model = InferenceModel(net)
+ids = torch.tensor([[1, 5, 17, 42, 8]])
+with torch.inference_mode():
+    caches = [KVCache(net.config, 1, 8) for _ in range(2)]
+    steps = [(m(ids, 0, c), m(torch.tensor([[9]]), 5, c)) for m, c in zip((model, net), caches)]
+torch.testing.assert_close(steps[0], steps[1])
+print(native.status(), model.native)
+"""
+
+
+def test_disabled_kernel_leaves_pytorch_decoding():
+    """LMSTUDIO_LITE_NATIVE=0 (read when the kernel is first asked for, so in a fresh process):
+    no kernel, and the inference model decodes through the reference forward."""
+    env = {**os.environ, native.DISABLE_ENV: "0", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", DISABLED_RUN], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["off", f"({native.DISABLE_ENV}=0)", "None"]
