@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from hf_models import KINDS, VOCAB, build
 from lmstudio_lite import load_model
 from lmstudio_lite.checkpoints.folder import load_weights
+from lmstudio_lite.model.inference import InferenceModel
 from lmstudio_lite.services.tasks import inspect as ins
 
 BUNDLED = Path(__file__).resolve().parents[1] / "models" / "lmstudio-lite-tiny"
