@@ -15,7 +15,9 @@ from hf_models import KINDS, VOCAB, build
 from lmstudio_lite import native
 from lmstudio_lite.checkpoints.folder import load_weights
 from lmstudio_lite.model import KVCache
+from lmstudio_lite.model.config import ModelConfig
 from lmstudio_lite.model.inference import InferenceModel
+from lmstudio_lite.model.transformer import Transformer
 
 PROMPT = [1, 5, 17, 42, 8, 77, 3, 64, 21, 9]
 
@@ -98,15 +100,22 @@ def test_rows_beyond_eight_decode_to_the_reference_logits(prepared):
     torch.testing.assert_close(out[0], out[1], atol=1e-5, rtol=1e-5)
 
 
-def test_the_training_net_keeps_no_inference_state(prepared):
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_the_training_net_keeps_no_inference_state(family):
     """Preparing leaves the net a plain Transformer: it trains (gradients reach the fused q|k|v's
     views), its logits are the inference model's, and moving it leaves the inference model's
     own tensors valid (the native step keeps decoding what it was built from)."""
-    net = load_weights(prepared.folder)
+    torch.manual_seed(0)
+    cfg = ModelConfig(family=family, vocab_size=VOCAB, n_layer=2, n_head=4, n_kv_head=2 if family == "llama" else 4,
+                      d_model=64, d_ff=96, max_seq_len=32, tie_embeddings=family == "llama",
+                      act="silu" if family == "llama" else "gelu_new")
+    net = Transformer(cfg)
+    net.init_weights()
     ids = torch.tensor([PROMPT])
     with torch.inference_mode():
         before = net(ids)
     inference = InferenceModel(net)
+    assert inference.native is not None, native.status()
     with torch.inference_mode():
         torch.testing.assert_close(inference(ids), before, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(net(ids), before, atol=1e-5, rtol=1e-5)
