@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from lmstudio_lite import native  # noqa: E402
 from lmstudio_lite.checkpoints.folder import load_weights  # noqa: E402
 from lmstudio_lite.model import KVCache  # noqa: E402
+from lmstudio_lite.model.inference import InferenceModel  # noqa: E402
 
 import peer_llamacpp  # noqa: E402  (bench/, beside this file)
 
@@ -97,9 +98,9 @@ def bench_shape(shape, dtypes, batches, n_prompt, n_new, repeats):
         hf.save_pretrained(d)
         for dname in dtypes:
             dtype = DTYPES[dname]
-            ours = load_weights(d, dtype=dtype).prepare_for_inference()
+            ours = InferenceModel(load_weights(d, dtype=dtype))
             ref = hf.to(dtype)
-            per_tok = weight_bytes_per_token(ours)
+            per_tok = weight_bytes_per_token(ours.net)
             bw = measure_bandwidth(per_tok)
             print(f"{shape} {dname}: {per_tok / 1e6:.0f} MB of weights per token, read at {bw:.1f} GB/s; "
                   f"native float32 kernel: {native.status()}", flush=True)

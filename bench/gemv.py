@@ -6,7 +6,7 @@
 Two views, side by side for each kernel: one matrix timed alone (cache-warm,
 so the GB/s can exceed DRAM), and a whole model's worth of matrices in a row
 (the weights no longer fit any cache: this is what a decode step sees). The
-choice in ``Transformer.prepare_for_inference`` follows the second: float32
+choice in ``model/inference.py``'s ``InferenceModel`` follows the second: float32
 keeps ``x @ W`` on [in, out]; bfloat16 stores [out, in] for ``torch.mv``.
 """
 from __future__ import annotations

@@ -169,7 +169,7 @@ def steps_ab(args, libs, clock) -> None:
 
     dtype = torch.bfloat16 if "bf16" in Path(args.gguf).name else torch.float32  # as bench/decode.py loads it
     model = load_ours(Path(args.gguf), dtype)
-    decoder = model._native  # the prepared step: only its library is swapped (same ABI in both builds)
+    decoder = model.native  # the prepared step: only its library is swapped (same ABI in both builds)
     steps = 2 * args.pairs + 4
     cache = KVCache(model.config, 1, steps + 1, dtype=dtype)
     tok, times = torch.full((1, 1), 1), {"old": [], "new": []}

@@ -30,6 +30,7 @@ import torch
 from lmstudio_lite.checkpoints.gguf_file import config_from_gguf, open_gguf
 from lmstudio_lite.checkpoints.gguf_weights import load_gguf_weights
 from lmstudio_lite.model import KVCache
+from lmstudio_lite.model.inference import InferenceModel
 
 FORMATS = ["f32", "bf16", "q8_0", "q4_1", "q4_0"]
 NATIVE_BIN = Path.home() / ".cache/lsl-peers/llama.cpp/src/build/bin"  # ../shared/tools/llamacpp.sh
@@ -97,17 +98,15 @@ def _file_type(path: Path) -> str:
 def load_ours(path: Path, dtype):
     """Our model from a GGUF's weights (the tokenizer is not needed to time decoding)."""
     reader = open_gguf(path)
-    return load_gguf_weights(reader, config_from_gguf(reader), dtype=dtype)[0].prepare_for_inference()
+    return InferenceModel(load_gguf_weights(reader, config_from_gguf(reader), dtype=dtype)[0])
 
 
 def step_bytes(model) -> int:
     """Weight bytes one decode step streams: every block's matrices and norms, the final norm and
     the head (quantized blocks, a float head, or the tied embedding read as the head)."""
-    total = 0
+    model, total = model.net, 0
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if name.startswith("blocks.") or name.startswith("norm_f") or name.startswith("head"):
-            if ".fused" in name:
-                continue
             total += t.numel() * t.element_size()
     if model.head is None:
         total += model.tok_emb.weight.numel() * model.tok_emb.weight.element_size()

@@ -29,6 +29,7 @@ from heldout import valid_paragraphs  # noqa: E402
 from lmstudio_lite.checkpoints.folder import load_weights, read_config  # noqa: E402
 from lmstudio_lite.checkpoints.tokenizer import Tokenizer  # noqa: E402
 from lmstudio_lite.model.config import ModelConfig  # noqa: E402
+from lmstudio_lite.model.inference import InferenceModel  # noqa: E402
 from lmstudio_lite.model.quant import QTYPES, QuantLinear, quantize_model  # noqa: E402
 from lmstudio_lite.model.transformer import Transformer  # noqa: E402
 
@@ -51,8 +52,6 @@ def step_bytes(model) -> int:
     """Bytes of weights one decode step reads: block linears and the head (float or blocks)."""
     total = 0
     for name, m in model.named_modules():
-        if name.endswith("fused"):
-            continue
         if isinstance(m, QuantLinear):
             total += m.blocks.numel()
         elif hasattr(m, "d_in") and hasattr(m, "weight"):
@@ -73,8 +72,8 @@ def format_table(folder: Path, n: int):
         model = load_weights(folder, cfg, device="cpu", dtype=torch.float32)
         if qtype != "f32":
             quantize_model(model, qtype, head=head)
-        model.prepare_for_inference()
-        print(f"{qtype:8} {head or 'f32':5} {perplexity(model, tok, paras):8.4f} {step_bytes(model) / 1e6:8.3f}")
+        print(f"{qtype:8} {head or 'f32':5} {perplexity(InferenceModel(model), tok, paras):8.4f} "
+              f"{step_bytes(model) / 1e6:8.3f}")
 
 
 def load_times(folder: Path, qtype: str = "q8_0"):
@@ -120,8 +119,7 @@ def shape_table():
         if qtype != "f32":
             quantize_model(model, qtype, head=head)
         seconds = time.perf_counter() - t
-        model.prepare_for_inference()
-        prefill, decode = python_path_times(model, cfg)
+        prefill, decode = python_path_times(model.eval(), cfg)  # the Transformer's own forward
         print(f"{qtype:8} {head or 'f32':5} {seconds:10.2f} {step_bytes(model) / 1e6:8.1f} {prefill:13.0f} "
               f"{decode:12.1f}")
 

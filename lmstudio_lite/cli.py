@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "app"
     # No OMP_WAIT_POLICY=PASSIVE: measured, it cost chat 44% on a quiet machine.
     # A training job and chat share the CPU by owning separate cores instead
-    # (device.claim_cpu_threads / inference_threads).
+    # (lmstudio_lite/threads.py).
     args = build_parser(command).parse_args(argv)
     from .errors import is_user_error, user_message
 

@@ -1,8 +1,6 @@
 """Pick the device and dtype together, with a reason a person can read."""
 from __future__ import annotations
 
-import contextlib
-import threading
 from dataclasses import dataclass
 
 import torch
@@ -65,30 +63,3 @@ def choose_device(override: str | None = None, dtype: str | torch.dtype | None =
         return DeviceChoice(torch.device("mps"), want or torch.float16, Message("device.mps"))
     return DeviceChoice(torch.device("cpu"), want or CPU_DEFAULT_DTYPE, Message("device.cpu"))
 
-
-# -- sharing the CPU between chat and a training job ------------------------------
-# Measured with bench/train.py --contention: spinning OpenMP threads make chat
-# and a job on the same core collapse, while passive waiting (OMP_WAIT_POLICY)
-# cost chat 44% on a quiet machine. So each side keeps its own cores instead:
-# a CPU job claims its threads here, and generation runs on what is left.
-_PROCESS_THREADS = torch.get_num_threads()
-_claimed = 0
-_claim_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def claim_cpu_threads(n: int):
-    """Hold ``n`` CPU threads for a background job while the block runs."""
-    global _claimed
-    with _claim_lock:
-        _claimed += n
-    try:
-        yield
-    finally:
-        with _claim_lock:
-            _claimed -= n
-
-
-def inference_threads() -> int:
-    """Threads a generation should use now: the process's count minus what jobs hold (at least 1)."""
-    return max(1, _PROCESS_THREADS - _claimed)

@@ -137,12 +137,17 @@ def test_cache_and_no_cache_decoding_give_identical_tokens():
 
 
 def test_cache_is_reused_across_generations():
-    model = MockModel(mixing)
-    engine = Engine(model, ByteTokenizer(), device="cpu")
+    caches = []
+
+    class CacheSpy(MockModel):  # records the cache object the engine hands the model
+        def forward(self, ids, start_pos=0, cache=None, last_only=False):
+            caches.append(cache)
+            return super().forward(ids, start_pos, cache, last_only)
+
+    engine = Engine(CacheSpy(mixing), ByteTokenizer(), device="cpu")
     first = engine.generate_ids([1, 2, 3], GREEDY, 10, ignore_eos=True)
-    cache = engine._cache
     engine.generate_ids([9, 8], GREEDY, 10, ignore_eos=True)
-    assert engine._cache is cache
+    assert caches[0] is not None and all(c is caches[0] for c in caches)
     assert engine.generate_ids([1, 2, 3], GREEDY, 10, ignore_eos=True) == first  # stale entries ignored
 
 
@@ -281,6 +286,15 @@ def test_stream_cancel_is_checked_before_every_token():
     assert stream.stats["finish_reason"] == "cancelled"
 
 
+def assert_engine_free(engine):
+    """A generation started from another thread runs to its end (on a held engine it would wait)."""
+    done = []
+    t = threading.Thread(target=lambda: done.append(engine.generate_ids([1], GREEDY, 1)), daemon=True)
+    t.start()
+    t.join(30)
+    assert done, "the engine is still held by a stream that ended"
+
+
 def test_breaking_out_counts_as_cancelled_and_releases_the_engine():
     model = MockModel(lambda prefix: 97, max_seq_len=200)
     engine = Engine(model, ByteTokenizer())
@@ -290,7 +304,7 @@ def test_breaking_out_counts_as_cancelled_and_releases_the_engine():
     assert stream.stats["finish_reason"] == "cancelled" and stream.stats["total_s"] > 0
     for _ in engine.stream([1], GREEDY, 100):  # no name kept: dropping it frees the engine at once
         break
-    assert not engine._lock.locked()
+    assert_engine_free(engine)
     assert engine.generate_ids([1], GREEDY, 3) == [97, 97, 97]
 
 
@@ -335,7 +349,8 @@ def test_model_error_releases_the_engine():
     stream = engine.stream([1], GREEDY, 10)
     with pytest.raises(RuntimeError, match="boom"):
         list(stream)
-    assert stream.stats["finish_reason"] == "error" and not engine._lock.locked()
+    assert stream.stats["finish_reason"] == "error"
+    assert_engine_free(engine)
 
 
 def test_consumer_code_does_not_run_in_inference_mode():
@@ -374,7 +389,7 @@ def test_closing_on_the_last_delta_keeps_the_real_reason():
 def test_generation_yields_the_cores_a_cpu_job_holds():
     """While a job claims CPU threads, a generation started in another thread runs on
     what is left (at least one); once the claim ends, the next one gets them all back."""
-    from lmstudio_lite import device
+    from lmstudio_lite import threads
 
     seen = []
 
@@ -387,9 +402,9 @@ def test_generation_yields_the_cores_a_cpu_job_holds():
         prompt = list(b"Hi")
         list(Engine(CountingModel(script("Hello", len(prompt))), ByteTokenizer()).stream(prompt, GREEDY, 10))
 
-    full = device.inference_threads()
-    with device.claim_cpu_threads(full):
-        assert device.inference_threads() == 1
+    full = threads.inference_threads()
+    with threads.claim_cpu_threads(full):
+        assert threads.inference_threads() == 1
         t = threading.Thread(target=generate)
         t.start()
         t.join()
@@ -398,5 +413,5 @@ def test_generation_yields_the_cores_a_cpu_job_holds():
     t = threading.Thread(target=generate)
     t.start()
     t.join()
-    assert device.inference_threads() == full
+    assert threads.inference_threads() == full
     assert set(seen) == {full}

@@ -18,6 +18,7 @@ from lmstudio_lite.checkpoints.gguf_file import Entry, open_gguf
 from lmstudio_lite.checkpoints.gguf_weights import LoadReport, load_gguf, read_tensor
 from lmstudio_lite.checkpoints.tokenizer import Tokenizer
 from lmstudio_lite.model.config import ModelConfig
+from lmstudio_lite.model.inference import InferenceModel
 from lmstudio_lite.model.layers import Linear
 from lmstudio_lite.model.kv_cache import KVCache
 from lmstudio_lite.model.quant import QuantEmbedding, QuantLinear, quantize_model
@@ -99,13 +100,13 @@ def test_kept_types_equal_their_dequantized_weights(qtype, tmp_path):
     torch.testing.assert_close(logits(loaded.model), logits(ref), atol=1e-4, rtol=0)
 
 
-def with_float_embedding(model):
-    """``model`` with its quantized embedding replaced by a float one holding the dequantized table."""
-    out = copy.deepcopy(model)
+def with_float_embedding(net):
+    """An inference model of ``net`` with its quantized embedding replaced by a float one holding the
+    dequantized table."""
+    out = copy.deepcopy(net)
     table = out.tok_emb.dequantized(out.dtype)
     out.tok_emb = torch.nn.Embedding(*table.shape, _weight=table)
-    out.prepare_for_inference()
-    return out
+    return InferenceModel(out)
 
 
 @torch.no_grad()
@@ -122,14 +123,15 @@ def test_quantized_tied_embedding_is_held_once_and_looks_up_exact_rows(tmp_path)
     path = write_gguf(random_model(tiny_config("llama-rope-linear")), tmp_path / "m.gguf", "llama", qtype="Q8_0")
     loaded = load_model(path, device="cpu", dtype="float32", quant="q4_0")  # quant: the file's blocks stay
     model, cfg = loaded.model, loaded.config
-    emb = model.tok_emb
-    assert isinstance(emb, QuantEmbedding) and isinstance(model.head, QuantLinear) and emb.qtype == "q8_0"
-    assert emb.blocks.data_ptr() == model.head.blocks.data_ptr()
-    tables = [n for n, t in model.state_dict().items() if t.is_floating_point() and t.numel() >= cfg.vocab_size * cfg.d_model]
+    net = model.net
+    emb = net.tok_emb
+    assert isinstance(emb, QuantEmbedding) and isinstance(net.head, QuantLinear) and emb.qtype == "q8_0"
+    assert emb.blocks.data_ptr() == net.head.blocks.data_ptr()
+    tables = [n for n, t in net.state_dict().items() if t.is_floating_point() and t.numel() >= cfg.vocab_size * cfg.d_model]
     assert not tables and not list(emb.parameters())
     assert loaded.info()["weights_bytes"] < cfg.vocab_size * cfg.d_model * 4  # the float table alone would not fit
 
-    ref = with_float_embedding(model)
+    ref = with_float_embedding(net)
     assert torch.equal(logits(model), logits(ref))
     for ours, theirs in zip(decoded(model), decoded(ref)):
         assert torch.equal(ours, theirs)
@@ -208,9 +210,8 @@ def test_smollm2_metadata_becomes_our_config(smollm2):
 
 
 def float_copy(model):
-    """``model`` with every QuantLinear replaced by a float Linear of its dequantized weights."""
+    """``model`` (a ``Transformer``) with every QuantLinear replaced by a float Linear of its dequantized weights."""
     out = copy.deepcopy(model)
-    out.reset_inference()
     for name, m in list(out.named_modules()):
         if isinstance(m, QuantLinear):
             lin = Linear(m.d_in, m.d_out, m.bias is not None)
@@ -228,10 +229,10 @@ def chat_ids(loaded) -> torch.Tensor:
 
 
 def test_smollm2_keeps_its_blocks_and_equals_the_float_path(smollm2):
-    blocks = smollm2.model.blocks[0]
-    assert (blocks.attn.q.qtype, blocks.mlp.down.qtype, smollm2.model.head.qtype) == ("q4_1", "q4_1", "q8_0")
+    blocks = smollm2.model.net.blocks[0]
+    assert (blocks.attn.q.qtype, blocks.mlp.down.qtype, smollm2.model.net.head.qtype) == ("q4_1", "q4_1", "q8_0")
     ids = chat_ids(smollm2)
-    ours, ref = logits(smollm2.model, ids), logits(float_copy(smollm2.model), ids)
+    ours, ref = logits(smollm2.model, ids), logits(float_copy(smollm2.model.net), ids)
     assert ours.abs().max() > 10
     torch.testing.assert_close(ours, ref, atol=1e-3, rtol=0)
 
@@ -281,11 +282,9 @@ def test_smollm2_q8_0_greedy_equals_float32_for_32_tokens(smollm2):
     three colors."); two part where float32 itself is near a tie: "Write a haiku about the sea."
     at token 27 ("." or "," after the third line) and "Translate to French: I like my little dog."
     at token 15, inside the ramble after the translation."""
-    f32 = float_copy(smollm2.model)
-    q8 = quantize_model(float_copy(smollm2.model), "q8_0")
-    f32.prepare_for_inference()
-    q8.prepare_for_inference()
-    assert q8.blocks[0].mlp.down.qtype == "q8_0" and q8.head.qtype == "q8_0"
+    f32 = InferenceModel(float_copy(smollm2.model.net))
+    q8 = InferenceModel(quantize_model(float_copy(smollm2.model.net), "q8_0"))
+    assert q8.net.blocks[0].mlp.down.qtype == "q8_0" and q8.net.head.qtype == "q8_0"
     tok = smollm2.tokenizer
     for prompt in GREEDY_PROMPTS:
         ids = tok.encode_chat([{"role": "user", "content": prompt}])

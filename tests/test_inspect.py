@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from hf_models import KINDS, VOCAB, build
 from lmstudio_lite import load_model
 from lmstudio_lite.checkpoints.folder import load_weights
+from lmstudio_lite.model.inference import InferenceModel
 from lmstudio_lite.services.tasks import inspect as ins
 
 BUNDLED = Path(__file__).resolve().parents[1] / "models" / "lmstudio-lite-tiny"
@@ -103,7 +104,7 @@ def test_attention_equals_transformers_eager_for_every_family(kind, tmp_path):
     hf = build(kind)
     hf.set_attn_implementation("eager")
     hf.save_pretrained(tmp_path)
-    ours = load_weights(tmp_path).prepare_for_inference()
+    ours = InferenceModel(load_weights(tmp_path))
     ids = torch.randint(0, VOCAB, (1, 19), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         want = hf(ids, output_attentions=True).attentions

@@ -9,8 +9,8 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "lmstudio_lite"
 
 # Higher number = higher layer; a module may import only its own layer or lower.
-LAYER = {"paths": 0, "device": 0, "device_hint": 0, "native": 0, "errors": 0, "messages": 0, "atomic": 0,
-         "model": 1, "checkpoints": 2,
+LAYER = {"paths": 0, "device": 0, "threads": 0, "device_hint": 0, "native": 0, "errors": 0, "messages": 0,
+         "atomic": 0, "model": 1, "checkpoints": 2,
          "generation": 3, "training": 3,
          "services": 4, "chats": 4,
          "server": 5, "terminal_chat": 5, "ui": 6, "cli": 7, "__main__": 7, "__init__": 7}
@@ -76,7 +76,7 @@ def test_only_ui_imports_gradio_only_server_fastapi_model_only_torch():
 def test_ui_reaches_the_engine_only_through_services():
     """ui/ holds tab builders and formatters: what they do lives in services (api, registry, tasks,
     chats, services/), never in a direct call into training, checkpoints, generation or the model."""
-    engine = {"model", "checkpoints", "generation", "training", "device", "native"}
+    engine = {"model", "checkpoints", "generation", "training", "device", "threads", "native"}
     bad = []
     for rel, top, tree in modules():
         if top != "ui":

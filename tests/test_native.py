@@ -2,6 +2,12 @@
 (every format and several rows: test_native_quant.py)."""
 from __future__ import annotations
 
+import gc
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,6 +15,9 @@ from hf_models import KINDS, VOCAB, build
 from lmstudio_lite import native
 from lmstudio_lite.checkpoints.folder import load_weights
 from lmstudio_lite.model import KVCache
+from lmstudio_lite.model.config import ModelConfig
+from lmstudio_lite.model.inference import InferenceModel
+from lmstudio_lite.model.transformer import Transformer
 
 PROMPT = [1, 5, 17, 42, 8, 77, 3, 64, 21, 9]
 
@@ -23,16 +32,16 @@ def test_kernel_builds_on_this_machine():
 def prepared(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     build(request.param).save_pretrained(folder)
-    model = load_weights(folder).prepare_for_inference()
-    assert model._native is not None, native.status()
+    model = InferenceModel(load_weights(folder))
+    assert model.native is not None, native.status()
     model.folder = folder
     return model
 
 
-def decode(model, steps: list[int], use_native: bool, threads: int = 2):
-    """Logits [1, len(steps), V] of a prompt prefill then one token at a time, and the cache."""
-    kept, old_threads = model._native, torch.get_num_threads()
-    model._native = kept if use_native else None
+def decode(model, steps: list[int], threads: int = 2):
+    """Logits [1, len(steps), V] of a prompt prefill then one token at a time, and the cache.
+    ``model``: an ``InferenceModel`` (the native step) or its net (the reference forward)."""
+    old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     cache = KVCache(model.config, 1, len(PROMPT) + len(steps))
     try:
@@ -40,15 +49,14 @@ def decode(model, steps: list[int], use_native: bool, threads: int = 2):
             model(torch.tensor([PROMPT]), 0, cache, last_only=True)
             out = [model(torch.tensor([[t]]), len(PROMPT) + j, cache) for j, t in enumerate(steps)]
     finally:
-        model._native = kept
         torch.set_num_threads(old_threads)
     return torch.cat(out, dim=1), cache
 
 
 def test_native_step_equals_the_pytorch_step(prepared):
     steps = torch.randint(0, VOCAB, (12,), generator=torch.Generator().manual_seed(3)).tolist()
-    got, got_cache = decode(prepared, steps, use_native=True)
-    ref, ref_cache = decode(prepared, steps, use_native=False)
+    got, got_cache = decode(prepared, steps)
+    ref, ref_cache = decode(prepared.net, steps)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got_cache.k, ref_cache.k, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got_cache.v, ref_cache.v, atol=1e-5, rtol=1e-5)
@@ -56,8 +64,8 @@ def test_native_step_equals_the_pytorch_step(prepared):
 
 def test_native_step_gives_the_same_numbers_on_one_thread(prepared):
     steps = [4, 9, 2, 60, 33]
-    one, _ = decode(prepared, steps, use_native=True, threads=1)
-    two, _ = decode(prepared, steps, use_native=True, threads=2)
+    one, _ = decode(prepared, steps, threads=1)
+    two, _ = decode(prepared, steps, threads=2)
     torch.testing.assert_close(one, two, atol=1e-5, rtol=1e-5)
 
 
@@ -72,48 +80,57 @@ def test_native_step_refuses_bad_positions_and_tokens(prepared):
             prepared(torch.tensor([[VOCAB]]), 2, cache)
 
 
-def test_rows_beyond_eight_take_the_pytorch_step(prepared):
-    """The kernel serves 1..8 rows (decode.c's MAX_ROWS): more must not reach it."""
-    calls = []
-    real = prepared._native
-
-    class Spy:
-        head, fused_head = real.head, real.fused_head
-
-        def usable(self, ids, cache):
-            return real.usable(ids, cache)
-
-        def step(self, *a, **kw):
-            calls.append(a)
-            return real.step(*a, **kw)
-
-    prepared._native = Spy()
-    try:
-        with torch.inference_mode():
-            cache = KVCache(prepared.config, 9, 8)
-            prepared(torch.tensor([PROMPT[:3]] * 9), 0, cache)
-            prepared(torch.tensor([[1]] * 9), 3, cache)
-            assert calls == []
-            cache = KVCache(prepared.config, 2, 8)
-            prepared(torch.tensor([PROMPT[:3], PROMPT[3:6]]), 0, cache)
-            prepared(torch.tensor([[1], [2]]), 3, cache)
-            assert len(calls) == 1
-    finally:
-        prepared._native = real
+def test_rows_beyond_eight_decode_to_the_reference_logits(prepared):
+    """The kernel serves 1..8 rows (decode.c's MAX_ROWS): nine rows at one position go through the
+    reference forward, and a scheduler's nine rows at their own positions and cache rows through
+    the kernel 8 rows per call; both give the net's logits."""
+    net = prepared.net
+    prompts = torch.tensor([PROMPT[:3]] * 4 + [PROMPT[3:6]] * 5)  # [9, 3]
+    caches = [KVCache(prepared.config, 9, 8) for _ in range(2)]
+    out = []
+    with torch.inference_mode():
+        for model, cache in zip((prepared, net), caches):
+            model(prompts, 0, cache)
+            first = model(torch.arange(9).view(9, 1), 3, cache)[:, 0]
+            # rows 0..3 one step ahead, then all nine at their own positions, in reverse cache order
+            ahead = model.decode_rows(torch.arange(4) + 20, torch.full((4,), 4), torch.arange(4), cache)
+            rows = model.decode_rows(torch.arange(9) + 30, torch.tensor([4] * 5 + [5] * 4), torch.arange(8, -1, -1),
+                                     cache)
+            out.append(torch.cat([first, ahead, rows]))
+    torch.testing.assert_close(out[0], out[1], atol=1e-5, rtol=1e-5)
 
 
-def test_moving_the_model_drops_the_prepared_state(prepared):
-    """.to() makes new parameter tensors: the kernel's addresses and the fused copies must go with it."""
-    model = load_weights(prepared.folder).prepare_for_inference()
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_the_training_net_keeps_no_inference_state(family):
+    """Preparing leaves the net a plain Transformer: it trains (gradients reach the fused q|k|v's
+    views), its logits are the inference model's, and moving it leaves the inference model's
+    own tensors valid (the native step keeps decoding what it was built from)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(family=family, vocab_size=VOCAB, n_layer=2, n_head=4, n_kv_head=2 if family == "llama" else 4,
+                      d_model=64, d_ff=96, max_seq_len=32, tie_embeddings=family == "llama",
+                      act="silu" if family == "llama" else "gelu_new")
+    net = Transformer(cfg)
+    net.init_weights()
     ids = torch.tensor([PROMPT])
     with torch.inference_mode():
-        before = model(ids)
-        model.to(torch.float32)
-        assert model._native is None and not model._decode_ready
-        assert all(b.attn.fused is None for b in model.blocks)
-        torch.testing.assert_close(model(ids), before, atol=1e-5, rtol=1e-5)
-        model.prepare_for_inference()
-        assert model._native is not None
+        before = net(ids)
+    inference = InferenceModel(net)
+    assert inference.native is not None, native.status()
+    with torch.inference_mode():
+        torch.testing.assert_close(inference(ids), before, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(net(ids), before, atol=1e-5, rtol=1e-5)
+    net.train()
+    net(ids).logsumexp(-1).mean().backward()
+    assert net.blocks[0].attn.k.weight.grad is not None and net.blocks[0].attn.k.weight.grad.abs().sum() > 0
+
+    def one_token_steps():  # every token through the native step, which reads only its own tensors
+        cache = KVCache(inference.config, 1, len(PROMPT))
+        with torch.inference_mode():
+            return torch.cat([inference(torch.tensor([[t]]), j, cache) for j, t in enumerate(PROMPT)], dim=1)
+    ref = one_token_steps()
+    net.to(torch.bfloat16)  # new tensors for the net; the old ones live on in the inference model
+    gc.collect()
+    torch.testing.assert_close(one_token_steps(), ref, atol=0, rtol=0)
 
 
 def test_build_errors_name_the_compiler_and_its_message(tmp_path):
@@ -126,13 +143,31 @@ def test_build_errors_name_the_compiler_and_its_message(tmp_path):
     assert not list(tmp_path.glob("*.so"))  # no half-written library left behind
 
 
-def test_disabled_kernel_leaves_pytorch_decoding(monkeypatch, tmp_path):
-    monkeypatch.setattr(native, "_lib", None)
-    monkeypatch.setattr(native, "_status", "not built yet")
-    monkeypatch.setenv(native.DISABLE_ENV, "0")
-    assert native.decode_library() is None
-    assert native.status().startswith("off")
-    folder = tmp_path / "m"
-    build("llama-gqa-untied").save_pretrained(folder)
-    model = load_weights(folder).prepare_for_inference()
-    assert model._native is None and model._decode_ready
+DISABLED_RUN = """
+import torch
+from lmstudio_lite import native
+from lmstudio_lite.model.config import ModelConfig
+from lmstudio_lite.model.inference import InferenceModel
+from lmstudio_lite.model.kv_cache import KVCache
+from lmstudio_lite.model.transformer import Transformer
+
+torch.manual_seed(0)
+net = Transformer(ModelConfig(family="llama", vocab_size=96, n_layer=2, n_head=4, n_kv_head=2, d_model=64, d_ff=96,
+                              max_seq_len=32)).eval()
+model = InferenceModel(net)
+ids = torch.tensor([[1, 5, 17, 42, 8]])
+with torch.inference_mode():
+    caches = [KVCache(net.config, 1, 8) for _ in range(2)]
+    steps = [(m(ids, 0, c), m(torch.tensor([[9]]), 5, c)) for m, c in zip((model, net), caches)]
+torch.testing.assert_close(steps[0], steps[1])
+print(native.status(), model.native)
+"""
+
+
+def test_disabled_kernel_leaves_pytorch_decoding():
+    """LMSTUDIO_LITE_NATIVE=0 (read when the kernel is first asked for, so in a fresh process):
+    no kernel, and the inference model decodes through the reference forward."""
+    env = {**os.environ, native.DISABLE_ENV: "0", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", DISABLED_RUN], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["off", f"({native.DISABLE_ENV}=0)", "None"]

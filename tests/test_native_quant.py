@@ -1,6 +1,6 @@
 """The native decode step (native/decode.c) in every weight format and for 1..8 rows, against PyTorch.
 
-Reference: the same model through the PyTorch step, whose quantized layers dequantize
+Reference: the same model through the Transformer's forward (one cached token a step), whose quantized layers dequantize
 exactly (checked against gguf.quants below) and multiply in float32. Tolerances:
 
 - float32 and bf16 weights are exact in both; only the order of float32 summation
@@ -21,7 +21,8 @@ from hf_models import VOCAB, build
 from lmstudio_lite import native
 from lmstudio_lite.checkpoints.folder import load_weights
 from lmstudio_lite.model import KVCache
-from lmstudio_lite.model.decode import NativeDecoder, decode_step
+from lmstudio_lite.model.decode import NativeDecoder
+from lmstudio_lite.model.inference import InferenceModel
 from lmstudio_lite.model.quant import QuantLinear, quantize_model
 
 FORMATS = ["f32", "bf16", "q8_0", "q4_0", "q4_1"]
@@ -58,35 +59,31 @@ def avx2_lib(tmp_path_factory):
 
 
 def model_in(folder, fmt: str):
-    """(model under test, PyTorch reference) for one weight format. For bf16 the reference is
-    float32 with every weight rounded to bf16, so both hold the very same weights."""
+    """(InferenceModel under test, reference Transformer) for one weight format. For bf16 the
+    reference is float32 with every weight rounded to bf16, so both hold the very same weights."""
     if fmt == "bf16":
-        model = load_weights(folder, dtype=torch.bfloat16).prepare_for_inference()
+        model = InferenceModel(load_weights(folder, dtype=torch.bfloat16))
         ref = load_weights(folder)
         with torch.no_grad():
             for p in ref.parameters():
                 p.copy_(p.to(torch.bfloat16).float())
-        return model, ref.prepare_for_inference()
-    model = load_weights(folder)
+        return model, ref.eval()
+    net = load_weights(folder)
     if fmt != "f32":
-        quantize_model(model, fmt, head=None)
-    return model.prepare_for_inference(), model
+        quantize_model(net, fmt, head=None)
+    return InferenceModel(net), net
 
 
 def reference_rows(ref, prompts, steps):
-    """Per row, its own 1-row cache through the PyTorch step: hidden states [n_steps, rows, C], caches."""
-    native_of_ref, ref._native = ref._native, None
+    """Per row, its own 1-row cache through the reference forward: hidden states [n_steps, rows, C], caches."""
     caches, hidden = [], []
-    try:
-        with torch.inference_mode():
-            for p in prompts:
-                caches.append(KVCache(ref.config, 1, 32))
-                ref(torch.tensor([p]), 0, caches[-1])
-            for s, toks in enumerate(steps):
-                hidden.append(torch.cat([decode_step(ref, torch.tensor([[t]]), len(p) + s, c)[0]
-                                         for t, p, c in zip(toks, prompts, caches)]))
-    finally:
-        ref._native = native_of_ref
+    with torch.inference_mode():
+        for p in prompts:
+            caches.append(KVCache(ref.config, 1, 32))
+            ref(torch.tensor([p]), 0, caches[-1])
+        for s, toks in enumerate(steps):
+            hidden.append(torch.cat([ref.forward_hidden(torch.tensor([[t]]), len(p) + s, c)[0]
+                                     for t, p, c in zip(toks, prompts, caches)]))
     return (torch.stack(hidden) if hidden else None), caches
 
 
@@ -121,12 +118,12 @@ PROMPTS = [[1, 5, 17, 42, 8], [3, 9], [7, 7, 60, 2, 11, 13, 4, 30], [50], [4, 4,
 @pytest.mark.parametrize("kind", ["llama-gqa-untied", "gpt2", "qwen2"])
 def test_native_step_matches_pytorch_in_every_format(folders, kind, fmt):
     model, ref = model_in(folders[kind], fmt)
-    assert model._native is not None, native.status()
+    assert model.native is not None, native.status()
     steps = torch.randint(0, VOCAB, (4, 3), generator=torch.Generator().manual_seed(1)).tolist()
     prompts, slots = PROMPTS[:3], [2, 0, 1]  # rows at different positions, cache rows permuted
     want, want_caches = reference_rows(ref, prompts, steps)
     for rows in (1, 3):
-        got, cache = native_rows(model, model._native, ref, prompts[:rows], [s[:rows] for s in steps],
+        got, cache = native_rows(model, model.native, ref, prompts[:rows], [s[:rows] for s in steps],
                                  slots[:rows] if rows > 1 else [0])
         check(fmt, got, want[:, :rows], cache, want_caches[:rows], slots[:rows] if rows > 1 else [0])
 
@@ -153,13 +150,13 @@ def test_projections_mixing_formats_run_in_the_kernel(folders):
         b.attn.v = QuantLinear.from_linear(f.attn.v, "q8_0")
         b.mlp.up = QuantLinear.from_linear(f.mlp.up, "q4_1")
     model.blocks[0].attn.k = floats.blocks[0].attn.k
-    model.prepare_for_inference()
-    decoder = NativeDecoder.build(model)
+    inference = InferenceModel(model)
+    decoder = NativeDecoder.build(inference)
     assert decoder is not None, native.status()  # a refused part made it None before (PyTorch step)
     steps = torch.randint(0, VOCAB, (2, 3), generator=torch.Generator().manual_seed(5)).tolist()
     slots = [2, 0, 1]
     want, want_caches = reference_rows(model, PROMPTS[:3], steps)
-    got, cache = native_rows(model, decoder, model, PROMPTS[:3], steps, slots)
+    got, cache = native_rows(inference, decoder, model, PROMPTS[:3], steps, slots)
     check("mixed", got, want, cache, want_caches, slots)
 
 
@@ -167,18 +164,18 @@ def test_eight_rows_equal_one_row_at_a_time(folders):
     """Reading each weight block once for all rows must not change any row's numbers."""
     model, ref = model_in(folders["llama-gqa-untied"], "q4_1")
     steps = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(4)).tolist()
-    together, _ = native_rows(model, model._native, ref, PROMPTS, steps, list(range(8)))
+    together, _ = native_rows(model, model.native, ref, PROMPTS, steps, list(range(8)))
     for b in range(8):
-        alone, _ = native_rows(model, model._native, ref, PROMPTS[b:b + 1], [s[b:b + 1] for s in steps], [0])
+        alone, _ = native_rows(model, model.native, ref, PROMPTS[b:b + 1], [s[b:b + 1] for s in steps], [0])
         torch.testing.assert_close(together[:, b:b + 1], alone, atol=1e-5, rtol=1e-5)
 
 
 def test_bf16_cache_is_written_rounded_to_nearest_even(folders):
     model, ref = model_in(folders["llama-gqa-untied"], "f32")
     steps = [[4, 9], [2, 60]]
-    want, _ = native_rows(model, model._native, ref, PROMPTS[:2], steps, [0, 1])
-    got, cache = native_rows(model, model._native, ref, PROMPTS[:2], steps, [0, 1], cache_dtype=torch.bfloat16)
-    f32_cache = native_rows(model, model._native, ref, PROMPTS[:2], steps[:1], [0, 1])[1]
+    want, _ = native_rows(model, model.native, ref, PROMPTS[:2], steps, [0, 1])
+    got, cache = native_rows(model, model.native, ref, PROMPTS[:2], steps, [0, 1], cache_dtype=torch.bfloat16)
+    f32_cache = native_rows(model, model.native, ref, PROMPTS[:2], steps[:1], [0, 1])[1]
     # layer 0's first new keys come from the same float32 values in both runs (later layers
     # attend over the rounded cache): bf16 must hold them as torch rounds them
     pos = [len(p) for p in PROMPTS[:2]]
@@ -235,18 +232,18 @@ def test_prefill_dequantizes_to_the_same_weights(qtype):
 
 
 def test_quantized_head_runs_in_the_kernel(folders):
-    model = quantize_model(load_weights(folders["llama-gqa-untied"]), "q8_0", head="q8_0").prepare_for_inference()
-    assert model._native.head is not None
+    model = InferenceModel(quantize_model(load_weights(folders["llama-gqa-untied"]), "q8_0", head="q8_0"))
+    assert model.native.head is not None
     h = torch.randn(3, 1, model.config.d_model)
     with torch.inference_mode():
         got = model.project(h)
-        want = model.head.forward(h)
+        want = model.net.head.forward(h)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
 def test_bad_inputs_raise_clearly(folders):
     model, _ = model_in(folders["llama-gqa-untied"], "q8_0")
-    step, cache = model._native.step, KVCache(model.config, 2, 8)
+    step, cache = model.native.step, KVCache(model.config, 2, 8)
     one = torch.tensor([0])
     with pytest.raises(ValueError, match="1 to 8 rows"):
         step(torch.zeros(9, dtype=torch.int64), torch.zeros(9, dtype=torch.int64), torch.zeros(9, dtype=torch.int64),
@@ -259,7 +256,7 @@ def test_bad_inputs_raise_clearly(folders):
         step(torch.tensor([VOCAB]), one, one, cache)
     with pytest.raises(ValueError, match="float32 or bf16"):
         step(one, one, one, KVCache(model.config, 2, 8, dtype=torch.float16))
-    layer = model.blocks[0].attn.o
+    layer = model.net.blocks[0].attn.o
     layer.blocks = layer.blocks[:, :-2]  # a truncated row: the kernel would read past it
     with pytest.raises(ValueError, match="must be contiguous uint8"):
         NativeDecoder(model, native.decode_library())

@@ -7,6 +7,7 @@ import torch
 from hf_models import KINDS, VOCAB, build, hf_greedy
 from lmstudio_lite.checkpoints.folder import load_weights, save_folder
 from lmstudio_lite.model import KVCache
+from lmstudio_lite.model.inference import InferenceModel
 
 PROMPT = [1, 5, 17, 42, 8, 77, 3, 64, 21, 9]
 
@@ -20,7 +21,7 @@ def greedy_no_cache(model, ids, n):
 
 
 def greedy_cached(model, ids, n):
-    cache = KVCache(model.config, 1, len(ids) + n, dtype=model.tok_emb.weight.dtype)
+    cache = KVCache(model.config, 1, len(ids) + n, dtype=model.dtype)
     out = []
     with torch.inference_mode():
         logits = model(torch.tensor([ids]), 0, cache, last_only=True)
@@ -57,10 +58,9 @@ def test_greedy_32_tokens_with_and_without_cache(pair):
     ref = hf_greedy(hf, PROMPT, 32)
     assert greedy_no_cache(ours, PROMPT, 32) == ref
     assert greedy_cached(ours, PROMPT, 32) == ref
-    ours.prepare_for_inference()  # fused weights, [C, V] head copy and model/decode.py's one-token step
-    assert ours._decode_ready
-    assert greedy_cached(ours, PROMPT, 32) == ref
-    assert greedy_cached(ours, PROMPT, 32) == ref
+    inference = InferenceModel(ours)  # fused weights, [C, V] head copy and the native step
+    assert greedy_cached(inference, PROMPT, 32) == ref
+    assert greedy_cached(inference, PROMPT, 32) == ref
 
 
 def test_cache_written_in_two_chunks_equals_one_prefill(pair):
@@ -102,24 +102,23 @@ def test_bfloat16_path_agrees_with_float32(pair):
     with torch.inference_mode():
         ref = torch.softmax(ours(ids).float(), -1)
         got = torch.softmax(low(ids).float(), -1)
-        low.prepare_for_inference()
-        prepared = torch.softmax(low(ids).float(), -1)
+        prepared = torch.softmax(InferenceModel(low)(ids).float(), -1)
     assert (ref - got).abs().max().item() < 0.05
     assert (ref - prepared).abs().max().item() < 0.05
 
 
 def test_bfloat16_layout_streams_through_mv_and_keeps_decode(pair):
-    """After prepare_for_inference a bf16 CPU model stores weights [out, in] (so a
+    """An InferenceModel of a bf16 CPU model stores weights [out, in] (so a
     batch-1 step takes torch.mv) and its cached one-token steps give the same next-token
     distributions as the unprepared bf16 model, fed the same tokens (free-running greedy
     may part at a bf16 near-tie: the lean step rounds each residual add once, not twice);
     batch 2 (the matmul path) agrees too."""
     _, _, _, folder = pair
     plain = load_weights(folder, dtype=torch.bfloat16)
-    fast = load_weights(folder, dtype=torch.bfloat16).prepare_for_inference()
-    w = fast.blocks[0].mlp.down.weight
+    fast = InferenceModel(load_weights(folder, dtype=torch.bfloat16))
+    w = fast.net.blocks[0].mlp.down.weight
     assert w.stride(0) == 1 and w.stride(1) == w.shape[0]  # [in, out] view of [out, in] storage
-    assert fast._head_t is None or fast._head_t.data_ptr() in (fast.tok_emb.weight.data_ptr(),)
+    assert fast.head_t is None or fast.head_t.data_ptr() == fast.net.tok_emb.weight.data_ptr()  # no copy
     tokens = greedy_cached(plain, PROMPT, 16)
 
     def step_probs(model):
@@ -147,36 +146,39 @@ def test_attention_matches_reference_kernel():
 
 
 def test_inference_layout_keeps_logits(pair):
-    """prepare_for_inference (fused q/k/v and gate/up, [C, V] head copy) changes no logit."""
+    """The inference layout (fused q/k/v and gate/up, [C, V] head copy) changes no logit, and
+    the net's q, k and v become views of the fused matrix, not a second copy."""
     _, hf, _, folder = pair
     model = load_weights(folder)
     ids = torch.tensor([PROMPT])
     with torch.inference_mode():
         before = model(ids)
-        model.prepare_for_inference()
-        after = model(ids)
+        inference = InferenceModel(model)
+        after = inference(ids)
         ref = hf(ids).logits
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
     assert (after - ref).abs().max().item() <= 1e-4
-    assert model.blocks[0].attn.fused is not None
+    fused_weight = inference.qkv[0][0]
+    assert model.blocks[0].attn.q.weight.data_ptr() == fused_weight.data_ptr()
 
 
-def test_lean_decode_step_matches_the_general_forward_on_a_batch(pair):
-    """model/decode.py against the general forward, two rows at different tokens, step by step
-    (float32, so to rounding); positions past the cache are refused the same way."""
-    _, _, _, folder = pair
-    model = load_weights(folder).prepare_for_inference()
-    prompt = torch.tensor([PROMPT, PROMPT[::-1]])
+def test_batched_rows_at_their_own_positions_match_the_general_forward(pair):
+    """``decode_rows`` (the scheduler's step: each row at its own position in its own cache row),
+    through the net and through the inference model, against the cache-free forward of each row's
+    whole sequence; a position past the cache is refused."""
+    _, _, ours, folder = pair
+    prompts = [PROMPT, PROMPT[::-1][:7]]  # different lengths: the rows sit at different positions
     steps = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(2))
-    outs = {}
-    for lean in (True, False):
-        model._decode_ready = lean
-        cache = KVCache(model.config, 2, len(PROMPT) + 6)
-        with torch.inference_mode():
-            rows = [model(prompt, 0, cache, last_only=True)]
-            rows += [model(steps[:, j:j + 1], len(PROMPT) + j, cache) for j in range(6)]
+    slots = torch.tensor([1, 0])  # row b lives in cache row 1 - b
+    with torch.inference_mode():
+        want = [ours(torch.tensor([p + steps[b].tolist()]))[0, len(p):] for b, p in enumerate(prompts)]
+        for model in (ours, InferenceModel(load_weights(folder))):
+            cache = KVCache(model.config, 2, len(PROMPT) + 6)
+            for b, p in enumerate(prompts):
+                model(torch.tensor([p]), 0, cache.row(int(slots[b])))
+            got = [model.decode_rows(steps[:, j], torch.tensor([len(p) + j for p in prompts]), slots, cache)
+                   for j in range(6)]  # [2, V] each
+            for b in range(2):
+                torch.testing.assert_close(torch.stack([g[b] for g in got]), want[b], atol=1e-5, rtol=1e-5)
             with pytest.raises(IndexError, match="KV cache holds"):
-                model(steps[:, :1], len(PROMPT) + 6, cache)
-        outs[lean] = torch.cat(rows, dim=1)
-    model._decode_ready = True
-    torch.testing.assert_close(outs[True], outs[False], atol=1e-5, rtol=1e-5)
+                model.decode_rows(steps[:, 0], torch.tensor([len(PROMPT) + 6, 7]), slots, cache)

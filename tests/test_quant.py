@@ -16,6 +16,7 @@ from lmstudio_lite.model.config import ModelConfig
 from lmstudio_lite.model.kv_cache import KVCache
 from lmstudio_lite.model.layers import Linear
 from lmstudio_lite.model.lora import apply_lora
+from lmstudio_lite.model.inference import InferenceModel
 from lmstudio_lite.model.quant import (BLOCK_BYTES, QTYPES, QuantLinear, dequantize, quantize, quantize_model,
                                        quantized_blocks, weight_format)
 from lmstudio_lite.model.transformer import Transformer
@@ -109,7 +110,7 @@ def _dequantized_copy(model: Transformer, quantized: Transformer) -> Transformer
     ref = Transformer(model.config)
     ref.load_state_dict(model.state_dict())
     for name, m in quantized.named_modules():
-        if isinstance(m, QuantLinear) and not name.endswith("fused"):
+        if isinstance(m, QuantLinear):
             w = m.dequantized().t()
             if name == "head" and ref.head is None:
                 ref.head = Linear(m.d_in, m.d_out, bias=False)
@@ -121,34 +122,33 @@ def _dequantized_copy(model: Transformer, quantized: Transformer) -> Transformer
 @pytest.mark.parametrize("qtype", QTYPES)
 def test_quantized_model_equals_float_model_of_dequantized_weights(family, qtype):
     model = _tiny(family)
-    q = quantize_model(_tiny(family), qtype).prepare_for_inference()
-    assert weight_format(q) == qtype
-    assert isinstance(q.head, QuantLinear) and q.head.qtype == "q8_0"
-    ref = _dequantized_copy(model, q).prepare_for_inference()
+    net = quantize_model(_tiny(family), qtype)
+    q = InferenceModel(net)
+    assert weight_format(net) == qtype
+    assert isinstance(net.head, QuantLinear) and net.head.qtype == "q8_0"
+    ref = InferenceModel(_dequantized_copy(model, net))
     ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(3))
-    cache = KVCache(q.config, 2, 16, "cpu", torch.float32)
+    caches = [KVCache(q.config, 2, 16, "cpu", torch.float32) for _ in range(2)]
     with torch.no_grad():
         full = q(ids)
         # Exact dequantization, float32 accumulation either side: only summation order differs.
         torch.testing.assert_close(full, ref(ids), rtol=1e-5, atol=1e-5)
-        native, q._native = q._native, None  # the PyTorch step first: exact, like the forward
-        q(ids[:, :11], 0, cache)
-        step = q(ids[:, 11:], 11, cache)  # the lean decode step (model/decode.py)
-        q._native = native
-        fast = q(ids[:, 11:], 11, cache)  # the native step: exact weights too (tests/test_native_quant.py)
-    torch.testing.assert_close(step[:, 0], full[:, 11], rtol=1e-5, atol=1e-5)
-    if native is not None:
-        torch.testing.assert_close(fast[:, 0], full[:, 11], rtol=1e-5, atol=1e-5)
+        steps = []
+        for runner, cache in zip((net, q), caches):  # the reference forward's cached step, then the native one
+            runner(ids[:, :11], 0, cache)
+            steps.append(runner(ids[:, 11:], 11, cache))
+    for step in steps:  # exact weights either way (the kernel in every format: tests/test_native_quant.py)
+        torch.testing.assert_close(step[:, 0], full[:, 11], rtol=1e-5, atol=1e-5)
 
 
 def test_mixed_formats_in_one_fused_projection():
     """A GGUF file may hold v in another format than q and k, or one projection float."""
     model = _tiny("llama")
-    q = quantize_model(_tiny("llama"), "q4_0")
-    q.blocks[0].attn.v = QuantLinear.from_linear(model.blocks[0].attn.v, "q8_0")
-    q.blocks[1].mlp.up = model.blocks[1].mlp.up  # float
-    q.prepare_for_inference()
-    ref = _dequantized_copy(model, q).prepare_for_inference()
+    net = quantize_model(_tiny("llama"), "q4_0")
+    net.blocks[0].attn.v = QuantLinear.from_linear(model.blocks[0].attn.v, "q8_0")
+    net.blocks[1].mlp.up = model.blocks[1].mlp.up  # float
+    q = InferenceModel(net)
+    ref = InferenceModel(_dequantized_copy(model, net))
     ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(4))
     cache = KVCache(q.config, 2, 16, "cpu", torch.float32)
     with torch.no_grad():
@@ -159,19 +159,20 @@ def test_mixed_formats_in_one_fused_projection():
 
 
 def test_cached_blocks_rebuild_the_same_model_and_a_float_head_stays_float():
-    q = quantize_model(_tiny("llama"), "q4_1").prepare_for_inference()
-    blocks = quantized_blocks(q)
+    net = quantize_model(_tiny("llama"), "q4_1")
+    q = InferenceModel(net)
+    blocks = quantized_blocks(net)
     assert set(blocks) == {f"blocks.{i}.{p}.blocks" for i in range(2)
                            for p in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down")} | {
                                "head.blocks"}
     poisoned = _tiny("llama")
     for b in poisoned.blocks:  # proves the rebuilt layers come from the given blocks, not these weights
         b.attn.q.weight.data.zero_()
-    again = quantize_model(poisoned, "q4_1", blocks=blocks).prepare_for_inference()
+    again = InferenceModel(quantize_model(poisoned, "q4_1", blocks=blocks))
     ids = torch.arange(10).view(1, 10)
     with torch.no_grad():
         assert again(ids).equal(q(ids))
-    float_head = quantize_model(_tiny("llama"), "q8_0", head=None).prepare_for_inference()
+    float_head = quantize_model(_tiny("llama"), "q8_0", head=None)
     assert float_head.head is None and weight_format(float_head) == "q8_0"
 
 
@@ -187,7 +188,7 @@ def test_quantized_models_refuse_training_and_lora():
 @pytest.fixture(scope="module")
 def stories():
     cfg, _ = read_config(STORIES)
-    return cfg, load_weights(STORIES, cfg, device="cpu", dtype=torch.float32).prepare_for_inference()
+    return cfg, InferenceModel(load_weights(STORIES, cfg, device="cpu", dtype=torch.float32))
 
 
 # Relative RMS error of the logits over 2 x 48 random tokens, measured 0.0043 (q8_0, 0.0029 of it
@@ -200,8 +201,7 @@ LOGIT_RMS_BOUND = {"q8_0": 0.01, "q4_1": 0.11, "q4_0": 0.12}
 @pytest.mark.parametrize("qtype", QTYPES)
 def test_stories260k_quantized_logits_stay_close_to_float(stories, qtype):
     cfg, ref = stories
-    q = quantize_model(load_weights(STORIES, cfg, device="cpu", dtype=torch.float32), qtype)
-    q.prepare_for_inference()
+    q = InferenceModel(quantize_model(load_weights(STORIES, cfg, device="cpu", dtype=torch.float32), qtype))
     ids = torch.randint(0, cfg.vocab_size, (2, 48), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want, got = ref(ids), q(ids)
@@ -306,7 +306,7 @@ def test_one_cache_file_serves_float32_and_bfloat16_loads(home):
     f32 = load_model(folder, device="cpu", dtype="float32", quant="q8_0")
     bf16 = load_model(folder, device="cpu", dtype="bfloat16", quant="q8_0")
     assert (f32.info()["quant_cache"], bf16.info()["quant_cache"]) == ("written", "hit")
-    assert bf16.model.tok_emb.weight.dtype == torch.bfloat16 and bf16.info()["quant"] == "q8_0"
+    assert bf16.model.net.tok_emb.weight.dtype == torch.bfloat16 and bf16.info()["quant"] == "q8_0"
     ids = torch.tensor([[1, 403, 407, 261, 300]])
     want, got = f32.logits(ids), bf16.logits(ids)
     # bf16 keeps 8 bits of mantissa: activations round by up to 2^-9 relative at every op; measured 0.0073.

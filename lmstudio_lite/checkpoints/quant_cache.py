@@ -60,7 +60,7 @@ def _cast(model, dtype):
 
 
 def load_quantized(folder: Path, cfg, device, dtype, qtype: str, head: str | None = HEAD_QTYPE):
-    """(model with quantized block linears, cache_hit). Not yet prepared for inference.
+    """(model with quantized block linears, cache_hit): a ``Transformer``, not yet an ``InferenceModel``.
 
     The float model is read first either way: the embedding, norms and biases stay
     float and come from the folder; on a hit only the quantizing is skipped. It is

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from ..device import inference_threads
 from ..errors import LiteError
 from ..model.kv_cache import KVCache
+from ..threads import use_inference_threads
 from .sampling import SamplingParams, sample
 from .stopping import StopStringHoldback
 from .stream import RunState, TextStream
@@ -231,9 +231,7 @@ class _Generation(RunState):
         # Plain (not inference-mode) tensors: they stay writable whatever mode later code runs in.
         engine = self._engine
         device = engine.device
-        threads = inference_threads()
-        if device.type == "cpu" and torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)  # this thread only: a job may hold the rest
+        use_inference_threads(device)  # this thread only: a job may hold the rest
         generator = torch.Generator(device=device)
         generator.manual_seed(self.seed)
         history = None

@@ -12,9 +12,10 @@ model's whole context, sized from a memory budget). Each step it
    weights per pass); passes go on before the decode step until a decoding stream has waited
    ``decode_gap_s`` for its next token (newcomers that can take a row are admitted between two
    passes), so a burst of newcomers gets first tokens soon while running streams keep flowing;
-4. runs one decode step for every sequence past its prompt (``model.decode.decode_rows_logits``:
-   the native kernel's multi-row step and head on the CPU, each weight read once for all rows; a
-   batched PyTorch step elsewhere) and samples each row with its own settings and seed.
+4. runs one decode step for every sequence past its prompt (``model.decode_rows``: through an
+   ``InferenceModel``, the native kernel's multi-row step and head on the CPU, each weight read
+   once for all rows; the ``Transformer``'s batched forward elsewhere) and samples each row with its
+   own settings and seed.
 
 Prompt cache: a finished sequence's row keeps the tokens whose K/V it holds. A new request
 starts from the longest prefix any row holds (its own row when that row's whole content is
@@ -41,9 +42,8 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from ..device import inference_threads
-from ..model.decode import decode_rows_logits
 from ..model.kv_cache import KVCache
+from ..threads import use_inference_threads
 from .engine import check_request
 from .sampling import SamplingParams, sample
 from .stopping import StopStringHoldback
@@ -137,7 +137,7 @@ class _Seq(RunState):
 class Scheduler:
     """Serves every generation of one model, up to ``max_batch`` at once (see the module doc).
 
-    model: a ``Transformer`` (prepared for inference or not); tokenizer: ``.eos_ids`` and
+    model: an ``InferenceModel`` or a plain ``Transformer`` (model/inference.py); tokenizer: ``.eos_ids`` and
     ``.decode_stream``. ``max_batch`` (default ``LMSTUDIO_LITE_MAX_BATCH``, else 8 on the CPU
     and 32 on a GPU) may be changed at any time. ``kv_budget_bytes`` bounds the pool of KV
     rows (default ``default_budget``); ``cache_rows`` extra rows (default ``max_batch``) keep
@@ -247,9 +247,7 @@ class Scheduler:
                     if not self._cond.wait(self.idle_exit_s) and not self._waiting and not self._running:
                         self._thread = None
                         return
-            threads = inference_threads()
-            if self.device.type == "cpu" and torch.get_num_threads() != threads:
-                torch.set_num_threads(threads)  # this thread only: a job may hold the rest
+            use_inference_threads(self.device)  # this thread only: a job may hold the rest
             try:
                 self._step()
             except BaseException as e:  # a bug in the driver itself: fail what it holds, keep serving
@@ -452,7 +450,7 @@ class Scheduler:
         positions = torch.tensor([s.fed for s in batch], dtype=torch.long, device=dev)
         slots = torch.tensor([s.row.index for s in batch], dtype=torch.long, device=dev)
         try:
-            logits = decode_rows_logits(self.model, tokens, positions, slots, self._pool)  # [B, V]
+            logits = self.model.decode_rows(tokens, positions, slots, self._pool)  # [B, V]
         except Exception as e:
             for seq in batch:
                 self._fail(seq, e)

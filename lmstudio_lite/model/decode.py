@@ -1,29 +1,20 @@
-"""One decode step (one new token per row) in as few Python calls into torch as possible.
+"""The CPU decode step in C: ``NativeDecoder``, one call into lmstudio_lite/native/decode.c.
 
-At batch-1 decode the general forward makes about 45 Python-level torch calls per
-layer, each a few microseconds, a sizeable share of a step on the CI CPUs (all of
-it for a small model). This path works on 2-D ``[B, C]`` rows, folds every
-residual add into its matmul (``addmm``/``addmv`` accumulate onto their input),
-writes the cache in place and calls no ``nn.Module``. ``Transformer.forward_hidden``
-takes it when one token per row is decoded against a cache, without gradients,
-after ``prepare_for_inference``; the parity tests run it against transformers.
-Shapes: B rows, C d_model, H query heads, KV key/value heads, D head_dim.
-
-On the CPU, 1..8 rows go further: ``NativeDecoder`` hands the whole step through
-every block to one C call (lmstudio_lite/native/decode.c), in float32, bf16 or a
-GGUF block format, which removes the per-op dispatch entirely and reads each
-weight once for all rows; this file's PyTorch step is the path for everything
-else, and what the kernel is tested against.
+At batch-1 decode the general forward makes about 45 Python-level torch calls per layer,
+each a few microseconds, a sizeable share of a step on the CI CPUs (all of it for a small
+model). On the CPU, 1..8 rows go through one C call instead: the whole step through every
+block, in float32, bf16 or a GGUF block format, which removes the per-op dispatch entirely
+and reads each weight once for all rows. ``inference.InferenceModel`` builds it and calls
+it; everything else runs the ``Transformer``'s forward, which the kernel is tested against.
+Shapes: B rows, C d_model, V vocabulary.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..native import FORMATS as _FORMATS, decode_library
-from .layers import matmul, run_fused
-from .quant import QuantLinear
+from ..threads import kernel_threads
 
 _NATIVE_ACTS = {"silu": 0, "gelu_new": 1, "gelu_pytorch_tanh": 1, "gelu_fast": 1, "gelu": 2, "relu": 3}
 # the GGUF block size of each quantized format
@@ -33,7 +24,7 @@ _MAX_PARTS = 3  # decode.c's MAX_PARTS: matrices side by side in one projection
 
 
 class NativeDecoder:
-    """A prepared CPU model's decode step (1..8 rows), as one call into native/decode.c.
+    """An ``InferenceModel``'s CPU decode step (1..8 rows), as one call into native/decode.c.
 
     Each matrix may be float32 [in, out], bf16 [out, in] (``layers.store_out_in``) or a
     quantized layer (anything with ``qtype`` in q8_0/q4_0/q4_1 and uint8 ``blocks``
@@ -43,24 +34,24 @@ class NativeDecoder:
     head in the same call (one parallel region per token); ``project`` runs a quantized head
     alone (prefill's last rows).
     Holds a reference to every tensor whose address it passes, so no pointer can
-    outlive its memory; ``Transformer._apply`` (``.to()``, ``.float()``...) drops it.
+    outlive its memory (a later ``.to()`` of the net leaves these tensors alive).
     """
 
-    def __init__(self, model, lib):
-        cfg = model.config
+    def __init__(self, inference, lib):
+        model, cfg = inference.net, inference.config
         self._lib = lib
         self._keep: list[torch.Tensor] = []
         C, HD, FF = cfg.d_model, cfg.n_head * cfg.head_dim, cfg.d_ff
         KVD = cfg.n_kv_head * cfg.head_dim
         rows = []  # per layer, in the order of decode.c's P_* slots
-        for b in model.blocks:
+        for b, qkv, gate_up in zip(model.blocks, inference.qkv, inference.gate_up):
             attn, mlp = b.attn, b.mlp
-            up = self._parts(mlp.fused, C, [FF, FF]) if mlp.gated else self._parts(mlp.up, C, [FF])
+            up = self._parts(gate_up, C, [FF, FF]) if mlp.gated else self._parts(mlp.up, C, [FF])
             rows += [self._addr(b.norm1.weight), self._addr(getattr(b.norm1, "bias", None)),
-                     *self._parts(attn.fused, C, [HD, KVD, KVD]), *self._matrix(attn.o, HD, C), C,
+                     *self._parts(qkv, C, [HD, KVD, KVD]), *self._matrix(attn.o, HD, C), C,
                      self._addr(b.norm2.weight), self._addr(getattr(b.norm2, "bias", None)),
                      *up, *self._matrix(mlp.down, FF, C), C]
-        head, norm_f = (model.head if model.head is not None else (model._head_t, None)), model.norm_f
+        head, norm_f = (model.head if model.head is not None else (inference.head_t, None)), model.norm_f
         try:  # decode.c's HEAD_* slots: the final norm, then the head as one part
             eps = model.blocks[0].norm1.eps
             if getattr(norm_f, "eps", None) != eps or (isinstance(norm_f, nn.LayerNorm) and norm_f.bias is None):
@@ -79,8 +70,11 @@ class NativeDecoder:
         self._dims = {torch.float32: torch.tensor(dims + [0, cfg.vocab_size]),
                       torch.bfloat16: torch.tensor(dims + [1, cfg.vocab_size])}
         self._eps = model.blocks[0].norm1.eps
-        self._emb, self._emb_dtype = model.tok_emb, model.dtype  # a float or a quantized embedding
-        self._pos_emb = None if rope else model.pos_emb.weight
+        # a float table (its tensor, like every other weight here) or a quantized embedding's module
+        emb = model.tok_emb
+        self._emb = emb if hasattr(emb, "blocks") else emb.weight.detach()
+        self._emb_dtype = model.dtype
+        self._pos_emb = None if rope else model.pos_emb.weight.detach()
         self._cos = self._addr(model.rope_cos) if rope else 0
         self._sin = self._addr(model.rope_sin) if rope else 0
         self._vocab, self._C = cfg.vocab_size, C
@@ -89,10 +83,6 @@ class NativeDecoder:
         self._linear_scratch, self._linear_for = torch.empty(0), None
         qhead = getattr(model, "head", None)
         self.head = self._matrix(qhead, C, cfg.vocab_size) + (cfg.vocab_size,) if hasattr(qhead, "qtype") else None
-
-    def __deepcopy__(self, memo):
-        # Its addresses point into the original model's tensors: a copied model prepares its own step.
-        return None
 
     def _addr(self, t: torch.Tensor | None) -> int:
         """The address of a float vector (norm weight, bias, RoPE table), as float32."""
@@ -146,13 +136,14 @@ class NativeDecoder:
                                  f"got {w.dtype} with strides {w.stride()}")
         if data.device.type != "cpu":
             raise ValueError("the native step runs on the CPU")
+        data = data.detach()  # the storage itself: a later .to() swaps a Parameter's data, not this tensor
         self._keep.append(data)
         return fmt, data.data_ptr(), self._addr(bias)
 
     @classmethod
-    def build(cls, model) -> "NativeDecoder | None":
-        """The native step for this prepared model, or None when it does not apply or cannot be built."""
-        cfg = model.config
+    def build(cls, inference) -> "NativeDecoder | None":
+        """The native step for an ``InferenceModel``, or None when it does not apply or cannot be built."""
+        model, cfg = inference.net, inference.config
         norms = [n for b in model.blocks for n in (b.norm1, b.norm2)]
         if (model.device.type != "cpu" or cfg.act not in _NATIVE_ACTS or cfg.n_head % cfg.n_kv_head
                 or any(getattr(n, "eps", None) != norms[0].eps for n in norms)
@@ -162,15 +153,16 @@ class NativeDecoder:
         if lib is None:
             return None
         try:
-            return cls(model, lib)
+            return cls(inference, lib)
         except ValueError:
             return None
 
     def usable(self, ids: torch.Tensor, cache) -> bool:
         """Whether ``ids`` [B, 1] against ``cache`` (rows 0..B-1) can take the native step."""
-        return 1 <= ids.shape[0] <= MAX_ROWS and cache.batch == ids.shape[0] and self._takes(cache)
+        return 1 <= ids.shape[0] <= MAX_ROWS and cache.batch == ids.shape[0] and self.takes(cache)
 
-    def _takes(self, cache) -> bool:
+    def takes(self, cache) -> bool:
+        """Whether the kernel reads and writes this cache (contiguous float32 or bf16 on the CPU)."""
         k, v = cache.k, cache.v
         return k.dtype in self._dims and v.dtype == k.dtype and k.device.type == "cpu" and k.is_contiguous() \
             and v.is_contiguous()
@@ -186,7 +178,7 @@ class NativeDecoder:
         if not 1 <= B <= MAX_ROWS or positions.shape != (B,) or slots.shape != (B,):
             raise ValueError(f"the native step takes 1 to {MAX_ROWS} rows, each with a position and a cache "
                              f"row; got {B} tokens, positions {tuple(positions.shape)}, slots {tuple(slots.shape)}")
-        if not self._takes(cache):
+        if not self.takes(cache):
             raise ValueError("the native step needs a contiguous float32 or bf16 CPU cache")
         if logits and not self.fused_head:
             raise ValueError("this model's head does not run in the native step")
@@ -199,10 +191,11 @@ class NativeDecoder:
             raise IndexError(f"the KV cache has {cache.batch} rows, asked for rows {slots.tolist()}")
         x = self._x[:B]
         # through the model's dtype, as Transformer.embed_tokens: a bf16 model's rows are bf16 values
-        x.copy_(self._emb(tokens).to(self._emb_dtype))
+        rows = self._emb(tokens) if callable(self._emb) else self._emb.index_select(0, tokens)
+        x.copy_(rows.to(self._emb_dtype))
         if self._pos_emb is not None:
             x += self._pos_emb.index_select(0, positions)
-        threads = torch.get_num_threads()
+        threads = kernel_threads()
         dims = self._dims[cache.k.dtype]
         if self._scratch_for is None or self._scratch_for[0] < B or self._scratch_for[1:] != (cache.max_len, threads):
             n = self._lib.lml_scratch_floats(dims.data_ptr(), MAX_ROWS, cache.max_len, threads)
@@ -221,147 +214,10 @@ class NativeDecoder:
         fmt, w, bias, V = self.head
         rows = h.reshape(-1, self._C).to(torch.float32).contiguous()
         out = torch.empty(rows.shape[0], V)
-        threads = torch.get_num_threads()
+        threads = kernel_threads()
         if self._linear_for != (rows.shape[0], threads):
             n = self._lib.lml_linear_scratch_floats(self._C, V, rows.shape[0], threads)
             self._linear_scratch, self._linear_for = torch.empty(n), (rows.shape[0], threads)
         self._lib.lml_linear(fmt, w, bias, self._C, V, rows.shape[0], rows.data_ptr(), out.data_ptr(),
                              self._linear_scratch.data_ptr(), threads)
         return out.view(*h.shape[:-1], V)
-
-
-def native_logits(model, ids: torch.Tensor, pos: int, cache) -> torch.Tensor | None:
-    """Logits [B, 1, V] of ids [B, 1] at ``pos`` through the native step and head in one call, or
-    None when the kernel does not take this model or these rows."""
-    native = model._native
-    if native is None or not native.fused_head or not native.usable(ids, cache):
-        return None
-    B = ids.shape[0]
-    if pos >= cache.max_len:
-        raise IndexError(f"KV cache holds {cache.max_len} positions, asked to write up to {pos + 1}")
-    return native.step(ids[:, 0], torch.full((B,), pos), torch.arange(B), cache, logits=True).unsqueeze(1)
-
-
-def _add_linear(layer, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``x + layer(a)``; a float weight takes the residual inside its matmul call."""
-    if isinstance(layer, QuantLinear):
-        return x + layer.forward(a)
-    x = matmul(a, layer.weight, x)
-    return x if layer.bias is None else x + layer.bias
-
-
-@torch.no_grad()
-def decode_step(model, ids: torch.Tensor, pos: int, cache) -> torch.Tensor:
-    """ids [B, 1] at absolute position ``pos`` -> final normed hidden state [B, 1, C]."""
-    cfg = model.config
-    B = ids.shape[0]
-    H, KV, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-    if pos >= cache.max_len:
-        raise IndexError(f"KV cache holds {cache.max_len} positions, asked to write up to {pos + 1}")
-    native = model._native
-    if native is not None and native.usable(ids, cache):
-        rows = torch.arange(B)
-        x = native.step(ids[:, 0], torch.full((B,), pos), rows, cache)
-        return model.norm_f.forward(x.to(model.dtype)).unsqueeze(1)
-    x = model.embed_tokens(ids[:, 0])  # [B, C]
-    rope = None
-    if model.pos_emb is not None:
-        x = x + model.pos_emb.weight[pos]
-    else:
-        rope = model.rope_cos[pos].to(x.dtype), model.rope_sin[pos].to(x.dtype)  # [D] each
-    qk_width = (H + KV) * D
-    for i, block in enumerate(model.blocks):
-        attn, mlp = block.attn, block.mlp
-        qkv = run_fused(attn.fused, block.norm1.forward(x))  # [B, (H + 2KV) D]
-        qk = qkv[:, :qk_width].view(B, H + KV, D)
-        if rope is not None:
-            qk = torch.addcmul(qk * rope[0], qk.roll(D // 2, -1), rope[1])
-        k_all, v_all = cache._k[i], cache._v[i]  # [B, KV, max_len, D]
-        k_all[:, :, pos] = qk[:, H:]
-        v_all[:, :, pos] = qkv[:, qk_width:].view(B, KV, D)
-        # One query per head: grouped onto its KV head, GQA decode is plain attention.
-        y = F.scaled_dot_product_attention(qk[:, :H].reshape(B, KV, H // KV, D),
-                                           k_all[:, :, :pos + 1], v_all[:, :, :pos + 1])
-        x = _add_linear(attn.o, y.reshape(B, H * D), x)
-        h = block.norm2.forward(x)
-        if mlp.gated:
-            gate, up = run_fused(mlp.fused, h).chunk(2, dim=-1)
-            a = mlp.act(gate) * up
-        else:
-            a = mlp.act(mlp.up.forward(h))
-        x = _add_linear(mlp.down, a, x)
-    return model.norm_f.forward(x).unsqueeze(1)
-
-
-@torch.no_grad()
-def decode_rows_logits(model, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
-                       cache) -> torch.Tensor:
-    """``decode_rows`` and the head -> logits [B, V]. Where the native step runs the head too, each
-    group of rows is one call (no torch norm and head between steps: a second parallel region per
-    step cost about as much as the head itself)."""
-    native = model._native
-    if native is not None and native.fused_head and native._takes(cache):
-        parts = [native.step(tokens[i:i + MAX_ROWS], positions[i:i + MAX_ROWS], slots[i:i + MAX_ROWS], cache,
-                             logits=True) for i in range(0, tokens.shape[0], MAX_ROWS)]
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
-    return model.project(decode_rows(model, tokens, positions, slots, cache))
-
-
-def decode_rows(model, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, cache) -> torch.Tensor:
-    """A batched decode step with a position and a cache row per row -> final normed hidden [B, C].
-
-    Row b feeds ``tokens[b]`` at ``positions[b]`` of cache row ``slots[b]`` (a scheduler's
-    sequences sit at different lengths). On the CPU the native step takes up to 8 rows per
-    call; otherwise every matrix runs once for all rows and attention runs per row over that
-    row's own prefix (positions past it are never read, so rows need no masks).
-    """
-    native = model._native
-    B = tokens.shape[0]
-    if native is not None and native._takes(cache):
-        parts = []
-        for i in range(0, B, MAX_ROWS):
-            x = native.step(tokens[i:i + MAX_ROWS], positions[i:i + MAX_ROWS], slots[i:i + MAX_ROWS], cache)
-            parts.append(x.clone() if B > MAX_ROWS else x)
-        x = torch.cat(parts) if len(parts) > 1 else parts[0]
-        return model.norm_f.forward(x.to(model.dtype))
-    cfg = model.config
-    H, KV, D = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-    if int(positions.max()) >= cache.max_len:
-        raise IndexError(f"KV cache holds {cache.max_len} positions, asked to write at {positions.tolist()}")
-    x = model.embed_tokens(tokens)  # [B, C]
-    rope = None
-    if model.pos_emb is not None:
-        x = x + model.pos_emb.weight[positions]
-    else:
-        rope = model.rope_cos[positions].to(x.dtype).unsqueeze(1), model.rope_sin[positions].to(x.dtype).unsqueeze(1)
-    ends = (positions + 1).tolist()
-    rows = slots.tolist()
-    qk_width = (H + KV) * D
-    for i, block in enumerate(model.blocks):
-        attn, mlp = block.attn, block.mlp
-        h = block.norm1.forward(x)
-        if attn.fused is not None:
-            qkv = run_fused(attn.fused, h)
-        else:
-            qkv = torch.cat([attn.q.forward(h), attn.k.forward(h), attn.v.forward(h)], dim=-1)
-        qk = qkv[:, :qk_width].view(B, H + KV, D)
-        if rope is not None:
-            qk = torch.addcmul(qk * rope[0], qk.roll(D // 2, -1), rope[1])
-        k_all, v_all = cache._k[i], cache._v[i]  # [R, KV, max_len, D]
-        k_all[slots, :, positions] = qk[:, H:]
-        v_all[slots, :, positions] = qkv[:, qk_width:].view(B, KV, D)
-        q = qk[:, :H].reshape(B, KV, H // KV, D)
-        y = torch.cat([F.scaled_dot_product_attention(q[b:b + 1], k_all[r:r + 1, :, :e], v_all[r:r + 1, :, :e])
-                       for b, (r, e) in enumerate(zip(rows, ends))])
-        x = _add_linear(attn.o, y.reshape(B, H * D), x)
-        h = block.norm2.forward(x)
-        if mlp.gated:
-            if mlp.fused is not None:
-                gate, up = run_fused(mlp.fused, h).chunk(2, dim=-1)
-            else:
-                gate, up = mlp.gate.forward(h), mlp.up.forward(h)
-            a = mlp.act(gate) * up
-        else:
-            a = mlp.act(mlp.up.forward(h))
-        x = _add_linear(mlp.down, a, x)
-    return model.norm_f.forward(x)

@@ -1,9 +1,27 @@
 """A preallocated, fixed-shape KV cache owned by the generation engine."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from .config import ModelConfig
+
+
+@dataclass(frozen=True, eq=False)
+class Rows:
+    """Where a batched decode step's new tokens go: row b's one token at ``positions[b]`` of
+    cache row ``slots[b]`` (a scheduler's sequences sit at different lengths). Passed as the
+    forward's ``start_pos``; tensors [B] long."""
+    positions: torch.Tensor
+    slots: torch.Tensor
+    ends: list[int] = field(init=False)  # each row's cached length after the write
+    rows: list[int] = field(init=False)  # the cache rows, as ints
+
+    def __post_init__(self):
+        # read to the host once per step, not once per layer
+        object.__setattr__(self, "ends", (self.positions + 1).tolist())
+        object.__setattr__(self, "rows", self.slots.tolist())
 
 
 class KVCache:
@@ -61,3 +79,14 @@ class KVCache:
         k_all[:, :, start:end].copy_(k)
         v_all[:, :, start:end].copy_(v)
         return k_all[:, :, :end], v_all[:, :, :end]
+
+    def write_rows(self, layer: int, rows: Rows, k: torch.Tensor, v: torch.Tensor) -> list:
+        """Store k, v ``[B, n_kv_head, 1, head_dim]`` of row b at ``rows.positions[b]`` of cache row
+        ``rows.slots[b]``; -> per row, views (k, v) ``[1, n_kv_head, end_b, head_dim]`` of that cache
+        row up to its new token: positions past a row's end are never read, so rows need no masks."""
+        if max(rows.ends) > self.max_len:
+            raise IndexError(f"KV cache holds {self.max_len} positions, asked to write at {rows.positions.tolist()}")
+        k_all, v_all = self._k[layer], self._v[layer]
+        k_all[rows.slots, :, rows.positions] = k[:, :, 0]
+        v_all[rows.slots, :, rows.positions] = v[:, :, 0]
+        return [(k_all[r:r + 1, :, :e], v_all[r:r + 1, :, :e]) for r, e in zip(rows.rows, rows.ends)]

@@ -16,7 +16,7 @@ def matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -
 
     Weights live [in, out] (``w`` contiguous), except that inference in bfloat16
     on the CPU re-lays them [out, in] (``w`` a transposed view, see
-    ``Transformer.prepare_for_inference``): a single row against that layout
+    ``inference.InferenceModel``): a single row against that layout
     goes through ``torch.mv``, which streams bf16 weights about twice as fast as
     any matmul entry point (bench/gemv.py). Everything else is one BLAS call.
     """
@@ -31,14 +31,6 @@ def matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -
     rows = x.reshape(-1, w.shape[0])
     y = rows @ w if bias is None else torch.addmm(bias, rows, w)
     return y.view(*x.shape[:-1], w.shape[1])
-
-
-def run_fused(fused, x: torch.Tensor) -> torch.Tensor:
-    """``x`` through fused projections: a float ``(weight [in, out], bias)`` pair, or a
-    module holding them (quantized blocks, model/quant.py)."""
-    if isinstance(fused, tuple):
-        return matmul(x, *fused)
-    return fused.forward(x)
 
 
 def store_out_in(w: torch.Tensor) -> torch.Tensor:

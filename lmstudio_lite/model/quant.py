@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..native import FORMATS, decode_library
+from ..threads import kernel_threads
 from .layers import Linear
 
 QTYPES = ("q8_0", "q4_0", "q4_1")
@@ -224,7 +225,7 @@ class QuantLinear(nn.Module):
             buf = _scratch.buf = torch.empty(n)
         out = buf[:n].view(self.d_out, self.d_in)
         lib.lml_dequantize(FORMATS[self.qtype], self.blocks.data_ptr(), self.d_out, self.d_in, out.data_ptr(),
-                           torch.get_num_threads())
+                           kernel_threads())
         return out.to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -302,13 +303,12 @@ def quantize_model(model: nn.Module, qtype: str, head: str | None = HEAD_QTYPE,
     A layer whose input width is not a multiple of 32 stays float (stories260K's
     172-wide MLP). ``blocks`` maps ``"<module name>.blocks"`` to cached blocks
     (see ``quantized_blocks``) to use instead of quantizing again. Call
-    ``prepare_for_inference()`` after: any earlier inference layout is dropped. A head
-    already quantized (a GGUF file's) stays as it is.
+    ``InferenceModel(model)`` after (an earlier one keeps the float weights it was built from).
+    A head already quantized (a GGUF file's) stays as it is.
     """
     check_qtype(qtype)
     if head is not None:
         check_qtype(head)
-    model.reset_inference()
     for i in range(len(model.blocks)):
         for path in BLOCK_LAYERS:
             name = f"blocks.{i}.{path}"
@@ -361,10 +361,10 @@ def weight_format(model: nn.Module) -> str:
         model.dtype, str(model.dtype).removeprefix("torch."))
 
 
-def weight_bytes(model: nn.Module) -> int:
+def weight_bytes(model: nn.Module, extra=()) -> int:
     """Memory the weights take: each storage once (fused layers are views of one tensor),
-    plus the float32 inference copy of a tied head when there is one."""
-    tensors = list(model.state_dict(keep_vars=True).values()) + [getattr(model, "_head_t", None)]
+    plus ``extra`` tensors (an inference model's copy of a tied head)."""
+    tensors = list(model.state_dict(keep_vars=True).values()) + list(extra)
     storages = {}
     for t in tensors:
         if t is not None:

@@ -14,33 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .decode import MAX_ROWS, NativeDecoder, decode_step, native_logits
-from .kv_cache import KVCache
-from .layers import ACTIVATIONS, Embedding, Linear, RMSNorm, apply_rope, matmul, rope_tables, run_fused, store_out_in
-from .quant import QuantLinear, fuse_quantized
-
-
-def fuse_linears(*layers: Linear, out_in: bool = False):
-    """One [in, sum(out)] weight for several projections of the same input.
-
-    The layers' own parameters become column views of the fused tensor, so the
-    model holds no second copy; a decode step then streams one matrix instead
-    of two or three small ones. ``out_in`` stores it [sum(out), in] (see
-    ``layers.matmul``).
-    """
-    if out_in:
-        weight = torch.cat([l.weight.data.t() for l in layers], dim=0).t()
-    else:
-        weight = torch.cat([l.weight.data for l in layers], dim=1)
-    bias = torch.cat([l.bias.data for l in layers]) if layers[0].bias is not None else None
-    start = 0
-    for l in layers:
-        end = start + l.d_out
-        l.weight.data = weight[:, start:end]
-        if bias is not None:
-            l.bias.data = bias[start:end]
-        start = end
-    return weight, bias
+from .kv_cache import KVCache, Rows
+from .layers import ACTIVATIONS, Embedding, Linear, RMSNorm, apply_rope, rope_tables
 
 
 def _causal_mask(T: int, L: int, device) -> torch.Tensor:
@@ -102,41 +77,30 @@ class Attention(nn.Module):
         self.k = Linear(C, KV * D, cfg.qkv_bias)
         self.v = Linear(C, KV * D, cfg.qkv_bias)
         self.o = Linear(H * D, C, cfg.o_bias)
-        self.fused = None  # (weight [C, (H+2KV)D], bias) or a QuantLinear after fuse(); inference only
 
-    def fuse(self, out_in: bool = False):
-        if any(isinstance(l, QuantLinear) for l in (self.q, self.k, self.v)):
-            self.fused = fuse_quantized(self.q, self.k, self.v)
-            return
-        self.fused = fuse_linears(self.q, self.k, self.v, out_in=out_in)
-        if out_in and isinstance(self.o, Linear):
-            self.o.weight.data = store_out_in(self.o.weight.data)
-
-    def forward(self, x, rope, layer: int, start_pos: int, cache: KVCache | None, weights: list | None = None):
+    def forward(self, x, rope, layer: int, start_pos: int | Rows, cache: KVCache | None,
+                weights: list | None = None):
         """``weights``, when given, receives this layer's attention probabilities [B, H, T, L]
-        (through the reference path: slower, only for inspection)."""
+        (through the reference path: slower, only for inspection). ``start_pos`` as ``Rows``:
+        one token per row, each row attending over its own cache row's prefix."""
         B, T, _ = x.shape
         H, KV, D = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
-        if self.fused is not None and not torch.is_grad_enabled():
-            # q and k sit side by side in the fused output: rotate them in one go.
-            qk, v = run_fused(self.fused, x).split([(H + KV) * D, KV * D], dim=-1)
-            qk = qk.view(B, T, H + KV, D)
-            if rope is not None:
-                qk = apply_rope(qk, *rope)
-            q, k = qk.split([H, KV], dim=2)
-        else:
-            q, k, v = self.q(x).view(B, T, H, D), self.k(x).view(B, T, KV, D), self.v(x)
-            if rope is not None:
-                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k, v = self.q(x).view(B, T, H, D), self.k(x).view(B, T, KV, D), self.v(x)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, H, T, D], [B, KV, T, D]
         v = v.view(B, T, KV, D).transpose(1, 2)
-        if cache is not None:
-            k, v = cache.write(layer, start_pos, k, v)  # [B, KV, L, D]
-        if weights is None:
-            y = attention(q, k, v, causal=True)
+        if isinstance(start_pos, Rows):  # rows at different lengths: each over its own prefix
+            y = torch.cat([attention(q[b:b + 1], k_row, v_row, causal=True)
+                           for b, (k_row, v_row) in enumerate(cache.write_rows(layer, start_pos, k, v))])
         else:
-            y, probs = attention_reference(q, k, v, causal=True, return_probs=True)
-            weights.append(probs)
+            if cache is not None:
+                k, v = cache.write(layer, start_pos, k, v)  # [B, KV, L, D]
+            if weights is None:
+                y = attention(q, k, v, causal=True)
+            else:
+                y, probs = attention_reference(q, k, v, causal=True, return_probs=True)
+                weights.append(probs)
         return self.o(y.transpose(1, 2).reshape(B, T, H * D))
 
 
@@ -150,26 +114,10 @@ class MLP(nn.Module):
         self.up = Linear(cfg.d_model, cfg.d_ff, cfg.mlp_bias)
         self.down = Linear(cfg.d_ff, cfg.d_model, cfg.mlp_bias)
 
-        self.fused = None  # gate and up side by side after fuse(); inference only
-
-    def fuse(self, out_in: bool = False):
-        if self.gated and any(isinstance(l, QuantLinear) for l in (self.gate, self.up)):
-            self.fused = fuse_quantized(self.gate, self.up)
-        elif self.gated:
-            self.fused = fuse_linears(self.gate, self.up, out_in=out_in)
-        elif out_in and isinstance(self.up, Linear):
-            self.up.weight.data = store_out_in(self.up.weight.data)
-        if out_in and isinstance(self.down, Linear):
-            self.down.weight.data = store_out_in(self.down.weight.data)
-
     def forward(self, x):
         if not self.gated:
             return self.down(self.act(self.up(x)))
-        if self.fused is not None and not torch.is_grad_enabled():
-            gate, up = run_fused(self.fused, x).chunk(2, dim=-1)
-        else:
-            gate, up = self.gate(x), self.up(x)
-        return self.down(self.act(gate) * up)
+        return self.down(self.act(self.gate(x)) * self.up(x))
 
 
 def _norm(cfg: ModelConfig) -> nn.Module:
@@ -198,9 +146,6 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm_f = _norm(cfg)
         self.head = None if cfg.tie_embeddings else Linear(cfg.d_model, cfg.vocab_size, False)
-        self._head_t: torch.Tensor | None = None  # inference copy of a tied head, stored [C, V]
-        self._decode_ready = False  # set by prepare_for_inference
-        self._native: NativeDecoder | None = None  # CPU step of 1..8 rows in C, when it builds
         if cfg.family == "llama":
             self.register_buffer("rope_cos", None, persistent=False)
             self.register_buffer("rope_sin", None, persistent=False)
@@ -237,60 +182,22 @@ class Transformer(nn.Module):
             dev = self.device
             self.rope_cos, self.rope_sin = cos.to(dev), sin.to(dev)
 
-    def prepare_for_inference(self):
-        """Inference layout, chosen by measurement (bench/gemv.py): fused q/k/v and
-        gate/up weights, so a decode step streams one matrix instead of two or
-        three; in float32 a contiguous [C, V] copy of a tied head (batch-1 x @ W
-        streams fastest that way); in bfloat16 on the CPU every weight stored
-        [out, in], where ``torch.mv`` streams about twice as fast as any bf16
-        matmul (the tied embedding already is [V, C], so no copy at all).
-        Training never calls this, so tied weights stay tied."""
-        self.eval()
-        out_in = self.device.type == "cpu" and self.dtype != torch.float32
-        if self.head is None:
-            emb = self.tok_emb.weight
-            self._head_t = emb.detach().t() if out_in else emb.detach().t().contiguous()
-        elif out_in and isinstance(self.head, Linear):
-            self.head.weight.data = store_out_in(self.head.weight.data)
-        if not any(b.attn.fused is not None for b in self.blocks):
-            for b in self.blocks:
-                b.attn.fuse(out_in)
-                b.mlp.fuse(out_in)
-        self._decode_ready = True  # model/decode.py: the lean one-token step
-        self._native = NativeDecoder.build(self)
-        return self
-
-    def reset_inference(self):
-        """Drop the inference layout (fused weights, head copy, native step): prepare again after."""
-        self._native, self._decode_ready, self._head_t = None, False, None
-        for b in self.blocks:
-            for layer in (b.attn, b.mlp):
-                # a fused QuantLinear registered ``fused`` as a child module, which would then refuse
-                # the (weight, bias) tuple a float layout fuses into: unregister it first
-                layer._modules.pop("fused", None)
-                layer.fused = None
-
-    def _apply(self, fn, *args, **kwargs):
-        # .to(), .float(), .cuda()... make new parameter tensors: the fused copies and the
-        # native step's addresses would be stale, so inference must be prepared again.
-        self.reset_inference()
-        return super()._apply(fn, *args, **kwargs)
-
     # -- forward -------------------------------------------------------------
-    def forward_hidden(self, ids: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None):
-        """ids [B, T] -> final normed hidden state [B, T, C]."""
+    def forward_hidden(self, ids: torch.Tensor, start_pos: int | Rows = 0, cache: KVCache | None = None):
+        """ids [B, T] -> final normed hidden state [B, T, C]. ``start_pos`` as ``Rows`` (T = 1, with
+        a cache): each row's token at its own position of its own cache row."""
         B, T = ids.shape
-        self._check_length(start_pos, T)
-        if T == 1 and cache is not None and self._decode_ready and not torch.is_grad_enabled():
-            return decode_step(self, ids, start_pos, cache)
+        self.check_length(start_pos, T)
         x, rope = self._embed(ids, start_pos)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, i, start_pos, cache)
         return self.norm_f(x)
 
-    def _check_length(self, start_pos: int, T: int):
-        if start_pos + T > self.config.max_seq_len:
-            raise ValueError(f"sequence of {start_pos + T} tokens exceeds the context of {self.config.max_seq_len}")
+    def check_length(self, start_pos: int | Rows, T: int):
+        """Raises ValueError when tokens at ``start_pos``.. would pass the model's context."""
+        end = max(start_pos.ends) if isinstance(start_pos, Rows) else start_pos + T
+        if end > self.config.max_seq_len:
+            raise ValueError(f"sequence of {end} tokens exceeds the context of {self.config.max_seq_len}")
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [...] -> token embeddings [..., C] in the model's dtype. A quantized embedding
@@ -298,22 +205,27 @@ class Transformer(nn.Module):
         copy of its table in this dtype would hold."""
         return self.tok_emb(ids).to(self.dtype)
 
-    def _embed(self, ids: torch.Tensor, start_pos: int):
-        """ids [B, T] -> (token (+ position) embeddings [B, T, C], rope tables [T, 1, D] pair or None)."""
-        T = ids.shape[1]
+    def _embed(self, ids: torch.Tensor, start_pos: int | Rows):
+        """ids [B, T] -> (token (+ position) embeddings [B, T, C], rope tables [T, 1, D] pair or None;
+        with ``Rows`` (T = 1), each row at its own position: rope tables [B, 1, 1, D])."""
+        B, T = ids.shape
         x = self.embed_tokens(ids)
+        if isinstance(start_pos, Rows):
+            at, lead = start_pos.positions, (B, 1)  # [B] positions -> a leading [B, 1]
+        else:
+            at, lead = slice(start_pos, start_pos + T), (T,)
         if self.pos_emb is not None:
-            return x + self.pos_emb.weight[start_pos:start_pos + T], None
+            return x + self.pos_emb.weight[at].view(*lead, -1), None
         dtype = x.dtype
-        return x, (self.rope_cos[start_pos:start_pos + T, None].to(dtype),
-                   self.rope_sin[start_pos:start_pos + T, None].to(dtype))
+        cos, sin = self.rope_cos[at], self.rope_sin[at]  # [T or B, D]
+        return x, (cos.view(*lead, 1, -1).to(dtype), sin.view(*lead, 1, -1).to(dtype))
 
     def trace(self, ids: torch.Tensor, attention_layers=()) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
         """A whole-sequence forward (no cache) that keeps what inspection shows:
         -> (residual stream after each block: n_layer tensors [B, T, C], not normed;
             {layer: attention probabilities [B, H, T, T] float32} for ``attention_layers``).
         ``project(norm_f(hidden[-1]))`` is ``forward(ids)``; on earlier layers it is the logit lens."""
-        self._check_length(0, ids.shape[1])
+        self.check_length(0, ids.shape[1])
         x, rope = self._embed(ids, 0)
         hidden, attn = [], {}
         for i, block in enumerate(self.blocks):
@@ -326,25 +238,19 @@ class Transformer(nn.Module):
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden [.., C] -> logits [.., V]."""
-        if (self._native is not None and self._native.head is not None and not torch.is_grad_enabled()
-                and h[..., 0].numel() <= MAX_ROWS):
-            # A quantized head at decode: the kernel's GEMV reads the blocks once. Prefill's many
-            # rows keep the exact dequantized GEMM, which beats re-reading the blocks per 8 rows.
-            return self._native.project(h)
         if self.head is not None:
             return self.head(h)
-        if self._head_t is not None and not torch.is_grad_enabled():
-            return matmul(h, self._head_t)
         return F.linear(h, self.tok_emb.weight)
+
+    def decode_rows(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                    cache: KVCache) -> torch.Tensor:
+        """A batched decode step -> logits [B, V]: row b feeds ``tokens[b]`` at ``positions[b]`` of
+        cache row ``slots[b]`` (see ``Rows``; the scheduler's step). Every matrix runs once for all rows."""
+        return self.project(self.forward_hidden(tokens[:, None], Rows(positions, slots), cache)[:, 0])
 
     def forward(self, ids: torch.Tensor, start_pos: int = 0, cache: KVCache | None = None,
                 last_only: bool = False) -> torch.Tensor:
         """ids [B, T] -> logits [B, T, V] (or [B, 1, V] with ``last_only``)."""
-        if ids.shape[1] == 1 and cache is not None and self._decode_ready and not torch.is_grad_enabled():
-            self._check_length(start_pos, 1)
-            logits = native_logits(self, ids, start_pos, cache)  # step and head in one native call
-            if logits is not None:
-                return logits
         h = self.forward_hidden(ids, start_pos, cache)
         if last_only:
             h = h[:, -1:]

@@ -23,6 +23,7 @@ from ..checkpoints.quant_cache import load_quantized
 from ..checkpoints.tokenizer import Tokenizer
 from ..device import DeviceChoice, choose_device
 from ..generation import ContextOverflowError, Engine, SamplingParams, Scheduler, TextStream
+from ..model.inference import InferenceModel
 from ..model.quant import check_qtype, quantize_model, weight_bytes, weight_format
 
 
@@ -35,15 +36,16 @@ class PreparedPrompt:
 
 
 class LoadedModel:
-    """A model folder loaded for inference: weights, tokenizer and an engine."""
+    """A model folder loaded for inference: weights, tokenizer and an engine.
+    ``model`` is the ``InferenceModel`` the engine drives (its ``net``: the ``Transformer``)."""
 
-    def __init__(self, path: Path, model, tokenizer: Tokenizer, choice: DeviceChoice, hf_config: dict,
-                 quant: str | None = None, quant_cache: str = "none"):
+    def __init__(self, path: Path, model: InferenceModel, tokenizer: Tokenizer, choice: DeviceChoice,
+                 hf_config: dict, quant: str | None = None, quant_cache: str = "none"):
         self.path, self.model, self.tokenizer, self.choice = path, model, tokenizer, choice
         self.config, self.hf_config = model.config, hf_config
         self.quant = quant  # what was asked for: None or a qtype
         self.quant_cache = quant_cache  # "hit": blocks read from the cache; "written": quantized now; "none"
-        self.weight_bytes = weight_bytes(model)
+        self.weight_bytes = weight_bytes(model.net, [model.head_t] if model.head_t is not None else [])
         # The scheduler drives the model for every caller (batching, prompt cache);
         # LMSTUDIO_LITE_SCHEDULER=off brings back the plain one-at-a-time queue (bench/serve.py compares).
         plain = os.environ.get("LMSTUDIO_LITE_SCHEDULER", "").strip().lower() in ("off", "0", "plain")
@@ -141,11 +143,11 @@ class LoadedModel:
                 "parameters": cfg.num_parameters(), "context_length": cfg.max_seq_len,
                 "dtype": str(self.choice.dtype).removeprefix("torch."), "device": self.choice.name,
                 "device_reason": self.choice.reason, "has_chat_template": self.tokenizer.has_chat_template,
-                "quant": weight_format(self.model), "quant_cache": self.quant_cache,
+                "quant": weight_format(self.model.net), "quant_cache": self.quant_cache,
                 "weights_bytes": self.weight_bytes,
                 "scheduler": self.engine.info() if isinstance(self.engine, Scheduler) else None,
-                "decode_kernel": f"native C step ({weight_format(self.model)} weights, 1-8 rows)"
-                if self.model._native is not None
+                "decode_kernel": f"native C step ({weight_format(self.model.net)} weights, 1-8 rows)"
+                if self.model.native is not None
                 else "pytorch" + ("" if native.status() == "on" else f" (native kernel {native.status()})")}
 
 
@@ -168,8 +170,7 @@ def load_model(path: str | Path, device: str | None = None, dtype: str | torch.d
         loaded = load_gguf(path, device=choice.device, dtype=choice.dtype)
         if quant is not None:
             quantize_model(loaded.model, quant)  # swaps float Linears only: the file's blocks stay
-        loaded.model.prepare_for_inference()
-        return LoadedModel(path, loaded.model, loaded.tokenizer, choice, loaded.description, quant=quant)
+        return LoadedModel(path, InferenceModel(loaded.model), loaded.tokenizer, choice, loaded.description, quant=quant)
     cfg, hf = read_config(path)
     tokenizer = Tokenizer.from_folder(path)
     cache = "none"
@@ -178,5 +179,4 @@ def load_model(path: str | Path, device: str | None = None, dtype: str | torch.d
     else:
         model, hit = load_quantized(path, cfg, choice.device, choice.dtype, quant)
         cache = "hit" if hit else "written"
-    model.prepare_for_inference()
-    return LoadedModel(path, model, tokenizer, choice, hf, quant=quant, quant_cache=cache)
+    return LoadedModel(path, InferenceModel(model), tokenizer, choice, hf, quant=quant, quant_cache=cache)

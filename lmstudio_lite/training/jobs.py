@@ -6,11 +6,10 @@ snapshot the UI polls), and the run's append-only ``metrics.jsonl`` to rebuild a
 plot after a page reload. Training loads its own model from files; the model
 serving chat is never touched.
 
-Threads: the job thread calls ``limit_threads(spec.threads)`` (trainer.py). On
-this torch build (OpenMP + MKL) ``torch.set_num_threads`` is per calling thread
-(it also changes the default for threads started later, which ``limit_threads``
-puts back), so a 1-thread job leaves chat its own thread count instead of the two
-competing for both cores. With a one-process GPU job the CPU count barely matters.
+Threads: the job thread takes ``threads.training_threads(spec.threads)`` (the one
+thread policy, lmstudio_lite/threads.py): the count is per calling thread on this torch
+build, so a 1-thread job leaves chat its own thread count instead of the two competing
+for both cores. With a one-process GPU job the CPU count barely matters.
 """
 from __future__ import annotations
 

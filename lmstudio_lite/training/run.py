@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..device import choose_device, claim_cpu_threads
+from ..device import choose_device
 from ..errors import is_out_of_memory, user_message
 from ..messages import Message
 from ..paths import AppPaths, app_paths
@@ -21,7 +21,8 @@ from . import distributed as D
 from .build import build_model, default_out_name, export_model, file_sha256, load_data
 from .checkpointing import RunFolder, new_run_id
 from .spec import TrainSpec
-from .trainer import Hooks, Trainer, TrainingError, limit_threads
+from ..threads import training_threads
+from .trainer import Hooks, Trainer, TrainingError
 
 
 OUT_OF_MEMORY = "out of memory: lower the batch size or the sequence length, or use LoRA"
@@ -101,9 +102,7 @@ def run_training(spec: TrainSpec | None, *, paths: AppPaths | None = None, run_i
     run = None
     try:
         run, spec = open_run(spec, paths, run_id, resume, ctx)
-        limit_threads(spec.threads)
-        held = spec.threads if choose_device(spec.device).device.type == "cpu" else 0
-        with claim_cpu_threads(held):  # chat in this process decodes on the other cores meanwhile
+        with training_threads(spec.threads, cpu=choose_device(spec.device).device.type == "cpu"):
             return _train(spec, run, paths, ctx, cancel, hooks, resumed=bool(resume))
     except BaseException as e:
         failure = TrainingError(OUT_OF_MEMORY) if is_out_of_memory(e) else e  # worded where the knobs are known

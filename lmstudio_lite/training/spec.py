@@ -11,11 +11,11 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
-import os
 import re
 from dataclasses import dataclass, field
 
 from ..messages import Message
+from ..threads import default_training_threads
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "linear", "constant")
@@ -23,13 +23,6 @@ PRECISIONS = ("auto", "fp32", "bf16")
 FAMILIES = ("llama", "gpt2")
 CHAT_TEMPLATES = ("fallback", "chatml")  # from scratch; the presets of checkpoints/chat_template.py
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-
-def _default_threads() -> int:
-    # Leave one core to chat on a small CPU: two busy OpenMP threads decode ~2.7x
-    # slower when the other core is taken (DESIGN.md), one thread loses little.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-    return max(1, cores - 1)
 
 
 @dataclass
@@ -114,7 +107,7 @@ class TrainSpec:
     """From scratch: the architecture (Llama: RoPE, RMSNorm, SwiGLU; GPT-2: learned positions, LayerNorm, GELU)."""
     chat_template: str = field(default="fallback", metadata={"choices": CHAT_TEMPLATES})
     """From scratch: "fallback" (### User: / ### Assistant:) or "chatml" (adds <|im_start|>, <|im_end|>)."""
-    threads: int = field(default_factory=_default_threads)
+    threads: int = field(default_factory=default_training_threads)
     """Torch CPU threads of the training thread (default: all cores but one; set per thread, see jobs.py)."""
     val_fraction: float = 0.05
     """Share of the examples held out for validation."""

@@ -42,25 +42,6 @@ class Hooks:
     on_log: Callable[[str], None] | None = None
 
 
-def limit_threads(n: int):
-    """Use ``n`` intra-op threads in the calling thread only.
-
-    Measured on this torch build (OpenMP + MKL): ``torch.set_num_threads`` changes the
-    OpenMP/MKL thread count of the calling thread, and also the default that threads
-    started later adopt on their first op; threads already running keep theirs. So the
-    job thread limits itself, then a throwaway thread puts the process default back:
-    chat threads, old and new, keep their own thread count.
-    """
-    import threading
-
-    default = torch.get_num_threads()
-    torch.set_num_threads(n)
-    if threading.current_thread() is not threading.main_thread():
-        t = threading.Thread(target=torch.set_num_threads, args=(default,), daemon=True)
-        t.start()
-        t.join()
-
-
 def make_optimizer(spec: TrainSpec, model: nn.Module) -> torch.optim.Optimizer:
     """Weight decay on 2-D weights (matrices, embeddings, LoRA A/B) only, never on norms and biases."""
     params = [p for p in model.parameters() if p.requires_grad]

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ...device import inference_threads
 from ...generation import SamplingParams
+from ...threads import use_inference_threads
 from .chat import MAX_CHARS_PER_TOKEN
 
 MAX_TOKENS = 256  # the heatmap is T x T and the lens n_layer x T: beyond this neither reads well
@@ -100,8 +100,7 @@ def encode(model, text: str) -> list[int]:
 def _inference(model):
     """inference_mode on the threads a generation may use, as the engine does (a training job
     may hold the rest; torch's setting is per calling thread on this build)."""
-    if model.device.type == "cpu" and torch.get_num_threads() != (n := inference_threads()):
-        torch.set_num_threads(n)
+    use_inference_threads(model.device)
     return torch.inference_mode()
 
 
