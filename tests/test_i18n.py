@@ -103,19 +103,35 @@ def english_left(text: str) -> list[str]:
     return ENGLISH_RUN.findall(text)
 
 
-def test_every_train_message_reads_as_chinese():
-    """Each key the Train tab's services, data checks, runner and view can produce, said in zh-CN,
-    is Chinese: no English sentence left (a key copied over untranslated fails here)."""
-    keys, _, _ = used_keys(TRAIN_PATH)
-    assert len(keys) > 150, "the Train path's keys were not found: has the convention changed?"
+def not_chinese(keys: set[str], same: set[str]) -> dict[str, str]:
+    """key -> its zh-CN text, for each key whose zh-CN text keeps an English sentence, or is the
+    English text copied over (except the ``same`` keys: names, or nothing but {fields})."""
     en, zh = i18n.strings("en"), i18n.strings("zh-CN")
-    same = {"train.lora", "train.warn", "log.timed", "log.float32"}  # names, or nothing but {fields}
     untranslated = {}
     for key in sorted(keys):
         said = i18n.tr("zh-CN", key, **{name: "7" for name in fields(en[key])})
         if english_left(said) or (zh[key] == en[key]) != (key in same):
             untranslated[key] = said
-    assert untranslated == {}
+    return untranslated
+
+
+def test_every_train_message_reads_as_chinese():
+    """Each key the Train tab's services, data checks, runner and view can produce, said in zh-CN,
+    is Chinese: no English sentence left (a key copied over untranslated fails here)."""
+    keys, _, _ = used_keys(TRAIN_PATH)
+    assert len(keys) > 150, "the Train path's keys were not found: has the convention changed?"
+    assert not_chinese(keys, same={"train.lora", "train.warn", "log.timed", "log.float32"}) == {}
+
+
+# Worded below ui/ and shown in the page: a model that does not load (the Models tab, the starter), a
+# path the access policy refuses (inside the Train tab's or the Models tab's sentence).
+CHECKPOINT_PATH = [*sorted((PKG / "checkpoints").glob("*.py")), PKG / "services" / "access.py"]
+
+
+def test_every_checkpoint_access_and_registry_message_reads_as_chinese():
+    keys, _, _ = used_keys([*CHECKPOINT_PATH, PKG / "services" / "registry.py"])
+    assert len(keys) > 50, "the checkpoint errors' keys were not found: has the convention changed?"
+    assert not_chinese(keys, same=set()) == {}
 
 
 def prose(node) -> str:
@@ -152,6 +168,58 @@ def test_the_train_path_words_its_messages_through_the_locale_files():
                 continue
             plain += [f"{path.name}:{node.lineno}: {t!r}" for t in texts if ENGLISH_RUN.search(t)]
     assert plain == []
+
+
+def test_checkpoint_and_access_errors_are_worded_through_the_locale_files():
+    """No CheckpointError, AccessError or config.json check (hf_config's ValueErrors, which become a
+    CheckpointError's problem) is raised with an English sentence as a plain string."""
+    plain = []
+    for path in CHECKPOINT_PATH:
+        said_by = {"CheckpointError", "AccessError"} | ({"ValueError"} if path.name == "hf_config.py" else set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in said_by:
+                plain += [f"{path.name}:{node.lineno}: {prose(a)!r}" for a in node.args if ENGLISH_RUN.search(prose(a))]
+    assert plain == []
+
+
+def test_a_bad_model_and_a_refused_path_are_said_in_the_pages_language(tmp_path):
+    """The Models tab says a checkpoint's problem in Chinese in a zh-CN page; str(e), the CLI's and
+    the API's text, stays the English it was."""
+    import json
+
+    from fixtures_models import make_services
+
+    from lmstudio_lite.checkpoints.hf_config import read_config
+    from lmstudio_lite.services.access import AccessError, AccessPolicy
+    from lmstudio_lite.ui.common import friendly
+    from lmstudio_lite.ui.models_tab import load_model
+
+    services = make_services(tmp_path / "home")
+    bert, listed = tmp_path / "bert", tmp_path / "listed"
+    bert.mkdir(), listed.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (listed / "config.json").write_text("[]")
+    zh = load_model(services, str(bert), lang="zh-CN")
+    assert "不支持 model_type 'bert'（支持：gpt2, llama" in zh and "加载" in zh, zh
+    assert not english_left(zh), zh
+    en = load_model(services, str(bert), lang="en")
+    assert "model_type 'bert' is not supported (supported: gpt2, llama" in en, en
+    assert "config.json：应当是一个 JSON 对象" in load_model(services, str(listed), lang="zh-CN")
+    with pytest.raises(KeyError) as unlisted:  # the registry's refusal (export, delete)
+        services.registry.find("gone")
+    assert friendly(unlisted.value, "zh-CN") == "本地没有名为 'gone' 的模型；可用的有：无"
+    with pytest.raises(Exception) as missing:
+        read_config(tmp_path / "gone")
+    assert str(missing.value) == f"{tmp_path / 'gone'}: model folder does not exist"
+    assert friendly(missing.value, "zh-CN") == f"{tmp_path / 'gone'}：模型文件夹不存在"
+
+    policy = AccessPolicy(remote=True, roots=(tmp_path / "home",))
+    with pytest.raises(AccessError) as refused:
+        policy.check_path("/etc/passwd", "data file")
+    assert str(refused.value).startswith("this app is reachable from other machines, so a data file must lie")
+    said = friendly(refused.value, "zh-CN")
+    assert said.startswith("本应用可从其他机器访问，所以数据文件必须") and "'/etc/passwd'" in said, said
+    assert not english_left(said), said
 
 
 def test_t_refuses_an_unknown_key_and_tr_fills_fields_and_falls_back():

@@ -15,6 +15,7 @@ from ..model.config import ModelConfig
 from ..model.transformer import Transformer
 from ..atomic import write_atomic, write_json
 from .errors import CheckpointError
+from ..messages import Message
 from .hf_config import config_to_hf, read_config, read_json  # noqa: F401 (read_config: used via this module too)
 from .names import IGNORABLE_SUFFIXES, entries_for, normalize_name
 
@@ -29,20 +30,19 @@ def weight_files(folder: Path) -> dict[str, Path]:
     if index.exists():
         weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
-            raise CheckpointError(index, "has no weight_map")
+            raise CheckpointError(index, Message("ckpt.no_weight_map"))
         files = {name: _shard_path(folder, index, shard) for name, shard in weight_map.items()}
         for shard in set(files.values()):
             if not shard.is_file():
-                raise CheckpointError(shard, f"shard listed in {INDEX_NAME} is missing")
+                raise CheckpointError(shard, Message("ckpt.shard_missing", index=INDEX_NAME))
         return files
     single = folder / "model.safetensors"
     if single.is_file():
         return {name: single for name in _tensor_names(single)}
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
-        raise CheckpointError(folder / pickles[0], "only pickle weights found; pickle files are never executed "
-                              "here. Convert the model to safetensors (model.safetensors) first")
-    raise CheckpointError(single, "file is missing (no model.safetensors or model.safetensors.index.json)")
+        raise CheckpointError(folder / pickles[0], Message("ckpt.only_pickle"))
+    raise CheckpointError(single, Message("ckpt.no_weights"))
 
 
 def _shard_path(folder: Path, index: Path, shard) -> Path:
@@ -50,10 +50,10 @@ def _shard_path(folder: Path, index: Path, shard) -> Path:
     (``../`` or an absolute path would let a downloaded folder read any file). Checked by
     name, not by resolving: the Hugging Face cache's shards are symlinks into its blobs/."""
     if not isinstance(shard, str) or not shard or "\x00" in shard:
-        raise CheckpointError(index, f"weight_map entries must be file names, got {shard!r}")
+        raise CheckpointError(index, Message("ckpt.shard_not_name", shard=repr(shard)))
     normal = os.path.normpath(shard)
     if os.path.isabs(normal) or normal == ".." or normal.startswith(".." + os.sep):
-        raise CheckpointError(index, f"shard {shard!r} lies outside the model folder")
+        raise CheckpointError(index, Message("ckpt.shard_outside", shard=repr(shard)))
     return folder / normal
 
 
@@ -64,7 +64,7 @@ def _tensor_names(path: Path) -> list[str]:
         with safe_open(path, framework="pt") as f:
             return list(f.keys())
     except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(path, f"not a valid safetensors file ({e})") from None
+        raise CheckpointError(path, Message("ckpt.bad_safetensors", error=str(e))) from None
 
 
 def load_weights(folder: str | Path, config: ModelConfig | None = None, device="cpu",
@@ -85,7 +85,7 @@ def load_weights(folder: str | Path, config: ModelConfig | None = None, device="
             raw = available.get(entry.theirs)
             if raw is None:
                 where = files and next(iter(set(files.values())))
-                raise CheckpointError(where, f"tensor {entry.theirs!r} is missing")
+                raise CheckpointError(where, Message("ckpt.tensor_missing", name=repr(entry.theirs)))
             path = files[raw]
             if path not in handles:
                 handles[path] = safe_open(path, framework="pt", device="cpu")
@@ -93,13 +93,13 @@ def load_weights(folder: str | Path, config: ModelConfig | None = None, device="
             _check_finite(path, raw, t)
             want = tuple(expected[entry.ours].shape)
             if tuple(t.shape) != want:
-                raise CheckpointError(path, f"tensor {raw!r} has shape {tuple(t.shape)}, "
-                                      f"config.json implies {want}")
+                raise CheckpointError(path, Message("ckpt.shape_config", name=repr(raw), shape=str(tuple(t.shape)),
+                                                                 want=str(want)))
             state[entry.ours] = t.to(device=device, dtype=dtype)
     except CheckpointError:
         raise
     except Exception as e:
-        raise CheckpointError(folder, f"could not read weights ({e})") from None
+        raise CheckpointError(folder, Message("ckpt.unreadable_weights", error=str(e))) from None
     finally:
         handles.clear()
     _check_unexpected(available, {e.theirs for e in entries_for(cfg)}, cfg, files)
@@ -115,8 +115,7 @@ def _check_finite(path: Path, name: str, t: torch.Tensor, sample: int = FINITE_S
     picked = flat[:: max(1, flat.numel() // sample)][:sample]
     if picked.numel() and not torch.isfinite(picked.float()).all():
         bad = int((~torch.isfinite(picked.float())).sum())
-        raise CheckpointError(path, f"tensor {name!r} holds NaN or infinite values ({bad} of {picked.numel()} "
-                              "sampled); the weights are corrupt or come from a run that diverged")
+        raise CheckpointError(path, Message("ckpt.not_finite", name=repr(name), bad=bad, sampled=picked.numel()))
 
 
 def _convert(t: torch.Tensor, entry) -> torch.Tensor:
@@ -133,8 +132,8 @@ def _check_unexpected(available: dict, used: set, cfg: ModelConfig, files: dict)
     extra = [raw for norm, raw in available.items()
              if norm not in used and norm not in tied_head and not norm.endswith(IGNORABLE_SUFFIXES)]
     if extra:
-        raise CheckpointError(files[extra[0]], f"unexpected tensors for this config: {', '.join(sorted(extra)[:3])}"
-                              + (" ..." if len(extra) > 3 else ""))
+        raise CheckpointError(files[extra[0]], Message("ckpt.unexpected_tensors", names=", ".join(sorted(extra)[:3])
+                                                             + (" ..." if len(extra) > 3 else "")))
 
 
 # -- saving --------------------------------------------------------------------

@@ -26,6 +26,7 @@ import torch
 from ..atomic import write_atomic
 from ..model.config import ModelConfig
 from .errors import CheckpointError
+from ..messages import Message
 from .folder import load_weights, read_config
 from .gguf_export_vocab import write_vocab
 from .gguf_file import EXPORT_QUANTS as QUANT_CHOICES
@@ -167,7 +168,7 @@ def export_gguf(folder: str | Path, out: str | Path, quant: str = "f32",
     try:
         write_atomic(out, lambda tmp: _write_file(writer, tmp), needed)
     except OSError as e:
-        raise CheckpointError(out, f"could not be written ({e.strerror or e})") from None
+        raise CheckpointError(out, Message("ckpt.not_written", error=str(e.strerror or e))) from None
     return out
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..model.config import ModelConfig
 from .errors import CheckpointError
+from ..messages import Message
 
 _BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 # Split regexes of known byte-level tokenizers -> llama.cpp's pre-tokenizer name.
@@ -39,15 +40,13 @@ def tokenizer_kind(data: dict, path: Path) -> str:
     """"gpt2" (byte-level BPE) or "llama" (SentencePiece-style BPE); anything else is refused."""
     model = data.get("model") or {}
     if model.get("type") != "BPE":
-        raise CheckpointError(path, f"a {model.get('type')!r} tokenizer cannot be exported to GGUF yet "
-                              "(supported: byte-level BPE and SentencePiece-style BPE)")
+        raise CheckpointError(path, Message("ckpt.export_tokenizer_kind", kind=repr(model.get("type"))))
     kinds = {c.get("type") for c in _components(data.get("pre_tokenizer")) + _components(data.get("decoder"))}
     if "ByteLevel" in kinds:
         return "gpt2"
     if model.get("byte_fallback") or "Metaspace" in kinds or "Replace" in kinds:
         return "llama"
-    raise CheckpointError(path, "the tokenizer is neither byte-level nor SentencePiece-style BPE; "
-                          "cannot export it to GGUF")
+    raise CheckpointError(path, Message("ckpt.export_tokenizer_neither"))
 
 
 def pre_tokenizer_name(data: dict, path: Path) -> str:
@@ -61,8 +60,7 @@ def pre_tokenizer_name(data: dict, path: Path) -> str:
     splits = [(p.get("pattern") or {}).get("Regex") for p in parts if p.get("type") == "Split"]
     if len(splits) == 1 and splits[0] in _KNOWN_SPLITS:
         return _KNOWN_SPLITS[splits[0]]
-    raise CheckpointError(path, f"pre-tokenizer {types} is not one llama.cpp knows by name "
-                          "(known: gpt-2, smollm, llama-bpe, qwen2); exporting it would tokenize differently")
+    raise CheckpointError(path, Message("ckpt.export_pre_tokenizer", types=str(types)))
 
 
 def _merges(model: dict) -> list[str]:

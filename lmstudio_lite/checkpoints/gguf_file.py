@@ -20,6 +20,7 @@ from typing import Any
 
 from ..model.config import ModelConfig
 from .errors import CheckpointError
+from ..messages import Message, message_of
 from .gguf_parse import GGUFFile, parse
 
 # The weight types gguf_export.py writes; here, in a module without torch, so the Models tab can
@@ -35,23 +36,21 @@ def open_gguf(path: str | Path) -> GGUFFile:
     CheckpointError for anything that is not a whole GGUF file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(path, "GGUF file does not exist")
+        raise CheckpointError(path, Message("ckpt.gguf_missing"))
     try:
         f = parse(path)
     except (OSError, ValueError, UnicodeDecodeError, OverflowError) as e:
-        raise CheckpointError(path, f"not a readable GGUF file ({type(e).__name__}: {e}); "
-                              "it may be truncated or not a GGUF file at all") from None
+        raise CheckpointError(path, Message("ckpt.gguf_unreadable", error=f"{type(e).__name__}: {e}")) from None
     size, names = path.stat().st_size, set()
     for t in f.tensors:
         try:
             end = t.offset + f.nbytes(t)
         except ValueError as e:  # a type id newer (or other) than the gguf package knows
-            raise CheckpointError(path, f"unknown tensor type ({e}) for tensor {t.name!r}") from None
+            raise CheckpointError(path, Message("ckpt.gguf_tensor_type", error=str(e), name=repr(t.name))) from None
         if end > size:
-            raise CheckpointError(path, f"not a readable GGUF file: tensor {t.name!r} ends past the end of "
-                                  "the file; it may be truncated")
+            raise CheckpointError(path, Message("ckpt.gguf_past_end", name=repr(t.name)))
         if t.name in names:
-            raise CheckpointError(path, f"not a readable GGUF file: tensor {t.name!r} appears twice")
+            raise CheckpointError(path, Message("ckpt.gguf_twice", name=repr(t.name)))
         names.add(t.name)
     return f
 
@@ -61,7 +60,7 @@ def field_value(reader, key: str, default: Any = _MISSING) -> Any:
     value = reader.fields.get(key)
     if value is None:
         if default is _MISSING:
-            raise CheckpointError(reader.path, f"metadata key {key!r} is missing")
+            raise CheckpointError(reader.path, Message("ckpt.gguf_key_missing", key=repr(key)))
         return default
     return value
 
@@ -76,8 +75,8 @@ class _Meta:
         value = field_value(self.reader, f"{self.arch}.{key}", default)
         if isinstance(value, list):  # some files store per-layer values: we only run uniform ones
             if len(set(value)) != 1:
-                raise CheckpointError(self.reader.path, f"{self.arch}.{key} differs per layer "
-                                      f"({value[:4]}...); only uniform layers are supported")
+                raise CheckpointError(self.reader.path, Message("ckpt.gguf_per_layer", key=f"{self.arch}.{key}",
+                                                                          values=str(value[:4])))
             value = value[0]
         return value
 
@@ -85,8 +84,7 @@ class _Meta:
 def architecture(reader) -> str:
     arch = field_value(reader, "general.architecture", None)
     if arch not in ARCHITECTURES:
-        raise CheckpointError(reader.path, f"architecture {arch!r} is not supported "
-                              f"(supported: {', '.join(ARCHITECTURES)})")
+        raise CheckpointError(reader.path, Message("ckpt.gguf_arch", arch=repr(arch), supported=", ".join(ARCHITECTURES)))
     return arch
 
 
@@ -149,14 +147,13 @@ def config_from_gguf(reader) -> ModelConfig:
         head_dim = int(m.get("attention.key_length", 0) or hp["d_model"] // hp["n_head"])
         rot = int(m.get("rope.dimension_count", head_dim))
         if rot != head_dim:
-            raise CheckpointError(reader.path, f"rope over {rot} of {head_dim} head dimensions "
-                                  "(partial rotary) is not supported")
+            raise CheckpointError(reader.path, Message("ckpt.gguf_partial_rope", rot=rot, head_dim=head_dim))
         return ModelConfig(
             family="llama", head_dim=head_dim, rope_scaling=_rope_scaling(reader, m),
             qkv_bias="blk.0.attn_q.bias" in names, o_bias="blk.0.attn_output.bias" in names,
             mlp_bias="blk.0.ffn_up.bias" in names, act="silu", **common)
     except ValueError as e:  # ModelConfig's own validation
-        raise CheckpointError(reader.path, str(e)) from None
+        raise CheckpointError(reader.path, message_of(e)) from None
 
 
 def _rope_scaling(reader, m: _Meta) -> dict | None:
@@ -170,8 +167,7 @@ def _rope_scaling(reader, m: _Meta) -> dict | None:
         return None
     if kind == "linear":
         return {"rope_type": "linear", "factor": float(m.get("rope.scaling.factor"))}
-    raise CheckpointError(reader.path, f"rope scaling {kind!r} is not supported (supported: linear, "
-                          "Llama 3 frequency factors)")
+    raise CheckpointError(reader.path, Message("ckpt.gguf_rope_scaling", kind=repr(kind)))
 
 
 def _tensor(reader, name: str, required: bool = True):
@@ -179,7 +175,7 @@ def _tensor(reader, name: str, required: bool = True):
     if t is not None:
         return t
     if required:
-        raise CheckpointError(reader.path, f"tensor {name!r} is missing")
+        raise CheckpointError(reader.path, Message("ckpt.tensor_missing", name=repr(name)))
     return None
 
 

@@ -20,6 +20,7 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tok
 from tokenizers import Tokenizer as HFTokenizer
 
 from .errors import CheckpointError
+from ..messages import Message
 from .gguf_file import field_value
 from .tokenizer import Tokenizer
 
@@ -52,7 +53,7 @@ def tokenizer_from_gguf(reader) -> Tokenizer:
     kind = field_value(reader, "tokenizer.ggml.model", None)
     tokens = field_value(reader, "tokenizer.ggml.tokens", None)
     if not tokens:
-        raise CheckpointError(reader.path, "has no tokenizer (tokenizer.ggml.tokens is missing)")
+        raise CheckpointError(reader.path, Message("ckpt.gguf_no_tokenizer"))
     types = field_value(reader, "tokenizer.ggml.token_type", None) or [NORMAL] * len(tokens)
     if kind == "gpt2":
         pre = _pre_name(reader)
@@ -64,8 +65,7 @@ def tokenizer_from_gguf(reader) -> Tokenizer:
         tok = _sentencepiece_bpe(tokens, scores, types, prefix)
         add_bos = field_value(reader, "tokenizer.ggml.add_bos_token", True)
     else:
-        raise CheckpointError(reader.path, f"tokenizer model {kind!r} is not supported "
-                              "(supported: gpt2 = byte-level BPE, llama = SentencePiece BPE)")
+        raise CheckpointError(reader.path, Message("ckpt.gguf_tokenizer_model", kind=repr(kind)))
     _add_special_tokens(tok, tokens, types)
     specials = _special_names(reader, tokens)
     add_eos = field_value(reader, "tokenizer.ggml.add_eos_token", False)
@@ -82,8 +82,8 @@ def _pre_name(reader) -> str:
     pre = field_value(reader, "tokenizer.ggml.pre", "default")
     pre = PRE_ALIASES.get(pre, pre)
     if pre not in PRE_TOKENIZERS:
-        raise CheckpointError(reader.path, f"pre-tokenizer {pre!r} is not supported "
-                              f"(supported: {', '.join(sorted(PRE_TOKENIZERS))})")
+        raise CheckpointError(reader.path, Message("ckpt.gguf_pre_tokenizer", pre=repr(pre),
+                                                      supported=", ".join(sorted(PRE_TOKENIZERS))))
     return pre
 
 
@@ -148,7 +148,7 @@ def _post_processor(specials: dict, add_bos: bool, add_eos: bool, tokens: list[s
     bos = [specials["bos_token"]] if add_bos and "bos_token" in specials else []
     eos = [specials["eos_token"]] if add_eos and "eos_token" in specials else []
     if add_bos and not bos or add_eos and not eos:
-        raise CheckpointError(reader.path, "asks for a BOS/EOS token it does not define")
+        raise CheckpointError(reader.path, Message("ckpt.gguf_bos_eos"))
     single = " ".join(bos + ["$A"] + eos)
     pair = " ".join(bos + ["$A"] + eos + bos + ["$B:1"] + eos)
     return processors.TemplateProcessing(single=single, pair=pair,

@@ -21,6 +21,7 @@ from ..model.config import ModelConfig
 from ..model.quant import QuantEmbedding, QuantLinear, dequantize, quantize
 from ..model.transformer import Transformer
 from .errors import CheckpointError
+from ..messages import Message
 from .gguf_file import IGNORED, Entry, entries, unpermute
 from .gguf_transcode import TRANSCODERS
 
@@ -73,9 +74,8 @@ def read_tensor(reader, t, entry: Entry, report: LoadReport, as_float: bool = Fa
     floats, kept, converted = _types()
     qtype = GGMLQuantizationType(t.type)  # open_gguf checked that the gguf package knows it
     if qtype not in floats | kept | set(converted):
-        raise CheckpointError(reader.path, f"tensor {t.name!r} has type {qtype.name}, which is not "
-                              "supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1; converted at load: "
-                              + ", ".join(q.name for q in converted) + ")")
+        raise CheckpointError(reader.path, Message("ckpt.gguf_qtype", name=repr(t.name), qtype=qtype.name,
+                                                      converted=", ".join(q.name for q in converted)))
     report.tensor_types[qtype.name] += 1
     rows = reader.array(t)
     if entry.rows is not None:
@@ -121,7 +121,7 @@ def load_gguf_weights(reader, cfg: ModelConfig, device="cpu", dtype: torch.dtype
     for entry in wanted:
         t = by_name.get(entry.theirs)
         if t is None:
-            raise CheckpointError(reader.path, f"tensor {entry.theirs!r} is missing")
+            raise CheckpointError(reader.path, Message("ckpt.tensor_missing", name=repr(entry.theirs)))
         value = read_tensor(reader, t, entry, report, as_float)
         if isinstance(value, QuantBlocks):
             if entry.kind == "linear":
@@ -170,16 +170,16 @@ def _install_embedding(reader, model: Transformer, q: QuantBlocks, state: dict, 
 
 def _checked(reader, name: str, value: torch.Tensor, want: tuple) -> torch.Tensor:
     if tuple(value.shape) != want:
-        raise CheckpointError(reader.path, f"tensor {name!r} has shape "
-                              f"{tuple(value.shape)} (as ours), the metadata implies {want}")
+        raise CheckpointError(reader.path, Message("ckpt.shape_metadata", name=repr(name), shape=str(tuple(value.shape)),
+                                                      want=str(want)))
     return value.contiguous()
 
 
 def _check_unexpected(reader, by_name: dict, used: set) -> None:
     extra = sorted(n for n in by_name if n not in used and n not in IGNORED)
     if extra:
-        raise CheckpointError(reader.path, "tensors this architecture does not use: "
-                              + ", ".join(extra[:3]) + (" ..." if len(extra) > 3 else ""))
+        raise CheckpointError(reader.path, Message("ckpt.gguf_unused_tensors",
+                                                      names=", ".join(extra[:3]) + (" ..." if len(extra) > 3 else "")))
 
 
 @dataclass

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..model.config import ModelConfig
 from .errors import CheckpointError
+from ..messages import Message, message_of
 
 LLAMA_LIKE = ("llama", "qwen2", "mistral")
 SUPPORTED = ("gpt2",) + LLAMA_LIKE
@@ -30,8 +31,8 @@ FIELD_TYPES = {
     "rope_scaling": "object?", "rope_parameters": "object?", "attention_bias": "bool", "mlp_bias": "bool",
     "hidden_act": "str", "sliding_window": "int?", "use_sliding_window": "bool",
 }
-_KIND_WORDS = {"int": "a whole number", "number": "a finite number", "str": "a string", "bool": "true or false",
-               "object": "an object"}
+KIND_KEYS = {"int": "ckpt.kind_int", "number": "ckpt.kind_number", "str": "ckpt.kind_str", "bool": "ckpt.kind_bool",
+             "object": "ckpt.kind_object"}
 
 
 def check_field_types(hf: dict):
@@ -44,8 +45,8 @@ def check_field_types(hf: dict):
         if value is None and optional:
             continue
         if not _is_kind(value, kind):
-            raise ValueError(f"field {name!r} must be {_KIND_WORDS[kind]}{' or null' if optional else ''}, "
-                             f"got {json_repr(value)}")
+            raise ValueError(Message("ckpt.field_type_or_null" if optional else "ckpt.field_type", field=repr(name),
+                                     kind=Message(KIND_KEYS[kind]), got=json_repr(value)))
 
 
 def _is_kind(value, kind: str) -> bool:
@@ -82,7 +83,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
     """Map a config.json dict; raises ValueError/KeyError for what we cannot run."""
     mt = hf.get("model_type")
     if not isinstance(mt, str) or mt not in SUPPORTED:
-        raise ValueError(f"model_type {json_repr(mt)} is not supported (supported: {', '.join(SUPPORTED)})")
+        raise ValueError(Message("ckpt.model_type", model_type=json_repr(mt), supported=", ".join(SUPPORTED)))
     check_field_types(hf)
     if mt == "gpt2":
         C = hf["n_embd"]
@@ -92,7 +93,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
             norm_eps=hf.get("layer_norm_epsilon", 1e-5), act=hf.get("activation_function", "gelu_new"),
             tie_embeddings=hf.get("tie_word_embeddings", True), extra={"model_type": mt})
     if hf.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"hidden_act {hf.get('hidden_act')!r} is not supported for {mt} (only silu)")
+        raise ValueError(Message("ckpt.hidden_act", act=repr(hf.get("hidden_act")), model_type=mt))
     theta, scaling = _rope(hf)
     n_head = hf["num_attention_heads"]
     window = hf.get("sliding_window") if hf.get("use_sliding_window", mt == "mistral") else None
@@ -139,13 +140,13 @@ def config_to_hf(cfg: ModelConfig, model_type: str | None = None, special: dict 
 
 def read_json(path: Path) -> dict:
     if not path.is_file():
-        raise CheckpointError(path, "file is missing")
+        raise CheckpointError(path, Message("ckpt.file_missing"))
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(path, f"not valid JSON ({e})") from None
+        raise CheckpointError(path, Message("ckpt.bad_json", error=str(e))) from None
     if not isinstance(data, dict):
-        raise CheckpointError(path, "expected a JSON object")
+        raise CheckpointError(path, Message("ckpt.json_not_object"))
     return data
 
 
@@ -153,7 +154,7 @@ def read_config(folder: str | Path) -> tuple[ModelConfig, dict]:
     """(our config, the raw config.json dict)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise CheckpointError(folder, "model folder does not exist")
+        raise CheckpointError(folder, Message("ckpt.no_folder"))
     path = folder / "config.json"
     hf = read_json(path)
     try:
@@ -161,5 +162,5 @@ def read_config(folder: str | Path) -> tuple[ModelConfig, dict]:
     except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as e:
         # ValueError is the checks' own wording; the others are a backstop for shapes of
         # JSON the checks did not foresee: still this folder's fault, never the app's.
-        problem = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+        problem = Message("ckpt.missing_field", field=str(e)) if isinstance(e, KeyError) else message_of(e)
         raise CheckpointError(path, problem) from None

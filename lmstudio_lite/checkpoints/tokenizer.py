@@ -21,6 +21,7 @@ from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from lmstudio_lite.atomic import write_atomic, write_text
 from lmstudio_lite.checkpoints import chat_template as chat_templates
 from lmstudio_lite.checkpoints.errors import CheckpointError
+from lmstudio_lite.messages import Message
 
 # The named special tokens transformers passes to chat templates (its SPECIAL_TOKENS_ATTRIBUTES).
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
@@ -106,14 +107,14 @@ class Tokenizer:
     def from_folder(cls, path: str | Path) -> "Tokenizer":
         folder = Path(path)
         if not folder.is_dir():
-            raise CheckpointError(folder, "not a folder")
+            raise CheckpointError(folder, Message("ckpt.not_folder"))
         tok_file = folder / "tokenizer.json"
         if not tok_file.is_file():
-            raise CheckpointError(tok_file, "missing: the model folder needs a tokenizer.json (tokenizers format)")
+            raise CheckpointError(tok_file, Message("ckpt.no_tokenizer_json"))
         try:
             tok = tokenizers.Tokenizer.from_file(str(tok_file))
         except Exception as e:  # tokenizers raises a bare Exception for bad JSON or unknown components
-            raise CheckpointError(tok_file, f"cannot be read: {e}") from e
+            raise CheckpointError(tok_file, Message("ckpt.tokenizer_unreadable", error=str(e))) from e
         config = _read_json(folder / "tokenizer_config.json")
         specials = {name: _content(config.get(name)) for name in SPECIAL_TOKEN_NAMES if _content(config.get(name))}
         template = _read_template(folder, config)
@@ -298,9 +299,9 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(path, f"not valid JSON: {e}") from e
+        raise CheckpointError(path, Message("ckpt.bad_json_colon", error=str(e))) from e
     if not isinstance(data, dict):
-        raise CheckpointError(path, "must hold a JSON object")
+        raise CheckpointError(path, Message("ckpt.must_be_object"))
     return data
 
 

@@ -31,11 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LiteError
+from ..messages import Message
 
 log = logging.getLogger("lmstudio_lite.access")
 
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 KEY_USER = "api-key"  # the user name a request authenticated by the API key acts as
+
+
+# What a caller named, for the refusal (said in the page's language where the page shows it).
+WHAT_KEYS = {"path": "access.path", "data file": "access.data_file", "model folder": "access.model_folder"}
 
 
 class AccessError(LiteError):
@@ -58,11 +63,9 @@ def check_listen(host: str, share: bool, protected: bool, insecure: bool) -> str
     ``--insecure-no-auth`` overrides that, else None."""
     if protected or (is_loopback(host) and not share):
         return None
-    where = "a share link" if share else f"--host {host}"
+    where = Message("access.share_link") if share else f"--host {host}"
     if not insecure:
-        raise AccessError(f"{where} makes this app reachable from other machines, but no --auth USER:PASS "
-                          "or --api-key KEY was given. Add one, or pass --insecure-no-auth to serve "
-                          "everyone on the network without a login.")
+        raise AccessError(Message("access.listen_open", where=where))
     return f"warning: {where} with --insecure-no-auth: anyone who can reach this machine can use the app"
 
 
@@ -140,9 +143,9 @@ class AccessPolicy:
         except RuntimeError:  # "~nosuchuser": no such home, so the path is taken literally
             resolved = Path(path).resolve()
         if self.remote and not any(resolved.is_relative_to(r) for r in self.roots):
-            folders = ", ".join(str(r) for r in self.roots) or "none"
-            raise AccessError(f"this app is reachable from other machines, so a {what} must lie inside its own "
-                              f"folders ({folders}); {str(path)!r} does not. Upload the file or import it there.")
+            folders = ", ".join(str(r) for r in self.roots) or Message("access.none")
+            raise AccessError(Message("access.outside", what=Message(WHAT_KEYS.get(what, "access.path")),
+                                      folders=folders, path=repr(str(path))))
         return resolved
 
     def path_allowed(self, path: str | Path) -> bool:

@@ -154,7 +154,8 @@ class Registry:
         for e in self.list():
             if e.name == name or e.path == name:
                 return e
-        raise KeyError(f"no local model named {name!r}; available: {', '.join(e.name for e in self.list()) or 'none'}")
+        names = ", ".join(e.name for e in self.list()) or Message("models.none_available")
+        raise KeyError(Message("models.no_such_model", name=repr(name), available=names))
 
     def resolve(self, name_or_path: str, allow_path: bool = True) -> Path:
         """The folder or GGUF file a listed name (or, when ``allow_path``, a typed path) stands for."""
@@ -171,8 +172,7 @@ class Registry:
         """Like ``resolve`` but a model folder is required (export reads a folder)."""
         target = self.resolve(name_or_path, allow_path)
         if not _is_model_folder(target):
-            raise ValueError(f"{name_or_path!r} is a GGUF file, not a model folder; export reads a model folder "
-                             "(config.json + safetensors)")
+            raise ValueError(Message("models.export_gguf_given", name=repr(name_or_path)))
         return target
 
     def default_model(self) -> ModelEntry | None:
@@ -234,7 +234,7 @@ class Registry:
 
         src = Path(path).expanduser().resolve()
         if not src.is_dir():
-            raise FileNotFoundError(f"there is no folder at {src}")
+            raise FileNotFoundError(Message("models.no_folder_at", path=str(src)))
         if not (src / "config.json").is_file():
             raise CheckpointError(src, "not a model folder: it has no config.json "
                                        "(a model folder holds config.json, model.safetensors and tokenizer files)")
@@ -242,15 +242,14 @@ class Registry:
         weight_files(src)
         dest = self.paths.models / (name or src.name)
         if dest.exists():
-            raise FileExistsError(f"a model named {dest.name!r} already exists in {self.paths.models}; "
-                                  "delete it first, or import under another folder name")
+            raise FileExistsError(Message("models.import_exists", name=repr(dest.name), folder=str(self.paths.models)))
         shutil.copytree(src, dest)
         return describe_folder(dest, dest.name, "user")
 
     def delete(self, name: str):
         entry = self.find(name)
         if entry.source != "user":
-            raise PermissionError(f"{name!r} is a {entry.source} model; only models in your models folder can be deleted")
+            raise PermissionError(Message("models.delete_not_yours", name=repr(name), source=entry.source))
         with self._lock:
             if self._current is not None and str(self._current.path) == str(Path(entry.path).resolve()):
                 self.unload()

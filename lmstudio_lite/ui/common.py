@@ -10,8 +10,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..errors import BUG_TEXT_MAX, LiteError, is_out_of_memory, is_user_error, user_message
-from .i18n import tr
+from ..errors import BUG_TEXT_MAX, LiteError, is_out_of_memory, is_user_error
+from ..messages import message_of
+from .i18n import say, tr
 
 log = logging.getLogger("lmstudio_lite.ui")
 
@@ -49,15 +50,16 @@ def current_model(services, lang: str | None = None):
 
 
 def friendly(e: BaseException, lang: str | None = None) -> str:
-    """``user_message(e)`` for the UI, in ``lang`` where we word it ourselves (out of memory, a bug);
-    the user's own mistakes are worded where they are raised and stay as they are. An unexpected
-    error (a bug) also goes to the terminal log with its traceback."""
+    """``user_message(e)`` for the UI, in ``lang``: out of memory and a bug are worded here; the user's
+    own mistakes are worded where they are raised, and said in ``lang`` when raised with a Message
+    (a checkpoint's problem, the access policy's refusal), else as they are. An unexpected error (a
+    bug) also goes to the terminal log with its traceback."""
     if is_out_of_memory(e):
         return tr(lang, "err.out_of_memory")
     if not is_user_error(e):
         log.error("unexpected error in the UI", exc_info=e)
         return tr(lang, "err.unexpected", error=f"{type(e).__name__}: {str(e)[:BUG_TEXT_MAX]}")
-    return user_message(e)
+    return say(lang, message_of(e))
 
 
 def warn(message: str) -> str:
