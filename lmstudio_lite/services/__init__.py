@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import user_message
+from ..messages import message_of
 from ..paths import AppPaths, app_paths
 from .registry import Registry
 from .access import AccessPolicy, app_roots
@@ -49,7 +49,7 @@ class Services:
                     _load_first(self.registry, p.target, p.fallback)
             except Exception as e:  # not the folder's fault: still keep the app up, saying why
                 logging.getLogger("lmstudio_lite").error("loading the model failed", exc_info=e)
-                self.registry.last_error = user_message(e)
+                self.registry.last_error = message_of(e)  # a Message: the page says it in its language
             finally:
                 try:
                     if on_done is not None:
@@ -115,7 +115,7 @@ def _load_first(registry, target: str, fallback: bool) -> None:
     try:
         registry.load(target)
     except (CheckpointError, KeyError, ValueError, OSError) as e:
-        registry.last_error = user_message(e)
+        registry.last_error = message_of(e)
         bundled = registry.bundled_default() if fallback else None
         if bundled is not None and bundled.path != target:  # a default that fails: the bundled one
             error = registry.last_error

@@ -10,8 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import user_message
-from ..messages import Message
+from ..messages import Message, message_of
 
 EXPORT_DIR = "exports"
 
@@ -54,7 +53,7 @@ def export_model(services, name: str | None, quant: str = "f32", allow_path: boo
         label = folder.name if Path(name).is_absolute() else name
         out = export_gguf(folder, export_path(services.paths.models, label, quant), quant)
     except (CheckpointError, ValueError, KeyError, OSError) as e:
-        return ExportResult(False, Message("export.failed", name=name, error=user_message(e)))
+        return ExportResult(False, Message("export.failed", name=name, error=message_of(e)))
     return ExportResult(True, Message("export.done", name=label, file=out.name, mb=f"{out.stat().st_size / 1e6:.1f}",
                                       quant=quant, folder=out.parent), out)
 
