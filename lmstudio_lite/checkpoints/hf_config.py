@@ -162,5 +162,6 @@ def read_config(folder: str | Path) -> tuple[ModelConfig, dict]:
     except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as e:
         # ValueError is the checks' own wording; the others are a backstop for shapes of
         # JSON the checks did not foresee: still this folder's fault, never the app's.
-        problem = Message("ckpt.missing_field", field=str(e)) if isinstance(e, KeyError) else message_of(e)
+        problem = (Message("ckpt.missing_field", field=str(e)) if isinstance(e, KeyError)
+                   else message_of(e) if isinstance(e, ValueError) else str(e))  # a TypeError's own words
         raise CheckpointError(path, problem) from None
