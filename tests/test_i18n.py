@@ -222,16 +222,6 @@ def test_a_bad_model_and_a_refused_path_are_said_in_the_pages_language(tmp_path)
     assert not english_left(said), said
 
 
-def test_the_loss_plots_name_their_series_in_the_pages_language():
-    """The legend shows the data's series names, so they are worded per language, each with its colour."""
-    from lmstudio_lite.ui import train_tab, train_view
-
-    history = [(1, 3.0, None), (2, 2.5, 2.7)]
-    assert set(train_view.plot_value(history, "zh-CN").series) == {"训练", "验证"}
-    assert set(train_view.plot_value(history).series) == {"train", "validation"}  # English as before
-    assert train_tab.COLOR_MAP["训练"] == train_tab.COLOR_MAP["train"] != train_tab.COLOR_MAP["验证"]
-
-
 def test_t_refuses_an_unknown_key_and_tr_fills_fields_and_falls_back():
     with pytest.raises(KeyError, match="no.such"):
         i18n.t("no.such")

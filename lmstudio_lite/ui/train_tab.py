@@ -14,13 +14,11 @@ from ..services import exports
 from ..services import train_actions as act
 from ..services.train_actions import UserError
 from . import train_view as view
-from .i18n import LANGS, lang_of, say, t, tr
+from .i18n import lang_of, say, t, tr
 from .models_tab import enclosing_tab
 
 POLL_S = 1.0
-COLOR = {"train": "#4a90e2", "validation": "#e67e22"}
-# by each language's series name: the plot takes the colour of the names it draws
-COLOR_MAP = {names[s]: COLOR[s] for names in (view.series_names(lang) for lang in LANGS) for s in COLOR}
+COLOR_MAP = {"train": "#4a90e2", "validation": "#e67e22"}
 
 
 def build(services) -> dict:
@@ -179,7 +177,7 @@ def plot_titles(key: str, lang: str | None = None) -> dict:
 
 
 def plot_update(history, key: str, lang: str | None) -> dict:
-    return gr.update(value=view.plot_value(history, lang), **plot_titles(key, lang))
+    return gr.update(value=view.plot_value(history), **plot_titles(key, lang))
 
 
 # ---- data: choose and preview --------------------------------------------------------------------

@@ -24,10 +24,6 @@ DONE_STATES = ("finished", "failed", "cancelled")
 MAX_PLOT_POINTS = 400  # per series: a long run is thinned so the plot stays cheap to send each second
 LOG_LINES = 200
 SERIES = ("train", "validation")
-# Each series is named in the page's language in the data itself (a LinePlot's legend shows the values):
-# the plot draws its first frame's names, and draws again with the new names when its titles change
-# too, which they do with the language (train_tab.plot_titles).
-SERIES_KEYS = {"train": "train.series_train", "validation": "train.series_validation"}
 PROBE_PROMPT_CHARS = 120
 _BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
@@ -127,36 +123,29 @@ def progress_html(status: dict | None, lang: str | None = None) -> str:
             f'<div style="font-size:0.9em;margin-top:4px">{text}</div></div>')
 
 
-def series_names(lang: str | None = None) -> dict[str, str]:
-    """SERIES -> its name in ``lang`` (English: "train", "validation")."""
-    return {name: tr(lang, SERIES_KEYS[name]) for name in SERIES}
-
-
-def loss_frame(history, lang: str | None = None) -> pd.DataFrame:
-    """[(step, loss, val_loss)] -> long-form frame (step, loss, series) for gr.LinePlot(color="series"),
-    the series named in ``lang``."""
-    names = series_names(lang)
+def loss_frame(history) -> pd.DataFrame:
+    """[(step, loss, val_loss)] -> long-form frame (step, loss, series) for gr.LinePlot(color="series")."""
     rows = []
     for item in history or ():
         step, loss, val = (list(item) + [None, None, None])[:3]
         if loss is not None:
-            rows.append((int(step), float(loss), names["train"]))
+            rows.append((int(step), float(loss), "train"))
         if val is not None:
-            rows.append((int(step), float(val), names["validation"]))
+            rows.append((int(step), float(val), "validation"))
     frame = pd.DataFrame(rows, columns=["step", "loss", "series"]).astype(
         {"step": "int64", "loss": "float64", "series": "object"})  # typed even when empty: the plot's axes
-    parts = [_thin(frame[frame.series == name]) for name in names.values()]
+    parts = [_thin(frame[frame.series == name]) for name in SERIES]
     return pd.concat(parts, ignore_index=True) if rows else frame
 
 
-def plot_value(history, lang: str | None = None) -> pd.DataFrame | None:
+def plot_value(history) -> pd.DataFrame | None:
     """loss_frame shaped for Gradio 6.31's LinePlot, which fixes its colour series on the first frame
     it draws (seen in the browser): None before the first point (an empty frame breaks the plot for
     good), and a NaN placeholder row (not drawn) for a series that has no point yet."""
-    frame = loss_frame(history, lang)
+    frame = loss_frame(history)
     if not len(frame):
         return None
-    missing = [name for name in series_names(lang).values() if not (frame.series == name).any()]
+    missing = [name for name in SERIES if not (frame.series == name).any()]
     if missing:
         first = int(frame.step.iloc[0])
         holes = pd.DataFrame({"step": [first] * len(missing), "loss": [float("nan")] * len(missing),
