@@ -228,8 +228,8 @@ def chat(w: Walk):
 # -- Summarize ---------------------------------------------------------------------------------------
 
 def story_of_267_words() -> str:
-    """A TinyStories validation story of 267 words (the issue's example length); stories begin a paragraph
-    with 'Once upon' or 'One day'."""
+    """267 words of TinyStories validation text (the issue's example length): the first run of paragraphs
+    from one 'Once upon' / 'One day' paragraph to the next with exactly that many words."""
     paras = [p.strip() for p in (SHARED_DATA / "tinystories_valid_sample.txt").read_text().split("\n\n") if p.strip()]
     stories, cur = [], []
     for p in paras:
@@ -264,6 +264,7 @@ def summarize(w: Walk):
         m = re.search(r"in (\d+) parts", info)
         parts = int(m.group(1)) if m else 1
         assert parts < 5, info
+        page.evaluate("window.scrollTo(0, 0)")  # the screenshot shows the summary, not the style buttons
         return f"{parts} part(s); info {info!r}; summary {summary!r}"
     w.check("D9", "267-word story in bullet points", bullets)
 
