@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lmstudio_lite.services.api import load_model
 from lmstudio_lite.paths import bundled_assets_dir, bundled_models_dir
-from lmstudio_lite.services.tasks.summarize import as_bullets, budgets, summarize
+from lmstudio_lite.services.tasks.summarize import as_bullets, budgets, shaped, summarize
 from lmstudio_lite.ui.summarize_tab import task_settings
 
 
@@ -12,6 +12,14 @@ def test_prose_and_lists_become_bullets():
     assert as_bullets("Mila had a kite. It flew away! A fisherman found it") == \
         "- Mila had a kite.\n- It flew away!\n- A fisherman found it"
     assert as_bullets("1. one\n2) two\n* three\n\n• four") == "- one\n- two\n- three\n- four"
+
+
+def test_a_summary_cut_by_its_budget_ends_at_its_last_finished_sentence():
+    cut = 'She saw a big, red ball.\nThe ball was happy. Lily\'s mom said, "Let'
+    assert shaped("Bullet points", cut, final=True) == "- She saw a big, red ball.\n- The ball was happy."
+    assert shaped("One sentence", 'He said "Go!" and ran. Then he', final=True) == 'He said "Go!" and ran.'
+    assert shaped("One sentence", "no sentence ends here", final=True) == "no sentence ends here"
+    assert shaped("One sentence", "Still streaming. Half", final=False) == "Still streaming. Half"
 
 
 def test_the_bundled_model_summarizes_in_bullets():

@@ -56,7 +56,18 @@ def as_bullets(text: str) -> str:
     return "\n".join(f"- {item}" for item in items)
 
 
-def shaped(style: str, text: str) -> str:
+_LAST_END = re.compile(r"[.!?。！？][\"'”’)]*(?=\s|$)")
+
+
+def without_cut_tail(text: str) -> str:
+    """The text up to its last finished sentence: a summary cut by its token budget ends mid-sentence
+    ('Lily's mom said, "Let'), and a half sentence reads as a fault. Kept whole when no sentence ends."""
+    ends = list(_LAST_END.finditer(text.rstrip()))
+    return text.rstrip()[:ends[-1].end()] if ends else text
+
+
+def shaped(style: str, text: str, final: bool = False) -> str:
+    text = without_cut_tail(text) if final else text
     return as_bullets(text) if style == BULLETS else text.strip()
 
 
@@ -147,7 +158,7 @@ def _final(model, messages, settings, reply, cancel, n_parts, style) -> Iterator
     for delta in run_messages(model, messages, settings, reply, cancel):
         out += delta
         yield Step(n_parts, total, desc, shaped(style, out))
-    yield Step(total, total, "Done", shaped(style, out), final=True)
+    yield Step(total, total, "Done", shaped(style, out, final=True), final=True)
 
 
 def _parts_text(parts: list[str], level: int) -> str:
