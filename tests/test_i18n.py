@@ -182,6 +182,51 @@ def test_checkpoint_and_access_errors_are_worded_through_the_locale_files():
     assert plain == []
 
 
+# Worded below ui/ outside the Train path and shown in the page through friendly(e, lang): the tasks'
+# refusals (Summarize, Translate, Inspect, Chat), generation's (a prompt too long, sampling settings),
+# the saved conversations' (import, load, rename).
+PAGE_PATH = [*sorted((PKG / "services" / "tasks").glob("*.py")), *sorted((PKG / "generation").glob("*.py")),
+             PKG / "chats.py"]
+
+
+def test_every_task_and_generation_message_reads_as_chinese():
+    keys, _, _ = used_keys(PAGE_PATH)
+    assert len(keys) > 30, "the tasks' keys were not found: has the convention changed?"
+    assert not_chinese(keys, same=set()) == {}
+
+
+def test_the_tasks_and_generation_raise_no_english_sentence_as_plain_text():
+    """Every error raised in these modules with an English sentence carries it as a Message."""
+    plain = []
+    for path in PAGE_PATH:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+                plain += [f"{path.name}:{node.lineno}: {prose(a)!r}" for a in node.exc.args if ENGLISH_RUN.search(prose(a))]
+    assert plain == []
+
+
+def test_a_task_refusal_and_a_bad_setting_are_said_in_the_pages_language(tmp_path):
+    """The page says them in Chinese (naming the cap, the value); the CLI and the API keep the English."""
+    from lmstudio_lite.chats import ChatStore
+    from lmstudio_lite.generation import SamplingParams
+    from lmstudio_lite.services.tasks.inspect import MAX_CHARS_PER_TOKEN, InspectError, encode
+    from lmstudio_lite.ui.common import friendly
+
+    model = SimpleNamespace(context_length=64, tokenizer=None)
+    with pytest.raises(InspectError) as too_long:
+        encode(model, "x" * (64 * MAX_CHARS_PER_TOKEN + 1))
+    assert str(too_long.value).startswith("Inspect shows at most 64 tokens (the cap); this text is 2,049 characters.")
+    assert friendly(too_long.value, "zh-CN") == "检查最多显示 64 个词元（上限）；这段文本有 2,049 个字符。请缩短后再检查。"
+    with pytest.raises(ValueError) as bad_top_p:
+        SamplingParams(top_p=1.5)
+    assert str(bad_top_p.value) == "top_p must be in (0, 1] (1 turns it off), got 1.5"
+    assert friendly(bad_top_p.value, "zh-CN") == "top_p 必须在 (0, 1] 之间（1 表示关闭），收到的是 1.5"
+    with pytest.raises(ValueError) as not_json:
+        ChatStore(tmp_path).import_json("{oops")
+    assert "不是有效的 JSON（第 1 行：" in friendly(not_json.value, "zh-CN")
+    assert friendly(not_json.value).startswith("not valid JSON (")
+
+
 def test_a_bad_model_and_a_refused_path_are_said_in_the_pages_language(tmp_path):
     """The Models tab says a checkpoint's problem in Chinese in a zh-CN page; str(e), the CLI's and
     the API's text, stays the English it was."""

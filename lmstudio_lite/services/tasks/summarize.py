@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+from ...messages import Message
 from .text import Step, prompt_overhead, run_messages, split_text, token_counter
 
 SYSTEM = "You summarize text faithfully. Use only facts from the text; add nothing."
@@ -92,8 +93,7 @@ def budgets(model, max_new_tokens: int, style: str = "Short paragraph") -> tuple
     reply = max(8, min(int(max_new_tokens), free // 3))
     chunk = free - reply
     if chunk < 24:
-        raise ValueError(f"the model's context ({model.context_length} tokens) is too small to summarize with; "
-                         "it needs room for the instructions, a part of the text and the summary")
+        raise ValueError(Message("sum.err_small_context", n=model.context_length))
     return chunk, reply, max(8, min(reply, chunk // 3))
 
 
@@ -110,7 +110,7 @@ def plan(model, text: str, max_new_tokens: int, style: str = "Short paragraph") 
 def summarize(model, text: str, style: str, settings, cancel=None) -> Iterator[Step]:
     """Stream a summary of ``text``: ``Step``s with progress and the text to show so far."""
     if not text or not text.strip():
-        raise ValueError("there is no text to summarize")
+        raise ValueError(Message("sum.err_no_text"))
     count = token_counter(model.tokenizer)
     budget, reply, map_reply = budgets(model, settings.max_new_tokens, style)
     chunks = split_text(text, count, budget)
@@ -118,7 +118,7 @@ def summarize(model, text: str, style: str, settings, cancel=None) -> Iterator[S
     while len(chunks) > 1:
         level += 1
         if level > MAX_LEVELS:
-            raise ValueError("the text is too long to summarize with this model's context")
+            raise ValueError(Message("sum.err_too_long"))
         parts = []
         for i, chunk in enumerate(chunks):
             shown = _parts_text(parts, level)

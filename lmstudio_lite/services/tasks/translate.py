@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from ...messages import Message
 from .text import Step, paragraphs, prompt_overhead, run_messages, split_text, token_counter
 
 AUTO = "Auto-detect"
@@ -149,7 +150,7 @@ def piece_budget(model, src: str, tgt: str) -> int:
     overhead = prompt_overhead(model, lambda t: translate_messages(t, src, tgt))
     budget = int((model.context_length - overhead) / 2.5)
     if budget < 8:
-        raise ValueError(f"the model's context ({model.context_length} tokens) is too small to translate with")
+        raise ValueError(Message("trans.err_small_context", n=model.context_length))
     return budget
 
 
@@ -177,7 +178,7 @@ def cut_at_stop(out: str, stop: str) -> tuple[str, bool]:
 def translate(model, text: str, src: str, tgt: str, settings, cancel=None) -> Iterator[Step]:
     """Stream the translation: ``Step``s whose text is everything translated so far."""
     if not text or not text.strip():
-        raise ValueError("there is no text to translate")
+        raise ValueError(Message("trans.err_no_text"))
     src = resolve_source(text, src)
     if src == tgt:
         yield Step(1, 1, "Done", text.strip(), final=True)
