@@ -184,24 +184,33 @@ def test_checkpoint_and_access_errors_are_worded_through_the_locale_files():
 
 # Worded below ui/ outside the Train path and shown in the page through friendly(e, lang): the tasks'
 # refusals (Summarize, Translate, Inspect, Chat), generation's (a prompt too long, sampling settings),
-# the saved conversations' (import, load, rename).
+# the saved conversations' (import, load, rename), the Download box's and the starter model's (errors
+# and the job's progress lines), the model folders'.
 PAGE_PATH = [*sorted((PKG / "services" / "tasks").glob("*.py")), *sorted((PKG / "generation").glob("*.py")),
-             PKG / "chats.py"]
+             PKG / "chats.py", *(PKG / "services" / f"{name}.py" for name in ("download", "starter", "libraries"))]
 
 
-def test_every_task_and_generation_message_reads_as_chinese():
+def test_every_message_these_modules_word_reads_as_chinese():
     keys, _, _ = used_keys(PAGE_PATH)
-    assert len(keys) > 30, "the tasks' keys were not found: has the convention changed?"
+    assert len(keys) > 60, "these modules' keys were not found: has the convention changed?"
     assert not_chinese(keys, same=set()) == {}
 
 
-def test_the_tasks_and_generation_raise_no_english_sentence_as_plain_text():
-    """Every error raised in these modules with an English sentence carries it as a Message."""
+def test_these_modules_word_no_error_or_progress_line_as_plain_english():
+    """Every error these modules raise or return (``...Error(...)``, ``...Cancelled(...)``) and every line
+    of a download's status (``_set(message=...)``, ``note(...)``) carries its English sentence as a Message."""
     plain = []
     for path in PAGE_PATH:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
-                plain += [f"{path.name}:{node.lineno}: {prose(a)!r}" for a in node.exc.args if ENGLISH_RUN.search(prose(a))]
+                node = node.exc
+            elif not isinstance(node, ast.Call):
+                continue
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else getattr(f, "attr", "")
+            if re.search(r"(Error|Cancelled)$", name) or name in {"note", "_set"}:
+                texts = [prose(a) for a in [*node.args, *(k.value for k in node.keywords)]]
+                plain += [f"{path.name}:{node.lineno}: {t!r}" for t in texts if ENGLISH_RUN.search(t)]
     assert plain == []
 
 
@@ -225,6 +234,20 @@ def test_a_task_refusal_and_a_bad_setting_are_said_in_the_pages_language(tmp_pat
         ChatStore(tmp_path).import_json("{oops")
     assert "不是有效的 JSON（第 1 行：" in friendly(not_json.value, "zh-CN")
     assert friendly(not_json.value).startswith("not valid JSON (")
+
+
+def test_a_failed_download_is_said_in_the_pages_language(tmp_path):
+    from lmstudio_lite.services.download import Downloads, check_disk
+    from lmstudio_lite.ui.models_download import progress_md
+
+    jobs = Downloads(tmp_path)
+    jobs.run("owner/name", "x.gguf", lambda progress, cancel: check_disk(tmp_path, 1 << 62))  # no disk is that big
+    version, status = jobs.wait(0.0)
+    while status["state"] == "running":
+        version, status = jobs.wait(5.0, version)
+    assert status["message"].startswith(f"Not enough disk space in {tmp_path}: the download needs")
+    zh = progress_md(status, "zh-CN")
+    assert f"{tmp_path} 的磁盘空间不足：下载需要" in zh and english_left(zh.replace(str(tmp_path), "")) == []
 
 
 def test_a_bad_model_and_a_refused_path_are_said_in_the_pages_language(tmp_path):
