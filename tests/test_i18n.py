@@ -197,8 +197,9 @@ def test_every_message_these_modules_word_reads_as_chinese():
 
 
 def test_these_modules_word_no_error_or_progress_line_as_plain_english():
-    """Every error these modules raise or return (``...Error(...)``, ``...Cancelled(...)``) and every line
-    of a download's status (``_set(message=...)``, ``note(...)``) carries its English sentence as a Message."""
+    """Every error these modules raise or return (``...Error(...)``, ``...Cancelled(...)``), every line
+    of a download's status (``_set(message=...)``, ``note(...)``) and a task's progress (``Step(...)``)
+    carries its English sentence as a Message."""
     plain = []
     for path in PAGE_PATH:
         for node in ast.walk(ast.parse(path.read_text())):
@@ -208,7 +209,7 @@ def test_these_modules_word_no_error_or_progress_line_as_plain_english():
                 continue
             f = node.func
             name = f.id if isinstance(f, ast.Name) else getattr(f, "attr", "")
-            if re.search(r"(Error|Cancelled)$", name) or name in {"note", "_set"}:
+            if re.search(r"(Error|Cancelled)$", name) or name in {"note", "_set", "Step"}:
                 texts = [prose(a) for a in [*node.args, *(k.value for k in node.keywords)]]
                 plain += [f"{path.name}:{node.lineno}: {t!r}" for t in texts if ENGLISH_RUN.search(t)]
     assert plain == []
@@ -219,6 +220,7 @@ def test_a_task_refusal_and_a_bad_setting_are_said_in_the_pages_language(tmp_pat
     from lmstudio_lite.chats import ChatStore
     from lmstudio_lite.generation import SamplingParams
     from lmstudio_lite.services.tasks.inspect import MAX_CHARS_PER_TOKEN, InspectError, encode
+    from lmstudio_lite.services.tasks.translate import language_name
     from lmstudio_lite.ui.common import friendly
 
     model = SimpleNamespace(context_length=64, tokenizer=None)
@@ -234,6 +236,9 @@ def test_a_task_refusal_and_a_bad_setting_are_said_in_the_pages_language(tmp_pat
         ChatStore(tmp_path).import_json("{oops")
     assert "不是有效的 JSON（第 1 行：" in friendly(not_json.value, "zh-CN")
     assert friendly(not_json.value).startswith("not valid JSON (")
+    step = i18n.Message("trans.step_part", i=1, n=3, src=language_name("German"), tgt=language_name("Klingon"))
+    assert (step, i18n.say("zh-CN", step)) == ("Translating part 1 of 3 (German → Klingon)",
+                                                "正在翻译第 1 部分，共 3 部分（德语 → Klingon）")
 
 
 def test_a_failed_download_is_said_in_the_pages_language(tmp_path):

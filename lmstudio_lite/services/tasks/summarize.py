@@ -122,7 +122,8 @@ def summarize(model, text: str, style: str, settings, cancel=None) -> Iterator[S
         parts = []
         for i, chunk in enumerate(chunks):
             shown = _parts_text(parts, level)
-            desc = f"Summarizing part {i + 1} of {len(chunks)}" + (f" (round {level})" if level > 1 else "")
+            desc = (Message("sum.step_part_round", i=i + 1, n=len(chunks), level=level) if level > 1
+                    else Message("sum.step_part", i=i + 1, n=len(chunks)))
             yield Step(i, len(chunks) + 1, desc, shown)
             partial = ""
             for delta in run_messages(model, summary_messages(chunk, MAP_STYLE), settings, map_reply, cancel):
@@ -140,14 +141,14 @@ def summarize(model, text: str, style: str, settings, cancel=None) -> Iterator[S
 
 
 def _final(model, messages, settings, reply, cancel, n_parts, style) -> Iterator[Step]:
-    desc = "Combining the parts" if n_parts else "Summarizing"
+    desc = Message("sum.step_combining" if n_parts else "sum.step_summarizing")
     total = n_parts + 1
     yield Step(n_parts, total, desc, "")
     out = ""
     for delta in run_messages(model, messages, settings, reply, cancel):
         out += delta
         yield Step(n_parts, total, desc, shaped(style, out))
-    yield Step(total, total, "Done", shaped(style, out), final=True)
+    yield Step(total, total, Message("sum.step_done"), shaped(style, out), final=True)
 
 
 def _parts_text(parts: list[str], level: int) -> str:
