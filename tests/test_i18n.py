@@ -185,9 +185,10 @@ def test_checkpoint_and_access_errors_are_worded_through_the_locale_files():
 # Worded below ui/ outside the Train path and shown in the page through friendly(e, lang): the tasks'
 # refusals (Summarize, Translate, Inspect, Chat), generation's (a prompt too long, sampling settings),
 # the saved conversations' (import, load, rename), the Download box's and the starter model's (errors
-# and the job's progress lines), the model folders'.
+# and the job's progress lines), the model folders', the loaded model's (`services/api.py`).
 PAGE_PATH = [*sorted((PKG / "services" / "tasks").glob("*.py")), *sorted((PKG / "generation").glob("*.py")),
-             PKG / "chats.py", *(PKG / "services" / f"{name}.py" for name in ("download", "starter", "libraries"))]
+             PKG / "chats.py",
+             *(PKG / "services" / f"{name}.py" for name in ("download", "starter", "libraries", "api"))]
 
 
 def test_every_message_these_modules_word_reads_as_chinese():
@@ -227,7 +228,8 @@ def test_a_task_refusal_and_a_bad_setting_are_said_in_the_pages_language(tmp_pat
     with pytest.raises(InspectError) as too_long:
         encode(model, "x" * (64 * MAX_CHARS_PER_TOKEN + 1))
     assert str(too_long.value).startswith("Inspect shows at most 64 tokens (the cap); this text is 2,049 characters.")
-    assert friendly(too_long.value, "zh-CN") == "检查最多显示 64 个词元（上限）；这段文本有 2,049 个字符。请缩短后再检查。"
+    assert friendly(too_long.value, "zh-CN") == ("检查最多显示 64 个词元（上限）；这段文本有 2,049 个字符。"
+                                                 "请缩短后再检查。")
     with pytest.raises(ValueError) as bad_top_p:
         SamplingParams(top_p=1.5)
     assert str(bad_top_p.value) == "top_p must be in (0, 1] (1 turns it off), got 1.5"
@@ -252,7 +254,8 @@ def test_a_failed_download_is_said_in_the_pages_language(tmp_path):
         version, status = jobs.wait(5.0, version)
     assert status["message"].startswith(f"Not enough disk space in {tmp_path}: the download needs")
     zh = progress_md(status, "zh-CN")
-    assert f"{tmp_path} 的磁盘空间不足：下载需要" in zh and english_left(zh.replace(str(tmp_path), "")) == []
+    assert f"{tmp_path} 的磁盘空间不足：下载需要" in zh
+    assert english_left(zh.replace(str(tmp_path), "")) == []
 
 
 def test_a_bad_model_and_a_refused_path_are_said_in_the_pages_language(tmp_path):

@@ -204,7 +204,8 @@ def _fetch(url: str, part: Path, have: int, size: int, headers: dict, progress, 
                 if progress:
                     progress(done, size)
                 if cancel is not None and cancel.is_set():
-                    raise DownloadCancelled(Message("dl.cancelled_at", done=f"{done / 1e6:.1f}", size=f"{size / 1e6:.1f}"))
+                    raise DownloadCancelled(Message("dl.cancelled_at", done=f"{done / 1e6:.1f}",
+                                                    size=f"{size / 1e6:.1f}"))
 
 
 def _verify(part: Path, size: int, etag: str | None) -> None:
@@ -292,7 +293,8 @@ class Downloads:
             if self._status["state"] == "running":
                 raise DownloadError(Message("dl.err_busy", repo=self._status["repo"]))
             self._cancel = threading.Event()
-            self._set(state="running", repo=repo, file=filename, done=0, total=0, path=None, message=Message("dl.connecting"))
+            self._set(state="running", repo=repo, file=filename, done=0, total=0, path=None,
+                      message=Message("dl.connecting"))
         threading.Thread(target=self._work, args=(work, self._cancel), daemon=True, name="download").start()
 
     def cancel(self) -> bool:

