@@ -171,11 +171,12 @@ def test_the_train_path_words_its_messages_through_the_locale_files():
 
 
 def test_checkpoint_and_access_errors_are_worded_through_the_locale_files():
-    """No CheckpointError, AccessError or config.json check (hf_config's ValueErrors, which become a
-    CheckpointError's problem) is raised with an English sentence as a plain string."""
+    """No CheckpointError, AccessError, ChatTemplateError or config.json check (hf_config's ValueErrors,
+    which become a CheckpointError's problem) is raised with an English sentence as a plain string."""
     plain = []
     for path in CHECKPOINT_PATH:
-        said_by = {"CheckpointError", "AccessError"} | ({"ValueError"} if path.name == "hf_config.py" else set())
+        said_by = {"CheckpointError", "AccessError", "ChatTemplateError"} | (
+            {"ValueError"} if path.name == "hf_config.py" else set())
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) in said_by:
                 plain += [f"{path.name}:{node.lineno}: {prose(a)!r}" for a in node.args if ENGLISH_RUN.search(prose(a))]
