@@ -344,6 +344,21 @@ def test_a_summarize_notice_comes_in_the_pages_language(tmp_path, quiet_toasts):
     assert "Paste some text" in en
 
 
+def test_the_inspect_tab_names_its_cap_in_the_pages_language(tmp_path, quiet_toasts):
+    from fixtures_models import make_services
+
+    from lmstudio_lite.services.tasks.inspect import MAX_CHARS_PER_TOKEN, token_cap
+    from lmstudio_lite.ui.inspect_tab import InspectHandlers
+
+    svc = make_services(tmp_path, load=str(REPO / "models" / "lmstudio-lite-tiny"))
+    cap = token_cap(svc.registry.current)
+    text = "a" * (cap * MAX_CHARS_PER_TOKEN + 1)
+    zh = InspectHandlers(svc).run(text, request(accept="zh-CN"))[1]
+    assert zh == f"⚠ 检查最多显示 {cap} 个词元（上限）；这段文本有 {len(text):,} 个字符。请缩短后再检查。"
+    en = InspectHandlers(svc).run(text)[1]
+    assert en.startswith(f"⚠ Inspect shows at most {cap} tokens (the cap)")
+
+
 def test_translate_notices_name_languages_in_the_pages_language(tmp_path, quiet_toasts):
     from fixtures_models import make_services
 
