@@ -75,12 +75,13 @@ def turn_numbers(messages: list[dict], indexes: list[int]) -> list[int]:
 
 
 def describe_dropped(messages: list[dict], dropped: list[int]) -> str:
-    """'messages 1–4 (the oldest)' — what a truncation leaves out, in words."""
+    """'messages 1–4 (the oldest)' — what a truncation leaves out, in words (a Message, '' for nothing)."""
     nums = turn_numbers(messages, dropped)
     if not nums:
         return ""
-    span = f"message {nums[0]}" if len(nums) == 1 else f"messages {nums[0]}–{nums[-1]}"
-    return f"{span} (the oldest; the system prompt is kept)"
+    if len(nums) == 1:
+        return Message("chat.dropped_one", n=nums[0])
+    return Message("chat.dropped_span", first=nums[0], last=nums[-1])
 
 
 def too_long_for(context_length: int, text: str) -> bool:
