@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .atomic import write_text
 from .errors import LiteError
+from .messages import Message
 
 ROLES = ("system", "user", "assistant")
 TITLE_CHARS = 48
@@ -54,14 +55,14 @@ def title_from(text: str) -> str:
 def validate(data) -> dict:
     """Check a conversation's shape; returns a clean copy or raises ChatFormatError."""
     if not isinstance(data, dict):
-        raise ChatFormatError("a conversation must be a JSON object with a 'messages' list")
+        raise ChatFormatError(Message("chat.err_not_object"))
     messages = data.get("messages")
     if not isinstance(messages, list):
-        raise ChatFormatError("the conversation has no 'messages' list")
+        raise ChatFormatError(Message("chat.err_no_messages"))
     clean = []
     for i, m in enumerate(messages, 1):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise ChatFormatError(f"message {i} needs a 'role' ({', '.join(ROLES)}) and a text 'content'")
+            raise ChatFormatError(Message("chat.err_bad_message", i=i, roles=", ".join(ROLES)))
         clean.append({"role": m["role"], "content": m["content"]})
         if m["role"] == "assistant" and isinstance(m.get("model"), str) and m["model"]:
             clean[-1]["model"] = m["model"][:200]
@@ -108,7 +109,7 @@ class ChatStore:
 
     def _path(self, cid: str) -> Path:
         if not isinstance(cid, str) or not _ID_RE.match(cid):
-            raise KeyError(f"not a conversation id: {cid!r}")
+            raise KeyError(Message("chat.err_bad_id", id=repr(cid)))
         return self.root / f"{cid}.json"
 
     def save(self, conv: dict) -> dict:
@@ -123,9 +124,9 @@ class ChatStore:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise KeyError(f"no saved conversation {cid!r}") from None
+            raise KeyError(Message("chat.err_no_saved", id=repr(cid))) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ChatFormatError(f"{path.name} is not valid JSON: {e}") from None
+            raise ChatFormatError(Message("chat.err_file_not_json", name=path.name, error=str(e))) from None
         conv = validate(data)
         conv["id"] = cid
         return conv
@@ -146,7 +147,7 @@ class ChatStore:
     def rename(self, cid: str, title: str) -> dict:
         title = " ".join(title.split())[:200]
         if not title:
-            raise ValueError("a title cannot be empty")
+            raise ValueError(Message("chat.err_empty_title"))
         conv = self.load(cid)
         conv["title"] = title
         return self.save(conv)
@@ -158,11 +159,11 @@ class ChatStore:
     def import_json(self, text: str) -> dict:
         """Save an exported conversation as a new one (a fresh id, so nothing is overwritten)."""
         if len(text.encode("utf-8", errors="ignore")) > MAX_IMPORT_BYTES:
-            raise ChatFormatError("the file is too large for a conversation export")
+            raise ChatFormatError(Message("chat.err_import_too_large"))
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ChatFormatError(f"not valid JSON ({e.msg} at line {e.lineno})") from None
+            raise ChatFormatError(Message("chat.err_import_not_json", error=e.msg, line=e.lineno)) from None
         conv = validate(data)
         fresh = new_conversation()
         conv["id"], conv["created"] = fresh["id"], fresh["created"]

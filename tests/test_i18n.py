@@ -171,15 +171,92 @@ def test_the_train_path_words_its_messages_through_the_locale_files():
 
 
 def test_checkpoint_and_access_errors_are_worded_through_the_locale_files():
-    """No CheckpointError, AccessError or config.json check (hf_config's ValueErrors, which become a
-    CheckpointError's problem) is raised with an English sentence as a plain string."""
+    """No CheckpointError, AccessError, ChatTemplateError or config.json check (hf_config's ValueErrors,
+    which become a CheckpointError's problem) is raised with an English sentence as a plain string."""
     plain = []
     for path in CHECKPOINT_PATH:
-        said_by = {"CheckpointError", "AccessError"} | ({"ValueError"} if path.name == "hf_config.py" else set())
+        said_by = {"CheckpointError", "AccessError", "ChatTemplateError"} | (
+            {"ValueError"} if path.name == "hf_config.py" else set())
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) in said_by:
                 plain += [f"{path.name}:{node.lineno}: {prose(a)!r}" for a in node.args if ENGLISH_RUN.search(prose(a))]
     assert plain == []
+
+
+# Worded below ui/ outside the Train path and shown in the page through friendly(e, lang): the tasks'
+# refusals (Summarize, Translate, Inspect, Chat), generation's (a prompt too long, sampling settings),
+# the saved conversations' (import, load, rename), the Download box's and the starter model's (errors
+# and the job's progress lines), the model folders', the loaded model's (`services/api.py`).
+PAGE_PATH = [*sorted((PKG / "services" / "tasks").glob("*.py")), *sorted((PKG / "generation").glob("*.py")),
+             PKG / "chats.py",
+             *(PKG / "services" / f"{name}.py" for name in ("download", "starter", "libraries", "api"))]
+
+
+def test_every_message_these_modules_word_reads_as_chinese():
+    keys, _, _ = used_keys(PAGE_PATH)
+    assert len(keys) > 60, "these modules' keys were not found: has the convention changed?"
+    assert not_chinese(keys, same=set()) == {}
+
+
+def test_these_modules_word_no_error_or_progress_line_as_plain_english():
+    """Every error these modules raise or return (``...Error(...)``, ``...Cancelled(...)``), every line
+    of a download's status (``_set(message=...)``, ``note(...)``) and a task's progress (``Step(...)``)
+    carries its English sentence as a Message."""
+    plain = []
+    for path in PAGE_PATH:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+                node = node.exc
+            elif not isinstance(node, ast.Call):
+                continue
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else getattr(f, "attr", "")
+            if re.search(r"(Error|Cancelled)$", name) or name in {"note", "_set", "Step"}:
+                texts = [prose(a) for a in [*node.args, *(k.value for k in node.keywords)]]
+                plain += [f"{path.name}:{node.lineno}: {t!r}" for t in texts if ENGLISH_RUN.search(t)]
+    assert plain == []
+
+
+def test_a_task_refusal_and_a_bad_setting_are_said_in_the_pages_language(tmp_path):
+    """The page says them in Chinese (naming the cap, the value); the CLI and the API keep the English."""
+    from lmstudio_lite.chats import ChatStore
+    from lmstudio_lite.generation import SamplingParams
+    from lmstudio_lite.services.tasks.inspect import MAX_CHARS_PER_TOKEN, InspectError, encode
+    from lmstudio_lite.services.tasks.translate import language_name
+    from lmstudio_lite.ui.common import friendly
+
+    model = SimpleNamespace(context_length=64, tokenizer=None)
+    with pytest.raises(InspectError) as too_long:
+        encode(model, "x" * (64 * MAX_CHARS_PER_TOKEN + 1))
+    assert str(too_long.value).startswith("Inspect shows at most 64 tokens (the cap); this text is 2,049 characters.")
+    assert friendly(too_long.value, "zh-CN") == ("检查最多显示 64 个词元（上限）；这段文本有 2,049 个字符。"
+                                                 "请缩短后再检查。")
+    with pytest.raises(ValueError) as bad_top_p:
+        SamplingParams(top_p=1.5)
+    assert str(bad_top_p.value) == "top_p must be in (0, 1] (1 turns it off), got 1.5"
+    assert friendly(bad_top_p.value, "zh-CN") == "top_p 必须在 (0, 1] 之间（1 表示关闭），收到的是 1.5"
+    with pytest.raises(ValueError) as not_json:
+        ChatStore(tmp_path).import_json("{oops")
+    assert "不是有效的 JSON（第 1 行：" in friendly(not_json.value, "zh-CN")
+    assert friendly(not_json.value).startswith("not valid JSON (")
+    step = i18n.Message("trans.step_part", i=1, n=3, src=language_name("German"), tgt=language_name("Klingon"))
+    assert (step, i18n.say("zh-CN", step)) == ("Translating part 1 of 3 (German → Klingon)",
+                                                "正在翻译第 1 部分，共 3 部分（德语 → Klingon）")
+
+
+def test_a_failed_download_is_said_in_the_pages_language(tmp_path):
+    from lmstudio_lite.services.download import Downloads, check_disk
+    from lmstudio_lite.ui.models_download import progress_md
+
+    jobs = Downloads(tmp_path)
+    jobs.run("owner/name", "x.gguf", lambda progress, cancel: check_disk(tmp_path, 1 << 62))  # no disk is that big
+    version, status = jobs.wait(0.0)
+    while status["state"] == "running":
+        version, status = jobs.wait(5.0, version)
+    assert status["message"].startswith(f"Not enough disk space in {tmp_path}: the download needs")
+    zh = progress_md(status, "zh-CN")
+    assert f"{tmp_path} 的磁盘空间不足：下载需要" in zh
+    assert english_left(zh.replace(str(tmp_path), "")) == []
 
 
 def test_a_bad_model_and_a_refused_path_are_said_in_the_pages_language(tmp_path):
@@ -265,6 +342,21 @@ def test_a_summarize_notice_comes_in_the_pages_language(tmp_path, quiet_toasts):
     assert "没有加载模型" in none
     *_, (_, _, en) = h.run("", "Short paragraph", 8, 0.0)
     assert "Paste some text" in en
+
+
+def test_the_inspect_tab_names_its_cap_in_the_pages_language(tmp_path, quiet_toasts):
+    from fixtures_models import make_services
+
+    from lmstudio_lite.services.tasks.inspect import MAX_CHARS_PER_TOKEN, token_cap
+    from lmstudio_lite.ui.inspect_tab import InspectHandlers
+
+    svc = make_services(tmp_path, load=str(REPO / "models" / "lmstudio-lite-tiny"))
+    cap = token_cap(svc.registry.current)
+    text = "a" * (cap * MAX_CHARS_PER_TOKEN + 1)
+    zh = InspectHandlers(svc).run(text, request(accept="zh-CN"))[1]
+    assert zh == f"⚠ 检查最多显示 {cap} 个词元（上限）；这段文本有 {len(text):,} 个字符。请缩短后再检查。"
+    en = InspectHandlers(svc).run(text)[1]
+    assert en.startswith(f"⚠ Inspect shows at most {cap} tokens (the cap)")
 
 
 def test_translate_notices_name_languages_in_the_pages_language(tmp_path, quiet_toasts):

@@ -39,6 +39,7 @@ import jinja2.utils
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..errors import LiteError
+from ..messages import Message
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -129,22 +130,22 @@ def compile_template(template: str) -> jinja2.Template:
     try:
         return env.from_string(template)
     except jinja2.TemplateSyntaxError as e:
-        raise ChatTemplateError(f"chat template does not parse (line {e.lineno}): {e.message}") from e
+        raise ChatTemplateError(Message("ckpt.template_parse", line=e.lineno, error=e.message)) from e
 
 
 def validate_messages(messages: Any) -> list[dict]:
     """Check the conversation shape and return copies without None-valued keys (as transformers does)."""
     if not isinstance(messages, (list, tuple)) or not messages:
-        raise ChatTemplateError("messages must be a non-empty list of {'role', 'content'} dicts")
+        raise ChatTemplateError(Message("ckpt.template_messages"))
     clean = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise ChatTemplateError(f"message {i} is a {type(message).__name__}, not a dict")
+            raise ChatTemplateError(Message("ckpt.template_not_dict", i=i, type=type(message).__name__))
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
-            raise ChatTemplateError(f"message {i} has role {role!r}; expected one of {', '.join(ROLES)}")
+            raise ChatTemplateError(Message("ckpt.template_role", i=i, role=repr(role), roles=", ".join(ROLES)))
         if not isinstance(content, str):
-            raise ChatTemplateError(f"message {i} ({role}) content must be a string, got {type(content).__name__}")
+            raise ChatTemplateError(Message("ckpt.template_content", i=i, role=role, type=type(content).__name__))
         clean.append({key: value for key, value in message.items() if value is not None})
     return clean
 
@@ -170,4 +171,4 @@ def render(
         raise
     except jinja2.TemplateError as e:
         # Undefined attributes, sandbox refusals: the template cannot render this conversation.
-        raise ChatTemplateError(f"chat template failed: {e}") from e
+        raise ChatTemplateError(Message("ckpt.template_failed", error=str(e))) from e

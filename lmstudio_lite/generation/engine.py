@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from ..errors import LiteError
+from ..messages import Message
 from ..model.kv_cache import KVCache
 from ..threads import use_inference_threads
 from .sampling import SamplingParams, sample
@@ -28,9 +29,7 @@ class ContextOverflowError(LiteError, ValueError):
 
     def __init__(self, prompt_tokens: int, limit: int):
         self.prompt_tokens, self.limit = prompt_tokens, limit
-        super().__init__(
-            f"the prompt is {prompt_tokens} tokens but the model's context window holds {limit}; "
-            f"shorten it to at most {limit - 1} tokens to leave room for the reply")
+        super().__init__(Message("gen.err_context_overflow", n=prompt_tokens, limit=limit, most=limit - 1))
 
 
 def check_request(config, prompt_ids, params: SamplingParams, max_new_tokens: int) -> tuple[list[int], int]:
@@ -38,16 +37,16 @@ def check_request(config, prompt_ids, params: SamplingParams, max_new_tokens: in
     or ContextOverflowError for a request no model could serve (shared by Engine and Scheduler)."""
     prompt_ids = [int(i) for i in prompt_ids]
     if not prompt_ids:
-        raise ValueError("the prompt is empty: give at least one token")
+        raise ValueError(Message("gen.err_empty_prompt"))
     if len(prompt_ids) >= config.max_seq_len:
         raise ContextOverflowError(len(prompt_ids), config.max_seq_len)
     bad = [i for i in prompt_ids if not 0 <= i < config.vocab_size]
     if bad:
-        raise ValueError(f"token id {bad[0]} is outside the model's vocabulary (0..{config.vocab_size - 1})")
+        raise ValueError(Message("gen.err_token_id", id=bad[0], last=config.vocab_size - 1))
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
+        raise ValueError(Message("gen.err_max_new_tokens", got=repr(max_new_tokens)))
     if not isinstance(params, SamplingParams):
-        raise ValueError(f"params must be SamplingParams, got {type(params).__name__}")
+        raise ValueError(Message("gen.err_params_type", got=type(params).__name__))
     max_new_tokens = min(max_new_tokens, config.max_seq_len - len(prompt_ids))
     return prompt_ids, max_new_tokens
 

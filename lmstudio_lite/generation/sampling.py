@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..messages import Message
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -28,22 +30,22 @@ class SamplingParams:
         for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
+                raise ValueError(Message("gen.err_not_finite", name=name, got=repr(value)))
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
-            raise ValueError(f"top_k must be a whole number, got {self.top_k!r}")
+            raise ValueError(Message("gen.err_top_k_type", got=repr(self.top_k)))
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
+            raise ValueError(Message("gen.err_temperature", got=self.temperature))
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 turns it off), got {self.top_k}")
+            raise ValueError(Message("gen.err_top_k", got=self.top_k))
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] (1 turns it off), got {self.top_p}")
+            raise ValueError(Message("gen.err_top_p", got=self.top_p))
         if not 0 <= self.min_p < 1:
-            raise ValueError(f"min_p must be in [0, 1) (0 turns it off), got {self.min_p}")
+            raise ValueError(Message("gen.err_min_p", got=self.min_p))
         if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0 (1 turns it off), got {self.repetition_penalty}")
+            raise ValueError(Message("gen.err_repetition_penalty", got=self.repetition_penalty))
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
                                       or not 0 <= self.seed < 2**64):
-            raise ValueError(f"seed must be a whole number in [0, 2**64) or None, got {self.seed!r}")
+            raise ValueError(Message("gen.err_seed", got=repr(self.seed)))
 
     @property
     def greedy(self) -> bool:

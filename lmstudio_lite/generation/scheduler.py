@@ -42,6 +42,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from ..messages import Message
 from ..model.kv_cache import KVCache
 from ..threads import use_inference_threads
 from .engine import check_request
@@ -67,9 +68,9 @@ def _env_int(name: str) -> int | None:
     try:
         number = int(value)
     except ValueError:
-        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+        raise ValueError(Message("gen.err_env_int", name=name, got=repr(value))) from None
     if number < 1:
-        raise ValueError(f"{name} must be at least 1, got {number}")
+        raise ValueError(Message("gen.err_env_min", name=name, got=number))
     return number
 
 
@@ -178,7 +179,7 @@ class Scheduler:
         prompt_ids, max_new_tokens = check_request(self.model.config, prompt_ids, params, max_new_tokens)
         if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int)
                                      or not 0 <= logprobs <= 20):
-            raise ValueError(f"logprobs must be a whole number from 0 to 20 or None, got {logprobs!r}")
+            raise ValueError(Message("gen.err_logprobs", got=repr(logprobs)))
         seq = _Seq(prompt_ids, params, max_new_tokens, stop, ignore_eos, cancel, logprobs, self.tokenizer)
         return ScheduledStream(self, seq)
 

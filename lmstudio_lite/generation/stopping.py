@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ..messages import Message
+
 
 class StopStringHoldback:
     """Feed text deltas in; get back the text that is safe to show.
@@ -19,9 +21,9 @@ class StopStringHoldback:
         stops = list(stops)
         for s in stops:
             if not isinstance(s, str):
-                raise ValueError(f"stop strings must be text, got {s!r}")
+                raise ValueError(Message("gen.err_stop_type", got=repr(s)))
             if not s:
-                raise ValueError("stop strings must not be empty")
+                raise ValueError(Message("gen.err_stop_empty"))
         self.stops = stops
         self.stopped = False
         self._held = ""

@@ -23,6 +23,7 @@ from ..checkpoints.quant_cache import load_quantized
 from ..checkpoints.tokenizer import Tokenizer
 from ..device import DeviceChoice, choose_device
 from ..generation import ContextOverflowError, Engine, SamplingParams, Scheduler, TextStream
+from ..messages import Message
 from ..model.inference import InferenceModel
 from ..model.quant import check_qtype, quantize_model, weight_bytes, weight_format
 
@@ -85,7 +86,7 @@ class LoadedModel:
         """Encode and check the context window. ``on_overflow="truncate"`` drops the
         oldest turns (keeping a system prompt) or, for text, the oldest tokens."""
         if on_overflow not in ("error", "truncate"):
-            raise ValueError("on_overflow must be 'error' or 'truncate'")
+            raise ValueError(Message("gen.err_on_overflow"))
         ids = self.prompt_ids(prompt_or_messages)
         ctx = self.context_length
         if len(ids) < ctx:
@@ -123,12 +124,12 @@ class LoadedModel:
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                 repetition_penalty=repetition_penalty, seed=seed)
         if max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
+            raise ValueError(Message("gen.err_max_new_min"))
         prepared = self.prepare(prompt_or_messages, max_new_tokens, on_overflow)
         extra = {}
         if logprobs is not None:
             if not isinstance(self.engine, Scheduler):
-                raise ValueError("logprobs need the scheduler (LMSTUDIO_LITE_SCHEDULER is off)")
+                raise ValueError(Message("gen.err_logprobs_scheduler"))
             extra["logprobs"] = logprobs
         stream = self.engine.stream(prepared.ids, params, max_new_tokens, stop=list(stop or ()),
                                     ignore_eos=ignore_eos, cancel=cancel, **extra)

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..atomic import commit, fsync_file, write_json
-from ..errors import LiteError, user_message
+from ..errors import LiteError
+from ..messages import Message, message_of
 
 CONNECT_TIMEOUT_S = 5.0  # a blocked network must fail fast, not hang the UI
 READ_TIMEOUT_S = 30.0
@@ -62,8 +63,7 @@ def endpoint() -> str:
 def check_repo(repo: str) -> str:
     repo = (repo or "").strip().removeprefix(endpoint() + "/").strip("/")
     if not _REPO.match(repo):
-        raise DownloadError(f"{repo!r} is not a Hub repository name; write it as owner/name, "
-                            "e.g. HuggingFaceTB/SmolLM2-135M-Instruct")
+        raise DownloadError(Message("dl.err_not_repo", repo=repr(repo)))
     return repo
 
 
@@ -80,19 +80,18 @@ def explain(e: BaseException, repo: str, filename: str | None = None) -> Downloa
     if isinstance(e, DownloadError):
         return e
     if isinstance(e, errors.OfflineModeIsEnabled):
-        return DownloadError("Downloads are off: HF_HUB_OFFLINE is set. Unset it to download.")
+        return DownloadError(Message("dl.err_offline"))
     if isinstance(e, errors.GatedRepoError):
-        return DownloadError(f"{repo} is gated: accept its license on the Hub, then set HF_TOKEN.")
+        return DownloadError(Message("dl.err_gated", repo=repo))
     if isinstance(e, errors.RepositoryNotFoundError):
-        return DownloadError(f"No repository {repo!r} on {endpoint()} (or it is private: set HF_TOKEN).")
+        return DownloadError(Message("dl.err_no_repo", repo=repr(repo), endpoint=endpoint()))
     if isinstance(e, (errors.EntryNotFoundError, errors.RemoteEntryNotFoundError)):
-        return DownloadError(f"{repo} has no file {filename!r}.")
+        return DownloadError(Message("dl.err_no_file", repo=repo, file=repr(filename)))
     if isinstance(e, errors.HfHubHTTPError):
-        return DownloadError(f"The Hub refused {what}: {str(e).splitlines()[0][:300]}")
+        return DownloadError(Message("dl.err_refused", what=what, error=str(e).splitlines()[0][:300]))
     if _is_network_error(e):
-        return DownloadError(f"Cannot reach the Hugging Face Hub at {endpoint()} ({type(e).__name__}). "
-                             "You may be offline, or a firewall blocks it; set HF_ENDPOINT to use a mirror.")
-    return DownloadError(f"Download of {what} failed: {type(e).__name__}: {e}")
+        return DownloadError(Message("dl.err_unreachable", endpoint=endpoint(), error=type(e).__name__))
+    return DownloadError(Message("dl.err_other", what=what, error=f"{type(e).__name__}: {e}"))
 
 
 def _is_network_error(e: BaseException) -> bool:
@@ -129,7 +128,7 @@ def gguf_files(files: list[RepoFile]) -> list[RepoFile]:
 def destination(models_dir: Path, repo: str, filename: str) -> Path:
     dest = (Path(models_dir) / repo / filename).resolve()
     if not dest.is_relative_to(Path(models_dir).resolve()):
-        raise DownloadError(f"refusing file name {filename!r}: it leaves the models folder")
+        raise DownloadError(Message("dl.err_leaves_folder", file=repr(filename)))
     return dest
 
 
@@ -163,8 +162,8 @@ def download_file(repo: str, filename: str, models_dir: Path, progress: Callable
     except Exception as e:
         got = part.stat().st_size if part.is_file() else 0
         if got > have:  # some bytes came: the connection broke mid-file
-            raise DownloadError(f"The download of {filename} was interrupted at {got / 1e6:.1f} of "
-                                f"{size / 1e6:.1f} MB ({type(e).__name__}); start it again to resume.") from None
+            raise DownloadError(Message("dl.err_interrupted", file=filename, got=f"{got / 1e6:.1f}",
+                                            size=f"{size / 1e6:.1f}", error=type(e).__name__)) from None
         raise explain(e, repo, filename) from None
     _verify(part, size, meta.etag)
     fsync_file(part)
@@ -177,8 +176,8 @@ def download_file(repo: str, filename: str, models_dir: Path, progress: Callable
 def check_disk(folder: Path, needed: int) -> None:
     free = shutil.disk_usage(folder).free
     if needed + DISK_MARGIN > free:
-        raise DownloadError(f"Not enough disk space in {folder}: the download needs {needed / 1e9:.2f} GB "
-                            f"and {free / 1e9:.2f} GB is free.")
+        raise DownloadError(Message("dl.err_disk", folder=str(folder), needed=f"{needed / 1e9:.2f}",
+                                    free=f"{free / 1e9:.2f}"))
 
 
 def _fetch(url: str, part: Path, have: int, size: int, headers: dict, progress, cancel) -> None:
@@ -205,14 +204,14 @@ def _fetch(url: str, part: Path, have: int, size: int, headers: dict, progress, 
                 if progress:
                     progress(done, size)
                 if cancel is not None and cancel.is_set():
-                    raise DownloadCancelled(f"Cancelled at {done / 1e6:.1f} of {size / 1e6:.1f} MB; "
-                                            "start it again to resume.")
+                    raise DownloadCancelled(Message("dl.cancelled_at", done=f"{done / 1e6:.1f}",
+                                                    size=f"{size / 1e6:.1f}"))
 
 
 def _verify(part: Path, size: int, etag: str | None) -> None:
     got = part.stat().st_size
     if size and got != size:
-        raise DownloadError(f"The download stopped at {got:,} of {size:,} bytes; start it again to resume.")
+        raise DownloadError(Message("dl.err_short", got=f"{got:,}", size=f"{size:,}"))
     if etag and re.fullmatch(r"[0-9a-f]{64}", etag):  # LFS files: the etag is the content's sha256
         h = hashlib.sha256()
         with open(part, "rb") as f:
@@ -220,7 +219,7 @@ def _verify(part: Path, size: int, etag: str | None) -> None:
                 h.update(block)
         if h.hexdigest() != etag:
             part.unlink()
-            raise DownloadError("The downloaded file does not match the Hub's checksum; it was removed. Try again.")
+            raise DownloadError(Message("dl.err_checksum"))
 
 
 def record_source(dest: Path, repo: str, filename: str, meta, url: str) -> Path:
@@ -242,7 +241,7 @@ def download_folder(repo: str, files: list[RepoFile], models_dir: Path, progress
     """A Hugging Face model folder (config.json + safetensors + tokenizer) into ``models_dir/<name>``."""
     wanted = [f for f in files if FOLDER_FILES.match(f.name)]
     if not any(f.name == "config.json" for f in wanted) or not any(f.name.endswith(".safetensors") for f in wanted):
-        raise DownloadError(f"{repo} has neither GGUF files nor a safetensors model folder to download.")
+        raise DownloadError(Message("dl.err_nothing", repo=repo))
     name, total, done = repo.split("/")[-1], sum(f.size for f in wanted), 0
     check_disk(Path(models_dir), total)
     for f in wanted:
@@ -262,13 +261,13 @@ def fetch(repo: str, filename: str | None, models_dir: Path, memory_bytes: int =
     if filename:
         if not any(f.name == filename for f in files):
             choices = ", ".join(f.name for f in gguf_files(files)) or ", ".join(f.name for f in files[:8])
-            raise DownloadError(f"{repo} has no file {filename!r}. Files: {choices}")
+            raise DownloadError(Message("dl.err_no_file_of", repo=repo, file=repr(filename), choices=choices))
         return download_file(repo, filename, models_dir, progress, cancel)
     ggufs = gguf_files(files)
     if len(ggufs) == 1:
         return download_file(repo, ggufs[0].name, models_dir, progress, cancel)
     if ggufs:
-        raise DownloadError(f"{repo} has {len(ggufs)} GGUF files; choose one: " + ", ".join(f.name for f in ggufs))
+        raise DownloadError(Message("dl.err_choose", repo=repo, n=len(ggufs), names=", ".join(f.name for f in ggufs)))
     return download_folder(check_repo(repo), files, models_dir, progress, cancel)
 
 
@@ -292,9 +291,10 @@ class Downloads:
         """Run ``work(progress, cancel) -> Path`` as the download (the starter model's two-source fetch too)."""
         with self._changed:
             if self._status["state"] == "running":
-                raise DownloadError(f"{self._status['repo']} is still downloading; cancel it or wait.")
+                raise DownloadError(Message("dl.err_busy", repo=self._status["repo"]))
             self._cancel = threading.Event()
-            self._set(state="running", repo=repo, file=filename, done=0, total=0, path=None, message="Connecting…")
+            self._set(state="running", repo=repo, file=filename, done=0, total=0, path=None,
+                      message=Message("dl.connecting"))
         threading.Thread(target=self._work, args=(work, self._cancel), daemon=True, name="download").start()
 
     def cancel(self) -> bool:
@@ -331,15 +331,15 @@ class Downloads:
             now = time.monotonic()
             if now - last[0] >= 0.2 or (total and done >= total):  # ~5 updates a second is plenty
                 last[0] = now
-                self._set(done=done, total=total, message="Downloading…")
+                self._set(done=done, total=total, message=Message("dl.downloading"))
 
         try:
             path = work(progress, cancel)
         except DownloadCancelled as e:
-            self._set(state="cancelled", message=str(e))
+            self._set(state="cancelled", message=message_of(e))
         except DownloadError as e:
-            self._set(state="failed", message=str(e))
+            self._set(state="failed", message=message_of(e))
         except Exception as e:  # the thread must always end in a final state
-            self._set(state="failed", message=f"Download failed: {user_message(e)}")
+            self._set(state="failed", message=Message("dl.err_failed", error=message_of(e)))
         else:
-            self._set(state="done", path=str(path), message=f"Saved {path}")
+            self._set(state="done", path=str(path), message=Message("dl.saved", path=str(path)))

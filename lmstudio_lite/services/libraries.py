@@ -19,6 +19,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..messages import Message
+
 OLLAMA_MODEL_LAYER = "application/vnd.ollama.image.model"
 OLLAMA_DEFAULT_HOST, OLLAMA_DEFAULT_NAMESPACE = "registry.ollama.ai", "library"
 DIRS_ENV = "LMSTUDIO_LITE_MODEL_DIRS"
@@ -77,7 +79,7 @@ def add_model_dir(app_home: Path, folder: str) -> list[Path]:
 
     path = Path(folder).expanduser()
     if not path.is_dir():
-        raise ValueError(f"{folder!r} is not a folder")
+        raise ValueError(Message("models.err_not_folder", folder=repr(folder)))
     settings = read_settings(app_home)
     dirs = [d for d in settings.get("model_dirs") or [] if isinstance(d, str)]
     if str(path) not in dirs:

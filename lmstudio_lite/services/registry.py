@@ -236,8 +236,7 @@ class Registry:
         if not src.is_dir():
             raise FileNotFoundError(Message("models.no_folder_at", path=str(src)))
         if not (src / "config.json").is_file():
-            raise CheckpointError(src, "not a model folder: it has no config.json "
-                                       "(a model folder holds config.json, model.safetensors and tokenizer files)")
+            raise CheckpointError(src, Message("models.import_not_model_folder"))
         read_config(src)
         weight_files(src)
         dest = self.paths.models / (name or src.name)

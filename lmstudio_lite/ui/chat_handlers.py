@@ -17,7 +17,7 @@ from ..chats import ChatStore, new_conversation, title_from, to_json, to_markdow
 from ..services.tasks.chat import (DEFAULT_SYSTEM, PRESETS, build_messages, context_report, continue_prompt,
                           describe_dropped, make_settings, plain_prompt, too_long_for)
 from .common import NoModelError, Throttle, current_model, friendly, notice_md, stats_md, warn
-from .i18n import lang_of, tr
+from .i18n import lang_of, say, tr
 
 
 def view(conv: dict | None) -> list[dict]:
@@ -236,7 +236,7 @@ class ChatHandlers:
             return f"<div class='meter'>{tr(lang, 'chat.meter_error', error=html.escape(friendly(e, lang)))}</div>"
         note = ""
         if r.error:
-            note = tr(lang, "chat.meter_too_long", error=html.escape(r.error))
+            note = tr(lang, "chat.meter_too_long", error=html.escape(say(lang, r.error)))
         elif r.dropped:
             note = tr(lang, "chat.meter_dropped", dropped=describe_dropped(messages, r.dropped))
         return meter_html(r, tr(lang, "chat.meter_draft") if typed else "", note, lang)

@@ -9,7 +9,7 @@ import gradio as gr
 
 from ..services import download as dl
 from .common import PRIVATE
-from .i18n import lang_of, t, tr
+from .i18n import lang_of, say, t, tr
 
 EXAMPLE_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
 
@@ -23,7 +23,7 @@ def file_label(f: dl.RepoFile, lang: str | None = None) -> str:
 
 
 def progress_md(status: dict, lang: str | None = None) -> str:
-    """The job's state as Markdown; its own message (from services.download) stays as it words it."""
+    """The job's state as Markdown; its own message (a Message from services.download) said in ``lang``."""
     state = status.get("state", "idle")
     if state == "idle":
         return ""
@@ -35,7 +35,7 @@ def progress_md(status: dict, lang: str | None = None) -> str:
         return tr(lang, "dl.progress", what=what, pct=f"{pct:.1f}", done=f"{done / 1e6:.1f}",
                   total=f"{total / 1e6:.1f}") + f"\n\n{bar}"
     mark = {"failed": "⚠ ", "cancelled": "⏹ ", "done": "✅ "}.get(state, "")
-    return f"{mark}{what}: {status.get('message', '')}"
+    return f"{mark}{what}: {say(lang, status.get('message', ''))}"
 
 
 def list_choices(services, repo: str, lang: str | None = None):
@@ -43,7 +43,7 @@ def list_choices(services, repo: str, lang: str | None = None):
     try:
         files, _ = dl.list_files(repo, services.downloads.memory_bytes)
     except dl.DownloadError as e:
-        return gr.update(choices=[], value=None), f"⚠ {e}"
+        return gr.update(choices=[], value=None), f"⚠ {say(lang, e)}"
     ggufs = dl.gguf_files(files)
     if not ggufs:
         return gr.update(choices=[], value=None), tr(lang, "dl.no_gguf", repo=repo)
@@ -84,7 +84,7 @@ def _wire(services, c: dict, outs: list, refreshed, keep):
         try:
             jobs.start(dl.check_repo(repo), name or None)
         except dl.DownloadError as e:
-            yield f"⚠ {e}", *[gr.skip()] * len(outs)
+            yield f"⚠ {say(lang, e)}", *[gr.skip()] * len(outs)
             return
         version, status = jobs.wait(0.0)
         while status["state"] == "running":

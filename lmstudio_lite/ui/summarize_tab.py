@@ -14,7 +14,7 @@ from ..services.tasks.chat import Settings
 from ..services.tasks.summarize import STYLES, budgets, summarize
 from ..services.tasks.text import token_counter
 from .common import LLM, PRIVATE, Throttle, current_model, friendly, notice_md, read_text_file, warn
-from .i18n import lang_of, t, tr
+from .i18n import lang_of, say, t, tr
 
 DEFAULT_STYLE = "Short paragraph"
 STYLE_KEYS = {"One sentence": "sum.style_sentence", "Short paragraph": "sum.style_paragraph",
@@ -56,7 +56,7 @@ class SummarizeHandlers:
                       reply=f"{reply:,}")
             throttle, parts = Throttle(), 0
             for step in summarize(model, text, style, task_settings(max_new, temperature)):
-                progress((step.done, step.total), desc=step.desc)
+                progress((step.done, step.total), desc=say(lang, step.desc))
                 if step.total > 2 and not parts:  # the first round tells how the text was cut
                     parts = step.total - 1
                     info = tr(lang, "sum.info_parts", tokens=f"{n_tokens:,}", parts=parts, reply=f"{reply:,}")

@@ -12,7 +12,7 @@ import gradio as gr
 from ..services.tasks.translate import (AUTO, LANGUAGES, card_languages, detect_language, language_choices, resolve_source,
                                translate)
 from .common import LLM, PRIVATE, Throttle, current_model, friendly, notice_md, warn
-from .i18n import lang_of, t, tr
+from .i18n import lang_of, say, t, tr
 from .models_tab import enclosing_tab
 from .summarize_tab import task_settings
 
@@ -75,7 +75,7 @@ class TranslateHandlers:
                                      known=", ".join(tr(ui, f"lang.{x}") for x in known)))) if off else ""
             throttle = Throttle()
             for step in translate(model, text, src, tgt, task_settings(max_new, temperature)):
-                progress((step.done, step.total), desc=step.desc)
+                progress((step.done, step.total), desc=say(ui, step.desc))
                 if step.final or throttle.ready():
                     yield step.text, note
         except Exception as e:

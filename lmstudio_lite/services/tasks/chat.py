@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ...messages import Message
+
 DEFAULT_SYSTEM = "You are a helpful assistant."
 # A message longer than this many characters per context token cannot fit whatever the
 # tokenizer does (no vocabulary has tokens this long), so it is refused before tokenizing.
@@ -73,12 +75,13 @@ def turn_numbers(messages: list[dict], indexes: list[int]) -> list[int]:
 
 
 def describe_dropped(messages: list[dict], dropped: list[int]) -> str:
-    """'messages 1–4 (the oldest)' — what a truncation leaves out, in words."""
+    """'messages 1–4 (the oldest)' — what a truncation leaves out, in words (a Message, '' for nothing)."""
     nums = turn_numbers(messages, dropped)
     if not nums:
         return ""
-    span = f"message {nums[0]}" if len(nums) == 1 else f"messages {nums[0]}–{nums[-1]}"
-    return f"{span} (the oldest; the system prompt is kept)"
+    if len(nums) == 1:
+        return Message("chat.dropped_one", n=nums[0])
+    return Message("chat.dropped_span", first=nums[0], last=nums[-1])
 
 
 def too_long_for(context_length: int, text: str) -> bool:
@@ -122,15 +125,15 @@ def context_report(model, messages: list[dict], max_new_tokens: int, sending: bo
     if not messages:
         return ContextReport(0, limit, reserve, max_new=max_new)
     if too_long_for(limit, messages[-1]["content"]):
-        return ContextReport(limit, limit, reserve, max_new=max_new, error=(
-            f"the last message is {len(messages[-1]['content']):,} characters, far more than the model's "
-            f"context of {limit:,} tokens") if sending else None)
+        return ContextReport(limit, limit, reserve, max_new=max_new, error=Message(
+            "chat.err_last_too_long", chars=f"{len(messages[-1]['content']):,}", limit=f"{limit:,}")
+            if sending else None)
     try:
         prepared = model.prepare(messages, max_new, on_overflow="truncate")
     except ContextOverflowError as e:
-        return ContextReport(min(e.prompt_tokens, limit), limit, reserve, max_new=max_new, error=(
-            f"the last message alone needs {e.prompt_tokens:,} tokens but the context holds {limit:,} "
-            f"with {reserve:,} kept for the reply") if sending else None)
+        return ContextReport(min(e.prompt_tokens, limit), limit, reserve, max_new=max_new, error=Message(
+            "chat.err_last_needs", n=f"{e.prompt_tokens:,}", limit=f"{limit:,}", reserve=f"{reserve:,}")
+            if sending else None)
     return ContextReport(len(prepared.ids), limit, reserve, list(prepared.dropped_turns), max_new=max_new)
 
 
@@ -139,7 +142,7 @@ def continue_prompt(tokenizer, messages: list[dict]) -> str:
     writing it (like transformers' ``continue_final_message``): render without a generation
     prompt and cut everything the template put after the message's text."""
     if not messages or messages[-1]["role"] != "assistant":
-        raise ValueError("there is no assistant reply to continue")
+        raise ValueError(Message("chat.err_no_reply_to_continue"))
     text = tokenizer.render_chat(messages, add_generation_prompt=False)
     last = messages[-1]["content"]
     cut = text.rfind(last) if last else -1

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ...generation import SamplingParams
+from ...messages import Message
 from ...threads import use_inference_threads
 from .chat import MAX_CHARS_PER_TOKEN
 
@@ -83,17 +84,17 @@ def encode(model, text: str) -> list[int]:
     """The text's ids, or InspectError naming the cap. A text that already starts with the
     BOS token (a rendered chat) gets no second one."""
     if not (text or "").strip():
-        raise InspectError("Type or pick a text to inspect first.")
+        raise InspectError(Message("inspect.err_empty"))
     cap = token_cap(model)
-    too_long = (f"Inspect shows at most {cap} tokens (the cap); this text is {{}}. "
-                "Shorten it and inspect again.")
     if len(text) > cap * MAX_CHARS_PER_TOKEN:  # far over whatever the tokenizer does
-        raise InspectError(too_long.format(f"{len(text):,} characters"))
+        raise InspectError(Message("inspect.err_too_long", cap=cap,
+                                   size=Message("inspect.n_chars", n=f"{len(text):,}")))
     tok = model.tokenizer
     bos = tok.bos_token
     ids = tok.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
     if len(ids) > cap:
-        raise InspectError(too_long.format(f"{len(ids):,} tokens"))
+        raise InspectError(Message("inspect.err_too_long", cap=cap,
+                                   size=Message("inspect.n_tokens", n=f"{len(ids):,}")))
     return ids
 
 
@@ -159,7 +160,7 @@ def attention(model, text: str, layer: int, head: int | None = None) -> list[lis
     """Layer ``layer``'s attention weights [query][key] over the text's tokens, for one head
     or (``head`` None) the mean over heads. Each row sums to 1; keys after the query are 0."""
     if head is not None and not 0 <= head < model.config.n_head:
-        raise InspectError(f"Head {head} does not exist: the model has heads 0 to {model.config.n_head - 1}.")
+        raise InspectError(Message("inspect.err_no_head", head=head, last=model.config.n_head - 1))
     w = attention_heads(model, text, layer)
     return (w.mean(0) if head is None else w[head]).tolist()
 
@@ -168,7 +169,7 @@ def attention_heads(model, text: str, layer: int) -> torch.Tensor:
     """Every head of one layer: float32 [H, T, T] on the CPU."""
     n_layer = model.config.n_layer
     if not 0 <= layer < n_layer:
-        raise InspectError(f"Layer {layer} does not exist: the model has layers 0 to {n_layer - 1}.")
+        raise InspectError(Message("inspect.err_no_layer", layer=layer, last=n_layer - 1))
     ids = encode(model, text)
     with _inference(model):
         _, attn = model.model.trace(torch.tensor([ids], device=model.device), attention_layers=(layer,))
@@ -181,9 +182,9 @@ def branch(model, text: str, index: int, token_id: int, max_new: int = BRANCH_TO
     -> (the text up to ``index``, the new text from ``token_id`` on), both decoded."""
     ids = encode(model, text)
     if not 0 <= index < len(ids):
-        raise InspectError(f"Position {index} is outside the text's {len(ids)} tokens.")
+        raise InspectError(Message("inspect.err_no_position", index=index, n=len(ids)))
     if not 0 <= token_id < model.config.vocab_size:
-        raise InspectError(f"Token id {token_id} is outside the vocabulary.")
+        raise InspectError(Message("inspect.err_no_token", id=token_id))
     seq = ids[:index + 1] + [token_id]
     steps = min(max_new, model.context_length - len(seq))
     if steps > 0:
@@ -222,7 +223,7 @@ def reply_probabilities(model, messages: list[dict], reply: str, top: int = 5) -
         return []
     reply_ids = reply_ids[:model.context_length - 1]
     if not prompt:
-        raise InspectError("The chat template rendered an empty prompt: there is nothing to predict the reply from.")
+        raise InspectError(Message("inspect.err_empty_prompt"))
     prompt = prompt[-(model.context_length - len(reply_ids)):]
     seq = prompt + reply_ids
     net = model.model
@@ -247,7 +248,7 @@ def chat_text(model, messages: list[dict]) -> str:
     """What the Chat tab's Inspect sends: the conversation as the model reads it (its chat
     template), or, when that is over the cap, the last exchange, or else the last message."""
     if not messages:
-        raise InspectError("The chat is empty: send a message first, then inspect the reply.")
+        raise InspectError(Message("inspect.err_empty_chat"))
     tok, cap = model.tokenizer, token_cap(model)
     tail = [m for m in messages[-2:] if m.get("role") != "system"]
     for candidate in (messages, tail):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+from ...messages import Message
 from .text import Step, prompt_overhead, run_messages, split_text, token_counter
 
 SYSTEM = "You summarize text faithfully. Use only facts from the text; add nothing."
@@ -103,8 +104,7 @@ def budgets(model, max_new_tokens: int, style: str = "Short paragraph") -> tuple
     reply = max(8, min(int(max_new_tokens), free // 3))
     chunk = free - reply
     if chunk < 24:
-        raise ValueError(f"the model's context ({model.context_length} tokens) is too small to summarize with; "
-                         "it needs room for the instructions, a part of the text and the summary")
+        raise ValueError(Message("sum.err_small_context", n=model.context_length))
     return chunk, reply, max(8, min(reply, chunk // 3))
 
 
@@ -121,7 +121,7 @@ def plan(model, text: str, max_new_tokens: int, style: str = "Short paragraph") 
 def summarize(model, text: str, style: str, settings, cancel=None) -> Iterator[Step]:
     """Stream a summary of ``text``: ``Step``s with progress and the text to show so far."""
     if not text or not text.strip():
-        raise ValueError("there is no text to summarize")
+        raise ValueError(Message("sum.err_no_text"))
     count = token_counter(model.tokenizer)
     budget, reply, map_reply = budgets(model, settings.max_new_tokens, style)
     chunks = split_text(text, count, budget)
@@ -129,11 +129,12 @@ def summarize(model, text: str, style: str, settings, cancel=None) -> Iterator[S
     while len(chunks) > 1:
         level += 1
         if level > MAX_LEVELS:
-            raise ValueError("the text is too long to summarize with this model's context")
+            raise ValueError(Message("sum.err_too_long"))
         parts = []
         for i, chunk in enumerate(chunks):
             shown = _parts_text(parts, level)
-            desc = f"Summarizing part {i + 1} of {len(chunks)}" + (f" (round {level})" if level > 1 else "")
+            desc = (Message("sum.step_part_round", i=i + 1, n=len(chunks), level=level) if level > 1
+                    else Message("sum.step_part", i=i + 1, n=len(chunks)))
             yield Step(i, len(chunks) + 1, desc, shown)
             partial = ""
             for delta in run_messages(model, summary_messages(chunk, MAP_STYLE), settings, map_reply, cancel):
@@ -151,14 +152,14 @@ def summarize(model, text: str, style: str, settings, cancel=None) -> Iterator[S
 
 
 def _final(model, messages, settings, reply, cancel, n_parts, style) -> Iterator[Step]:
-    desc = "Combining the parts" if n_parts else "Summarizing"
+    desc = Message("sum.step_combining" if n_parts else "sum.step_summarizing")
     total = n_parts + 1
     yield Step(n_parts, total, desc, "")
     out = ""
     for delta in run_messages(model, messages, settings, reply, cancel):
         out += delta
         yield Step(n_parts, total, desc, shaped(style, out))
-    yield Step(total, total, "Done", shaped(style, out, final=True), final=True)
+    yield Step(total, total, Message("sum.step_done"), shaped(style, out, final=True), final=True)
 
 
 def _parts_text(parts: list[str], level: int) -> str:

@@ -11,6 +11,8 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from ...messages import Message
+
 PARAGRAPH_RE = re.compile(r"\n\s*\n")
 SENTENCE_RE = re.compile(r"(?<=[.!?;:。！？；])\s+|(?<=[。！？])")
 
@@ -74,7 +76,7 @@ def _pack(pieces: list[str], sep: str, count: Callable[[str], int], budget: int)
 def split_text(text: str, count: Callable[[str], int], budget: int) -> list[str]:
     """Chunks of ``text`` of at most ``budget`` tokens each, in order, split at natural boundaries."""
     if budget < 1:
-        raise ValueError("the token budget must be at least 1")
+        raise ValueError(Message("sum.err_budget"))
     text = text.strip()
     if not text:
         return []

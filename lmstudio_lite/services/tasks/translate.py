@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from ...messages import Message
 from .text import Step, paragraphs, prompt_overhead, run_messages, split_text, token_counter
 
 AUTO = "Auto-detect"
@@ -137,6 +138,11 @@ def translate_messages(text: str, src: str, tgt: str) -> list[dict]:
             {"role": "user", "content": f"Translate {src} to {tgt}:\n{text}"}]
 
 
+def language_name(name: str):
+    """A language's name, said in the page's language where we know it (a Message), else as it is."""
+    return Message(f"lang.{name}") if name in LANGUAGES else name
+
+
 def resolve_source(text: str, src: str) -> str:
     """The source language name; Auto-detect falls back to English when unsure."""
     if src != AUTO:
@@ -149,7 +155,7 @@ def piece_budget(model, src: str, tgt: str) -> int:
     overhead = prompt_overhead(model, lambda t: translate_messages(t, src, tgt))
     budget = int((model.context_length - overhead) / 2.5)
     if budget < 8:
-        raise ValueError(f"the model's context ({model.context_length} tokens) is too small to translate with")
+        raise ValueError(Message("trans.err_small_context", n=model.context_length))
     return budget
 
 
@@ -177,10 +183,10 @@ def cut_at_stop(out: str, stop: str) -> tuple[str, bool]:
 def translate(model, text: str, src: str, tgt: str, settings, cancel=None) -> Iterator[Step]:
     """Stream the translation: ``Step``s whose text is everything translated so far."""
     if not text or not text.strip():
-        raise ValueError("there is no text to translate")
+        raise ValueError(Message("trans.err_no_text"))
     src = resolve_source(text, src)
     if src == tgt:
-        yield Step(1, 1, "Done", text.strip(), final=True)
+        yield Step(1, 1, Message("sum.step_done"), text.strip(), final=True)
         return
     paras = pieces(model, text, src, tgt)
     total = sum(len(p) for p in paras)
@@ -189,7 +195,7 @@ def translate(model, text: str, src: str, tgt: str, settings, cancel=None) -> It
     for para in paras:
         current = []
         for piece in para:
-            desc = f"Translating part {n + 1} of {total} ({src} → {tgt})"
+            desc = Message("trans.step_part", i=n + 1, n=total, src=language_name(src), tgt=language_name(tgt))
             out, stop = "", piece_stop(piece)
             deltas = run_messages(model, translate_messages(piece, src, tgt), settings, cancel=cancel)
             try:
@@ -205,7 +211,8 @@ def translate(model, text: str, src: str, tgt: str, settings, cancel=None) -> It
             if cancel is not None and cancel.is_set():
                 return
         done_paras.append(" ".join(current))
-    yield Step(total, total, f"Done ({src} → {tgt})", _join(done_paras, []), final=True)
+    yield Step(total, total, Message("trans.step_done", src=language_name(src), tgt=language_name(tgt)),
+               _join(done_paras, []), final=True)
 
 
 def _join(done: list[str], current: list[str]) -> str:
