@@ -125,7 +125,8 @@ def test_stop_on_a_waiting_reply_returns_within_a_step_of_a_long_prefill(ui_mode
     other = model.generate("Once upon a time there was a dog. " * 400, max_new_tokens=1, ignore_eos=True,
                            on_overflow="truncate")
     assert other.stats["prompt_tokens"] > 1500
-    next(other.waiting(), None)  # it joins first and takes the only row
+    for _ in other.waiting():  # it joins first and takes the only row (returns once placed)
+        pass
     _, conv, _, _, job, _ = h.submit("Hello", None, "", [])
     gen = h.run(job, conv, "", *SAMPLING)
     next(gen)  # the reply's stream exists
