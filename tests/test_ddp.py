@@ -27,7 +27,7 @@ def base(tmp_path_factory):
 
 
 # Each case starts three Python processes (torchrun + 2 ranks) that import torch: ~20 s on 2 busy cores.
-@pytest.mark.parametrize("lora", [0, pytest.param(4, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("lora", [0, pytest.param(4, marks=[pytest.mark.slow, pytest.mark.heavy])])  # LoRA under DDP: -m heavy
 def test_two_gloo_processes_match_one_process(base, tmp_path, monkeypatch, lora):
     data = write_text(tmp_path / "data.txt", repeat=40)
     # float32: bf16 autocast rounds a 2-row and a 4-row matmul differently, and this test is about DDP's math.

@@ -265,6 +265,7 @@ def _continue_regenerate_edit_and_show_prompt(page):
     expect(page.locator("#prompt-view textarea")).to_be_in_viewport()
 
 
+@pytest.mark.heavy  # starts its own app: ~10 s (a broken folder at start-up is covered by test_ui_client and test_bad_configs)
 def test_broken_model_folder_is_reported_and_the_app_answers(browser, ui_models, tmp_path, shots):
     app = start_app(ui_models["broken"], tmp_path / "home")
     try:

@@ -188,6 +188,7 @@ def reattached_after_reload(app, page, run_id: str, step: int, blank: bytes, sho
     page.screenshot(path=str(shots / "train-4-reattached.png"), full_page=True)
 
 
+@pytest.mark.heavy  # ~31 s of training in the page; bench/new_user_walk.py also checks the reload (D11) and Cancel (D3) in chromium
 def test_train_live_plot_reload_reattach_cancel(browser, app, tmp_path):  # noqa: F811
     from playwright.sync_api import expect
 
