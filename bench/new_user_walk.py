@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from fixtures_ui import CHROMIUM, CHROMIUM_ARGS, open_page, start_app  # noqa: E402
+from fixtures_ui import BROKEN_WORDS_JS, CHROMIUM, CHROMIUM_ARGS, open_page, start_app  # noqa: E402
 from shared_data import SHARED_DATA  # noqa: E402
 
 USER = "#chatbot [data-testid=user]"
@@ -322,21 +322,6 @@ def inspect(w: Walk):
 
 
 # -- Models ------------------------------------------------------------------------------------------
-
-BROKEN_WORDS_JS = """() => {
-    const out = [];
-    for (const th of document.querySelectorAll('#models-table th')) {
-        const walker = document.createTreeWalker(th, NodeFilter.SHOW_TEXT);
-        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
-            for (const m of node.textContent.matchAll(/\\S+/g)) {
-                const r = document.createRange();
-                r.setStart(node, m.index); r.setEnd(node, m.index + m[0].length);
-                const tops = new Set([...r.getClientRects()].map(x => Math.round(x.top)));
-                if (tops.size > 1) out.push(m[0]);
-            }
-        }
-    }
-    return out; }"""
 
 
 def models(w: Walk, scratch: Path):

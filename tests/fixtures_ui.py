@@ -191,3 +191,20 @@ def quiet_toasts():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+
+
+# The words of the Models table's headers that wrap inside themselves (D12: headers broke mid-word).
+BROKEN_WORDS_JS = """() => {
+    const out = [];
+    for (const th of document.querySelectorAll('#models-table th')) {
+        const walker = document.createTreeWalker(th, NodeFilter.SHOW_TEXT);
+        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+            for (const m of node.textContent.matchAll(/\\S+/g)) {
+                const r = document.createRange();
+                r.setStart(node, m.index); r.setEnd(node, m.index + m[0].length);
+                const tops = new Set([...r.getClientRects()].map(x => Math.round(x.top)));
+                if (tops.size > 1) out.push(m[0]);
+            }
+        }
+    }
+    return out; }"""

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
-from fixtures_ui import open_page, start_app
+from fixtures_ui import BROKEN_WORDS_JS, open_page, start_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 from playwright.sync_api import expect  # noqa: E402
@@ -215,20 +215,7 @@ def test_models_table_headers_break_between_words(browser, slow_app, shots):
         page.click("#tab-models-button")
         expect(page.locator("#models-table")).to_contain_text("slow-chat")  # filled when the tab opens
         page.screenshot(path=str(shots / "09-models-narrow.png"))
-        broken = page.evaluate("""() => {
-            const out = [];
-            for (const th of document.querySelectorAll('#models-table th')) {
-                const walker = document.createTreeWalker(th, NodeFilter.SHOW_TEXT);
-                for (let node = walker.nextNode(); node; node = walker.nextNode()) {
-                    for (const m of node.textContent.matchAll(/\\S+/g)) {
-                        const r = document.createRange();
-                        r.setStart(node, m.index); r.setEnd(node, m.index + m[0].length);
-                        const tops = new Set([...r.getClientRects()].map(x => Math.round(x.top)));
-                        if (tops.size > 1) out.push(m[0]);
-                    }
-                }
-            }
-            return out; }""")
+        broken = page.evaluate(BROKEN_WORDS_JS)
         assert broken == [], f"header words split across lines: {broken}"
     finally:
         ctx.close()
