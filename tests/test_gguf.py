@@ -11,6 +11,7 @@ import torch
 
 from fixtures_gguf import smollm2_path  # noqa: F401
 from helpers_gguf import STORIES_GGUF, random_model, write_gguf
+from helpers_int8 import kernel_rounds_activations
 from lmstudio_lite import load_model
 from lmstudio_lite.checkpoints.errors import CheckpointError
 from lmstudio_lite.checkpoints.folder import save_folder
@@ -252,11 +253,31 @@ def test_smollm2_logits_match_transformers_gguf_loader(smollm2, smollm2_path):  
     torch.testing.assert_close(ours, theirs, atol=1e-3, rtol=0)
 
 
-def test_smollm2_answers_paris(smollm2):
-    stream = smollm2.generate([{"role": "user", "content": "What is the capital of France?"}],
-                              max_new_tokens=12, temperature=0)
-    assert "Paris" in "".join(stream)
-    assert stream.stats["finish_reason"] == "stop"  # it ends its turn with <|im_end|>
+# llama.cpp's greedy answers from the same file (its Q4_1 rows on int8 activations, as ours), by
+#   llama-completion -m SmolLM2-135M-Instruct.Q4_1.gguf -no-cnv --temp 0 -n 32 -t 2 --no-repack -p "<chat prompt>"
+# with the file's chat template and default system prompt; llama.cpp from ../shared/tools/llamacpp.sh.
+LLAMA_CPP_ANSWERS = {
+    "What is the capital of France?": "L'Étoile, la Marseillaise, la femme au roi, la femme au roi, la femme au roi",
+    "Give me three tips for sleeping well.": "1. **Avoiding Caffeine and Alcohol Before Bed**: Caffeine and alcohol can "
+                                             "interfere with sleep, so try to avoid both of them before bedtime.",
+}
+
+
+def test_smollm2_answers_as_llama_cpp_does(smollm2):
+    """Where the kernel rounds the activations to int8 as llama.cpp does, the published Q4_1 file
+    answers as llama.cpp answers from it, word for word over the tokens below (at "France" the two
+    part after 7 tokens of 32, as float32 sums in another order meet a near tie). The exact build
+    (no VNNI) answers as the float32 weights do: that first token is a near tie between the two
+    answers, "L'" and "The" (float32 says "The capital of France is Paris.")."""
+    int8 = kernel_rounds_activations()
+    for prompt, tokens in (("What is the capital of France?", 7), ("Give me three tips for sleeping well.", 30)):
+        stream = smollm2.generate([{"role": "user", "content": prompt}], max_new_tokens=tokens, temperature=0)
+        text = "".join(stream)
+        assert stream.stats["new_tokens"] == tokens
+        if int8:
+            assert LLAMA_CPP_ANSWERS[prompt].startswith(text), (prompt, text)
+        elif prompt.endswith("France?"):
+            assert "Paris" in text
 
 
 

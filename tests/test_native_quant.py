@@ -5,18 +5,24 @@ exactly (checked against gguf.quants below) and multiply in float32. Tolerances:
 
 - float32 and bf16 weights are exact in both; only the order of float32 summation
   differs: 1e-4 on values of order 1.
-- Q8_0/Q4_0/Q4_1: the kernel dequantizes each block exactly in registers and
-  accumulates in float32, like the reference, so the same tolerance holds;
-  ``test_quantized_gemv_equals_the_dequantized_matrix`` checks one GEMV against float64.
-  (An int8-activation kernel, as llama.cpp has, was measured and dropped: see native/decode.c.)
+- Q8_0, and Q4_0/Q4_1 in the plain C and AVX2 builds: the kernel dequantizes each block exactly
+  in registers and accumulates in float32, like the reference, so the same tolerance holds.
+- Q4_0/Q4_1 where the CPU has AVX-512 VNNI: the kernel rounds the activation to int8 per block,
+  as llama.cpp does (native/gemv.h: rows_q4_int8); the reference then rounds each Q4 layer's
+  input the same way (helpers_int8), and the same tolerance holds.
+  ``test_quantized_gemv_equals_the_dequantized_matrix`` checks one GEMV against float64, with the
+  error bound that rounding implies.
 """
 from __future__ import annotations
+
+import os
 
 import gguf
 import numpy as np
 import pytest
 import torch
 
+from helpers_int8 import assert_close_after_rounding, kernel_arithmetic, kernel_rounds_activations, round_like_kernel
 from hf_models import VOCAB, build
 from lmstudio_lite import native
 from lmstudio_lite.checkpoints.folder import load_weights
@@ -74,13 +80,16 @@ def model_in(folder, fmt: str):
     return InferenceModel(net), net
 
 
-def reference_rows(ref, prompts, steps):
-    """Per row, its own 1-row cache through the reference forward: hidden states [n_steps, rows, C], caches."""
+def reference_rows(ref, prompts, steps, int8: bool = False):
+    """Per row, its own 1-row cache through the reference forward: hidden states [n_steps, rows, C], caches.
+    With ``int8``, the steps' Q4 layers round their input as the kernel's int8 path does (prefill,
+    which the native rows copy, stays exact)."""
     caches, hidden = [], []
     with torch.inference_mode():
         for p in prompts:
             caches.append(KVCache(ref.config, 1, 32))
             ref(torch.tensor([p]), 0, caches[-1])
+    with torch.inference_mode(), kernel_arithmetic(int8):
         for s, toks in enumerate(steps):
             hidden.append(torch.cat([ref.forward_hidden(torch.tensor([[t]]), len(p) + s, c)[0]
                                      for t, p, c in zip(toks, prompts, caches)]))
@@ -103,12 +112,15 @@ def native_rows(model, decoder, ref, prompts, steps, slots, cache_dtype=torch.fl
     return torch.stack(hidden), cache
 
 
-def check(fmt, got, ref, got_cache, ref_caches, slots):
-    tol = dict(atol=1e-4, rtol=1e-4)  # every format: exact weights, float32 sums (module docstring)
-    torch.testing.assert_close(got, ref, **tol)
-    for c, s in zip(ref_caches, slots):
-        torch.testing.assert_close(got_cache.k[:, s].float(), c.k[:, 0], **tol)
-        torch.testing.assert_close(got_cache.v[:, s].float(), c.v[:, 0], **tol)
+def check(fmt, got, ref, got_cache, ref_caches, slots, int8: bool = False):
+    """Every format: exact weights, float32 sums (module docstring); ``int8``: against the rounded reference."""
+    pairs = [(got, ref)] + [(got_cache.k[:, s].float(), c.k[:, 0]) for c, s in zip(ref_caches, slots)] \
+        + [(got_cache.v[:, s].float(), c.v[:, 0]) for c, s in zip(ref_caches, slots)]
+    for a, b in pairs:
+        if int8:
+            assert_close_after_rounding(a, b)
+        else:
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
 PROMPTS = [[1, 5, 17, 42, 8], [3, 9], [7, 7, 60, 2, 11, 13, 4, 30], [50], [4, 4, 4], [12, 90, 33, 1], [8, 6], [2, 3, 5, 7]]
@@ -121,18 +133,21 @@ def test_native_step_matches_pytorch_in_every_format(folders, kind, fmt):
     assert model.native is not None, native.status()
     steps = torch.randint(0, VOCAB, (4, 3), generator=torch.Generator().manual_seed(1)).tolist()
     prompts, slots = PROMPTS[:3], [2, 0, 1]  # rows at different positions, cache rows permuted
-    want, want_caches = reference_rows(ref, prompts, steps)
+    int8 = kernel_rounds_activations() and fmt in ("q4_0", "q4_1")
+    want, want_caches = reference_rows(ref, prompts, steps, int8=int8)
     for rows in (1, 3):
         got, cache = native_rows(model, model.native, ref, prompts[:rows], [s[:rows] for s in steps],
                                  slots[:rows] if rows > 1 else [0])
-        check(fmt, got, want[:, :rows], cache, want_caches[:rows], slots[:rows] if rows > 1 else [0])
+        check(fmt, got, want[:, :rows], cache, want_caches[:rows], slots[:rows] if rows > 1 else [0], int8)
 
 
 @pytest.mark.parametrize("build_kind", ["plain", "avx2"])
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_other_builds_match_pytorch_with_eight_rows(folders, request, build_kind, fmt):
     model, ref = model_in(folders["llama-gqa-untied"], fmt)
-    decoder = NativeDecoder(model, request.getfixturevalue(f"{build_kind}_lib"))
+    lib = request.getfixturevalue(f"{build_kind}_lib")
+    assert not kernel_rounds_activations(lib)  # these builds are exact in every format
+    decoder = NativeDecoder(model, lib)
     steps = torch.randint(0, VOCAB, (3, 8), generator=torch.Generator().manual_seed(2)).tolist()
     slots = [5, 3, 0, 7, 1, 2, 6, 4]
     want, want_caches = reference_rows(ref, PROMPTS, steps)
@@ -155,9 +170,10 @@ def test_projections_mixing_formats_run_in_the_kernel(folders):
     assert decoder is not None, native.status()  # a refused part made it None before (PyTorch step)
     steps = torch.randint(0, VOCAB, (2, 3), generator=torch.Generator().manual_seed(5)).tolist()
     slots = [2, 0, 1]
-    want, want_caches = reference_rows(model, PROMPTS[:3], steps)
+    int8 = kernel_rounds_activations()
+    want, want_caches = reference_rows(model, PROMPTS[:3], steps, int8=int8)
     got, cache = native_rows(inference, decoder, model, PROMPTS[:3], steps, slots)
-    check("mixed", got, want, cache, want_caches, slots)
+    check("mixed", got, want, cache, want_caches, slots, int8)
 
 
 def test_eight_rows_equal_one_row_at_a_time(folders):
@@ -186,9 +202,13 @@ def test_bf16_cache_is_written_rounded_to_nearest_even(folders):
 
 
 @pytest.mark.parametrize("lib_kind", ["native", "plain", "avx2"])
-@pytest.mark.parametrize("qtype", list(QTYPES))
+@pytest.mark.parametrize("qtype", [*QTYPES, "q8_0r"])
 def test_quantized_gemv_equals_the_dequantized_matrix(request, lib_kind, qtype):
+    """q8_0r: Q8_0 blocks on int8 activations (a 4-bit model's head; exact in the other builds)."""
     lib = native.decode_library() if lib_kind == "native" else request.getfixturevalue(f"{lib_kind}_lib")
+    code = native.Q8_0_ROUNDED if qtype == "q8_0r" else QTYPES[qtype]
+    qtype = qtype.removesuffix("r")
+    rounded = kernel_rounds_activations(lib) and code != QTYPES["q8_0"]
     # more rows than one group of 8: lml_linear takes them 8 at a time, the 9th alone (one-row kernels);
     # 18 blocks a row: one group of 16 whose scales AVX-512 converts together, then 2 one by one; 54 outputs
     # in chunks of 16, 16, 16 and 6: the one-row kernels' 4 streams of 4 rows, of 1 row and 2 rows left over
@@ -202,13 +222,32 @@ def test_quantized_gemv_equals_the_dequantized_matrix(request, lib_kind, qtype):
     out = torch.empty(B, N)
     scratch = torch.empty(lib.lml_linear_scratch_floats(K, N, B, 2))
     blocks_t = torch.from_numpy(blocks)
-    lib.lml_linear(QTYPES[qtype], blocks_t.data_ptr(), bias.data_ptr(), K, N, B, x.data_ptr(), out.data_ptr(),
+    lib.lml_linear(code, blocks_t.data_ptr(), bias.data_ptr(), K, N, B, x.data_ptr(), out.data_ptr(),
                    scratch.data_ptr(), 2)
     exact = x.double() @ wd.double().t() + bias.double()
     # float32 accumulation of K products: a few ulps of the sum of their magnitudes
     slack = 4 * K * 2.0 ** -24 * (x.abs().double() @ wd.abs().double().t() + bias.abs().double())
     err = (out.double() - exact).abs()
-    assert (err <= slack).all(), (err / slack).max()
+    if not rounded:
+        assert (err <= slack).all(), (err / slack).max()
+        return
+    # int8 activations: exactly x rounded per block (dx = max|x| / 127) times the weights ...
+    rounded = round_like_kernel(x).double()
+    err_rounded = (out.double() - (rounded @ wd.double().t() + bias.double())).abs()
+    assert (err_rounded <= slack).all(), (err_rounded / slack).max()
+    # ... so off the exact product by at most sum over blocks of dx / 2 * sum |w|: the bound to expect
+    dx = x.double().reshape(B, K // 32, 32).abs().amax(-1) / 127
+    bound = (dx / 2) @ wd.double().abs().reshape(N, K // 32, 32).sum(-1).t()
+    assert (err <= bound + slack).all(), (err / (bound + slack)).max()
+    assert err.max() > 10 * err_rounded.max()  # it is the rounding that errs, not the sums
+
+
+def test_int8_path_is_built_where_the_cpu_has_it():
+    """The faster Q4 kernel must not fall away unnoticed on a CPU that has the instructions."""
+    flags = set(open("/proc/cpuinfo").read().split()) if os.path.exists("/proc/cpuinfo") else set()
+    lib = native.decode_library()
+    want = lib.lml_simd_level() == 2 and {"avx512_vnni", "avx512vbmi"} <= flags
+    assert kernel_rounds_activations(lib) == want
 
 
 def test_quantize_model_dequantizes_like_gguf(folders):

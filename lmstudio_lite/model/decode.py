@@ -13,8 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..native import FORMATS as _FORMATS, decode_library
+from ..native import FORMATS as _FORMATS, Q8_0_ROUNDED, decode_library
 from ..threads import kernel_threads
+from .quant import weight_format
 
 _NATIVE_ACTS = {"silu": 0, "gelu_new": 1, "gelu_pytorch_tanh": 1, "gelu_fast": 1, "gelu": 2, "relu": 3}
 # the GGUF block size of each quantized format
@@ -41,6 +42,11 @@ class NativeDecoder:
         model, cfg = inference.net, inference.config
         self._lib = lib
         self._keep: list[torch.Tensor] = []
+        # Where the kernel rounds a 4-bit model's activations to int8 (as llama.cpp does), its Q8_0
+        # matrices (the head, a mixed file's v) round them too, so its answers follow llama.cpp's;
+        # a Q8_0 model stays exact (native/gemv.h: T_Q8_0R).
+        self._q8_0 = Q8_0_ROUNDED if lib.lml_int8() and weight_format(model) in ("q4_0", "q4_1") \
+            else _FORMATS["q8_0"]
         C, HD, FF = cfg.d_model, cfg.n_head * cfg.head_dim, cfg.d_ff
         KVD = cfg.n_kv_head * cfg.head_dim
         rows = []  # per layer, in the order of decode.c's P_* slots
@@ -122,7 +128,7 @@ class NativeDecoder:
                     or not w.is_contiguous():
                 raise ValueError(f"quantized {qtype} blocks of a {d_in} -> {d_out} layer must be contiguous "
                                  f"uint8 {want}, got {w.dtype} {tuple(w.shape)}")
-            fmt, data = _FORMATS[qtype], w
+            fmt, data = (self._q8_0 if qtype == "q8_0" else _FORMATS[qtype]), w
         else:
             w = layer.weight if w is None else w
             if w is None or tuple(w.shape) != (d_in, d_out):

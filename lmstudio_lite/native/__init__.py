@@ -32,6 +32,7 @@ SOURCE = Path(__file__).with_name("decode.c")
 PLAIN_C = "-DLML_PLAIN_C"  # a define that turns every intrinsic off (what ARM builds anyway)
 # decode.c's matrix formats (T_*)
 FORMATS = {"f32": 0, "bf16": 1, "q8_0": 2, "q4_0": 3, "q4_1": 4}
+Q8_0_ROUNDED = 5  # decode.c's T_Q8_0R: Q8_0 blocks on int8 activations (a 4-bit model's head)
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 
 _lock = threading.Lock()

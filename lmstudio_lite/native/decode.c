@@ -124,7 +124,8 @@ static proj proj_at(const int64_t *p, int nparts, int64_t K) {
     for (int i = 0; i < nparts && p[PART_N]; i++, p += PART_SLOTS, r.n++) {
         r.m[i] = (mat){p[PART_T], K, p[PART_N], (const void *)(intptr_t)p[PART_W]};
         r.bias[i] = F(p[PART_B]);
-        r.quant |= p[PART_T] >= T_Q8_0;
+        const int64_t type = p[PART_T];  /* prepare_act's bits: block sums, int8 in the Q4 and Q8_0 orders */
+        if (type >= T_Q8_0) r.quant |= 1 | (lml_int8() ? (type == T_Q8_0R ? 4 : type == T_Q8_0 ? 0 : 2) : 0);
     }
     return r;
 }
@@ -203,7 +204,7 @@ static int64_t up16(int64_t n) { return (n + 15) / 16 * 16; }
 
 /* The private (per thread) part of the scratch, in floats. */
 typedef struct {
-    int64_t h, rot, scores, r, r2, s, total;
+    int64_t h, rot, scores, r, r2, s, q4, q8, dx4, dx8, total;
 } layout;
 
 static layout private_layout(int64_t B, int64_t C, int64_t D, int64_t max_len, int64_t widest_n, int64_t widest_k) {
@@ -214,7 +215,11 @@ static layout private_layout(int64_t B, int64_t C, int64_t D, int64_t max_len, i
     l.r = l.scores + up16(max_len);           /* matvec results [B, widest_n] */
     l.r2 = l.r + up16(B * widest_n);          /* the gated MLP's up half */
     l.s = l.r2 + up16(B * widest_n);          /* an activation's block sums [B, widest_k/32] */
-    l.total = l.s + up16(B * widest_k / 32 + 1);
+    l.q4 = l.s + up16(B * widest_k / 32 + 1);      /* its int8 blocks (qact; bytes) */
+    l.q8 = l.q4 + up16(B * quads(widest_k) * 32);
+    l.dx4 = l.q8 + up16(B * pairs(widest_k) * 16);  /* and their scales */
+    l.dx8 = l.dx4 + up16(B * quads(widest_k) * 16);
+    l.total = l.dx8 + up16(B * pairs(widest_k) * 16);
     return l;
 }
 
@@ -310,7 +315,7 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
         float *mine = priv + t * lay.total, *h = mine + lay.h, *rot = mine + lay.rot, *sc = mine + lay.scores;
         float *r = mine + lay.r, *r2 = mine + lay.r2;
-        qact qa = {NULL, mine + lay.s};
+        qact qa = {NULL, mine + lay.s, (int8_t *)(mine + lay.q4), (int8_t *)(mine + lay.q8), mine + lay.dx4, mine + lay.dx8};
         const int64_t nq = chunks(Q, nt), nc = chunks(C, nt), nf = chunks(FF, nt), natt = B * KV;
         int64_t j0, n;
         phase_ctr *ph = ctr;
@@ -326,7 +331,7 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
                 if (!ready++) {
                     for (int64_t b = 0; b < B; b++)
                         norm(x + b * C, C, F(p[P_NORM1_W]), F(p[P_NORM1_B]), layernorm, eps, h + b * C);
-                    if (qkv_p.quant) block_sums(h, B, C, &qa);
+                    prepare_act(h, B, C, qkv_p.quant, &qa);
                 }
                 share(Q, (int)ci, (int)nq, &j0, &n);
                 project(&qkv_p, h, &qa, B, j0, n, qkv + j0, Q);
@@ -351,7 +356,7 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
             /* 3. output projection onto the residual */
             ready = 0;
             EACH_CHUNK(ci, ph, nc) {
-                if (!ready++ && o_p.quant) block_sums(y, B, HD, &qa);
+                if (!ready++) prepare_act(y, B, HD, o_p.quant, &qa);
                 share(C, (int)ci, (int)nc, &j0, &n);
                 project(&o_p, y, &qa, B, j0, n, r, n);
                 for (int64_t b = 0; b < B; b++)
@@ -364,7 +369,7 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
                 if (!ready++) {
                     for (int64_t b = 0; b < B; b++)
                         norm(x + b * C, C, F(p[P_NORM2_W]), F(p[P_NORM2_B]), layernorm, eps, h + b * C);
-                    if (up_p.quant) block_sums(h, B, C, &qa);
+                    prepare_act(h, B, C, up_p.quant, &qa);
                 }
                 share(FF, (int)ci, (int)nf, &j0, &n);
                 project(&up_p, h, &qa, B, j0, n, r, n);  /* gate is outputs [0, F), up is [F, 2F) */
@@ -378,7 +383,7 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
             /* 5. MLP down onto the residual */
             ready = 0;
             EACH_CHUNK(ci, ph, nc) {
-                if (!ready++ && down_p.quant) block_sums(a, B, FF, &qa);
+                if (!ready++) prepare_act(a, B, FF, down_p.quant, &qa);
                 share(C, (int)ci, (int)nc, &j0, &n);
                 project(&down_p, a, &qa, B, j0, n, r, n);
                 for (int64_t b = 0; b < B; b++)
@@ -394,7 +399,7 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
                 if (!ready++) {
                     for (int64_t b = 0; b < B; b++)
                         norm(x + b * C, C, F(hp[HEAD_NORM_W]), F(hp[HEAD_NORM_B]), layernorm, eps, h + b * C);
-                    if (head_p.quant) block_sums(h, B, C, &qa);
+                    prepare_act(h, B, C, head_p.quant, &qa);
                 }
                 share(V, (int)ci, (int)nv, &j0, &n);
                 project(&head_p, h, &qa, B, j0, n, logits + j0, V);
@@ -422,7 +427,8 @@ void lml_linear(int64_t type, const void *w, const float *bias, int64_t K, int64
                 float *out, float *scratch, int nthreads) {
     const int64_t G = B < MAX_ROWS ? B : MAX_ROWS;
     const layout lay = private_layout(G, 0, 0, 0, linear_share(N, nthreads), K);
-    const proj pr = {.m = {{type, K, N, w}}, .bias = {bias}, .n = 1, .quant = type >= T_Q8_0};
+    const int64_t part[PART_SLOTS] = {type, (int64_t)(intptr_t)w, (int64_t)(intptr_t)bias, N};
+    const proj pr = proj_at(part, 1, K);
     /* (row group, output chunk) pairs claimed from one counter (as phase_ctr in lml_decode), so
        that a thread that is away does not hold up the other; a chunk is at most a static share */
     const int64_t lines = (N + 15) / 16, want = nthreads == 1 ? 1 : 16 * (int64_t)nthreads;
@@ -433,12 +439,12 @@ void lml_linear(int64_t type, const void *w, const float *bias, int64_t K, int64
     {
         const int t = omp_get_thread_num();
         float *mine = scratch + t * lay.total;
-        qact qa = {NULL, mine + lay.s};
+        qact qa = {NULL, mine + lay.s, (int8_t *)(mine + lay.q4), (int8_t *)(mine + lay.q8), mine + lay.dx4, mine + lay.dx8};
         int64_t j0, n, quantized = -1;
         EACH_CHUNK(ci, &ctr, total) {
             const int64_t b0 = ci / nch * G, g = B - b0 < G ? B - b0 : G;
-            if (type >= T_Q8_0 && quantized != b0) {
-                block_sums(x + b0 * K, g, K, &qa);
+            if (pr.quant && quantized != b0) {
+                prepare_act(x + b0 * K, g, K, pr.quant, &qa);
                 quantized = b0;
             }
             share(N, (int)(ci % nch), (int)nch, &j0, &n);

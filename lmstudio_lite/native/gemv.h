@@ -11,10 +11,18 @@
 #include <immintrin.h>
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #define LML_AVX512 1
+/* Q8_0/Q4_0/Q4_1 rows take int8 dot products (VNNI) with the activation quantized per block, as
+   llama.cpp does (see rows_q4_int8, rows_q8_int8); LML_EXACT keeps them on the exact float path. */
+#if defined(__AVX512VNNI__) && defined(__AVX512VBMI__) && !defined(LML_EXACT)
+#define LML_INT8 1
+#endif
 #endif
 #endif
 
-enum { T_F32, T_BF16, T_Q8_0, T_Q4_0, T_Q4_1, T_COUNT };
+/* T_Q8_0R: Q8_0 blocks whose activation is rounded to int8 like the Q4 formats' (a 4-bit model's
+   head: its answers then follow llama.cpp's, whose every block format takes int8 activations);
+   plain Q8_0 stays exact, for the models people pick for near-float answers. */
+enum { T_F32, T_BF16, T_Q8_0, T_Q4_0, T_Q4_1, T_Q8_0R, T_COUNT };
 
 #define MAX_ROWS 8
 
@@ -69,12 +77,30 @@ typedef struct {
     const void *w;
 } mat;
 
+/* Whether this build takes the block formats' rows on int8 activations: the tests pick the bound. */
+int lml_int8(void) {
+#if defined(LML_INT8)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* x [B, K] in float32 and its sums per block of 32, s [B, K/32]: the 4-bit formats' offset term
-   (q4_0: -8 d; q4_1: m) multiplies a block's sum of x once instead of every element. */
+   (q4_0: -8 d; q4_1: m) multiplies a block's sum of x once instead of every element.
+   With LML_INT8, also x quantized per block (quantize_act), in the two orders the kernels read:
+   q4 [B, quads(K) * 128] (quads of 4 blocks) with scales dx4 [B, quads(K) * 16], and q8
+   [B, pairs(K) * 64] (pairs of blocks) with dx8 [B, pairs(K) * 16]; the last quad or pair is
+   padded with zeros. */
 typedef struct {
     const float *x;
     float *s;
+    int8_t *q4, *q8;
+    float *dx4, *dx8;
 } qact;
+
+static inline int64_t quads(int64_t K) { return (K / 32 + 3) / 4; }
+static inline int64_t pairs(int64_t K) { return (K / 32 + 1) / 2; }
 
 static void block_sums(const float *x, int64_t B, int64_t K, qact *a) {
     a->x = x;
@@ -83,6 +109,56 @@ static void block_sums(const float *x, int64_t B, int64_t K, qact *a) {
         for (int i = 0; i < 32; i++) sum += x[r * 32 + i];
         a->s[r] = sum;
     }
+}
+
+#if defined(LML_INT8)
+/* Block k of row b as int8: q = round(x / dx), dx = max|x| / 127, so |x - dx q| <= dx / 2.
+   For the Q4 rows its elements 0..15 go to bytes (k % 4) * 16 of its quad's first 64, 16..31 to
+   the same place in the second 64 (the order in which a quad's nibbles come out of the weights),
+   dx to the 4 int32 lanes its products land in; for Q8_0 rows they stay in order, two blocks a
+   64-byte register, dx in 8 lanes each. s becomes the sum of the rounded x (see rows_q4_int8). */
+static void quantize_act(const float *x, int64_t B, int64_t K, int order, qact *a) {
+    const int64_t nb = K / 32, nq = quads(K), np = pairs(K);
+    for (int64_t b = 0; b < B; b++) {
+        int8_t *q4 = a->q4 + b * nq * 128, *q8 = a->q8 + b * np * 64;
+        float *dx4 = a->dx4 + b * nq * 16, *dx8 = a->dx8 + b * np * 16;
+        for (int64_t k = 0; k < nq * 4; k++) {
+            __m128i lo = _mm_setzero_si128(), hi = lo;
+            float dx = 0.0f;
+            if (k < nb) {
+                const __m512 v0 = _mm512_loadu_ps(x + b * K + k * 32), v1 = _mm512_loadu_ps(x + b * K + k * 32 + 16);
+                const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+                const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+                const __m512i i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, inv)), i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, inv));
+                lo = _mm512_cvtsepi32_epi8(i0), hi = _mm512_cvtsepi32_epi8(i1);
+                dx = amax / 127.0f;
+                /* the offset's sum of x, of the rounded x: the error is then sum (x - dx q) w over the
+                   weights w themselves, not over q d, whose mean 7.5 d the rounding errors would not
+                   cancel around (exact sums measured 1.5-2x the error on random blocks) */
+                a->s[b * nb + k] = dx * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+            }
+            if (order & 2) {
+                _mm_storeu_si128((__m128i *)(q4 + k / 4 * 128 + k % 4 * 16), lo);
+                _mm_storeu_si128((__m128i *)(q4 + k / 4 * 128 + 64 + k % 4 * 16), hi);
+                _mm_storeu_ps(dx4 + 4 * k, _mm_set1_ps(dx));
+            }
+            if ((order & 4) && k < np * 2) {
+                _mm_storeu_si128((__m128i *)(q8 + k * 32), lo);
+                _mm_storeu_si128((__m128i *)(q8 + k * 32 + 16), hi);
+                _mm256_storeu_ps(dx8 + 8 * k, _mm256_set1_ps(dx));
+            }
+        }
+    }
+}
+#endif
+
+/* What a projection's matrices need of their input x: quant bit 1, its block sums; bits 2 and 4
+   (Q4 and Q8_0 matrices on the int8 path), its int8 blocks in the Q4 and the Q8_0 order. */
+static void prepare_act(const float *x, int64_t B, int64_t K, int quant, qact *a) {
+    if (quant) block_sums(x, B, K, a);
+#if defined(LML_INT8)
+    if (quant & 6) quantize_act(x, B, K, quant, a);
+#endif
 }
 
 /* acc[b][0:n] = x[b] @ W[0:K, j0:j0+n] (T_F32, row stride ldw) for every row b: eight weight rows
@@ -239,45 +315,33 @@ typedef struct {
     float d[16], m[16];
 } scales16;
 
-/* Blocks blk[0..g)'s scales. A whole group's fp16 words come out of its bytes (already in L1: the
+/* Blocks blk[0..g)'s scales (lanes g.. are 0: the int8 path reads a row's last quad whole). A group's fp16 words come out of its bytes (already in L1: the
    blocks are read next) by word permutes, 64 words per vpermt2w, then one vcvtph2ps converts 16:
    converting and broadcasting each block's scalars had cost more port-5 work than the block's
    weights (perf: 7 of 13 vector ops of a Q4_1 block), and a vpgatherdd of the 16 scales stalled
    (43% of the kernel's cycles in a 2-thread SmolLM2 Q4_1 step). */
 INLINE void load_scales(const int type, const uint8_t *blk, int64_t bytes, int g, scales16 *s) {
-    if (g == 16) {
-        /* word lane k < 16: block k's d (word bytes/2 * k); lane 16 + k: the word after it (q4_1's m) */
-        const int step = (int)bytes / 2, words = 16 * step;
-        /* dword i holds word lanes 2i and 2i + 1: lane j < 16 is k = j, lane j >= 16 is k = j - 16, plus 1 */
-        const __m512i i32 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        const __m512i lo = _mm512_add_epi32(
-            _mm512_mullo_epi32(_mm512_and_si512(_mm512_slli_epi32(i32, 1), _mm512_set1_epi32(15)), _mm512_set1_epi32(step)),
-            _mm512_srli_epi32(i32, 3));
-        const __m512i idx = _mm512_or_si512(lo, _mm512_slli_epi32(_mm512_add_epi32(lo, _mm512_set1_epi32(step)), 16));
-        __m512i dm = _mm512_setzero_si512();
-        for (int base = 0; base < words; base += 64) {
-            const int left = words - base;  /* words of the group from here: load no further */
-            const __mmask32 m0 = left >= 32 ? 0xffffffffu : (1u << left) - 1;
-            const __mmask32 m1 = left >= 64 ? 0xffffffffu : left <= 32 ? 0 : (1u << (left - 32)) - 1;
-            const __m512i a = _mm512_maskz_loadu_epi16(m0, blk + 2 * base);
-            const __m512i b = _mm512_maskz_loadu_epi16(m1, blk + 2 * base + 64);
-            const __m512i rel = _mm512_sub_epi16(idx, _mm512_set1_epi16((short)base));
-            const __mmask32 here = _mm512_cmplt_epu16_mask(rel, _mm512_set1_epi16(64));
-            dm = _mm512_mask_mov_epi16(dm, here, _mm512_permutex2var_epi16(a, rel, b));
-        }
-        _mm512_storeu_ps(s->d, _mm512_cvtph_ps(_mm512_castsi512_si256(dm)));
-        if (type == T_Q4_1) _mm512_storeu_ps(s->m, _mm512_cvtph_ps(_mm512_extracti64x4_epi64(dm, 1)));
-        return;
+    /* word lane k < 16: block k's d (word bytes/2 * k); lane 16 + k: the word after it (q4_1's m) */
+    const int step = (int)bytes / 2, words = g * step;
+    /* dword i holds word lanes 2i and 2i + 1: lane j < 16 is k = j, lane j >= 16 is k = j - 16, plus 1 */
+    const __m512i i32 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i lo = _mm512_add_epi32(
+        _mm512_mullo_epi32(_mm512_and_si512(_mm512_slli_epi32(i32, 1), _mm512_set1_epi32(15)), _mm512_set1_epi32(step)),
+        _mm512_srli_epi32(i32, 3));
+    const __m512i idx = _mm512_or_si512(lo, _mm512_slli_epi32(_mm512_add_epi32(lo, _mm512_set1_epi32(step)), 16));
+    __m512i dm = _mm512_setzero_si512();
+    for (int base = 0; base < words; base += 64) {
+        const int left = words - base;  /* words of the group from here: load no further */
+        const __mmask32 m0 = left >= 32 ? 0xffffffffu : (1u << left) - 1;
+        const __mmask32 m1 = left >= 64 ? 0xffffffffu : left <= 32 ? 0 : (1u << (left - 32)) - 1;
+        const __m512i a = _mm512_maskz_loadu_epi16(m0, blk + 2 * base);
+        const __m512i b = _mm512_maskz_loadu_epi16(m1, blk + 2 * base + 64);
+        const __m512i rel = _mm512_sub_epi16(idx, _mm512_set1_epi16((short)base));
+        const __mmask32 here = _mm512_cmplt_epu16_mask(rel, _mm512_set1_epi16(64));
+        dm = _mm512_mask_mov_epi16(dm, here, _mm512_permutex2var_epi16(a, rel, b));
     }
-    for (int i = 0; i < g; i++, blk += bytes) {
-        uint16_t h;
-        memcpy(&h, blk, 2);
-        s->d[i] = fp16_to_f32(h);
-        if (type == T_Q4_1) {
-            memcpy(&h, blk + 2, 2);
-            s->m[i] = fp16_to_f32(h);
-        }
-    }
+    _mm512_storeu_ps(s->d, _mm512_cvtph_ps(_mm512_castsi512_si256(dm)));
+    if (type == T_Q4_1) _mm512_storeu_ps(s->m, _mm512_cvtph_ps(_mm512_extracti64x4_epi64(dm, 1)));
 }
 
 /* One block's 32 weights in element order, w0 (0..15) and w1 (16..31): Q4 exactly dequantized
@@ -343,11 +407,217 @@ INLINE void streams_one_row(const int type, const uint8_t *W, int64_t row_bytes,
     for (int t = 0; t < S; t++) r[t * stride] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
 }
 
+#if defined(LML_INT8)
+/* Q4_0/Q4_1 rows on int8 activations, as llama.cpp computes them: a quad of 4 blocks is one
+   vpermt2b of its nibble bytes out of the blocks (their scales left out), two masks into the low
+   and high nibbles (elements 0..15 and 16..31 of each block), and two vpdpbusd against x's int8
+   blocks (quantize_act's order), whose int32 lanes 4i..4i+3 hold block i's products; then
+   d dx per lane. The offset term uses x's exact block sums: per group of 16 blocks, one FMA of
+   (-8 d) or m with them. So only x's rounding errs: |error| <= sum over blocks of
+   |d| (dx / 2) sum(q) (q the nibbles, 0..15), the bound the tests check.
+   Against the exact float path (load_scales, block_weights) on SmolLM2's matrices: fewer vector
+   ops per weight (9 per 128 against 24), most of them off port 5. */
+typedef struct {
+    __m512i perm, low;
+    __mmask64 tail;  /* the window's bytes past its first 64 */
+} quad_layout;
+
+static quad_layout quad_layout_of(const int type) {
+    const int bytes = type == T_Q4_0 ? 18 : 20, head = type == T_Q4_0 ? 2 : 4;
+    uint8_t idx[64];
+    for (int p = 0; p < 64; p++) idx[p] = (uint8_t)(p / 16 * bytes + head + p % 16);
+    return (quad_layout){_mm512_loadu_si512(idx), _mm512_set1_epi8(0x0F), (1ULL << (4 * bytes - 64)) - 1};
+}
+
+/* The nibble bytes of the blocks at blk, 16 a block: whole quads read 4 blocks, the last quad of a
+   row only its own (valid bytes), so that nothing past the matrix is read. */
+INLINE __m512i quad_nibbles(const quad_layout *ql, const uint8_t *blk, int64_t valid, int whole) {
+    if (whole) return _mm512_permutex2var_epi8(_mm512_loadu_si512(blk), ql->perm,
+                                               _mm512_maskz_loadu_epi8(ql->tail, blk + 64));
+    const __mmask64 m0 = valid >= 64 ? ~0ULL : (1ULL << valid) - 1;
+    const __mmask64 m1 = valid > 64 ? (1ULL << (valid - 64)) - 1 : 0;
+    return _mm512_permutex2var_epi8(_mm512_maskz_loadu_epi8(m0, blk), ql->perm, _mm512_maskz_loadu_epi8(m1, blk + 64));
+}
+
+/* acc += quad qi's (of its group of 16) products of nibbles nib and x's quad xq, scaled by d dx. */
+INLINE __m512 quad_dot(const quad_layout *ql, __m512i nib, const int8_t *xq, const float *dx, __m512 d16, int qi,
+                       __m512 acc) {
+    const __m512i lo = _mm512_and_si512(nib, ql->low), hi = _mm512_and_si512(_mm512_srli_epi16(nib, 4), ql->low);
+    __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(xq));
+    dot = _mm512_dpbusd_epi32(dot, hi, _mm512_loadu_si512(xq + 64));
+    const __m512i lane_block = _mm512_add_epi32(_mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
+        10, 11, 12, 13, 14, 15), 2), _mm512_set1_epi32(4 * qi));
+    const __m512 d = _mm512_permutexvar_ps(lane_block, d16);
+    return _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_loadu_ps(dx)), d, acc);
+}
+
+/* The offset term of a group of g blocks from k0: (-8 d) or m times x's exact block sums. */
+INLINE __m512 group_offset(const int type, const scales16 *s, const float *sums, int g, __m512 acc) {
+    const __m512 c = type == T_Q4_0 ? _mm512_mul_ps(_mm512_loadu_ps(s->d), _mm512_set1_ps(-8.0f)) : _mm512_loadu_ps(s->m);
+    return _mm512_fmadd_ps(c, _mm512_maskz_loadu_ps((__mmask16)((1u << g) - 1), sums), acc);
+}
+
+INLINE void rows_q4_int8(const int type, const uint8_t *W, int64_t K, const qact *a, const int B, int64_t j0,
+                         int64_t n, float *r, int64_t ldr) {
+    enum { S = LML_STREAMS };
+    const int64_t nb = K / 32, bytes = type == T_Q4_0 ? 18 : 20, row_bytes = nb * bytes, nq = quads(K);
+    const quad_layout ql = quad_layout_of(type);
+    int64_t j = 0;
+    if (B == 1 && S > 1) {  /* 4 rows at once, each from its own part of the range (see LML_STREAMS) */
+        const int64_t q = n / S;
+        for (; j < q; j++) {
+            const uint8_t *blk[S];
+            __m512 acc[S];
+            scales16 sc[S];
+#pragma GCC unroll 8
+            for (int t = 0; t < S; t++) {
+                blk[t] = W + (j0 + j + t * q) * row_bytes;
+                acc[t] = _mm512_setzero_ps();
+            }
+            for (int64_t k0 = 0; k0 < nb; k0 += 16) {
+                const int g = nb - k0 < 16 ? (int)(nb - k0) : 16;
+    #pragma GCC unroll 8
+            for (int t = 0; t < S; t++) {
+                    load_scales(type, blk[t], bytes, g, &sc[t]);
+                    acc[t] = group_offset(type, &sc[t], a->s + k0, g, acc[t]);
+                }
+                for (int qi = 0; qi * 4 < g; qi++) {
+                    const int64_t quad = k0 / 4 + qi, valid = (g - 4 * qi < 4 ? g - 4 * qi : 4) * bytes;
+                    const int8_t *xq = a->q4 + quad * 128;
+                    const float *dx = a->dx4 + quad * 16;
+        #pragma GCC unroll 8
+            for (int t = 0; t < S; t++) {
+                        _mm_prefetch((const char *)blk[t] + LML_PREFETCH, _MM_HINT_T0);
+                        _mm_prefetch((const char *)blk[t] + LML_PREFETCH + 64, _MM_HINT_T0);
+                        const __m512i nib = quad_nibbles(&ql, blk[t], valid, valid == 4 * bytes);
+                        acc[t] = quad_dot(&ql, nib, xq, dx, _mm512_loadu_ps(sc[t].d), qi, acc[t]);
+                        blk[t] += valid;
+                    }
+                }
+            }
+            for (int t = 0; t < S; t++) r[j + t * q] = _mm512_reduce_add_ps(acc[t]);
+        }
+        j = q * S;
+    }
+    for (; j < n; j++) {
+        const uint8_t *blk = W + (j0 + j) * row_bytes;
+        __m512 acc[MAX_ROWS];
+        scales16 sc;
+        for (int b = 0; b < B; b++) acc[b] = _mm512_setzero_ps();
+        for (int64_t k0 = 0; k0 < nb; k0 += 16) {
+            const int g = nb - k0 < 16 ? (int)(nb - k0) : 16;
+            load_scales(type, blk, bytes, g, &sc);
+            const __m512 d16 = _mm512_loadu_ps(sc.d);
+            for (int b = 0; b < B; b++) acc[b] = group_offset(type, &sc, a->s + b * nb + k0, g, acc[b]);
+            for (int qi = 0; qi * 4 < g; qi++) {
+                const int64_t quad = k0 / 4 + qi, valid = (g - 4 * qi < 4 ? g - 4 * qi : 4) * bytes;
+                _mm_prefetch((const char *)blk + LML_PREFETCH, _MM_HINT_T0);
+                _mm_prefetch((const char *)blk + LML_PREFETCH + 64, _MM_HINT_T0);
+                const __m512i nib = quad_nibbles(&ql, blk, valid, valid == 4 * bytes);
+                for (int b = 0; b < B; b++)
+                    acc[b] = quad_dot(&ql, nib, a->q4 + (b * nq + quad) * 128, a->dx4 + (b * nq + quad) * 16, d16, qi,
+                                      acc[b]);
+                blk += valid;
+            }
+        }
+        for (int b = 0; b < B; b++) r[b * ldr + j] = _mm512_reduce_add_ps(acc[b]);
+    }
+}
+
+/* A pair of Q8_0 blocks' 64 int8 weights (the second one zero past the row's end). */
+INLINE __m512i pair_weights(const uint8_t *blk, int both) {
+    const __m512i first = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(blk + 2)));
+    return both ? _mm512_inserti64x4(first, _mm256_loadu_si256((const __m256i *)(blk + 36)), 1)
+                : _mm512_inserti64x4(first, _mm256_setzero_si256(), 1);
+}
+
+/* acc += pair pi's (of its group of 16) products of weights w and x's pair xp, scaled by d dx:
+   vpdpbusd multiplies unsigned by signed bytes, so |w| times x with w's sign. */
+INLINE __m512 pair_dot(__m512i w, const int8_t *xp, const float *dx, __m512 d16, int pi, __m512 acc) {
+    const __m512i x = _mm512_loadu_si512(xp);
+    const __m512i sx = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w), _mm512_setzero_si512(), x);
+    const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), sx);
+    const __m512i lane_block = _mm512_add_epi32(_mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
+        10, 11, 12, 13, 14, 15), 3), _mm512_set1_epi32(2 * pi));
+    const __m512 d = _mm512_permutexvar_ps(lane_block, d16);
+    return _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_loadu_ps(dx)), d, acc);
+}
+
+/* T_Q8_0R rows, on int8 activations (see rows_q4_int8): two blocks a vpdpbusd, whose int32 lanes
+   8i..8i+7 hold block i's products; |error| <= sum over blocks of |d| (dx / 2) sum |q|. */
+INLINE void rows_q8_int8(const uint8_t *W, int64_t K, const qact *a, const int B, int64_t j0, int64_t n, float *r,
+                         int64_t ldr) {
+    enum { S = LML_STREAMS };
+    const int64_t nb = K / 32, bytes = 34, row_bytes = nb * bytes, np = pairs(K);
+    int64_t j = 0;
+    if (B == 1 && S > 1) {
+        const int64_t q = n / S;
+        for (; j < q; j++) {
+            const uint8_t *blk[S];
+            __m512 acc[S];
+            scales16 sc[S];
+#pragma GCC unroll 8
+            for (int t = 0; t < S; t++) {
+                blk[t] = W + (j0 + j + t * q) * row_bytes;
+                acc[t] = _mm512_setzero_ps();
+            }
+            for (int64_t k0 = 0; k0 < nb; k0 += 16) {
+                const int g = nb - k0 < 16 ? (int)(nb - k0) : 16;
+#pragma GCC unroll 8
+                for (int t = 0; t < S; t++) load_scales(T_Q8_0, blk[t], bytes, g, &sc[t]);
+                for (int pi = 0; pi * 2 < g; pi++) {
+                    const int64_t pair = k0 / 2 + pi;
+                    const int both = g - 2 * pi >= 2;
+#pragma GCC unroll 8
+                    for (int t = 0; t < S; t++) {
+                        _mm_prefetch((const char *)blk[t] + LML_PREFETCH, _MM_HINT_T0);
+                        _mm_prefetch((const char *)blk[t] + LML_PREFETCH + 64, _MM_HINT_T0);
+                        acc[t] = pair_dot(pair_weights(blk[t], both), a->q8 + pair * 64, a->dx8 + pair * 16,
+                                          _mm512_loadu_ps(sc[t].d), pi, acc[t]);
+                        blk[t] += 2 * bytes;
+                    }
+                }
+            }
+#pragma GCC unroll 8
+            for (int t = 0; t < S; t++) r[j + t * q] = _mm512_reduce_add_ps(acc[t]);
+        }
+        j = q * S;
+    }
+    for (; j < n; j++) {
+        const uint8_t *blk = W + (j0 + j) * row_bytes;
+        __m512 acc[MAX_ROWS];
+        scales16 sc;
+        for (int b = 0; b < B; b++) acc[b] = _mm512_setzero_ps();
+        for (int64_t k0 = 0; k0 < nb; k0 += 16) {
+            const int g = nb - k0 < 16 ? (int)(nb - k0) : 16;
+            load_scales(T_Q8_0, blk, bytes, g, &sc);
+            const __m512 d16 = _mm512_loadu_ps(sc.d);
+            for (int pi = 0; pi * 2 < g; pi++) {
+                const int64_t pair = k0 / 2 + pi;
+                _mm_prefetch((const char *)blk + LML_PREFETCH, _MM_HINT_T0);
+                _mm_prefetch((const char *)blk + LML_PREFETCH + 64, _MM_HINT_T0);
+                const __m512i w = pair_weights(blk, g - 2 * pi >= 2);
+                for (int b = 0; b < B; b++)
+                    acc[b] = pair_dot(w, a->q8 + (b * np + pair) * 64, a->dx8 + (b * np + pair) * 16, d16, pi, acc[b]);
+                blk += 2 * bytes;
+            }
+        }
+        for (int b = 0; b < B; b++) r[b * ldr + j] = _mm512_reduce_add_ps(acc[b]);
+    }
+}
+#endif
+
 INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *a, const int B, int64_t j0,
                        int64_t n, float *r, int64_t ldr) {
     const int64_t nb = K / 32, bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20, row_bytes = nb * bytes;
     scales16 s;
     int64_t j = 0;
+#if defined(LML_INT8)
+    if (type != T_Q8_0) {
+        rows_q4_int8(type, W, K, a, B, j0, n, r, ldr);
+        return;
+    }
+#endif
     if (B == 1 && LML_STREAMS > 1) {
         const int64_t q = n / LML_STREAMS;
         for (; j < q; j++) streams_one_row(type, W, row_bytes, nb, a->x, j0 + j, q, r + j);
@@ -578,6 +848,18 @@ static void rows_bf16_any(const uint16_t *W, int64_t K, const float *x, int64_t 
 
 static void rows_quant_any(int64_t type, const uint8_t *W, int64_t K, const qact *a, int64_t B, int64_t j0, int64_t n,
                            float *r, int64_t ldr) {
+#if defined(LML_INT8)
+    if (type == T_Q8_0R) {
+        switch (B) {
+#define CASE(R) case R: rows_q8_int8(W, K, a, R, j0, n, r, ldr); break;
+            LML_ROWS_CASES(CASE)
+#undef CASE
+        }
+        return;
+    }
+#else
+    if (type == T_Q8_0R) type = T_Q8_0;
+#endif
     switch (type * 16 + B) {
 #define CASE(R) case T_Q8_0 * 16 + R: rows_quant(T_Q8_0, W, K, a, R, j0, n, r, ldr); break; \
                 case T_Q4_0 * 16 + R: rows_quant(T_Q4_0, W, K, a, R, j0, n, r, ldr); break; \
