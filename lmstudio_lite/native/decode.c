@@ -204,7 +204,7 @@ static int64_t up16(int64_t n) { return (n + 15) / 16 * 16; }
 
 /* The private (per thread) part of the scratch, in floats. */
 typedef struct {
-    int64_t h, rot, scores, r, r2, s, q4, q8, dx4, dx8, total;
+    int64_t h, rot, scores, r, r2, s, q4, q8, dx4, dx8, sx4, total;
 } layout;
 
 static layout private_layout(int64_t B, int64_t C, int64_t D, int64_t max_len, int64_t widest_n, int64_t widest_k) {
@@ -219,7 +219,8 @@ static layout private_layout(int64_t B, int64_t C, int64_t D, int64_t max_len, i
     l.q8 = l.q4 + up16(B * quads(widest_k) * 32);
     l.dx4 = l.q8 + up16(B * pairs(widest_k) * 16);  /* and their scales */
     l.dx8 = l.dx4 + up16(B * quads(widest_k) * 16);
-    l.total = l.dx8 + up16(B * pairs(widest_k) * 16);
+    l.sx4 = l.dx8 + up16(B * pairs(widest_k) * 16);
+    l.total = l.sx4 + up16(B * quads(widest_k) * 16);
     return l;
 }
 
@@ -315,7 +316,8 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
         float *mine = priv + t * lay.total, *h = mine + lay.h, *rot = mine + lay.rot, *sc = mine + lay.scores;
         float *r = mine + lay.r, *r2 = mine + lay.r2;
-        qact qa = {NULL, mine + lay.s, (int8_t *)(mine + lay.q4), (int8_t *)(mine + lay.q8), mine + lay.dx4, mine + lay.dx8};
+        qact qa = {NULL, mine + lay.s, (int8_t *)(mine + lay.q4), (int8_t *)(mine + lay.q8), mine + lay.dx4, mine + lay.dx8,
+                   mine + lay.sx4};
         const int64_t nq = chunks(Q, nt), nc = chunks(C, nt), nf = chunks(FF, nt), natt = B * KV;
         int64_t j0, n;
         phase_ctr *ph = ctr;
@@ -439,7 +441,8 @@ void lml_linear(int64_t type, const void *w, const float *bias, int64_t K, int64
     {
         const int t = omp_get_thread_num();
         float *mine = scratch + t * lay.total;
-        qact qa = {NULL, mine + lay.s, (int8_t *)(mine + lay.q4), (int8_t *)(mine + lay.q8), mine + lay.dx4, mine + lay.dx8};
+        qact qa = {NULL, mine + lay.s, (int8_t *)(mine + lay.q4), (int8_t *)(mine + lay.q8), mine + lay.dx4, mine + lay.dx8,
+                   mine + lay.sx4};
         int64_t j0, n, quantized = -1;
         EACH_CHUNK(ci, &ctr, total) {
             const int64_t b0 = ci / nch * G, g = B - b0 < G ? B - b0 : G;

@@ -96,7 +96,7 @@ typedef struct {
     const float *x;
     float *s;
     int8_t *q4, *q8;
-    float *dx4, *dx8;
+    float *dx4, *dx8, *sx4;
 } qact;
 
 static inline int64_t quads(int64_t K) { return (K / 32 + 3) / 4; }
@@ -121,10 +121,10 @@ static void quantize_act(const float *x, int64_t B, int64_t K, int order, qact *
     const int64_t nb = K / 32, nq = quads(K), np = pairs(K);
     for (int64_t b = 0; b < B; b++) {
         int8_t *q4 = a->q4 + b * nq * 128, *q8 = a->q8 + b * np * 64;
-        float *dx4 = a->dx4 + b * nq * 16, *dx8 = a->dx8 + b * np * 16;
+        float *dx4 = a->dx4 + b * nq * 16, *dx8 = a->dx8 + b * np * 16, *sx4 = a->sx4 + b * nq * 16;
         for (int64_t k = 0; k < nq * 4; k++) {
             __m128i lo = _mm_setzero_si128(), hi = lo;
-            float dx = 0.0f;
+            float dx = 0.0f, sum = 0.0f;
             if (k < nb) {
                 const __m512 v0 = _mm512_loadu_ps(x + b * K + k * 32), v1 = _mm512_loadu_ps(x + b * K + k * 32 + 16);
                 const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
@@ -135,12 +135,13 @@ static void quantize_act(const float *x, int64_t B, int64_t K, int order, qact *
                 /* the offset's sum of x, of the rounded x: the error is then sum (x - dx q) w over the
                    weights w themselves, not over q d, whose mean 7.5 d the rounding errors would not
                    cancel around (exact sums measured 1.5-2x the error on random blocks) */
-                a->s[b * nb + k] = dx * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+                sum = dx * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
             }
             if (order & 2) {
                 _mm_storeu_si128((__m128i *)(q4 + k / 4 * 128 + k % 4 * 16), lo);
                 _mm_storeu_si128((__m128i *)(q4 + k / 4 * 128 + 64 + k % 4 * 16), hi);
                 _mm_storeu_ps(dx4 + 4 * k, _mm_set1_ps(dx));
+                _mm_storeu_ps(sx4 + 4 * k, _mm_set1_ps(sum / 4.0f));
             }
             if ((order & 4) && k < np * 2) {
                 _mm_storeu_si128((__m128i *)(q8 + k * 32), lo);
@@ -408,53 +409,59 @@ INLINE void streams_one_row(const int type, const uint8_t *W, int64_t row_bytes,
 }
 
 #if defined(LML_INT8)
-/* Q4_0/Q4_1 rows on int8 activations, as llama.cpp computes them: a quad of 4 blocks is one
-   vpermt2b of its nibble bytes out of the blocks (their scales left out), two masks into the low
-   and high nibbles (elements 0..15 and 16..31 of each block), and two vpdpbusd against x's int8
-   blocks (quantize_act's order), whose int32 lanes 4i..4i+3 hold block i's products; then
-   d dx per lane. The offset term uses x's exact block sums: per group of 16 blocks, one FMA of
-   (-8 d) or m with them. So only x's rounding errs: |error| <= sum over blocks of
-   |d| (dx / 2) sum(q) (q the nibbles, 0..15), the bound the tests check.
-   Against the exact float path (load_scales, block_weights) on SmolLM2's matrices: fewer vector
-   ops per weight (9 per 128 against 24), most of them off port 5. */
+/* Q4_0/Q4_1 rows on int8 activations, as llama.cpp computes them. A quad of 4 blocks is two
+   vpermt2b out of the same 80 bytes: its nibble bytes (scales left out), and its fp16 scales, d
+   (and Q4_1's m) in the 4 word lanes of each block, which one vcvtph2ps widens to the int32 lanes
+   that block's products land in: two masks split the nibbles into elements 0..15 and 16..31 of
+   each block, and two vpdpbusd against x's int8 blocks (quantize_act's order) sum them. Then per
+   lane d (dx q.x - 8 sx) for Q4_0, d dx q.x + m sx for Q4_1, sx being a quarter of the block's
+   sum of the rounded x. So only x's rounding errs: |error| <= sum over blocks of (dx / 2)
+   sum |w|, w the dequantized weights, the bound the tests check.
+   Against the exact float path on SmolLM2's matrices at one thread: 1.3-1.45x per GEMV (16
+   vector ops per 128 weights against 24 or more, fewer of them on port 5). */
 typedef struct {
-    __m512i perm, low;
-    __mmask64 tail;  /* the window's bytes past its first 64 */
+    __m512i perm, scales, low;
+    __mmask64 tail;  /* the quad's bytes past its first 64 */
 } quad_layout;
 
 static quad_layout quad_layout_of(const int type) {
     const int bytes = type == T_Q4_0 ? 18 : 20, head = type == T_Q4_0 ? 2 : 4;
-    uint8_t idx[64];
-    for (int p = 0; p < 64; p++) idx[p] = (uint8_t)(p / 16 * bytes + head + p % 16);
-    return (quad_layout){_mm512_loadu_si512(idx), _mm512_set1_epi8(0x0F), (1ULL << (4 * bytes - 64)) - 1};
+    uint8_t idx[64], sidx[64];
+    for (int p = 0; p < 64; p++) {
+        idx[p] = (uint8_t)(p / 16 * bytes + head + p % 16);
+        sidx[p] = (uint8_t)(p % 32 / 8 * bytes + (p >= 32 ? 2 : 0) + p % 2);  /* d words, then m words */
+    }
+    return (quad_layout){_mm512_loadu_si512(idx), _mm512_loadu_si512(sidx), _mm512_set1_epi8(0x0F),
+                         (1ULL << (4 * bytes - 64)) - 1};
 }
 
-/* The nibble bytes of the blocks at blk, 16 a block: whole quads read 4 blocks, the last quad of a
-   row only its own (valid bytes), so that nothing past the matrix is read. */
-INLINE __m512i quad_nibbles(const quad_layout *ql, const uint8_t *blk, int64_t valid, int whole) {
-    if (whole) return _mm512_permutex2var_epi8(_mm512_loadu_si512(blk), ql->perm,
-                                               _mm512_maskz_loadu_epi8(ql->tail, blk + 64));
-    const __mmask64 m0 = valid >= 64 ? ~0ULL : (1ULL << valid) - 1;
-    const __mmask64 m1 = valid > 64 ? (1ULL << (valid - 64)) - 1 : 0;
-    return _mm512_permutex2var_epi8(_mm512_maskz_loadu_epi8(m0, blk), ql->perm, _mm512_maskz_loadu_epi8(m1, blk + 64));
+/* The quad of blocks at blk (valid bytes of it: a row's last quad may hold fewer than 4, and
+   nothing past the matrix is read): its nibble bytes, 16 a block, and its scales (see above). */
+INLINE void quad_load(const quad_layout *ql, const uint8_t *blk, int64_t valid, int whole, __m512i *nib,
+                      __m512i *scales) {
+    __m512i lo, hi;
+    if (whole) {
+        lo = _mm512_loadu_si512(blk);
+        hi = _mm512_maskz_loadu_epi8(ql->tail, blk + 64);
+    } else {
+        lo = _mm512_maskz_loadu_epi8(valid >= 64 ? ~0ULL : (1ULL << valid) - 1, blk);
+        hi = _mm512_maskz_loadu_epi8(valid > 64 ? (1ULL << (valid - 64)) - 1 : 0, blk + 64);
+    }
+    *nib = _mm512_permutex2var_epi8(lo, ql->perm, hi);
+    *scales = _mm512_permutex2var_epi8(lo, ql->scales, hi);
 }
 
-/* acc += quad qi's (of its group of 16) products of nibbles nib and x's quad xq, scaled by d dx. */
-INLINE __m512 quad_dot(const quad_layout *ql, __m512i nib, const int8_t *xq, const float *dx, __m512 d16, int qi,
-                       __m512 acc) {
+/* acc += one quad's products with x's quad q (its int8 blocks, then dx and sx per lane). */
+INLINE __m512 quad_dot(const int type, const quad_layout *ql, __m512i nib, __m512i scales, const int8_t *xq,
+                       const float *dx, const float *sx, __m512 acc) {
     const __m512i lo = _mm512_and_si512(nib, ql->low), hi = _mm512_and_si512(_mm512_srli_epi16(nib, 4), ql->low);
     __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(xq));
     dot = _mm512_dpbusd_epi32(dot, hi, _mm512_loadu_si512(xq + 64));
-    const __m512i lane_block = _mm512_add_epi32(_mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
-        10, 11, 12, 13, 14, 15), 2), _mm512_set1_epi32(4 * qi));
-    const __m512 d = _mm512_permutexvar_ps(lane_block, d16);
-    return _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_loadu_ps(dx)), d, acc);
-}
-
-/* The offset term of a group of g blocks from k0: (-8 d) or m times x's exact block sums. */
-INLINE __m512 group_offset(const int type, const scales16 *s, const float *sums, int g, __m512 acc) {
-    const __m512 c = type == T_Q4_0 ? _mm512_mul_ps(_mm512_loadu_ps(s->d), _mm512_set1_ps(-8.0f)) : _mm512_loadu_ps(s->m);
-    return _mm512_fmadd_ps(c, _mm512_maskz_loadu_ps((__mmask16)((1u << g) - 1), sums), acc);
+    const __m512 d = _mm512_cvtph_ps(_mm512_castsi512_si256(scales));
+    __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_loadu_ps(dx));
+    if (type == T_Q4_0) return _mm512_fmadd_ps(_mm512_fnmadd_ps(_mm512_set1_ps(8.0f), _mm512_loadu_ps(sx), t), d, acc);
+    acc = _mm512_fmadd_ps(t, d, acc);
+    return _mm512_fmadd_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(scales, 1)), _mm512_loadu_ps(sx), acc);
 }
 
 INLINE void rows_q4_int8(const int type, const uint8_t *W, int64_t K, const qact *a, const int B, int64_t j0,
@@ -468,33 +475,26 @@ INLINE void rows_q4_int8(const int type, const uint8_t *W, int64_t K, const qact
         for (; j < q; j++) {
             const uint8_t *blk[S];
             __m512 acc[S];
-            scales16 sc[S];
 #pragma GCC unroll 8
             for (int t = 0; t < S; t++) {
                 blk[t] = W + (j0 + j + t * q) * row_bytes;
                 acc[t] = _mm512_setzero_ps();
             }
-            for (int64_t k0 = 0; k0 < nb; k0 += 16) {
-                const int g = nb - k0 < 16 ? (int)(nb - k0) : 16;
-    #pragma GCC unroll 8
-            for (int t = 0; t < S; t++) {
-                    load_scales(type, blk[t], bytes, g, &sc[t]);
-                    acc[t] = group_offset(type, &sc[t], a->s + k0, g, acc[t]);
-                }
-                for (int qi = 0; qi * 4 < g; qi++) {
-                    const int64_t quad = k0 / 4 + qi, valid = (g - 4 * qi < 4 ? g - 4 * qi : 4) * bytes;
-                    const int8_t *xq = a->q4 + quad * 128;
-                    const float *dx = a->dx4 + quad * 16;
-        #pragma GCC unroll 8
-            for (int t = 0; t < S; t++) {
-                        _mm_prefetch((const char *)blk[t] + LML_PREFETCH, _MM_HINT_T0);
-                        _mm_prefetch((const char *)blk[t] + LML_PREFETCH + 64, _MM_HINT_T0);
-                        const __m512i nib = quad_nibbles(&ql, blk[t], valid, valid == 4 * bytes);
-                        acc[t] = quad_dot(&ql, nib, xq, dx, _mm512_loadu_ps(sc[t].d), qi, acc[t]);
-                        blk[t] += valid;
-                    }
+            for (int64_t quad = 0; quad < nq; quad++) {
+                const int64_t valid = (nb - 4 * quad < 4 ? nb - 4 * quad : 4) * bytes;
+                const int8_t *xq = a->q4 + quad * 128;
+                const float *dx = a->dx4 + quad * 16, *sx = a->sx4 + quad * 16;
+#pragma GCC unroll 8
+                for (int t = 0; t < S; t++) {
+                    _mm_prefetch((const char *)blk[t] + LML_PREFETCH, _MM_HINT_T0);
+                    _mm_prefetch((const char *)blk[t] + LML_PREFETCH + 64, _MM_HINT_T0);
+                    __m512i nib, scales;
+                    quad_load(&ql, blk[t], valid, valid == 4 * bytes, &nib, &scales);
+                    acc[t] = quad_dot(type, &ql, nib, scales, xq, dx, sx, acc[t]);
+                    blk[t] += valid;
                 }
             }
+#pragma GCC unroll 8
             for (int t = 0; t < S; t++) r[j + t * q] = _mm512_reduce_add_ps(acc[t]);
         }
         j = q * S;
@@ -502,80 +502,77 @@ INLINE void rows_q4_int8(const int type, const uint8_t *W, int64_t K, const qact
     for (; j < n; j++) {
         const uint8_t *blk = W + (j0 + j) * row_bytes;
         __m512 acc[MAX_ROWS];
-        scales16 sc;
         for (int b = 0; b < B; b++) acc[b] = _mm512_setzero_ps();
-        for (int64_t k0 = 0; k0 < nb; k0 += 16) {
-            const int g = nb - k0 < 16 ? (int)(nb - k0) : 16;
-            load_scales(type, blk, bytes, g, &sc);
-            const __m512 d16 = _mm512_loadu_ps(sc.d);
-            for (int b = 0; b < B; b++) acc[b] = group_offset(type, &sc, a->s + b * nb + k0, g, acc[b]);
-            for (int qi = 0; qi * 4 < g; qi++) {
-                const int64_t quad = k0 / 4 + qi, valid = (g - 4 * qi < 4 ? g - 4 * qi : 4) * bytes;
-                _mm_prefetch((const char *)blk + LML_PREFETCH, _MM_HINT_T0);
-                _mm_prefetch((const char *)blk + LML_PREFETCH + 64, _MM_HINT_T0);
-                const __m512i nib = quad_nibbles(&ql, blk, valid, valid == 4 * bytes);
-                for (int b = 0; b < B; b++)
-                    acc[b] = quad_dot(&ql, nib, a->q4 + (b * nq + quad) * 128, a->dx4 + (b * nq + quad) * 16, d16, qi,
-                                      acc[b]);
-                blk += valid;
+        for (int64_t quad = 0; quad < nq; quad++) {
+            const int64_t valid = (nb - 4 * quad < 4 ? nb - 4 * quad : 4) * bytes;
+            _mm_prefetch((const char *)blk + LML_PREFETCH, _MM_HINT_T0);
+            _mm_prefetch((const char *)blk + LML_PREFETCH + 64, _MM_HINT_T0);
+            __m512i nib, scales;
+            quad_load(&ql, blk, valid, valid == 4 * bytes, &nib, &scales);
+            for (int b = 0; b < B; b++) {
+                const int64_t at = b * nq + quad;
+                acc[b] = quad_dot(type, &ql, nib, scales, a->q4 + at * 128, a->dx4 + at * 16, a->sx4 + at * 16, acc[b]);
             }
+            blk += valid;
         }
         for (int b = 0; b < B; b++) r[b * ldr + j] = _mm512_reduce_add_ps(acc[b]);
     }
 }
 
-/* A pair of Q8_0 blocks' 64 int8 weights (the second one zero past the row's end). */
-INLINE __m512i pair_weights(const uint8_t *blk, int both) {
-    const __m512i first = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(blk + 2)));
-    return both ? _mm512_inserti64x4(first, _mm256_loadu_si256((const __m256i *)(blk + 36)), 1)
-                : _mm512_inserti64x4(first, _mm256_setzero_si256(), 1);
+/* T_Q8_0R rows, on int8 activations (see rows_q4_int8): a pair of blocks is two vpermt2b out of
+   its 68 bytes, its 64 weights and its two fp16 scales (8 word lanes each, as the int32 lanes its
+   products land in); vpdpbusd multiplies unsigned by signed bytes, so |w| times x with w's sign.
+   |error| <= sum over blocks of (dx / 2) sum |w|. */
+typedef struct {
+    __m512i perm, scales;
+} pair_layout;
+
+static pair_layout pair_layout_of(void) {
+    uint8_t idx[64], sidx[64];
+    for (int p = 0; p < 64; p++) {
+        idx[p] = (uint8_t)(p / 32 * 34 + 2 + p % 32);
+        sidx[p] = (uint8_t)(p % 32 / 16 * 34 + p % 2);
+    }
+    return (pair_layout){_mm512_loadu_si512(idx), _mm512_loadu_si512(sidx)};
 }
 
-/* acc += pair pi's (of its group of 16) products of weights w and x's pair xp, scaled by d dx:
-   vpdpbusd multiplies unsigned by signed bytes, so |w| times x with w's sign. */
-INLINE __m512 pair_dot(__m512i w, const int8_t *xp, const float *dx, __m512 d16, int pi, __m512 acc) {
+/* acc += the pair of blocks at blk (both, or the row's last one alone) times x's pair xp. */
+INLINE __m512 pair_dot(const pair_layout *pl, const uint8_t *blk, int both, const int8_t *xp, const float *dx,
+                       __m512 acc) {
+    const __m512i lo = _mm512_maskz_loadu_epi8(both ? ~0ULL : (1ULL << 34) - 1, blk);
+    const __m512i hi = _mm512_maskz_loadu_epi8(both ? 0xF : 0, blk + 64);
+    const __m512i w = _mm512_permutex2var_epi8(lo, pl->perm, hi);
+    const __m512 d = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi8(lo, pl->scales, hi)));
     const __m512i x = _mm512_loadu_si512(xp);
     const __m512i sx = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w), _mm512_setzero_si512(), x);
     const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), sx);
-    const __m512i lane_block = _mm512_add_epi32(_mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
-        10, 11, 12, 13, 14, 15), 3), _mm512_set1_epi32(2 * pi));
-    const __m512 d = _mm512_permutexvar_ps(lane_block, d16);
     return _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_loadu_ps(dx)), d, acc);
 }
 
-/* T_Q8_0R rows, on int8 activations (see rows_q4_int8): two blocks a vpdpbusd, whose int32 lanes
-   8i..8i+7 hold block i's products; |error| <= sum over blocks of |d| (dx / 2) sum |q|. */
 INLINE void rows_q8_int8(const uint8_t *W, int64_t K, const qact *a, const int B, int64_t j0, int64_t n, float *r,
                          int64_t ldr) {
     enum { S = LML_STREAMS };
-    const int64_t nb = K / 32, bytes = 34, row_bytes = nb * bytes, np = pairs(K);
+    const int64_t nb = K / 32, row_bytes = nb * 34, np = pairs(K);
+    const pair_layout pl = pair_layout_of();
     int64_t j = 0;
     if (B == 1 && S > 1) {
         const int64_t q = n / S;
         for (; j < q; j++) {
             const uint8_t *blk[S];
             __m512 acc[S];
-            scales16 sc[S];
 #pragma GCC unroll 8
             for (int t = 0; t < S; t++) {
                 blk[t] = W + (j0 + j + t * q) * row_bytes;
                 acc[t] = _mm512_setzero_ps();
             }
-            for (int64_t k0 = 0; k0 < nb; k0 += 16) {
-                const int g = nb - k0 < 16 ? (int)(nb - k0) : 16;
+            for (int64_t pair = 0; pair < np; pair++) {
+                const int both = nb - 2 * pair >= 2;
 #pragma GCC unroll 8
-                for (int t = 0; t < S; t++) load_scales(T_Q8_0, blk[t], bytes, g, &sc[t]);
-                for (int pi = 0; pi * 2 < g; pi++) {
-                    const int64_t pair = k0 / 2 + pi;
-                    const int both = g - 2 * pi >= 2;
-#pragma GCC unroll 8
-                    for (int t = 0; t < S; t++) {
-                        _mm_prefetch((const char *)blk[t] + LML_PREFETCH, _MM_HINT_T0);
-                        _mm_prefetch((const char *)blk[t] + LML_PREFETCH + 64, _MM_HINT_T0);
-                        acc[t] = pair_dot(pair_weights(blk[t], both), a->q8 + pair * 64, a->dx8 + pair * 16,
-                                          _mm512_loadu_ps(sc[t].d), pi, acc[t]);
-                        blk[t] += 2 * bytes;
-                    }
+                for (int t = 0; t < S; t++) {
+                    _mm_prefetch((const char *)blk[t] + LML_PREFETCH, _MM_HINT_T0);
+                    _mm_prefetch((const char *)blk[t] + LML_PREFETCH + 64, _MM_HINT_T0);
+                    acc[t] = pair_dot(&pl, blk[t], both, a->q8 + pair * 64, a->dx8 + pair * 16, acc[t]);
+                    blk[t] += 68;
                 }
             }
 #pragma GCC unroll 8
@@ -586,21 +583,13 @@ INLINE void rows_q8_int8(const uint8_t *W, int64_t K, const qact *a, const int B
     for (; j < n; j++) {
         const uint8_t *blk = W + (j0 + j) * row_bytes;
         __m512 acc[MAX_ROWS];
-        scales16 sc;
         for (int b = 0; b < B; b++) acc[b] = _mm512_setzero_ps();
-        for (int64_t k0 = 0; k0 < nb; k0 += 16) {
-            const int g = nb - k0 < 16 ? (int)(nb - k0) : 16;
-            load_scales(T_Q8_0, blk, bytes, g, &sc);
-            const __m512 d16 = _mm512_loadu_ps(sc.d);
-            for (int pi = 0; pi * 2 < g; pi++) {
-                const int64_t pair = k0 / 2 + pi;
-                _mm_prefetch((const char *)blk + LML_PREFETCH, _MM_HINT_T0);
-                _mm_prefetch((const char *)blk + LML_PREFETCH + 64, _MM_HINT_T0);
-                const __m512i w = pair_weights(blk, g - 2 * pi >= 2);
-                for (int b = 0; b < B; b++)
-                    acc[b] = pair_dot(w, a->q8 + (b * np + pair) * 64, a->dx8 + (b * np + pair) * 16, d16, pi, acc[b]);
-                blk += 2 * bytes;
-            }
+        for (int64_t pair = 0; pair < np; pair++, blk += 68) {
+            _mm_prefetch((const char *)blk + LML_PREFETCH, _MM_HINT_T0);
+            _mm_prefetch((const char *)blk + LML_PREFETCH + 64, _MM_HINT_T0);
+            const int both = nb - 2 * pair >= 2;
+            for (int b = 0; b < B; b++)
+                acc[b] = pair_dot(&pl, blk, both, a->q8 + (b * np + pair) * 64, a->dx8 + (b * np + pair) * 16, acc[b]);
         }
         for (int b = 0; b < B; b++) r[b * ldr + j] = _mm512_reduce_add_ps(acc[b]);
     }
