@@ -24,25 +24,31 @@
    step uses cache row slot[b] at position pos[b]. The final norm and the vocabulary head run
    in the same call and parallel region when logits are asked for.
 
-   Quantized GEMVs dequantize each block exactly in registers and multiply the float32
-   activation, accumulating in float32, like the PyTorch reference on the dequantized weights
-   (only the order of summation differs). On AVX-512 a Q4 block's 32 weights are two vpermps
-   lookups into a 16-entry table of its values ((q - 8) d or q d + m, computed as the reference
-   computes them), indexed by the nibbles; a Q8_0 block at one row is d times the block's float32
-   sum of q x. AVX2 widens the nibbles instead (the same lookup on 8 lanes, two tables and a
-   blend, was 1.5x slower per one-row GEMV) and at one row takes d times the block's sum of q x
-   in every format, the 4-bit offset times the block's sum of x. Each row stream prefetches 2 KiB ahead (gemv.h: LML_PREFETCH).
-   On AVX-512 a row's blocks go in groups of 16 whose fp16 scales one vcvtph2ps converts (gemv.h:
-   load_scales), and a one-row GEMV (AVX-512 and AVX2) runs 4 output rows at once, each from its own
-   part of the range (LML_STREAMS: four memory streams in flight instead of one; x loaded once for the four).
-   llama.cpp instead quantizes the activation to int8 per block and takes integer dot products.
-   We built that first (VNNI vpdpbusd / AVX2 maddubs) and measured it: on SmolLM2-135M-Instruct
-   Q4_1 its error (3.3% of the final hidden state after 30 layers, every activation off by up to
-   max|x_block|/254) turned the greedy answer to "What is the capital of France?" from "The
-   capital of France is Paris." into "L'Etoile, la Cite, ..." (the same with int8 activations
-   simulated in PyTorch), while on a Q4_0 GEMV 1536 -> 4096 the two ran at the same speed at
-   batch 1 (float/int8 time median 1.02x, 5 pairs on a shared 2-core VM) and int8 gained 1.31x
-   only at batch 8. Exact answers win.
+   A 4-bit model (Q4_0/Q4_1 layers) on AVX-512 with VNNI and VBMI computes as llama.cpp does:
+   each input is rounded to int8 per block of 32 (dx = max|x| / 127) once per phase, and its
+   Q4 and Q8_0 matrices (the head: T_Q8_0R) take integer dot products, vpdpbusd on 4 blocks of
+   nibbles or 2 Q8_0 blocks at a time, whose scales come out of the same loaded bytes (gemv.h:
+   rows_q4_int8, rows_q8_int8). The result is exactly the rounded input times the dequantized
+   weights (the tests' reference rounds the same way), so each output is off the float product
+   by at most the sum over blocks of (dx / 2) sum |w|. SmolLM2-135M-Instruct's published Q4_1
+   file then answers as llama.cpp answers from it ("What is the capital of France?": "L'Étoile,
+   la Marseillaise, ..." from both, a near tie away from float32's "The capital of France is
+   Paris."), and a step is 1.2-1.3x faster than exact float at one thread (the GEMVs 1.35-1.8x).
+   The exact path, which the AVX2 and plain C builds and every Q8_0 model take: each block
+   dequantized exactly in registers, multiplying the float32 activation and accumulating in
+   float32 like the PyTorch reference (only the order of summation differs). On AVX-512 a Q4
+   block's 32 weights are two vpermps lookups into a 16-entry table of its values ((q - 8) d or
+   q d + m, computed as the reference computes them), indexed by the nibbles; a Q8_0 block at one
+   row is d times the block's float32 sum of q x. AVX2 widens the nibbles instead (the same
+   lookup on 8 lanes, two tables and a blend, was 1.5x slower per one-row GEMV) and at one row
+   takes d times the block's sum of q x in every format, the 4-bit offset times the block's sum
+   of x. Q8_0 models stay exact: people pick them for float's answers (SmolLM2 at Q8_0 decodes
+   float32's 32 tokens on the tests' prompts; with int8 activations one of the three parts at
+   token 13), and at one row they are bound by memory, where int8 gained nothing (1.00x).
+   Each row stream prefetches 2 KiB ahead (gemv.h: LML_PREFETCH). On AVX-512 an exact row's
+   blocks go in groups of 16 whose fp16 scales one vcvtph2ps converts (gemv.h: load_scales), and
+   a one-row GEMV (every block path, bf16) runs 4 output rows at once, each from its own part of
+   the range (LML_STREAMS: four memory streams in flight instead of one; x loaded once for the four).
    Float32 and bf16 weights are exact and accumulate in float32, following the PyTorch
    reference term by term; only the order of summation differs.
 

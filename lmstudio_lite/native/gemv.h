@@ -88,10 +88,10 @@ int lml_int8(void) {
 
 /* x [B, K] in float32 and its sums per block of 32, s [B, K/32]: the 4-bit formats' offset term
    (q4_0: -8 d; q4_1: m) multiplies a block's sum of x once instead of every element.
-   With LML_INT8, also x quantized per block (quantize_act), in the two orders the kernels read:
-   q4 [B, quads(K) * 128] (quads of 4 blocks) with scales dx4 [B, quads(K) * 16], and q8
-   [B, pairs(K) * 64] (pairs of blocks) with dx8 [B, pairs(K) * 16]; the last quad or pair is
-   padded with zeros. */
+   With LML_INT8, also x rounded to int8 per block (quantize_act), in the two orders the kernels
+   read: q4 [B, quads(K) * 128] (quads of 4 blocks) with per-lane scales dx4 and quarter block
+   sums sx4 [B, quads(K) * 16], and q8 [B, pairs(K) * 64] (pairs of blocks) with dx8
+   [B, pairs(K) * 16]; the last quad or pair is padded with zeros. */
 typedef struct {
     const float *x;
     float *s;
@@ -115,8 +115,8 @@ static void block_sums(const float *x, int64_t B, int64_t K, qact *a) {
 /* Block k of row b as int8: q = round(x / dx), dx = max|x| / 127, so |x - dx q| <= dx / 2.
    For the Q4 rows its elements 0..15 go to bytes (k % 4) * 16 of its quad's first 64, 16..31 to
    the same place in the second 64 (the order in which a quad's nibbles come out of the weights),
-   dx to the 4 int32 lanes its products land in; for Q8_0 rows they stay in order, two blocks a
-   64-byte register, dx in 8 lanes each. s becomes the sum of the rounded x (see rows_q4_int8). */
+   dx and a quarter of its rounded sum (sx4, the 4-bit offset's) to the 4 int32 lanes its products
+   land in; for Q8_0 rows they stay in order, two blocks a 64-byte register, dx in 8 lanes each. */
 static void quantize_act(const float *x, int64_t B, int64_t K, int order, qact *a) {
     const int64_t nb = K / 32, nq = quads(K), np = pairs(K);
     for (int64_t b = 0; b < B; b++) {
