@@ -509,6 +509,7 @@ INLINE void rows_q4_int8(const int type, const uint8_t *W, int64_t K, const qact
             _mm_prefetch((const char *)blk + LML_PREFETCH + 64, _MM_HINT_T0);
             __m512i nib, scales;
             quad_load(&ql, blk, valid, valid == 4 * bytes, &nib, &scales);
+#pragma GCC unroll 8
             for (int b = 0; b < B; b++) {
                 const int64_t at = b * nq + quad;
                 acc[b] = quad_dot(type, &ql, nib, scales, a->q4 + at * 128, a->dx4 + at * 16, a->sx4 + at * 16, acc[b]);
@@ -588,6 +589,7 @@ INLINE void rows_q8_int8(const uint8_t *W, int64_t K, const qact *a, const int B
             _mm_prefetch((const char *)blk + LML_PREFETCH, _MM_HINT_T0);
             _mm_prefetch((const char *)blk + LML_PREFETCH + 64, _MM_HINT_T0);
             const int both = nb - 2 * pair >= 2;
+#pragma GCC unroll 8
             for (int b = 0; b < B; b++)
                 acc[b] = pair_dot(&pl, blk, both, a->q8 + (b * np + pair) * 64, a->dx8 + (b * np + pair) * 16, acc[b]);
         }
