@@ -34,6 +34,10 @@ PLAIN_C = "-DLML_PLAIN_C"  # a define that turns every intrinsic off (what ARM b
 FORMATS = {"f32": 0, "bf16": 1, "q8_0": 2, "q4_0": 3, "q4_1": 4}
 Q8_0_ROUNDED = 5  # decode.c's T_Q8_0R: Q8_0 blocks on int8 activations (a 4-bit model's head)
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+if platform.machine().lower() in ("x86_64", "amd64"):
+    # GCC vectorizes the plain loops (float32 GEMV, attention) 256 bits wide on AVX-512 CPUs unless
+    # asked: 512 made a float32 SmolLM2 step 1.06x faster at one thread (bench/kernel_ab.py --gguf)
+    FLAGS.append("-mprefer-vector-width=512")
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
