@@ -105,7 +105,9 @@ def step_bytes(model) -> int:
     """Weight bytes one decode step streams: every block's matrices and norms, the final norm and
     the head (quantized blocks, a float head, or the tied embedding read as the head)."""
     model, total = model.net, 0
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+    # remove_duplicate=False: a quantized tied head shares its blocks with the embedding, which
+    # comes first and would otherwise hide them (SmolLM2 Q4_1 counted 66 MB, not 96)
+    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
         if name.startswith("blocks.") or name.startswith("norm_f") or name.startswith("head"):
             total += t.numel() * t.element_size()
     if model.head is None:
