@@ -27,8 +27,10 @@ longer prefix with one still being prefilled waits for it (``n`` > 1, a common s
 sent by several clients at once), so that prefix is computed once.
 
 Consumers iterate a ``ScheduledStream`` (``stream.TextStream``'s surface, as ``GenerationStream``) in their
-own thread; the driver hands each sequence's text deltas over through a queue. Sampling,
-stop strings and detokenizing happen per sequence in the driver, exactly as the single
+own thread, or watch it (``watch(notify)``, then ``take()``); the driver hands each sequence's
+text deltas over through a queue, and calls the watchers' ``notify`` once per prefill pass and
+once per step, just before the model runs again (the GIL is free then for whoever takes the text).
+Sampling, stop strings and detokenizing happen per sequence in the driver, exactly as the single
 stream engine does them.
 """
 from __future__ import annotations
@@ -123,7 +125,8 @@ class _Seq(RunState):
         self.detok = tokenizer.decode_stream(skip_special_tokens=True)
         self.logprobs = logprobs  # None: off; k >= 0: the chosen token's logprob and the top k
         self.token_logprobs: list[dict] = []
-        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.events: queue.SimpleQueue = queue.SimpleQueue()  # (what, value, logprob entries covered)
+        self.notify = None  # set by ScheduledStream.watch: called by the driver after new events
         self.placed = threading.Event()  # it has a row (or ended): no longer waiting
         self.tokens = list(prompt_ids)  # prompt, then every sampled id
         self.fed = 0  # tokens whose K/V is in the row
@@ -168,6 +171,7 @@ class Scheduler:
         self._pool: KVCache | None = None
         self._thread: threading.Thread | None = None
         self._pool_error: str | None = None
+        self._touched: dict[int, object] = {}  # id(seq) -> its notify: sequences with new events (driver only)
 
     # -- the public surface ---------------------------------------------------------------
     def stream(self, prompt_ids: list[int], params: SamplingParams, max_new_tokens: int,
@@ -256,6 +260,14 @@ class Scheduler:
                     held = self._running + self._waiting
                 for seq in held:
                     self._fail(seq, e)
+            self._notify_watchers()
+
+    def _notify_watchers(self):
+        """Tell each watcher whose sequence got events since the last call: once per step (or prefill
+        pass) rather than per event, so an event loop serving many streams wakes once for all."""
+        touched, self._touched = self._touched, {}
+        for notify in touched.values():
+            notify()
 
     def _step(self):
         with self._cond:
@@ -364,6 +376,7 @@ class Scheduler:
             chunks = min(PASS_CHUNKS, len(pending)) if decoding else PASS_CHUNKS
             group, chunk = self._prefill_group(pending, self.prefill_chunk * chunks)
             self._prefill_pass(group, chunk)
+            self._notify_watchers()  # first tokens go out now, not after the burst's other passes
             pending = [s for s in self._running if s.fed < len(s.prompt_ids)]
             decoding = [s.t_last for s in self._running if s.fed >= len(s.prompt_ids)]
             if (decoding and time.perf_counter() - min(decoding) >= self.decode_gap_s) or self._cancel_pending():
@@ -440,7 +453,7 @@ class Scheduler:
             seq.fed = start + lens[b]
             seq.row.valid = seq.fed
         for i, b in enumerate(done or ()):
-            self._accept(group[b], logits[i:i + 1])
+            self._accept(group[b], logits, i)
 
     def _decode(self):
         batch = [s for s in self._running if s.fed == len(s.tokens) - 1 and s.fed >= len(s.prompt_ids)]
@@ -459,35 +472,38 @@ class Scheduler:
         # Greedy rows without a penalty pick by one argmax over the batch (one host sync, not one per row).
         plain = [s.params.greedy and s.params.repetition_penalty == 1.0 for s in batch]
         picks = logits.argmax(dim=-1).tolist() if any(plain) else None
+        now = time.perf_counter()
         for b, seq in enumerate(batch):
             seq.fed += 1
             seq.row.valid = seq.fed
-            self._accept(seq, logits[b:b + 1], picks[b] if plain[b] else None)
+            self._accept(seq, logits, b, picks[b] if plain[b] else None, now)
 
-    def _accept(self, seq: _Seq, logits: torch.Tensor, tok: int | None = None):
-        """Sample the next id from logits [1, V] (unless ``tok`` was already picked), stream its text,
-        and end the sequence when it is done."""
+    def _accept(self, seq: _Seq, logits: torch.Tensor, b: int = 0, tok: int | None = None,
+                now: float | None = None):
+        """Sample the next id from row ``b`` of logits [B, V] (unless ``tok`` was already picked),
+        stream its text, and end the sequence when it is done."""
         params = seq.params
         if tok is None:
             prev = None
             if params.repetition_penalty != 1.0:
                 prev = torch.tensor([seq.tokens], dtype=torch.long, device=logits.device)
-            tok = int(sample(logits, params, seq.generator, prev).item())
+            tok = int(sample(logits[b:b + 1], params, seq.generator, prev).item())
         entry = None
         if seq.logprobs is not None and tok not in seq.eos:  # OpenAI lists no entry for the end token
-            entry = _logprob_entry(logits, tok, seq.logprobs)
-        now = seq.t_last = time.perf_counter()
+            entry = _logprob_entry(logits[b:b + 1], tok, seq.logprobs)
+        now = seq.t_last = now or time.perf_counter()
         seq.tokens.append(tok)
-        seq.new_ids.append(tok)
-        stats = seq.stats
+        new_ids = seq.new_ids
+        new_ids.append(tok)
+        n, stats = len(new_ids), seq.stats
         if seq.t_first == 0.0:
             seq.t_first = now
             stats["ttft_s"] = now - seq.t_submit
             stats["prefill_ms"] = seq.t_prefill * 1000.0
             stats["ttft_steps"] = self.steps - seq.submit_step  # driver steps it waited (0: its first one)
-        stats["new_tokens"] = len(seq.new_ids)
-        if len(seq.new_ids) >= 2:
-            stats["decode_tok_s"] = (len(seq.new_ids) - 1) / max(now - seq.t_first, 1e-9)
+        stats["new_tokens"] = n
+        if n >= 2:
+            stats["decode_tok_s"] = (n - 1) / max(now - seq.t_first, 1e-9)
         if tok in seq.eos:
             self._finish(seq, "stop")
             return
@@ -505,7 +521,9 @@ class Scheduler:
 
     def _emit(self, seq: _Seq, text: str):
         seq.text += text
-        seq.events.put(("delta", text))
+        seq.events.put(("delta", text, len(seq.token_logprobs) if seq.logprobs is not None else None))
+        if seq.notify is not None:
+            self._touched[id(seq)] = seq.notify
 
     def _finish(self, seq: _Seq, reason: str):
         """End ``seq`` normally ("stop", "length", "cancelled"): its text held back is released, its row
@@ -519,11 +537,11 @@ class Scheduler:
             self._emit(seq, tail)
         if reason == "cancelled" and seq.cancel_step is not None:
             seq.stats["cancel_steps"] = self.steps - seq.cancel_step  # steps that ran after cancel() (0 or 1)
-        self._end(seq, reason, ("end", None))
+        self._end(seq, reason, ("end", None, None))
 
     def _fail(self, seq: _Seq, error: BaseException):
         """End ``seq`` with ``error`` (raised to its consumer); its row's contents are forgotten."""
-        self._end(seq, "error", ("error", error))
+        self._end(seq, "error", ("error", error, None))
 
     def _end(self, seq: _Seq, reason: str, last_event: tuple):
         """Take ``seq`` out of the queue and the batch, free its row, complete its stats, wake its
@@ -537,6 +555,8 @@ class Scheduler:
         stats["context_full"] = len(seq.tokens) >= self.model.config.max_seq_len
         stats["total_s"] = time.perf_counter() - seq.t_submit if seq.t_submit else 0.0
         seq.events.put(last_event)
+        if seq.notify is not None:
+            self._touched[id(seq)] = seq.notify
         seq.placed.set()
         seq.ended.set()
 
@@ -612,13 +632,21 @@ class ScheduledStream(TextStream):
     def __next__(self) -> str:
         if self._done or not self._join():
             raise StopIteration
-        what, value = self._run.events.get()
+        what, value, _ = self._run.events.get()
         if what == "delta":
             return value
         self._done = True
         if what == "error":
             raise value
         raise StopIteration
+
+    def watch(self, notify):
+        """``TextStream.watch`` without a thread: the driver calls ``notify`` after each step (or
+        prefill pass) that gave this stream new events; ``take()`` reads them."""
+        self._inbox, self._run.notify = self._run.events, notify
+        if not self._join():  # cancelled before it joined: it ends with nothing
+            self._run.events.put(("end", None, None))
+            notify()
 
     @property
     def queue_position(self) -> int | None:
