@@ -59,6 +59,7 @@ IDLE_EXIT_S = 2.0  # an idle driver thread ends after this long
 PASS_CHUNKS = 4  # with no stream decoding, one prefill pass may hold this many chunks (padded tokens)
 PAD_WASTE = 0.3  # prompts prefilled together: padding may be at most this share of the pass
 DECODE_GAP_S = 0.25  # while streams decode, prefill passes go on only until this long since their last step
+ALIGN = 16  # prompts this close in position are prefilled in one pass (the later ones step back)
 SHARE_MIN = 16  # a request waits for a prefix being prefilled only when it saves more tokens than this
 CPU_BUDGET = 4 << 30  # default KV budget on the CPU, at most a quarter of the RAM; untouched rows cost nothing
 
@@ -392,25 +393,34 @@ class Scheduler:
             return any(s.cancelled() for s in self._running) or any(s.cancelled() for s in self._waiting)
 
     def _prefill_group(self, pending: list[_Seq], budget: int) -> tuple[list[_Seq], int]:
-        """The oldest pending sequence and those at the same position whose rest of prompt is
-        close to its length (padding at most ``PAD_WASTE`` of the pass), and the tokens per row:
-        one pass of at most ``budget`` padded tokens. Rows longer than that go on from the same
-        position in the next pass, so a group stays together."""
+        """The oldest pending sequence and those within ``ALIGN`` positions of it whose rest of
+        prompt is close to its length (padding at most ``PAD_WASTE`` of the pass), and the tokens
+        per row: one pass of at most ``budget`` padded tokens. The group starts at its lowest
+        position: the others go back to it and recompute a few cached tokens (the same K/V, from
+        the same tokens), cheaper than a pass of their own (a burst of chat prompts shares the
+        template's first tokens with some cached row, each a token or two more or less). Rows
+        longer than the chunk go on from the same position in the next pass, so a group stays
+        together."""
         head = pending[0]
-        rest = {id(s): len(s.prompt_ids) - s.fed for s in pending}
         group = [head]
-        peers = sorted((s for s in pending[1:] if s.fed == head.fed),
-                       key=lambda s: abs(rest[id(s)] - rest[id(head)]))
+        peers = sorted((s for s in pending[1:] if abs(s.fed - head.fed) <= ALIGN),
+                       key=lambda s: abs((len(s.prompt_ids) - s.fed) - (len(head.prompt_ids) - head.fed)))
         for seq in peers:
             trial = group + [seq]
-            chunk = min(max(rest[id(s)] for s in trial), budget // len(trial))
+            start = min(s.fed for s in trial)
+            rests = [len(s.prompt_ids) - start for s in trial]
+            chunk = min(max(rests), budget // len(trial))
             if chunk < 1:
                 break
-            real = sum(min(rest[id(s)], chunk) for s in trial)
-            if real < (1.0 - PAD_WASTE) * chunk * len(trial):
+            if sum(min(r, chunk) for r in rests) < (1.0 - PAD_WASTE) * chunk * len(trial):
                 continue
             group = trial
-        return group, min(max(rest[id(s)] for s in group), max(1, budget // len(group)))
+        start = min(s.fed for s in group)
+        for seq in group:
+            if seq.fed > start:
+                seq.fed = seq.row.valid = start
+                seq.stats["cached_tokens"] = min(seq.stats["cached_tokens"], start)
+        return group, min(max(len(s.prompt_ids) - start for s in group), max(1, budget // len(group)))
 
     def _prefill_pass(self, group: list[_Seq], chunk: int):
         """Feed up to ``chunk`` more prompt tokens of each sequence in ``group`` (all at position
