@@ -52,6 +52,15 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
+def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
+    """logits [B, V] -> ids [B] long: each row's first largest entry (NaN counts as largest, as in
+    torch). On the CPU through numpy: torch's argmax splits a few rows over its thread pool, which
+    costs more than the work (8 x 49k: 6 ms against 55 us, 8 x 4k: 63 against 3.5 us, 2 busy cores)."""
+    if logits.device.type != "cpu":
+        return logits.argmax(dim=-1)
+    return torch.from_numpy(logits.detach().float().numpy().argmax(axis=1)).to(torch.long)
+
+
 def apply_repetition_penalty(logits: torch.Tensor, prev_ids: torch.Tensor, penalty: float) -> torch.Tensor:
     """logits [B, V], prev_ids [B, N] -> new logits [B, V]; seen tokens: positive / penalty, negative * penalty."""
     seen = logits.gather(1, prev_ids)  # [B, N]; repeats of an id gather the same value, so scatter is consistent
@@ -96,7 +105,7 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     if params.repetition_penalty != 1.0 and prev_ids is not None and prev_ids.numel():
         logits = apply_repetition_penalty(logits, prev_ids.to(torch.long), params.repetition_penalty)
     if params.greedy:
-        return logits.argmax(dim=-1)
+        return argmax_rows(logits)
     logits = logits / params.temperature
     if logits.device.type == "cpu":
         return _sample_candidates(logits, params, generator)

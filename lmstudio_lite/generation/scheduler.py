@@ -48,7 +48,7 @@ from ..messages import Message
 from ..model.kv_cache import KVCache
 from ..threads import use_inference_threads
 from .engine import check_request
-from .sampling import SamplingParams, sample
+from .sampling import SamplingParams, argmax_rows, sample
 from .stopping import StopStringHoldback
 from .stream import RunState, TextStream
 
@@ -481,7 +481,7 @@ class Scheduler:
             return
         # Greedy rows without a penalty pick by one argmax over the batch (one host sync, not one per row).
         plain = [s.params.greedy and s.params.repetition_penalty == 1.0 for s in batch]
-        picks = logits.argmax(dim=-1).tolist() if any(plain) else None
+        picks = argmax_rows(logits).tolist() if any(plain) else None
         now = time.perf_counter()
         for b, seq in enumerate(batch):
             seq.fed += 1
