@@ -218,12 +218,12 @@ async def _sse_frames(run: _Run, chunks: convert.ChunkMaker, token_text) -> Asyn
         for i, stream in enumerate(run.streams):
             out += ([] if started[i] else chunks.start(i)) + chunks.end(stream.stats, i, with_usage=False)
         out += chunks.usage([s.stats for s in run.streams])
-        yield "".join(convert.sse(c) for c in out)
+        yield "".join(convert.sse(c) for c in out) + convert.SSE_DONE  # the end in one write
     except Exception as e:  # the headers are gone: report the failure as an error event
         if not is_user_error(e):
             log.exception("generation failed mid-stream")
-        yield convert.sse(convert.error_body(f"generation failed: {user_message(e)}", "server_error"))
-    yield convert.SSE_DONE
+        yield convert.sse(convert.error_body(f"generation failed: {user_message(e)}", "server_error")) \
+            + convert.SSE_DONE
 
 
 class _EventStreamResponse(StreamingResponse):
