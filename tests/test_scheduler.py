@@ -51,7 +51,9 @@ def run_all(sched, requests):
 def test_seeded_requests_give_the_same_tokens_alone_or_batched(stories):
     prompts = [stories.tokenizer.encode(p) for p in
                ("Once upon a time", "The cat sat", "Lily and Ben went to the park because", "A dog")]
-    sampled = [SamplingParams(temperature=1.0, top_p=0.9, seed=s) for s in (1, 2, 3, 4)]
+    # rows at a temperature alone are picked together, filtered ones one by one: both must match
+    sampled = [SamplingParams(temperature=1.0, top_p=0.9, seed=1), SamplingParams(temperature=1.0, seed=2),
+               SamplingParams(temperature=0.8, seed=3), SamplingParams(temperature=1.0, top_p=0.9, seed=4)]
     sched = fresh(stories, cache_rows=0)
     alone = [sched.generate_ids(p, sp, 24, ignore_eos=True) for p, sp in zip(prompts, sampled)]
     steps = sched.info()["steps"]

@@ -48,7 +48,7 @@ from ..messages import Message
 from ..model.kv_cache import KVCache
 from ..threads import use_inference_threads
 from .engine import check_request
-from .sampling import SamplingParams, argmax_rows, sample
+from .sampling import SamplingParams, argmax_rows, sample, sample_tempered, tempered_only
 from .stopping import StopStringHoldback
 from .stream import RunState, TextStream
 
@@ -479,14 +479,33 @@ class Scheduler:
             for seq in batch:
                 self._fail(seq, e)
             return
-        # Greedy rows without a penalty pick by one argmax over the batch (one host sync, not one per row).
-        plain = [s.params.greedy and s.params.repetition_penalty == 1.0 for s in batch]
-        picks = argmax_rows(logits).tolist() if any(plain) else None
+        picks = self._pick_together(batch, logits)
         now = time.perf_counter()
         for b, seq in enumerate(batch):
             seq.fed += 1
             seq.row.valid = seq.fed
-            self._accept(seq, logits, b, picks[b] if plain[b] else None, now)
+            self._accept(seq, logits, b, picks[b], now)
+
+    def _pick_together(self, batch: list[_Seq], logits: torch.Tensor) -> list[int | None]:
+        """The next id of every row that can be picked with the others (None for the rest, sampled one
+        by one): greedy rows without a penalty by one argmax, and on the CPU rows sampled at a
+        temperature alone (an OpenAI client's default) by one softmax and cumsum, each row still
+        drawing from its own seeded generator. Per row, these cost more than the batched step."""
+        picks: list[int | None] = [None] * len(batch)
+        greedy = [b for b, s in enumerate(batch) if s.params.greedy and s.params.repetition_penalty == 1.0]
+        if greedy:
+            ids = argmax_rows(logits).tolist()
+            for b in greedy:
+                picks[b] = ids[b]
+        if logits.device.type == "cpu":
+            tempered = [b for b, s in enumerate(batch) if tempered_only(s.params)]
+            if tempered:
+                rows = logits if len(tempered) == len(batch) else logits[tempered]
+                ids = sample_tempered(rows, [batch[b].params.temperature for b in tempered],
+                                      [batch[b].generator for b in tempered]).tolist()
+                for b, tok in zip(tempered, ids):
+                    picks[b] = tok
+        return picks
 
     def _accept(self, seq: _Seq, logits: torch.Tensor, b: int = 0, tok: int | None = None,
                 now: float | None = None):
