@@ -170,7 +170,8 @@ class Scheduler:
         self._running: list[_Seq] = []
         self._rows: list[_Row] = []
         self._pool: KVCache | None = None
-        self._thread: threading.Thread | None = None
+        self._driver = _Driver(self._cond)
+        weakref.finalize(self, _stop_driver, self._driver)  # also runs at interpreter exit
         self._pool_error: str | None = None
         self._touched: dict[int, object] = {}  # id(seq) -> its notify: sequences with new events (driver only)
 
@@ -238,20 +239,22 @@ class Scheduler:
         with self._cond:
             seq.submit_step = self.steps
             self._waiting.append(seq)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._drive, name="lmstudio-scheduler", daemon=True)
-                self._thread.start()
+            driver = self._driver
+            if not driver.stopping and (driver.thread is None or not driver.thread.is_alive()):
+                driver.thread = threading.Thread(target=self._drive, name="lmstudio-scheduler", daemon=True)
+                driver.thread.start()
             self._cond.notify_all()
 
     # -- the driver --------------------------------------------------------------------------
     def _drive(self):
         while True:
             with self._cond:
-                while not self._waiting and not self._running:
+                while self._driver.stopping or (not self._waiting and not self._running):
                     # Idle for a while: end, so an unloaded model (and its KV pool) is not kept
                     # alive by this thread; the next request starts a new one.
-                    if not self._cond.wait(self.idle_exit_s) and not self._waiting and not self._running:
-                        self._thread = None
+                    if self._driver.stopping or (not self._cond.wait(self.idle_exit_s) and not self._waiting
+                                                 and not self._running):
+                        self._driver.thread = None
                         return
             use_inference_threads(self.device)  # this thread only: a job may hold the rest
             try:
@@ -601,6 +604,28 @@ class Scheduler:
                 else:
                     row.tokens, row.valid = [], 0  # contents unknown after an error, or no cache wanted
                 seq.row = None
+
+
+class _Driver:
+    """The driver thread and what stops it, kept apart from the scheduler so that stopping it at
+    interpreter exit needs no reference to the scheduler."""
+
+    __slots__ = ("cond", "thread", "stopping")
+
+    def __init__(self, cond: threading.Condition):
+        self.cond, self.thread, self.stopping = cond, None, False
+
+
+def _stop_driver(driver: _Driver):
+    """The scheduler is gone, or the interpreter exits: end the driver after its step. A driver
+    thread still alive when the interpreter tears torch down aborts the process ("terminate
+    called without an active exception": `lmstudio-lite generate` exited -6 right after printing)."""
+    with driver.cond:
+        driver.stopping = True
+        driver.cond.notify_all()
+        thread = driver.thread
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(IDLE_EXIT_S)
 
 
 def _logprob_entry(logits: torch.Tensor, tok: int, top: int) -> dict:
