@@ -178,6 +178,21 @@ def test_held_back_text_is_released_at_the_end():
     assert "".join(stream) == "x##" and stream.stats["finish_reason"] == "stop"
 
 
+def test_a_watched_stream_hands_over_its_text_and_end():
+    """watch/take on the engine's stream (a helper thread iterates it): the same text as iterating."""
+    stream = Engine(MockModel(script("a#b##c###d", 1)), ByteTokenizer()).stream([65], GREEDY, 30, stop=["###"])
+    woke = threading.Event()
+    stream.watch(woke.set)
+    text, ended = "", False
+    while not ended:
+        assert woke.wait(10)
+        woke.clear()
+        part, covered, ended, error = stream.take()
+        text += part
+        assert error is None and covered is None
+    assert text == "a#b##c" and stream.stats["finish_reason"] == "stop"
+
+
 def test_max_new_tokens_gives_length():
     stream = Engine(MockModel(script("abcdefgh", 1)), ByteTokenizer()).stream([65], GREEDY, 3)
     assert "".join(stream) == "abc"

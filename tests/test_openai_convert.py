@@ -174,6 +174,15 @@ def test_text_chunks_have_no_role_chunk_and_no_usage_unless_asked():
     assert maker.id.startswith("cmpl-") and ChunkMaker("chat", "m").id.startswith("chatcmpl-")
 
 
+@pytest.mark.parametrize("kind", ["chat", "text"])
+@pytest.mark.parametrize("usage", [False, True])
+def test_a_text_frame_is_the_sse_of_its_delta_chunk(kind, usage):
+    maker = ChunkMaker(kind, 'a "model"', include_usage=usage)
+    for text in ("Hel", 'é"\\\n\x00<', " "):
+        for index in (0, 2):
+            assert maker.delta_frame(text, index) == convert.sse(maker.delta(text, index)[0])
+
+
 def test_sse_framing():
     frame = convert.sse({"a": "é\n"})
     assert frame.startswith("data: ") and frame.endswith("\n\n") and frame.count("\n") == 2

@@ -14,6 +14,8 @@ import openai
 import pytest
 from fixtures_models import make_services, model_home, serve_in_thread, slow_chat, wait_ready  # noqa: F401
 
+from lmstudio_lite.generation import SamplingParams
+from lmstudio_lite.generation.stream import RunState, TextStream
 from lmstudio_lite.server.serve import create_app
 
 KEY = "sk-test-key"
@@ -297,21 +299,22 @@ def test_serve_command_runs_the_api(model_home):  # noqa: F811
     assert proc.returncode == 130 and "Traceback" not in out
 
 
-class _FailingStream:
+class _FailingStream(TextStream):
     """A generation that raises after its first delta (a tokenizer or model bug)."""
 
     def __init__(self):
-        self.stats = {"prompt_tokens": 1, "new_tokens": 1, "finish_reason": None}
+        super().__init__(RunState([1], SamplingParams(), 1, None))
+        self._deltas = self._generate()
 
-    def __iter__(self):
+    def _generate(self):
         yield "partial"
         raise RuntimeError("the model broke")
 
-    def cancel(self):
-        pass
+    def __next__(self):
+        return next(self._deltas)
 
-    def close(self):
-        pass
+    def _let_go(self):
+        self._deltas.close()
 
 
 def test_a_generation_that_fails_is_reported_not_hung(client, services, monkeypatch):

@@ -171,3 +171,18 @@ def test_cpu_draw_follows_the_probabilities_and_never_picks_a_zero():
     counts = torch.bincount(picks, minlength=5).float() / picks.numel()
     assert counts[1] == 0 and counts[3] == 0
     torch.testing.assert_close(counts[[0, 2, 4]], torch.tensor([0.5, 0.3, 0.2]), atol=0.015, rtol=0)
+
+
+def test_rows_sampled_together_draw_what_each_row_draws_alone():
+    """sample_tempered (the scheduler's batched pick at a temperature) gives every row, from its own
+    generator, exactly the id that sample() gives that row alone, step after step."""
+    from lmstudio_lite.generation.sampling import sample_tempered
+
+    temps = [1.0, 0.7, 1.3, 1.0, 0.2]
+    alone_gens = [_gen(s) for s in range(len(temps))]
+    batch_gens = [_gen(s) for s in range(len(temps))]
+    for step in range(20):
+        logits = _logits(batch=len(temps), vocab=4096, seed=step)
+        alone = [int(sample(logits[b:b + 1], SamplingParams(temperature=t), alone_gens[b])) for b, t in
+                 enumerate(temps)]
+        assert sample_tempered(logits, temps, batch_gens).tolist() == alone

@@ -51,7 +51,9 @@ def run_all(sched, requests):
 def test_seeded_requests_give_the_same_tokens_alone_or_batched(stories):
     prompts = [stories.tokenizer.encode(p) for p in
                ("Once upon a time", "The cat sat", "Lily and Ben went to the park because", "A dog")]
-    sampled = [SamplingParams(temperature=1.0, top_p=0.9, seed=s) for s in (1, 2, 3, 4)]
+    # rows at a temperature alone are picked together, filtered ones one by one: both must match
+    sampled = [SamplingParams(temperature=1.0, top_p=0.9, seed=1), SamplingParams(temperature=1.0, seed=2),
+               SamplingParams(temperature=0.8, seed=3), SamplingParams(temperature=1.0, top_p=0.9, seed=4)]
     sched = fresh(stories, cache_rows=0)
     alone = [sched.generate_ids(p, sp, 24, ignore_eos=True) for p, sp in zip(prompts, sampled)]
     steps = sched.info()["steps"]
@@ -75,6 +77,68 @@ def test_prompts_prefilled_together_in_small_chunks_give_the_full_forward_logits
         assert first["id"] == int(ref.argmax())
         assert first["logprob"] == pytest.approx(float(ref[first["id"]]), abs=1e-4)
         assert [t for t, _ in first["top"]] == ref.topk(3).indices.tolist()
+
+
+def test_prompts_a_few_cached_tokens_apart_are_prefilled_together_exactly(stories):
+    """Three prompts share 3, 5 and 7 tokens with a cached row, so each starts at another position;
+    admitted together, they take one pass from the lowest (the others recompute their few cached
+    tokens, and count only the tokens they reused) and every first token is still the model's own."""
+    tok = stories.tokenizer
+    base = tok.encode("Once upon a time there was a little girl named Lily who liked to play")
+    sched = fresh(stories, max_batch=1, cache_rows=4)
+    sched.generate_ids(base, GREEDY, 2)
+    tail = tok.encode(" big red dog ran to the park with his ball", add_special_tokens=False)
+    prompts = [base[:k] + tail[:14 - k] for k in (3, 5, 7)]  # the same length: no padding keeps them apart
+    assert [next(i for i, (x, y) in enumerate(zip(p, base)) if x != y) for p in prompts] == [3, 5, 7]
+    busy = sched.stream(tok.encode("The"), GREEDY, 400, ignore_eos=True)  # holds the one row meanwhile
+    next(busy)
+    streams = [sched.stream(p, GREEDY, 1, ignore_eos=True, logprobs=3) for p in prompts]
+    for st in streams:
+        st.watch(lambda: None)
+    assert wait_for(lambda: all(st.queue_position for st in streams))
+    sched.max_batch = 4  # all three join at the next step
+    assert all(st.wait_ended(30) for st in streams)
+    busy.close()
+    assert [st.stats["cached_tokens"] for st in streams] == [3, 3, 3]
+    for p, st in zip(prompts, streams):
+        ref = torch.log_softmax(stories.logits(torch.tensor([p]))[0, -1], dim=-1)
+        first = st.logprobs[0]
+        assert first["id"] == int(ref.argmax())
+        assert first["logprob"] == pytest.approx(float(ref[first["id"]]), abs=1e-4)
+        assert [t for t, _ in first["top"]] == ref.topk(3).indices.tolist()
+
+
+def test_watched_streams_are_handed_their_text_by_the_driver(stories):
+    """watch/take, the server's way: the same text as iterating, ``notify`` called from one thread
+    (the driver) for all the streams, each take's logprob entries adding up to the text taken."""
+    prompts = [stories.tokenizer.encode(p) for p in ("Once upon a time", "The cat sat", "A dog")]
+    sched = fresh(stories, cache_rows=0)
+    alone = ["".join(sched.stream(p, GREEDY, 12, ignore_eos=True)) for p in prompts]
+    woke, callers = threading.Event(), set()
+
+    def notify():
+        callers.add(threading.get_ident())
+        woke.set()
+
+    streams = [sched.stream(p, GREEDY, 12, ignore_eos=True, logprobs=0) for p in prompts]
+    for st in streams:
+        st.watch(notify)
+    texts, open_ = [""] * len(streams), set(range(len(streams)))
+    while open_:
+        assert woke.wait(10)
+        woke.clear()
+        for i in sorted(open_):
+            text, covered, ended, error = streams[i].take()
+            texts[i] += text
+            assert error is None and "".join(e["text"] for e in streams[i].logprobs[:covered]) == texts[i]
+            if ended:
+                open_.discard(i)
+    assert texts == alone
+    assert len(callers) == 1 and threading.get_ident() not in callers
+    early = sched.stream(prompts[0], GREEDY, 4)
+    early.cancel()
+    early.watch(woke.set)  # cancelled before it joined: it ends at once, with nothing
+    assert early.take()[::2] == ("", True) and early.finish_reason == "cancelled"
 
 
 def test_prompt_cache_is_exact_and_counts_cached_tokens(stories):

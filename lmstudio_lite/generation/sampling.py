@@ -52,6 +52,15 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
+def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
+    """logits [B, V] -> ids [B] long: each row's first largest entry (NaN counts as largest, as in
+    torch). On the CPU through numpy: torch's argmax splits a few rows over its thread pool, which
+    costs more than the work (8 x 49k: 6 ms against 55 us, 8 x 4k: 63 against 3.5 us, 2 busy cores)."""
+    if logits.device.type != "cpu":
+        return logits.argmax(dim=-1)
+    return torch.from_numpy(logits.detach().float().numpy().argmax(axis=1)).to(torch.long)
+
+
 def apply_repetition_penalty(logits: torch.Tensor, prev_ids: torch.Tensor, penalty: float) -> torch.Tensor:
     """logits [B, V], prev_ids [B, N] -> new logits [B, V]; seen tokens: positive / penalty, negative * penalty."""
     seen = logits.gather(1, prev_ids)  # [B, N]; repeats of an id gather the same value, so scatter is consistent
@@ -96,7 +105,7 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     if params.repetition_penalty != 1.0 and prev_ids is not None and prev_ids.numel():
         logits = apply_repetition_penalty(logits, prev_ids.to(torch.long), params.repetition_penalty)
     if params.greedy:
-        return logits.argmax(dim=-1)
+        return argmax_rows(logits)
     logits = logits / params.temperature
     if logits.device.type == "cpu":
         return _sample_candidates(logits, params, generator)
@@ -110,11 +119,32 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def tempered_only(params: SamplingParams) -> bool:
+    """Sampled at a temperature with no filter and no penalty (what an OpenAI client asks by default):
+    ``sample_tempered`` takes such rows together."""
+    return (not params.greedy and params.top_k == 0 and params.top_p >= 1.0 and params.min_p == 0.0
+            and params.repetition_penalty == 1.0)
+
+
+def sample_tempered(logits: torch.Tensor, temperatures: list[float],
+                    generators: list[torch.Generator | None]) -> torch.Tensor:
+    """CPU rows at their own temperature, no filter: logits [B, V] -> ids [B], row b drawn from
+    ``generators[b]``. Row b gets exactly what ``sample(logits[b:b+1], SamplingParams(temperature=t_b),
+    generators[b])`` gives (the same row-wise operations), in one softmax and one cumsum for all rows."""
+    scaled = torch.cat([logits[b:b + 1].float() / t for b, t in enumerate(temperatures)])  # [B, V]
+    return _draw(scaled.softmax(dim=-1), generators)
+
+
+def _draw(probs: torch.Tensor, generator: torch.Generator | None | list) -> torch.Tensor:
     """One index per row of probs [B, M] (need not sum to 1), by inverting the CDF:
-    on the CPU ``torch.multinomial`` costs 1.3 ms over a 49k vocabulary, this ~0.1 ms."""
+    on the CPU ``torch.multinomial`` costs 1.3 ms over a 49k vocabulary, this ~0.1 ms.
+    ``generator``: one for every row, or a list of one per row."""
     cdf = probs.cumsum(dim=-1)  # [B, M]
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device) * cdf[:, -1:]
+    if isinstance(generator, list):
+        u = torch.cat([torch.rand(1, 1, generator=g, device=probs.device) for g in generator])
+    else:
+        u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device)
+    u = u * cdf[:, -1:]
     # right=True: a zero-probability entry (cdf equal to its predecessor's) can never be hit.
     return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
 

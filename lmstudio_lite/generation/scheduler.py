@@ -27,8 +27,10 @@ longer prefix with one still being prefilled waits for it (``n`` > 1, a common s
 sent by several clients at once), so that prefix is computed once.
 
 Consumers iterate a ``ScheduledStream`` (``stream.TextStream``'s surface, as ``GenerationStream``) in their
-own thread; the driver hands each sequence's text deltas over through a queue. Sampling,
-stop strings and detokenizing happen per sequence in the driver, exactly as the single
+own thread, or watch it (``watch(notify)``, then ``take()``); the driver hands each sequence's
+text deltas over through a queue, and calls the watchers' ``notify`` once per prefill pass and
+once per step, just before the model runs again (the GIL is free then for whoever takes the text).
+Sampling, stop strings and detokenizing happen per sequence in the driver, exactly as the single
 stream engine does them.
 """
 from __future__ import annotations
@@ -46,7 +48,7 @@ from ..messages import Message
 from ..model.kv_cache import KVCache
 from ..threads import use_inference_threads
 from .engine import check_request
-from .sampling import SamplingParams, sample
+from .sampling import SamplingParams, argmax_rows, sample, sample_tempered, tempered_only
 from .stopping import StopStringHoldback
 from .stream import RunState, TextStream
 
@@ -57,6 +59,7 @@ IDLE_EXIT_S = 2.0  # an idle driver thread ends after this long
 PASS_CHUNKS = 4  # with no stream decoding, one prefill pass may hold this many chunks (padded tokens)
 PAD_WASTE = 0.3  # prompts prefilled together: padding may be at most this share of the pass
 DECODE_GAP_S = 0.25  # while streams decode, prefill passes go on only until this long since their last step
+ALIGN = 16  # prompts this close in position are prefilled in one pass (the later ones step back)
 SHARE_MIN = 16  # a request waits for a prefix being prefilled only when it saves more tokens than this
 CPU_BUDGET = 4 << 30  # default KV budget on the CPU, at most a quarter of the RAM; untouched rows cost nothing
 
@@ -123,7 +126,8 @@ class _Seq(RunState):
         self.detok = tokenizer.decode_stream(skip_special_tokens=True)
         self.logprobs = logprobs  # None: off; k >= 0: the chosen token's logprob and the top k
         self.token_logprobs: list[dict] = []
-        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.events: queue.SimpleQueue = queue.SimpleQueue()  # (what, value, logprob entries covered)
+        self.notify = None  # set by ScheduledStream.watch: called by the driver after new events
         self.placed = threading.Event()  # it has a row (or ended): no longer waiting
         self.tokens = list(prompt_ids)  # prompt, then every sampled id
         self.fed = 0  # tokens whose K/V is in the row
@@ -166,8 +170,10 @@ class Scheduler:
         self._running: list[_Seq] = []
         self._rows: list[_Row] = []
         self._pool: KVCache | None = None
-        self._thread: threading.Thread | None = None
+        self._driver = _Driver(self._cond)
+        weakref.finalize(self, _stop_driver, self._driver)  # also runs at interpreter exit
         self._pool_error: str | None = None
+        self._touched: dict[int, object] = {}  # id(seq) -> its notify: sequences with new events (driver only)
 
     # -- the public surface ---------------------------------------------------------------
     def stream(self, prompt_ids: list[int], params: SamplingParams, max_new_tokens: int,
@@ -233,20 +239,22 @@ class Scheduler:
         with self._cond:
             seq.submit_step = self.steps
             self._waiting.append(seq)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._drive, name="lmstudio-scheduler", daemon=True)
-                self._thread.start()
+            driver = self._driver
+            if not driver.stopping and (driver.thread is None or not driver.thread.is_alive()):
+                driver.thread = threading.Thread(target=self._drive, name="lmstudio-scheduler", daemon=True)
+                driver.thread.start()
             self._cond.notify_all()
 
     # -- the driver --------------------------------------------------------------------------
     def _drive(self):
         while True:
             with self._cond:
-                while not self._waiting and not self._running:
+                while self._driver.stopping or (not self._waiting and not self._running):
                     # Idle for a while: end, so an unloaded model (and its KV pool) is not kept
                     # alive by this thread; the next request starts a new one.
-                    if not self._cond.wait(self.idle_exit_s) and not self._waiting and not self._running:
-                        self._thread = None
+                    if self._driver.stopping or (not self._cond.wait(self.idle_exit_s) and not self._waiting
+                                                 and not self._running):
+                        self._driver.thread = None
                         return
             use_inference_threads(self.device)  # this thread only: a job may hold the rest
             try:
@@ -256,6 +264,14 @@ class Scheduler:
                     held = self._running + self._waiting
                 for seq in held:
                     self._fail(seq, e)
+            self._notify_watchers()
+
+    def _notify_watchers(self):
+        """Tell each watcher whose sequence got events since the last call: once per step (or prefill
+        pass) rather than per event, so an event loop serving many streams wakes once for all."""
+        touched, self._touched = self._touched, {}
+        for notify in touched.values():
+            notify()
 
     def _step(self):
         with self._cond:
@@ -364,6 +380,7 @@ class Scheduler:
             chunks = min(PASS_CHUNKS, len(pending)) if decoding else PASS_CHUNKS
             group, chunk = self._prefill_group(pending, self.prefill_chunk * chunks)
             self._prefill_pass(group, chunk)
+            self._notify_watchers()  # first tokens go out now, not after the burst's other passes
             pending = [s for s in self._running if s.fed < len(s.prompt_ids)]
             decoding = [s.t_last for s in self._running if s.fed >= len(s.prompt_ids)]
             if (decoding and time.perf_counter() - min(decoding) >= self.decode_gap_s) or self._cancel_pending():
@@ -379,25 +396,34 @@ class Scheduler:
             return any(s.cancelled() for s in self._running) or any(s.cancelled() for s in self._waiting)
 
     def _prefill_group(self, pending: list[_Seq], budget: int) -> tuple[list[_Seq], int]:
-        """The oldest pending sequence and those at the same position whose rest of prompt is
-        close to its length (padding at most ``PAD_WASTE`` of the pass), and the tokens per row:
-        one pass of at most ``budget`` padded tokens. Rows longer than that go on from the same
-        position in the next pass, so a group stays together."""
+        """The oldest pending sequence and those within ``ALIGN`` positions of it whose rest of
+        prompt is close to its length (padding at most ``PAD_WASTE`` of the pass), and the tokens
+        per row: one pass of at most ``budget`` padded tokens. The group starts at its lowest
+        position: the others go back to it and recompute a few cached tokens (the same K/V, from
+        the same tokens), cheaper than a pass of their own (a burst of chat prompts shares the
+        template's first tokens with some cached row, each a token or two more or less). Rows
+        longer than the chunk go on from the same position in the next pass, so a group stays
+        together."""
         head = pending[0]
-        rest = {id(s): len(s.prompt_ids) - s.fed for s in pending}
         group = [head]
-        peers = sorted((s for s in pending[1:] if s.fed == head.fed),
-                       key=lambda s: abs(rest[id(s)] - rest[id(head)]))
+        peers = sorted((s for s in pending[1:] if abs(s.fed - head.fed) <= ALIGN),
+                       key=lambda s: abs((len(s.prompt_ids) - s.fed) - (len(head.prompt_ids) - head.fed)))
         for seq in peers:
             trial = group + [seq]
-            chunk = min(max(rest[id(s)] for s in trial), budget // len(trial))
+            start = min(s.fed for s in trial)
+            rests = [len(s.prompt_ids) - start for s in trial]
+            chunk = min(max(rests), budget // len(trial))
             if chunk < 1:
                 break
-            real = sum(min(rest[id(s)], chunk) for s in trial)
-            if real < (1.0 - PAD_WASTE) * chunk * len(trial):
+            if sum(min(r, chunk) for r in rests) < (1.0 - PAD_WASTE) * chunk * len(trial):
                 continue
             group = trial
-        return group, min(max(rest[id(s)] for s in group), max(1, budget // len(group)))
+        start = min(s.fed for s in group)
+        for seq in group:
+            if seq.fed > start:
+                seq.fed = seq.row.valid = start
+                seq.stats["cached_tokens"] = min(seq.stats["cached_tokens"], start)
+        return group, min(max(len(s.prompt_ids) - start for s in group), max(1, budget // len(group)))
 
     def _prefill_pass(self, group: list[_Seq], chunk: int):
         """Feed up to ``chunk`` more prompt tokens of each sequence in ``group`` (all at position
@@ -440,7 +466,7 @@ class Scheduler:
             seq.fed = start + lens[b]
             seq.row.valid = seq.fed
         for i, b in enumerate(done or ()):
-            self._accept(group[b], logits[i:i + 1])
+            self._accept(group[b], logits, i)
 
     def _decode(self):
         batch = [s for s in self._running if s.fed == len(s.tokens) - 1 and s.fed >= len(s.prompt_ids)]
@@ -456,38 +482,60 @@ class Scheduler:
             for seq in batch:
                 self._fail(seq, e)
             return
-        # Greedy rows without a penalty pick by one argmax over the batch (one host sync, not one per row).
-        plain = [s.params.greedy and s.params.repetition_penalty == 1.0 for s in batch]
-        picks = logits.argmax(dim=-1).tolist() if any(plain) else None
+        picks = self._pick_together(batch, logits)
+        now = time.perf_counter()
         for b, seq in enumerate(batch):
             seq.fed += 1
             seq.row.valid = seq.fed
-            self._accept(seq, logits[b:b + 1], picks[b] if plain[b] else None)
+            self._accept(seq, logits, b, picks[b], now)
 
-    def _accept(self, seq: _Seq, logits: torch.Tensor, tok: int | None = None):
-        """Sample the next id from logits [1, V] (unless ``tok`` was already picked), stream its text,
-        and end the sequence when it is done."""
+    def _pick_together(self, batch: list[_Seq], logits: torch.Tensor) -> list[int | None]:
+        """The next id of every row that can be picked with the others (None for the rest, sampled one
+        by one): greedy rows without a penalty by one argmax, and on the CPU rows sampled at a
+        temperature alone (an OpenAI client's default) by one softmax and cumsum, each row still
+        drawing from its own seeded generator. Per row, these cost more than the batched step."""
+        picks: list[int | None] = [None] * len(batch)
+        greedy = [b for b, s in enumerate(batch) if s.params.greedy and s.params.repetition_penalty == 1.0]
+        if greedy:
+            ids = argmax_rows(logits).tolist()
+            for b in greedy:
+                picks[b] = ids[b]
+        if logits.device.type == "cpu":
+            tempered = [b for b, s in enumerate(batch) if tempered_only(s.params)]
+            if tempered:
+                rows = logits if len(tempered) == len(batch) else logits[tempered]
+                ids = sample_tempered(rows, [batch[b].params.temperature for b in tempered],
+                                      [batch[b].generator for b in tempered]).tolist()
+                for b, tok in zip(tempered, ids):
+                    picks[b] = tok
+        return picks
+
+    def _accept(self, seq: _Seq, logits: torch.Tensor, b: int = 0, tok: int | None = None,
+                now: float | None = None):
+        """Sample the next id from row ``b`` of logits [B, V] (unless ``tok`` was already picked),
+        stream its text, and end the sequence when it is done."""
         params = seq.params
         if tok is None:
             prev = None
             if params.repetition_penalty != 1.0:
                 prev = torch.tensor([seq.tokens], dtype=torch.long, device=logits.device)
-            tok = int(sample(logits, params, seq.generator, prev).item())
+            tok = int(sample(logits[b:b + 1], params, seq.generator, prev).item())
         entry = None
         if seq.logprobs is not None and tok not in seq.eos:  # OpenAI lists no entry for the end token
-            entry = _logprob_entry(logits, tok, seq.logprobs)
-        now = seq.t_last = time.perf_counter()
+            entry = _logprob_entry(logits[b:b + 1], tok, seq.logprobs)
+        now = seq.t_last = now or time.perf_counter()
         seq.tokens.append(tok)
-        seq.new_ids.append(tok)
-        stats = seq.stats
+        new_ids = seq.new_ids
+        new_ids.append(tok)
+        n, stats = len(new_ids), seq.stats
         if seq.t_first == 0.0:
             seq.t_first = now
             stats["ttft_s"] = now - seq.t_submit
             stats["prefill_ms"] = seq.t_prefill * 1000.0
             stats["ttft_steps"] = self.steps - seq.submit_step  # driver steps it waited (0: its first one)
-        stats["new_tokens"] = len(seq.new_ids)
-        if len(seq.new_ids) >= 2:
-            stats["decode_tok_s"] = (len(seq.new_ids) - 1) / max(now - seq.t_first, 1e-9)
+        stats["new_tokens"] = n
+        if n >= 2:
+            stats["decode_tok_s"] = (n - 1) / max(now - seq.t_first, 1e-9)
         if tok in seq.eos:
             self._finish(seq, "stop")
             return
@@ -505,7 +553,9 @@ class Scheduler:
 
     def _emit(self, seq: _Seq, text: str):
         seq.text += text
-        seq.events.put(("delta", text))
+        seq.events.put(("delta", text, len(seq.token_logprobs) if seq.logprobs is not None else None))
+        if seq.notify is not None:
+            self._touched[id(seq)] = seq.notify
 
     def _finish(self, seq: _Seq, reason: str):
         """End ``seq`` normally ("stop", "length", "cancelled"): its text held back is released, its row
@@ -519,11 +569,11 @@ class Scheduler:
             self._emit(seq, tail)
         if reason == "cancelled" and seq.cancel_step is not None:
             seq.stats["cancel_steps"] = self.steps - seq.cancel_step  # steps that ran after cancel() (0 or 1)
-        self._end(seq, reason, ("end", None))
+        self._end(seq, reason, ("end", None, None))
 
     def _fail(self, seq: _Seq, error: BaseException):
         """End ``seq`` with ``error`` (raised to its consumer); its row's contents are forgotten."""
-        self._end(seq, "error", ("error", error))
+        self._end(seq, "error", ("error", error, None))
 
     def _end(self, seq: _Seq, reason: str, last_event: tuple):
         """Take ``seq`` out of the queue and the batch, free its row, complete its stats, wake its
@@ -537,6 +587,8 @@ class Scheduler:
         stats["context_full"] = len(seq.tokens) >= self.model.config.max_seq_len
         stats["total_s"] = time.perf_counter() - seq.t_submit if seq.t_submit else 0.0
         seq.events.put(last_event)
+        if seq.notify is not None:
+            self._touched[id(seq)] = seq.notify
         seq.placed.set()
         seq.ended.set()
 
@@ -552,6 +604,28 @@ class Scheduler:
                 else:
                     row.tokens, row.valid = [], 0  # contents unknown after an error, or no cache wanted
                 seq.row = None
+
+
+class _Driver:
+    """The driver thread and what stops it, kept apart from the scheduler so that stopping it at
+    interpreter exit needs no reference to the scheduler."""
+
+    __slots__ = ("cond", "thread", "stopping")
+
+    def __init__(self, cond: threading.Condition):
+        self.cond, self.thread, self.stopping = cond, None, False
+
+
+def _stop_driver(driver: _Driver):
+    """The scheduler is gone, or the interpreter exits: end the driver after its step. A driver
+    thread still alive when the interpreter tears torch down aborts the process ("terminate
+    called without an active exception": `lmstudio-lite generate` exited -6 right after printing)."""
+    with driver.cond:
+        driver.stopping = True
+        driver.cond.notify_all()
+        thread = driver.thread
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(IDLE_EXIT_S)
 
 
 def _logprob_entry(logits: torch.Tensor, tok: int, top: int) -> dict:
@@ -612,13 +686,21 @@ class ScheduledStream(TextStream):
     def __next__(self) -> str:
         if self._done or not self._join():
             raise StopIteration
-        what, value = self._run.events.get()
+        what, value, _ = self._run.events.get()
         if what == "delta":
             return value
         self._done = True
         if what == "error":
             raise value
         raise StopIteration
+
+    def watch(self, notify):
+        """``TextStream.watch`` without a thread: the driver calls ``notify`` after each step (or
+        prefill pass) that gave this stream new events; ``take()`` reads them."""
+        self._inbox, self._run.notify = self._run.events, notify
+        if not self._join():  # cancelled before it joined: it ends with nothing
+            self._run.events.put(("end", None, None))
+            notify()
 
     @property
     def queue_position(self) -> int | None:

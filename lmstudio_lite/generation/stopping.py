@@ -30,6 +30,8 @@ class StopStringHoldback:
 
     def feed(self, delta: str) -> tuple[str, bool]:
         """-> (text to emit now, whether a stop string was hit). After a hit, returns ("", True)."""
+        if not self.stops:  # the usual request: every token's text passes as it is
+            return delta, False
         if self.stopped:
             return "", True
         text = self._held + delta

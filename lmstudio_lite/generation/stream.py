@@ -3,12 +3,18 @@
 Two drivers produce streams: the engine (``GenerationStream``: the generation runs in the
 consumer's thread as it iterates) and the scheduler (``ScheduledStream``: its driver thread
 generates and hands deltas over). Callers (the UI, the server, the CLI) see one surface.
+
+Two ways to consume one: iterate it (a blocking ``next()`` per delta, in the consumer's own
+thread), or ``watch(notify)`` then ``take()`` whenever ``notify`` fires (an event loop serving
+many streams: the scheduler calls ``notify`` from its driver, once per step, so no thread per
+stream sits between the model and the socket).
 """
 from __future__ import annotations
 
+import queue
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .sampling import SamplingParams
 
@@ -99,3 +105,41 @@ class TextStream:
     def _let_go(self):
         """After ``cancel()``: return once the driver has let the generation go."""
         raise NotImplementedError
+
+    def watch(self, notify: Callable[[], None]):
+        """Start generating without a consumer thread: ``notify()`` is called (from the generating
+        thread: it must be short and never block) each time ``take()`` has something new. Iterate
+        the stream or watch it, never both. Here a helper thread iterates it (the engine generates
+        only while iterated); the scheduler's stream hands its driver's events over directly."""
+        self._inbox = queue.SimpleQueue()
+        threading.Thread(target=_pump, args=(self, self._inbox, notify), name="lmstudio-stream-pump",
+                         daemon=True).start()
+
+    def take(self) -> tuple[str, int | None, bool, BaseException | None]:
+        """After ``watch``, without blocking: (the text handed over since the last call, how many
+        ``logprobs`` entries that text covers (None without logprobs), whether the stream has ended,
+        the error it ended with or None)."""
+        parts, covered, ended, error = [], None, False, None
+        inbox = self._inbox
+        while not inbox.empty():
+            what, value, n = inbox.get_nowait()
+            if what == "delta":
+                parts.append(value)
+                covered = n if n is not None else covered
+            else:
+                ended, error = True, value
+        return "".join(parts), covered, ended, error
+
+
+def _pump(stream: TextStream, inbox: queue.SimpleQueue, notify: Callable[[], None]):
+    """``watch`` for a stream that generates only while iterated."""
+    try:
+        for delta in stream:
+            inbox.put(("delta", delta, None))
+            notify()
+        inbox.put(("end", None, None))
+    except BaseException as e:  # handed to the consumer, which reports it
+        inbox.put(("error", e, None))
+    finally:
+        stream.close()  # lets go of the model whatever happened
+    notify()

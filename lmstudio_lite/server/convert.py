@@ -344,6 +344,7 @@ class ChunkMaker:
         self.kind, self.model, self.include_usage = kind, model, include_usage
         self.id = rid or new_id(kind)
         self.created = int(time.time()) if created is None else created
+        self._frames: dict[int, tuple[str, str]] = {}  # index -> a text chunk's SSE frame around its text
 
     def _chunk(self, payload: dict, finish: str | None, index: int = 0, logprobs: dict | None = None) -> dict:
         choice = {"index": index, **payload, "logprobs": logprobs, "finish_reason": finish}
@@ -364,6 +365,16 @@ class ChunkMaker:
     def delta(self, text: str, index: int = 0, logprobs: dict | None = None) -> list[dict]:
         return [self._chunk(self._text(text), None, index, logprobs)] if text else []
 
+    def delta_frame(self, text: str, index: int = 0) -> str:
+        """``sse`` of ``delta(text, index)``'s chunk (non-empty text, no logprobs), built around the
+        text's JSON only: everything else in the frame is the same for every chunk of a choice."""
+        frame = self._frames.get(index)
+        if frame is None:
+            mark = "\x00text\x00"  # cannot occur in the rest of the frame: JSON escapes a NUL
+            head, tail = sse(self._chunk(self._text(mark), None, index)).split(_json(mark))
+            frame = self._frames[index] = (head, tail)
+        return frame[0] + _json(text) + frame[1]
+
     def end(self, stats: dict, index: int = 0, with_usage: bool = True) -> list[dict]:
         empty = {"delta": {}} if self.kind == "chat" else {"text": ""}
         chunks = [self._chunk(empty, finish_reason(stats), index)]
@@ -377,6 +388,10 @@ class ChunkMaker:
         return [{**self._chunk({}, None), "choices": [], "usage": usage(all_stats)}]
 
 
+def _json(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
 def sse(obj: dict) -> str:
     """One server-sent event frame."""
-    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+    return f"data: {_json(obj)}\n\n"

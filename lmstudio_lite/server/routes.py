@@ -2,9 +2,11 @@
 /v1/chat/completions and /v1/completions, streamed (SSE) or not.
 
 The loaded model's scheduler decodes many requests together (generation/scheduler.py).
-Each generation (one per choice, ``n`` of them) is iterated by its own worker thread, which
-hands text deltas to the event loop through a queue. A client that goes away cancels its
-generations: each stops within one step and its KV row is free for the next request.
+Each generation (one per choice, ``n`` of them) is watched (``TextStream.watch``): the
+scheduler's driver wakes the event loop once per step for the streams it gave text to, and
+the loop takes everything they have (several tokens at once when it fell behind) and writes
+one SSE frame per choice. A client that goes away cancels its generations: each stops within
+one step and its KV row is free for the next request.
 
 Include the router in any FastAPI app (before mounting Gradio at "/"); it needs no
 exception handlers of the app: every error is answered here with an OpenAI-style body.
@@ -14,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -117,11 +118,6 @@ def _load(registry, name: str):
 
 
 # -- generation -----------------------------------------------------------------------
-async def _read_json(request: Request):
-    """The parsed body, parsed in a worker thread: a large body never stalls the event loop."""
-    return await run_in_threadpool(_parse_json, await request.body())
-
-
 def _parse_json(raw: bytes):
     try:
         return json.loads(raw)
@@ -166,11 +162,17 @@ def _start(model, req: GenerateRequest) -> list:
         raise convert.bad_request(user_message(e)) from e
 
 
-async def _generate(request: Request, services, kind: str):
-    body = await _read_json(request)
+def _prepare(raw: bytes, kind: str, registry):
+    """Parse the body, load the model it names and start its streams: one trip to a worker
+    thread per request (parsing a large body, loading or tokenizing never stall the event loop)."""
+    body = _parse_json(raw)
     req = convert.parse_chat_request(body) if kind == "chat" else convert.parse_completion_request(body)
-    model = await run_in_threadpool(_load, services.registry, req.model)
-    streams = await run_in_threadpool(_start, model, req)
+    model = _load(registry, req.model)
+    return req, model, _start(model, req)
+
+
+async def _generate(request: Request, services, kind: str):
+    req, model, streams = await run_in_threadpool(_prepare, await request.body(), kind, services.registry)
     run = _Run(streams, "logprobs" in req.options)
     chunks = convert.ChunkMaker(kind, model.name, req.include_usage)
     token_text = _token_text(model)
@@ -204,21 +206,24 @@ async def _sse_frames(run: _Run, chunks: convert.ChunkMaker, token_text) -> Asyn
         started = [False] * n
         offsets = [0] * n
         async for i, delta, entries in run.deltas():  # the first bytes go out with the first text
-            lp = convert.logprobs_body(kind, entries, token_text, offsets[i])
-            offsets[i] += len(delta)
-            out = [] if started[i] else chunks.start(i)
+            head = "" if started[i] else "".join(convert.sse(c) for c in chunks.start(i))
             started[i] = True
-            yield "".join(convert.sse(c) for c in out + chunks.delta(delta, i, lp))
+            lp = None if entries is None else convert.logprobs_body(kind, entries, token_text, offsets[i])
+            offsets[i] += len(delta)
+            if lp is None:
+                yield head + chunks.delta_frame(delta, i)
+                continue
+            yield head + "".join(convert.sse(c) for c in chunks.delta(delta, i, lp))
         out = []
         for i, stream in enumerate(run.streams):
             out += ([] if started[i] else chunks.start(i)) + chunks.end(stream.stats, i, with_usage=False)
         out += chunks.usage([s.stats for s in run.streams])
-        yield "".join(convert.sse(c) for c in out)
+        yield "".join(convert.sse(c) for c in out) + convert.SSE_DONE  # the end in one write
     except Exception as e:  # the headers are gone: report the failure as an error event
         if not is_user_error(e):
             log.exception("generation failed mid-stream")
-        yield convert.sse(convert.error_body(f"generation failed: {user_message(e)}", "server_error"))
-    yield convert.SSE_DONE
+        yield convert.sse(convert.error_body(f"generation failed: {user_message(e)}", "server_error")) \
+            + convert.SSE_DONE
 
 
 class _EventStreamResponse(StreamingResponse):
@@ -234,14 +239,26 @@ class _EventStreamResponse(StreamingResponse):
 
 
 class _Run:
-    """A request's generations (``n`` choices): a worker thread per stream iterates it and
-    hands each delta to the event loop; leaving ``deltas()`` early cancels them all.
-    The model's scheduler decides when each one runs (waiting ones cost a blocked thread)."""
+    """A request's generations (``n`` choices), watched from the event loop: a stream's driver
+    calls ``_wake`` (from its own thread), the loop takes what every stream has; leaving
+    ``deltas()`` early cancels them all. The model's scheduler decides when each one runs."""
 
     def __init__(self, streams: list, with_logprobs: bool = False):
         self.streams, self._with_logprobs = streams, with_logprobs
-        self._queue: asyncio.Queue = asyncio.Queue()
+        self._ready = asyncio.Event()
+        self._armed = False  # a wake-up is on its way to the loop: later ones until it runs are no-ops
         self._loop = asyncio.get_running_loop()
+
+    def _wake(self):
+        """Any thread: new text or an end is waiting in some stream."""
+        if self._armed:
+            return
+        self._armed = True
+        try:
+            self._loop.call_soon_threadsafe(self._ready.set)
+        except RuntimeError:  # the event loop is closed (server shutting down): nobody is listening
+            for stream in self.streams:
+                stream.cancel()
 
     async def deltas(self, gone: Callable[[], Awaitable[bool]] | None = None
                      ) -> AsyncIterator[tuple[int, str, list | None]]:
@@ -252,52 +269,29 @@ class _Run:
                 for stream in self.streams:
                     stream.close()
                 return
-            for i, stream in enumerate(self.streams):
-                threading.Thread(target=self._produce, args=(i, stream), name="lmstudio-api-generation",
-                                 daemon=True).start()
-            open_ = len(self.streams)
+            for stream in self.streams:
+                stream.watch(self._wake)
+            open_ = set(range(len(self.streams)))
+            seen = [0] * len(self.streams)
             while open_:
-                # Deltas that piled up while the client was busy go out as one: with a fast
-                # model the per-chunk cost, not the engine, would set the pace.
-                items = [await self._queue.get()]
-                while not self._queue.empty():
-                    items.append(self._queue.get_nowait())
-                for i in range(len(self.streams)):
-                    mine = [item for item in items if item[0] == i]
-                    text = "".join(value for _, what, value, _ in mine if what == "delta")
+                await self._ready.wait()
+                # Disarmed before taking: text handed over from now on arms a new wake-up.
+                self._ready.clear()
+                self._armed = False
+                for i in sorted(open_):
+                    text, covered, ended, error = self.streams[i].take()
                     if text:
-                        lists = [e for _, what, _, e in mine if what == "delta" and e is not None]
-                        yield i, text, [x for e in lists for x in e] if lists else None
-                for _, what, value, _ in items:
-                    if what == "error":
-                        raise value
-                    if what == "end":
-                        open_ -= 1
+                        entries = None
+                        if self._with_logprobs and covered is not None:
+                            entries, seen[i] = self.streams[i].logprobs[seen[i]:covered], covered
+                        yield i, text, entries
+                    if error is not None:
+                        raise error
+                    if ended:
+                        open_.discard(i)
         finally:
             for stream in self.streams:
                 stream.cancel()  # a no-op when finished; else it stops within one step
-
-    def _produce(self, index: int, stream):
-        seen = 0
-        try:
-            for delta in stream:
-                taken = None
-                if self._with_logprobs:  # the scheduler adds a token's entry before its text
-                    entries = stream.logprobs
-                    taken, seen = entries[seen:], len(entries)
-                self._put((index, "delta", delta, taken))
-            self._put((index, "end", None, None))
-        except BaseException as e:  # handed to the event loop, which answers with an error
-            self._put((index, "error", e, None))
-        finally:
-            stream.close()  # frees its row whatever happened
-
-    def _put(self, item):
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the event loop is closed (server shutting down): nobody is listening
-            for stream in self.streams:
-                stream.cancel()
 
 
 async def _cancel_when_gone(request: Request, stream):
