@@ -35,6 +35,7 @@ stream engine does them.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import threading
@@ -171,7 +172,8 @@ class Scheduler:
         self._rows: list[_Row] = []
         self._pool: KVCache | None = None
         self._driver = _Driver(self._cond)
-        weakref.finalize(self, _stop_driver, self._driver)  # also runs at interpreter exit
+        weakref.finalize(self, _stop_driver, self._driver)
+        _DRIVERS.add(self._driver)  # stopped at interpreter exit (_stop_all_drivers)
         self._pool_error: str | None = None
         self._touched: dict[int, object] = {}  # id(seq) -> its notify: sequences with new events (driver only)
 
@@ -242,6 +244,7 @@ class Scheduler:
             driver = self._driver
             if not driver.stopping and (driver.thread is None or not driver.thread.is_alive()):
                 driver.thread = threading.Thread(target=self._drive, name="lmstudio-scheduler", daemon=True)
+                _THREADS.add(driver.thread)
                 driver.thread.start()
             self._cond.notify_all()
 
@@ -610,7 +613,7 @@ class _Driver:
     """The driver thread and what stops it, kept apart from the scheduler so that stopping it at
     interpreter exit needs no reference to the scheduler."""
 
-    __slots__ = ("cond", "thread", "stopping")
+    __slots__ = ("cond", "thread", "stopping", "__weakref__")
 
     def __init__(self, cond: threading.Condition):
         self.cond, self.thread, self.stopping = cond, None, False
@@ -626,6 +629,24 @@ def _stop_driver(driver: _Driver):
         thread = driver.thread
     if thread is not None and thread is not threading.current_thread():
         thread.join(IDLE_EXIT_S)
+
+
+_DRIVERS: "weakref.WeakSet[_Driver]" = weakref.WeakSet()
+_THREADS: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all_drivers():
+    """Every driver stopped, and every driver thread waited for, before the interpreter tears
+    down. A thread that has left its loop still frees what it held (its scheduler, the KV pool)
+    as it ends, and torch releases the GIL to free a tensor: taking it back during teardown ends
+    the thread through torch's C++ frames, and the process aborts ("terminate called without an
+    active exception"; a 5-file pytest run exited 134 in 4 runs of 5)."""
+    for driver in list(_DRIVERS):
+        _stop_driver(driver)
+    for thread in list(_THREADS):
+        if thread is not threading.current_thread():
+            thread.join(IDLE_EXIT_S)
 
 
 def _logprob_entry(logits: torch.Tensor, tok: int, top: int) -> dict:
