@@ -223,6 +223,15 @@ static inline float hsum8(__m256 v) {
 #ifndef LML_STREAMS
 #define LML_STREAMS 4
 #endif
+/* ... and exact AVX-512 block rows of a large matrix (LML_WIDE_BYTES or more, far beyond L2: a 1B
+   model's, read from memory) this many: the random 1B Llama in Q8_0, 2 threads, 1.05x a step
+   (30 pairs); SmolLM2's matrices, read from L3, were 0.97x with 6 streams everywhere. */
+#ifndef LML_WIDE_STREAMS
+#define LML_WIDE_STREAMS 6
+#endif
+#ifndef LML_WIDE_BYTES
+#define LML_WIDE_BYTES (4 << 20)
+#endif
 
 #if defined(LML_AVX512)
 /* x . rows first + t * stride (t < LML_STREAMS) of a bf16 [N, K] matrix into r[t * stride]. */
@@ -381,14 +390,13 @@ INLINE void block_one_row(const int type, const uint8_t *blk, float d, float m, 
     }
 }
 
-/* x . rows first + t * stride (t < LML_STREAMS) of a block matrix into r[t * stride] (B = 1). */
-INLINE void streams_one_row(const int type, const uint8_t *W, int64_t row_bytes, int64_t nb, const float *x,
-                            int64_t first, int64_t stride, float *r) {
-    enum { S = LML_STREAMS };
+/* x . rows first + t * stride (t < S) of a block matrix into r[t * stride] (B = 1). */
+INLINE void streams_one_row(const int type, const int S, const uint8_t *W, int64_t row_bytes, int64_t nb,
+                            const float *x, int64_t first, int64_t stride, float *r) {
     const int64_t bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20;
-    const uint8_t *blk[S];
-    __m512 acc[S][2];
-    scales16 s[S];
+    const uint8_t *blk[LML_WIDE_STREAMS];
+    __m512 acc[LML_WIDE_STREAMS][2];
+    scales16 s[LML_WIDE_STREAMS];
     for (int t = 0; t < S; t++) {
         blk[t] = W + (first + t * stride) * row_bytes;
         acc[t][0] = acc[t][1] = _mm512_setzero_ps();
@@ -599,7 +607,7 @@ INLINE void rows_q8_int8(const uint8_t *W, int64_t K, const qact *a, const int B
 #endif
 
 INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *a, const int B, int64_t j0,
-                       int64_t n, float *r, int64_t ldr) {
+                       int64_t n, float *r, int64_t ldr, int wide) {
     const int64_t nb = K / 32, bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20, row_bytes = nb * bytes;
     scales16 s;
     int64_t j = 0;
@@ -610,9 +618,13 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
     }
 #endif
     if (B == 1 && LML_STREAMS > 1) {
-        const int64_t q = n / LML_STREAMS;
-        for (; j < q; j++) streams_one_row(type, W, row_bytes, nb, a->x, j0 + j, q, r + j);
-        j = q * LML_STREAMS;
+        const int S = wide ? LML_WIDE_STREAMS : LML_STREAMS;
+        const int64_t q = n / S;
+        if (S == LML_WIDE_STREAMS)
+            for (; j < q; j++) streams_one_row(type, LML_WIDE_STREAMS, W, row_bytes, nb, a->x, j0 + j, q, r + j);
+        else
+            for (; j < q; j++) streams_one_row(type, LML_STREAMS, W, row_bytes, nb, a->x, j0 + j, q, r + j);
+        j = q * S;
     }
     for (; j < n; j++) {
         const uint8_t *blk = W + (j0 + j) * row_bytes;
@@ -716,7 +728,8 @@ INLINE void streams_one_row(const int type, const uint8_t *W, int64_t row_bytes,
 #endif
 
 INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *a, const int B, int64_t j0,
-                       int64_t n, float *r, int64_t ldr) {
+                       int64_t n, float *r, int64_t ldr, int wide) {
+    (void)wide;  /* AVX-512's exact rows only */
     const int64_t nb = K / 32, bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20, row_bytes = nb * bytes;
     int64_t j = 0;
 #if defined(LML_AVX2)
@@ -838,7 +851,7 @@ static void rows_bf16_any(const uint16_t *W, int64_t K, const float *x, int64_t 
 }
 
 static void rows_quant_any(int64_t type, const uint8_t *W, int64_t K, const qact *a, int64_t B, int64_t j0, int64_t n,
-                           float *r, int64_t ldr) {
+                           float *r, int64_t ldr, int wide) {
 #if defined(LML_INT8)
     if (type == T_Q8_0R) {
         switch (B) {
@@ -852,9 +865,9 @@ static void rows_quant_any(int64_t type, const uint8_t *W, int64_t K, const qact
     if (type == T_Q8_0R) type = T_Q8_0;
 #endif
     switch (type * 16 + B) {
-#define CASE(R) case T_Q8_0 * 16 + R: rows_quant(T_Q8_0, W, K, a, R, j0, n, r, ldr); break; \
-                case T_Q4_0 * 16 + R: rows_quant(T_Q4_0, W, K, a, R, j0, n, r, ldr); break; \
-                case T_Q4_1 * 16 + R: rows_quant(T_Q4_1, W, K, a, R, j0, n, r, ldr); break;
+#define CASE(R) case T_Q8_0 * 16 + R: rows_quant(T_Q8_0, W, K, a, R, j0, n, r, ldr, wide); break; \
+                case T_Q4_0 * 16 + R: rows_quant(T_Q4_0, W, K, a, R, j0, n, r, ldr, wide); break; \
+                case T_Q4_1 * 16 + R: rows_quant(T_Q4_1, W, K, a, R, j0, n, r, ldr, wide); break;
         LML_ROWS_CASES(CASE)
 #undef CASE
     }
@@ -866,5 +879,9 @@ static void matvec(const mat *m, const float *x, const qact *qa, int64_t B, int6
     if (n <= 0) return;
     if (m->type == T_F32) gemv_f32(x, B, (const float *)m->w, m->K, m->N, j0, n, r, ldr);
     else if (m->type == T_BF16) rows_bf16_any((const uint16_t *)m->w, m->K, x, B, j0, n, r, ldr);
-    else rows_quant_any(m->type, (const uint8_t *)m->w, m->K, qa, B, j0, n, r, ldr);
+    else {
+        const int64_t block = m->type == T_Q4_0 ? 18 : m->type == T_Q4_1 ? 20 : 34;
+        rows_quant_any(m->type, (const uint8_t *)m->w, m->K, qa, B, j0, n, r, ldr,
+                       m->N * (m->K / 32) * block >= LML_WIDE_BYTES);
+    }
 }
