@@ -189,12 +189,14 @@ class NativeDecoder:
         if logits and not self.fused_head:
             raise ValueError("this model's head does not run in the native step")
         tokens, positions, slots = (t.to(torch.int64).contiguous() for t in (tokens, positions, slots))
-        if int(tokens.min()) < 0 or int(tokens.max()) >= self._vocab:
-            raise IndexError(f"tokens {tokens.tolist()} has ids outside the vocabulary of {self._vocab}")
-        if int(positions.min()) < 0 or int(positions.max()) >= cache.max_len:
-            raise IndexError(f"KV cache holds {cache.max_len} positions, asked to write at {positions.tolist()}")
-        if int(slots.min()) < 0 or int(slots.max()) >= cache.batch:
-            raise IndexError(f"the KV cache has {cache.batch} rows, asked for rows {slots.tolist()}")
+        # checked as Python lists: at most 8 values each, and six tensor reductions cost more
+        tl, pl, sl = tokens.tolist(), positions.tolist(), slots.tolist()
+        if min(tl) < 0 or max(tl) >= self._vocab:
+            raise IndexError(f"tokens {tl} has ids outside the vocabulary of {self._vocab}")
+        if min(pl) < 0 or max(pl) >= cache.max_len:
+            raise IndexError(f"KV cache holds {cache.max_len} positions, asked to write at {pl}")
+        if min(sl) < 0 or max(sl) >= cache.batch:
+            raise IndexError(f"the KV cache has {cache.batch} rows, asked for rows {sl}")
         x = self._x[:B]
         # through the model's dtype, as Transformer.embed_tokens: a bf16 model's rows are bf16 values
         rows = self._emb(tokens) if callable(self._emb) else self._emb.index_select(0, tokens)
