@@ -325,7 +325,7 @@ typedef struct {
     float d[16], m[16];
 } scales16;
 
-/* Blocks blk[0..g)'s scales (lanes g.. are 0: the int8 path reads a row's last quad whole). A group's fp16 words come out of its bytes (already in L1: the
+/* Blocks blk[0..g)'s scales (lanes g.. are 0: no block loads past g). A group's fp16 words come out of its bytes (already in L1: the
    blocks are read next) by word permutes, 64 words per vpermt2w, then one vcvtph2ps converts 16:
    converting and broadcasting each block's scalars had cost more port-5 work than the block's
    weights (perf: 7 of 13 vector ops of a Q4_1 block), and a vpgatherdd of the 16 scales stalled
