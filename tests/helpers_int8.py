@@ -1,4 +1,4 @@
-"""The reference for the kernel's int8 activations (native/gemv.h: quantize_act, rows_q4_int8).
+"""The reference for the kernel's int8 activations (native/gemv.h: quantize_act, rows_int8).
 
 Where the CPU has AVX-512 VNNI, the native decode step multiplies a 4-bit model's blocks (its
 Q4_0/Q4_1 layers and any Q8_0 ones, the head) by the activation rounded to int8 per block of 32, as

@@ -8,7 +8,7 @@ exactly (checked against gguf.quants below) and multiply in float32. Tolerances:
 - Q8_0, and Q4_0/Q4_1 in the plain C and AVX2 builds: the kernel dequantizes each block exactly
   in registers and accumulates in float32, like the reference, so the same tolerance holds.
 - Q4_0/Q4_1 where the CPU has AVX-512 VNNI: the kernel rounds the activation to int8 per block,
-  as llama.cpp does (native/gemv.h: rows_q4_int8); the reference then rounds each Q4 layer's
+  as llama.cpp does (native/gemv.h: rows_int8); the reference then rounds each Q4 layer's
   input the same way (helpers_int8), and the same tolerance holds.
   ``test_quantized_gemv_equals_the_dequantized_matrix`` checks one GEMV against float64, with the
   error bound that rounding implies.

@@ -28,7 +28,7 @@
    each input is rounded to int8 per block of 32 (dx = max|x| / 127) once per phase, and its
    Q4 and Q8_0 matrices (the head: T_Q8_0R) take integer dot products, vpdpbusd on 4 blocks of
    nibbles or 2 Q8_0 blocks at a time, whose scales come out of the same loaded bytes (gemv.h:
-   rows_q4_int8, rows_q8_int8). The result is exactly the rounded input times the dequantized
+   rows_int8). The result is exactly the rounded input times the dequantized
    weights (the tests' reference rounds the same way), so each output is off the float product
    by at most the sum over blocks of (dx / 2) sum |w|. SmolLM2-135M-Instruct's published Q4_1
    file then answers as llama.cpp answers from it ("What is the capital of France?": "L'Étoile,

@@ -12,7 +12,7 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #define LML_AVX512 1
 /* Q8_0/Q4_0/Q4_1 rows take int8 dot products (VNNI) with the activation quantized per block, as
-   llama.cpp does (see rows_q4_int8, rows_q8_int8); LML_EXACT keeps them on the exact float path. */
+   llama.cpp does (see rows_int8); LML_EXACT keeps them on the exact float path. */
 #if defined(__AVX512VNNI__) && defined(__AVX512VBMI__) && !defined(LML_EXACT)
 #define LML_INT8 1
 #endif
@@ -472,63 +472,7 @@ INLINE __m512 quad_dot(const int type, const quad_layout *ql, __m512i nib, __m51
     return _mm512_fmadd_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(scales, 1)), _mm512_loadu_ps(sx), acc);
 }
 
-INLINE void rows_q4_int8(const int type, const uint8_t *W, int64_t K, const qact *a, const int B, int64_t j0,
-                         int64_t n, float *r, int64_t ldr) {
-    enum { S = LML_STREAMS };
-    const int64_t nb = K / 32, bytes = type == T_Q4_0 ? 18 : 20, row_bytes = nb * bytes, nq = quads(K);
-    const quad_layout ql = quad_layout_of(type);
-    int64_t j = 0;
-    if (B == 1 && S > 1) {  /* 4 rows at once, each from its own part of the range (see LML_STREAMS) */
-        const int64_t q = n / S;
-        for (; j < q; j++) {
-            const uint8_t *blk[S];
-            __m512 acc[S];
-#pragma GCC unroll 8
-            for (int t = 0; t < S; t++) {
-                blk[t] = W + (j0 + j + t * q) * row_bytes;
-                acc[t] = _mm512_setzero_ps();
-            }
-            for (int64_t quad = 0; quad < nq; quad++) {
-                const int64_t valid = (nb - 4 * quad < 4 ? nb - 4 * quad : 4) * bytes;
-                const int8_t *xq = a->q4 + quad * 128;
-                const float *dx = a->dx4 + quad * 16, *sx = a->sx4 + quad * 16;
-#pragma GCC unroll 8
-                for (int t = 0; t < S; t++) {
-                    _mm_prefetch((const char *)blk[t] + LML_PREFETCH, _MM_HINT_T0);
-                    _mm_prefetch((const char *)blk[t] + LML_PREFETCH + 64, _MM_HINT_T0);
-                    __m512i nib, scales;
-                    quad_load(&ql, blk[t], valid, valid == 4 * bytes, &nib, &scales);
-                    acc[t] = quad_dot(type, &ql, nib, scales, xq, dx, sx, acc[t]);
-                    blk[t] += valid;
-                }
-            }
-#pragma GCC unroll 8
-            for (int t = 0; t < S; t++) r[j + t * q] = _mm512_reduce_add_ps(acc[t]);
-        }
-        j = q * S;
-    }
-    for (; j < n; j++) {
-        const uint8_t *blk = W + (j0 + j) * row_bytes;
-        __m512 acc[MAX_ROWS];
-        for (int b = 0; b < B; b++) acc[b] = _mm512_setzero_ps();
-        for (int64_t quad = 0; quad < nq; quad++) {
-            const int64_t valid = (nb - 4 * quad < 4 ? nb - 4 * quad : 4) * bytes;
-            _mm_prefetch((const char *)blk + LML_PREFETCH, _MM_HINT_T0);
-            _mm_prefetch((const char *)blk + LML_PREFETCH + 64, _MM_HINT_T0);
-            __m512i nib, scales;
-            quad_load(&ql, blk, valid, valid == 4 * bytes, &nib, &scales);
-#pragma GCC unroll 8
-            for (int b = 0; b < B; b++) {
-                const int64_t at = b * nq + quad;
-                acc[b] = quad_dot(type, &ql, nib, scales, a->q4 + at * 128, a->dx4 + at * 16, a->sx4 + at * 16, acc[b]);
-            }
-            blk += valid;
-        }
-        for (int b = 0; b < B; b++) r[b * ldr + j] = _mm512_reduce_add_ps(acc[b]);
-    }
-}
-
-/* T_Q8_0R rows, on int8 activations (see rows_q4_int8): a pair of blocks is two vpermt2b out of
+/* T_Q8_0R rows, on int8 activations (see the Q4 quads above): a pair of blocks is two vpermt2b out of
    its 68 bytes, its 64 weights and its two fp16 scales (8 word lanes each, as the int32 lanes its
    products land in); vpdpbusd multiplies unsigned by signed bytes, so |w| times x with w's sign.
    |error| <= sum over blocks of (dx / 2) sum |w|. */
@@ -545,26 +489,48 @@ static pair_layout pair_layout_of(void) {
     return (pair_layout){_mm512_loadu_si512(idx), _mm512_loadu_si512(sidx)};
 }
 
-/* acc += the pair of blocks at blk (both, or the row's last one alone) times x's pair xp. */
-INLINE __m512 pair_dot(const pair_layout *pl, const uint8_t *blk, int both, const int8_t *xp, const float *dx,
-                       __m512 acc) {
+/* The pair of blocks at blk (both, or the row's last one alone): its 64 weights and scales. */
+INLINE void pair_load(const pair_layout *pl, const uint8_t *blk, int both, __m512i *w, __m512 *d) {
     const __m512i lo = _mm512_maskz_loadu_epi8(both ? ~0ULL : (1ULL << 34) - 1, blk);
     const __m512i hi = _mm512_maskz_loadu_epi8(both ? 0xF : 0, blk + 64);
-    const __m512i w = _mm512_permutex2var_epi8(lo, pl->perm, hi);
-    const __m512 d = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi8(lo, pl->scales, hi)));
+    *w = _mm512_permutex2var_epi8(lo, pl->perm, hi);
+    *d = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi8(lo, pl->scales, hi)));
+}
+
+/* acc += a pair's products with x's pair xp (its int8 blocks, then dx per lane). */
+INLINE __m512 pair_dot(__m512i w, __m512 d, const int8_t *xp, const float *dx, __m512 acc) {
     const __m512i x = _mm512_loadu_si512(xp);
     const __m512i sx = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w), _mm512_setzero_si512(), x);
     const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), sx);
     return _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_loadu_ps(dx)), d, acc);
 }
 
-INLINE void rows_q8_int8(const uint8_t *W, int64_t K, const qact *a, const int B, int64_t j0, int64_t n, float *r,
-                         int64_t ldr) {
+/* A unit of int8 work: a quad of 4 Q4 blocks or a pair of Q8_0 blocks, as one row's loaded weights. */
+typedef struct {
+    __m512i w, scales;
+    __m512 d;
+} unit;
+
+/* The rows of a T_Q4_0, T_Q4_1 or T_Q8_0R matrix on int8 activations, unit by unit (a quad or a pair). */
+INLINE void rows_int8(const int type, const uint8_t *W, int64_t K, const qact *a, const int B, int64_t j0, int64_t n,
+                      float *r, int64_t ldr) {
     enum { S = LML_STREAMS };
-    const int64_t nb = K / 32, row_bytes = nb * 34, np = pairs(K);
+    const int q8 = type == T_Q8_0R, per = q8 ? 2 : 4;
+    const int64_t nb = K / 32, bytes = q8 ? 34 : type == T_Q4_0 ? 18 : 20, row_bytes = nb * bytes;
+    const int64_t units = q8 ? pairs(K) : quads(K);
+    const int8_t *xs = q8 ? a->q8 : a->q4;
+    const float *dxs = q8 ? a->dx8 : a->dx4;
+    const quad_layout ql = quad_layout_of(q8 ? T_Q4_0 : type);
     const pair_layout pl = pair_layout_of();
+#define UNIT_LOAD(blk, valid, out) do { \
+        if (q8) pair_load(&pl, (blk), (valid) == 2 * bytes, &(out).w, &(out).d); \
+        else quad_load(&ql, (blk), (valid), (valid) == 4 * bytes, &(out).w, &(out).scales); \
+    } while (0)
+    /* row b's (at = b * units + u) products with unit u */
+#define UNIT_DOT(un, at, acc) (q8 ? pair_dot((un).w, (un).d, xs + (at) * 64, dxs + (at) * 16, (acc)) \
+    : quad_dot(type, &ql, (un).w, (un).scales, xs + (at) * 128, dxs + (at) * 16, a->sx4 + (at) * 16, (acc)))
     int64_t j = 0;
-    if (B == 1 && S > 1) {
+    if (B == 1 && S > 1) {  /* 4 rows at once, each from its own part of the range (see LML_STREAMS) */
         const int64_t q = n / S;
         for (; j < q; j++) {
             const uint8_t *blk[S];
@@ -574,14 +540,16 @@ INLINE void rows_q8_int8(const uint8_t *W, int64_t K, const qact *a, const int B
                 blk[t] = W + (j0 + j + t * q) * row_bytes;
                 acc[t] = _mm512_setzero_ps();
             }
-            for (int64_t pair = 0; pair < np; pair++) {
-                const int both = nb - 2 * pair >= 2;
+            for (int64_t u = 0; u < units; u++) {
+                const int64_t valid = (nb - per * u < per ? nb - per * u : per) * bytes;
 #pragma GCC unroll 8
                 for (int t = 0; t < S; t++) {
                     _mm_prefetch((const char *)blk[t] + LML_PREFETCH, _MM_HINT_T0);
                     _mm_prefetch((const char *)blk[t] + LML_PREFETCH + 64, _MM_HINT_T0);
-                    acc[t] = pair_dot(&pl, blk[t], both, a->q8 + pair * 64, a->dx8 + pair * 16, acc[t]);
-                    blk[t] += 68;
+                    unit un;
+                    UNIT_LOAD(blk[t], valid, un);
+                    acc[t] = UNIT_DOT(un, u, acc[t]);
+                    blk[t] += valid;
                 }
             }
 #pragma GCC unroll 8
@@ -593,16 +561,20 @@ INLINE void rows_q8_int8(const uint8_t *W, int64_t K, const qact *a, const int B
         const uint8_t *blk = W + (j0 + j) * row_bytes;
         __m512 acc[MAX_ROWS];
         for (int b = 0; b < B; b++) acc[b] = _mm512_setzero_ps();
-        for (int64_t pair = 0; pair < np; pair++, blk += 68) {
+        for (int64_t u = 0; u < units; u++) {
+            const int64_t valid = (nb - per * u < per ? nb - per * u : per) * bytes;
             _mm_prefetch((const char *)blk + LML_PREFETCH, _MM_HINT_T0);
             _mm_prefetch((const char *)blk + LML_PREFETCH + 64, _MM_HINT_T0);
-            const int both = nb - 2 * pair >= 2;
+            unit un;
+            UNIT_LOAD(blk, valid, un);
 #pragma GCC unroll 8
-            for (int b = 0; b < B; b++)
-                acc[b] = pair_dot(&pl, blk, both, a->q8 + (b * np + pair) * 64, a->dx8 + (b * np + pair) * 16, acc[b]);
+            for (int b = 0; b < B; b++) acc[b] = UNIT_DOT(un, b * units + u, acc[b]);
+            blk += valid;
         }
         for (int b = 0; b < B; b++) r[b * ldr + j] = _mm512_reduce_add_ps(acc[b]);
     }
+#undef UNIT_LOAD
+#undef UNIT_DOT
 }
 #endif
 
@@ -613,7 +585,7 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
     int64_t j = 0;
 #if defined(LML_INT8)
     if (type != T_Q8_0) {
-        rows_q4_int8(type, W, K, a, B, j0, n, r, ldr);
+        rows_int8(type, W, K, a, B, j0, n, r, ldr);
         return;
     }
 #endif
@@ -855,7 +827,7 @@ static void rows_quant_any(int64_t type, const uint8_t *W, int64_t K, const qact
 #if defined(LML_INT8)
     if (type == T_Q8_0R) {
         switch (B) {
-#define CASE(R) case R: rows_q8_int8(W, K, a, R, j0, n, r, ldr); break;
+#define CASE(R) case R: rows_int8(T_Q8_0R, W, K, a, R, j0, n, r, ldr); break;
             LML_ROWS_CASES(CASE)
 #undef CASE
         }
