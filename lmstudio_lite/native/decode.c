@@ -24,17 +24,18 @@
    step uses cache row slot[b] at position pos[b]. The final norm and the vocabulary head run
    in the same call and parallel region when logits are asked for.
 
-   A 4-bit model (Q4_0/Q4_1 layers) on AVX-512 with VNNI and VBMI computes as llama.cpp does:
+   A 4-bit model (Q4_0/Q4_1 layers) on AVX-512 with VNNI and VBMI, or on AVX2, computes as llama.cpp does:
    each input is rounded to int8 per block of 32 (dx = max|x| / 127) once per phase, and its
    Q4 and Q8_0 matrices (the head: T_Q8_0R) take integer dot products, vpdpbusd on 4 blocks of
    nibbles or 2 Q8_0 blocks at a time, whose scales come out of the same loaded bytes (gemv.h:
-   rows_int8). The result is exactly the rounded input times the dequantized
+   rows_int8; on AVX2 a block at a time, vpmaddubsw or AVX-VNNI's vpdpbusd: 1.43-1.56x the exact
+   AVX2 step). The result is exactly the rounded input times the dequantized
    weights (the tests' reference rounds the same way), so each output is off the float product
    by at most the sum over blocks of (dx / 2) sum |w|. SmolLM2-135M-Instruct's published Q4_1
    file then answers as llama.cpp answers from it ("What is the capital of France?": "L'Étoile,
    la Marseillaise, ..." from both, a near tie away from float32's "The capital of France is
    Paris."), and a step is 1.2-1.3x faster than exact float at one thread (the GEMVs 1.35-1.8x).
-   The exact path, which the AVX2 and plain C builds and every Q8_0 model take: each block
+   The exact path, which the plain C build, AVX-512 without VNNI and every Q8_0 model take: each block
    dequantized exactly in registers, multiplying the float32 activation and accumulating in
    float32 like the PyTorch reference (only the order of summation differs). On AVX-512 a Q4
    block's 32 weights are two vpermps lookups into a 16-entry table of its values ((q - 8) d or

@@ -11,11 +11,13 @@
 #include <immintrin.h>
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #define LML_AVX512 1
-/* Q8_0/Q4_0/Q4_1 rows take int8 dot products (VNNI) with the activation quantized per block, as
-   llama.cpp does (see rows_int8); LML_EXACT keeps them on the exact float path. */
-#if defined(__AVX512VNNI__) && defined(__AVX512VBMI__) && !defined(LML_EXACT)
-#define LML_INT8 1
 #endif
+/* A 4-bit model's rows take int8 dot products with the activation rounded per block, as llama.cpp
+   does (see rows_int8): on AVX-512 with VNNI and VBMI, and on AVX2 (vpmaddubsw, or AVX-VNNI's
+   vpdpbusd); LML_EXACT keeps them on the exact float path. AVX-512 without VNNI stays exact. */
+#if !defined(LML_EXACT) && defined(__F16C__) && \
+    (defined(LML_AVX512) ? defined(__AVX512VNNI__) && defined(__AVX512VBMI__) : 1)
+#define LML_INT8 1
 #endif
 #endif
 
@@ -117,6 +119,7 @@ static void block_sums(const float *x, int64_t B, int64_t K, qact *a) {
    the same place in the second 64 (the order in which a quad's nibbles come out of the weights),
    dx and a quarter of its rounded sum (sx4, the 4-bit offset's) to the 4 int32 lanes its products
    land in; for Q8_0 rows they stay in order, two blocks a 64-byte register, dx in 8 lanes each. */
+#if defined(LML_AVX512)
 static void quantize_act(const float *x, int64_t B, int64_t K, int order, qact *a) {
     const int64_t nb = K / 32, nq = quads(K), np = pairs(K);
     for (int64_t b = 0; b < B; b++) {
@@ -151,6 +154,38 @@ static void quantize_act(const float *x, int64_t B, int64_t K, int order, qact *
         }
     }
 }
+#else
+/* AVX2: every block in the Q8_0 order (its 32 int8 in order, dx in dx8's 8 lanes), and the sum of
+   its rounded values in s (the 4-bit offset's; these builds' exact Q4 path is not used with it). */
+static void quantize_act(const float *x, int64_t B, int64_t K, int order, qact *a) {
+    (void)order;
+    const int64_t nb = K / 32, np = pairs(K);
+    for (int64_t b = 0; b < B; b++) {
+        int8_t *q8 = a->q8 + b * np * 64;
+        float *dx8 = a->dx8 + b * np * 16;
+        for (int64_t k = 0; k < np * 2; k++) {
+            float dx = 0.0f;
+            int sum = 0;
+            if (k < nb) {
+                const float *xb = x + b * K + k * 32;
+                float amax = 0.0f;
+                for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(xb[i]));
+                const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+                for (int i = 0; i < 32; i++) {
+                    const int v = (int)nearbyintf(xb[i] * inv);  /* half to even, as vcvtps2dq */
+                    q8[k * 32 + i] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+                    sum += q8[k * 32 + i];
+                }
+                dx = amax / 127.0f;
+                a->s[b * nb + k] = dx * (float)sum;
+            } else {
+                memset(q8 + k * 32, 0, 32);
+            }
+            for (int i = 0; i < 8; i++) dx8[k * 8 + i] = dx;
+        }
+    }
+}
+#endif
 #endif
 
 /* What a projection's matrices need of their input x: quant bit 1, its block sums; bits 2 and 4
@@ -699,9 +734,103 @@ INLINE void streams_one_row(const int type, const uint8_t *W, int64_t row_bytes,
 }
 #endif
 
+#if defined(LML_INT8)
+/* AVX2: one block's 32 products with x's int8 block xq, summed into 8 int32 lanes: vpmaddubsw
+   multiplies unsigned by signed bytes (nibbles by x; |w| by x with w's sign for Q8_0), vpmaddwd sums
+   pairs (no saturation: 2 x 15 x 127 and 2 x 128 x 127 fit 16 bits); AVX-VNNI's vpdpbusd does both. */
+INLINE __m256i block_isum(const int type, const uint8_t *blk, const int8_t *xq) {
+    const __m256i x = _mm256_loadu_si256((const __m256i *)xq);
+    __m256i u, v;
+    if (type == T_Q8_0R) {
+        const __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 2));
+        u = _mm256_sign_epi8(w, w);
+        v = _mm256_sign_epi8(x, w);
+    } else {
+        const __m128i raw = _mm_loadu_si128((const __m128i *)(blk + (type == T_Q4_1 ? 4 : 2))), m = _mm_set1_epi8(0x0F);
+        u = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m), _mm_and_si128(raw, m));
+        v = x;
+    }
+#if defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, v);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, v), _mm256_set1_epi16(1));
+#endif
+}
+
+/* acc += block k's products scaled by d dx; off += its 4-bit offset (-8 d or m) times the sum of x's
+   rounded block. */
+INLINE void block_int8(const int type, const uint8_t *blk, const qact *a, int64_t b, int64_t k, int64_t nb,
+                       int64_t np, __m256 *acc, float *off) {
+    uint16_t h;
+    memcpy(&h, blk, 2);
+    const float d = fp16_to_f32(h), dx = a->dx8[(b * np * 2 + k) * 8];
+    const __m256i isum = block_isum(type, blk, a->q8 + (b * np * 2 + k) * 32);
+    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * dx), *acc);
+    if (type != T_Q8_0R) {
+        float c = -8.0f * d;
+        if (type == T_Q4_1) {
+            memcpy(&h, blk + 2, 2);
+            c = fp16_to_f32(h);
+        }
+        *off += c * a->s[b * nb + k];
+    }
+}
+
+/* The rows of a T_Q4_0, T_Q4_1 or T_Q8_0R matrix on int8 activations (AVX2), block by block. */
+INLINE void rows_int8(const int type, const uint8_t *W, int64_t K, const qact *a, const int B, int64_t j0, int64_t n,
+                      float *r, int64_t ldr) {
+    enum { S = LML_STREAMS };
+    const int64_t nb = K / 32, np = pairs(K), bytes = type == T_Q8_0R ? 34 : type == T_Q4_0 ? 18 : 20;
+    const int64_t row_bytes = nb * bytes;
+    int64_t j = 0;
+    if (B == 1 && S > 1) {  /* 4 rows at once, each from its own part of the range (see LML_STREAMS) */
+        const int64_t q = n / S;
+        for (; j < q; j++) {
+            const uint8_t *blk[S];
+            __m256 acc[S];
+            float off[S];
+#pragma GCC unroll 8
+            for (int t = 0; t < S; t++) {
+                blk[t] = W + (j0 + j + t * q) * row_bytes;
+                acc[t] = _mm256_setzero_ps();
+                off[t] = 0.0f;
+            }
+            for (int64_t k = 0; k < nb; k++) {
+#pragma GCC unroll 8
+                for (int t = 0; t < S; t++) {
+                    _mm_prefetch((const char *)blk[t] + LML_PREFETCH, _MM_HINT_T0);
+                    block_int8(type, blk[t], a, 0, k, nb, np, &acc[t], &off[t]);
+                    blk[t] += bytes;
+                }
+            }
+#pragma GCC unroll 8
+            for (int t = 0; t < S; t++) r[j + t * q] = hsum8(acc[t]) + off[t];
+        }
+        j = q * S;
+    }
+    for (; j < n; j++) {
+        const uint8_t *blk = W + (j0 + j) * row_bytes;
+        __m256 acc[MAX_ROWS];
+        float off[MAX_ROWS];
+        for (int b = 0; b < B; b++) acc[b] = _mm256_setzero_ps(), off[b] = 0.0f;
+        for (int64_t k = 0; k < nb; k++, blk += bytes) {
+            _mm_prefetch((const char *)blk + LML_PREFETCH, _MM_HINT_T0);
+            for (int b = 0; b < B; b++) block_int8(type, blk, a, b, k, nb, np, &acc[b], &off[b]);
+        }
+        for (int b = 0; b < B; b++) r[b * ldr + j] = hsum8(acc[b]) + off[b];
+    }
+}
+#endif
+
 INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *a, const int B, int64_t j0,
                        int64_t n, float *r, int64_t ldr, int wide) {
     (void)wide;  /* AVX-512's exact rows only */
+#if defined(LML_INT8)
+    if (type != T_Q8_0) {
+        rows_int8(type, W, K, a, B, j0, n, r, ldr);
+        return;
+    }
+#endif
     const int64_t nb = K / 32, bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20, row_bytes = nb * bytes;
     int64_t j = 0;
 #if defined(LML_AVX2)
