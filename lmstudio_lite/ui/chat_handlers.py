@@ -201,13 +201,24 @@ class ChatHandlers:
         if model is None:
             return gr.skip()
         ctx, value = model.context_length, int(max_new or 0)
-        return gr.update(maximum=ctx, value=value if 0 < value < ctx else ctx // 2)
+        if 0 < value < ctx:
+            # the value only when it must change: this runs on page load and on a timer, with the value
+            # the browser had when it fired; sending it back overwrote a number typed meanwhile
+            # (the Inspect browser test's 24 came back as 128 in a fresh full run)
+            return gr.update(maximum=ctx)
+        return gr.update(maximum=ctx, value=ctx // 2)
+
+    def model_seen(self):
+        """The loaded model as ``model_changed`` compares it (None while none is loaded): page load
+        records it after fitting the slider, so the poll does not fit it again with the value the
+        browser had when the tick fired, over a number typed since."""
+        model = self.services.registry.current
+        return None if model is None else (model.name, id(model))
 
     def model_changed(self, seen, draft, conv, system, max_new, request: gr.Request = None):
         """Polled: when the loaded model is not the one this page last drew the meter for, fit the
         slider and redraw the meter. -> seen, max_new, meter."""
-        model = self.services.registry.current
-        now = None if model is None else (model.name, id(model))
+        now = self.model_seen()
         if now == seen:
             return gr.skip(), gr.skip(), gr.skip()
         limit = self.max_new_limit(max_new)

@@ -124,15 +124,16 @@ def build(services, demo: gr.Blocks) -> dict:
     _wire_conversations(h, c, conv, owned, side)
     _register_api(services)
     meter_in = [c["input"], conv, c["system"], c["max_new"]]
+    seen = gr.State(None)  # the model this page last fitted the slider and drew the meter for
     demo.load(h.refresh_list, [owned, conv], side["list"], queue=False, **PRIVATE).then(
         h.max_new_limit, c["max_new"], c["max_new"], queue=False, **PRIVATE).then(
-        h.meter, meter_in, c["meter"], queue=False, **PRIVATE)
+        h.meter, meter_in, c["meter"], queue=False, **PRIVATE).then(
+        h.model_seen, None, seen, queue=False, **PRIVATE)
     if tab is not None:  # the model may have changed in the Models tab since: fit the slider, redraw the meter
         tab.select(h.max_new_limit, c["max_new"], c["max_new"], queue=False, **PRIVATE).then(
             h.meter, meter_in, c["meter"], queue=False, show_progress="hidden", **PRIVATE)
     # ... or elsewhere (the starter button, another window, /v1, the start-up load finishing): a cheap
     # poll notices and does the same.
-    seen = gr.State(None)
     gr.Timer(MODEL_POLL_S).tick(h.model_changed, [seen, *meter_in], [seen, c["max_new"], c["meter"]], queue=False,
                                 show_progress="hidden", **PRIVATE)
     return {"inspect": c["inspect"], "conv": conv}
