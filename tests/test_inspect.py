@@ -177,6 +177,6 @@ def test_tab_handlers_say_the_cap_and_colour_a_reply(tmp_path):
     assert h.pick(state, 3)[1].startswith("Position **3**: `␣time`")
     conv = {"system": "", "messages": [{"role": "user", "content": "Hi"},
                                        {"role": "assistant", "content": "Once upon a time"}]}
-    assert chat_probs.colours(services, False, conv)["value"] == ""
+    assert chat_probs.colours(services, False, conv)["visible"] is False
     shown = chat_probs.colours(services, True, conv)["value"]
     assert shown.count("class='tok'") == 4 and "alternatives:" in shown

@@ -20,18 +20,16 @@ def build_toggle() -> gr.Checkbox:
 
 
 def build_view() -> gr.HTML:
-    # always mounted, empty when off: showing a hidden gr.HTML with its value in the same update
-    # left it unshown in the browser about 1 time in 4 (the server had sent the coloured reply)
-    return gr.HTML("", elem_id="chat-probs")
+    return gr.HTML("", visible=False, elem_id="chat-probs")
 
 
 def colours(services, on: bool, conv, lang: str | None = None):
-    """-> the HTML view update: empty when off, else the last reply coloured."""
+    """-> the HTML view update: hidden when off, else the last reply coloured."""
     if not on:
-        return gr.update(value="")
+        return gr.update(value="", visible=False)
     msgs = (conv or {}).get("messages") or []
     if not msgs or msgs[-1]["role"] != "assistant":
-        return gr.update(value=reply_html([], lang))
+        return gr.update(value=reply_html([], lang), visible=True)
     from ..services.tasks import inspect as analysis  # here: it imports torch, which building the page must not wait for
 
     try:
@@ -39,8 +37,8 @@ def colours(services, on: bool, conv, lang: str | None = None):
         messages = build_messages(conv.get("system"), msgs[:-1])
         tokens = analysis.reply_probabilities(model, messages, msgs[-1]["content"])
     except Exception as e:
-        return gr.update(value=f"<div class='reply-probs'>⚠ {friendly(e, lang)}</div>")
-    return gr.update(value=reply_html(tokens, lang))
+        return gr.update(value=f"<div class='reply-probs'>⚠ {friendly(e, lang)}</div>", visible=True)
+    return gr.update(value=reply_html(tokens, lang), visible=True)
 
 
 def wire(services, toggle: gr.Checkbox, html: gr.HTML, conv: gr.State, events, opened: gr.Radio) -> None:
