@@ -188,12 +188,15 @@ static void quantize_act(const float *x, int64_t B, int64_t K, int order, qact *
 #endif
 #endif
 
-/* What a projection's matrices need of their input x: quant bit 1, its block sums; bits 2 and 4
-   (Q4 and Q8_0 matrices on the int8 path), its int8 blocks in the Q4 and the Q8_0 order. */
+/* What a projection's matrices need of their input x: quant bit 1, its block sums (only the exact
+   Q4 rows read them, and with LML_INT8 every Q4 row takes the int8 path); bits 2 and 4 (Q4 and
+   Q8_0 matrices on the int8 path), its int8 blocks in the Q4 and the Q8_0 order. */
 static void prepare_act(const float *x, int64_t B, int64_t K, int quant, qact *a) {
-    if (quant) block_sums(x, B, K, a);
 #if defined(LML_INT8)
+    a->x = x;
     if (quant & 6) quantize_act(x, B, K, quant, a);
+#else
+    if (quant) block_sums(x, B, K, a);
 #endif
 }
 
