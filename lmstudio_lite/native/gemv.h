@@ -28,6 +28,11 @@ enum { T_F32, T_BF16, T_Q8_0, T_Q4_0, T_Q4_1, T_Q8_0R, T_COUNT };
 
 #define MAX_ROWS 8
 
+/* The row kernels below are written for a compile-time format and row count (the switches in
+   matvec instantiate each one): with B a constant the per-row accumulators live in registers;
+   with B read at run time they lived in memory and a Q4 row ran at half the speed of a Q8 row. */
+#define INLINE static inline __attribute__((always_inline))
+
 /* Which SIMD path this build took: the tests print it and check the plain build says 0. */
 int lml_simd_level(void) {
 #if defined(LML_AVX512)
@@ -200,6 +205,89 @@ static void prepare_act(const float *x, int64_t B, int64_t K, int quant, qact *a
 #endif
 }
 
+#if defined(LML_AVX512)
+/* One output lane's sum over inputs i..i+7, the same arithmetic in both kernels below (a row's
+   result must not depend on how many rows share the step: a seeded request gives the same tokens
+   alone or in a batch): two chains of four products, added, then added to the running sum. */
+INLINE __m512 f32_eight(const float *xi, const __m512 *w, __m512 acc) {
+    __m512 p = _mm512_mul_ps(_mm512_set1_ps(xi[0]), w[0]), q = _mm512_mul_ps(_mm512_set1_ps(xi[4]), w[4]);
+    p = _mm512_fmadd_ps(_mm512_set1_ps(xi[1]), w[1], p);
+    q = _mm512_fmadd_ps(_mm512_set1_ps(xi[5]), w[5], q);
+    p = _mm512_fmadd_ps(_mm512_set1_ps(xi[2]), w[2], p);
+    q = _mm512_fmadd_ps(_mm512_set1_ps(xi[6]), w[6], q);
+    p = _mm512_fmadd_ps(_mm512_set1_ps(xi[3]), w[3], p);
+    q = _mm512_fmadd_ps(_mm512_set1_ps(xi[7]), w[7], q);
+    return _mm512_add_ps(acc, _mm512_add_ps(p, q));
+}
+
+INLINE __mmask16 lanes16(int64_t left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
+
+/* One row: eight weight rows per pass over the outputs, each read once, in order (eight sequential
+   streams: a large matrix streams from memory at decode); the sums wait in acc between passes. */
+static void gemv_f32_one(const float *restrict x, const float *restrict W, int64_t K, int64_t ldw, int64_t j0,
+                         int64_t n, float *restrict acc) {
+    for (int64_t j = 0; j < n; j++) acc[j] = 0.0f;
+    int64_t i = 0;
+    for (; i + 8 <= K; i += 8) {
+        const float *w = W + i * ldw + j0;
+        for (int64_t j = 0; j < n; j += 16) {
+            const __mmask16 m = lanes16(n - j);
+            __m512 wv[8];
+            for (int u = 0; u < 8; u++) wv[u] = _mm512_maskz_loadu_ps(m, w + u * ldw + j);
+            _mm512_mask_storeu_ps(acc + j, m, f32_eight(x + i, wv, _mm512_maskz_loadu_ps(m, acc + j)));
+        }
+    }
+    for (; i < K; i++)
+        for (int64_t j = 0; j < n; j += 16) {
+            const __mmask16 m = lanes16(n - j);
+            const __m512 wv = _mm512_maskz_loadu_ps(m, W + i * ldw + j0 + j);
+            _mm512_mask_storeu_ps(acc + j, m, _mm512_fmadd_ps(_mm512_set1_ps(x[i]), wv, _mm512_maskz_loadu_ps(m, acc + j)));
+        }
+}
+
+/* B > 1 rows: 16 outputs at a time, all K inputs, every row's sum in a register; each load of 8 weight
+   vectors serves every row. (The one-row pass order above, run per row, re-read the weights once per
+   row and its sums from memory every 8 inputs: with the few outputs a thread's chunk holds, 48 in the
+   bundled model, the loop overhead per row and input group was most of an 8-row step.) */
+#ifndef LML_F32_AHEAD
+#define LML_F32_AHEAD 32
+#endif
+INLINE void rows_f32(const float *restrict x, const int B, const float *restrict W, int64_t K, int64_t ldw,
+                     int64_t j0, int64_t n, float *restrict r, int64_t ldr) {
+    for (int64_t j = 0; j < n; j += 16) {
+        const __mmask16 m = lanes16(n - j);
+        const float *w = W + j0 + j;
+        __m512 acc[MAX_ROWS];
+        for (int b = 0; b < B; b++) acc[b] = _mm512_setzero_ps();
+        int64_t i = 0;
+        for (; i + 8 <= K; i += 8) {
+            __m512 wv[8];
+            for (int u = 0; u < 8; u++) {
+                _mm_prefetch((const char *)(w + (i + u + LML_F32_AHEAD) * ldw), _MM_HINT_T0);
+                wv[u] = _mm512_maskz_loadu_ps(m, w + (i + u) * ldw);
+            }
+#pragma GCC unroll 8
+            for (int b = 0; b < B; b++) acc[b] = f32_eight(x + b * K + i, wv, acc[b]);
+        }
+        for (; i < K; i++) {
+            const __m512 wv = _mm512_maskz_loadu_ps(m, w + i * ldw);
+#pragma GCC unroll 8
+            for (int b = 0; b < B; b++) acc[b] = _mm512_fmadd_ps(_mm512_set1_ps(x[b * K + i]), wv, acc[b]);
+        }
+        for (int b = 0; b < B; b++) _mm512_mask_storeu_ps(r + b * ldr + j, m, acc[b]);
+    }
+}
+
+static void gemv_f32(const float *restrict x, int64_t B, const float *restrict W, int64_t K, int64_t ldw,
+                     int64_t j0, int64_t n, float *restrict acc, int64_t ldr) {
+    switch (B) {
+        case 1: gemv_f32_one(x, W, K, ldw, j0, n, acc); break;
+#define CASE(R) case R: rows_f32(x, R, W, K, ldw, j0, n, acc, ldr); break;
+        CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+#undef CASE
+    }
+}
+#else
 /* acc[b][0:n] = x[b] @ W[0:K, j0:j0+n] (T_F32, row stride ldw) for every row b: eight weight rows
    per pass, so eight streams are in flight, and every row of the step uses them while in L1. */
 static void gemv_f32(const float *restrict x, int64_t B, const float *restrict W, int64_t K, int64_t ldw,
@@ -232,6 +320,8 @@ static void gemv_f32(const float *restrict x, int64_t B, const float *restrict W
     }
 }
 
+#endif
+
 #if defined(LML_AVX2)
 static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -241,10 +331,6 @@ static inline float hsum8(__m256 v) {
 }
 #endif
 
-/* The row kernels below are written for a compile-time format and row count (the switches in
-   matvec instantiate each one): with B a constant the per-row accumulators live in registers;
-   with B read at run time they lived in memory and a Q4 row ran at half the speed of a Q8 row. */
-#define INLINE static inline __attribute__((always_inline))
 
 /* Bytes ahead of the block being read that are asked for: the rows of a chunk are one
    sequential stream, and the hardware prefetcher alone left the loads waiting
@@ -415,10 +501,11 @@ INLINE void block_weights(const int type, const uint8_t *qs, float d, float m, _
 
 /* One row's block into two accumulators: Q4 weights times x; Q8_0 d times the block's sum of q x
    (one multiply by d per block instead of two). */
-INLINE void block_one_row(const int type, const uint8_t *blk, float d, float m, const float *xb, __m512 *a0,
-                          __m512 *a1) {
-    __m512 w0, w1;
-    block_weights(type, blk + (type == T_Q4_1 ? 4 : 2), d, m, &w0, &w1);
+/* A block's products with x's block xb (w0, w1: its 32 weights, Q8_0's not yet times d): Q8_0 sums
+   the block before scaling it by d into a0; Q4 adds each half into its own chain. Every exact path
+   (one row or many) takes this arithmetic, so a row's result does not depend on how many rows share
+   the step (a seeded request gives the same tokens alone or in a batch). */
+INLINE void block_products(const int type, __m512 w0, __m512 w1, float d, const float *xb, __m512 *a0, __m512 *a1) {
     if (type == T_Q8_0) {
         const __m512 part = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(w0, _mm512_loadu_ps(xb)));
         *a0 = _mm512_fmadd_ps(part, _mm512_set1_ps(d), *a0);
@@ -426,6 +513,13 @@ INLINE void block_one_row(const int type, const uint8_t *blk, float d, float m, 
         *a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb), *a0);
         *a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), *a1);
     }
+}
+
+INLINE void block_one_row(const int type, const uint8_t *blk, float d, float m, const float *xb, __m512 *a0,
+                          __m512 *a1) {
+    __m512 w0, w1;
+    block_weights(type, blk + (type == T_Q4_1 ? 4 : 2), d, m, &w0, &w1);
+    block_products(type, w0, w1, d, xb, a0, a1);
 }
 
 /* x . rows first + t * stride (t < S) of a block matrix into r[t * stride] (B = 1). */
@@ -638,53 +732,24 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
     }
     for (; j < n; j++) {
         const uint8_t *blk = W + (j0 + j) * row_bytes;
-        /* one row: four chains (two per block, blocks taking turns), so an FMA's latency is hidden */
-        __m512 acc[MAX_ROWS][4];
-        for (int b = 0; b < B; b++)
-            for (int u = 0; u < 4; u++) acc[b][u] = _mm512_setzero_ps();
+        /* every row as streams_one_row sums it (block_products), the block's weights made once for all rows */
+        __m512 acc[MAX_ROWS][2];
+        for (int b = 0; b < B; b++) acc[b][0] = acc[b][1] = _mm512_setzero_ps();
         for (int64_t k0 = 0; k0 < nb; k0 += 16) {
             const int g = nb - k0 < 16 ? (int)(nb - k0) : 16;
             load_scales(type, blk, bytes, g, &s);
             const float *x = a->x + k0 * 32;
-            int i = 0;
-            if (B == 1) {
-                for (; i + 2 <= g; i += 2, blk += 2 * bytes) {
-                    _mm_prefetch((const char *)blk + LML_PREFETCH, _MM_HINT_T0);
-                    _mm_prefetch((const char *)blk + bytes + LML_PREFETCH, _MM_HINT_T0);
-                    block_one_row(type, blk, s.d[i], s.m[i], x + i * 32, &acc[0][0], &acc[0][1]);
-                    block_one_row(type, blk + bytes, s.d[i + 1], s.m[i + 1], x + i * 32 + 32, &acc[0][2], &acc[0][3]);
-                }
-                if (i < g) {
-                    _mm_prefetch((const char *)blk + LML_PREFETCH, _MM_HINT_T0);
-                    block_one_row(type, blk, s.d[i], s.m[i], x + i * 32, &acc[0][0], &acc[0][1]);
-                    blk += bytes;
-                }
-                continue;
-            }
-            for (; i < g; i++, blk += bytes) {
+            for (int i = 0; i < g; i++, blk += bytes) {
                 _mm_prefetch((const char *)blk + LML_PREFETCH, _MM_HINT_T0);
                 __m512 w0, w1;
                 block_weights(type, blk + (type == T_Q4_1 ? 4 : 2), s.d[i], s.m[i], &w0, &w1);
-                if (type == T_Q8_0) {
-                    const __m512 vd = _mm512_set1_ps(s.d[i]);
-                    w0 = _mm512_mul_ps(w0, vd), w1 = _mm512_mul_ps(w1, vd);
-                }
-                for (int b = 0; b < B; b++) {
-                    const float *xb = x + b * K + i * 32;
-                    acc[b][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb), acc[b][0]);
-                    acc[b][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), acc[b][1]);
-                }
+                for (int b = 0; b < B; b++) block_products(type, w0, w1, s.d[i], x + b * K + i * 32, &acc[b][0], &acc[b][1]);
             }
         }
-        for (int b = 0; b < B; b++)
-            r[b * ldr + j] = _mm512_reduce_add_ps(
-                _mm512_add_ps(_mm512_add_ps(acc[b][0], acc[b][1]), _mm512_add_ps(acc[b][2], acc[b][3])));
+        for (int b = 0; b < B; b++) r[b * ldr + j] = _mm512_reduce_add_ps(_mm512_add_ps(acc[b][0], acc[b][1]));
     }
 }
 #else
-/* Independent accumulators per row: one FMA chain per row would wait on the previous FMA's
-   latency (4 cycles) every block; with few rows the chains of other rows cannot hide it. */
-#define LML_NACC(B) ((B) == 1 ? 4 : (B) == 2 ? 2 : 1)
 
 #if defined(LML_AVX2)
 /* AVX2, B = 1: x . rows first + t * stride (t < LML_STREAMS) into r[t * stride], each block d times
@@ -837,7 +902,6 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
     const int64_t nb = K / 32, bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20, row_bytes = nb * bytes;
     int64_t j = 0;
 #if defined(LML_AVX2)
-    const int NA = LML_NACC(B);
     if (B == 1 && LML_STREAMS > 1) {
         const int64_t q = n / LML_STREAMS;
         for (; j < q; j++) streams_one_row(type, W, row_bytes, nb, a, j0 + j, q, r + j);
@@ -848,11 +912,8 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
         const uint8_t *blk = W + (j0 + j) * row_bytes;
         float off[MAX_ROWS];
 #if defined(LML_AVX2)
-        __m256 acc[MAX_ROWS][4];
-        for (int b = 0; b < B; b++) {
-            off[b] = 0.0f;
-            for (int u = 0; u < NA; u++) acc[b][u] = _mm256_setzero_ps();
-        }
+        __m256 acc[MAX_ROWS];
+        for (int b = 0; b < B; b++) acc[b] = _mm256_setzero_ps(), off[b] = 0.0f;
 #else
         float acc[MAX_ROWS];
         for (int b = 0; b < B; b++) acc[b] = 0.0f, off[b] = 0.0f;
@@ -874,39 +935,24 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
             }
 #if defined(LML_AVX2)
             const float *xs = a->s + k;
-            __m256 w[4];  /* the block's 32 weights q * d (the offset apart), in element order */
+            /* the block's 32 q in element order; every row sums d (q . x) as streams_one_row does, so a
+               row's result does not depend on how many rows share the step */
+            __m256 w[4];
             const __m256 vd = _mm256_set1_ps(dw);
-            if (B == 1) {  /* one row: d times the block's sum of q x, one multiply per block (as AVX-512 Q8_0) */
-                const float *xb = a->x + k * 32;
-                if (type == T_Q8_0)
-                    for (int u = 0; u < 4; u++) w[u] = widen_s8((const int8_t *)qs + 8 * u);
-                else {
-                    const __m128i raw = _mm_loadu_si128((const __m128i *)qs), mask = _mm_set1_epi8(0x0F);
-                    const __m128i lo = _mm_and_si128(raw, mask), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-                    w[0] = widen_u8(lo), w[1] = widen_u8(_mm_srli_si128(lo, 8));
-                    w[2] = widen_u8(hi), w[3] = widen_u8(_mm_srli_si128(hi, 8));
-                }
-                const __m256 part = _mm256_add_ps(
-                    _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xb + 8), _mm256_mul_ps(w[0], _mm256_loadu_ps(xb))),
-                    _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xb + 24), _mm256_mul_ps(w[2], _mm256_loadu_ps(xb + 16))));
-                const __m256 prev = acc[0][0];  /* four chains, taking turns by block */
-                acc[0][0] = acc[0][1], acc[0][1] = acc[0][2], acc[0][2] = acc[0][3];
-                acc[0][3] = _mm256_fmadd_ps(part, vd, prev);
-                if (type != T_Q8_0) off[0] += c * xs[0];
-                continue;
-            }
-            if (type == T_Q8_0) {
-                for (int u = 0; u < 4; u++) w[u] = _mm256_mul_ps(widen_s8((const int8_t *)qs + 8 * u), vd);
-            } else {
+            if (type == T_Q8_0)
+                for (int u = 0; u < 4; u++) w[u] = widen_s8((const int8_t *)qs + 8 * u);
+            else {
                 const __m128i raw = _mm_loadu_si128((const __m128i *)qs), mask = _mm_set1_epi8(0x0F);
                 const __m128i lo = _mm_and_si128(raw, mask), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-                w[0] = _mm256_mul_ps(widen_u8(lo), vd), w[1] = _mm256_mul_ps(widen_u8(_mm_srli_si128(lo, 8)), vd);
-                w[2] = _mm256_mul_ps(widen_u8(hi), vd), w[3] = _mm256_mul_ps(widen_u8(_mm_srli_si128(hi, 8)), vd);
+                w[0] = widen_u8(lo), w[1] = widen_u8(_mm_srli_si128(lo, 8));
+                w[2] = widen_u8(hi), w[3] = widen_u8(_mm_srli_si128(hi, 8));
             }
             for (int b = 0; b < B; b++) {
                 const float *xb = a->x + b * K + k * 32;
-                for (int u = 0; u < 4; u++)
-                    acc[b][u % NA] = _mm256_fmadd_ps(w[u], _mm256_loadu_ps(xb + 8 * u), acc[b][u % NA]);
+                const __m256 part = _mm256_add_ps(
+                    _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xb + 8), _mm256_mul_ps(w[0], _mm256_loadu_ps(xb))),
+                    _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xb + 24), _mm256_mul_ps(w[2], _mm256_loadu_ps(xb + 16))));
+                acc[b] = _mm256_fmadd_ps(part, vd, acc[b]);
                 if (type != T_Q8_0) off[b] += c * xs[b * nb];
             }
 #else
@@ -930,9 +976,7 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
         }
         for (int b = 0; b < B; b++) {
 #if defined(LML_AVX2)
-            __m256 t = acc[b][0];
-            for (int u = 1; u < NA; u++) t = _mm256_add_ps(t, acc[b][u]);
-            r[b * ldr + j] = hsum8(t) + off[b];
+            r[b * ldr + j] = hsum8(acc[b]) + off[b];
 #else
             r[b * ldr + j] = acc[b] + off[b];
 #endif

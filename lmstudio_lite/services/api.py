@@ -26,6 +26,7 @@ from ..generation import ContextOverflowError, Engine, SamplingParams, Scheduler
 from ..messages import Message
 from ..model.inference import InferenceModel
 from ..model.quant import check_qtype, quantize_model, weight_bytes, weight_format
+from ..threads import release_thread_team
 
 
 @dataclass
@@ -163,6 +164,13 @@ def load_model(path: str | Path, device: str | None = None, dtype: str | torch.d
     file's Q8_0/Q4_0/Q4_1 layers stay as they are; ``quant`` quantizes its float ones.
     Raises ``CheckpointError`` naming the file and the problem when the model is unusable.
     """
+    try:
+        return _load(path, device, dtype, quant)
+    finally:  # generation runs in the scheduler's thread: this one's OpenMP team would slow it down
+        release_thread_team()
+
+
+def _load(path, device, dtype, quant) -> LoadedModel:
     if quant is not None:
         check_qtype(quant)
     path = Path(path).expanduser().resolve()
