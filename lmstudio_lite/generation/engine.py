@@ -15,7 +15,7 @@ import torch
 from ..errors import LiteError
 from ..messages import Message
 from ..model.kv_cache import KVCache
-from ..threads import use_inference_threads
+from ..threads import release_thread_team, use_inference_threads
 from .sampling import SamplingParams, sample
 from .stopping import StopStringHoldback
 from .stream import RunState, TextStream
@@ -225,6 +225,7 @@ class _Generation(RunState):
             # "length" either way (as OpenAI reports it); this tells the user which limit ended the reply.
             stats["context_full"] = len(self.prompt_ids) + len(self.new_ids) >= engine.model.config.max_seq_len
             stats["total_s"] = time.perf_counter() - t_start
+            release_thread_team()  # the next request may come in another thread (threads.py)
 
     def _setup(self, length: int) -> dict:
         # Plain (not inference-mode) tensors: they stay writable whatever mode later code runs in.

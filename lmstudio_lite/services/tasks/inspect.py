@@ -10,6 +10,7 @@ when asked for, one layer at a time.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ import torch
 
 from ...generation import SamplingParams
 from ...messages import Message
-from ...threads import use_inference_threads
+from ...threads import release_thread_team, use_inference_threads
 from .chat import MAX_CHARS_PER_TOKEN
 
 MAX_TOKENS = 256  # the heatmap is T x T and the lens n_layer x T: beyond this neither reads well
@@ -98,11 +99,17 @@ def encode(model, text: str) -> list[int]:
     return ids
 
 
+@contextlib.contextmanager
 def _inference(model):
     """inference_mode on the threads a generation may use, as the engine does (a training job
-    may hold the rest; torch's setting is per calling thread on this build)."""
+    may hold the rest; torch's setting is per calling thread on this build); after, this thread's
+    OpenMP workers go, so they do not slow the scheduler's thread (threads.release_thread_team)."""
     use_inference_threads(model.device)
-    return torch.inference_mode()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        release_thread_team()
 
 
 def _logits(model, hidden: torch.Tensor) -> torch.Tensor:
