@@ -132,7 +132,9 @@ static proj proj_at(const int64_t *p, int nparts, int64_t K) {
         r.m[i] = (mat){p[PART_T], K, p[PART_N], (const void *)(intptr_t)p[PART_W]};
         r.bias[i] = F(p[PART_B]);
         const int64_t type = p[PART_T];  /* prepare_act's bits: block sums, int8 in the Q4 and Q8_0 orders */
-        if (type >= T_Q8_0) r.quant |= 1 | (lml_int8() ? (type == T_Q8_0R ? 4 : type == T_Q8_0 ? 0 : 2) : 0);
+        if (type >= T_Q8_0)
+            r.quant |= 1 | (type == T_Q4_0X || type == T_Q4_1X ? 12
+                            : lml_int8() ? (type == T_Q8_0R ? 4 : type == T_Q8_0 ? 0 : 2) : 0);
     }
     return r;
 }
@@ -466,6 +468,42 @@ void lml_linear(int64_t type, const void *w, const float *bias, int64_t K, int64
 int64_t lml_linear_scratch_floats(int64_t K, int64_t N, int64_t B, int nthreads) {
     const int64_t G = B < MAX_ROWS ? B : MAX_ROWS;
     return (int64_t)nthreads * private_layout(G, 0, 0, 0, linear_share(N, nthreads), K).total;
+}
+
+/* Whether this build has rows_x16 (lml_pack_x16 packs for it). */
+int lml_x16(void) {
+#if defined(LML_X16)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* dst = w, N rows of GGUF Q4_0 or Q4_1 blocks (type T_Q4_0 or T_Q4_1, N a multiple of 16, K of
+   32), repacked for rows_x16 (layout there): the same bytes, in another order. -> the packed
+   matrix's type (T_Q4_0X or T_Q4_1X). */
+int64_t lml_pack_x16(int64_t type, const void *w, int64_t N, int64_t K, void *dst) {
+    const int64_t nb = K / 32, bytes = type == T_Q4_0 ? 18 : 20, xtype = type == T_Q4_0 ? T_Q4_0X : T_Q4_1X;
+    const int64_t gb = type == T_Q4_0 ? 288 : 320, head = type == T_Q4_0 ? 2 : 4;
+#pragma omp parallel for schedule(static)
+    for (int64_t g = 0; g < N / 16; g++)
+        for (int64_t k = 0; k < nb; k++) {
+            uint8_t *o = (uint8_t *)dst + (g * nb + k) * gb;
+            for (int oo = 0; oo < 16; oo++) {
+                const uint8_t *blk = (const uint8_t *)w + ((g * 16 + oo) * nb + k) * bytes;
+                uint8_t e[32];
+                for (int i = 0; i < 16; i++) {
+                    e[i] = blk[head + i] & 0x0F;
+                    e[i + 16] = blk[head + i] >> 4;
+                }
+                for (int j = 0; j < 4; j++)
+                    for (int t = 0; t < 4; t++)
+                        o[64 * j + 4 * oo + t] = (uint8_t)(e[4 * j + t] | (e[4 * (j + 4) + t] << 4));
+                memcpy(o + 256 + 2 * oo, blk, 2);  /* d */
+                if (type == T_Q4_1) memcpy(o + 288 + 2 * oo, blk + 2, 2);  /* m */
+            }
+        }
+    return xtype;
 }
 
 /* out [R, K] = the rows of a block matrix dequantized in float32, value for value as
