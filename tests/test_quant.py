@@ -134,10 +134,18 @@ def test_quantized_model_equals_float_model_of_dequantized_weights(family, qtype
     with torch.no_grad():
         full = q(ids)
         # Exact dequantization, float32 accumulation either side: only summation order differs.
-        torch.testing.assert_close(full, ref(ids), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(net(ids), ref(ids), rtol=1e-5, atol=1e-5)
+        with kernel_arithmetic(int8, prefill=True):  # prefill through the kernel's packed 4-bit rows
+            want = net(ids)
+        if int8:
+            assert any(isinstance(m, QuantLinear) and m.packed for m in net.modules())
+            assert_close_after_rounding(full, want)
+        else:
+            torch.testing.assert_close(full, want, rtol=1e-5, atol=1e-5)
         steps = []
         for runner, cache in zip((net, q), caches):  # the reference forward's cached step, then the native one
-            runner(ids[:, :11], 0, cache)
+            with kernel_arithmetic(int8 and runner is net, prefill=True):
+                runner(ids[:, :11], 0, cache)
             with kernel_arithmetic(int8 and runner is net):  # the kernel's int8 rounding, where it has it
                 steps.append(runner(ids[:, 11:], 11, cache))
     reference, native = steps
@@ -160,14 +168,18 @@ def test_mixed_formats_in_one_fused_projection():
     cache = KVCache(q.config, 2, 16, "cpu", torch.float32)
     with torch.no_grad():
         full = q(ids)
-        torch.testing.assert_close(full, ref(ids), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(net(ids), ref(ids), rtol=1e-5, atol=1e-5)
         q(ids[:, :11], 0, cache)
         step = q(ids[:, 11:], 11, cache)[:, 0]
         if not kernel_rounds_activations():
+            torch.testing.assert_close(full, ref(ids), rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(step, full[:, 11], rtol=1e-5, atol=1e-5)
             return
+        with kernel_arithmetic(prefill=True):  # prefill through the kernel's packed 4-bit rows
+            assert_close_after_rounding(full, net(ids))
         ref_cache = KVCache(q.config, 2, 16, "cpu", torch.float32)  # the Q4 rows round x (helpers_int8)
-        net(ids[:, :11], 0, ref_cache)
+        with kernel_arithmetic(prefill=True):
+            net(ids[:, :11], 0, ref_cache)
         with kernel_arithmetic():
             assert_close_after_rounding(step, net(ids[:, 11:], 11, ref_cache)[:, 0])
 

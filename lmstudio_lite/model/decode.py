@@ -129,12 +129,9 @@ class NativeDecoder:
                 raise ValueError(f"quantized {qtype} blocks of a {d_in} -> {d_out} layer must be contiguous "
                                  f"uint8 {want}, got {w.dtype} {tuple(w.shape)}")
             fmt, data = (self._q8_0 if qtype == "q8_0" else _FORMATS[qtype]), w
-            if qtype != "q8_0" and d_out % 16 == 0 and self._lib.lml_x16():
-                # 16 outputs side by side for the kernel's int8 rows (native/gemv.h: rows_x16), 2-3x
-                # faster per row than GGUF's order at 1 and 8 rows; a copy, as the prefill GEMMs
-                # still dequantize the GGUF blocks
-                data = torch.empty_like(w)
-                fmt = self._lib.lml_pack_x16(fmt, w.data_ptr(), d_out, d_in, data.data_ptr())
+            packed = layer.pack_for_kernel(self._lib) if hasattr(layer, "pack_for_kernel") else None
+            if packed is not None:  # 16 outputs side by side (native/gemv.h: rows_x16)
+                fmt, data = packed
         else:
             w = layer.weight if w is None else w
             if w is None or tuple(w.shape) != (d_in, d_out):

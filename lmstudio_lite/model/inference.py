@@ -16,7 +16,7 @@ import torch
 from .decode import MAX_ROWS, NativeDecoder
 from .kv_cache import KVCache, Rows
 from .layers import Linear, matmul, store_out_in
-from .quant import QuantLinear, fuse_quantized
+from .quant import QuantLinear, fuse_quantized, kernel_rows
 from .transformer import Transformer
 
 
@@ -142,7 +142,8 @@ class InferenceModel:
         if self._native_rows(ids, start_pos, cache):
             x = self._native_step(ids, start_pos, cache, logits=False)
             return self.net.norm_f(x.to(self.dtype)).unsqueeze(1)
-        return self.net.forward_hidden(ids, start_pos, cache)
+        with kernel_rows():  # 4-bit layers through the kernel's packed rows, as the step reads them
+            return self.net.forward_hidden(ids, start_pos, cache)
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden [.., C] -> logits [.., V]."""
@@ -174,5 +175,7 @@ class InferenceModel:
         return self.project(self.net.norm_f(x.to(self.dtype)))
 
     def trace(self, ids: torch.Tensor, attention_layers=()):
-        """``Transformer.trace`` (inspection runs the reference path)."""
-        return self.net.trace(ids, attention_layers)
+        """``Transformer.trace``, with the arithmetic of this model's own forward (``kernel_rows``), so
+        inspection's last layer is the model's own prediction."""
+        with kernel_rows():
+            return self.net.trace(ids, attention_layers)

@@ -16,6 +16,7 @@ quantized by llama.cpp's converter give the same bytes. Shapes: R rows
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import torch
@@ -133,7 +134,21 @@ def dequantize(blocks: torch.Tensor, qtype: str, dtype: torch.dtype = torch.floa
     return w.reshape(R, -1).to(dtype)
 
 
-_scratch = threading.local()  # QuantLinear._weight_for's buffer, one per thread
+_scratch = threading.local()  # QuantLinear._weight_for's buffer, one per thread; kernel_rows' flag
+
+
+@contextlib.contextmanager
+def kernel_rows():
+    """Within (in this thread), a CPU ``QuantLinear`` with a packed copy (``pack_for_kernel``)
+    multiplies through the native kernel on int8 activations, as the decode step does and as
+    llama.cpp prefills: an ``InferenceModel``'s prefill. Outside, every layer dequantizes exactly
+    (the reference the kernel is tested against)."""
+    before = getattr(_scratch, "kernel", False)
+    _scratch.kernel = True
+    try:
+        yield
+    finally:
+        _scratch.kernel = before
 
 
 class QuantLinear(nn.Module):
@@ -161,6 +176,8 @@ class QuantLinear(nn.Module):
         self.qtype, self.d_in, self.d_out = qtype, d_in, d_out
         self.register_buffer("blocks", blocks)
         self.register_buffer("bias", None if bias is None else bias.detach())
+        self._packed: tuple[int, torch.Tensor] | None = None  # (kernel format, bytes): pack_for_kernel
+        self._parts: list[tuple[int, "QuantLinear"]] = []  # a fused layer's layers and their first rows
 
     @classmethod
     def from_blocks(cls, blocks, qtype, d_in, d_out, bias=None) -> "QuantLinear":
@@ -190,13 +207,40 @@ class QuantLinear(nn.Module):
         blocks = torch.cat([l.blocks for l in layers])
         has_bias = layers[0].bias is not None
         bias = torch.cat([l.bias for l in layers]) if has_bias else None
+        fused = cls(blocks, qtype, d_in, blocks.shape[0], bias)
         start = 0
         for l in layers:
             l.blocks = blocks[start:start + l.d_out]
             if has_bias:
                 l.bias = bias[start:start + l.d_out]
+            fused._parts.append((start, l))
             start += l.d_out
-        return cls(blocks, qtype, d_in, blocks.shape[0], bias)
+        return fused
+
+    @property
+    def packed(self) -> bool:
+        """Whether the kernel holds a packed copy (``pack_for_kernel``): then prefill through an
+        ``InferenceModel`` takes this layer's input rounded to int8, as the step does."""
+        return self._packed is not None
+
+    def pack_for_kernel(self, lib) -> tuple[int, torch.Tensor] | None:
+        """The native kernel's own copy of a Q4 matrix, 16 outputs side by side (native/gemv.h:
+        rows_x16; the same bytes in another order), made once: (its format, its bytes), or None
+        where the kernel takes the GGUF rows as they are (Q8_0, a width not a multiple of 16, a
+        CPU without AVX-512 VNNI). A fused layer's layers get views of its copy, so prefill
+        (``kernel_rows``) and the decode step share one."""
+        if not lib.lml_x16():
+            return None
+        if self._packed is None and self.qtype != "q8_0" and self.d_out % 16 == 0 \
+                and self.blocks.device.type == "cpu" and self.blocks.is_contiguous():
+            packed = torch.empty_like(self.blocks)
+            fmt = lib.lml_pack_x16(FORMATS[self.qtype], self.blocks.data_ptr(), self.d_out, self.d_in,
+                                   packed.data_ptr())
+            self._packed = fmt, packed
+            for start, layer in self._parts:
+                if start % 16 == 0 and layer.d_out % 16 == 0 and layer._packed is None:
+                    layer._packed = fmt, packed[start:start + layer.d_out]
+        return self._packed
 
     def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight as float, [d_out, d_in]."""
@@ -207,8 +251,26 @@ class QuantLinear(nn.Module):
         if self.training and torch.is_grad_enabled():
             raise RuntimeError("a quantized model is for inference only: load it without quantization to train "
                                "or fine-tune it")
+        if self._packed is not None and getattr(_scratch, "kernel", False) and x.device.type == "cpu" \
+                and not torch.is_grad_enabled():
+            return self._kernel_rows(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self._weight_for(x), bias)
+
+    def _kernel_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """x [.., d_in] through the packed copy (``kernel_rows``), in x's dtype."""
+        lib, (fmt, packed) = decode_library(), self._packed
+        rows = x.reshape(-1, self.d_in).to(torch.float32).contiguous()
+        out = torch.empty(rows.shape[0], self.d_out)
+        threads = kernel_threads()
+        n = lib.lml_linear_x16_scratch_floats(self.d_in, rows.shape[0])
+        buf = getattr(_scratch, "rows", None)
+        if buf is None or buf.numel() < n:
+            buf = _scratch.rows = torch.empty(n)
+        bias = None if self.bias is None else self.bias.to(torch.float32).contiguous()
+        lib.lml_linear_x16(fmt, packed.data_ptr(), None if bias is None else bias.data_ptr(), self.d_in, self.d_out,
+                           rows.shape[0], rows.data_ptr(), out.data_ptr(), buf.data_ptr(), threads)
+        return out.view(*x.shape[:-1], self.d_out).to(x.dtype)
 
     def _weight_for(self, x: torch.Tensor) -> torch.Tensor:
         """The dequantized weight in x's dtype; on the CPU through the native kernel (one pass,

@@ -470,6 +470,51 @@ int64_t lml_linear_scratch_floats(int64_t K, int64_t N, int64_t B, int nthreads)
     return (int64_t)nthreads * private_layout(G, 0, 0, 0, linear_share(N, nthreads), K).total;
 }
 
+/* out [B, N] = x [B, K] @ a packed 4-bit matrix (T_Q4_0X or T_Q4_1X, lml_pack_x16) + bias, any B: an
+   InferenceModel's prefill (model/quant.py: kernel_rows). Every row is rounded to int8 once, then
+   threads claim chunks of outputs and run every group of 8 rows over their chunk, so a chunk's
+   weights come from memory once (lml_linear runs each group over every chunk: each group read the
+   whole matrix again). scratch: lml_linear_x16_scratch_floats(K, B) floats. Where LML_X16 is not
+   built there is no packed matrix: nothing to do. */
+void lml_linear_x16(int64_t type, const void *w, const float *bias, int64_t K, int64_t N, int64_t B, const float *x,
+                    float *out, float *scratch, int nthreads) {
+#if defined(LML_X16)
+    const int64_t nb = K / 32, np = pairs(K);
+    float *s = scratch, *dx8 = s + up16(B * nb);
+    int8_t *q8 = (int8_t *)(dx8 + up16(B * np * 16));
+    const int64_t lines = N / 16, want = nthreads == 1 ? 1 : 8 * (int64_t)nthreads;
+    const int64_t nch = lines < want ? lines : want;
+    phase_ctr ctr;
+    memset(&ctr, 0, sizeof ctr);
+#pragma omp parallel num_threads(nthreads)
+    {
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            qact qa = {NULL, s + b * nb, q8 + b * np * 64, q8 + b * np * 64, NULL, dx8 + b * np * 16, NULL};
+            quantize_act(x + b * K, 1, K, 12, &qa);
+        }
+        int64_t j0, n;
+        EACH_CHUNK(ci, &ctr, nch) {
+            share(N, (int)ci, (int)nch, &j0, &n);
+            for (int64_t b0 = 0; b0 < B; b0 += MAX_ROWS) {
+                const int64_t g = B - b0 < MAX_ROWS ? B - b0 : MAX_ROWS;
+                const qact qa = {NULL, s + b0 * nb, q8 + b0 * np * 64, q8 + b0 * np * 64, NULL, dx8 + b0 * np * 16, NULL};
+                rows_quant_any(type, (const uint8_t *)w, K, &qa, g, j0, n, out + b0 * N + j0, N, 0);
+                if (bias)
+                    for (int64_t b = b0; b < b0 + g; b++)
+                        for (int64_t j = 0; j < n; j++) out[b * N + j0 + j] += bias[j0 + j];
+            }
+        }
+    }
+#else
+    (void)type, (void)w, (void)bias, (void)K, (void)N, (void)B, (void)x, (void)out, (void)scratch, (void)nthreads;
+#endif
+}
+
+int64_t lml_linear_x16_scratch_floats(int64_t K, int64_t B) {
+    return up16(B * (K / 32)) + up16(B * pairs(K) * 16) + B * pairs(K) * 16 + 16;
+}
+
 /* Whether this build has rows_x16 (lml_pack_x16 packs for it). */
 int lml_x16(void) {
 #if defined(LML_X16)
