@@ -261,33 +261,45 @@ def test_quantized_gemv_equals_the_dequantized_matrix(request, lib_kind, qtype):
     assert err.max() > 10 * err_rounded.max()  # it is the rounding that errs, not the sums
 
 
-@pytest.mark.parametrize("qtype", ["q4_0", "q4_1"])
+@pytest.mark.parametrize("qtype", ["q4_0", "q4_1", "q8_0r"])
 def test_rows_packed_16_outputs_wide_give_what_the_gguf_rows_give(qtype):
-    """Where the kernel packs a 4-bit matrix 16 outputs side by side for its int8 rows (rows_x16:
-    AVX-512 with VNNI), the packed matrix gives the GGUF rows' numbers up to float32 summation order:
-    the same activation rounding, the same weights. 1 to 9 rows, two threads."""
+    """Where the kernel packs a matrix 16 outputs side by side for its int8 rows (rows_x16: AVX-512
+    with VNNI; 4-bit matrices and a 4-bit model's Q8_0 head), the packed matrix gives the GGUF rows'
+    numbers up to float32 summation order: the same activation rounding, the same weights. 1 to 9
+    rows, two threads, through lml_linear (the head's path) and lml_linear_x16 (prefill's)."""
     lib = native.decode_library()
     if not lib.lml_x16():
         pytest.skip("this CPU has no AVX-512 VNNI: no packed rows to check")
+    gguf_code = native.Q8_0_ROUNDED if qtype == "q8_0r" else QTYPES[qtype]
+    qtype = qtype.removesuffix("r")
     K, N = 576, 80
     g = torch.Generator().manual_seed(9)
     w = torch.randn(N, K, generator=g)
     blocks = torch.from_numpy(gguf.quants.quantize(w.numpy(), GGML[qtype]))
     wd = torch.from_numpy(gguf.quants.dequantize(blocks.numpy(), GGML[qtype]).astype(np.float32))
+    bias = torch.randn(N, generator=g)
     packed = torch.empty_like(blocks)
-    code = lib.lml_pack_x16(QTYPES[qtype], blocks.data_ptr(), N, K, packed.data_ptr())
-    assert code != QTYPES[qtype] and not torch.equal(packed, blocks)
+    code = lib.lml_pack_x16(gguf_code, blocks.data_ptr(), N, K, packed.data_ptr())
+    assert code != gguf_code and not torch.equal(packed, blocks)
     for B in (1, 3, 8, 9):
         x = torch.randn(B, K, generator=g) * torch.linspace(0.1, 3, K)
         outs = []
-        for fmt, data in ((QTYPES[qtype], blocks), (code, packed)):
+        for fmt, data, entry in ((gguf_code, blocks, "linear"), (code, packed, "linear"), (code, packed, "x16")):
             out = torch.empty(B, N)
-            scratch = torch.empty(lib.lml_linear_scratch_floats(K, N, B, 2))
-            lib.lml_linear(fmt, data.data_ptr(), None, K, N, B, x.data_ptr(), out.data_ptr(), scratch.data_ptr(), 2)
+            if entry == "linear":
+                scratch = torch.empty(lib.lml_linear_scratch_floats(K, N, B, 2))
+                lib.lml_linear(fmt, data.data_ptr(), bias.data_ptr(), K, N, B, x.data_ptr(), out.data_ptr(),
+                               scratch.data_ptr(), 2)
+            else:
+                scratch = torch.empty(lib.lml_linear_x16_scratch_floats(K, B))
+                lib.lml_linear_x16(fmt, data.data_ptr(), bias.data_ptr(), K, N, B, x.data_ptr(), out.data_ptr(),
+                                   scratch.data_ptr(), 2)
             outs.append(out.double())
-        slack = 4 * K * 2.0 ** -24 * (round_like_kernel(x).abs().double() @ wd.abs().double().t())
-        assert ((outs[0] - outs[1]).abs() <= 2 * slack).all(), B
-        assert ((outs[1] - round_like_kernel(x).double() @ wd.double().t()).abs() <= slack).all(), B
+        want = round_like_kernel(x).double() @ wd.double().t() + bias.double()
+        slack = 4 * K * 2.0 ** -24 * (round_like_kernel(x).abs().double() @ wd.abs().double().t() + bias.abs().double())
+        for got in outs:
+            assert ((got - want).abs() <= slack).all(), B
+        assert torch.equal(outs[1], outs[2])  # the decode step's rows and prefill's: the same numbers
 
 
 def test_int8_path_is_built_where_the_cpu_has_it():

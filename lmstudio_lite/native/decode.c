@@ -133,7 +133,7 @@ static proj proj_at(const int64_t *p, int nparts, int64_t K) {
         r.bias[i] = F(p[PART_B]);
         const int64_t type = p[PART_T];  /* prepare_act's bits: block sums, int8 in the Q4 and Q8_0 orders */
         if (type >= T_Q8_0)
-            r.quant |= 1 | (type == T_Q4_0X || type == T_Q4_1X ? 12
+            r.quant |= 1 | (type == T_Q4_0X || type == T_Q4_1X ? 12 : type == T_Q8_0RX ? 20
                             : lml_int8() ? (type == T_Q8_0R ? 4 : type == T_Q8_0 ? 0 : 2) : 0);
     }
     return r;
@@ -213,7 +213,7 @@ static int64_t up16(int64_t n) { return (n + 15) / 16 * 16; }
 
 /* The private (per thread) part of the scratch, in floats. */
 typedef struct {
-    int64_t h, rot, scores, r, r2, s, q4, q8, dx4, dx8, sx4, total;
+    int64_t h, rot, scores, r, r2, s, q4, q8, dx4, dx8, sx4, off8, total;
 } layout;
 
 static layout private_layout(int64_t B, int64_t C, int64_t D, int64_t max_len, int64_t widest_n, int64_t widest_k) {
@@ -229,7 +229,8 @@ static layout private_layout(int64_t B, int64_t C, int64_t D, int64_t max_len, i
     l.dx4 = l.q8 + up16(B * pairs(widest_k) * 16);  /* and their scales */
     l.dx8 = l.dx4 + up16(B * quads(widest_k) * 16);
     l.sx4 = l.dx8 + up16(B * pairs(widest_k) * 16);
-    l.total = l.sx4 + up16(B * quads(widest_k) * 16);
+    l.off8 = l.sx4 + up16(B * quads(widest_k) * 16);  /* int32 [B, widest_k/32] */
+    l.total = l.off8 + up16(B * widest_k / 32 + 1);
     return l;
 }
 
@@ -326,7 +327,7 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
         float *mine = priv + t * lay.total, *h = mine + lay.h, *rot = mine + lay.rot, *sc = mine + lay.scores;
         float *r = mine + lay.r, *r2 = mine + lay.r2;
         qact qa = {NULL, mine + lay.s, (int8_t *)(mine + lay.q4), (int8_t *)(mine + lay.q8), mine + lay.dx4, mine + lay.dx8,
-                   mine + lay.sx4};
+                   mine + lay.sx4, (int32_t *)(mine + lay.off8)};
         const int64_t nq = chunks(Q, nt), nc = chunks(C, nt), nf = chunks(FF, nt), natt = B * KV;
         int64_t j0, n;
         phase_ctr *ph = ctr;
@@ -451,7 +452,7 @@ void lml_linear(int64_t type, const void *w, const float *bias, int64_t K, int64
         const int t = omp_get_thread_num();
         float *mine = scratch + t * lay.total;
         qact qa = {NULL, mine + lay.s, (int8_t *)(mine + lay.q4), (int8_t *)(mine + lay.q8), mine + lay.dx4, mine + lay.dx8,
-                   mine + lay.sx4};
+                   mine + lay.sx4, (int32_t *)(mine + lay.off8)};
         int64_t j0, n, quantized = -1;
         EACH_CHUNK(ci, &ctr, total) {
             const int64_t b0 = ci / nch * G, g = B - b0 < G ? B - b0 : G;
@@ -470,7 +471,7 @@ int64_t lml_linear_scratch_floats(int64_t K, int64_t N, int64_t B, int nthreads)
     return (int64_t)nthreads * private_layout(G, 0, 0, 0, linear_share(N, nthreads), K).total;
 }
 
-/* out [B, N] = x [B, K] @ a packed 4-bit matrix (T_Q4_0X or T_Q4_1X, lml_pack_x16) + bias, any B: an
+/* out [B, N] = x [B, K] @ a packed matrix (T_Q4_0X, T_Q4_1X or T_Q8_0RX: lml_pack_x16) + bias, any B: an
    InferenceModel's prefill (model/quant.py: kernel_rows). Every row is rounded to int8 once, then
    threads claim chunks of outputs and run every group of 8 rows over their chunk, so a chunk's
    weights come from memory once (lml_linear runs each group over every chunk: each group read the
@@ -481,7 +482,9 @@ void lml_linear_x16(int64_t type, const void *w, const float *bias, int64_t K, i
 #if defined(LML_X16)
     const int64_t nb = K / 32, np = pairs(K);
     float *s = scratch, *dx8 = s + up16(B * nb);
-    int8_t *q8 = (int8_t *)(dx8 + up16(B * np * 16));
+    int32_t *off8 = (int32_t *)(dx8 + up16(B * np * 16));
+    int8_t *q8 = (int8_t *)(off8 + up16(B * nb));
+    const int order = type == T_Q8_0RX ? 20 : 12;
     const int64_t lines = N / 16, want = nthreads == 1 ? 1 : 8 * (int64_t)nthreads;
     const int64_t nch = lines < want ? lines : want;
     phase_ctr ctr;
@@ -490,15 +493,16 @@ void lml_linear_x16(int64_t type, const void *w, const float *bias, int64_t K, i
     {
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) {
-            qact qa = {NULL, s + b * nb, q8 + b * np * 64, q8 + b * np * 64, NULL, dx8 + b * np * 16, NULL};
-            quantize_act(x + b * K, 1, K, 12, &qa);
+            qact qa = {NULL, s + b * nb, q8 + b * np * 64, q8 + b * np * 64, NULL, dx8 + b * np * 16, NULL, off8 + b * nb};
+            quantize_act(x + b * K, 1, K, order, &qa);
         }
         int64_t j0, n;
         EACH_CHUNK(ci, &ctr, nch) {
             share(N, (int)ci, (int)nch, &j0, &n);
             for (int64_t b0 = 0; b0 < B; b0 += MAX_ROWS) {
                 const int64_t g = B - b0 < MAX_ROWS ? B - b0 : MAX_ROWS;
-                const qact qa = {NULL, s + b0 * nb, q8 + b0 * np * 64, q8 + b0 * np * 64, NULL, dx8 + b0 * np * 16, NULL};
+                const qact qa = {NULL, s + b0 * nb, q8 + b0 * np * 64, q8 + b0 * np * 64, NULL, dx8 + b0 * np * 16, NULL,
+                                 off8 + b0 * nb};
                 rows_quant_any(type, (const uint8_t *)w, K, &qa, g, j0, n, out + b0 * N + j0, N, 0);
                 if (bias)
                     for (int64_t b = b0; b < b0 + g; b++)
@@ -512,7 +516,7 @@ void lml_linear_x16(int64_t type, const void *w, const float *bias, int64_t K, i
 }
 
 int64_t lml_linear_x16_scratch_floats(int64_t K, int64_t B) {
-    return up16(B * (K / 32)) + up16(B * pairs(K) * 16) + B * pairs(K) * 16 + 16;
+    return 2 * up16(B * (K / 32)) + up16(B * pairs(K) * 16) + B * pairs(K) * 16 + 16;
 }
 
 /* Whether this build has rows_x16 (lml_pack_x16 packs for it). */
@@ -524,18 +528,25 @@ int lml_x16(void) {
 #endif
 }
 
-/* dst = w, N rows of GGUF Q4_0 or Q4_1 blocks (type T_Q4_0 or T_Q4_1, N a multiple of 16, K of
-   32), repacked for rows_x16 (layout there): the same bytes, in another order. -> the packed
-   matrix's type (T_Q4_0X or T_Q4_1X). */
+/* dst = w, N rows of GGUF Q4_0, Q4_1 or Q8_0 blocks (type T_Q4_0, T_Q4_1, or T_Q8_0 / T_Q8_0R for
+   Q8_0 on int8 activations; N a multiple of 16, K of 32), repacked for rows_x16 (layout there): as
+   many bytes, in another order. -> the packed matrix's type (T_Q4_0X, T_Q4_1X or T_Q8_0RX). */
 int64_t lml_pack_x16(int64_t type, const void *w, int64_t N, int64_t K, void *dst) {
-    const int64_t nb = K / 32, bytes = type == T_Q4_0 ? 18 : 20, xtype = type == T_Q4_0 ? T_Q4_0X : T_Q4_1X;
-    const int64_t gb = type == T_Q4_0 ? 288 : 320, head = type == T_Q4_0 ? 2 : 4;
+    const int64_t nb = K / 32, bytes = type == T_Q4_0 ? 18 : type == T_Q4_1 ? 20 : 34;
+    const int64_t xtype = type == T_Q4_0 ? T_Q4_0X : type == T_Q4_1 ? T_Q4_1X : T_Q8_0RX;
+    const int64_t gb = type == T_Q4_0 ? 288 : type == T_Q4_1 ? 320 : 544, head = type == T_Q4_1 ? 4 : 2;
 #pragma omp parallel for schedule(static)
     for (int64_t g = 0; g < N / 16; g++)
         for (int64_t k = 0; k < nb; k++) {
             uint8_t *o = (uint8_t *)dst + (g * nb + k) * gb;
             for (int oo = 0; oo < 16; oo++) {
                 const uint8_t *blk = (const uint8_t *)w + ((g * 16 + oo) * nb + k) * bytes;
+                if (type == T_Q8_0 || type == T_Q8_0R) {  /* 8 vectors of 4 inputs, w + 128 as unsigned bytes */
+                    for (int j = 0; j < 8; j++)
+                        for (int t = 0; t < 4; t++) o[64 * j + 4 * oo + t] = (uint8_t)(blk[2 + 4 * j + t] ^ 0x80);
+                    memcpy(o + 512 + 2 * oo, blk, 2);
+                    continue;
+                }
                 uint8_t e[32];
                 for (int i = 0; i < 16; i++) {
                     e[i] = blk[head + i] & 0x0F;

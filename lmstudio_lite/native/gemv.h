@@ -24,9 +24,9 @@
 /* T_Q8_0R: Q8_0 blocks whose activation is rounded to int8 like the Q4 formats' (a 4-bit model's
    head: its answers then follow llama.cpp's, whose every block format takes int8 activations);
    plain Q8_0 stays exact, for the models people pick for near-float answers. */
-/* T_Q4_0X, T_Q4_1X: Q4_0/Q4_1 rows repacked 16 outputs side by side (lml_pack_x16, where
-   LML_X16 is built), for rows_x16. */
-enum { T_F32, T_BF16, T_Q8_0, T_Q4_0, T_Q4_1, T_Q8_0R, T_Q4_0X, T_Q4_1X, T_COUNT };
+/* T_Q4_0X, T_Q4_1X, T_Q8_0RX: Q4_0, Q4_1 and (rounded) Q8_0 rows repacked 16 outputs side by side
+   (lml_pack_x16, where LML_X16 is built), for rows_x16. */
+enum { T_F32, T_BF16, T_Q8_0, T_Q4_0, T_Q4_1, T_Q8_0R, T_Q4_0X, T_Q4_1X, T_Q8_0RX, T_COUNT };
 
 #if defined(LML_INT8) && defined(LML_AVX512)
 #define LML_X16 1
@@ -110,6 +110,7 @@ typedef struct {
     float *s;
     int8_t *q4, *q8;
     float *dx4, *dx8, *sx4;
+    int32_t *off8;  /* rows_x16's Q8_0: 128 times each block's sum of rounded x */
 } qact;
 
 static inline int64_t quads(int64_t K) { return (K / 32 + 3) / 4; }
@@ -139,6 +140,7 @@ static void quantize_act(const float *x, int64_t B, int64_t K, int order, qact *
         for (int64_t k = 0; k < nq * 4; k++) {
             __m128i lo = _mm_setzero_si128(), hi = lo;
             float dx = 0.0f, sum = 0.0f;
+            int isum = 0;
             if (k < nb) {
                 const __m512 v0 = _mm512_loadu_ps(x + b * K + k * 32), v1 = _mm512_loadu_ps(x + b * K + k * 32 + 16);
                 const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
@@ -149,7 +151,8 @@ static void quantize_act(const float *x, int64_t B, int64_t K, int order, qact *
                 /* the offset's sum of x, of the rounded x: the error is then sum (x - dx q) w over the
                    weights w themselves, not over q d, whose mean 7.5 d the rounding errors would not
                    cancel around (exact sums measured 1.5-2x the error on random blocks) */
-                sum = dx * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+                isum = _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+                sum = dx * (float)isum;
             }
             if (order & 2) {
                 _mm_storeu_si128((__m128i *)(q4 + k / 4 * 128 + k % 4 * 16), lo);
@@ -158,6 +161,7 @@ static void quantize_act(const float *x, int64_t B, int64_t K, int order, qact *
                 _mm_storeu_ps(sx4 + 4 * k, _mm_set1_ps(sum / 4.0f));
             }
             if ((order & 8) && k < nb) a->s[b * nb + k] = sum;  /* rows_x16's sx */
+            if ((order & 16) && k < nb) a->off8[b * nb + k] = 128 * isum;
             if ((order & 4) && k < np * 2) {
                 _mm_storeu_si128((__m128i *)(q8 + k * 32), lo);
                 _mm_storeu_si128((__m128i *)(q8 + k * 32 + 16), hi);
@@ -202,12 +206,12 @@ static void quantize_act(const float *x, int64_t B, int64_t K, int order, qact *
 
 /* What a projection's matrices need of their input x: quant bit 1, its block sums (only the exact
    Q4 rows read them, and with LML_INT8 every Q4 row takes the int8 path); bits 2 and 4 (Q4 and
-   Q8_0 matrices on the int8 path), its int8 blocks in the Q4 and the Q8_0 order; bit 8 (rows_x16,
-   with bit 4), each block's rounded sum times dx in s. */
+   Q8_0 matrices on the int8 path), its int8 blocks in the Q4 and the Q8_0 order; bit 8 (rows_x16's
+   Q4, with bit 4), each block's rounded sum times dx in s; bit 16 (its Q8_0), 128 times that sum. */
 static void prepare_act(const float *x, int64_t B, int64_t K, int quant, qact *a) {
 #if defined(LML_INT8)
     a->x = x;
-    if (quant & 14) quantize_act(x, B, K, quant, a);
+    if (quant & 30) quantize_act(x, B, K, quant, a);
 #else
     if (quant) block_sums(x, B, K, a);
 #endif
@@ -728,8 +732,11 @@ INLINE void rows_int8(const int type, const uint8_t *W, int64_t K, const qact *a
    rows_int8 spends about as many on 4 blocks of one output and reduces every output horizontally:
    one thread, 576 -> 3072 Q4_1 in L2, 8 rows 1.32 against 3.99 ns a block, one row 0.33 against 1.02.
    A row's sum per block: d (dx q.x) - 8 d sx (Q4_0) or d (dx q.x) + m sx (Q4_1), sx = dx times the
-   block's sum of rounded x (quantize_act's s), as rows_int8 computes it. */
-static inline int64_t x16_bytes(int type) { return type == T_Q4_0X ? 288 : 320; }
+   block's sum of rounded x (quantize_act's s), as rows_int8 computes it.
+   Q8_0 (T_Q8_0RX, a 4-bit model's head): 8 x 64 bytes of w + 128 as unsigned bytes (vpdpbusd's
+   unsigned side), then the 16 d: 544 bytes; d dx (q.x - 128 sum x), the integer sum exact, as the
+   pairs of rows_int8 give it. */
+static inline int64_t x16_bytes(int type) { return type == T_Q4_0X ? 288 : type == T_Q4_1X ? 320 : 544; }
 
 INLINE void rows_x16(const int type, const uint8_t *W, int64_t K, const qact *a, const int B, int64_t j0, int64_t n,
                      float *r, int64_t ldr) {
@@ -746,22 +753,33 @@ INLINE void rows_x16(const int type, const uint8_t *W, int64_t K, const qact *a,
             _mm_prefetch((const char *)blk + LML_PREFETCH + 192, _MM_HINT_T0);
             _mm_prefetch((const char *)blk + LML_PREFETCH + 256, _MM_HINT_T0);
             __m512i w[8];
-            for (int j = 0; j < 4; j++) {
-                const __m512i p = _mm512_loadu_si512(blk + 64 * j);
-                w[j] = _mm512_and_si512(p, low);
-                w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(p, 4), low);
+            __m512 d, m = _mm512_setzero_ps();
+            if (type == T_Q8_0RX) {
+                _mm_prefetch((const char *)blk + LML_PREFETCH + 320, _MM_HINT_T0);
+                _mm_prefetch((const char *)blk + LML_PREFETCH + 384, _MM_HINT_T0);
+                _mm_prefetch((const char *)blk + LML_PREFETCH + 448, _MM_HINT_T0);
+                _mm_prefetch((const char *)blk + LML_PREFETCH + 512, _MM_HINT_T0);
+                for (int j = 0; j < 8; j++) w[j] = _mm512_loadu_si512(blk + 64 * j);
+                d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 512)));
+            } else {
+                for (int j = 0; j < 4; j++) {
+                    const __m512i p = _mm512_loadu_si512(blk + 64 * j);
+                    w[j] = _mm512_and_si512(p, low);
+                    w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(p, 4), low);
+                }
+                d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 256)));
+                m = type == T_Q4_1X ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 288)))
+                                    : _mm512_mul_ps(d, _mm512_set1_ps(-8.0f));
             }
-            const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 256)));
-            const __m512 m = type == T_Q4_1X ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 288)))
-                                             : _mm512_mul_ps(d, _mm512_set1_ps(-8.0f));
 #pragma GCC unroll 8
             for (int b = 0; b < B; b++) {
                 const int32_t *xq = (const int32_t *)(a->q8 + b * np * 64 + k * 32);
                 __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], _mm512_set1_epi32(xq[0]));
                 for (int j = 1; j < 8; j++) dot = _mm512_dpbusd_epi32(dot, w[j], _mm512_set1_epi32(xq[j]));
+                if (type == T_Q8_0RX) dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(a->off8[b * nb + k]));
                 const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(a->dx8[b * np * 16 + k * 8]));
                 acc[b] = _mm512_fmadd_ps(t, d, acc[b]);
-                acc[b] = _mm512_fmadd_ps(m, _mm512_set1_ps(a->s[b * nb + k]), acc[b]);
+                if (type != T_Q8_0RX) acc[b] = _mm512_fmadd_ps(m, _mm512_set1_ps(a->s[b * nb + k]), acc[b]);
             }
         }
         const int64_t lo = g * 16 < j0 ? j0 - g * 16 : 0, hi = (g + 1) * 16 > j0 + n ? j0 + n - g * 16 : 16;
@@ -1062,7 +1080,7 @@ static void rows_bf16_any(const uint16_t *W, int64_t K, const float *x, int64_t 
 static void rows_quant_any(int64_t type, const uint8_t *W, int64_t K, const qact *a, int64_t B, int64_t j0, int64_t n,
                            float *r, int64_t ldr, int wide) {
 #if defined(LML_X16)
-    if (type == T_Q4_0X || type == T_Q4_1X) {
+    if (type == T_Q4_0X || type == T_Q4_1X || type == T_Q8_0RX) {
         switch (B) {
 #define CASE(R) case R: rows_x16((int)type, W, K, a, R, j0, n, r, ldr); break;
             LML_ROWS_CASES(CASE)
