@@ -60,6 +60,7 @@ IDLE_EXIT_S = 2.0  # an idle driver thread ends after this long
 PASS_CHUNKS = 4  # with no stream decoding, one prefill pass may hold this many chunks (padded tokens)
 PAD_WASTE = 0.3  # prompts prefilled together: padding may be at most this share of the pass
 DECODE_GAP_S = 0.25  # while streams decode, prefill passes go on only until this long since their last step
+TAIL_SHARE = 4  # a prompt's rest at most a quarter over a pass's chunk is prefilled whole
 ALIGN = 16  # prompts this close in position are prefilled in one pass (the later ones step back)
 SHARE_MIN = 16  # a request waits for a prefix being prefilled only when it saves more tokens than this
 CPU_BUDGET = 4 << 30  # default KV budget on the CPU, at most a quarter of the RAM; untouched rows cost nothing
@@ -426,7 +427,10 @@ class Scheduler:
             if seq.fed > start:
                 seq.fed = seq.row.valid = start
                 seq.stats["cached_tokens"] = min(seq.stats["cached_tokens"], start)
-        return group, min(max(len(s.prompt_ids) - start for s in group), max(1, budget // len(group)))
+        rest, per_row = max(len(s.prompt_ids) - start for s in group), max(1, budget // len(group))
+        # a rest only a little over the budget goes whole: a pass of its last few tokens would cost
+        # about as much as a full one (a pass's fixed cost: the bundled model's 2-token pass 1.5-4 ms)
+        return group, rest if rest <= per_row + per_row // TAIL_SHARE else per_row
 
     def _prefill_pass(self, group: list[_Seq], chunk: int):
         """Feed up to ``chunk`` more prompt tokens of each sequence in ``group`` (all at position

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -238,6 +239,48 @@ class _EventStreamResponse(StreamingResponse):
                 await self.body_iterator.aclose()
 
 
+class _LoopWaker:
+    """Wake-ups of one event loop from other threads, batched: the scheduler's driver notifies every
+    stream of a step one after the other, and each ``call_soon_threadsafe`` writes to the loop's
+    self-pipe (a system call: 7% of the driver's time with 8 clients); here the first notification
+    of a batch schedules one callback that sets every event pending by then."""
+
+    _by_loop: dict = {}
+    _guard = threading.Lock()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop, self._lock, self._pending, self._armed = loop, threading.Lock(), [], False
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> "_LoopWaker":
+        with cls._guard:
+            waker = cls._by_loop.get(loop)
+            if waker is None or waker._loop.is_closed():
+                cls._by_loop = {k: v for k, v in cls._by_loop.items() if not k.is_closed()}
+                waker = cls._by_loop[loop] = cls(loop)
+            return waker
+
+    def wake(self, event: asyncio.Event):
+        """Any thread: set ``event`` in the loop soon. RuntimeError when the loop is closed."""
+        with self._lock:
+            self._pending.append(event)
+            if self._armed:
+                return
+            self._armed = True
+        try:
+            self._loop.call_soon_threadsafe(self._run)
+        except RuntimeError:
+            with self._lock:
+                self._armed = False
+            raise
+
+    def _run(self):
+        with self._lock:
+            pending, self._pending, self._armed = self._pending, [], False
+        for event in pending:
+            event.set()
+
+
 class _Run:
     """A request's generations (``n`` choices), watched from the event loop: a stream's driver
     calls ``_wake`` (from its own thread), the loop takes what every stream has; leaving
@@ -247,7 +290,7 @@ class _Run:
         self.streams, self._with_logprobs = streams, with_logprobs
         self._ready = asyncio.Event()
         self._armed = False  # a wake-up is on its way to the loop: later ones until it runs are no-ops
-        self._loop = asyncio.get_running_loop()
+        self._waker = _LoopWaker.of(asyncio.get_running_loop())
 
     def _wake(self):
         """Any thread: new text or an end is waiting in some stream."""
@@ -255,7 +298,7 @@ class _Run:
             return
         self._armed = True
         try:
-            self._loop.call_soon_threadsafe(self._ready.set)
+            self._waker.wake(self._ready)
         except RuntimeError:  # the event loop is closed (server shutting down): nobody is listening
             for stream in self.streams:
                 stream.cancel()
