@@ -234,33 +234,46 @@ INLINE __m512 f32_eight(const float *xi, const __m512 *w, __m512 acc) {
 
 INLINE __mmask16 lanes16(int64_t left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
 
-/* One row: eight weight rows per pass over the outputs, each read once, in order (eight sequential
-   streams: a large matrix streams from memory at decode); the sums wait in acc between passes. */
-static void gemv_f32_one(const float *restrict x, const float *restrict W, int64_t K, int64_t ldw, int64_t j0,
-                         int64_t n, float *restrict acc) {
-    for (int64_t j = 0; j < n; j++) acc[j] = 0.0f;
-    int64_t i = 0;
-    for (; i + 8 <= K; i += 8) {
-        const float *w = W + i * ldw + j0;
-        for (int64_t j = 0; j < n; j += 16) {
-            const __mmask16 m = lanes16(n - j);
-            __m512 wv[8];
-            for (int u = 0; u < 8; u++) wv[u] = _mm512_maskz_loadu_ps(m, w + u * ldw + j);
-            _mm512_mask_storeu_ps(acc + j, m, f32_eight(x + i, wv, _mm512_maskz_loadu_ps(m, acc + j)));
+/* Any rows, for a matrix beyond L2 (and one row always): eight weight rows per pass over the outputs,
+   read in order (eight sequential streams: a large matrix streams from memory at decode), every row's
+   sums waiting in acc between passes; outputs in blocks of 256, so the eight weight rows' block stays in
+   L1 while every row uses it. */
+static void gemv_f32_stream(const float *restrict x, int64_t B, const float *restrict W, int64_t K, int64_t ldw,
+                            int64_t j0, int64_t n, float *restrict acc, int64_t ldr) {
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t j = 0; j < n; j++) acc[b * ldr + j] = 0.0f;
+    for (int64_t jb = 0; jb < n; jb += 256) {
+        const int64_t je = n - jb < 256 ? n : jb + 256;
+        int64_t i = 0;
+        for (; i + 8 <= K; i += 8) {
+            const float *w = W + i * ldw + j0;
+            for (int64_t b = 0; b < B; b++) {
+                float *ab = acc + b * ldr;
+                for (int64_t j = jb; j < je; j += 16) {
+                    const __mmask16 m = lanes16(je - j);
+                    __m512 wv[8];
+                    for (int u = 0; u < 8; u++) wv[u] = _mm512_maskz_loadu_ps(m, w + u * ldw + j);
+                    _mm512_mask_storeu_ps(ab + j, m, f32_eight(x + b * K + i, wv, _mm512_maskz_loadu_ps(m, ab + j)));
+                }
+            }
         }
+        for (; i < K; i++)
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t j = jb; j < je; j += 16) {
+                    const __mmask16 m = lanes16(je - j);
+                    const __m512 wv = _mm512_maskz_loadu_ps(m, W + i * ldw + j0 + j);
+                    _mm512_mask_storeu_ps(acc + b * ldr + j, m, _mm512_fmadd_ps(_mm512_set1_ps(x[b * K + i]), wv,
+                                                                              _mm512_maskz_loadu_ps(m, acc + b * ldr + j)));
+                }
     }
-    for (; i < K; i++)
-        for (int64_t j = 0; j < n; j += 16) {
-            const __mmask16 m = lanes16(n - j);
-            const __m512 wv = _mm512_maskz_loadu_ps(m, W + i * ldw + j0 + j);
-            _mm512_mask_storeu_ps(acc + j, m, _mm512_fmadd_ps(_mm512_set1_ps(x[i]), wv, _mm512_maskz_loadu_ps(m, acc + j)));
-        }
 }
 
-/* B > 1 rows: 16 outputs at a time, all K inputs, every row's sum in a register; each load of 8 weight
-   vectors serves every row. (The one-row pass order above, run per row, re-read the weights once per
-   row and its sums from memory every 8 inputs: with the few outputs a thread's chunk holds, 48 in the
-   bundled model, the loop overhead per row and input group was most of an 8-row step.) */
+/* B > 1 rows of a matrix within L2: 16 outputs at a time, all K inputs, every row's sum in a register;
+   each load of 8 weight vectors serves every row. (In the pass order above, with the few outputs a
+   thread's chunk holds, 48 in the bundled model, the loop overhead per row and input group was most of
+   an 8-row step: 1.21 -> 1.00 ms. Its loads walk down a column, though: on a matrix from memory, every
+   input a new page, SmolLM2's float32 8-row decode fell from 188 to 127 tok/s.) Both kernels sum a row as
+   f32_eight does, so their results are the same to the bit. */
 #ifndef LML_F32_AHEAD
 #define LML_F32_AHEAD 32
 #endif
@@ -290,10 +303,16 @@ INLINE void rows_f32(const float *restrict x, const int B, const float *restrict
     }
 }
 
+#ifndef LML_F32_ROWS_BYTES
+#define LML_F32_ROWS_BYTES (1 << 20)
+#endif
 static void gemv_f32(const float *restrict x, int64_t B, const float *restrict W, int64_t K, int64_t ldw,
                      int64_t j0, int64_t n, float *restrict acc, int64_t ldr) {
+    if (B == 1 || K * ldw * 4 > LML_F32_ROWS_BYTES) {
+        gemv_f32_stream(x, B, W, K, ldw, j0, n, acc, ldr);
+        return;
+    }
     switch (B) {
-        case 1: gemv_f32_one(x, W, K, ldw, j0, n, acc); break;
 #define CASE(R) case R: rows_f32(x, R, W, K, ldw, j0, n, acc, ldr); break;
         CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
 #undef CASE
