@@ -236,14 +236,16 @@ INLINE __mmask16 lanes16(int64_t left) { return left >= 16 ? (__mmask16)0xFFFF :
 
 /* Any rows, for a matrix beyond L2 (and one row always): eight weight rows per pass over the outputs,
    read in order (eight sequential streams: a large matrix streams from memory at decode), every row's
-   sums waiting in acc between passes; outputs in blocks of 256, so the eight weight rows' block stays in
-   L1 while every row uses it. */
+   sums waiting in acc between passes; with several rows, outputs in blocks of 256, so the eight weight
+   rows' block stays in L1 while every row uses it (one row in such blocks: SmolLM2 float32 0.95x
+   llama.cpp, against 1.06x over whole runs). */
 static void gemv_f32_stream(const float *restrict x, int64_t B, const float *restrict W, int64_t K, int64_t ldw,
                             int64_t j0, int64_t n, float *restrict acc, int64_t ldr) {
     for (int64_t b = 0; b < B; b++)
         for (int64_t j = 0; j < n; j++) acc[b * ldr + j] = 0.0f;
-    for (int64_t jb = 0; jb < n; jb += 256) {
-        const int64_t je = n - jb < 256 ? n : jb + 256;
+    const int64_t span = B == 1 ? n : 256;  /* one row: each weight row's whole run at once, the longest streams */
+    for (int64_t jb = 0; jb < n; jb += span) {
+        const int64_t je = n - jb < span ? n : jb + span;
         int64_t i = 0;
         for (; i + 8 <= K; i += 8) {
             const float *w = W + i * ldw + j0;
