@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from lmstudio_lite import native
 from lmstudio_lite.checkpoints.folder import load_weights, read_config
 from lmstudio_lite.model.config import ModelConfig
 from lmstudio_lite.model.kv_cache import KVCache
@@ -261,6 +262,13 @@ def test_load_model_quantizes_once_then_reads_the_cache(home, monkeypatch):
     float_info = load_model(folder, device="cpu", dtype="float32").info()
     assert (float_info["quant"], float_info["quant_cache"]) == ("f32", "none")
     assert info["weights_bytes"] < 0.6 * float_info["weights_bytes"]
+    # the kernel's packed copies (AVX-512 VNNI) are memory too: the status line counts them
+    own = quant.weight_bytes(first.model.net)
+    packed = [m for m in first.model.net.modules() if isinstance(m, quant.QuantLinear) and m.packed]
+    if native.decode_library().lml_x16():
+        assert packed and info["weights_bytes"] >= own + sum(m.blocks.numel() for m in packed)
+    else:
+        assert not packed and info["weights_bytes"] == own
 
     def no_quantizing(*a, **k):
         raise AssertionError("quantized again despite the cache")

@@ -42,6 +42,8 @@ class NativeDecoder:
         model, cfg = inference.net, inference.config
         self._lib = lib
         self._keep: list[torch.Tensor] = []
+        self.copies: list[torch.Tensor] = []  # weights held only here (a packed head): memory the status counts
+        self._packed: dict[int, tuple[int, torch.Tensor]] = {}  # those copies by their source's address
         # Where the kernel rounds a 4-bit model's activations to int8 (as llama.cpp does), its Q8_0
         # matrices (the head, a mixed file's v) round them too, so its answers follow llama.cpp's;
         # a Q8_0 model stays exact (native/gemv.h: T_Q8_0R).
@@ -133,10 +135,15 @@ class NativeDecoder:
             if packed is not None:  # 16 outputs side by side (native/gemv.h: rows_x16)
                 fmt, data = packed
             elif fmt == Q8_0_ROUNDED and d_out % 16 == 0 and self._lib.lml_x16():
-                # a 4-bit model's Q8_0 head too (its own copy: the embedding and exact prefill read the
-                # GGUF blocks): 8 rows 2.95 -> 1.9 ms, one 1.18 -> 1.07 on SmolLM2
-                data = torch.empty_like(w)
-                fmt = self._lib.lml_pack_x16(Q8_0_ROUNDED, w.data_ptr(), d_out, d_in, data.data_ptr())
+                # a 4-bit model's Q8_0 head too (its own copy, made once for the step and project(): the
+                # embedding and exact prefill read the GGUF blocks): 8 rows 2.95 -> 1.9 ms on SmolLM2
+                key = w.data_ptr()
+                if key not in self._packed:
+                    data = torch.empty_like(w)
+                    self._packed[key] = self._lib.lml_pack_x16(Q8_0_ROUNDED, w.data_ptr(), d_out, d_in,
+                                                               data.data_ptr()), data
+                    self.copies.append(data)
+                fmt, data = self._packed[key]
         else:
             w = layer.weight if w is None else w
             if w is None or tuple(w.shape) != (d_in, d_out):

@@ -47,7 +47,7 @@ class LoadedModel:
         self.config, self.hf_config = model.config, hf_config
         self.quant = quant  # what was asked for: None or a qtype
         self.quant_cache = quant_cache  # "hit": blocks read from the cache; "written": quantized now; "none"
-        self.weight_bytes = weight_bytes(model.net, [model.head_t] if model.head_t is not None else [])
+        self.weight_bytes = weight_bytes(model.net, model.extra_weights())
         # The scheduler drives the model for every caller (batching, prompt cache);
         # LMSTUDIO_LITE_SCHEDULER=off brings back the plain one-at-a-time queue (bench/serve.py compares).
         plain = os.environ.get("LMSTUDIO_LITE_SCHEDULER", "").strip().lower() in ("off", "0", "plain")
