@@ -142,6 +142,20 @@ def test_native_step_matches_pytorch_in_every_format(folders, kind, fmt):
         check(fmt, got, want[:, :rows], cache, want_caches[:rows], slots[:rows] if rows > 1 else [0], int8)
 
 
+def test_a_model_beyond_the_pack_limit_is_held_once(folders, monkeypatch):
+    """Packing copies a 4-bit model's matrices: beyond ``pack_limit()`` (here 0 MB) the kernel keeps
+    the GGUF rows, nothing is copied, and the step still gives the reference's numbers."""
+    monkeypatch.setenv("LMSTUDIO_LITE_PACK_MB", "0")
+    model, ref = model_in(folders["llama-gqa-untied"], "q4_1")
+    assert not any(isinstance(m, QuantLinear) and m.packed for m in model.net.modules())
+    assert model.native.copies == [] and model.extra_weights() == []
+    steps = torch.randint(0, VOCAB, (3, 3), generator=torch.Generator().manual_seed(5)).tolist()
+    int8 = kernel_rounds_activations()
+    want, want_caches = reference_rows(ref, PROMPTS[:3], steps, int8=int8)
+    got, cache = native_rows(model, model.native, ref, PROMPTS[:3], steps, [2, 0, 1])
+    check("q4_1", got, want, cache, want_caches, [2, 0, 1], int8)
+
+
 @pytest.mark.parametrize("build_kind", ["plain", "avx2"])
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_other_builds_match_pytorch_with_eight_rows(folders, request, build_kind, fmt):
