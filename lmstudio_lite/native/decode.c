@@ -17,6 +17,8 @@
    - T_Q8_0 / T_Q4_0 / T_Q4_1: GGUF rows [out, in/32 blocks], byte for byte ggml's layout:
      q8_0 = fp16 d, 32 int8 (34 B), value q*d; q4_0 = fp16 d, 16 B nibbles (low nibbles are
      elements 0..15, high 16..31), value (q-8)*d (18 B); q4_1 = fp16 d, fp16 m, 16 B, q*d+m (20 B).
+   - T_Q4_0X / T_Q4_1X / T_Q8_0RX: the same blocks repacked 16 outputs side by side (lml_pack_x16,
+     where LML_X16 is built: AVX-512 VNNI), as many bytes (gemv.h: rows_x16 has the layout).
    Fused q|k|v and gate|up are one matrix: columns side by side for T_F32, rows one after
    the other for the row formats; when the projections differ in format (GGUF files mix them)
    they are up to MAX_PARTS matrices side by side, each in its own format (P_QKV's parts).
@@ -35,6 +37,10 @@
    file then answers as llama.cpp answers from it ("What is the capital of France?": "L'Étoile,
    la Marseillaise, ..." from both, a near tie away from float32's "The capital of France is
    Paris."), and a step is 1.2-1.3x faster than exact float at one thread (the GEMVs 1.35-1.8x).
+   With AVX-512 VNNI the model's 4-bit matrices and Q8_0 head come packed (T_*X, model/decode.py
+   packs them within a memory limit): rows_x16 gives 16 outputs per 8 vpdpbusd per row and block,
+   the same rounding, about a third of rows_int8's work per row; prefill's rows go through it too
+   (lml_linear_x16).
    The exact path, which the plain C build, AVX-512 without VNNI and every Q8_0 model take: each block
    dequantized exactly in registers, multiplying the float32 activation and accumulating in
    float32 like the PyTorch reference (only the order of summation differs). On AVX-512 a Q4
