@@ -30,7 +30,7 @@ from lmstudio_lite.checkpoints.folder import load_weights
 from lmstudio_lite.model import KVCache
 from lmstudio_lite.model.decode import NativeDecoder
 from lmstudio_lite.model.inference import InferenceModel
-from lmstudio_lite.model.quant import QuantLinear, quantize_model
+from lmstudio_lite.model.quant import QuantLinear, quantize_model, weight_bytes
 
 FORMATS = ["f32", "bf16", "q8_0", "q4_0", "q4_1"]
 QTYPES = {"q8_0": 2, "q4_0": 3, "q4_1": 4}
@@ -142,13 +142,28 @@ def test_native_step_matches_pytorch_in_every_format(folders, kind, fmt):
         check(fmt, got, want[:, :rows], cache, want_caches[:rows], slots[:rows] if rows > 1 else [0], int8)
 
 
-def test_a_model_beyond_the_pack_limit_is_held_once(folders, monkeypatch):
-    """Packing copies a 4-bit model's matrices: beyond ``pack_limit()`` (here 0 MB) the kernel keeps
-    the GGUF rows, nothing is copied, and the step still gives the reference's numbers."""
-    monkeypatch.setenv("LMSTUDIO_LITE_PACK_MB", "0")
-    model, ref = model_in(folders["llama-gqa-untied"], "q4_1")
-    assert not any(isinstance(m, QuantLinear) and m.packed for m in model.net.modules())
-    assert model.native.copies == [] and model.extra_weights() == []
+@pytest.mark.parametrize("limit", [None, "0"])
+def test_packing_keeps_one_copy_of_each_4_bit_matrix(folders, monkeypatch, limit):
+    """The kernel repacks a 4-bit model's matrices in place (no second copy: the net's weights take the
+    same bytes, and ``gguf_blocks()`` gives the GGUF rows back exactly); the Q8_0 head gets a packed copy
+    only within ``pack_limit()`` (0 MB: none). The step gives the reference's numbers either way."""
+    if limit is not None:
+        monkeypatch.setenv("LMSTUDIO_LITE_PACK_MB", limit)
+    net = quantize_model(load_weights(folders["llama-gqa-untied"]), "q4_1")
+    gguf_rows = {n: m.blocks.clone() for n, m in net.named_modules() if isinstance(m, QuantLinear)}
+    own = weight_bytes(net)
+    model = InferenceModel(net)
+    layers = {n: m for n, m in net.named_modules() if isinstance(m, QuantLinear)}
+    x16 = bool(native.decode_library().lml_x16())
+    assert any(m.packed for m in layers.values()) == x16
+    for n, m in layers.items():
+        assert torch.equal(m.gguf_blocks(), gguf_rows[n])
+        assert m.packed == (x16 and m.qtype == "q4_1") and torch.equal(m.blocks, gguf_rows[n]) == (not m.packed)
+    assert weight_bytes(net) == own  # packed in place, the fused q|k|v and gate|up included
+    head_copies = sum(c.numel() for c in model.native.copies)
+    assert head_copies == (net.head.blocks.numel() if x16 and limit is None else 0)
+    assert sum(c.numel() for c in model.extra_weights()) == head_copies
+    ref = quantize_model(load_weights(folders["llama-gqa-untied"]), "q4_1")  # never packed
     steps = torch.randint(0, VOCAB, (3, 3), generator=torch.Generator().manual_seed(5)).tolist()
     int8 = kernel_rounds_activations()
     want, want_caches = reference_rows(ref, PROMPTS[:3], steps, int8=int8)

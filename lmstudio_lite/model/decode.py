@@ -27,7 +27,7 @@ _MAX_PARTS = 3  # decode.c's MAX_PARTS: matrices side by side in one projection
 
 
 def pack_limit() -> int:
-    """Bytes of matrices the kernel may pack (a second copy of them: see ``NativeDecoder``):
+    """Bytes of a 4-bit model's Q8_0 head the kernel may copy packed (see ``NativeDecoder``):
     ``LMSTUDIO_LITE_PACK_MB``, else an eighth of the RAM, at most 2 GiB."""
     mb = os.environ.get("LMSTUDIO_LITE_PACK_MB", "").strip()
     if mb.isdigit():
@@ -39,13 +39,9 @@ def pack_limit() -> int:
     return min(2 << 30, ram // 8)
 
 
-def _packed_bytes(model) -> int:
-    """What packing would copy: every 4-bit matrix, and a 4-bit model's Q8_0 head."""
-    layers = [m for m in model.modules() if getattr(m, "qtype", None) in ("q4_0", "q4_1")]
+def _head_bytes(model) -> int:
     head = getattr(model, "head", None)
-    if layers and getattr(head, "qtype", None) == "q8_0":
-        layers.append(head)
-    return sum(m.blocks.numel() for m in layers)
+    return head.blocks.numel() if getattr(head, "qtype", None) == "q8_0" else 0
 
 
 class NativeDecoder:
@@ -58,10 +54,10 @@ class NativeDecoder:
     The embedding stays in torch. ``step(..., logits=True)`` also runs the final norm and the
     head in the same call (one parallel region per token); ``project`` runs a quantized head
     alone (prefill's last rows).
-    Where the kernel has packed rows (``lml_x16``: AVX-512 VNNI), 4-bit matrices and a 4-bit model's
-    Q8_0 head are packed 16 outputs side by side (native/gemv.h: rows_x16), a second copy beside the
-    GGUF blocks (which the embedding, export and the exact reference read): only while that copy
-    stays within ``pack_limit()``, so a large model is not held twice; above it, the GGUF rows.
+    Where the kernel has packed rows (``lml_x16``: AVX-512 VNNI), 4-bit matrices are repacked 16
+    outputs side by side in place (``QuantLinear.pack_for_kernel``; native/gemv.h: rows_x16), and a
+    4-bit model's Q8_0 head gets a packed copy (the embedding's lookups read its GGUF blocks) while
+    that copy stays within ``pack_limit()``.
     Holds a reference to every tensor whose address it passes, so no pointer can
     outlive its memory (a later ``.to()`` of the net leaves these tensors alive).
     """
@@ -72,7 +68,7 @@ class NativeDecoder:
         self._keep: list[torch.Tensor] = []
         self.copies: list[torch.Tensor] = []  # weights held only here (a packed head): memory the status counts
         self._packed: dict[int, tuple[int, torch.Tensor]] = {}  # those copies by their source's address
-        self._pack = lib.lml_x16() and _packed_bytes(model) <= pack_limit()
+        self._pack_head = lib.lml_x16() and _head_bytes(model) <= pack_limit()
         # Where the kernel rounds a 4-bit model's activations to int8 (as llama.cpp does), its Q8_0
         # matrices (the head, a mixed file's v) round them too, so its answers follow llama.cpp's;
         # a Q8_0 model stays exact (native/gemv.h: T_Q8_0R).
@@ -160,10 +156,12 @@ class NativeDecoder:
                 raise ValueError(f"quantized {qtype} blocks of a {d_in} -> {d_out} layer must be contiguous "
                                  f"uint8 {want}, got {w.dtype} {tuple(w.shape)}")
             fmt, data = (self._q8_0 if qtype == "q8_0" else _FORMATS[qtype]), w
-            packed = layer.pack_for_kernel(self._lib) if self._pack and hasattr(layer, "pack_for_kernel") else None
-            if packed is not None:  # 16 outputs side by side (native/gemv.h: rows_x16)
+            packed = layer.pack_for_kernel(self._lib) if hasattr(layer, "pack_for_kernel") else None
+            if packed is not None:  # 16 outputs side by side, in place (native/gemv.h: rows_x16)
                 fmt, data = packed
-            elif fmt == Q8_0_ROUNDED and d_out % 16 == 0 and self._pack:
+            elif getattr(layer, "packed", False):  # packed for another build (the tests'): GGUF rows, a copy
+                data = layer.gguf_blocks()
+            elif fmt == Q8_0_ROUNDED and d_out % 16 == 0 and self._pack_head:
                 # a 4-bit model's Q8_0 head too (its own copy, made once for the step and project(): the
                 # embedding and exact prefill read the GGUF blocks): 8 rows 2.95 -> 1.9 ms on SmolLM2
                 key = w.data_ptr()

@@ -111,9 +111,8 @@ class InferenceModel:
 
     def extra_weights(self) -> list[torch.Tensor]:
         """Weight copies beside the net's own tensors (a tied head's [C, V] copy, the kernel's packed
-        matrices), for ``quant.weight_bytes``."""
+        head), for ``quant.weight_bytes``."""
         out = [self.head_t] if self.head_t is not None else []
-        out += [m._packed[1] for m in self.net.modules() if isinstance(m, QuantLinear) and m.packed]
         return out + (self.native.copies if self.native is not None else [])
 
     # -- forward --------------------------------------------------------------

@@ -176,8 +176,9 @@ class QuantLinear(nn.Module):
         self.qtype, self.d_in, self.d_out = qtype, d_in, d_out
         self.register_buffer("blocks", blocks)
         self.register_buffer("bias", None if bias is None else bias.detach())
-        self._packed: tuple[int, torch.Tensor] | None = None  # (kernel format, bytes): pack_for_kernel
+        self.kernel_fmt: int | None = None  # set when ``blocks`` holds the kernel's packed layout (pack_for_kernel)
         self._parts: list[tuple[int, "QuantLinear"]] = []  # a fused layer's layers and their first rows
+        self._fused = False  # a row view of a fused layer's blocks: packed only with it
 
     @classmethod
     def from_blocks(cls, blocks, qtype, d_in, d_out, bias=None) -> "QuantLinear":
@@ -204,62 +205,76 @@ class QuantLinear(nn.Module):
         qtype, d_in = layers[0].qtype, layers[0].d_in
         if any(l.qtype != qtype or l.d_in != d_in for l in layers):
             raise ValueError("fused layers must share their format and input width")
-        blocks = torch.cat([l.blocks for l in layers])
+        # Packed layers (a net prepared before) stack as they are: each holds whole groups of 16 rows.
+        fmt = layers[0].kernel_fmt if all(l.kernel_fmt == layers[0].kernel_fmt for l in layers) else None
+        blocks = torch.cat([l.blocks if fmt is not None else l.gguf_blocks() for l in layers])
         has_bias = layers[0].bias is not None
         bias = torch.cat([l.bias for l in layers]) if has_bias else None
         fused = cls(blocks, qtype, d_in, blocks.shape[0], bias)
+        fused.kernel_fmt = fmt
         start = 0
         for l in layers:
-            l.blocks = blocks[start:start + l.d_out]
+            l.blocks, l.kernel_fmt = blocks[start:start + l.d_out], fmt
             if has_bias:
                 l.bias = bias[start:start + l.d_out]
             fused._parts.append((start, l))
+            l._fused = True
             start += l.d_out
         return fused
 
     @property
     def packed(self) -> bool:
-        """Whether the kernel holds a packed copy (``pack_for_kernel``): then prefill through an
-        ``InferenceModel`` takes this layer's input rounded to int8, as the step does."""
-        return self._packed is not None
+        """Whether ``blocks`` holds the kernel's packed layout (``pack_for_kernel``): then prefill
+        through an ``InferenceModel`` takes this layer's input rounded to int8, as the step does."""
+        return self.kernel_fmt is not None
 
     def pack_for_kernel(self, lib) -> tuple[int, torch.Tensor] | None:
-        """The native kernel's own copy of a Q4 matrix, 16 outputs side by side (native/gemv.h:
-        rows_x16; the same bytes in another order), made once: (its format, its bytes), or None
-        where the kernel takes the GGUF rows as they are (Q8_0, a width not a multiple of 16, a
-        CPU without AVX-512 VNNI). A fused layer's layers get views of its copy, so prefill
-        (``kernel_rows``) and the decode step share one."""
+        """Repack this Q4 matrix in place, 16 outputs side by side (native/gemv.h: rows_x16; the same
+        bytes in another order, so no second copy), once: -> (the kernel's format, the bytes), or None
+        where the kernel takes the GGUF rows as they are (Q8_0, a width not a multiple of 16, a CPU
+        without AVX-512 VNNI, one of a fused layer's layers, which its fused layer packs). A fused layer
+        repacks its layers' rows with it (each keeps its row view). ``gguf_blocks()`` gives the GGUF
+        rows back (the reference forward, ``dequantized``, the quant cache)."""
         if not lib.lml_x16():
             return None
-        if self._packed is None and self.qtype != "q8_0" and self.d_out % 16 == 0 \
-                and self.blocks.device.type == "cpu" and self.blocks.is_contiguous():
+        if self.kernel_fmt is None and self.qtype != "q8_0" and self.d_out % 16 == 0 \
+                and self.blocks.device.type == "cpu" and self.blocks.is_contiguous() and not self._fused \
+                and all(start % 16 == 0 and layer.d_out % 16 == 0 for start, layer in self._parts):
             packed = torch.empty_like(self.blocks)
             fmt = lib.lml_pack_x16(FORMATS[self.qtype], self.blocks.data_ptr(), self.d_out, self.d_in,
                                    packed.data_ptr())
-            self._packed = fmt, packed
+            self.blocks, self.kernel_fmt = packed, fmt
             for start, layer in self._parts:
-                if start % 16 == 0 and layer.d_out % 16 == 0 and layer._packed is None:
-                    layer._packed = fmt, packed[start:start + layer.d_out]
-        return self._packed
+                layer.blocks, layer.kernel_fmt = packed[start:start + layer.d_out], fmt
+        return None if self.kernel_fmt is None else (self.kernel_fmt, self.blocks)
+
+    def gguf_blocks(self) -> torch.Tensor:
+        """The blocks in GGUF's row layout: ``blocks`` itself, or unpacked from the kernel's layout (a copy)."""
+        if self.kernel_fmt is None:
+            return self.blocks
+        rows = self.blocks.detach().cpu().contiguous()
+        out = torch.empty_like(rows)
+        decode_library().lml_unpack_x16(self.kernel_fmt, rows.data_ptr(), self.d_out, self.d_in, out.data_ptr())
+        return out.to(self.blocks.device)
 
     def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight as float, [d_out, d_in]."""
-        return dequantize(self.blocks, self.qtype, dtype)
+        return dequantize(self.gguf_blocks(), self.qtype, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [.., d_in] -> [.., d_out]."""
         if self.training and torch.is_grad_enabled():
             raise RuntimeError("a quantized model is for inference only: load it without quantization to train "
                                "or fine-tune it")
-        if self._packed is not None and getattr(_scratch, "kernel", False) and x.device.type == "cpu" \
+        if self.kernel_fmt is not None and getattr(_scratch, "kernel", False) and x.device.type == "cpu" \
                 and not torch.is_grad_enabled():
             return self._kernel_rows(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self._weight_for(x), bias)
 
     def _kernel_rows(self, x: torch.Tensor) -> torch.Tensor:
-        """x [.., d_in] through the packed copy (``kernel_rows``), in x's dtype."""
-        lib, (fmt, packed) = decode_library(), self._packed
+        """x [.., d_in] through the packed rows (``kernel_rows``), in x's dtype."""
+        lib, fmt, packed = decode_library(), self.kernel_fmt, self.blocks
         rows = x.reshape(-1, self.d_in).to(torch.float32).contiguous()
         out = torch.empty(rows.shape[0], self.d_out)
         threads = kernel_threads()
@@ -277,8 +292,8 @@ class QuantLinear(nn.Module):
         into a buffer this thread reuses: prefill dequantized each layer in several torch passes
         into fresh memory), the same values as ``dequantized``."""
         lib = decode_library() if x.device.type == "cpu" and self.blocks.is_contiguous() else None
-        if lib is None or x.dtype not in (torch.float32, torch.bfloat16):
-            return self.dequantized(x.dtype)
+        if lib is None or x.dtype not in (torch.float32, torch.bfloat16) or self.kernel_fmt is not None:
+            return self.dequantized(x.dtype)  # packed: the reference unpacks (tests; prefill takes kernel_rows)
         n = self.d_out * self.d_in
         buf = getattr(_scratch, "buf", None)
         if torch.is_grad_enabled():  # autograd may keep the weight for x's gradient: its own memory
@@ -411,7 +426,8 @@ def quantized_blocks(model: nn.Module) -> dict[str, torch.Tensor]:
     contiguous tensor (after fusing, layers hold row views), ready for a safetensors file."""
     names = [f"blocks.{i}.{path}" for i in range(len(model.blocks)) for path in BLOCK_LAYERS] + [HEAD]
     layers = {n: model.get_submodule(n) for n in names if _has(model, n)}
-    return {f"{n}.blocks": m.blocks.contiguous().clone() for n, m in layers.items() if isinstance(m, QuantLinear)}
+    return {f"{n}.blocks": m.gguf_blocks().contiguous().clone() for n, m in layers.items()
+            if isinstance(m, QuantLinear)}
 
 
 def weight_format(model: nn.Module) -> str:

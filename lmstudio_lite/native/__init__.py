@@ -108,6 +108,8 @@ def load(path: Path) -> ctypes.CDLL:
     lib.lml_linear_x16.restype = None
     lib.lml_linear_x16_scratch_floats.argtypes = [i64, i64]
     lib.lml_linear_x16_scratch_floats.restype = i64
+    lib.lml_unpack_x16.argtypes = [i64, p, i64, i64, p]
+    lib.lml_unpack_x16.restype = None
     lib.lml_x16.argtypes = []
     lib.lml_x16.restype = i32
     lib.lml_pack_x16.argtypes = [i64, p, i64, i64, p]
