@@ -139,7 +139,7 @@ _scratch = threading.local()  # QuantLinear._weight_for's buffer, one per thread
 
 @contextlib.contextmanager
 def kernel_rows():
-    """Within (in this thread), a CPU ``QuantLinear`` with a packed copy (``pack_for_kernel``)
+    """Within (in this thread), a CPU ``QuantLinear`` the kernel packed (``pack_for_kernel``)
     multiplies through the native kernel on int8 activations, as the decode step does and as
     llama.cpp prefills: an ``InferenceModel``'s prefill. Outside, every layer dequantizes exactly
     (the reference the kernel is tested against)."""
