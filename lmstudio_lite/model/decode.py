@@ -66,8 +66,7 @@ class NativeDecoder:
         model, cfg = inference.net, inference.config
         self._lib = lib
         self._keep: list[torch.Tensor] = []
-        self.copies: list[torch.Tensor] = []  # weights held only here (a packed head): memory the status counts
-        self._packed: dict[int, tuple[int, torch.Tensor]] = {}  # those copies by their source's address
+        self._packed: dict[int, tuple[int, torch.Tensor]] = {}  # packed copies (the head's) by their source's address
         self._pack_head = lib.lml_x16() and _head_bytes(model) <= pack_limit()
         # Where the kernel rounds a 4-bit model's activations to int8 (as llama.cpp does), its Q8_0
         # matrices (the head, a mixed file's v) round them too, so its answers follow llama.cpp's;
@@ -116,6 +115,11 @@ class NativeDecoder:
         self._linear_scratch, self._linear_for = torch.empty(0), None
         qhead = getattr(model, "head", None)
         self.head = self._matrix(qhead, C, cfg.vocab_size) + (cfg.vocab_size,) if hasattr(qhead, "qtype") else None
+
+    @property
+    def copies(self) -> list[torch.Tensor]:
+        """Weights held only here (the packed head): memory the status line counts."""
+        return [data for _, data in self._packed.values()]
 
     def _addr(self, t: torch.Tensor | None) -> int:
         """The address of a float vector (norm weight, bias, RoPE table), as float32."""
@@ -169,7 +173,6 @@ class NativeDecoder:
                     data = torch.empty_like(w)
                     self._packed[key] = self._lib.lml_pack_x16(Q8_0_ROUNDED, w.data_ptr(), d_out, d_in,
                                                                data.data_ptr()), data
-                    self.copies.append(data)
                 fmt, data = self._packed[key]
         else:
             w = layer.weight if w is None else w

@@ -276,9 +276,6 @@ static void gemv_f32_stream(const float *restrict x, int64_t B, const float *res
    an 8-row step: 1.21 -> 1.00 ms. Its loads walk down a column, though: on a matrix from memory, every
    input a new page, SmolLM2's float32 8-row decode fell from 188 to 127 tok/s.) Both kernels sum a row as
    f32_eight does, so their results are the same to the bit. */
-#ifndef LML_F32_AHEAD
-#define LML_F32_AHEAD 32
-#endif
 INLINE void rows_f32(const float *restrict x, const int B, const float *restrict W, int64_t K, int64_t ldw,
                      int64_t j0, int64_t n, float *restrict r, int64_t ldr) {
     for (int64_t j = 0; j < n; j += 16) {
@@ -289,10 +286,7 @@ INLINE void rows_f32(const float *restrict x, const int B, const float *restrict
         int64_t i = 0;
         for (; i + 8 <= K; i += 8) {
             __m512 wv[8];
-            for (int u = 0; u < 8; u++) {
-                _mm_prefetch((const char *)(w + (i + u + LML_F32_AHEAD) * ldw), _MM_HINT_T0);
-                wv[u] = _mm512_maskz_loadu_ps(m, w + (i + u) * ldw);
-            }
+            for (int u = 0; u < 8; u++) wv[u] = _mm512_maskz_loadu_ps(m, w + (i + u) * ldw);
 #pragma GCC unroll 8
             for (int b = 0; b < B; b++) acc[b] = f32_eight(x + b * K + i, wv, acc[b]);
         }
@@ -757,27 +751,16 @@ INLINE void rows_int8(const int type, const uint8_t *W, int64_t K, const qact *a
    Q8_0 (T_Q8_0RX, a 4-bit model's head): 8 x 64 bytes of w + 128 as unsigned bytes (vpdpbusd's
    unsigned side), then the 16 d: 544 bytes; d dx (q.x - 128 sum x), the integer sum exact, as the
    pairs of rows_int8 give it. */
-#ifndef LML_X16_AHEAD
-#define LML_X16_AHEAD LML_PREFETCH
-#endif
 static inline int64_t x16_bytes(int type) { return type == T_Q4_0X ? 288 : type == T_Q4_1X ? 320 : 544; }
 
 /* One group-block of 16 outputs (blk, input block k) times rows b < B, into acc[b]. */
 INLINE void x16_block(const int type, const uint8_t *blk, int64_t k, const qact *a, const int B, int64_t nb,
                       int64_t np, __m512 *acc) {
     const __m512i low = _mm512_set1_epi8(0x0F);
-    _mm_prefetch((const char *)blk + LML_X16_AHEAD, _MM_HINT_T0);
-    _mm_prefetch((const char *)blk + LML_X16_AHEAD + 64, _MM_HINT_T0);
-    _mm_prefetch((const char *)blk + LML_X16_AHEAD + 128, _MM_HINT_T0);
-    _mm_prefetch((const char *)blk + LML_X16_AHEAD + 192, _MM_HINT_T0);
-    _mm_prefetch((const char *)blk + LML_X16_AHEAD + 256, _MM_HINT_T0);
+    for (int64_t o = 0; o < x16_bytes(type); o += 64) _mm_prefetch((const char *)blk + LML_PREFETCH + o, _MM_HINT_T0);
     __m512i w[8];
     __m512 d, m = _mm512_setzero_ps();
     if (type == T_Q8_0RX) {
-        _mm_prefetch((const char *)blk + LML_X16_AHEAD + 320, _MM_HINT_T0);
-        _mm_prefetch((const char *)blk + LML_X16_AHEAD + 384, _MM_HINT_T0);
-        _mm_prefetch((const char *)blk + LML_X16_AHEAD + 448, _MM_HINT_T0);
-        _mm_prefetch((const char *)blk + LML_X16_AHEAD + 512, _MM_HINT_T0);
         for (int j = 0; j < 8; j++) w[j] = _mm512_loadu_si512(blk + 64 * j);
         d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 512)));
     } else {
