@@ -59,6 +59,45 @@ def safe_args(bin_dir: Path) -> list[str]:
     return ["--no-repack"] if native else []
 
 
+# ggml's AMX tile config (ggml_tile_config_init in ggml-cpu/amx/mmq.cpp) fills a struct and passes
+# its address to _tile_loadconfig; GCC 12 -O3 drops most of the stores (it does not see the
+# intrinsic read them), so the AMX kernels die. One empty asm statement that reads the struct keeps
+# them (our kernel has the same line, gemv.h's amx_configure). SERVER_DIR is llamacpp.sh's source
+# built again with that line and the server: the peer of bench/serve.py, with AMX on as LM Studio and
+# Ollama run it on this CPU.
+AMX_FIX = 'asm volatile("" : : "m"(tc));  // lmstudio_lite bench: GCC 12 drops the stores above otherwise'
+SERVER_BIN = NATIVE_BIN.parents[1] / "build-server" / "bin"
+
+
+def server_bin() -> Path:
+    """llama-server, with the AMX fix: $LSL_LLAMA_SERVER, else SERVER_BIN's, built here on first use
+    (llamacpp.sh's source, AMX_FIX applied, the server target: several minutes on 2 cores)."""
+    if os.environ.get("LSL_LLAMA_SERVER"):
+        return Path(os.environ["LSL_LLAMA_SERVER"])
+    exe = SERVER_BIN / "llama-server"
+    if exe.is_file():
+        return exe
+    src = NATIVE_BIN.parents[1]
+    mmq = src / "ggml/src/ggml-cpu/amx/mmq.cpp"
+    if not mmq.is_file():
+        raise FileNotFoundError(f"no llama.cpp source at {src}: run ../shared/tools/llamacpp.sh first")
+    text = mmq.read_text()
+    if AMX_FIX not in text:
+        anchor = "    _tile_loadconfig(&tc);"
+        if anchor not in text:
+            raise RuntimeError(f"{mmq} has no tile config to fix (another llama.cpp version?)")
+        mmq.write_text(text.replace(anchor, "    " + AMX_FIX + "\n" + anchor, 1))
+    flags = ["-DGGML_NATIVE=ON", "-DGGML_OPENMP=ON", "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_OPENSSL=OFF",
+             "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+             "-DLLAMA_USE_PREBUILT_UI=OFF"]
+    for cmd in (["cmake", "-S", str(src), "-B", str(SERVER_BIN.parent), *flags],
+                ["cmake", "--build", str(SERVER_BIN.parent), "-j", str(os.cpu_count() or 2), "--target", "llama-server"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd[:3])} failed: {(proc.stderr or proc.stdout)[-800:]}")
+    return exe
+
+
 DEFAULT_BIN = find_bin()
 DEFAULT_GGUF = Path.home() / ".cache/lsl-peers/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 

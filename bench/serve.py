@@ -4,6 +4,7 @@ the prompt cache) against the plain one-at-a-time queue, side by side in one run
     python bench/serve.py                      # the bundled model and SmolLM2-135M (GGUF), 1-16 clients
     python bench/serve.py --quick              # the bundled model only, 1, 4 and 8 clients
     python bench/serve.py --model PATH ...     # any model folders or GGUF files
+    python bench/serve.py --peer --engine      # also llama.cpp's server, and the engine without HTTP
 
 For each model two real servers run at once, each in its own process on the same cores
 (``LMSTUDIO_LITE_SCHEDULER=off`` gives the plain queue). For each client count, the plain
@@ -15,6 +16,12 @@ Reported: aggregate tok/s (all new tokens / wall time), p50 and p95 time to firs
 median inter-token latency ((last text - first text) / (tokens - 1) per request).
 Then a 10-turn chat (one client; each turn sends the whole conversation so far): the tenth
 turn's time to first token against the first's.
+
+``--peer`` adds llama.cpp's own server (``llama-server``: continuous batching over 8 slots, its prompt
+cache, AMX on; bench/peer_llamacpp.py builds it once) on the same GGUF file (a model folder: our float32
+export of it), measured in the same interleaved rounds with the same clients: what the engine that LM
+Studio and Ollama run reaches on these cores. ``--engine`` runs the same load straight through our
+Scheduler in this process (no HTTP, no client parsing): the engine's own ceiling on these cores.
 
 Targets (issue 14, 2 CPU cores): aggregate tok/s at 8 clients >= 3x one client's; p95 TTFT at
 8 clients <= 3x one client's; tenth-turn TTFT within 1.5x of the first turn's.
@@ -78,6 +85,36 @@ def start_server(model: str, plain: bool, threads: int):
     raise TimeoutError("server did not start")
 
 
+def start_llama_server(model: str, threads: int, clients: int):
+    """llama.cpp's own server on the same GGUF file (bench/peer_llamacpp.py's server_bin: a native
+    build, AMX on): ``clients`` slots decoded together (continuous batching), its prompt cache on,
+    the file's chat template (--jinja, as ours renders it)."""
+    import peer_llamacpp
+
+    exe = peer_llamacpp.server_bin()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [str(exe), "-m", model, "--port", str(port), "-t", str(threads), "-tb", str(threads), "-np", str(clients),
+           "-c", str(clients * 4096), "--jinja", "-cb"]
+    proc = subprocess.Popen(cmd, env=dict(os.environ, LD_LIBRARY_PATH=str(exe.parent)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    import httpx
+
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(1200):
+        if proc.poll() is not None:
+            raise RuntimeError(f"llama-server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                return proc, base, Path(model).name
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise TimeoutError("llama-server did not start")
+
+
 def one_request(client, name: str, messages: list[dict], tokens: int) -> dict:
     t0 = time.perf_counter()
     times, usage, text = [], {}, []
@@ -96,6 +133,30 @@ def one_request(client, name: str, messages: list[dict], tokens: int) -> dict:
 
 
 def load_run(client, name: str, clients: int, tokens: int, lengths: tuple[int, ...], round_: int) -> dict:
+    """``clients`` openai clients at once against the server (see the module's docstring)."""
+    return _load(lambda msg: one_request(client, name, msg, tokens), clients, lengths, round_)
+
+
+def engine_request(model, scheduler, tokens: int):
+    """One request of the load straight through ``scheduler`` (no HTTP, no client): a function of
+    the messages, timed as one_request times its chunks (first and last token)."""
+    from lmstudio_lite.generation import SamplingParams
+
+    def request(messages: list[dict]) -> dict:
+        t0 = time.perf_counter()
+        stream = scheduler.stream(model.prompt_ids(messages), SamplingParams(), tokens, ignore_eos=True)
+        for _ in stream:
+            pass
+        stats = stream.stats
+        first = t0 + stats["ttft_s"]
+        n = stats["new_tokens"]
+        return {"ttft": stats["ttft_s"], "tokens": n, "end": t0 + stats["total_s"],
+                "itl": (stats["total_s"] - stats["ttft_s"]) / max(n - 1, 1) if first else 0.0}
+
+    return request
+
+
+def _load(request, clients: int, lengths: tuple[int, ...], round_: int) -> dict:
     # Fewer clients than prompt lengths: each sends one request per length in turn, so one
     # client's figures cover the same mix of short and long prompts as eight clients'.
     waves = -(-len(lengths) // clients)
@@ -107,7 +168,7 @@ def load_run(client, name: str, clients: int, tokens: int, lengths: tuple[int, .
         for w in range(waves):
             k = i + w * clients
             msg = [{"role": "user", "content": prompt_of(lengths[k % len(lengths)], 100 * round_ + k)}]
-            results.append(one_request(client, name, msg, tokens))
+            results.append(request(msg))
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
     for t in threads:
@@ -134,11 +195,45 @@ def turns_run(client, name: str, turns: int, tokens: int, first_words: int, seed
     return out
 
 
+def engine_model(model: str, args) -> list[str]:
+    """The same load (1 and 8 clients) in this process, straight through a Scheduler: what the
+    engine itself allows, with no HTTP and no client parsing on the cores."""
+    import torch
+
+    from lmstudio_lite import load_model
+    from lmstudio_lite.generation import Scheduler
+
+    torch.set_num_threads(args.threads)
+    loaded = load_model(model, device="cpu")
+    scheduler = Scheduler(loaded.model, loaded.tokenizer)
+    request = engine_request(loaded, scheduler, args.tokens)
+    _load(request, 2, args.lengths, 99)  # warm-up
+    runs: dict[int, list[dict]] = {1: [], 8: []}
+    for rep in range(args.repeat):
+        for c in runs:
+            runs[c].append(_load(request, c, args.lengths, rep * 1000 + c))
+    med = {c: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for c, rs in runs.items()}
+    one, eight = med[1], med[8]
+    return [f"- engine alone (in this process, no HTTP): 1 client {one['tok_s']:.1f} tok/s, p95 TTFT "
+            f"{one['ttft_p95'] * 1000:.0f} ms; 8 clients {eight['tok_s']:.1f} tok/s "
+            f"({eight['tok_s'] / one['tok_s']:.2f}x), p95 TTFT {eight['ttft_p95'] * 1000:.0f} ms "
+            f"({eight['ttft_p95'] / one['ttft_p95']:.2f}x)"]
+
+
 def bench_model(model: str, args) -> list[str]:
     import openai
 
     lines = []
-    servers = {mode: start_server(model, mode == "plain", args.threads) for mode in ("plain", "batched")}
+    modes = ["plain", "batched"]
+    servers = {mode: start_server(model, mode == "plain", args.threads) for mode in modes}
+    if args.peer:
+        gguf = model
+        if not model.endswith(".gguf"):  # a folder: llama.cpp runs our float32 export of it
+            from lmstudio_lite.checkpoints.gguf_export import export_gguf
+
+            gguf = str(export_gguf(model, Path(tempfile.mkdtemp(prefix="bench-serve-")) / f"{Path(model).name}.gguf"))
+        modes.append("llama.cpp")
+        servers["llama.cpp"] = start_llama_server(gguf, args.threads, max(args.clients))
     try:
         clients = {mode: openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=600)
                    for mode, (_, base, _) in servers.items()}
@@ -152,19 +247,19 @@ def bench_model(model: str, args) -> list[str]:
         table: dict[tuple[str, int], list[dict]] = {}
         for rep in range(args.repeat):
             for c in args.clients:
-                for mode in ("plain", "batched"):  # back to back: drift on a shared machine hits both
+                for mode in modes:  # back to back: drift on a shared machine hits every mode alike
                     table.setdefault((mode, c), []).append(
                         load_run(clients[mode], names[mode], c, args.tokens, args.lengths, rep * 1000 + c))
         med = {key: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for key, runs in table.items()}
         lines.append("| clients | mode | tok/s | TTFT p50 ms | TTFT p95 ms | ITL ms |")
         lines.append("|---:|---|---:|---:|---:|---:|")
         for c in args.clients:
-            for mode in ("plain", "batched"):
+            for mode in modes:
                 m = med[(mode, c)]
                 lines.append(f"| {c} | {mode} | {m['tok_s']:.1f} | {m['ttft_p50'] * 1000:.0f} | "
                              f"{m['ttft_p95'] * 1000:.0f} | {m['itl'] * 1000:.1f} |")
         if 1 in args.clients and 8 in args.clients:
-            for mode in ("plain", "batched"):
+            for mode in modes:
                 one, eight = med[(mode, 1)], med[(mode, 8)]
                 thr, p95 = eight["tok_s"] / one["tok_s"], eight["ttft_p95"] / one["ttft_p95"]
                 lines.append(f"- {mode}: 8-client tok/s = {thr:.2f}x one client's (target >= 3x: "
@@ -172,12 +267,12 @@ def bench_model(model: str, args) -> list[str]:
                              f"(target <= 3x: {'OK' if p95 <= 3 else 'MISS'})")
         small = (ctx.get("kv_row_tokens") or 4096) <= 512  # ten turns must fit the context window
         first_words, turn_tokens = (16, 5) if small else (args.first_words, args.turn_tokens)
-        chats: dict[str, list[list[dict]]] = {"plain": [], "batched": []}
+        chats: dict[str, list[list[dict]]] = {mode: [] for mode in modes}
         for rep in range(args.repeat):  # a new conversation each time (no hits across them), modes interleaved
-            for mode in ("plain", "batched"):
+            for mode in modes:
                 chats[mode].append(turns_run(clients[mode], names[mode], args.turns, turn_tokens, first_words,
                                              seed=7 + rep))
-        for mode in ("plain", "batched"):
+        for mode in modes:
             first = statistics.median(t[0]["ttft"] for t in chats[mode])
             last = statistics.median(t[-1]["ttft"] for t in chats[mode])
             ratio = last / first
@@ -204,6 +299,10 @@ def main() -> int:
     p.add_argument("--first-words", type=int, default=900, help="words of the chat's system prompt (models "
                                                                   "with a context over 512 tokens)")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--engine", action="store_true", help="also the same load straight through the scheduler "
+                                                         "in this process (the engine's own ratios)")
+    p.add_argument("--peer", action="store_true", help="also llama.cpp's llama-server (same clients, prompts and "
+                                                       "cores; a model folder as our f32 GGUF export): its ratios")
     args = p.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stopped: still stop the servers (finally)
     args.clients = [int(c) for c in args.clients.split(",")]
@@ -215,6 +314,8 @@ def main() -> int:
           f"repeat {args.repeat} (medians)")
     for model in models:
         print("\n".join(bench_model(model, args)), flush=True)
+        if args.engine:
+            print("\n".join(engine_model(model, args)), flush=True)
     return 0
 
 

@@ -7,6 +7,7 @@ import torch
 from hf_models import KINDS, VOCAB, build, hf_greedy
 from lmstudio_lite.checkpoints.folder import load_weights, save_folder
 from lmstudio_lite.model import KVCache
+from lmstudio_lite.model.kv_cache import Packed
 from lmstudio_lite.model.inference import InferenceModel
 
 PROMPT = [1, 5, 17, 42, 8, 77, 3, 64, 21, 9]
@@ -182,3 +183,32 @@ def test_batched_rows_at_their_own_positions_match_the_general_forward(pair):
                 torch.testing.assert_close(torch.stack([g[b] for g in got]), want[b], atol=1e-5, rtol=1e-5)
             with pytest.raises(IndexError, match="KV cache holds"):
                 model.decode_rows(steps[:, 0], torch.tensor([len(PROMPT) + 6, 7]), slots, cache)
+
+
+def test_prompts_side_by_side_match_each_prompts_own_forward(pair):
+    """A ``Packed`` pass (the scheduler's prefill: several sequences' tokens in one row, each from its
+    own cached prefix into its own cache row), through the net and the inference model, against the
+    cache-free forward of each whole sequence; its K/V are what each sequence's own pass writes."""
+    _, _, ours, folder = pair
+    prefixes = [PROMPT[:3], [], PROMPT[::-1][:5]]  # cached lengths 3, 0 and 5
+    news = [PROMPT[3:9], PROMPT[:4], [7, 11]]
+    slots = [2, 0, 1]
+    with torch.inference_mode():
+        want = [ours(torch.tensor([p + n]))[0, len(p):] for p, n in zip(prefixes, news)]
+        for model in (ours, InferenceModel(load_weights(folder))):
+            cache, alone = (KVCache(model.config, 3, 16) for _ in range(2))
+            for p, n, s in zip(prefixes, news, slots):
+                if p:
+                    model(torch.tensor([p]), 0, cache.row(s))
+                model(torch.tensor([p + n]), 0, alone.row(s))
+            packed = Packed(slots, [len(p) for p in prefixes], [len(n) for n in news])
+            h = model.forward_hidden(torch.tensor([sum(news, [])]), packed, cache)[0]
+            got = model.project(h)
+            for i, (p, n, s) in enumerate(zip(prefixes, news, slots)):
+                o = packed.offsets[i]
+                torch.testing.assert_close(got[o:o + len(n)], want[i], atol=1e-5, rtol=1e-5)
+                end = len(p) + len(n)
+                torch.testing.assert_close(cache.k[:, s, :, :end], alone.k[:, s, :, :end], atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(cache.v[:, s, :, :end], alone.v[:, s, :, :end], atol=1e-5, rtol=1e-5)
+            with pytest.raises(IndexError, match="KV cache holds"):
+                model.forward_hidden(torch.tensor([[1] * 12]), Packed([0], [5], [12]), cache)

@@ -9,6 +9,7 @@ from fixtures_models import STORIES, build_random_llama
 
 from lmstudio_lite import load_model
 from lmstudio_lite.generation import SamplingParams, Scheduler
+from lmstudio_lite.model.kv_cache import Packed
 
 GREEDY = SamplingParams()
 
@@ -79,16 +80,16 @@ def test_prompts_prefilled_together_in_small_chunks_give_the_full_forward_logits
         assert [t for t, _ in first["top"]] == ref.topk(3).indices.tolist()
 
 
-def test_prompts_a_few_cached_tokens_apart_are_prefilled_together_exactly(stories):
-    """Three prompts share 3, 5 and 7 tokens with a cached row, so each starts at another position;
-    admitted together, they take one pass from the lowest (the others recompute their few cached
-    tokens, and count only the tokens they reused) and every first token is still the model's own."""
+def test_prompts_at_different_positions_are_prefilled_together_exactly(stories, monkeypatch):
+    """Three prompts of different lengths share 3, 5 and 7 tokens with a cached row, so each starts
+    at another position; admitted together, they take one pass side by side (``Packed``), each
+    from its own cached prefix, and every first token is still the model's own."""
     tok = stories.tokenizer
     base = tok.encode("Once upon a time there was a little girl named Lily who liked to play")
     sched = fresh(stories, max_batch=1, cache_rows=4)
     sched.generate_ids(base, GREEDY, 2)
     tail = tok.encode(" big red dog ran to the park with his ball", add_special_tokens=False)
-    prompts = [base[:k] + tail[:14 - k] for k in (3, 5, 7)]  # the same length: no padding keeps them apart
+    prompts = [base[:k] + tail[:k + 2] for k in (3, 5, 7)]
     assert [next(i for i, (x, y) in enumerate(zip(p, base)) if x != y) for p in prompts] == [3, 5, 7]
     busy = sched.stream(tok.encode("The"), GREEDY, 400, ignore_eos=True)  # holds the one row meanwhile
     next(busy)
@@ -96,10 +97,19 @@ def test_prompts_a_few_cached_tokens_apart_are_prefilled_together_exactly(storie
     for st in streams:
         st.watch(lambda: None)
     assert wait_for(lambda: all(st.queue_position for st in streams))
+    passes, forward_hidden = [], sched.model.forward_hidden
+
+    def counted(ids, start_pos=0, cache=None):
+        if isinstance(start_pos, Packed):
+            passes.append((list(start_pos.starts), list(start_pos.lengths)))
+        return forward_hidden(ids, start_pos, cache)
+
+    monkeypatch.setattr(sched.model, "forward_hidden", counted)
     sched.max_batch = 4  # all three join at the next step
     assert all(st.wait_ended(30) for st in streams)
     busy.close()
-    assert [st.stats["cached_tokens"] for st in streams] == [3, 3, 3]
+    assert passes == [([3, 5, 7], [5, 7, 9])]
+    assert [st.stats["cached_tokens"] for st in streams] == [3, 5, 7]
     for p, st in zip(prompts, streams):
         ref = torch.log_softmax(stories.logits(torch.tensor([p]))[0, -1], dim=-1)
         first = st.logprobs[0]

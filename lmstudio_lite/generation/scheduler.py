@@ -46,7 +46,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from ..messages import Message
-from ..model.kv_cache import KVCache
+from ..model.kv_cache import KVCache, Packed
 from ..threads import use_inference_threads
 from .engine import check_request
 from .sampling import SamplingParams, argmax_rows, sample, sample_tempered, tempered_only
@@ -58,10 +58,8 @@ PREFILL_CHUNK = 128  # prompt tokens prefilled per step (between two decode step
 CLOSE_WAIT_S = 60.0  # close() waits at most this long for the driver (one step, normally)
 IDLE_EXIT_S = 2.0  # an idle driver thread ends after this long
 PASS_CHUNKS = 4  # with no stream decoding, one prefill pass may hold this many chunks (padded tokens)
-PAD_WASTE = 0.3  # prompts prefilled together: padding may be at most this share of the pass
 DECODE_GAP_S = 0.25  # while streams decode, prefill passes go on only until this long since their last step
 TAIL_SHARE = 4  # a prompt's rest at most a quarter over a pass's chunk is prefilled whole
-ALIGN = 16  # prompts this close in position are prefilled in one pass (the later ones step back)
 SHARE_MIN = 16  # a request waits for a prefix being prefilled only when it saves more tokens than this
 CPU_BUDGET = 4 << 30  # default KV budget on the CPU, at most a quarter of the RAM; untouched rows cost nothing
 
@@ -370,20 +368,19 @@ class Scheduler:
         return True
 
     def _prefill(self) -> bool:
-        """Prefill pending prompts, one padded pass per group (``_prefill_group``). A pass holds
-        a chunk (``prefill_chunk`` padded tokens) per pending prompt, at most ``PASS_CHUNKS``
-        chunks (every pass dequantizes each quantized matrix once: fewer, larger passes are what
-        makes a burst of prompts cheap). Passes go on, before the decode step, while no decoding
-        stream has waited ``decode_gap_s`` for its next token and nothing can join or waits to cancel:
-        newcomers get their first token sooner, running streams still step at least that often.
+        """Prefill pending prompts, several in one pass (``_prefill_group``): a pass holds up to
+        ``prefill_chunk`` tokens per pending prompt, at most ``PASS_CHUNKS`` chunks, side by side
+        (``Packed``: every matrix runs once for all of them, with no padding). Passes go on,
+        before the decode step, while no decoding stream has waited ``decode_gap_s`` for its next
+        token and nothing can join or waits to cancel: newcomers get their first token sooner,
+        running streams still step at least that often.
         -> True when it stopped only because a newcomer can join (admit it and call again: a decode
         step now would delay the burst's prompts by a step that no stream is due for yet)."""
         pending = [s for s in self._running if s.fed < len(s.prompt_ids)]
         while pending:
             decoding = [s.t_last for s in self._running if s.fed >= len(s.prompt_ids)]
             chunks = min(PASS_CHUNKS, len(pending)) if decoding else PASS_CHUNKS
-            group, chunk = self._prefill_group(pending, self.prefill_chunk * chunks)
-            self._prefill_pass(group, chunk)
+            self._prefill_pass(*self._prefill_group(pending, self.prefill_chunk * chunks))
             self._notify_watchers()  # first tokens go out now, not after the burst's other passes
             pending = [s for s in self._running if s.fed < len(s.prompt_ids)]
             decoding = [s.t_last for s in self._running if s.fed >= len(s.prompt_ids)]
@@ -399,70 +396,38 @@ class Scheduler:
         with self._cond:
             return any(s.cancelled() for s in self._running) or any(s.cancelled() for s in self._waiting)
 
-    def _prefill_group(self, pending: list[_Seq], budget: int) -> tuple[list[_Seq], int]:
-        """The oldest pending sequence and those within ``ALIGN`` positions of it whose rest of
-        prompt is close to its length (padding at most ``PAD_WASTE`` of the pass), and the tokens
-        per row: one pass of at most ``budget`` padded tokens. The group starts at its lowest
-        position: the others go back to it and recompute a few cached tokens (the same K/V, from
-        the same tokens), cheaper than a pass of their own (a burst of chat prompts shares the
-        template's first tokens with some cached row, each a token or two more or less). Rows
-        longer than the chunk go on from the same position in the next pass, so a group stays
-        together."""
-        head = pending[0]
-        group = [head]
-        peers = sorted((s for s in pending[1:] if abs(s.fed - head.fed) <= ALIGN),
-                       key=lambda s: abs((len(s.prompt_ids) - s.fed) - (len(head.prompt_ids) - head.fed)))
-        for seq in peers:
-            trial = group + [seq]
-            start = min(s.fed for s in trial)
-            rests = [len(s.prompt_ids) - start for s in trial]
-            chunk = min(max(rests), budget // len(trial))
-            if chunk < 1:
+    @staticmethod
+    def _prefill_group(pending: list[_Seq], budget: int) -> tuple[list[_Seq], list[int]]:
+        """The pending sequences that one pass of at most ``budget`` tokens takes, oldest first, and
+        how many tokens of each: its whole rest of prompt, or what room is left (it goes on in the
+        next pass). A rest at most a quarter over the room goes whole: a pass of its last few
+        tokens would cost about as much as a full one (a pass's fixed cost: the bundled model's
+        2-token pass 1.5-4 ms)."""
+        group, lens, room = [], [], budget
+        for seq in pending:
+            rest = len(seq.prompt_ids) - seq.fed
+            take = rest if rest <= room + room // TAIL_SHARE else room
+            group.append(seq)
+            lens.append(take)
+            room -= take
+            if room <= 0:
                 break
-            if sum(min(r, chunk) for r in rests) < (1.0 - PAD_WASTE) * chunk * len(trial):
-                continue
-            group = trial
-        start = min(s.fed for s in group)
-        for seq in group:
-            if seq.fed > start:
-                seq.fed = seq.row.valid = start
-                seq.stats["cached_tokens"] = min(seq.stats["cached_tokens"], start)
-        rest, per_row = max(len(s.prompt_ids) - start for s in group), max(1, budget // len(group))
-        # a rest only a little over the budget goes whole: a pass of its last few tokens would cost
-        # about as much as a full one (a pass's fixed cost: the bundled model's 2-token pass 1.5-4 ms)
-        return group, rest if rest <= per_row + per_row // TAIL_SHARE else per_row
+        return group, lens
 
-    def _prefill_pass(self, group: list[_Seq], chunk: int):
-        """Feed up to ``chunk`` more prompt tokens of each sequence in ``group`` (all at position
-        ``start``) in one batched pass; a sequence whose prompt is then complete gets its first token.
-        One row goes straight into its cache row; several go through a scratch cache (each row's
-        prefix K/V copied in, the new K/V copied back), right-padded: causal attention keeps every
-        real position from seeing the padding, so the result is the unbatched forward's."""
-        start, pool = group[0].fed, self._pool
-        lens = [min(chunk, len(s.prompt_ids) - start) for s in group]
-        B, T = len(group), max(lens)
+    def _prefill_pass(self, group: list[_Seq], lens: list[int]):
+        """Feed the next ``lens[i]`` prompt tokens of each sequence in ``group`` in one pass, each
+        from its own position into its own cache row (``Packed``); a sequence whose prompt is then
+        complete gets its first token."""
+        starts = [s.fed for s in group]
         t0 = time.perf_counter()
         try:
-            if B == 1:
-                ids = torch.tensor([group[0].prompt_ids[start:start + T]], dtype=torch.long, device=self.device)
-                last = self.model.forward_hidden(ids, start_pos=start, cache=pool.row(group[0].row.index))[:, -1]
-            else:
-                rows = torch.tensor([s.row.index for s in group], device=self.device)
-                scratch = KVCache(self.model.config, B, start + T, self.device, self.dtype, zeroed=False)
-                if start:
-                    scratch.k[:, :, :, :start] = pool.k[:, rows, :, :start]
-                    scratch.v[:, :, :, :start] = pool.v[:, rows, :, :start]
-                ids = torch.zeros((B, T), dtype=torch.long)
-                for b, seq in enumerate(group):
-                    ids[b, :lens[b]] = torch.tensor(seq.prompt_ids[start:start + lens[b]], dtype=torch.long)
-                hidden = self.model.forward_hidden(ids.to(self.device), start_pos=start, cache=scratch)
-                last = hidden[torch.arange(B, device=self.device), torch.tensor(lens, device=self.device) - 1]
-                for b, seq in enumerate(group):
-                    end = start + lens[b]
-                    pool.k[:, seq.row.index, :, start:end] = scratch.k[:, b, :, start:end]
-                    pool.v[:, seq.row.index, :, start:end] = scratch.v[:, b, :, start:end]
-            done = [b for b, s in enumerate(group) if start + lens[b] == len(s.prompt_ids)]
-            logits = self.model.project(last[done]) if done else None  # [len(done), V]
+            ids = [t for s, at, n in zip(group, starts, lens) for t in s.prompt_ids[at:at + n]]
+            packed = Packed([s.row.index for s in group], starts, lens, self.device)
+            hidden = self.model.forward_hidden(torch.tensor([ids], dtype=torch.long, device=self.device),
+                                               start_pos=packed, cache=self._pool)[0]  # [N, C]
+            done = [b for b, s in enumerate(group) if starts[b] + lens[b] == len(s.prompt_ids)]
+            last = [packed.offsets[b] + lens[b] - 1 for b in done]
+            logits = self.model.project(hidden[last]) if done else None  # [len(done), V]
         except Exception as e:
             for seq in group:
                 self._fail(seq, e)
@@ -470,9 +435,9 @@ class Scheduler:
         spent = time.perf_counter() - t0
         for b, seq in enumerate(group):
             seq.t_prefill += spent
-            seq.fed = start + lens[b]
+            seq.fed = starts[b] + lens[b]
             seq.row.valid = seq.fed
-        for i, b in enumerate(done or ()):
+        for i, b in enumerate(done):
             self._accept(group[b], logits, i)
 
     def _decode(self):

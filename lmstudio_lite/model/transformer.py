@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .kv_cache import KVCache, Rows
+from .kv_cache import KVCache, Packed, Rows
 from .layers import ACTIVATIONS, Embedding, Linear, RMSNorm, apply_rope, rope_tables
 
 
@@ -78,11 +78,12 @@ class Attention(nn.Module):
         self.v = Linear(C, KV * D, cfg.qkv_bias)
         self.o = Linear(H * D, C, cfg.o_bias)
 
-    def forward(self, x, rope, layer: int, start_pos: int | Rows, cache: KVCache | None,
+    def forward(self, x, rope, layer: int, start_pos: int | Rows | Packed, cache: KVCache | None,
                 weights: list | None = None):
         """``weights``, when given, receives this layer's attention probabilities [B, H, T, L]
         (through the reference path: slower, only for inspection). ``start_pos`` as ``Rows``:
-        one token per row, each row attending over its own cache row's prefix."""
+        one token per row, each row attending over its own cache row's prefix; as ``Packed``:
+        segments of one row, each attending over its own cache row's prefix and itself."""
         B, T, _ = x.shape
         H, KV, D = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
         q, k, v = self.q(x).view(B, T, H, D), self.k(x).view(B, T, KV, D), self.v(x)
@@ -93,6 +94,10 @@ class Attention(nn.Module):
         if isinstance(start_pos, Rows):  # rows at different lengths: each over its own prefix
             y = torch.cat([attention(q[b:b + 1], k_row, v_row, causal=True)
                            for b, (k_row, v_row) in enumerate(cache.write_rows(layer, start_pos, k, v))])
+        elif isinstance(start_pos, Packed):  # sequences side by side: each segment over its own row
+            parts = [attention(q[:, :, o:o + n], k_row, v_row, causal=True) for (k_row, v_row), o, n
+                     in zip(cache.write_packed(layer, start_pos, k, v), start_pos.offsets, start_pos.lengths)]
+            y = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
         else:
             if cache is not None:
                 k, v = cache.write(layer, start_pos, k, v)  # [B, KV, L, D]
@@ -183,9 +188,10 @@ class Transformer(nn.Module):
             self.rope_cos, self.rope_sin = cos.to(dev), sin.to(dev)
 
     # -- forward -------------------------------------------------------------
-    def forward_hidden(self, ids: torch.Tensor, start_pos: int | Rows = 0, cache: KVCache | None = None):
+    def forward_hidden(self, ids: torch.Tensor, start_pos: int | Rows | Packed = 0, cache: KVCache | None = None):
         """ids [B, T] -> final normed hidden state [B, T, C]. ``start_pos`` as ``Rows`` (T = 1, with
-        a cache): each row's token at its own position of its own cache row."""
+        a cache): each row's token at its own position of its own cache row; as ``Packed`` (B = 1,
+        with a cache): several sequences' tokens side by side, each segment in its own cache row."""
         B, T = ids.shape
         self.check_length(start_pos, T)
         x, rope = self._embed(ids, start_pos)
@@ -193,9 +199,9 @@ class Transformer(nn.Module):
             x = block(x, rope, i, start_pos, cache)
         return self.norm_f(x)
 
-    def check_length(self, start_pos: int | Rows, T: int):
+    def check_length(self, start_pos: int | Rows | Packed, T: int):
         """Raises ValueError when tokens at ``start_pos``.. would pass the model's context."""
-        end = max(start_pos.ends) if isinstance(start_pos, Rows) else start_pos + T
+        end = max(start_pos.ends) if isinstance(start_pos, (Rows, Packed)) else start_pos + T
         if end > self.config.max_seq_len:
             raise ValueError(f"sequence of {end} tokens exceeds the context of {self.config.max_seq_len}")
 
@@ -205,13 +211,16 @@ class Transformer(nn.Module):
         copy of its table in this dtype would hold."""
         return self.tok_emb(ids).to(self.dtype)
 
-    def _embed(self, ids: torch.Tensor, start_pos: int | Rows):
+    def _embed(self, ids: torch.Tensor, start_pos: int | Rows | Packed):
         """ids [B, T] -> (token (+ position) embeddings [B, T, C], rope tables [T, 1, D] pair or None;
         with ``Rows`` (T = 1), each row at its own position: rope tables [B, 1, 1, D])."""
         B, T = ids.shape
         x = self.embed_tokens(ids)
         if isinstance(start_pos, Rows):
             at, lead = start_pos.positions, (B, 1)  # [B] positions -> a leading [B, 1]
+        elif isinstance(start_pos, Packed):  # B = 1: token t at its own position
+            one = len(start_pos.starts) == 1  # a slice of the tables, as for an int start_pos
+            at, lead = slice(start_pos.starts[0], start_pos.ends[0]) if one else start_pos.positions, (T,)
         else:
             at, lead = slice(start_pos, start_pos + T), (T,)
         if self.pos_emb is not None:
