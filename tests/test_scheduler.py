@@ -39,8 +39,12 @@ def wait_for(cond, timeout=10.0):
 
 
 def run_all(sched, requests):
-    """Start every request at once (one thread each); -> their finished streams."""
+    """Start every request at once (all joined from this thread, then one consumer thread each:
+    threads started one by one on a loaded machine joined several steps apart); -> their finished
+    streams."""
     streams = [sched.stream(*r[:3], **(r[3] if len(r) > 3 else {})) for r in requests]
+    for s in streams:
+        next(s.waiting(0.01), None)  # joins now; a stream that must wait for a row yields its place
     threads = [threading.Thread(target=lambda s=s: [None for _ in s]) for s in streams]
     for t in threads:
         t.start()
