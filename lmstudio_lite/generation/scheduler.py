@@ -7,9 +7,9 @@ model's whole context, sized from a memory budget). Each step it
    the stream, or their ``cancel`` event was set): the row is free before the next step;
 2. admits waiting requests, oldest first, while fewer than ``max_batch`` run and a row is
    free or holds only a cached prefix (least recently used goes first);
-3. prefills pending prompts in padded passes (prompts at the same position and of similar
-   remaining length together, a chunk of ``prefill_chunk`` tokens each, one read of the
-   weights per pass); passes go on before the decode step until a decoding stream has waited
+3. prefills pending prompts in passes that hold several side by side (``Packed``: each from its
+   own cached prefix into its own row, no padding, a chunk of ``prefill_chunk`` tokens each, one
+   read of the weights per pass); passes go on before the decode step until a decoding stream has waited
    ``decode_gap_s`` for its next token (newcomers that can take a row are admitted between two
    passes), so a burst of newcomers gets first tokens soon while running streams keep flowing;
 4. runs one decode step for every sequence past its prompt (``model.decode_rows``: through an
