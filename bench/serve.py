@@ -85,10 +85,10 @@ def start_server(model: str, plain: bool, threads: int):
     raise TimeoutError("server did not start")
 
 
-def start_llama_server(model: str, threads: int, clients: int):
+def start_llama_server(model: str, threads: int, clients: int, context: int):
     """llama.cpp's own server on the same GGUF file (bench/peer_llamacpp.py's server_bin: a native
-    build, AMX on): ``clients`` slots decoded together (continuous batching), its prompt cache on,
-    the file's chat template (--jinja, as ours renders it)."""
+    build, AMX on): ``clients`` slots of ``context`` tokens decoded together (continuous batching),
+    its prompt cache on, the file's chat template (--jinja, as ours renders it)."""
     import peer_llamacpp
 
     exe = peer_llamacpp.server_bin()
@@ -96,7 +96,7 @@ def start_llama_server(model: str, threads: int, clients: int):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [str(exe), "-m", model, "--port", str(port), "-t", str(threads), "-tb", str(threads), "-np", str(clients),
-           "-c", str(clients * 4096), "--jinja", "-cb"]
+           "-c", str(clients * context), "--jinja", "-cb"]
     proc = subprocess.Popen(cmd, env=dict(os.environ, LD_LIBRARY_PATH=str(exe.parent)), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     import httpx
@@ -233,7 +233,10 @@ def bench_model(model: str, args) -> list[str]:
 
             gguf = str(export_gguf(model, Path(tempfile.mkdtemp(prefix="bench-serve-")) / f"{Path(model).name}.gguf"))
         modes.append("llama.cpp")
-        servers["llama.cpp"] = start_llama_server(gguf, args.threads, max(args.clients))
+        info = __import__("httpx").get(servers["batched"][1] + "/v1/models").json()
+        rows = next((c for c in info["data"] if "scheduler" in c), {}).get("scheduler", {})
+        servers["llama.cpp"] = start_llama_server(gguf, args.threads, max(args.clients),
+                                                  min(4096, rows.get("kv_row_tokens") or 4096))
     try:
         clients = {mode: openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=600)
                    for mode, (_, base, _) in servers.items()}
@@ -282,7 +285,11 @@ def bench_model(model: str, args) -> list[str]:
     finally:
         for proc, _, _ in servers.values():
             proc.terminate()
-            proc.wait(30)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:  # never hide what stopped the run behind a stuck server
+                proc.kill()
+                proc.wait(30)
     return lines
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .decode import MAX_ROWS, NativeDecoder
-from .kv_cache import KVCache, Rows
+from .kv_cache import KVCache, Packed, Rows
 from .layers import Linear, matmul, store_out_in
 from .quant import QuantLinear, fuse_quantized, kernel_rows
 from .transformer import Transformer
@@ -142,9 +142,9 @@ class InferenceModel:
             h = h[:, -1:]
         return self.project(h)
 
-    def forward_hidden(self, ids: torch.Tensor, start_pos: int | Rows = 0,
+    def forward_hidden(self, ids: torch.Tensor, start_pos: int | Rows | Packed = 0,
                        cache: KVCache | None = None) -> torch.Tensor:
-        """ids [B, T] -> final normed hidden state [B, T, C]."""
+        """ids [B, T] -> final normed hidden state [B, T, C] (``Transformer.forward_hidden``)."""
         if self._native_rows(ids, start_pos, cache):
             x = self._native_step(ids, start_pos, cache, logits=False)
             return self.net.norm_f(x.to(self.dtype)).unsqueeze(1)
