@@ -58,31 +58,42 @@ def prompt_of(words: int, i: int) -> str:
     return f"Story {i}: " + " ".join(out) + " What happens next?"
 
 
-def start_server(model: str, plain: bool, threads: int):
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def wait_ready(proc: subprocess.Popen, url: str, ready, what: str):
+    """Poll ``url`` until ``ready(response)`` gives a true value (returned); the server's last words
+    when it exits first."""
+    import httpx
+
+    for _ in range(1200):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            got = ready(httpx.get(url, timeout=1))
+            if got:
+                return got
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise TimeoutError(f"{what} did not start")
+
+
+def start_server(model: str, plain: bool, threads: int):
+    port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), LMSTUDIO_LITE_HOME=tempfile.mkdtemp(prefix="bench-serve-"))
     if plain:
         env["LMSTUDIO_LITE_SCHEDULER"] = "off"
     proc = subprocess.Popen([sys.executable, "-m", "lmstudio_lite", "serve", "--model", model, "--port", str(port),
                              "--device", "cpu"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    import httpx
-
     base = f"http://127.0.0.1:{port}"
-    for _ in range(1200):
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            name = httpx.get(base + "/healthz", timeout=1).json().get("model")
-            if name:
-                return proc, base, name
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise TimeoutError("server did not start")
+    name = wait_ready(proc, base + "/healthz", lambda r: r.json().get("model"), "server")
+    return proc, base, name
 
 
 def start_llama_server(model: str, threads: int, clients: int, context: int):
@@ -91,28 +102,14 @@ def start_llama_server(model: str, threads: int, clients: int, context: int):
     its prompt cache on, the file's chat template (--jinja, as ours renders it)."""
     import peer_llamacpp
 
-    exe = peer_llamacpp.server_bin()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    exe, port = peer_llamacpp.server_bin(), free_port()
     cmd = [str(exe), "-m", model, "--port", str(port), "-t", str(threads), "-tb", str(threads), "-np", str(clients),
            "-c", str(clients * context), "--jinja", "-cb"]
     proc = subprocess.Popen(cmd, env=dict(os.environ, LD_LIBRARY_PATH=str(exe.parent)), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    import httpx
-
     base = f"http://127.0.0.1:{port}"
-    for _ in range(1200):
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama-server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                return proc, base, Path(model).name
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise TimeoutError("llama-server did not start")
+    wait_ready(proc, base + "/health", lambda r: r.status_code == 200, "llama-server")
+    return proc, base, Path(model).name
 
 
 def one_request(client, name: str, messages: list[dict], tokens: int) -> dict:
