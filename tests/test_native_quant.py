@@ -28,6 +28,7 @@ from hf_models import VOCAB, build
 from lmstudio_lite import native
 from lmstudio_lite.checkpoints.folder import load_weights
 from lmstudio_lite.model import KVCache
+from lmstudio_lite.model.kv_cache import Packed
 from lmstudio_lite.model.decode import NativeDecoder
 from lmstudio_lite.model.inference import InferenceModel
 from lmstudio_lite.model.quant import QuantLinear, quantize_model, weight_bytes
@@ -227,7 +228,7 @@ def test_a_row_gets_the_same_logits_alone_or_with_seven_others(folders, request,
         cache = KVCache(model.config, 8, 32, dtype=model.dtype)
         with torch.inference_mode():
             for b, p in enumerate(PROMPTS):
-                model.forward(torch.tensor([p]), 0, cache.row(b))
+                model.forward(torch.tensor([p]), Packed([b], [0], [len(p)]), cache)
             together = model.decode_rows(toks, pos, torch.arange(8), cache)
             for b in range(8):
                 alone = model.decode_rows(toks[b:b + 1], pos[b:b + 1], torch.tensor([b]), cache)

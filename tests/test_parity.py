@@ -176,7 +176,7 @@ def test_batched_rows_at_their_own_positions_match_the_general_forward(pair):
         for model in (ours, InferenceModel(load_weights(folder))):
             cache = KVCache(model.config, 2, len(PROMPT) + 6)
             for b, p in enumerate(prompts):
-                model(torch.tensor([p]), 0, cache.row(int(slots[b])))
+                model(torch.tensor([p]), Packed([int(slots[b])], [0], [len(p)]), cache)
             got = [model.decode_rows(steps[:, j], torch.tensor([len(p) + j for p in prompts]), slots, cache)
                    for j in range(6)]  # [2, V] each
             for b in range(2):
@@ -199,8 +199,8 @@ def test_prompts_side_by_side_match_each_prompts_own_forward(pair):
             cache, alone = (KVCache(model.config, 3, 16) for _ in range(2))
             for p, n, s in zip(prefixes, news, slots):
                 if p:
-                    model(torch.tensor([p]), 0, cache.row(s))
-                model(torch.tensor([p + n]), 0, alone.row(s))
+                    model(torch.tensor([p]), Packed([s], [0], [len(p)]), cache)
+                model(torch.tensor([p + n]), Packed([s], [0], [len(p + n)]), alone)
             packed = Packed(slots, [len(p) for p in prefixes], [len(n) for n in news])
             h = model.forward_hidden(torch.tensor([sum(news, [])]), packed, cache)[0]
             got = model.project(h)

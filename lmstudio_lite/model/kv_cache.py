@@ -73,17 +73,6 @@ class KVCache:
         # costs more than the copy itself at decode.
         self._k, self._v = self.k.unbind(0), self.v.unbind(0)
 
-    @classmethod
-    def _views(cls, k: torch.Tensor, v: torch.Tensor) -> "KVCache":
-        view = cls.__new__(cls)
-        view.k, view.v, view.batch, view.max_len = k, v, k.shape[1], k.shape[3]
-        view._k, view._v = k.unbind(0), v.unbind(0)
-        return view
-
-    def row(self, index: int) -> "KVCache":
-        """A one-row cache that is a view of row ``index`` (a scheduler prefills a sequence there)."""
-        return KVCache._views(self.k[:, index:index + 1], self.v[:, index:index + 1])
-
     @property
     def bytes_per_token(self) -> int:
         """K and V of one position of one row, all layers."""
