@@ -57,9 +57,9 @@ CPU_BATCH, GPU_BATCH = 8, 32  # default rows decoded together
 PREFILL_CHUNK = 128  # prompt tokens prefilled per step (between two decode steps)
 CLOSE_WAIT_S = 60.0  # close() waits at most this long for the driver (one step, normally)
 IDLE_EXIT_S = 2.0  # an idle driver thread ends after this long
-PASS_CHUNKS = 4  # with no stream decoding, one prefill pass may hold this many chunks (padded tokens)
+PASS_CHUNKS = 4  # with no stream decoding, one prefill pass may hold this many chunks of tokens
 DECODE_GAP_S = 0.25  # while streams decode, prefill passes go on only until this long since their last step
-TAIL_SHARE = 4  # a prompt's rest at most a quarter over a pass's chunk is prefilled whole
+TAIL_SHARE = 4  # a prompt's rest at most a quarter over the room left in a pass is prefilled whole
 SHARE_MIN = 16  # a request waits for a prefix being prefilled only when it saves more tokens than this
 CPU_BUDGET = 4 << 30  # default KV budget on the CPU, at most a quarter of the RAM; untouched rows cost nothing
 
