@@ -144,11 +144,9 @@ def engine_request(model, scheduler, tokens: int):
         stream = scheduler.stream(model.prompt_ids(messages), SamplingParams(), tokens, ignore_eos=True)
         for _ in stream:
             pass
-        stats = stream.stats
-        first = t0 + stats["ttft_s"]
-        n = stats["new_tokens"]
+        stats, n = stream.stats, stream.stats["new_tokens"]
         return {"ttft": stats["ttft_s"], "tokens": n, "end": t0 + stats["total_s"],
-                "itl": (stats["total_s"] - stats["ttft_s"]) / max(n - 1, 1) if first else 0.0}
+                "itl": (stats["total_s"] - stats["ttft_s"]) / max(n - 1, 1)}
 
     return request
 

@@ -631,9 +631,8 @@ int lml_x16(void) {
    Q8_0 on int8 activations; N a multiple of 16, K of 32), repacked for rows_x16 (layout there): as
    many bytes, in another order. -> the packed matrix's type (T_Q4_0X, T_Q4_1X or T_Q8_0RX). */
 int64_t lml_pack_x16(int64_t type, const void *w, int64_t N, int64_t K, void *dst) {
-    const int64_t nb = K / 32, bytes = type == T_Q4_0 ? 18 : type == T_Q4_1 ? 20 : 34;
+    const int64_t nb = K / 32, bytes = block_bytes(type), gb = 16 * bytes, head = type == T_Q4_1 ? 4 : 2;
     const int64_t xtype = type == T_Q4_0 ? T_Q4_0X : type == T_Q4_1 ? T_Q4_1X : T_Q8_0RX;
-    const int64_t gb = type == T_Q4_0 ? 288 : type == T_Q4_1 ? 320 : 544, head = type == T_Q4_1 ? 4 : 2;
 #pragma omp parallel for schedule(static)
     for (int64_t g = 0; g < N / 16; g++)
         for (int64_t k = 0; k < nb; k++) {
@@ -663,8 +662,7 @@ int64_t lml_pack_x16(int64_t type, const void *w, int64_t N, int64_t K, void *ds
 
 /* dst = src (N rows packed by lml_pack_x16 as xtype) back in GGUF's row layout, byte for byte. */
 void lml_unpack_x16(int64_t xtype, const void *src, int64_t N, int64_t K, void *dst) {
-    const int64_t nb = K / 32, bytes = xtype == T_Q4_0X ? 18 : xtype == T_Q4_1X ? 20 : 34;
-    const int64_t gb = bytes * 16, head = xtype == T_Q4_1X ? 4 : 2;
+    const int64_t nb = K / 32, bytes = block_bytes(xtype), gb = 16 * bytes, head = xtype == T_Q4_1X ? 4 : 2;
     for (int64_t g = 0; g < N / 16; g++)
         for (int64_t k = 0; k < nb; k++) {
             const uint8_t *o = (const uint8_t *)src + (g * nb + k) * gb;
@@ -693,7 +691,7 @@ void lml_unpack_x16(int64_t xtype, const void *src, int64_t N, int64_t K, void *
    quant.dequantize computes them (q d, (q - 8) d, q d + m): prefill's GEMMs take the weights
    this way. One pass over memory instead of the reference's several. */
 void lml_dequantize(int64_t type, const void *w, int64_t R, int64_t K, float *out, int nthreads) {
-    const int64_t nb = K / 32, bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20;
+    const int64_t nb = K / 32, bytes = block_bytes(type);
 #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int64_t r = 0; r < R; r++) {
         const uint8_t *blk = (const uint8_t *)w + r * nb * bytes;

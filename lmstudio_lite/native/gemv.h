@@ -28,6 +28,12 @@
    (lml_pack_x16, where LML_X16 is built), for rows_x16. */
 enum { T_F32, T_BF16, T_Q8_0, T_Q4_0, T_Q4_1, T_Q8_0R, T_Q4_0X, T_Q4_1X, T_Q8_0RX, T_COUNT };
 
+/* Bytes of one GGUF block of 32 inputs of a block format (its packed form holds 16 of them per
+   group-block): q4_0 18, q4_1 20, q8_0 34. */
+static inline int64_t block_bytes(int64_t type) {
+    return type == T_Q4_0 || type == T_Q4_0X ? 18 : type == T_Q4_1 || type == T_Q4_1X ? 20 : 34;
+}
+
 #if defined(LML_INT8) && defined(LML_AVX512)
 #define LML_X16 1
 #endif
@@ -552,7 +558,7 @@ INLINE void block_one_row(const int type, const uint8_t *blk, float d, float m, 
 /* x . rows first + t * stride (t < S) of a block matrix into r[t * stride] (B = 1). */
 INLINE void streams_one_row(const int type, const int S, const uint8_t *W, int64_t row_bytes, int64_t nb,
                             const float *x, int64_t first, int64_t stride, float *r) {
-    const int64_t bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20;
+    const int64_t bytes = block_bytes(type);
     const uint8_t *blk[LML_WIDE_STREAMS];
     __m512 acc[LML_WIDE_STREAMS][2];
     scales16 s[LML_WIDE_STREAMS];
@@ -592,7 +598,7 @@ typedef struct {
 } quad_layout;
 
 static quad_layout quad_layout_of(const int type) {
-    const int bytes = type == T_Q4_0 ? 18 : 20, head = type == T_Q4_0 ? 2 : 4;
+    const int bytes = (int)block_bytes(type), head = type == T_Q4_0 ? 2 : 4;
     uint8_t idx[64], sidx[64];
     for (int p = 0; p < 64; p++) {
         idx[p] = (uint8_t)(p / 16 * bytes + head + p % 16);
@@ -675,7 +681,7 @@ INLINE void rows_int8(const int type, const uint8_t *W, int64_t K, const qact *a
                       float *r, int64_t ldr) {
     enum { S = LML_STREAMS };
     const int q8 = type == T_Q8_0R, per = q8 ? 2 : 4;
-    const int64_t nb = K / 32, bytes = q8 ? 34 : type == T_Q4_0 ? 18 : 20, row_bytes = nb * bytes;
+    const int64_t nb = K / 32, bytes = block_bytes(type), row_bytes = nb * bytes;
     const int64_t units = q8 ? pairs(K) : quads(K);
     const int8_t *xs = q8 ? a->q8 : a->q4;
     const float *dxs = q8 ? a->dx8 : a->dx4;
@@ -751,7 +757,7 @@ INLINE void rows_int8(const int type, const uint8_t *W, int64_t K, const qact *a
    Q8_0 (T_Q8_0RX, a 4-bit model's head): 8 x 64 bytes of w + 128 as unsigned bytes (vpdpbusd's
    unsigned side), then the 16 d: 544 bytes; d dx (q.x - 128 sum x), the integer sum exact, as the
    pairs of rows_int8 give it. */
-static inline int64_t x16_bytes(int type) { return type == T_Q4_0X ? 288 : type == T_Q4_1X ? 320 : 544; }
+static inline int64_t x16_bytes(int type) { return 16 * block_bytes(type); }
 
 /* One group-block of 16 outputs (blk, input block k) times rows b < B, into acc[b]. */
 INLINE void x16_block(const int type, const uint8_t *blk, int64_t k, const qact *a, const int B, int64_t nb,
@@ -823,7 +829,7 @@ INLINE void rows_x16(const int type, const uint8_t *W, int64_t K, const qact *a,
 
 INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *a, const int B, int64_t j0,
                        int64_t n, float *r, int64_t ldr, int wide) {
-    const int64_t nb = K / 32, bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20, row_bytes = nb * bytes;
+    const int64_t nb = K / 32, bytes = block_bytes(type), row_bytes = nb * bytes;
     scales16 s;
     int64_t j = 0;
 #if defined(LML_INT8)
@@ -868,7 +874,7 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
 INLINE void streams_one_row(const int type, const uint8_t *W, int64_t row_bytes, int64_t nb, const qact *a,
                             int64_t first, int64_t stride, float *r) {
     enum { S = LML_STREAMS };
-    const int64_t bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20;
+    const int64_t bytes = block_bytes(type);
     const uint8_t *blk[S];
     __m256 acc[S];
     float off[S];
@@ -959,7 +965,7 @@ INLINE void block_int8(const int type, const uint8_t *blk, const qact *a, int64_
 INLINE void rows_int8(const int type, const uint8_t *W, int64_t K, const qact *a, const int B, int64_t j0, int64_t n,
                       float *r, int64_t ldr) {
     enum { S = LML_STREAMS };
-    const int64_t nb = K / 32, np = pairs(K), bytes = type == T_Q8_0R ? 34 : type == T_Q4_0 ? 18 : 20;
+    const int64_t nb = K / 32, np = pairs(K), bytes = block_bytes(type);
     const int64_t row_bytes = nb * bytes;
     int64_t j = 0;
     if (B == 1 && S > 1) {  /* 4 rows at once, each from its own part of the range (see LML_STREAMS) */
@@ -1010,7 +1016,7 @@ INLINE void rows_quant(const int type, const uint8_t *W, int64_t K, const qact *
         return;
     }
 #endif
-    const int64_t nb = K / 32, bytes = type == T_Q8_0 ? 34 : type == T_Q4_0 ? 18 : 20, row_bytes = nb * bytes;
+    const int64_t nb = K / 32, bytes = block_bytes(type), row_bytes = nb * bytes;
     int64_t j = 0;
 #if defined(LML_AVX2)
     if (B == 1 && LML_STREAMS > 1) {
@@ -1149,7 +1155,7 @@ static void matvec(const mat *m, const float *x, const qact *qa, int64_t B, int6
     if (m->type == T_F32) gemv_f32(x, B, (const float *)m->w, m->K, m->N, j0, n, r, ldr);
     else if (m->type == T_BF16) rows_bf16_any((const uint16_t *)m->w, m->K, x, B, j0, n, r, ldr);
     else {
-        const int64_t block = m->type == T_Q4_0 || m->type == T_Q4_0X ? 18 : m->type == T_Q4_1 || m->type == T_Q4_1X ? 20 : 34;
+        const int64_t block = block_bytes(m->type);
         rows_quant_any(m->type, (const uint8_t *)m->w, m->K, qa, B, j0, n, r, ldr,
                        m->N * (m->K / 32) * block >= LML_WIDE_BYTES);
     }
