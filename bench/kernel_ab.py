@@ -3,6 +3,7 @@
     python bench/kernel_ab.py --old HEAD                       # HEAD's kernel against the working tree's
     python bench/kernel_ab.py --old HEAD~2 --new HEAD --shape 1b --formats q4_0 q8_0
     python bench/kernel_ab.py --gguf /tmp/lsl-bench-gguf/SmolLM2-135M-Instruct-q4_1.gguf   # whole decode steps
+    python bench/kernel_ab.py --gguf FILE --rows 8 --pos 1000 --threads 2    # 8 rows, deep in a chat
     python bench/kernel_ab.py --quick                          # a tiny shape: checks the script runs
 
 Each format gets a whole model's worth of random matrices (every layer's q|k|v, o, gate|up and down,
@@ -13,8 +14,9 @@ hits both alike, and each pass is timed on the calling thread's CPU time at one 
 (``time.thread_time``: other processes' load disturbs it least) or on the wall clock at more. Prints
 the median ms per pass of each, GB/s of weight bytes, and the median of the paired ratios old/new;
 beside them, torch's sum of the same bytes (as float32) at the same time: the read bandwidth to reach.
-With ``--gguf``, a pass is instead one greedy decode step of that model (our GGUF loader, the
-native step with its head), the two builds swapped under the same prepared model.
+With ``--gguf``, a pass is instead ``--steps`` decode steps of that model (our GGUF loader, the
+native step with its head; ``--rows`` rows at position ``--pos``), the two builds swapped under
+the same prepared model.
 """
 from __future__ import annotations
 
@@ -94,6 +96,8 @@ def main():
     p.add_argument("--build-dir", default=os.path.join(tempfile.gettempdir(), "lsl-kernel-ab"),
                    help="where the libraries are built and kept (perf can then name their symbols)")
     p.add_argument("--gguf", help="time whole decode steps of this GGUF model instead of its shape's matrices")
+    p.add_argument("--pos", type=int, default=0, help="with --gguf: the rows' position (attention reads that many)")
+    p.add_argument("--steps", type=int, default=10, help="with --gguf: decode steps per timed pass")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     if args.quick:
@@ -161,7 +165,8 @@ def compare_format(fmt: str, shape: dict, args, libs: dict, clock) -> None:
 
 
 def steps_ab(args, libs, clock) -> None:
-    """Paired decode steps of a GGUF model (1 row), the two builds' libraries swapped in turn."""
+    """Paired decode steps of a GGUF model: ``--rows`` rows at position ``--pos`` (the cache before it
+    random values, as long chats leave it), the two builds' libraries swapped in turn."""
     sys.path.insert(0, str(ROOT / "bench"))
     from peer_llamacpp import load_ours  # noqa: E402
 
@@ -170,21 +175,26 @@ def steps_ab(args, libs, clock) -> None:
     dtype = torch.bfloat16 if "bf16" in Path(args.gguf).name else torch.float32  # as bench/decode.py loads it
     model = load_ours(Path(args.gguf), dtype)
     decoder = model.native  # the prepared step: only its library is swapped (same ABI in both builds)
-    steps = 2 * args.pairs + 4
-    cache = KVCache(model.config, 1, steps + 1, dtype=dtype)
-    tok, times = torch.full((1, 1), 1), {"old": [], "new": []}
+    B, P = args.rows, args.pos
+    cache = KVCache(model.config, B, P + 1, dtype=dtype)
+    cache.k.normal_(), cache.v.normal_()
+    tokens, positions, slots = torch.full((B,), 1), torch.full((B,), P), torch.arange(B)
+    times = {"old": [], "new": []}
     with torch.inference_mode():
-        for i in range(steps):
+        for i in range(2 * args.pairs + 4):
             label = ("old", "new", "new", "old")[i % 4]
-            decoder._lib = libs[label]
+            decoder._lib, decoder._scratch_for = libs[label], None  # a build may lay its scratch out differently
+            decoder.step(tokens, positions, slots, cache, logits=decoder.fused_head)  # the new scratch's pages
             t = clock()
-            tok = model(tok, i, cache, last_only=True)[:, -1].argmax(-1, keepdim=True)
-            if i >= 4:  # the first steps warm both
-                times[label].append(clock() - t)
+            for _ in range(args.steps):
+                decoder.step(tokens, positions, slots, cache, logits=decoder.fused_head)
+            if i >= 4:  # the first passes warm both
+                times[label].append((clock() - t) / args.steps)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = statistics.median(o / n for o, n in zip(times["old"], times["new"]))
-    print(f"{Path(args.gguf).name}: ms per token old {med['old'] * 1e3:.2f}, new {med['new'] * 1e3:.2f}, "
-          f"old/new {ratio:.3f}x (median of {len(times['new'])} pairs); load average after {os.getloadavg()[0]:.1f}")
+    print(f"{Path(args.gguf).name}, {B} row(s) at position {P}: ms per step old {med['old'] * 1e3:.2f}, new "
+          f"{med['new'] * 1e3:.2f}, old/new {ratio:.3f}x (median of {len(times['new'])} pairs); load average after "
+          f"{os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -100,6 +100,38 @@ def test_rows_beyond_eight_decode_to_the_reference_logits(prepared):
     torch.testing.assert_close(out[0], out[1], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [
+    (10, 2, 64),  # 5 queries per KV head: two passes of scores (4 + 1) and of weighted values
+    (8, 1, 32),   # 8 queries per KV head, narrow heads: one pass of values holds all 8
+    (4, 2, 128),  # wide heads: values 2 heads per pass
+    (6, 2, 48),   # widths without a compiled case (3 and 5 vectors) take the general loops
+    (3, 1, 80),
+])
+def test_grouped_heads_attend_as_pytorch_at_every_width(heads, kv_heads, head_dim):
+    """The kernel goes through K and V once for all the queries of a KV head (decode.c's
+    attend_heads): every group size and head width gives the reference's logits and cache, over
+    positions long enough for its four-position blocks and every tail, three rows at once."""
+    torch.manual_seed(1)
+    cfg = ModelConfig(family="llama", vocab_size=VOCAB, n_layer=2, n_head=heads, n_kv_head=kv_heads,
+                      head_dim=head_dim, d_model=64, d_ff=96, max_seq_len=64)
+    net = Transformer(cfg)
+    net.init_weights()
+    model = InferenceModel(net)
+    assert model.native is not None, native.status()
+    prompts = torch.randint(3, VOCAB, (3, 23), generator=torch.Generator().manual_seed(2))
+    out = []
+    with torch.inference_mode():
+        for m in (model, net):
+            cache = KVCache(cfg, 3, 40)
+            m(prompts, 0, cache)
+            # positions 23..28: four-position blocks with no tail, then tails of 1, 2 and 3
+            rows = [m.decode_rows(torch.tensor([5, 6, 7]) + j, torch.full((3,), 23 + j), torch.arange(3), cache)
+                    for j in range(6)]
+            out.append((torch.cat(rows), cache.k.clone(), cache.v.clone()))
+    for got, ref in zip(*out):
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_the_training_net_keeps_no_inference_state(family):
     """Preparing leaves the net a plain Transformer: it trains (gradients reach the fused q|k|v's

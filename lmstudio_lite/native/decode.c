@@ -236,68 +236,147 @@ INLINE __m512 exp16(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-/* attend_any for head sizes that are multiples of 16 up to 256, in vectors: q in registers, four
-   positions' dot products reduced together, the exponentials 16 at a time, and the weighted sum of
-   V in registers, divided by the total once. One position at a time (a dot product's horizontal
-   sum, a scalar expf, the output's round trip through memory per position), attention was about
-   3 of the 7.9 ms of SmolLM2's 8-row step at position 100. */
-static void attend(const float *q, const void *kc, const void *vc, int bf16, int64_t pos, int64_t D,
-                   float *scores, float *out) {
-    if (D % 16 || D > 256) {
-        attend_any(q, kc, vc, bf16, pos, D, scores, out);
-        return;
-    }
-    const int nv = (int)(D / 16);
-    const int64_t esize = bf16 ? 2 : 4, n = pos + 1;
-    const float scale = 1.0f / sqrtf((float)D);
-    __m512 qv[16], acc[16];
-    for (int i = 0; i < nv; i++) qv[i] = _mm512_loadu_ps(q + 16 * i);
+#define ATT_HEADS 4  /* heads whose dot products are made together (4 x 4 sums, a K row in registers) */
+#define ATT_ACC 16   /* zmm accumulators of the weighted sums of V: 16 / (D / 16) heads at once */
+#ifndef LML_ATT_AHEAD
+#define LML_ATT_AHEAD 8  /* K rows asked for this many positions ahead (2 KiB of a float32 64-wide head) */
+#endif
+
+/* Scores of gn heads (q rows of D = 16 nv floats) over positions 0..n-1 into rows of ld floats. */
+INLINE void attend_scores(const int nv, const int gn, const float *q, const void *kc, const void *vc, int bf16,
+                          int64_t n, int64_t row, float scale, float *scores, int64_t ld, int first) {
+    if (gn > ATT_HEADS) return;  /* never: the caller's passes hold at most ATT_HEADS (the compiler's bound) */
     int64_t t = 0;
     for (; t + 4 <= n; t += 4) {
-        __m512 s4[4];
-        for (int u = 0; u < 4; u++) {
-            const char *k = (const char *)kc + (t + u) * D * esize;
-            s4[u] = _mm512_mul_ps(qv[0], kv16(k, bf16, 0));
-            for (int i = 1; i < nv; i++) s4[u] = _mm512_fmadd_ps(qv[i], kv16(k, bf16, 16 * i), s4[u]);
+        for (int64_t o = 0; o < 4 * row; o += 64) {
+            _mm_prefetch((const char *)kc + (t + LML_ATT_AHEAD) * row + o, _MM_HINT_T0);
+            if (first) _mm_prefetch((const char *)vc + t * row + o, _MM_HINT_T1);  /* V's turn comes next */
         }
-        /* the four sums: per 128-bit lane (a0+a2, b0+b2, a1+a3, b1+b3) and the same of c, d; then
-           (a, b, c, d) per lane; then the four lanes added */
-        const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(s4[0], s4[1]), _mm512_unpackhi_ps(s4[0], s4[1]));
-        const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(s4[2], s4[3]), _mm512_unpackhi_ps(s4[2], s4[3]));
-        const __m512 abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xEE));
-        const __m256 half = _mm256_add_ps(_mm512_castps512_ps256(abcd), _mm512_extractf32x8_ps(abcd, 1));
-        const __m128 four = _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));
-        _mm_storeu_ps(scores + t, _mm_mul_ps(four, _mm_set1_ps(scale)));
+        __m512 s4[ATT_HEADS][4];
+        for (int u = 0; u < 4; u++) {
+            const char *k = (const char *)kc + (t + u) * row;
+            const __m512 k0 = kv16(k, bf16, 0);
+            for (int g = 0; g < gn; g++) s4[g][u] = _mm512_mul_ps(_mm512_loadu_ps(q + g * 16 * nv), k0);
+            for (int i = 1; i < nv; i++) {
+                const __m512 ki = kv16(k, bf16, 16 * i);
+                for (int g = 0; g < gn; g++)
+                    s4[g][u] = _mm512_fmadd_ps(_mm512_loadu_ps(q + g * 16 * nv + 16 * i), ki, s4[g][u]);
+            }
+        }
+        for (int g = 0; g < gn; g++) {
+            /* the four sums: per 128-bit lane (a0+a2, b0+b2, a1+a3, b1+b3) and the same of c, d; then
+               (a, b, c, d) per lane; then the four lanes added */
+            const __m512 *sv = s4[g];
+            const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(sv[0], sv[1]), _mm512_unpackhi_ps(sv[0], sv[1]));
+            const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(sv[2], sv[3]), _mm512_unpackhi_ps(sv[2], sv[3]));
+            const __m512 abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xEE));
+            const __m256 half = _mm256_add_ps(_mm512_castps512_ps256(abcd), _mm512_extractf32x8_ps(abcd, 1));
+            const __m128 four = _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));
+            _mm_storeu_ps(scores + g * ld + t, _mm_mul_ps(four, _mm_set1_ps(scale)));
+        }
     }
     for (; t < n; t++) {
-        const char *k = (const char *)kc + t * D * esize;
-        __m512 s1 = _mm512_mul_ps(qv[0], kv16(k, bf16, 0));
-        for (int i = 1; i < nv; i++) s1 = _mm512_fmadd_ps(qv[i], kv16(k, bf16, 16 * i), s1);
-        scores[t] = _mm512_reduce_add_ps(s1) * scale;
+        const char *k = (const char *)kc + t * row;
+        for (int g = 0; g < gn; g++) {
+            const float *qg = q + g * 16 * nv;
+            __m512 s1 = _mm512_mul_ps(_mm512_loadu_ps(qg), kv16(k, bf16, 0));
+            for (int i = 1; i < nv; i++) s1 = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * i), kv16(k, bf16, 16 * i), s1);
+            scores[g * ld + t] = _mm512_reduce_add_ps(s1) * scale;
+        }
     }
-    __m512 best = _mm512_set1_ps(-INFINITY);
-    for (t = 0; t < n; t += 16) best = _mm512_max_ps(best, _mm512_mask_loadu_ps(best, lanes16(n - t), scores + t));
-    const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(best));
-    __m512 sum = _mm512_setzero_ps();
-    for (t = 0; t < n; t += 16) {
-        const __mmask16 m = lanes16(n - t);
-        const __m512 e = _mm512_maskz_mov_ps(m, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + t), top)));
-        _mm512_mask_storeu_ps(scores + t, m, e);
-        sum = _mm512_add_ps(sum, e);
+}
+
+/* out (gn rows of D) = the weights (rows of ld, each head's exponentials) times V, times inv per head. */
+INLINE void attend_values(const int nv, const int gn, const float *scores, int64_t ld, const void *vc, int bf16,
+                          int64_t n, int64_t row, const float *inv, float *out) {
+    if (gn * nv > ATT_ACC) return;  /* never: the caller's passes fit (the compiler's bound) */
+    __m512 acc[ATT_ACC];
+    for (int i = 0; i < gn * nv; i++) acc[i] = _mm512_setzero_ps();
+    for (int64_t t = 0; t < n; t++) {
+        const char *v = (const char *)vc + t * row;
+        for (int i = 0; i < nv; i++) {
+            const __m512 vi = kv16(v, bf16, 16 * i);
+            for (int g = 0; g < gn; g++)
+                acc[g * nv + i] = _mm512_fmadd_ps(_mm512_set1_ps(scores[g * ld + t]), vi, acc[g * nv + i]);
+        }
     }
-    for (int i = 0; i < nv; i++) acc[i] = _mm512_setzero_ps();
-    for (t = 0; t < n; t++) {
-        const char *v = (const char *)vc + t * D * esize;
-        const __m512 p = _mm512_set1_ps(scores[t]);
-        for (int i = 0; i < nv; i++) acc[i] = _mm512_fmadd_ps(p, kv16(v, bf16, 16 * i), acc[i]);
+    for (int g = 0; g < gn; g++)
+        for (int i = 0; i < nv; i++)
+            _mm512_storeu_ps(out + (g * nv + i) * 16, _mm512_mul_ps(acc[g * nv + i], _mm512_set1_ps(inv[g])));
+}
+
+/* The common head sizes (32, 64, 128) and head counts, compiled each with its loops unrolled (sums
+   in registers); any other the same sums through the general loops. */
+#define ATT_CASES(CALL) CALL(2, 1) CALL(2, 2) CALL(2, 3) CALL(2, 4) CALL(2, 5) CALL(2, 6) CALL(2, 7) CALL(2, 8) \
+    CALL(4, 1) CALL(4, 2) CALL(4, 3) CALL(4, 4) CALL(8, 1) CALL(8, 2)
+
+static void attend_scores_any(int nv, int gn, const float *q, const void *kc, const void *vc, int bf16, int64_t n,
+                              int64_t row, float scale, float *scores, int64_t ld, int first) {
+    switch (nv * 16 + gn) {
+#define CASE(V, G) case V * 16 + G: attend_scores(V, G, q, kc, vc, bf16, n, row, scale, scores, ld, first); return;
+        ATT_CASES(CASE)
+#undef CASE
     }
-    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
-    for (int i = 0; i < nv; i++) _mm512_storeu_ps(out + 16 * i, _mm512_mul_ps(acc[i], inv));
+    attend_scores(nv, gn, q, kc, vc, bf16, n, row, scale, scores, ld, first);
+}
+
+static void attend_values_any(int nv, int gn, const float *scores, int64_t ld, const void *vc, int bf16, int64_t n,
+                              int64_t row, const float *inv, float *out) {
+    switch (nv * 16 + gn) {
+#define CASE(V, G) case V * 16 + G: attend_values(V, G, scores, ld, vc, bf16, n, row, inv, out); return;
+        ATT_CASES(CASE)
+#undef CASE
+    }
+    attend_values(nv, gn, scores, ld, vc, bf16, n, row, inv, out);
+}
+
+/* The G query heads q + g D of one KV head over positions 0..pos (out + g D each; scores: G rows
+   of ld floats). Each head's sums are attend_any's, in vectors (head sizes that are multiples of
+   16 up to 256): four positions' dot products reduced together, the exponentials 16 at a time, the
+   weighted sum of V in registers, divided by the total once; the same numbers as one head at a
+   time. The heads go through K and V together, each row read once for all of them, with K's next
+   rows and V's asked for ahead. One head at a time (each from the start of K, nothing asked
+   ahead), SmolLM2 Q4_1's 8-row step at position 100 spent 2.7 of its 10 ms in attention, waiting
+   on the cache. Now its step there is 1.07x faster, one row's at position 1,000 1.2x
+   (bench/kernel_ab.py --gguf FILE --rows 8 --pos 100 --threads 2). */
+static void attend_heads(const float *q, int64_t G, const void *kc, const void *vc, int bf16, int64_t pos,
+                         int64_t D, float *scores, int64_t ld, float *out) {
+    if (D % 16 || D > 256) {
+        for (int64_t g = 0; g < G; g++) attend_any(q + g * D, kc, vc, bf16, pos, D, scores, out + g * D);
+        return;
+    }
+    const int nv = (int)(D / 16), per = ATT_ACC / nv;
+    const int64_t n = pos + 1, row = D * (bf16 ? 2 : 4);
+    const float scale = 1.0f / sqrtf((float)D);
+    for (int64_t g0 = 0; g0 < G; g0 += ATT_HEADS) {
+        const int gn = G - g0 < ATT_HEADS ? (int)(G - g0) : ATT_HEADS;
+        attend_scores_any(nv, gn, q + g0 * D, kc, vc, bf16, n, row, scale, scores + g0 * ld, ld, g0 == 0);
+    }
+    for (int64_t g0 = 0; g0 < G; g0 += per) {
+        const int gn = G - g0 < per ? (int)(G - g0) : per;
+        float inv[ATT_ACC];  /* 1 / each head's total */
+        for (int g = 0; g < gn; g++) {
+            float *sc = scores + (g0 + g) * ld;
+            __m512 best = _mm512_set1_ps(-INFINITY);
+            for (int64_t t = 0; t < n; t += 16) best = _mm512_max_ps(best, _mm512_mask_loadu_ps(best, lanes16(n - t), sc + t));
+            const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(best));
+            __m512 sum = _mm512_setzero_ps();
+            for (int64_t t = 0; t < n; t += 16) {
+                const __mmask16 m = lanes16(n - t);
+                const __m512 e = _mm512_maskz_mov_ps(m, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sc + t), top)));
+                _mm512_mask_storeu_ps(sc + t, m, e);
+                sum = _mm512_add_ps(sum, e);
+            }
+            inv[g] = 1.0f / _mm512_reduce_add_ps(sum);
+        }
+        attend_values_any(nv, gn, scores + g0 * ld, ld, vc, bf16, n, row, inv, out + g0 * D);
+    }
 }
 #else
-static void attend(const float *q, const void *kc, const void *vc, int bf16, int64_t pos, int64_t D,
-                   float *scores, float *out) {
-    attend_any(q, kc, vc, bf16, pos, D, scores, out);
+static void attend_heads(const float *q, int64_t G, const void *kc, const void *vc, int bf16, int64_t pos,
+                         int64_t D, float *scores, int64_t ld, float *out) {
+    (void)ld;
+    for (int64_t g = 0; g < G; g++) attend_any(q + g * D, kc, vc, bf16, pos, D, scores, out + g * D);
 }
 #endif
 
@@ -315,12 +394,13 @@ typedef struct {
     int64_t h, rot, scores, r, r2, s, q4, q8, dx4, dx8, sx4, off8, total;
 } layout;
 
-static layout private_layout(int64_t B, int64_t C, int64_t D, int64_t max_len, int64_t widest_n, int64_t widest_k) {
+static layout private_layout(int64_t B, int64_t C, int64_t D, int64_t G, int64_t max_len, int64_t widest_n,
+                             int64_t widest_k) {
     layout l;
     l.h = 0;                                  /* normed rows [B, C] */
-    l.rot = l.h + up16(B * C);                /* a rotated k or q [D] */
-    l.scores = l.rot + up16(D);               /* [max_len] */
-    l.r = l.scores + up16(max_len);           /* matvec results [B, widest_n] */
+    l.rot = l.h + up16(B * C);                /* a rotated k, or a KV head's G rotated queries [G, D] */
+    l.scores = l.rot + up16(G * D);           /* their scores [G, up16(max_len)] */
+    l.r = l.scores + G * up16(max_len);       /* matvec results [B, widest_n] */
     l.r2 = l.r + up16(B * widest_n);          /* the gated MLP's up half */
     l.s = l.r2 + up16(B * widest_n);          /* an activation's block sums [B, widest_k/32] */
     l.q4 = l.s + up16(B * widest_k / 32 + 1);      /* its int8 blocks (qact; bytes) */
@@ -413,7 +493,7 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
     const int cbf16 = (int)dims[D_CACHE_BF16];
     const int64_t Q = (H + 2 * KV) * D, group = H / KV, HD = H * D;
     const int64_t esize = cbf16 ? 2 : 4, layer_stride = cache_rows * KV * max_len * D * esize;
-    const layout lay = private_layout(B, C, D, max_len, max3(Q, C, FF), max3(C, HD, FF));
+    const layout lay = private_layout(B, C, D, group, max_len, max3(Q, C, FF), max3(C, HD, FF));
     float *qkv = scratch, *y = qkv + up16(B * Q), *a = y + up16(B * HD), *priv = a + up16(B * FF);
     phase_ctr *ctr = (phase_ctr *)(priv + (int64_t)nthreads * lay.total);
     memset(ctr, 0, (size_t)phases(dims) * sizeof(phase_ctr));
@@ -457,11 +537,12 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
                 if (use_rope) { rope(k, cos + ps * D, sin + ps * D, D, rot); k = rot; }
                 store(kc + ps * D * esize, k, D, cbf16);
                 store(vc + ps * D * esize, v, D, cbf16);
-                for (int64_t hh = g * group; hh < (g + 1) * group; hh++) {
-                    const float *q = row + hh * D;
-                    if (use_rope) { rope(q, cos + ps * D, sin + ps * D, D, rot); q = rot; }
-                    attend(q, kc, vc, cbf16, ps, D, sc, y + b * HD + hh * D);
+                const float *q = row + g * group * D;
+                if (use_rope) {
+                    for (int64_t i = 0; i < group; i++) rope(q + i * D, cos + ps * D, sin + ps * D, D, rot + i * D);
+                    q = rot;
                 }
+                attend_heads(q, group, kc, vc, cbf16, ps, D, sc, up16(max_len), y + b * HD + g * group * D);
             }
             ph++;
             /* 3. output projection onto the residual */
@@ -523,7 +604,7 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
 int64_t lml_scratch_floats(const int64_t *dims, int64_t B, int64_t max_len, int nthreads) {
     const int64_t C = dims[D_C], H = dims[D_H], KV = dims[D_KV], D = dims[D_HEAD], FF = dims[D_FF];
     const int64_t Q = (H + 2 * KV) * D;
-    const layout lay = private_layout(B, C, D, max_len, max3(Q, C, FF), max3(C, H * D, FF));
+    const layout lay = private_layout(B, C, D, H / KV, max_len, max3(Q, C, FF), max3(C, H * D, FF));
     return up16(B * Q) + up16(B * H * D) + up16(B * FF) + (int64_t)nthreads * lay.total +
            phases(dims) * (int64_t)(sizeof(phase_ctr) / sizeof(float));
 }
@@ -537,7 +618,7 @@ static int64_t linear_share(int64_t N, int nt) { return ((N + 15) / 16 + nt - 1)
 void lml_linear(int64_t type, const void *w, const float *bias, int64_t K, int64_t N, int64_t B, const float *x,
                 float *out, float *scratch, int nthreads) {
     const int64_t G = B < MAX_ROWS ? B : MAX_ROWS;
-    const layout lay = private_layout(G, 0, 0, 0, linear_share(N, nthreads), K);
+    const layout lay = private_layout(G, 0, 0, 0, 0, linear_share(N, nthreads), K);
     const int64_t part[PART_SLOTS] = {type, (int64_t)(intptr_t)w, (int64_t)(intptr_t)bias, N};
     const proj pr = proj_at(part, 1, K);
     /* (row group, output chunk) pairs claimed from one counter (as phase_ctr in lml_decode), so
@@ -567,7 +648,7 @@ void lml_linear(int64_t type, const void *w, const float *bias, int64_t K, int64
 
 int64_t lml_linear_scratch_floats(int64_t K, int64_t N, int64_t B, int nthreads) {
     const int64_t G = B < MAX_ROWS ? B : MAX_ROWS;
-    return (int64_t)nthreads * private_layout(G, 0, 0, 0, linear_share(N, nthreads), K).total;
+    return (int64_t)nthreads * private_layout(G, 0, 0, 0, 0, linear_share(N, nthreads), K).total;
 }
 
 /* out [B, N] = x [B, K] @ a packed matrix (T_Q4_0X, T_Q4_1X or T_Q8_0RX: lml_pack_x16) + bias, any B: an
