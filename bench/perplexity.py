@@ -38,6 +38,7 @@ from heldout import valid_paragraphs  # noqa: E402
 
 from lmstudio_lite.checkpoints.gguf_file import open_gguf  # noqa: E402
 from lmstudio_lite.checkpoints.gguf_tokenizer import tokenizer_from_gguf  # noqa: E402
+from lmstudio_lite.model import KVCache  # noqa: E402
 
 
 def chunks(tokens: list[int], ctx: int, bos: int | None, limit: int | None = None) -> list[list[int]]:
@@ -56,14 +57,21 @@ def chunks(tokens: list[int], ctx: int, bos: int | None, limit: int | None = Non
 
 
 @torch.inference_mode()
-def ours(model, windows: list[list[int]]) -> float:
-    """exp(mean NLL) over the second half of every window, as llama-perplexity scores them."""
+def ours(model, windows: list[list[int]], kv_dtype: torch.dtype | None = None, kv_chunk: int = 64) -> float:
+    """exp(mean NLL) over the second half of every window, as llama-perplexity scores them. With
+    ``kv_dtype``, each window goes through a KV cache of that type in chunks of ``kv_chunk`` tokens
+    (each chunk attends over the K/V its predecessors left there, as the scheduler prefills)."""
     nll, count = 0.0, 0
     for window in windows:
         ctx = len(window)
         first = ctx // 2
         ids = torch.tensor([window])
-        logits = model(ids)[0, first:ctx - 1].float()
+        if kv_dtype is None:
+            logits = model(ids)[0, first:ctx - 1].float()
+        else:
+            cache = KVCache(model.config, 1, ctx, dtype=kv_dtype)
+            logits = torch.cat([model(ids[:, at:at + kv_chunk], at, cache)[0] for at in range(0, ctx, kv_chunk)])
+            logits = logits[first:ctx - 1].float()
         logp = torch.log_softmax(logits, -1)
         nll -= logp.gather(-1, ids[0, first + 1:, None]).sum().item()
         count += ctx - first - 1
@@ -94,6 +102,8 @@ def main():
     p.add_argument("--gguf", default=str(peer_llamacpp.DEFAULT_GGUF), help="the file the formats are made from")
     p.add_argument("--llama-bin", default=None, help="llama.cpp's build/bin (default: peer_llamacpp.find_bin())")
     p.add_argument("--workdir", default="/tmp/lsl-bench-gguf")
+    p.add_argument("--kv-dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="ours through a KV cache of this type, 64 tokens at a time (llama.cpp keeps float16)")
     args = p.parse_args()
     bin_dir = Path(args.llama_bin) if args.llama_bin else peer_llamacpp.find_bin()
     files = peer_llamacpp.make_formats(Path(args.gguf), bin_dir, Path(args.workdir), args.formats)
@@ -117,7 +127,7 @@ def main():
         for fmt in args.formats:
             model = peer_llamacpp.load_ours(files[fmt], torch.bfloat16 if fmt == "bf16" else torch.float32)
             t = time.perf_counter()
-            a = ours(model, windows)
+            a = ours(model, windows, getattr(torch, args.kv_dtype) if args.kv_dtype else None)
             t_ours = time.perf_counter() - t
             del model
             t = time.perf_counter()

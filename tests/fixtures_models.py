@@ -135,3 +135,17 @@ def serve_in_thread(app, ready_path: str = "/healthz"):
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+def own_logprobs(model, ids: list[int], kv_dtype) -> "torch.Tensor":
+    """An inference model's log-probabilities [T, V] after each token of ``ids``, from one prefill
+    into a KV cache of ``kv_dtype``: a scheduler's pool's (a float32 model keeps float16 K/V and
+    reads them back rounded), the reference its chunks, packing and prompt cache must equal."""
+    import torch
+
+    from lmstudio_lite.model import KVCache
+
+    cache = KVCache(model.config, 1, len(ids), dtype=kv_dtype)
+    with torch.inference_mode():
+        logits = model(torch.tensor([ids]), 0, cache)
+    return torch.log_softmax(logits[0].float(), dim=-1)

@@ -100,6 +100,7 @@ def test_rows_beyond_eight_decode_to_the_reference_logits(prepared):
     torch.testing.assert_close(out[0], out[1], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [
     (10, 2, 64),  # 5 queries per KV head: two passes of scores (4 + 1) and of weighted values
     (8, 1, 32),   # 8 queries per KV head, narrow heads: one pass of values holds all 8
@@ -107,10 +108,11 @@ def test_rows_beyond_eight_decode_to_the_reference_logits(prepared):
     (6, 2, 48),   # widths without a compiled case (3 and 5 vectors) take the general loops
     (3, 1, 80),
 ])
-def test_grouped_heads_attend_as_pytorch_at_every_width(heads, kv_heads, head_dim):
+def test_grouped_heads_attend_as_pytorch_at_every_width(heads, kv_heads, head_dim, kv_dtype):
     """The kernel goes through K and V once for all the queries of a KV head (decode.c's
     attend_heads): every group size and head width gives the reference's logits and cache, over
-    positions long enough for its four-position blocks and every tail, three rows at once."""
+    positions long enough for its four-position blocks and every tail, three rows at once; in a
+    float32 cache and in a float16 one (rounded as torch rounds, widened exactly)."""
     torch.manual_seed(1)
     cfg = ModelConfig(family="llama", vocab_size=VOCAB, n_layer=2, n_head=heads, n_kv_head=kv_heads,
                       head_dim=head_dim, d_model=64, d_ff=96, max_seq_len=64)
@@ -122,14 +124,19 @@ def test_grouped_heads_attend_as_pytorch_at_every_width(heads, kv_heads, head_di
     out = []
     with torch.inference_mode():
         for m in (model, net):
-            cache = KVCache(cfg, 3, 40)
+            cache = KVCache(cfg, 3, 40, dtype=kv_dtype)
             m(prompts, 0, cache)
             # positions 23..28: four-position blocks with no tail, then tails of 1, 2 and 3
             rows = [m.decode_rows(torch.tensor([5, 6, 7]) + j, torch.full((3,), 23 + j), torch.arange(3), cache)
                     for j in range(6)]
             out.append((torch.cat(rows), cache.k.clone(), cache.v.clone()))
-    for got, ref in zip(*out):
-        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    (got, got_k, got_v), (ref, ref_k, ref_v) = out
+    torch.testing.assert_close(got, ref, atol=1e-5 if kv_dtype == torch.float32 else 1e-4, rtol=1e-5)
+    # float32 sums 1e-6 apart may round to float16 values one unit apart, never more
+    tol = dict(atol=1e-5, rtol=1e-5) if kv_dtype == torch.float32 else dict(atol=2 ** -24, rtol=2 ** -10)
+    assert got_k.dtype == kv_dtype
+    torch.testing.assert_close(got_k.float(), ref_k.float(), **tol)
+    torch.testing.assert_close(got_v.float(), ref_v.float(), **tol)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

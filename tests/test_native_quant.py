@@ -66,6 +66,27 @@ def avx2_lib(tmp_path_factory):
     return lib
 
 
+@pytest.mark.parametrize("build", ["default", "avx2", "plain"])
+def test_float16_cache_values_round_and_widen_as_torch(build, plain_lib, request):
+    """A float32 model's float16 KV cache: the kernel's rounding of K and V (F16C, or plain C) is
+    torch's .to(torch.float16) bit for bit (ties to even, subnormals, overflow to infinity, NaN),
+    and reading them back widens exactly, so the native step and the PyTorch path keep one cache."""
+    lib = {"default": native.decode_library(), "plain": plain_lib}.get(build) or request.getfixturevalue("avx2_lib")
+    g = torch.Generator().manual_seed(0)
+    edges = torch.tensor([0.0, -0.0, 65504.0, 65519.99, 65520.0, -65520.0, 1e30, 2.0 ** -24, 2.0 ** -25,
+                          1.5 * 2.0 ** -25, 3 * 2.0 ** -25, 2.0 ** -14, 2.0 ** -14 - 2.0 ** -30, 1 + 2.0 ** -11,
+                          1 + 3 * 2.0 ** -11, float("inf"), float("-inf"), float("nan")])
+    x = torch.cat([edges, torch.randint(-2 ** 31, 2 ** 31 - 1, (200_000,), dtype=torch.int32, generator=g)
+                   .view(torch.float32), torch.randn(100_000, generator=g) * 1e-5, torch.randn(100_000, generator=g)])
+    h, back = torch.empty(x.numel(), dtype=torch.int16), torch.empty(x.numel())
+    lib.lml_round_fp16(x.data_ptr(), h.data_ptr(), back.data_ptr(), x.numel())
+    ref = x.to(torch.float16)
+    nan = torch.isnan(x)
+    assert torch.equal(h[~nan], ref.view(torch.int16)[~nan])
+    assert torch.isnan(h[nan].view(torch.float16)).all()
+    assert torch.equal(back[~nan], ref.float()[~nan]) and torch.isnan(back[nan]).all()
+
+
 def model_in(folder, fmt: str):
     """(InferenceModel under test, reference Transformer) for one weight format. For bf16 the
     reference is float32 with every weight rounded to bf16, so both hold the very same weights."""
@@ -384,8 +405,8 @@ def test_bad_inputs_raise_clearly(folders):
         step(one, one, torch.tensor([2]), cache)
     with pytest.raises(IndexError, match="outside the vocabulary"):
         step(torch.tensor([VOCAB]), one, one, cache)
-    with pytest.raises(ValueError, match="float32 or bf16"):
-        step(one, one, one, KVCache(model.config, 2, 8, dtype=torch.float16))
+    with pytest.raises(ValueError, match="float32, bf16 or float16"):
+        step(one, one, one, KVCache(model.config, 2, 8, dtype=torch.float64))
     layer = model.net.blocks[0].attn.o
     layer.blocks = layer.blocks[:, :-2]  # a truncated row: the kernel would read past it
     with pytest.raises(ValueError, match="must be contiguous uint8"):

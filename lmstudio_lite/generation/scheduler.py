@@ -77,6 +77,18 @@ def _env_int(name: str) -> int | None:
     return number
 
 
+def default_kv_dtype(model, device: torch.device) -> torch.dtype:
+    """The KV pool's element type: the model's own, but float16 for a float32 (or quantized) model
+    whose steps run in the native kernel, as llama.cpp keeps its cache. Half the bytes per token:
+    twice the rows in a budget, and attention, which reads the whole prefix every step, 1.25x
+    faster a step at position 1,000 (SmolLM2 Q4_1, one row; 1.46x for 8 rows)."""
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    if dtype == torch.float32 and device.type == "cpu" and getattr(model, "native", None) is not None:
+        return torch.float16
+    return dtype
+
+
 def default_budget(device: torch.device) -> int:
     """Bytes of KV the pool may hold: ``LMSTUDIO_LITE_KV_BUDGET_MB``, else a quarter of the RAM
     (at most 4 GiB) on the CPU, or half of the free memory on a GPU."""
@@ -153,12 +165,12 @@ class Scheduler:
     def __init__(self, model, tokenizer, device: torch.device | str | None = None, max_batch: int | None = None,
                  kv_budget_bytes: int | None = None, cache_rows: int | None = None,
                  prefill_chunk: int = PREFILL_CHUNK, idle_exit_s: float = IDLE_EXIT_S,
-                 decode_gap_s: float = DECODE_GAP_S):
+                 decode_gap_s: float = DECODE_GAP_S, kv_dtype: torch.dtype | None = None):
         self.model, self.tokenizer = model, tokenizer
         param = next(model.parameters(), None)
         self.device = torch.device(device) if device is not None else (
             param.device if param is not None else torch.device("cpu"))
-        self.dtype = param.dtype if param is not None else torch.float32
+        self.dtype = kv_dtype or default_kv_dtype(model, self.device)  # the KV pool's
         default_batch = GPU_BATCH if self.device.type == "cuda" else CPU_BATCH
         self.max_batch = max_batch or _env_int("LMSTUDIO_LITE_MAX_BATCH") or default_batch
         self.cache_rows = self.max_batch if cache_rows is None else cache_rows
@@ -204,6 +216,7 @@ class Scheduler:
             rows = len(self._rows) or self._planned_rows()  # planned until the first request makes the pool
             cached = [r for r in self._rows if r.seq is None and r.valid]
             return {"max_batch": self.max_batch, "kv_budget_bytes": self.kv_budget_bytes,
+                    "kv_dtype": str(self.dtype).removeprefix("torch."),
                     "kv_rows": rows, "kv_row_tokens": self.model.config.max_seq_len, "kv_bytes": per_row * rows,
                     "kv_used_bytes": sum(r.valid for r in self._rows) * per_row // self.model.config.max_seq_len,
                     "running": len(self._running), "waiting": len(self._waiting),

@@ -24,6 +24,7 @@ _NATIVE_ACTS = {"silu": 0, "gelu_new": 1, "gelu_pytorch_tanh": 1, "gelu_fast": 1
 _BLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20}
 MAX_ROWS = 8  # decode.c's MAX_ROWS: the rows one step serves
 _MAX_PARTS = 3  # decode.c's MAX_PARTS: matrices side by side in one projection
+_CACHE_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # decode.c's CACHE_* (dims[D_CACHE])
 
 
 def pack_limit() -> int:
@@ -98,9 +99,8 @@ class NativeDecoder:
         rope = model.pos_emb is None
         dims = [cfg.n_layer, C, cfg.n_head, cfg.n_kv_head, cfg.head_dim, FF, int(model.blocks[0].mlp.gated),
                 int(rope), int(not rope), _NATIVE_ACTS[cfg.act]]
-        # then whether the KV cache is bf16 (decode.c's D_CACHE_BF16), and the vocabulary
-        self._dims = {torch.float32: torch.tensor(dims + [0, cfg.vocab_size]),
-                      torch.bfloat16: torch.tensor(dims + [1, cfg.vocab_size])}
+        # then the KV cache's element type (decode.c's D_CACHE), and the vocabulary
+        self._dims = {dtype: torch.tensor(dims + [code, cfg.vocab_size]) for dtype, code in _CACHE_TYPES.items()}
         self._eps = model.blocks[0].norm1.eps
         # a float table (its tensor, like every other weight here) or a quantized embedding's module
         emb = model.tok_emb
@@ -213,7 +213,7 @@ class NativeDecoder:
         return 1 <= ids.shape[0] <= MAX_ROWS and cache.batch == ids.shape[0] and self.takes(cache)
 
     def takes(self, cache) -> bool:
-        """Whether the kernel reads and writes this cache (contiguous float32 or bf16 on the CPU)."""
+        """Whether the kernel reads and writes this cache (contiguous float32, bf16 or float16 on the CPU)."""
         k, v = cache.k, cache.v
         return k.dtype in self._dims and v.dtype == k.dtype and k.device.type == "cpu" and k.is_contiguous() \
             and v.is_contiguous()
@@ -230,7 +230,7 @@ class NativeDecoder:
             raise ValueError(f"the native step takes 1 to {MAX_ROWS} rows, each with a position and a cache "
                              f"row; got {B} tokens, positions {tuple(positions.shape)}, slots {tuple(slots.shape)}")
         if not self.takes(cache):
-            raise ValueError("the native step needs a contiguous float32 or bf16 CPU cache")
+            raise ValueError("the native step needs a contiguous float32, bf16 or float16 CPU cache")
         if logits and not self.fused_head:
             raise ValueError("this model's head does not run in the native step")
         tokens, positions, slots = (t.to(torch.int64).contiguous() for t in (tokens, positions, slots))

@@ -103,8 +103,8 @@ class KVCache:
         if max(rows.ends) > self.max_len:
             raise IndexError(f"KV cache holds {self.max_len} positions, asked to write at {rows.positions.tolist()}")
         k_all, v_all = self._k[layer], self._v[layer]
-        k_all[rows.slots, :, rows.positions] = k[:, :, 0]
-        v_all[rows.slots, :, rows.positions] = v[:, :, 0]
+        k_all[rows.slots, :, rows.positions] = k[:, :, 0].to(k_all.dtype)  # a narrower cache rounds (index_put won't)
+        v_all[rows.slots, :, rows.positions] = v[:, :, 0].to(v_all.dtype)
         return [(k_all[r:r + 1, :, :e], v_all[r:r + 1, :, :e]) for r, e in zip(rows.rows, rows.ends)]
 
     def write_packed(self, layer: int, packed: Packed, k: torch.Tensor, v: torch.Tensor) -> list:

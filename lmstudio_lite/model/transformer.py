@@ -68,6 +68,14 @@ def attention(q, k, v, causal: bool) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=rep > 1)
 
 
+def widened(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """k, v read back from a cache kept narrower than the queries (a float32 model's float16 KV
+    cache): in q's dtype, exactly as the native step widens them."""
+    if k.dtype == q.dtype:
+        return k, v
+    return k.to(q.dtype), v.to(q.dtype)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -92,15 +100,15 @@ class Attention(nn.Module):
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, H, T, D], [B, KV, T, D]
         v = v.view(B, T, KV, D).transpose(1, 2)
         if isinstance(start_pos, Rows):  # rows at different lengths: each over its own prefix
-            y = torch.cat([attention(q[b:b + 1], k_row, v_row, causal=True)
+            y = torch.cat([attention(q[b:b + 1], *widened(q, k_row, v_row), causal=True)
                            for b, (k_row, v_row) in enumerate(cache.write_rows(layer, start_pos, k, v))])
         elif isinstance(start_pos, Packed):  # sequences side by side: each segment over its own row
-            parts = [attention(q[:, :, o:o + n], k_row, v_row, causal=True) for (k_row, v_row), o, n
+            parts = [attention(q[:, :, o:o + n], *widened(q, k_row, v_row), causal=True) for (k_row, v_row), o, n
                      in zip(cache.write_packed(layer, start_pos, k, v), start_pos.offsets, start_pos.lengths)]
             y = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
         else:
             if cache is not None:
-                k, v = cache.write(layer, start_pos, k, v)  # [B, KV, L, D]
+                k, v = widened(q, *cache.write(layer, start_pos, k, v))  # [B, KV, L, D]
             if weights is None:
                 y = attention(q, k, v, causal=True)
             else:

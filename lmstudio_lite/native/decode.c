@@ -22,7 +22,7 @@
    Fused q|k|v and gate|up are one matrix: columns side by side for T_F32, rows one after
    the other for the row formats; when the projections differ in format (GGUF files mix them)
    they are up to MAX_PARTS matrices side by side, each in its own format (P_QKV's parts).
-   The KV cache of a layer is [cache_rows, KV, max_len, D] in float32 or bf16; row b of the
+   The KV cache of a layer is [cache_rows, KV, max_len, D] in float32, bf16 or float16; row b of the
    step uses cache row slot[b] at position pos[b]. The final norm and the vocabulary head run
    in the same call and parallel region when logits are asked for.
 
@@ -80,7 +80,8 @@ enum { P_NORM1_W, P_NORM1_B, P_QKV, P_O = P_QKV + MAX_PARTS * PART_SLOTS, P_NORM
        P_UP, P_DOWN = P_UP + MAX_PARTS * PART_SLOTS, P_SLOTS = P_DOWN + PART_SLOTS };
 /* After the layers' slots: the final norm and the vocabulary head (one part). */
 enum { HEAD_NORM_W, HEAD_NORM_B, HEAD_PART, HEAD_SLOTS = HEAD_PART + PART_SLOTS };
-enum { D_LAYERS, D_C, D_H, D_KV, D_HEAD, D_FF, D_GATED, D_ROPE, D_LAYERNORM, D_ACT, D_CACHE_BF16, D_VOCAB, D_COUNT };
+enum { D_LAYERS, D_C, D_H, D_KV, D_HEAD, D_FF, D_GATED, D_ROPE, D_LAYERNORM, D_ACT, D_CACHE, D_VOCAB, D_COUNT };
+enum { CACHE_F32, CACHE_BF16, CACHE_F16 };  /* dims[D_CACHE]: the KV cache's element type */
 enum { ACT_SILU, ACT_GELU_TANH, ACT_GELU, ACT_RELU };
 
 #define F(p) ((const float *)(intptr_t)(p))
@@ -167,22 +168,29 @@ static void rope(const float *v, const float *cos, const float *sin, int64_t D, 
     for (int64_t d = 0; d < D; d++) out[d] = v[d] * cos[d] + v[(d + half) % D] * sin[d];
 }
 
+/* Element d of a cached K or V row of type ct, widened exactly. */
+static inline float kv_at(const void *row, int ct, int64_t d) {
+    if (ct == CACHE_BF16) return bf16_to_f32(((const uint16_t *)row)[d]);
+    if (ct == CACHE_F16) return fp16_to_f32(((const uint16_t *)row)[d]);
+    return ((const float *)row)[d];
+}
+
 /* Attention of one query over positions 0..pos of one KV head: out[D]. The cache is float32,
-   or bf16 (bf16 != 0) widened exactly. */
-static void attend_any(const float *q, const void *kc, const void *vc, int bf16, int64_t pos, int64_t D,
+   bf16 or float16 (ct), widened exactly. */
+static void attend_any(const float *q, const void *kc, const void *vc, int ct, int64_t pos, int64_t D,
                    float *scores, float *out) {
     const float scale = 1.0f / sqrtf((float)D);
+    const int64_t row = D * (ct == CACHE_F32 ? 4 : 2);
     float best = -INFINITY;
     for (int64_t t = 0; t <= pos; t++) {
         float s = 0.0f;
-        if (bf16) {
-            const uint16_t *k = (const uint16_t *)kc + t * D;
+        const char *k = (const char *)kc + t * row;
+        if (ct == CACHE_F32) {
 #pragma omp simd reduction(+ : s)
-            for (int64_t d = 0; d < D; d++) s += q[d] * bf16_to_f32(k[d]);
+            for (int64_t d = 0; d < D; d++) s += q[d] * ((const float *)k)[d];
         } else {
-            const float *k = (const float *)kc + t * D;
 #pragma omp simd reduction(+ : s)
-            for (int64_t d = 0; d < D; d++) s += q[d] * k[d];
+            for (int64_t d = 0; d < D; d++) s += q[d] * kv_at(k, ct, d);
         }
         s *= scale;
         scores[t] = s;
@@ -196,24 +204,24 @@ static void attend_any(const float *q, const void *kc, const void *vc, int bf16,
     for (int64_t d = 0; d < D; d++) out[d] = 0.0f;
     for (int64_t t = 0; t <= pos; t++) {
         const float p = scores[t] / total;
-        if (bf16) {
-            const uint16_t *v = (const uint16_t *)vc + t * D;
+        const char *v = (const char *)vc + t * row;
+        if (ct == CACHE_F32) {
 #pragma omp simd
-            for (int64_t d = 0; d < D; d++) out[d] += p * bf16_to_f32(v[d]);
+            for (int64_t d = 0; d < D; d++) out[d] += p * ((const float *)v)[d];
         } else {
-            const float *v = (const float *)vc + t * D;
 #pragma omp simd
-            for (int64_t d = 0; d < D; d++) out[d] += p * v[d];
+            for (int64_t d = 0; d < D; d++) out[d] += p * kv_at(v, ct, d);
         }
     }
 }
 
 #if defined(LML_AVX512)
-/* 16 values of a cached K or V row from element d, widened from bf16 exactly. */
-INLINE __m512 kv16(const void *row, int bf16, int64_t d) {
-    if (bf16)
+/* 16 values of a cached K or V row of type ct from element d, widened exactly. */
+INLINE __m512 kv16(const void *row, int ct, int64_t d) {
+    if (ct == CACHE_BF16)
         return _mm512_castsi512_ps(_mm512_slli_epi32(
             _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + d))), 16));
+    if (ct == CACHE_F16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + d)));
     return _mm512_loadu_ps((const float *)row + d);
 }
 
@@ -243,7 +251,7 @@ INLINE __m512 exp16(__m512 x) {
 #endif
 
 /* Scores of gn heads (q rows of D = 16 nv floats) over positions 0..n-1 into rows of ld floats. */
-INLINE void attend_scores(const int nv, const int gn, const float *q, const void *kc, const void *vc, int bf16,
+INLINE void attend_scores(const int nv, const int gn, const float *q, const void *kc, const void *vc, int ct,
                           int64_t n, int64_t row, float scale, float *scores, int64_t ld, int first) {
     if (gn > ATT_HEADS) return;  /* never: the caller's passes hold at most ATT_HEADS (the compiler's bound) */
     int64_t t = 0;
@@ -255,10 +263,10 @@ INLINE void attend_scores(const int nv, const int gn, const float *q, const void
         __m512 s4[ATT_HEADS][4];
         for (int u = 0; u < 4; u++) {
             const char *k = (const char *)kc + (t + u) * row;
-            const __m512 k0 = kv16(k, bf16, 0);
+            const __m512 k0 = kv16(k, ct, 0);
             for (int g = 0; g < gn; g++) s4[g][u] = _mm512_mul_ps(_mm512_loadu_ps(q + g * 16 * nv), k0);
             for (int i = 1; i < nv; i++) {
-                const __m512 ki = kv16(k, bf16, 16 * i);
+                const __m512 ki = kv16(k, ct, 16 * i);
                 for (int g = 0; g < gn; g++)
                     s4[g][u] = _mm512_fmadd_ps(_mm512_loadu_ps(q + g * 16 * nv + 16 * i), ki, s4[g][u]);
             }
@@ -279,15 +287,15 @@ INLINE void attend_scores(const int nv, const int gn, const float *q, const void
         const char *k = (const char *)kc + t * row;
         for (int g = 0; g < gn; g++) {
             const float *qg = q + g * 16 * nv;
-            __m512 s1 = _mm512_mul_ps(_mm512_loadu_ps(qg), kv16(k, bf16, 0));
-            for (int i = 1; i < nv; i++) s1 = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * i), kv16(k, bf16, 16 * i), s1);
+            __m512 s1 = _mm512_mul_ps(_mm512_loadu_ps(qg), kv16(k, ct, 0));
+            for (int i = 1; i < nv; i++) s1 = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * i), kv16(k, ct, 16 * i), s1);
             scores[g * ld + t] = _mm512_reduce_add_ps(s1) * scale;
         }
     }
 }
 
 /* out (gn rows of D) = the weights (rows of ld, each head's exponentials) times V, times inv per head. */
-INLINE void attend_values(const int nv, const int gn, const float *scores, int64_t ld, const void *vc, int bf16,
+INLINE void attend_values(const int nv, const int gn, const float *scores, int64_t ld, const void *vc, int ct,
                           int64_t n, int64_t row, const float *inv, float *out) {
     if (gn * nv > ATT_ACC) return;  /* never: the caller's passes fit (the compiler's bound) */
     __m512 acc[ATT_ACC];
@@ -295,7 +303,7 @@ INLINE void attend_values(const int nv, const int gn, const float *scores, int64
     for (int64_t t = 0; t < n; t++) {
         const char *v = (const char *)vc + t * row;
         for (int i = 0; i < nv; i++) {
-            const __m512 vi = kv16(v, bf16, 16 * i);
+            const __m512 vi = kv16(v, ct, 16 * i);
             for (int g = 0; g < gn; g++)
                 acc[g * nv + i] = _mm512_fmadd_ps(_mm512_set1_ps(scores[g * ld + t]), vi, acc[g * nv + i]);
         }
@@ -310,24 +318,24 @@ INLINE void attend_values(const int nv, const int gn, const float *scores, int64
 #define ATT_CASES(CALL) CALL(2, 1) CALL(2, 2) CALL(2, 3) CALL(2, 4) CALL(2, 5) CALL(2, 6) CALL(2, 7) CALL(2, 8) \
     CALL(4, 1) CALL(4, 2) CALL(4, 3) CALL(4, 4) CALL(8, 1) CALL(8, 2)
 
-static void attend_scores_any(int nv, int gn, const float *q, const void *kc, const void *vc, int bf16, int64_t n,
+static void attend_scores_any(int nv, int gn, const float *q, const void *kc, const void *vc, int ct, int64_t n,
                               int64_t row, float scale, float *scores, int64_t ld, int first) {
     switch (nv * 16 + gn) {
-#define CASE(V, G) case V * 16 + G: attend_scores(V, G, q, kc, vc, bf16, n, row, scale, scores, ld, first); return;
+#define CASE(V, G) case V * 16 + G: attend_scores(V, G, q, kc, vc, ct, n, row, scale, scores, ld, first); return;
         ATT_CASES(CASE)
 #undef CASE
     }
-    attend_scores(nv, gn, q, kc, vc, bf16, n, row, scale, scores, ld, first);
+    attend_scores(nv, gn, q, kc, vc, ct, n, row, scale, scores, ld, first);
 }
 
-static void attend_values_any(int nv, int gn, const float *scores, int64_t ld, const void *vc, int bf16, int64_t n,
+static void attend_values_any(int nv, int gn, const float *scores, int64_t ld, const void *vc, int ct, int64_t n,
                               int64_t row, const float *inv, float *out) {
     switch (nv * 16 + gn) {
-#define CASE(V, G) case V * 16 + G: attend_values(V, G, scores, ld, vc, bf16, n, row, inv, out); return;
+#define CASE(V, G) case V * 16 + G: attend_values(V, G, scores, ld, vc, ct, n, row, inv, out); return;
         ATT_CASES(CASE)
 #undef CASE
     }
-    attend_values(nv, gn, scores, ld, vc, bf16, n, row, inv, out);
+    attend_values(nv, gn, scores, ld, vc, ct, n, row, inv, out);
 }
 
 /* The G query heads q + g D of one KV head over positions 0..pos (out + g D each; scores: G rows
@@ -339,18 +347,18 @@ static void attend_values_any(int nv, int gn, const float *scores, int64_t ld, c
    ahead), SmolLM2 Q4_1's 8-row step at position 100 spent 2.7 of its 10 ms in attention, waiting
    on the cache. Now its step there is 1.07x faster, one row's at position 1,000 1.2x
    (bench/kernel_ab.py --gguf FILE --rows 8 --pos 100 --threads 2). */
-static void attend_heads(const float *q, int64_t G, const void *kc, const void *vc, int bf16, int64_t pos,
+static void attend_heads(const float *q, int64_t G, const void *kc, const void *vc, int ct, int64_t pos,
                          int64_t D, float *scores, int64_t ld, float *out) {
     if (D % 16 || D > 256) {
-        for (int64_t g = 0; g < G; g++) attend_any(q + g * D, kc, vc, bf16, pos, D, scores, out + g * D);
+        for (int64_t g = 0; g < G; g++) attend_any(q + g * D, kc, vc, ct, pos, D, scores, out + g * D);
         return;
     }
     const int nv = (int)(D / 16), per = ATT_ACC / nv;
-    const int64_t n = pos + 1, row = D * (bf16 ? 2 : 4);
+    const int64_t n = pos + 1, row = D * (ct == CACHE_F32 ? 4 : 2);
     const float scale = 1.0f / sqrtf((float)D);
     for (int64_t g0 = 0; g0 < G; g0 += ATT_HEADS) {
         const int gn = G - g0 < ATT_HEADS ? (int)(G - g0) : ATT_HEADS;
-        attend_scores_any(nv, gn, q + g0 * D, kc, vc, bf16, n, row, scale, scores + g0 * ld, ld, g0 == 0);
+        attend_scores_any(nv, gn, q + g0 * D, kc, vc, ct, n, row, scale, scores + g0 * ld, ld, g0 == 0);
     }
     for (int64_t g0 = 0; g0 < G; g0 += per) {
         const int gn = G - g0 < per ? (int)(G - g0) : per;
@@ -369,20 +377,32 @@ static void attend_heads(const float *q, int64_t G, const void *kc, const void *
             }
             inv[g] = 1.0f / _mm512_reduce_add_ps(sum);
         }
-        attend_values_any(nv, gn, scores + g0 * ld, ld, vc, bf16, n, row, inv, out + g0 * D);
+        attend_values_any(nv, gn, scores + g0 * ld, ld, vc, ct, n, row, inv, out + g0 * D);
     }
 }
 #else
-static void attend_heads(const float *q, int64_t G, const void *kc, const void *vc, int bf16, int64_t pos,
+static void attend_heads(const float *q, int64_t G, const void *kc, const void *vc, int ct, int64_t pos,
                          int64_t D, float *scores, int64_t ld, float *out) {
     (void)ld;
-    for (int64_t g = 0; g < G; g++) attend_any(q + g * D, kc, vc, bf16, pos, D, scores, out + g * D);
+    for (int64_t g = 0; g < G; g++) attend_any(q + g * D, kc, vc, ct, pos, D, scores, out + g * D);
 }
 #endif
 
-static void store(void *dst, const float *src, int64_t D, int bf16) {
-    if (bf16)
+/* x[i] rounded to float16 and widened back, as the cache stores and attention reads a float16
+   K or V value: the tests' view of both conversions (torch's, exactly). */
+void lml_round_fp16(const float *x, uint16_t *h, float *back, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        h[i] = f32_to_fp16(x[i]);
+        back[i] = fp16_to_f32(h[i]);
+    }
+}
+
+/* A K or V row into the cache, rounded to its type ct as torch's .to() rounds. */
+static void store(void *dst, const float *src, int64_t D, int ct) {
+    if (ct == CACHE_BF16)
         for (int64_t d = 0; d < D; d++) ((uint16_t *)dst)[d] = f32_to_bf16(src[d]);
+    else if (ct == CACHE_F16)
+        for (int64_t d = 0; d < D; d++) ((uint16_t *)dst)[d] = f32_to_fp16(src[d]);
     else
         memcpy(dst, src, (size_t)D * sizeof(float));
 }
@@ -490,9 +510,9 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
     const int64_t L = dims[D_LAYERS], C = dims[D_C], H = dims[D_H], KV = dims[D_KV], D = dims[D_HEAD];
     const int64_t FF = dims[D_FF], gated = dims[D_GATED], use_rope = dims[D_ROPE], V = dims[D_VOCAB];
     const int64_t layernorm = dims[D_LAYERNORM], act = dims[D_ACT];
-    const int cbf16 = (int)dims[D_CACHE_BF16];
+    const int ct = (int)dims[D_CACHE];
     const int64_t Q = (H + 2 * KV) * D, group = H / KV, HD = H * D;
-    const int64_t esize = cbf16 ? 2 : 4, layer_stride = cache_rows * KV * max_len * D * esize;
+    const int64_t esize = ct == CACHE_F32 ? 4 : 2, layer_stride = cache_rows * KV * max_len * D * esize;
     const layout lay = private_layout(B, C, D, group, max_len, max3(Q, C, FF), max3(C, HD, FF));
     float *qkv = scratch, *y = qkv + up16(B * Q), *a = y + up16(B * HD), *priv = a + up16(B * FF);
     phase_ctr *ctr = (phase_ctr *)(priv + (int64_t)nthreads * lay.total);
@@ -535,14 +555,14 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
                 const size_t head = (size_t)((slot[b] * KV + g) * max_len) * D * esize;
                 char *kc = kl + head, *vc = vl + head;
                 if (use_rope) { rope(k, cos + ps * D, sin + ps * D, D, rot); k = rot; }
-                store(kc + ps * D * esize, k, D, cbf16);
-                store(vc + ps * D * esize, v, D, cbf16);
+                store(kc + ps * D * esize, k, D, ct);
+                store(vc + ps * D * esize, v, D, ct);
                 const float *q = row + g * group * D;
                 if (use_rope) {
                     for (int64_t i = 0; i < group; i++) rope(q + i * D, cos + ps * D, sin + ps * D, D, rot + i * D);
                     q = rot;
                 }
-                attend_heads(q, group, kc, vc, cbf16, ps, D, sc, up16(max_len), y + b * HD + g * group * D);
+                attend_heads(q, group, kc, vc, ct, ps, D, sc, up16(max_len), y + b * HD + g * group * D);
             }
             ph++;
             /* 3. output projection onto the residual */

@@ -90,6 +90,31 @@ static inline uint16_t f32_to_bf16(float f) {
     return (uint16_t)((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
 }
 
+/* Round to nearest even, as torch's .to(torch.float16) does: overflow to infinity, subnormals
+   kept, NaN kept a NaN. */
+static inline uint16_t f32_to_fp16(float f) {
+#if defined(LML_AVX2) && defined(__F16C__)
+    return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    const uint16_t sign = (uint16_t)((bits >> 16) & 0x8000);
+    const uint32_t a = bits & 0x7fffffffu;
+    if (a > 0x7f800000u) return sign | 0x7e00;              /* NaN */
+    if (a >= 0x477ff000u) return sign | 0x7c00;             /* rounds past 65504: infinity */
+    if (a < 0x38800000u) {                                  /* below 2^-14: a subnormal (or 0) */
+        if (a < 0x33000000u) return sign;                   /* under half the least subnormal */
+        const uint32_t man = (a & 0x7fffffu) | 0x800000u, shift = 126 - (a >> 23);  /* 14..24 */
+        uint32_t h = man >> shift;
+        const uint32_t rest = man & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rest > half || (rest == half && (h & 1))) h++;
+        return sign | (uint16_t)h;
+    }
+    const uint32_t r = a + 0xfffu + ((a >> 13) & 1);       /* to nearest even at bit 13 */
+    return sign | (uint16_t)((r - 0x38000000u) >> 13);      /* rebias the exponent 127 -> 15 */
+#endif
+}
+
 /* A matrix of one layer: K inputs, N outputs, in format type (see the header). */
 typedef struct {
     int64_t type, K, N;
