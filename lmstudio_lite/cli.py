@@ -268,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n`lmstudio-lite COMMAND --help` shows a command's options.")
         return 0
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "app"
+    from .memory import keep_freed_memory
+
+    keep_freed_memory()  # freed activations kept for the next prefill pass (memory.py: why)
     # No OMP_WAIT_POLICY=PASSIVE: measured, it cost chat 44% on a quiet machine.
     # A training job and chat share the CPU by owning separate cores instead
     # (lmstudio_lite/threads.py).
