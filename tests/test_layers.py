@@ -10,7 +10,7 @@ PKG = Path(__file__).resolve().parents[1] / "lmstudio_lite"
 
 # Higher number = higher layer; a module may import only its own layer or lower.
 LAYER = {"paths": 0, "device": 0, "threads": 0, "device_hint": 0, "native": 0, "errors": 0, "messages": 0,
-         "atomic": 0, "model": 1, "checkpoints": 2,
+         "atomic": 0, "memory": 0, "model": 1, "checkpoints": 2,
          "generation": 3, "training": 3,
          "services": 4, "chats": 4,
          "server": 5, "terminal_chat": 5, "ui": 6, "cli": 7, "__main__": 7, "__init__": 7}
