@@ -7,6 +7,7 @@ cache): the generation engine owns the cache.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -18,10 +19,14 @@ from .kv_cache import KVCache, Packed, Rows
 from .layers import ACTIVATIONS, Embedding, Linear, RMSNorm, apply_rope, rope_tables
 
 
+@functools.lru_cache(maxsize=256)
 def _causal_mask(T: int, L: int, device) -> torch.Tensor:
-    """[T, L] bool, True where query i (absolute position L-T+i) may see key j."""
-    q_pos = torch.arange(L - T, L, device=device).unsqueeze(1)
-    return torch.arange(L, device=device).unsqueeze(0) <= q_pos
+    """[T, L] bool, True where query i (absolute position L-T+i) may see key j. Kept (never written):
+    a prefill pass of eight prompts asks every layer for the same eight, and making them was 2% of it.
+    Made outside inference mode, so that a training step may still save one for its backward."""
+    with torch.inference_mode(False):
+        q_pos = torch.arange(L - T, L, device=device).unsqueeze(1)
+        return torch.arange(L, device=device).unsqueeze(0) <= q_pos
 
 
 def attention_reference(q, k, v, causal: bool, return_probs: bool = False):
