@@ -4,6 +4,7 @@
     python bench/kernel_ab.py --old HEAD~2 --new HEAD --shape 1b --formats q4_0 q8_0
     python bench/kernel_ab.py --gguf /tmp/lsl-bench-gguf/SmolLM2-135M-Instruct-q4_1.gguf   # whole decode steps
     python bench/kernel_ab.py --gguf FILE --rows 8 --pos 1000 --threads 2    # 8 rows, deep in a chat
+    python bench/kernel_ab.py --old REV --gguf FILE --pos 1000 --threads 2 --old-kv float32 --new-kv float16
     python bench/kernel_ab.py --quick                          # a tiny shape: checks the script runs
 
 Each format gets a whole model's worth of random matrices (every layer's q|k|v, o, gate|up and down,
@@ -98,6 +99,9 @@ def main():
     p.add_argument("--gguf", help="time whole decode steps of this GGUF model instead of its shape's matrices")
     p.add_argument("--pos", type=int, default=0, help="with --gguf: the rows' position (attention reads that many)")
     p.add_argument("--steps", type=int, default=10, help="with --gguf: decode steps per timed pass")
+    p.add_argument("--old-kv", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="with --gguf: the old build's KV cache type (default: the model's)")
+    p.add_argument("--new-kv", choices=["float32", "bfloat16", "float16"], default=None)
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     if args.quick:
@@ -176,14 +180,20 @@ def steps_ab(args, libs, clock) -> None:
     model = load_ours(Path(args.gguf), dtype)
     decoder = model.native  # the prepared step: only its library is swapped (same ABI in both builds)
     B, P = args.rows, args.pos
-    cache = KVCache(model.config, B, P + 1, dtype=dtype)
-    cache.k.normal_(), cache.v.normal_()
+    caches = {}
+    for label in ("old", "new"):  # each build's own cache: its KV type (--old-kv, --new-kv), the same values
+        kv = getattr(args, f"{label}_kv")
+        caches[label] = KVCache(model.config, B, P + 1, dtype=getattr(torch, kv) if kv else dtype)
+        g = torch.Generator().manual_seed(0)
+        caches[label].k.copy_(torch.randn(caches[label].k.shape, generator=g))
+        caches[label].v.copy_(torch.randn(caches[label].v.shape, generator=g))
     tokens, positions, slots = torch.full((B,), 1), torch.full((B,), P), torch.arange(B)
     times = {"old": [], "new": []}
     with torch.inference_mode():
         for i in range(2 * args.pairs + 4):
             label = ("old", "new", "new", "old")[i % 4]
             decoder._lib, decoder._scratch_for = libs[label], None  # a build may lay its scratch out differently
+            cache = caches[label]
             decoder.step(tokens, positions, slots, cache, logits=decoder.fused_head)  # the new scratch's pages
             t = clock()
             for _ in range(args.steps):
@@ -192,7 +202,9 @@ def steps_ab(args, libs, clock) -> None:
                 times[label].append((clock() - t) / args.steps)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = statistics.median(o / n for o, n in zip(times["old"], times["new"]))
-    print(f"{Path(args.gguf).name}, {B} row(s) at position {P}: ms per step old {med['old'] * 1e3:.2f}, new "
+    kvs = {label: str(caches[label].k.dtype).removeprefix("torch.") for label in caches}
+    print(f"{Path(args.gguf).name}, {B} row(s) at position {P}, KV old {kvs['old']} new {kvs['new']}: "
+          f"ms per step old {med['old'] * 1e3:.2f}, new "
           f"{med['new'] * 1e3:.2f}, old/new {ratio:.3f}x (median of {len(times['new'])} pairs); load average after "
           f"{os.getloadavg()[0]:.1f}")
 
