@@ -139,6 +139,37 @@ def test_grouped_heads_attend_as_pytorch_at_every_width(heads, kv_heads, head_di
     torch.testing.assert_close(got_v.float(), ref_v.float(), **tol)
 
 
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
+def test_rows_deep_in_a_context_attend_in_blocks_as_pytorch(kv_dtype):
+    """Past 1,024 positions (decode.c's ATT_BLOCK) a row's attention is cut into blocks of positions,
+    each a chunk of its own, and merged: the reference's logits at the blocks' edges (one block at
+    1,023; two at 1,024, the second of one position, and 2,047; three at 2,048, 2,100), and every
+    row's numbers the same bit for bit alone or beside rows at other positions."""
+    torch.manual_seed(3)
+    cfg = ModelConfig(family="llama", vocab_size=VOCAB, n_layer=2, n_head=6, n_kv_head=2, head_dim=32, d_model=64,
+                      d_ff=96, max_seq_len=2176)
+    net = Transformer(cfg)
+    net.init_weights()
+    model = InferenceModel(net)
+    assert model.native is not None, native.status()
+    prompts = torch.randint(3, VOCAB, (3, 2101), generator=torch.Generator().manual_seed(4))
+    caches = {}
+    with torch.inference_mode():
+        for name, m in (("native", model), ("reference", net)):
+            caches[name] = KVCache(cfg, 3, 2176, dtype=kv_dtype)
+            m(prompts, 0, caches[name])
+        alone_cache = KVCache(cfg, 3, 2176, dtype=kv_dtype)
+        alone_cache.k.copy_(caches["native"].k), alone_cache.v.copy_(caches["native"].v)
+        for positions in ([1023, 1024, 2048], [2047, 2100, 700]):
+            tokens, at, rows = torch.tensor([7, 8, 9]), torch.tensor(positions), torch.arange(3)
+            got = model.decode_rows(tokens, at, rows, caches["native"])
+            ref = net.decode_rows(tokens, at, rows, caches["reference"])
+            alone = torch.cat([model.decode_rows(tokens[b:b + 1], at[b:b + 1], rows[b:b + 1], alone_cache)
+                               for b in range(3)])
+            torch.testing.assert_close(got, ref, atol=1e-5 if kv_dtype == torch.float32 else 1e-4, rtol=1e-5)
+            assert torch.equal(got, alone)
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_the_training_net_keeps_no_inference_state(family):
     """Preparing leaves the net a plain Transformer: it trains (gradients reach the fused q|k|v's

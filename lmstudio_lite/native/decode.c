@@ -176,9 +176,11 @@ static inline float kv_at(const void *row, int ct, int64_t d) {
 }
 
 /* Attention of one query over positions 0..pos of one KV head: out[D]. The cache is float32,
-   bf16 or float16 (ct), widened exactly. */
+   bf16 or float16 (ct), widened exactly. With stats, out is the weighted sum before it is divided by
+   the total of the weights, and stats receives (the largest score, that total): a block of a longer
+   span, for merge_blocks. */
 static void attend_any(const float *q, const void *kc, const void *vc, int ct, int64_t pos, int64_t D,
-                   float *scores, float *out) {
+                   float *scores, float *out, float *stats) {
     const float scale = 1.0f / sqrtf((float)D);
     const int64_t row = D * (ct == CACHE_F32 ? 4 : 2);
     float best = -INFINITY;
@@ -202,8 +204,9 @@ static void attend_any(const float *q, const void *kc, const void *vc, int ct, i
         total += scores[t];
     }
     for (int64_t d = 0; d < D; d++) out[d] = 0.0f;
+    if (stats) stats[0] = best, stats[1] = total;  /* a block of positions: its sums, merged later */
     for (int64_t t = 0; t <= pos; t++) {
-        const float p = scores[t] / total;
+        const float p = stats ? scores[t] : scores[t] / total;
         const char *v = (const char *)vc + t * row;
         if (ct == CACHE_F32) {
 #pragma omp simd
@@ -296,7 +299,7 @@ INLINE void attend_scores(const int nv, const int gn, const float *q, const void
 
 /* out (gn rows of D) = the weights (rows of ld, each head's exponentials) times V, times inv per head. */
 INLINE void attend_values(const int nv, const int gn, const float *scores, int64_t ld, const void *vc, int ct,
-                          int64_t n, int64_t row, const float *inv, float *out) {
+                          int64_t n, int64_t row, const float *inv, float *out, int64_t ldo) {
     if (gn * nv > ATT_ACC) return;  /* never: the caller's passes fit (the compiler's bound) */
     __m512 acc[ATT_ACC];
     for (int i = 0; i < gn * nv; i++) acc[i] = _mm512_setzero_ps();
@@ -310,7 +313,7 @@ INLINE void attend_values(const int nv, const int gn, const float *scores, int64
     }
     for (int g = 0; g < gn; g++)
         for (int i = 0; i < nv; i++)
-            _mm512_storeu_ps(out + (g * nv + i) * 16, _mm512_mul_ps(acc[g * nv + i], _mm512_set1_ps(inv[g])));
+            _mm512_storeu_ps(out + g * ldo + i * 16, _mm512_mul_ps(acc[g * nv + i], _mm512_set1_ps(inv[g])));
 }
 
 /* The common head sizes (32, 64, 128) and head counts, compiled each with its loops unrolled (sums
@@ -329,13 +332,13 @@ static void attend_scores_any(int nv, int gn, const float *q, const void *kc, co
 }
 
 static void attend_values_any(int nv, int gn, const float *scores, int64_t ld, const void *vc, int ct, int64_t n,
-                              int64_t row, const float *inv, float *out) {
+                              int64_t row, const float *inv, float *out, int64_t ldo) {
     switch (nv * 16 + gn) {
-#define CASE(V, G) case V * 16 + G: attend_values(V, G, scores, ld, vc, ct, n, row, inv, out); return;
+#define CASE(V, G) case V * 16 + G: attend_values(V, G, scores, ld, vc, ct, n, row, inv, out, ldo); return;
         ATT_CASES(CASE)
 #undef CASE
     }
-    attend_values(nv, gn, scores, ld, vc, ct, n, row, inv, out);
+    attend_values(nv, gn, scores, ld, vc, ct, n, row, inv, out, ldo);
 }
 
 /* The G query heads q + g D of one KV head over positions 0..pos (out + g D each; scores: G rows
@@ -348,9 +351,11 @@ static void attend_values_any(int nv, int gn, const float *scores, int64_t ld, c
    on the cache. Now its step there is 1.07x faster, one row's at position 1,000 1.2x
    (bench/kernel_ab.py --gguf FILE --rows 8 --pos 100 --threads 2). */
 static void attend_heads(const float *q, int64_t G, const void *kc, const void *vc, int ct, int64_t pos,
-                         int64_t D, float *scores, int64_t ld, float *out) {
+                         int64_t D, float *scores, int64_t ld, float *out, float *part) {
     if (D % 16 || D > 256) {
-        for (int64_t g = 0; g < G; g++) attend_any(q + g * D, kc, vc, ct, pos, D, scores, out + g * D);
+        for (int64_t g = 0; g < G; g++)
+            attend_any(q + g * D, kc, vc, ct, pos, D, scores, part ? part + g * (D + 2) : out + g * D,
+                       part ? part + g * (D + 2) + D : NULL);
         return;
     }
     const int nv = (int)(D / 16), per = ATT_ACC / nv;
@@ -375,16 +380,25 @@ static void attend_heads(const float *q, int64_t G, const void *kc, const void *
                 _mm512_mask_storeu_ps(sc + t, m, e);
                 sum = _mm512_add_ps(sum, e);
             }
-            inv[g] = 1.0f / _mm512_reduce_add_ps(sum);
+            const float total = _mm512_reduce_add_ps(sum);
+            inv[g] = 1.0f / total;
+            if (part) {  /* a block: the sum undivided (times 1, exactly), its largest score and total */
+                part[(g0 + g) * (D + 2) + D] = _mm512_reduce_max_ps(best);
+                part[(g0 + g) * (D + 2) + D + 1] = total;
+                inv[g] = 1.0f;
+            }
         }
-        attend_values_any(nv, gn, scores + g0 * ld, ld, vc, ct, n, row, inv, out + g0 * D);
+        if (part) attend_values_any(nv, gn, scores + g0 * ld, ld, vc, ct, n, row, inv, part + g0 * (D + 2), D + 2);
+        else attend_values_any(nv, gn, scores + g0 * ld, ld, vc, ct, n, row, inv, out + g0 * D, D);
     }
 }
 #else
 static void attend_heads(const float *q, int64_t G, const void *kc, const void *vc, int ct, int64_t pos,
-                         int64_t D, float *scores, int64_t ld, float *out) {
+                         int64_t D, float *scores, int64_t ld, float *out, float *part) {
     (void)ld;
-    for (int64_t g = 0; g < G; g++) attend_any(q + g * D, kc, vc, ct, pos, D, scores, out + g * D);
+    for (int64_t g = 0; g < G; g++)
+        attend_any(q + g * D, kc, vc, ct, pos, D, scores, part ? part + g * (D + 2) : out + g * D,
+                   part ? part + g * (D + 2) + D : NULL);
 }
 #endif
 
@@ -394,6 +408,35 @@ void lml_round_fp16(const float *x, uint16_t *h, float *back, int64_t n) {
     for (int64_t i = 0; i < n; i++) {
         h[i] = f32_to_fp16(x[i]);
         back[i] = fp16_to_f32(h[i]);
+    }
+}
+
+/* A row's attention over more than ATT_BLOCK positions is cut into blocks of that many, each a
+   chunk of its own (attend_heads with part), and merged after (merge_blocks), so that one row deep
+   in a chat keeps both threads busy: one chunk per KV head left SmolLM2's three heads 2:1 on two
+   threads. SmolLM2 Q4_1, float16 cache: one row 1.13x / 1.15x / 1.19x a step at positions 2,000 /
+   3,000 / 4,000, 8 rows 1.02-1.13x; no change below 1,024. Blocks of 256 cost 8 rows up to 8% at
+   positions 300-3,000 (more chunks and merges than threads need). The cut depends on the position
+   alone, never on the rows or threads beside it: a row's numbers stay the same alone or among eight. */
+#ifndef ATT_BLOCK
+#define ATT_BLOCK 1024
+#endif
+
+/* out [G, D] = the blocks' weighted sums merged: each block's parts [G, D + 2] hold its undivided sum,
+   largest score and total (attend_heads's part), blocks one after the other. */
+static void merge_blocks(const float *parts, int64_t blocks, int64_t G, int64_t D, float *out) {
+    for (int64_t g = 0; g < G; g++) {
+        float top = -INFINITY, total = 0.0f;
+        for (int64_t i = 0; i < blocks; i++) top = fmaxf(top, parts[(i * G + g) * (D + 2) + D]);
+        float *o = out + g * D;
+        for (int64_t d = 0; d < D; d++) o[d] = 0.0f;
+        for (int64_t i = 0; i < blocks; i++) {
+            const float *p = parts + (i * G + g) * (D + 2), w = expf(p[D] - top);
+            total += p[D + 1] * w;
+            for (int64_t d = 0; d < D; d++) o[d] += w * p[d];
+        }
+        const float inv = 1.0f / total;
+        for (int64_t d = 0; d < D; d++) o[d] *= inv;
     }
 }
 
@@ -435,9 +478,10 @@ static layout private_layout(int64_t B, int64_t C, int64_t D, int64_t G, int64_t
 
 static int64_t max3(int64_t a, int64_t b, int64_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
 
-/* Work sharing without barriers. A step is a chain of phases (per layer: q|k|v, attention, o,
-   up, down), each cut into chunks that threads claim from an atomic counter; a phase is over when
-   its done counter reaches its chunk count, and a thread then starts the next. Why not
+/* Work sharing without barriers. A step is a chain of phases (per layer: q|k|v, attention, the
+   merge of attention's blocks, o, up, down), each cut into chunks that threads claim from an
+   atomic counter; a phase is over when its done counter reaches its chunk count, and a thread then
+   starts the next. Why not
    `omp barrier` (five per layer before): a barrier waits for every thread to arrive, and on a
    shared 2-core machine one of the two threads is often descheduled for a whole time slice, so a
    30-layer step waited up to 150 slices (SmolLM2 Q4_0 on 2 threads under load: 2-7 tok/s, against
@@ -490,9 +534,9 @@ static int64_t chunks(int64_t N, int nt) {
     return lines < want ? (lines > 0 ? lines : 1) : want;
 }
 
-#define PHASES_PER_LAYER 5
+#define PHASES_PER_LAYER 6
 
-/* The phases of a step: five per layer, and the head's. */
+/* The phases of a step: six per layer, and the head's. */
 static int64_t phases(const int64_t *dims) { return dims[D_LAYERS] * PHASES_PER_LAYER + 1; }
 
 /* Rows b < B: x [B, C] enters as the embedded tokens (plus position embeddings) and leaves as the
@@ -514,7 +558,17 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
     const int64_t Q = (H + 2 * KV) * D, group = H / KV, HD = H * D;
     const int64_t esize = ct == CACHE_F32 ? 4 : 2, layer_stride = cache_rows * KV * max_len * D * esize;
     const layout lay = private_layout(B, C, D, group, max_len, max3(Q, C, FF), max3(C, HD, FF));
-    float *qkv = scratch, *y = qkv + up16(B * Q), *a = y + up16(B * HD), *priv = a + up16(B * FF);
+    const int64_t most_blocks = (max_len - 1) / ATT_BLOCK + 1;
+    float *qkv = scratch, *y = qkv + up16(B * Q), *a = y + up16(B * HD), *parts = a + up16(B * FF);
+    float *priv = parts + up16(B * H * most_blocks * (D + 2));
+    /* each row's blocks of positions, and its first attention chunk (a chunk: a block of one KV head) */
+    int64_t blocks[MAX_ROWS], first[MAX_ROWS + 1], merges = 0;
+    first[0] = 0;
+    for (int64_t b = 0; b < B; b++) {
+        blocks[b] = pos[b] / ATT_BLOCK + 1;
+        first[b + 1] = first[b] + KV * blocks[b];
+        if (blocks[b] > 1) merges = B * KV;
+    }
     phase_ctr *ctr = (phase_ctr *)(priv + (int64_t)nthreads * lay.total);
     memset(ctr, 0, (size_t)phases(dims) * sizeof(phase_ctr));
     const int64_t *hp = ptrs + L * P_SLOTS;
@@ -527,7 +581,7 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
         float *r = mine + lay.r, *r2 = mine + lay.r2;
         qact qa = {NULL, mine + lay.s, (int8_t *)(mine + lay.q4), (int8_t *)(mine + lay.q8), mine + lay.dx4, mine + lay.dx8,
                    mine + lay.sx4, (int32_t *)(mine + lay.off8)};
-        const int64_t nq = chunks(Q, nt), nc = chunks(C, nt), nf = chunks(FF, nt), natt = B * KV;
+        const int64_t nq = chunks(Q, nt), nc = chunks(C, nt), nf = chunks(FF, nt), natt = first[B];
         int64_t j0, n;
         phase_ctr *ph = ctr;
         for (int64_t l = 0; l < L; l++) {
@@ -548,21 +602,40 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
                 project(&qkv_p, h, &qa, B, j0, n, qkv + j0, Q);
             }
             ph++;
-            /* 2. cache writes and attention: a (row, KV head) and its queries per chunk */
+            /* 2. cache writes and attention: a block of positions of a (row, KV head), its queries per chunk */
             EACH_CHUNK(ci, ph, natt) {
-                const int64_t b = ci / KV, g = ci % KV, ps = pos[b];
-                const float *row = qkv + b * Q, *k = row + (H + g) * D, *v = row + (H + KV + g) * D;
+                int64_t b = 0;
+                while (ci >= first[b + 1]) b++;
+                const int64_t nblk = blocks[b], g = (ci - first[b]) / nblk, blk = (ci - first[b]) % nblk, ps = pos[b];
+                const float *row = qkv + b * Q;
                 const size_t head = (size_t)((slot[b] * KV + g) * max_len) * D * esize;
                 char *kc = kl + head, *vc = vl + head;
-                if (use_rope) { rope(k, cos + ps * D, sin + ps * D, D, rot); k = rot; }
-                store(kc + ps * D * esize, k, D, ct);
-                store(vc + ps * D * esize, v, D, ct);
+                if (blk == nblk - 1) {  /* the block that holds the new position writes its K and V first */
+                    const float *k = row + (H + g) * D, *v = row + (H + KV + g) * D;
+                    if (use_rope) { rope(k, cos + ps * D, sin + ps * D, D, rot); k = rot; }
+                    store(kc + ps * D * esize, k, D, ct);
+                    store(vc + ps * D * esize, v, D, ct);
+                }
                 const float *q = row + g * group * D;
                 if (use_rope) {
                     for (int64_t i = 0; i < group; i++) rope(q + i * D, cos + ps * D, sin + ps * D, D, rot + i * D);
                     q = rot;
                 }
-                attend_heads(q, group, kc, vc, ct, ps, D, sc, up16(max_len), y + b * HD + g * group * D);
+                if (nblk == 1) {
+                    attend_heads(q, group, kc, vc, ct, ps, D, sc, up16(max_len), y + b * HD + g * group * D, NULL);
+                } else {
+                    const int64_t t0 = blk * ATT_BLOCK, last = blk == nblk - 1 ? ps : t0 + ATT_BLOCK - 1;
+                    attend_heads(q, group, kc + t0 * D * esize, vc + t0 * D * esize, ct, last - t0, D, sc, up16(max_len),
+                                 NULL, parts + ((b * KV + g) * most_blocks + blk) * group * (D + 2));
+                }
+            }
+            ph++;
+            /* 2b. the blocks of rows cut in several merged (no chunks when none is) */
+            EACH_CHUNK(ci, ph, merges) {
+                const int64_t b = ci / KV, g = ci % KV;
+                if (blocks[b] > 1)
+                    merge_blocks(parts + (b * KV + g) * most_blocks * group * (D + 2), blocks[b], group, D,
+                                 y + b * HD + g * group * D);
             }
             ph++;
             /* 3. output projection onto the residual */
@@ -625,7 +698,8 @@ int64_t lml_scratch_floats(const int64_t *dims, int64_t B, int64_t max_len, int 
     const int64_t C = dims[D_C], H = dims[D_H], KV = dims[D_KV], D = dims[D_HEAD], FF = dims[D_FF];
     const int64_t Q = (H + 2 * KV) * D;
     const layout lay = private_layout(B, C, D, H / KV, max_len, max3(Q, C, FF), max3(C, H * D, FF));
-    return up16(B * Q) + up16(B * H * D) + up16(B * FF) + (int64_t)nthreads * lay.total +
+    return up16(B * Q) + up16(B * H * D) + up16(B * FF) + up16(B * H * ((max_len - 1) / ATT_BLOCK + 1) * (D + 2)) +
+           (int64_t)nthreads * lay.total +
            phases(dims) * (int64_t)(sizeof(phase_ctr) / sizeof(float));
 }
 
