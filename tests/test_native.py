@@ -140,14 +140,15 @@ def test_grouped_heads_attend_as_pytorch_at_every_width(heads, kv_heads, head_di
 
 
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
-def test_rows_deep_in_a_context_attend_in_blocks_as_pytorch(kv_dtype):
+@pytest.mark.parametrize("head_dim", [32, 40])  # 40: not a multiple of 16, the blocks through attend_any
+def test_rows_deep_in_a_context_attend_in_blocks_as_pytorch(kv_dtype, head_dim):
     """Past 1,024 positions (decode.c's ATT_BLOCK) a row's attention is cut into blocks of positions,
     each a chunk of its own, and merged: the reference's logits at the blocks' edges (one block at
     1,023; two at 1,024, the second of one position, and 2,047; three at 2,048, 2,100), and every
     row's numbers the same bit for bit alone or beside rows at other positions."""
     torch.manual_seed(3)
-    cfg = ModelConfig(family="llama", vocab_size=VOCAB, n_layer=2, n_head=6, n_kv_head=2, head_dim=32, d_model=64,
-                      d_ff=96, max_seq_len=2176)
+    cfg = ModelConfig(family="llama", vocab_size=VOCAB, n_layer=2, n_head=6, n_kv_head=2, head_dim=head_dim,
+                      d_model=64, d_ff=96, max_seq_len=2176)
     net = Transformer(cfg)
     net.init_weights()
     model = InferenceModel(net)

@@ -218,6 +218,15 @@ static void attend_any(const float *q, const void *kc, const void *vc, int ct, i
     }
 }
 
+/* attend_any for each of the G query heads q + g D of one KV head: into out + g D, or, for a block,
+   into part + g (D + 2) with its (largest score, total) after the D sums. */
+static void attend_heads_any(const float *q, int64_t G, const void *kc, const void *vc, int ct, int64_t pos,
+                             int64_t D, float *scores, float *out, float *part) {
+    for (int64_t g = 0; g < G; g++)
+        attend_any(q + g * D, kc, vc, ct, pos, D, scores, part ? part + g * (D + 2) : out + g * D,
+                   part ? part + g * (D + 2) + D : NULL);
+}
+
 #if defined(LML_AVX512)
 /* 16 values of a cached K or V row of type ct from element d, widened exactly. */
 INLINE __m512 kv16(const void *row, int ct, int64_t d) {
@@ -353,9 +362,7 @@ static void attend_values_any(int nv, int gn, const float *scores, int64_t ld, c
 static void attend_heads(const float *q, int64_t G, const void *kc, const void *vc, int ct, int64_t pos,
                          int64_t D, float *scores, int64_t ld, float *out, float *part) {
     if (D % 16 || D > 256) {
-        for (int64_t g = 0; g < G; g++)
-            attend_any(q + g * D, kc, vc, ct, pos, D, scores, part ? part + g * (D + 2) : out + g * D,
-                       part ? part + g * (D + 2) + D : NULL);
+        attend_heads_any(q, G, kc, vc, ct, pos, D, scores, out, part);
         return;
     }
     const int nv = (int)(D / 16), per = ATT_ACC / nv;
@@ -396,9 +403,7 @@ static void attend_heads(const float *q, int64_t G, const void *kc, const void *
 static void attend_heads(const float *q, int64_t G, const void *kc, const void *vc, int ct, int64_t pos,
                          int64_t D, float *scores, int64_t ld, float *out, float *part) {
     (void)ld;
-    for (int64_t g = 0; g < G; g++)
-        attend_any(q + g * D, kc, vc, ct, pos, D, scores, part ? part + g * (D + 2) : out + g * D,
-                   part ? part + g * (D + 2) + D : NULL);
+    attend_heads_any(q, G, kc, vc, ct, pos, D, scores, out, part);
 }
 #endif
 
