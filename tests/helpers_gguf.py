@@ -52,8 +52,10 @@ def gguf_tensors(model: Transformer, arch: str) -> dict[str, np.ndarray]:
 
 
 def write_gguf(model: Transformer, path: Path, arch: str, qtype: str = "F32", tokenizer_from: Path = STORIES_GGUF,
-               rope_llama3: dict | None = None, extra_tensors: dict | None = None) -> Path:
-    """A GGUF of ``model`` with the tokenizer metadata of ``tokenizer_from``; 2-D weights in ``qtype``."""
+               rope_llama3: dict | None = None, extra_tensors: dict | None = None,
+               embedding_qtype: str | None = None) -> Path:
+    """A GGUF of ``model`` with the tokenizer metadata of ``tokenizer_from``; 2-D weights in ``qtype``
+    (the token embedding in ``embedding_qtype`` when given, as llama-quantize keeps a 4-bit file's in Q8_0)."""
     import gguf
 
     w = gguf.GGUFWriter(str(path), arch)
@@ -66,7 +68,8 @@ def write_gguf(model: Transformer, path: Path, arch: str, qtype: str = "F32", to
         tensors["rope_freqs.weight"] = (plain / rope_inv_freq(cfg.head_dim, cfg.rope_theta, rope_llama3)).numpy()
     tensors.update(extra_tensors or {})
     for name, t in tensors.items():
-        _add_tensor(w, name, t, qtype if t.ndim == 2 and name != "rope_freqs.weight" else "F32")
+        kind = (embedding_qtype or qtype) if name == "token_embd.weight" else qtype
+        _add_tensor(w, name, t, kind if t.ndim == 2 and name != "rope_freqs.weight" else "F32")
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -34,15 +34,16 @@ def round_like_kernel(x: torch.Tensor) -> torch.Tensor:
 def kernel_arithmetic(active: bool = True, prefill: bool = False):
     """Within: every QuantLinear rounds its input as the kernel's step does for a 4-bit model, whose
     Q8_0 matrices (the head, a mixed file's v) round too (model/decode.py); with ``prefill``, only
-    the layers the kernel packed round (an InferenceModel's prefill: model/quant.py, kernel_rows);
-    nothing when not active."""
+    the 4-bit layers the kernel packed round (an InferenceModel's prefill: model/quant.py,
+    kernel_rows; a packed Q8_0 head's many rows stay exact: InferenceModel.project); nothing when
+    not active."""
     if not active:
         yield
         return
     forward = QuantLinear.forward
 
     def rounded(self, x):
-        return forward(self, round_like_kernel(x) if self.packed or not prefill else x)
+        return forward(self, round_like_kernel(x) if (self.packed and self.qtype != "q8_0") or not prefill else x)
 
     QuantLinear.forward = rounded
     try:

@@ -12,7 +12,7 @@ import torch
 from fixtures_gguf import smollm2_path  # noqa: F401
 from helpers_gguf import STORIES_GGUF, random_model, write_gguf
 from helpers_int8 import kernel_arithmetic, kernel_rounds_activations
-from lmstudio_lite import load_model
+from lmstudio_lite import load_model, native
 from lmstudio_lite.checkpoints.errors import CheckpointError
 from lmstudio_lite.checkpoints.folder import save_folder
 from lmstudio_lite.checkpoints.gguf_file import Entry, open_gguf
@@ -22,7 +22,7 @@ from lmstudio_lite.model.config import ModelConfig
 from lmstudio_lite.model.inference import InferenceModel
 from lmstudio_lite.model.layers import Linear
 from lmstudio_lite.model.kv_cache import KVCache
-from lmstudio_lite.model.quant import QuantEmbedding, QuantLinear, quantize_model
+from lmstudio_lite.model.quant import QuantEmbedding, QuantLinear, dequantize, quantize_model, weight_bytes
 from shared_data import STORIES
 
 torch.set_num_threads(1)
@@ -118,19 +118,31 @@ def decoded(model) -> list[torch.Tensor]:
     return steps + [model(torch.tensor([[5], [499]]), 8 + i, cache)[:, -1] for i in range(3)]
 
 
-def test_quantized_tied_embedding_is_held_once_and_looks_up_exact_rows(tmp_path):
-    """A Q8_0 embedding tied to the head is the head's blocks, with no float copy of the table;
-    prefill and decode logits are those of a float embedding of the dequantized table, bit for bit."""
-    path = write_gguf(random_model(tiny_config("llama-rope-linear")), tmp_path / "m.gguf", "llama", qtype="Q8_0")
+@pytest.mark.parametrize("qtype,embedding", [("Q8_0", None), ("Q4_1", "Q8_0"), ("Q4_0", None)])
+def test_quantized_tied_embedding_is_held_once_and_looks_up_exact_rows(tmp_path, qtype, embedding):
+    """A quantized embedding tied to the head is the head's blocks, with no float copy of the table,
+    also where the kernel packs the head in place (a 4-bit file's Q8_0 or 4-bit head, on AVX-512 VNNI:
+    the lookups then read the packed rows); prefill and decode logits are those of a float embedding
+    of the dequantized table, bit for bit."""
+    path = write_gguf(random_model(tiny_config("llama-rope-linear")), tmp_path / "m.gguf", "llama", qtype=qtype,
+                      embedding_qtype=embedding)
     loaded = load_model(path, device="cpu", dtype="float32", quant="q4_0")  # quant: the file's blocks stay
     model, cfg = loaded.model, loaded.config
     net = model.net
     emb = net.tok_emb
-    assert isinstance(emb, QuantEmbedding) and isinstance(net.head, QuantLinear) and emb.qtype == "q8_0"
-    assert emb.blocks.data_ptr() == net.head.blocks.data_ptr()
+    assert isinstance(emb, QuantEmbedding) and isinstance(net.head, QuantLinear)
+    assert emb.qtype == (embedding or qtype).lower()
+    assert emb.blocks.data_ptr() == net.head.blocks.data_ptr() and emb.kernel_fmt == net.head.kernel_fmt
+    packs = native.decode_library().lml_x16() and (qtype != "Q8_0" and (embedding is None or kernel_rounds_activations()))
+    assert net.head.packed == bool(packs)
     tables = [n for n, t in net.state_dict().items() if t.is_floating_point() and t.numel() >= cfg.vocab_size * cfg.d_model]
     assert not tables and not list(emb.parameters())
+    assert loaded.info()["weights_bytes"] == weight_bytes(net)  # no second copy of anything
     assert loaded.info()["weights_bytes"] < cfg.vocab_size * cfg.d_model * 4  # the float table alone would not fit
+    ids = torch.tensor([0, 3, cfg.vocab_size - 1, 3])
+    file_rows = load_gguf(path).model.tok_emb.blocks  # the file's own rows, never packed
+    assert torch.equal(emb(ids), dequantize(file_rows.index_select(0, ids), emb.qtype))
+    assert torch.equal(emb.gguf_blocks(), file_rows)
 
     ref = with_float_embedding(net)
     assert torch.equal(logits(model), logits(ref))

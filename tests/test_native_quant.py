@@ -164,13 +164,10 @@ def test_native_step_matches_pytorch_in_every_format(folders, kind, fmt):
         check(fmt, got, want[:, :rows], cache, want_caches[:rows], slots[:rows] if rows > 1 else [0], int8)
 
 
-@pytest.mark.parametrize("limit", [None, "0"])
-def test_packing_keeps_one_copy_of_each_4_bit_matrix(folders, monkeypatch, limit):
+def test_packing_keeps_one_copy_of_each_4_bit_matrix(folders):
     """The kernel repacks a 4-bit model's matrices in place (no second copy: the net's weights take the
-    same bytes, and ``gguf_blocks()`` gives the GGUF rows back exactly); the Q8_0 head gets a packed copy
-    only within ``pack_limit()`` (0 MB: none). The step gives the reference's numbers either way."""
-    if limit is not None:
-        monkeypatch.setenv("LMSTUDIO_LITE_PACK_MB", limit)
+    same bytes, and ``gguf_blocks()`` gives the GGUF rows back exactly), its Q8_0 head too where the
+    kernel rounds activations to int8. The step gives the reference's numbers."""
     net = quantize_model(load_weights(folders["llama-gqa-untied"]), "q4_1")
     gguf_rows = {n: m.blocks.clone() for n, m in net.named_modules() if isinstance(m, QuantLinear)}
     own = weight_bytes(net)
@@ -180,11 +177,10 @@ def test_packing_keeps_one_copy_of_each_4_bit_matrix(folders, monkeypatch, limit
     assert any(m.packed for m in layers.values()) == x16
     for n, m in layers.items():
         assert torch.equal(m.gguf_blocks(), gguf_rows[n])
-        assert m.packed == (x16 and m.qtype == "q4_1") and torch.equal(m.blocks, gguf_rows[n]) == (not m.packed)
-    assert weight_bytes(net) == own  # packed in place, the fused q|k|v and gate|up included
-    head_copies = sum(c.numel() for c in model.native.copies)
-    assert head_copies == (net.head.blocks.numel() if x16 and limit is None else 0)
-    assert sum(c.numel() for c in model.extra_weights()) == head_copies
+        want = x16 and (m.qtype == "q4_1" or (n == "head" and kernel_rounds_activations()))
+        assert m.packed == want and torch.equal(m.blocks, gguf_rows[n]) == (not m.packed)
+    assert weight_bytes(net) == own  # packed in place, the fused q|k|v and gate|up and the head included
+    assert model.extra_weights() == []
     ref = quantize_model(load_weights(folders["llama-gqa-untied"]), "q4_1")  # never packed
     steps = torch.randint(0, VOCAB, (3, 3), generator=torch.Generator().manual_seed(5)).tolist()
     int8 = kernel_rounds_activations()

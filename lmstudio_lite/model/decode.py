@@ -10,14 +10,12 @@ Shapes: B rows, C d_model, V vocabulary.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn as nn
 
 from ..native import FORMATS as _FORMATS, Q8_0_ROUNDED, decode_library
 from ..threads import kernel_threads
-from .quant import weight_format
+from .quant import QuantEmbedding, weight_format
 
 _NATIVE_ACTS = {"silu": 0, "gelu_new": 1, "gelu_pytorch_tanh": 1, "gelu_fast": 1, "gelu": 2, "relu": 3}
 # the GGUF block size of each quantized format
@@ -25,24 +23,6 @@ _BLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20}
 MAX_ROWS = 8  # decode.c's MAX_ROWS: the rows one step serves
 _MAX_PARTS = 3  # decode.c's MAX_PARTS: matrices side by side in one projection
 _CACHE_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # decode.c's CACHE_* (dims[D_CACHE])
-
-
-def pack_limit() -> int:
-    """Bytes of a 4-bit model's Q8_0 head the kernel may copy packed (see ``NativeDecoder``):
-    ``LMSTUDIO_LITE_PACK_MB``, else an eighth of the RAM, at most 2 GiB."""
-    mb = os.environ.get("LMSTUDIO_LITE_PACK_MB", "").strip()
-    if mb.isdigit():
-        return int(mb) << 20
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        ram = 8 << 30
-    return min(2 << 30, ram // 8)
-
-
-def _head_bytes(model) -> int:
-    head = getattr(model, "head", None)
-    return head.blocks.numel() if getattr(head, "qtype", None) == "q8_0" else 0
 
 
 class NativeDecoder:
@@ -56,9 +36,9 @@ class NativeDecoder:
     head in the same call (one parallel region per token); ``project`` runs a quantized head
     alone (prefill's last rows).
     Where the kernel has packed rows (``lml_x16``: AVX-512 VNNI), 4-bit matrices are repacked 16
-    outputs side by side in place (``QuantLinear.pack_for_kernel``; native/gemv.h: rows_x16), and a
-    4-bit model's Q8_0 head gets a packed copy (the embedding's lookups read its GGUF blocks) while
-    that copy stays within ``pack_limit()``.
+    outputs side by side in place (``QuantLinear.pack_for_kernel``; native/gemv.h: rows_x16), a 4-bit
+    model's Q8_0 head too, and a quantized embedding tied to the head then reads the packed rows
+    (``QuantEmbedding.share_packed``): every matrix is held once.
     Holds a reference to every tensor whose address it passes, so no pointer can
     outlive its memory (a later ``.to()`` of the net leaves these tensors alive).
     """
@@ -67,13 +47,18 @@ class NativeDecoder:
         model, cfg = inference.net, inference.config
         self._lib = lib
         self._keep: list[torch.Tensor] = []
-        self._packed: dict[int, tuple[int, torch.Tensor]] = {}  # packed copies (the head's) by their source's address
-        self._pack_head = lib.lml_x16() and _head_bytes(model) <= pack_limit()
         # Where the kernel rounds a 4-bit model's activations to int8 (as llama.cpp does), its Q8_0
         # matrices (the head, a mixed file's v) round them too, so its answers follow llama.cpp's;
         # a Q8_0 model stays exact (native/gemv.h: T_Q8_0R).
         self._q8_0 = Q8_0_ROUNDED if lib.lml_int8() and weight_format(model) in ("q4_0", "q4_1") \
             else _FORMATS["q8_0"]
+        head, emb = getattr(model, "head", None), model.tok_emb
+        tied = isinstance(emb, QuantEmbedding) and hasattr(head, "qtype") and emb.kernel_fmt is None \
+            and emb.blocks.data_ptr() == head.blocks.data_ptr()
+        if self._q8_0 == Q8_0_ROUNDED and getattr(head, "qtype", None) == "q8_0":
+            # its Q8_0 head packed in place like its 4-bit layers (decode.c's T_Q8_0RX): 8 rows 2.95 -> 1.9
+            # ms on SmolLM2 (once a copy beside the blocks its embedding read: 28.7 MB more)
+            head.pack_for_kernel(lib, rounded_q8=True)
         C, HD, FF = cfg.d_model, cfg.n_head * cfg.head_dim, cfg.d_ff
         KVD = cfg.n_kv_head * cfg.head_dim
         rows = []  # per layer, in the order of decode.c's P_* slots
@@ -115,11 +100,8 @@ class NativeDecoder:
         self._linear_scratch, self._linear_for = torch.empty(0), None
         qhead = getattr(model, "head", None)
         self.head = self._matrix(qhead, C, cfg.vocab_size) + (cfg.vocab_size,) if hasattr(qhead, "qtype") else None
-
-    @property
-    def copies(self) -> list[torch.Tensor]:
-        """Weights held only here (the packed head): memory the status line counts."""
-        return [data for _, data in self._packed.values()]
+        if tied and head.packed:  # the embedding reads the packed rows now: the GGUF ones can go
+            emb.share_packed(head)
 
     def _addr(self, t: torch.Tensor | None) -> int:
         """The address of a float vector (norm weight, bias, RoPE table), as float32."""
@@ -165,15 +147,6 @@ class NativeDecoder:
                 fmt, data = packed
             elif getattr(layer, "packed", False):  # packed for another build (the tests'): GGUF rows, a copy
                 data = layer.gguf_blocks()
-            elif fmt == Q8_0_ROUNDED and d_out % 16 == 0 and self._pack_head:
-                # a 4-bit model's Q8_0 head too (its own copy, made once for the step and project(): the
-                # embedding and exact prefill read the GGUF blocks): 8 rows 2.95 -> 1.9 ms on SmolLM2
-                key = w.data_ptr()
-                if key not in self._packed:
-                    data = torch.empty_like(w)
-                    self._packed[key] = self._lib.lml_pack_x16(Q8_0_ROUNDED, w.data_ptr(), d_out, d_in,
-                                                               data.data_ptr()), data
-                fmt, data = self._packed[key]
         else:
             w = layer.weight if w is None else w
             if w is None or tuple(w.shape) != (d_in, d_out):

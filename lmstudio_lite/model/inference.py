@@ -110,10 +110,9 @@ class InferenceModel:
         return self.net.norm_f
 
     def extra_weights(self) -> list[torch.Tensor]:
-        """Weight copies beside the net's own tensors (a tied head's [C, V] copy, the kernel's packed
-        head), for ``quant.weight_bytes``."""
-        out = [self.head_t] if self.head_t is not None else []
-        return out + (self.native.copies if self.native is not None else [])
+        """Weight copies beside the net's own tensors (a tied float head's [C, V] copy), for
+        ``quant.weight_bytes``."""
+        return [self.head_t] if self.head_t is not None else []
 
     # -- forward --------------------------------------------------------------
     def _native_rows(self, ids: torch.Tensor, start_pos, cache: KVCache | None) -> bool:

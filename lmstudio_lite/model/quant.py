@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..native import FORMATS, decode_library
+from ..native import FORMATS, Q8_0_ROUNDED, decode_library
 from ..threads import kernel_threads
 from .layers import Linear
 
@@ -225,24 +225,26 @@ class QuantLinear(nn.Module):
     @property
     def packed(self) -> bool:
         """Whether ``blocks`` holds the kernel's packed layout (``pack_for_kernel``): then prefill
-        through an ``InferenceModel`` takes this layer's input rounded to int8, as the step does."""
+        through an ``InferenceModel`` takes a 4-bit layer's input rounded to int8, as the step does
+        (a packed Q8_0 head's many rows keep the exact GEMM: ``InferenceModel.project``)."""
         return self.kernel_fmt is not None
 
-    def pack_for_kernel(self, lib) -> tuple[int, torch.Tensor] | None:
+    def pack_for_kernel(self, lib, rounded_q8: bool = False) -> tuple[int, torch.Tensor] | None:
         """Repack this Q4 matrix in place, 16 outputs side by side (native/gemv.h: rows_x16; the same
         bytes in another order, so no second copy), once: -> (the kernel's format, the bytes), or None
         where the kernel takes the GGUF rows as they are (Q8_0, a width not a multiple of 16, a CPU
         without AVX-512 VNNI, one of a fused layer's layers, which its fused layer packs). A fused layer
         repacks its layers' rows with it (each keeps its row view). ``gguf_blocks()`` gives the GGUF
-        rows back (the reference forward, ``dequantized``, the quant cache)."""
+        rows back (the reference forward, ``dequantized``, the quant cache). ``rounded_q8``: a Q8_0
+        matrix too, for int8-rounded activations (a 4-bit model's head: decode.c's T_Q8_0RX)."""
         if not lib.lml_x16():
             return None
-        if self.kernel_fmt is None and self.qtype != "q8_0" and self.d_out % 16 == 0 \
+        if self.kernel_fmt is None and (self.qtype != "q8_0" or rounded_q8) and self.d_out % 16 == 0 \
                 and self.blocks.device.type == "cpu" and self.blocks.is_contiguous() and not self._fused \
                 and all(start % 16 == 0 and layer.d_out % 16 == 0 for start, layer in self._parts):
             packed = torch.empty_like(self.blocks)
-            fmt = lib.lml_pack_x16(FORMATS[self.qtype], self.blocks.data_ptr(), self.d_out, self.d_in,
-                                   packed.data_ptr())
+            code = Q8_0_ROUNDED if self.qtype == "q8_0" else FORMATS[self.qtype]
+            fmt = lib.lml_pack_x16(code, self.blocks.data_ptr(), self.d_out, self.d_in, packed.data_ptr())
             self.blocks, self.kernel_fmt = packed, fmt
             for start, layer in self._parts:
                 layer.blocks, layer.kernel_fmt = packed[start:start + layer.d_out], fmt
@@ -292,8 +294,11 @@ class QuantLinear(nn.Module):
         into a buffer this thread reuses: prefill dequantized each layer in several torch passes
         into fresh memory), the same values as ``dequantized``."""
         lib = decode_library() if x.device.type == "cpu" and self.blocks.is_contiguous() else None
-        if lib is None or x.dtype not in (torch.float32, torch.bfloat16) or self.kernel_fmt is not None:
-            return self.dequantized(x.dtype)  # packed: the reference unpacks (tests; prefill takes kernel_rows)
+        if lib is None or x.dtype not in (torch.float32, torch.bfloat16):
+            return self.dequantized(x.dtype)
+        # packed: its GGUF rows first (a 4-bit model's head for many rows at once, e.g. a reply's
+        # probabilities; 4-bit layers here only in the reference forward: prefill takes kernel_rows)
+        blocks = self.gguf_blocks()
         n = self.d_out * self.d_in
         buf = getattr(_scratch, "buf", None)
         if torch.is_grad_enabled():  # autograd may keep the weight for x's gradient: its own memory
@@ -301,7 +306,7 @@ class QuantLinear(nn.Module):
         elif buf is None or buf.numel() < n:
             buf = _scratch.buf = torch.empty(n)
         out = buf[:n].view(self.d_out, self.d_in)
-        lib.lml_dequantize(FORMATS[self.qtype], self.blocks.data_ptr(), self.d_out, self.d_in, out.data_ptr(),
+        lib.lml_dequantize(FORMATS[self.qtype], blocks.data_ptr(), self.d_out, self.d_in, out.data_ptr(),
                            kernel_threads())
         return out.to(x.dtype)
 
@@ -328,15 +333,38 @@ class QuantEmbedding(nn.Module):
                              f"{want}, got {blocks.dtype} {tuple(blocks.shape)}")
         self.qtype, self.num_embeddings, self.embedding_dim = qtype, num_embeddings, embedding_dim
         self.register_buffer("blocks", blocks)
+        self.kernel_fmt: int | None = None  # set when ``blocks`` is the tied head's packed layout (share_packed)
+
+    def share_packed(self, head: QuantLinear):
+        """Read the tied head's blocks after the kernel packed them in place (``pack_for_kernel``): the
+        vocabulary stays held once (SmolLM2 Q4_1: its Q8_0 head had a packed copy, weights 96.6 -> 126.7 MB)."""
+        if head.kernel_fmt is None or head.qtype != self.qtype or tuple(head.blocks.shape) != tuple(self.blocks.shape):
+            raise ValueError("only a packed head of this embedding's own blocks can be shared")
+        self.blocks, self.kernel_fmt = head.blocks, head.kernel_fmt
+
+    def _rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """The GGUF blocks of rows ``ids`` (1-D int64), from either layout."""
+        if self.kernel_fmt is None:
+            return self.blocks.index_select(0, ids)  # raises IndexError on an id outside the table
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
+            raise IndexError(f"index out of range: ids must be in [0, {self.num_embeddings})")
+        ids = ids.to(torch.int64).contiguous()
+        out = torch.empty(ids.numel(), self.blocks.shape[1], dtype=torch.uint8)
+        decode_library().lml_unpack_x16_rows(self.kernel_fmt, self.blocks.data_ptr(), self.num_embeddings,
+                                             self.embedding_dim, ids.data_ptr(), ids.numel(), out.data_ptr())
+        return out
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [...] -> float32 [..., embedding_dim]."""
-        rows = self.blocks.index_select(0, ids.reshape(-1))  # raises IndexError on an id outside the table
-        return dequantize(rows, self.qtype).view(*ids.shape, self.embedding_dim)
+        return dequantize(self._rows(ids.reshape(-1)), self.qtype).view(*ids.shape, self.embedding_dim)
+
+    def gguf_blocks(self) -> torch.Tensor:
+        """The table's blocks in GGUF's row layout (unpacked, a copy, when shared with a packed head)."""
+        return self._rows(torch.arange(self.num_embeddings)) if self.kernel_fmt is not None else self.blocks
 
     def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The whole table as float [num_embeddings, embedding_dim] (a new tensor, on demand)."""
-        return dequantize(self.blocks, self.qtype, dtype)
+        return dequantize(self.gguf_blocks(), self.qtype, dtype)
 
     def extra_repr(self) -> str:
         return f"{self.qtype}, {self.num_embeddings}, {self.embedding_dim}"

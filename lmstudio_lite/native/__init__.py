@@ -118,9 +118,10 @@ def load(path: Path) -> ctypes.CDLL:
     lib.lml_dequantize.restype = None
     lib.lml_simd_level.argtypes = []
     lib.lml_simd_level.restype = i32
-    if hasattr(lib, "lml_round_fp16"):  # the tests' view of the float16 cache; older builds (kernel_ab's) lack it
-        lib.lml_round_fp16.argtypes = [p, p, p, i64]
-        lib.lml_round_fp16.restype = None
+    # entries newer than some builds bench/kernel_ab.py compares (an older revision lacks them)
+    for name, argtypes in (("lml_round_fp16", [p, p, p, i64]), ("lml_unpack_x16_rows", [i64, p, i64, i64, p, i64, p])):
+        if hasattr(lib, name):
+            getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, None
     return lib
 
 

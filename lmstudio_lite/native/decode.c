@@ -840,31 +840,44 @@ int64_t lml_pack_x16(int64_t type, const void *w, int64_t N, int64_t K, void *ds
     return xtype;
 }
 
+/* Row r of a matrix packed by lml_pack_x16 as xtype (nb blocks a row) back in GGUF's layout into dst,
+   byte for byte. */
+static void unpack_x16_row(int64_t xtype, const uint8_t *src, int64_t nb, int64_t r, uint8_t *dst) {
+    const int64_t bytes = block_bytes(xtype), gb = 16 * bytes, head = xtype == T_Q4_1X ? 4 : 2, oo = r % 16;
+    for (int64_t k = 0; k < nb; k++) {
+        const uint8_t *o = src + ((r / 16) * nb + k) * gb;
+        uint8_t *blk = dst + k * bytes;
+        if (xtype == T_Q8_0RX) {
+            for (int j = 0; j < 8; j++)
+                for (int t = 0; t < 4; t++) blk[2 + 4 * j + t] = (uint8_t)(o[64 * j + 4 * oo + t] ^ 0x80);
+            memcpy(blk, o + 512 + 2 * oo, 2);
+            continue;
+        }
+        uint8_t e[32];
+        for (int j = 0; j < 4; j++)
+            for (int t = 0; t < 4; t++) {
+                e[4 * j + t] = o[64 * j + 4 * oo + t] & 0x0F;
+                e[4 * (j + 4) + t] = o[64 * j + 4 * oo + t] >> 4;
+            }
+        for (int i = 0; i < 16; i++) blk[head + i] = (uint8_t)(e[i] | (e[i + 16] << 4));
+        memcpy(blk, o + 256 + 2 * oo, 2);
+        if (xtype == T_Q4_1X) memcpy(blk + 2, o + 288 + 2 * oo, 2);
+    }
+}
+
 /* dst = src (N rows packed by lml_pack_x16 as xtype) back in GGUF's row layout, byte for byte. */
 void lml_unpack_x16(int64_t xtype, const void *src, int64_t N, int64_t K, void *dst) {
-    const int64_t nb = K / 32, bytes = block_bytes(xtype), gb = 16 * bytes, head = xtype == T_Q4_1X ? 4 : 2;
-    for (int64_t g = 0; g < N / 16; g++)
-        for (int64_t k = 0; k < nb; k++) {
-            const uint8_t *o = (const uint8_t *)src + (g * nb + k) * gb;
-            for (int oo = 0; oo < 16; oo++) {
-                uint8_t *blk = (uint8_t *)dst + ((g * 16 + oo) * nb + k) * bytes;
-                if (xtype == T_Q8_0RX) {
-                    for (int j = 0; j < 8; j++)
-                        for (int t = 0; t < 4; t++) blk[2 + 4 * j + t] = (uint8_t)(o[64 * j + 4 * oo + t] ^ 0x80);
-                    memcpy(blk, o + 512 + 2 * oo, 2);
-                    continue;
-                }
-                uint8_t e[32];
-                for (int j = 0; j < 4; j++)
-                    for (int t = 0; t < 4; t++) {
-                        e[4 * j + t] = o[64 * j + 4 * oo + t] & 0x0F;
-                        e[4 * (j + 4) + t] = o[64 * j + 4 * oo + t] >> 4;
-                    }
-                for (int i = 0; i < 16; i++) blk[head + i] = (uint8_t)(e[i] | (e[i + 16] << 4));
-                memcpy(blk, o + 256 + 2 * oo, 2);
-                if (xtype == T_Q4_1X) memcpy(blk + 2, o + 288 + 2 * oo, 2);
-            }
-        }
+    const int64_t nb = K / 32, row = nb * block_bytes(xtype);
+    for (int64_t r = 0; r < N; r++) unpack_x16_row(xtype, (const uint8_t *)src, nb, r, (uint8_t *)dst + r * row);
+}
+
+/* dst [n] = rows ids[i] (each < N, the caller checks) of such a matrix in GGUF's layout: a tied
+   embedding's lookups read the head the kernel packed in place. */
+void lml_unpack_x16_rows(int64_t xtype, const void *src, int64_t N, int64_t K, const int64_t *ids, int64_t n,
+                         void *dst) {
+    const int64_t nb = K / 32, row = nb * block_bytes(xtype);
+    (void)N;
+    for (int64_t i = 0; i < n; i++) unpack_x16_row(xtype, (const uint8_t *)src, nb, ids[i], (uint8_t *)dst + i * row);
 }
 
 /* out [R, K] = the rows of a block matrix dequantized in float32, value for value as
