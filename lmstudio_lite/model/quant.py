@@ -348,11 +348,12 @@ class QuantEmbedding(nn.Module):
             return self.blocks.index_select(0, ids)  # raises IndexError on an id outside the table
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
             raise IndexError(f"index out of range: ids must be in [0, {self.num_embeddings})")
-        ids = ids.to(torch.int64).contiguous()
+        ids = ids.to(device="cpu", dtype=torch.int64).contiguous()
+        src = self.blocks.detach().cpu().contiguous()  # itself on the CPU, where the kernel packed it
         out = torch.empty(ids.numel(), self.blocks.shape[1], dtype=torch.uint8)
-        decode_library().lml_unpack_x16_rows(self.kernel_fmt, self.blocks.data_ptr(), self.num_embeddings,
+        decode_library().lml_unpack_x16_rows(self.kernel_fmt, src.data_ptr(), self.num_embeddings,
                                              self.embedding_dim, ids.data_ptr(), ids.numel(), out.data_ptr())
-        return out
+        return out.to(self.blocks.device)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [...] -> float32 [..., embedding_dim]."""
