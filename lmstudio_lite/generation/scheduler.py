@@ -77,13 +77,11 @@ def _env_int(name: str) -> int | None:
     return number
 
 
-def default_kv_dtype(model, device: torch.device) -> torch.dtype:
-    """The KV pool's element type: the model's own, but float16 for a float32 (or quantized) model
-    whose steps run in the native kernel, as llama.cpp keeps its cache. Half the bytes per token:
+def default_kv_dtype(model, dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The KV pool's element type: the model's own ``dtype``, but float16 for a float32 (or quantized)
+    model whose steps run in the native kernel, as llama.cpp keeps its cache. Half the bytes per token:
     twice the rows in a budget, and attention, which reads the whole prefix every step, 1.25x
     faster a step at position 1,000 (SmolLM2 Q4_1, one row; 1.46x for 8 rows)."""
-    param = next(model.parameters(), None)
-    dtype = param.dtype if param is not None else torch.float32
     if dtype == torch.float32 and device.type == "cpu" and getattr(model, "native", None) is not None:
         return torch.float16
     return dtype
@@ -170,7 +168,8 @@ class Scheduler:
         param = next(model.parameters(), None)
         self.device = torch.device(device) if device is not None else (
             param.device if param is not None else torch.device("cpu"))
-        self.dtype = kv_dtype or default_kv_dtype(model, self.device)  # the KV pool's
+        self.dtype = kv_dtype or default_kv_dtype(model, param.dtype if param is not None else torch.float32,
+                                                  self.device)  # the KV pool's
         default_batch = GPU_BATCH if self.device.type == "cuda" else CPU_BATCH
         self.max_batch = max_batch or _env_int("LMSTUDIO_LITE_MAX_BATCH") or default_batch
         self.cache_rows = self.max_batch if cache_rows is None else cache_rows

@@ -69,13 +69,13 @@ class NativeDecoder:
                      *self._parts(qkv, C, [HD, KVD, KVD]), *self._matrix(attn.o, HD, C), C,
                      self._addr(b.norm2.weight), self._addr(getattr(b.norm2, "bias", None)),
                      *up, *self._matrix(mlp.down, FF, C), C]
-        head, norm_f = (model.head if model.head is not None else (inference.head_t, None)), model.norm_f
+        step_head, norm_f = (head if head is not None else (inference.head_t, None)), model.norm_f
         try:  # decode.c's HEAD_* slots: the final norm, then the head as one part
             eps = model.blocks[0].norm1.eps
             if getattr(norm_f, "eps", None) != eps or (isinstance(norm_f, nn.LayerNorm) and norm_f.bias is None):
                 raise ValueError("the final norm differs from the blocks' norms")
             rows += [self._addr(norm_f.weight), self._addr(getattr(norm_f, "bias", None)),
-                     *self._matrix(head, C, cfg.vocab_size), cfg.vocab_size]
+                     *self._matrix(step_head, C, cfg.vocab_size), cfg.vocab_size]
             self.fused_head = True
         except ValueError:  # e.g. a float16 head: the step still runs, the head in torch
             rows += [0] * 6
@@ -88,7 +88,6 @@ class NativeDecoder:
         self._dims = {dtype: torch.tensor(dims + [code, cfg.vocab_size]) for dtype, code in _CACHE_TYPES.items()}
         self._eps = model.blocks[0].norm1.eps
         # a float table (its tensor, like every other weight here) or a quantized embedding's module
-        emb = model.tok_emb
         self._emb = emb if hasattr(emb, "blocks") else emb.weight.detach()
         self._emb_dtype = model.dtype
         self._pos_emb = None if rope else model.pos_emb.weight.detach()
@@ -98,8 +97,7 @@ class NativeDecoder:
         self._x = torch.empty(MAX_ROWS, C)
         self._scratch, self._scratch_for = torch.empty(0), None
         self._linear_scratch, self._linear_for = torch.empty(0), None
-        qhead = getattr(model, "head", None)
-        self.head = self._matrix(qhead, C, cfg.vocab_size) + (cfg.vocab_size,) if hasattr(qhead, "qtype") else None
+        self.head = self._matrix(head, C, cfg.vocab_size) + (cfg.vocab_size,) if hasattr(head, "qtype") else None
         if tied and head.packed:  # the embedding reads the packed rows now: the GGUF ones can go
             emb.share_packed(head)
 
