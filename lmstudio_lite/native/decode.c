@@ -407,6 +407,30 @@ static void attend_heads(const float *q, int64_t G, const void *kc, const void *
 }
 #endif
 
+/* out[j] = act(g[j]) (times u[j] when u is given): the MLP's activation of one row's chunk. SiLU
+   (every Llama-family model) goes 16 at a time on AVX-512 as v e / (1 + e) with e = exp(-|v|), and
+   e = 1 for v >= 0, so exp16 never sees a positive power: the scalar expf and division per value
+   were 6% of an 8-row SmolLM2 step. */
+static void activate_row(const float *g, const float *u, int64_t n, int64_t act, float *out) {
+    int64_t j = 0;
+#if defined(LML_AVX512)
+    if (act == ACT_SILU) {
+        const __m512 one = _mm512_set1_ps(1.0f);
+        for (; j < n; j += 16) {
+            const __mmask16 m = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+            const __m512 v = _mm512_maskz_loadu_ps(m, g + j);
+            const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(v)));
+            const __m512 num = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), one, e);
+            __m512 y = _mm512_div_ps(_mm512_mul_ps(v, num), _mm512_add_ps(one, e));
+            if (u) y = _mm512_mul_ps(y, _mm512_maskz_loadu_ps(m, u + j));
+            _mm512_mask_storeu_ps(out + j, m, y);
+        }
+        return;
+    }
+#endif
+    for (; j < n; j++) out[j] = u ? activate(g[j], act) * u[j] : activate(g[j], act);
+}
+
 /* x[i] rounded to float16 and widened back, as the cache stores and attention reads a float16
    K or V value: the tests' view of both conversions (torch's, exactly). */
 void lml_round_fp16(const float *x, uint16_t *h, float *back, int64_t n) {
@@ -665,9 +689,7 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
                 project(&up_p, h, &qa, B, j0, n, r, n);  /* gate is outputs [0, F), up is [F, 2F) */
                 if (gated) project(&up_p, h, &qa, B, FF + j0, n, r2, n);
                 for (int64_t b = 0; b < B; b++)
-                    for (int64_t j = 0; j < n; j++)
-                        a[b * FF + j0 + j] = gated ? activate(r[b * n + j], act) * r2[b * n + j]
-                                                   : activate(r[b * n + j], act);
+                    activate_row(r + b * n, gated ? r2 + b * n : NULL, n, act, a + b * FF + j0);
             }
             ph++;
             /* 5. MLP down onto the residual */
