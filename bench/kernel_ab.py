@@ -5,6 +5,7 @@
     python bench/kernel_ab.py --gguf /tmp/lsl-bench-gguf/SmolLM2-135M-Instruct-q4_1.gguf   # whole decode steps
     python bench/kernel_ab.py --gguf FILE --rows 8 --pos 1000 --threads 2    # 8 rows, deep in a chat
     python bench/kernel_ab.py --old REV --gguf FILE --pos 1000 --threads 2 --old-kv float32 --new-kv float16
+    python bench/kernel_ab.py --model models/lmstudio-lite-tiny --rows 8 --pos 100 --old-kv float16 --new-kv float16
     python bench/kernel_ab.py --quick                          # a tiny shape: checks the script runs
 
 Each format gets a whole model's worth of random matrices (every layer's q|k|v, o, gate|up and down,
@@ -15,9 +16,9 @@ hits both alike, and each pass is timed on the calling thread's CPU time at one 
 (``time.thread_time``: other processes' load disturbs it least) or on the wall clock at more. Prints
 the median ms per pass of each, GB/s of weight bytes, and the median of the paired ratios old/new;
 beside them, torch's sum of the same bytes (as float32) at the same time: the read bandwidth to reach.
-With ``--gguf``, a pass is instead ``--steps`` decode steps of that model (our GGUF loader, the
-native step with its head; ``--rows`` rows at position ``--pos``), the two builds swapped under
-the same prepared model.
+With ``--gguf`` (or ``--model``, a checkpoint folder such as the bundled model's), a pass is instead
+``--steps`` decode steps of that model (our loader, the native step with its head; ``--rows`` rows at
+position ``--pos``), the two builds swapped under the same prepared model.
 """
 from __future__ import annotations
 
@@ -97,6 +98,7 @@ def main():
     p.add_argument("--build-dir", default=os.path.join(tempfile.gettempdir(), "lsl-kernel-ab"),
                    help="where the libraries are built and kept (perf can then name their symbols)")
     p.add_argument("--gguf", help="time whole decode steps of this GGUF model instead of its shape's matrices")
+    p.add_argument("--model", help="as --gguf, a checkpoint folder (the bundled model: models/lmstudio-lite-tiny)")
     p.add_argument("--pos", type=int, default=0, help="with --gguf: the rows' position (attention reads that many)")
     p.add_argument("--steps", type=int, default=10, help="with --gguf: decode steps per timed pass")
     p.add_argument("--old-kv", choices=["float32", "bfloat16", "float16"], default=None,
@@ -116,11 +118,11 @@ def main():
         torch.set_num_threads(args.threads)  # the read baseline uses as many
         load = os.getloadavg()[0]
         clock = time.thread_time if args.threads == 1 else time.perf_counter
-        what = Path(args.gguf).name if args.gguf else f"{args.shape} B={args.rows}"
+        what = Path(args.gguf or args.model).name if args.gguf or args.model else f"{args.shape} B={args.rows}"
         print(f"{what}, {args.threads} thread(s), {args.pairs} pairs, "
               f"{'thread CPU' if args.threads == 1 else 'wall'} time; old {args.old}, new {args.new or 'working tree'}; "
               f"load average {load:.1f}", flush=True)
-        if args.gguf:
+        if args.gguf or args.model:
             return steps_ab(args, libs, clock)
         for fmt in args.formats:
             compare_format(fmt, shape, args, libs, clock)
@@ -169,15 +171,20 @@ def compare_format(fmt: str, shape: dict, args, libs: dict, clock) -> None:
 
 
 def steps_ab(args, libs, clock) -> None:
-    """Paired decode steps of a GGUF model: ``--rows`` rows at position ``--pos`` (the cache before it
-    random values, as long chats leave it), the two builds' libraries swapped in turn."""
+    """Paired decode steps of a GGUF model or checkpoint folder: ``--rows`` rows at position ``--pos``
+    (the cache before it random values, as long chats leave it), the two builds' libraries swapped in turn."""
     sys.path.insert(0, str(ROOT / "bench"))
     from peer_llamacpp import load_ours  # noqa: E402
 
+    from lmstudio_lite import load_model  # noqa: E402
     from lmstudio_lite.model import KVCache  # noqa: E402
 
-    dtype = torch.bfloat16 if "bf16" in Path(args.gguf).name else torch.float32  # as bench/decode.py loads it
-    model = load_ours(Path(args.gguf), dtype)
+    if args.model:
+        model = load_model(args.model, device="cpu").model
+        dtype = model.dtype
+    else:
+        dtype = torch.bfloat16 if "bf16" in Path(args.gguf).name else torch.float32  # as bench/decode.py loads it
+        model = load_ours(Path(args.gguf), dtype)
     decoder = model.native  # the prepared step: only its library is swapped (same ABI in both builds)
     B, P = args.rows, args.pos
     caches = {}
@@ -203,7 +210,7 @@ def steps_ab(args, libs, clock) -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = statistics.median(o / n for o, n in zip(times["old"], times["new"]))
     kvs = {label: str(caches[label].k.dtype).removeprefix("torch.") for label in caches}
-    print(f"{Path(args.gguf).name}, {B} row(s) at position {P}, KV old {kvs['old']} new {kvs['new']}: "
+    print(f"{Path(args.gguf or args.model).name}, {B} row(s) at position {P}, KV old {kvs['old']} new {kvs['new']}: "
           f"ms per step old {med['old'] * 1e3:.2f}, new "
           f"{med['new'] * 1e3:.2f}, old/new {ratio:.3f}x (median of {len(times['new'])} pairs); load average after "
           f"{os.getloadavg()[0]:.1f}")

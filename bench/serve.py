@@ -312,8 +312,10 @@ def main() -> int:
     models = args.model or [str(BUNDLED)] + ([str(SMOLLM2)] if SMOLLM2.is_file() and not args.quick else [])
     if args.quick:
         args.clients, args.repeat = [1, 4, 8], 1
-    print(f"bench/serve.py: {args.tokens} new tokens per request, {args.threads} threads per server, "
-          f"repeat {args.repeat} (medians)")
+    from timing import machine
+
+    print(f"bench/serve.py on {machine()}: {args.tokens} new tokens per request, {args.threads} threads per "
+          f"server, repeat {args.repeat} (medians)")
     for model in models:
         print("\n".join(bench_model(model, args)), flush=True)
         if args.engine:

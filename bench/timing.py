@@ -12,3 +12,17 @@ def seconds_per_call(fn, n: int, warmup: int = 3) -> float:
     for _ in range(n):
         fn()
     return (time.perf_counter() - t) / n
+
+
+def machine() -> str:
+    """The CPU the figures come from, as /proc/cpuinfo names it, and its cores: this project's
+    machines change between sessions (Intel Xeon one day, AMD EPYC the next), and so do the ratios."""
+    import os
+
+    name = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {len(os.sched_getaffinity(0))} cores"

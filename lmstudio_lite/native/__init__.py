@@ -33,7 +33,11 @@ PLAIN_C = "-DLML_PLAIN_C"  # a define that turns every intrinsic off (what ARM b
 # decode.c's matrix formats (T_*)
 FORMATS = {"f32": 0, "bf16": 1, "q8_0": 2, "q4_0": 3, "q4_1": 4}
 Q8_0_ROUNDED = 5  # decode.c's T_Q8_0R: Q8_0 blocks on int8 activations (a 4-bit model's head)
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+# -ffp-contract=off: GCC otherwise fuses a plain C ``a * b + c`` into one FMA where the loop it sits in
+# allows, and a loop over 8 rows is not unrolled like one over 1, so a row's sums came out 1 ulp apart
+# alone and in a batch (the plain build's Q8_0 rows on an AMD EPYC, -march=native = znver3). Intrinsics
+# say where they fuse; no step measured slower (bench/kernel_ab.py --model, 1 and 8 rows, 1.01x).
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
 if platform.machine().lower() in ("x86_64", "amd64"):
     # GCC vectorizes the plain loops (float32 GEMV, attention) 256 bits wide on AVX-512 CPUs unless
     # asked: 512 made a float32 SmolLM2 step 1.06x faster at one thread (bench/kernel_ab.py --gguf)
