@@ -197,7 +197,9 @@ def engine_model(model: str, args) -> list[str]:
 
     from lmstudio_lite import load_model
     from lmstudio_lite.generation import Scheduler
+    from lmstudio_lite.memory import keep_freed_memory
 
+    keep_freed_memory()  # the allocator policy the server's entry point sets (cli.main)
     torch.set_num_threads(args.threads)
     loaded = load_model(model, device="cpu")
     scheduler = Scheduler(loaded.model, loaded.tokenizer)
