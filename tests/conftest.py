@@ -56,3 +56,18 @@ def no_process_outlives_its_module():
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
     assert not left, f"processes outlived their test module: {left}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_native_build(tmp_path_factory):
+    """Every app, server and CLI the tests start has a home of its own, and each built the kernel
+    into it again: 6 s on 2 cores, some thirty times a run. They share one build instead (the
+    build itself, its errors and its other flavours are tested with folders of their own)."""
+    from lmstudio_lite.native import DIR_ENV
+
+    if os.environ.get(DIR_ENV):
+        yield
+        return
+    os.environ[DIR_ENV] = str(tmp_path_factory.mktemp("native-build"))
+    yield
+    os.environ.pop(DIR_ENV, None)

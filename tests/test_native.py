@@ -18,6 +18,7 @@ from lmstudio_lite.model import KVCache
 from lmstudio_lite.model.config import ModelConfig
 from lmstudio_lite.model.inference import InferenceModel
 from lmstudio_lite.model.transformer import Transformer
+from lmstudio_lite.paths import cache_dir
 
 PROMPT = [1, 5, 17, 42, 8, 77, 3, 64, 21, 9]
 
@@ -242,3 +243,14 @@ def test_disabled_kernel_leaves_pytorch_decoding():
     out = subprocess.run([sys.executable, "-c", DISABLED_RUN], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["off", f"({native.DISABLE_ENV}=0)", "None"]
+
+
+def test_the_library_is_built_where_the_native_dir_says(monkeypatch):
+    """$LMSTUDIO_LITE_NATIVE_DIR (homes on one machine sharing one build) holds the built library;
+    without it, the app's cache folder does."""
+    assert native.decode_library() is not None, native.status()
+    assert os.environ.get(native.DIR_ENV), "the tests' session fixture sets it"
+    assert native.build_dir() == Path(os.environ[native.DIR_ENV])
+    assert list(native.build_dir().glob("decode-*.so")), "the library this process loaded is not there"
+    monkeypatch.delenv(native.DIR_ENV)
+    assert native.build_dir() == cache_dir() / "native"
