@@ -118,11 +118,12 @@ def main():
         torch.set_num_threads(args.threads)  # the read baseline uses as many
         load = os.getloadavg()[0]
         clock = time.thread_time if args.threads == 1 else time.perf_counter
-        what = Path(args.gguf or args.model).name if args.gguf or args.model else f"{args.shape} B={args.rows}"
+        steps_of = args.gguf or args.model
+        what = Path(steps_of).name if steps_of else f"{args.shape} B={args.rows}"
         print(f"{what}, {args.threads} thread(s), {args.pairs} pairs, "
               f"{'thread CPU' if args.threads == 1 else 'wall'} time; old {args.old}, new {args.new or 'working tree'}; "
               f"load average {load:.1f}", flush=True)
-        if args.gguf or args.model:
+        if steps_of:
             return steps_ab(args, libs, clock)
         for fmt in args.formats:
             compare_format(fmt, shape, args, libs, clock)

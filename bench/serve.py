@@ -40,6 +40,8 @@ import threading
 import time
 from pathlib import Path
 
+from timing import machine  # bench/, beside this file
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 BUNDLED = REPO / "models" / "lmstudio-lite-tiny"
@@ -314,8 +316,6 @@ def main() -> int:
     models = args.model or [str(BUNDLED)] + ([str(SMOLLM2)] if SMOLLM2.is_file() and not args.quick else [])
     if args.quick:
         args.clients, args.repeat = [1, 4, 8], 1
-    from timing import machine
-
     print(f"bench/serve.py on {machine()}: {args.tokens} new tokens per request, {args.threads} threads per "
           f"server, repeat {args.repeat} (medians)")
     for model in models:

@@ -65,9 +65,7 @@ def one_native_build(tmp_path_factory):
     build itself, its errors and its other flavours are tested with folders of their own)."""
     from lmstudio_lite.native import DIR_ENV
 
-    if os.environ.get(DIR_ENV):
+    with pytest.MonkeyPatch.context() as mp:
+        if not os.environ.get(DIR_ENV):
+            mp.setenv(DIR_ENV, str(tmp_path_factory.mktemp("native-build")))
         yield
-        return
-    os.environ[DIR_ENV] = str(tmp_path_factory.mktemp("native-build"))
-    yield
-    os.environ.pop(DIR_ENV, None)
