@@ -6,6 +6,7 @@
     python bench/kernel_ab.py --gguf FILE --rows 8 --pos 1000 --threads 2    # 8 rows, deep in a chat
     python bench/kernel_ab.py --old REV --gguf FILE --pos 1000 --threads 2 --old-kv float32 --new-kv float16
     python bench/kernel_ab.py --model models/lmstudio-lite-tiny --rows 8 --pos 100 --old-kv float16 --new-kv float16
+    python bench/kernel_ab.py --packed --formats q4_1 --rows 8 --threads 2   # the packed int8 rows (rows_x16)
     python bench/kernel_ab.py --quick                          # a tiny shape: checks the script runs
 
 Each format gets a whole model's worth of random matrices (every layer's q|k|v, o, gate|up and down,
@@ -16,6 +17,9 @@ hits both alike, and each pass is timed on the calling thread's CPU time at one 
 (``time.thread_time``: other processes' load disturbs it least) or on the wall clock at more. Prints
 the median ms per pass of each, GB/s of weight bytes, and the median of the paired ratios old/new;
 beside them, torch's sum of the same bytes (as float32) at the same time: the read bandwidth to reach.
+``--packed`` packs the 4-bit formats' matrices (and their Q8_0 head, rounded) 16 outputs side by side
+and runs them through ``lml_linear_x16``, prefill's entry, where a CPU has AVX-512 VNNI: the int8 rows
+that prefill and the batched decode step run; it also prints GMAC/s.
 With ``--gguf`` (or ``--model``, a checkpoint folder such as the bundled model's), a pass is instead
 ``--steps`` decode steps of that model (our loader, the native step with its head; ``--rows`` rows at
 position ``--pos``), the two builds swapped under the same prepared model.
@@ -104,8 +108,15 @@ def main():
     p.add_argument("--old-kv", choices=["float32", "bfloat16", "float16"], default=None,
                    help="with --gguf: the old build's KV cache type (default: the model's)")
     p.add_argument("--new-kv", choices=["float32", "bfloat16", "float16"], default=None)
+    p.add_argument("--packed", action="store_true", help="the 4-bit formats packed for rows_x16, through "
+                   "lml_linear_x16 (prefill's entry)")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
+    if args.packed:
+        if not native.decode_library().lml_x16():
+            p.error("--packed: this CPU has no AVX-512 VNNI, so the kernel packs nothing")
+        if not set(args.formats) <= {"q4_0", "q4_1"}:
+            p.error("--packed takes the 4-bit formats (--formats q4_0 q4_1)")
     if args.quick:
         args.shape, args.pairs = "tiny", 2
     shape = SHAPES[args.shape]
@@ -138,15 +149,24 @@ def compare_format(fmt: str, shape: dict, args, libs: dict, clock) -> None:
     widest = max(max(K, N) for _, _, K, N in mats)
     x = torch.randn(args.rows, widest, generator=g)
     out = torch.empty(args.rows, widest)
-    scratch = {k: torch.empty(max(lib.lml_linear_scratch_floats(K, N, args.rows, args.threads)
-                                  for _, _, K, N in mats)) for k, lib in libs.items()}
+    if args.packed:  # the packed layout is the same in both builds: pack once, with the old one
+        codes = [native.Q8_0_ROUNDED if f == "q8_0" else native.FORMATS[f] for f, _, _, _ in mats]
+        packed = [torch.empty_like(w) for _, w, _, _ in mats]
+        codes = [libs["old"].lml_pack_x16(c, w.data_ptr(), N, K, p.data_ptr())
+                 for c, (_, w, K, N), p in zip(codes, mats, packed)]
+        entry = "lml_linear_x16"
+        scratch = {k: torch.empty(max(lib.lml_linear_x16_scratch_floats(K, args.rows) for _, _, K, _ in mats))
+                   for k, lib in libs.items()}
+    else:
+        codes, packed, entry = [native.FORMATS[f] for f, _, _, _ in mats], [w for _, w, _, _ in mats], "lml_linear"
+        scratch = {k: torch.empty(max(lib.lml_linear_scratch_floats(K, N, args.rows, args.threads)
+                                      for _, _, K, N in mats)) for k, lib in libs.items()}
 
     def one_pass(label):
-        lib, s = libs[label], scratch[label].data_ptr()
+        run, s = getattr(libs[label], entry), scratch[label].data_ptr()
         t = clock()
-        for f, w, K, N in mats:
-            lib.lml_linear(native.FORMATS[f], w.data_ptr(), None, K, N, args.rows, x.data_ptr(),
-                           out.data_ptr(), s, args.threads)
+        for code, w, (_, _, K, N) in zip(codes, packed, mats):
+            run(code, w.data_ptr(), None, K, N, args.rows, x.data_ptr(), out.data_ptr(), s, args.threads)
         return clock() - t
 
     flat = [w.view(-1).view(torch.float32) for _, w, _, _ in mats]  # the same bytes, as floats
@@ -165,8 +185,10 @@ def compare_format(fmt: str, shape: dict, args, libs: dict, clock) -> None:
         times["read"].append(read_pass())
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = statistics.median(o / n for o, n in zip(times["old"], times["new"]))
-    print(f"{fmt:5} {nbytes / 1e6:6.0f} MB  old {med['old'] * 1e3:7.2f} ms ({nbytes / med['old'] / 1e9:5.1f} GB/s)"
-          f"  new {med['new'] * 1e3:7.2f} ms ({nbytes / med['new'] / 1e9:5.1f} GB/s)  old/new {ratio:.3f}x"
+    macs = sum(K * N for _, _, K, N in mats) * args.rows
+    print(f"{fmt:5} {nbytes / 1e6:6.0f} MB  old {med['old'] * 1e3:7.2f} ms ({nbytes / med['old'] / 1e9:5.1f} GB/s, "
+          f"{macs / med['old'] / 1e9:4.0f} GMAC/s)  new {med['new'] * 1e3:7.2f} ms ({nbytes / med['new'] / 1e9:5.1f} GB/s, "
+          f"{macs / med['new'] / 1e9:4.0f} GMAC/s)  old/new {ratio:.3f}x"
           f"  (torch sum of the same bytes {nbytes / med['read'] / 1e9:5.1f} GB/s)",
           flush=True)
 

@@ -140,7 +140,7 @@ static proj proj_at(const int64_t *p, int nparts, int64_t K) {
         r.bias[i] = F(p[PART_B]);
         const int64_t type = p[PART_T];  /* prepare_act's bits: block sums, int8 in the Q4 and Q8_0 orders */
         if (type >= T_Q8_0)
-            r.quant |= 1 | (type == T_Q4_0X || type == T_Q4_1X ? 12 : type == T_Q8_0RX ? 20
+            r.quant |= 1 | (type == T_Q4_0X || type == T_Q4_1X || type == T_Q8_0RX ? 32
                             : lml_int8() ? (type == T_Q8_0R ? 4 : type == T_Q8_0 ? 0 : 2) : 0);
     }
     return r;
@@ -484,7 +484,7 @@ static int64_t up16(int64_t n) { return (n + 15) / 16 * 16; }
 
 /* The private (per thread) part of the scratch, in floats. */
 typedef struct {
-    int64_t h, rot, scores, r, r2, s, q4, q8, dx4, dx8, sx4, off8, total;
+    int64_t h, rot, scores, r, r2, s, q4, q8, dx4, dx8, sx4, xi, total;
 } layout;
 
 static layout private_layout(int64_t B, int64_t C, int64_t D, int64_t G, int64_t max_len, int64_t widest_n,
@@ -501,8 +501,8 @@ static layout private_layout(int64_t B, int64_t C, int64_t D, int64_t G, int64_t
     l.dx4 = l.q8 + up16(B * pairs(widest_k) * 16);  /* and their scales */
     l.dx8 = l.dx4 + up16(B * quads(widest_k) * 16);
     l.sx4 = l.dx8 + up16(B * pairs(widest_k) * 16);
-    l.off8 = l.sx4 + up16(B * quads(widest_k) * 16);  /* int32 [B, widest_k/32] */
-    l.total = l.off8 + up16(B * widest_k / 32 + 1);
+    l.xi = l.sx4 + up16(B * quads(widest_k) * 16);  /* rows_x16's records (bytes) */
+    l.total = l.xi + up16(B * (widest_k / 32) * X16_REC / 4);
     return l;
 }
 
@@ -610,7 +610,7 @@ void lml_decode(const int64_t *ptrs, const int64_t *dims, float eps, int64_t B, 
         float *mine = priv + t * lay.total, *h = mine + lay.h, *rot = mine + lay.rot, *sc = mine + lay.scores;
         float *r = mine + lay.r, *r2 = mine + lay.r2;
         qact qa = {NULL, mine + lay.s, (int8_t *)(mine + lay.q4), (int8_t *)(mine + lay.q8), mine + lay.dx4, mine + lay.dx8,
-                   mine + lay.sx4, (int32_t *)(mine + lay.off8)};
+                   mine + lay.sx4, (uint8_t *)(mine + lay.xi)};
         const int64_t nq = chunks(Q, nt), nc = chunks(C, nt), nf = chunks(FF, nt), natt = first[B];
         int64_t j0, n;
         phase_ctr *ph = ctr;
@@ -754,7 +754,7 @@ void lml_linear(int64_t type, const void *w, const float *bias, int64_t K, int64
         const int t = omp_get_thread_num();
         float *mine = scratch + t * lay.total;
         qact qa = {NULL, mine + lay.s, (int8_t *)(mine + lay.q4), (int8_t *)(mine + lay.q8), mine + lay.dx4, mine + lay.dx8,
-                   mine + lay.sx4, (int32_t *)(mine + lay.off8)};
+                   mine + lay.sx4, (uint8_t *)(mine + lay.xi)};
         int64_t j0, n, quantized = -1;
         EACH_CHUNK(ci, &ctr, total) {
             const int64_t b0 = ci / nch * G, g = B - b0 < G ? B - b0 : G;
@@ -782,11 +782,8 @@ int64_t lml_linear_scratch_floats(int64_t K, int64_t N, int64_t B, int nthreads)
 void lml_linear_x16(int64_t type, const void *w, const float *bias, int64_t K, int64_t N, int64_t B, const float *x,
                     float *out, float *scratch, int nthreads) {
 #if defined(LML_X16)
-    const int64_t nb = K / 32, np = pairs(K);
-    float *s = scratch, *dx8 = s + up16(B * nb);
-    int32_t *off8 = (int32_t *)(dx8 + up16(B * np * 16));
-    int8_t *q8 = (int8_t *)(off8 + up16(B * nb));
-    const int order = type == T_Q8_0RX ? 20 : 12;
+    uint8_t *xi = (uint8_t *)scratch;
+    const int64_t group = (K / 32) * X16_REC * MAX_ROWS, groups = (B + MAX_ROWS - 1) / MAX_ROWS;
     const int64_t lines = N / 16, want = nthreads == 1 ? 1 : 8 * (int64_t)nthreads;
     const int64_t nch = lines < want ? lines : want;
     phase_ctr ctr;
@@ -794,17 +791,17 @@ void lml_linear_x16(int64_t type, const void *w, const float *bias, int64_t K, i
 #pragma omp parallel num_threads(nthreads)
     {
 #pragma omp for schedule(static)
-        for (int64_t b = 0; b < B; b++) {
-            qact qa = {NULL, s + b * nb, q8 + b * np * 64, q8 + b * np * 64, NULL, dx8 + b * np * 16, NULL, off8 + b * nb};
-            quantize_act(x + b * K, 1, K, order, &qa);
+        for (int64_t gi = 0; gi < groups; gi++) {
+            qact qa = {.xi = xi + gi * group};
+            const int64_t b0 = gi * MAX_ROWS;
+            quantize_act(x + b0 * K, B - b0 < MAX_ROWS ? B - b0 : MAX_ROWS, K, 32, &qa);
         }
         int64_t j0, n;
         EACH_CHUNK(ci, &ctr, nch) {
             share(N, (int)ci, (int)nch, &j0, &n);
             for (int64_t b0 = 0; b0 < B; b0 += MAX_ROWS) {
                 const int64_t g = B - b0 < MAX_ROWS ? B - b0 : MAX_ROWS;
-                const qact qa = {NULL, s + b0 * nb, q8 + b0 * np * 64, q8 + b0 * np * 64, NULL, dx8 + b0 * np * 16, NULL,
-                                 off8 + b0 * nb};
+                const qact qa = {.xi = xi + b0 / MAX_ROWS * group};
                 rows_quant_any(type, (const uint8_t *)w, K, &qa, g, j0, n, out + b0 * N + j0, N, 0);
                 if (bias)
                     for (int64_t b = b0; b < b0 + g; b++)
@@ -818,7 +815,7 @@ void lml_linear_x16(int64_t type, const void *w, const float *bias, int64_t K, i
 }
 
 int64_t lml_linear_x16_scratch_floats(int64_t K, int64_t B) {
-    return 2 * up16(B * (K / 32)) + up16(B * pairs(K) * 16) + B * pairs(K) * 16 + 16;
+    return (B + MAX_ROWS - 1) / MAX_ROWS * MAX_ROWS * (K / 32) * X16_REC / 4 + 16;
 }
 
 /* Whether this build has rows_x16 (lml_pack_x16 packs for it). */

@@ -141,8 +141,16 @@ typedef struct {
     float *s;
     int8_t *q4, *q8;
     float *dx4, *dx8, *sx4;
-    int32_t *off8;  /* rows_x16's Q8_0: 128 times each block's sum of rounded x */
+    uint8_t *xi;  /* rows_x16's: the rows of a group side by side, block by block (X16_REC) */
 } qact;
+
+/* rows_x16 reads, per block of 32 inputs, a record of the B <= MAX_ROWS rows of one group: their
+   int8 blocks [B, 32], then dx [B], then sx [B] (dx times the block's sum of rounded x: the 4-bit
+   offset's), then off8 [B] (128 times that sum: Q8_0's unsigned side), so that every operand of a
+   block is at a fixed offset from one pointer. With each row's blocks apart (a row stride known
+   only at run time), the 8-row loop kept 56 addresses on the stack and loaded one before every
+   vpdpbusd's broadcast. */
+#define X16_REC 44  /* bytes per row and block */
 
 static inline int64_t quads(int64_t K) { return (K / 32 + 3) / 4; }
 static inline int64_t pairs(int64_t K) { return (K / 32 + 1) / 2; }
@@ -191,8 +199,14 @@ static void quantize_act(const float *x, int64_t B, int64_t K, int order, qact *
                 _mm_storeu_ps(dx4 + 4 * k, _mm_set1_ps(dx));
                 _mm_storeu_ps(sx4 + 4 * k, _mm_set1_ps(sum / 4.0f));
             }
-            if ((order & 8) && k < nb) a->s[b * nb + k] = sum;  /* rows_x16's sx */
-            if ((order & 16) && k < nb) a->off8[b * nb + k] = 128 * isum;
+            if ((order & 32) && k < nb) {  /* rows_x16's record of this group's block k */
+                uint8_t *rec = a->xi + k * X16_REC * B;
+                _mm_storeu_si128((__m128i *)(rec + b * 32), lo);
+                _mm_storeu_si128((__m128i *)(rec + b * 32 + 16), hi);
+                ((float *)(rec + 32 * B))[b] = dx;
+                ((float *)(rec + 36 * B))[b] = sum;
+                ((int32_t *)(rec + 40 * B))[b] = 128 * isum;
+            }
             if ((order & 4) && k < np * 2) {
                 _mm_storeu_si128((__m128i *)(q8 + k * 32), lo);
                 _mm_storeu_si128((__m128i *)(q8 + k * 32 + 16), hi);
@@ -237,12 +251,12 @@ static void quantize_act(const float *x, int64_t B, int64_t K, int order, qact *
 
 /* What a projection's matrices need of their input x: quant bit 1, its block sums (only the exact
    Q4 rows read them, and with LML_INT8 every Q4 row takes the int8 path); bits 2 and 4 (Q4 and
-   Q8_0 matrices on the int8 path), its int8 blocks in the Q4 and the Q8_0 order; bit 8 (rows_x16's
-   Q4, with bit 4), each block's rounded sum times dx in s; bit 16 (its Q8_0), 128 times that sum. */
+   Q8_0 matrices on the int8 path), its int8 blocks in the Q4 and the Q8_0 order; bit 32 (rows_x16's
+   matrices), the rows' records (X16_REC), the B rows of the call one group. */
 static void prepare_act(const float *x, int64_t B, int64_t K, int quant, qact *a) {
 #if defined(LML_INT8)
     a->x = x;
-    if (quant & 30) quantize_act(x, B, K, quant, a);
+    if (quant & 38) quantize_act(x, B, K, quant, a);
 #else
     if (quant) block_sums(x, B, K, a);
 #endif
@@ -784,35 +798,54 @@ INLINE void rows_int8(const int type, const uint8_t *W, int64_t K, const qact *a
    pairs of rows_int8 give it. */
 static inline int64_t x16_bytes(int type) { return 16 * block_bytes(type); }
 
-/* One group-block of 16 outputs (blk, input block k) times rows b < B, into acc[b]. */
-INLINE void x16_block(const int type, const uint8_t *blk, int64_t k, const qact *a, const int B, int64_t nb,
-                      int64_t np, __m512 *acc) {
+/* One group-block of 16 outputs (blk) times rows b < B (their record of the same input block: rec),
+   into acc[b]. */
+INLINE void x16_block(const int type, const uint8_t *blk, const uint8_t *rec, const int B, __m512 *acc) {
     const __m512i low = _mm512_set1_epi8(0x0F);
     for (int64_t o = 0; o < x16_bytes(type); o += 64) _mm_prefetch((const char *)blk + LML_PREFETCH + o, _MM_HINT_T0);
-    __m512i w[8];
+    const int32_t *xq = (const int32_t *)rec;
+    const float *dx = (const float *)(rec + 32 * B), *sx = (const float *)(rec + 36 * B);
+    const int32_t *off8 = (const int32_t *)(rec + 40 * B);
+    /* The rows' dot products side by side, each in two halves (inputs 4 i.. and 4 (i + 4).., the low
+       and high nibbles of one load): 16 independent vpdpbusd chains of 4 in flight. Row by row, each
+       row's one chain of 8 waited on its own latency (5 cycles a link), and the rows' operands were
+       a run-time stride apart (56 addresses kept on the stack). Now, on the Xeon at 2 threads
+       (bench/kernel_ab.py --packed --formats q4_1 --rows R --threads 2, SmolLM2's matrices and
+       head): 8 rows 118 -> 148 GMAC/s (1.25x), 64 rows 191 -> 268 (1.40x); a whole 8-row SmolLM2
+       step at position 100 1.21-1.31x (--gguf). */
+    __m512i lo[MAX_ROWS], hi[MAX_ROWS];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        __m512i w0, w1;
+        if (type == T_Q8_0RX) {
+            w0 = _mm512_loadu_si512(blk + 64 * i);
+            w1 = _mm512_loadu_si512(blk + 64 * (i + 4));
+        } else {
+            const __m512i p = _mm512_loadu_si512(blk + 64 * i);
+            w0 = _mm512_and_si512(p, low);
+            w1 = _mm512_and_si512(_mm512_srli_epi16(p, 4), low);
+        }
+#pragma GCC unroll 8
+        for (int b = 0; b < B; b++) {
+            lo[b] = _mm512_dpbusd_epi32(i ? lo[b] : _mm512_setzero_si512(), w0, _mm512_set1_epi32(xq[b * 8 + i]));
+            hi[b] = _mm512_dpbusd_epi32(i ? hi[b] : _mm512_setzero_si512(), w1, _mm512_set1_epi32(xq[b * 8 + i + 4]));
+        }
+    }
     __m512 d, m = _mm512_setzero_ps();
     if (type == T_Q8_0RX) {
-        for (int j = 0; j < 8; j++) w[j] = _mm512_loadu_si512(blk + 64 * j);
         d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 512)));
     } else {
-        for (int j = 0; j < 4; j++) {
-            const __m512i p = _mm512_loadu_si512(blk + 64 * j);
-            w[j] = _mm512_and_si512(p, low);
-            w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(p, 4), low);
-        }
         d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 256)));
         m = type == T_Q4_1X ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 288)))
                             : _mm512_mul_ps(d, _mm512_set1_ps(-8.0f));
     }
 #pragma GCC unroll 8
     for (int b = 0; b < B; b++) {
-        const int32_t *xq = (const int32_t *)(a->q8 + b * np * 64 + k * 32);
-        __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], _mm512_set1_epi32(xq[0]));
-        for (int j = 1; j < 8; j++) dot = _mm512_dpbusd_epi32(dot, w[j], _mm512_set1_epi32(xq[j]));
-        if (type == T_Q8_0RX) dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(a->off8[b * nb + k]));
-        const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(a->dx8[b * np * 16 + k * 8]));
+        __m512i dot = _mm512_add_epi32(lo[b], hi[b]);
+        if (type == T_Q8_0RX) dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(off8[b]));
+        const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(dx[b]));
         acc[b] = _mm512_fmadd_ps(t, d, acc[b]);
-        if (type != T_Q8_0RX) acc[b] = _mm512_fmadd_ps(m, _mm512_set1_ps(a->s[b * nb + k]), acc[b]);
+        if (type != T_Q8_0RX) acc[b] = _mm512_fmadd_ps(m, _mm512_set1_ps(sx[b]), acc[b]);
     }
 }
 
@@ -824,7 +857,7 @@ INLINE void x16_store(float *r, int64_t ldr, int64_t g, int64_t j0, int64_t n, c
 
 INLINE void rows_x16(const int type, const uint8_t *W, int64_t K, const qact *a, const int B, int64_t j0, int64_t n,
                      float *r, int64_t ldr) {
-    const int64_t nb = K / 32, np = pairs(K), gb = x16_bytes(type);
+    const int64_t nb = K / 32, gb = x16_bytes(type), rb = X16_REC * B;
     int64_t g = j0 / 16;
     const int64_t end = (j0 + n + 15) / 16;
     if (B == 1 && LML_STREAMS > 1) {
@@ -837,7 +870,7 @@ INLINE void rows_x16(const int type, const uint8_t *W, int64_t K, const qact *a,
             for (int t = 0; t < S; t++) acc[t] = _mm512_setzero_ps();
             for (int64_t k = 0; k < nb; k++)
 #pragma GCC unroll 8
-                for (int t = 0; t < S; t++) x16_block(type, W + ((g + i + t * q) * nb + k) * gb, k, a, 1, nb, np, &acc[t]);
+                for (int t = 0; t < S; t++) x16_block(type, W + ((g + i + t * q) * nb + k) * gb, a->xi + k * rb, 1, &acc[t]);
             for (int t = 0; t < S; t++) x16_store(r, ldr, g + i + t * q, j0, n, 1, &acc[t]);
         }
         g += q * S;
@@ -846,7 +879,7 @@ INLINE void rows_x16(const int type, const uint8_t *W, int64_t K, const qact *a,
         const uint8_t *blk = W + g * nb * gb;
         __m512 acc[MAX_ROWS];
         for (int b = 0; b < B; b++) acc[b] = _mm512_setzero_ps();
-        for (int64_t k = 0; k < nb; k++, blk += gb) x16_block(type, blk, k, a, B, nb, np, acc);
+        for (int64_t k = 0; k < nb; k++, blk += gb) x16_block(type, blk, a->xi + k * rb, B, acc);
         x16_store(r, ldr, g, j0, n, B, acc);
     }
 }
@@ -1144,8 +1177,10 @@ static void rows_quant_any(int64_t type, const uint8_t *W, int64_t K, const qact
                            float *r, int64_t ldr, int wide) {
 #if defined(LML_X16)
     if (type == T_Q4_0X || type == T_Q4_1X || type == T_Q8_0RX) {
-        switch (B) {
-#define CASE(R) case R: rows_x16((int)type, W, K, a, R, j0, n, r, ldr); break;
+        switch (type * 16 + B) {  /* the format a constant too: its branches and prefetches unrolled */
+#define CASE(R) case T_Q4_0X * 16 + R: rows_x16(T_Q4_0X, W, K, a, R, j0, n, r, ldr); break; \
+                case T_Q4_1X * 16 + R: rows_x16(T_Q4_1X, W, K, a, R, j0, n, r, ldr); break; \
+                case T_Q8_0RX * 16 + R: rows_x16(T_Q8_0RX, W, K, a, R, j0, n, r, ldr); break;
             LML_ROWS_CASES(CASE)
 #undef CASE
         }
