@@ -2,6 +2,12 @@
 
     python bench/attention.py           # decode, prefill and a training step; float32 + bfloat16
     python bench/attention.py --quick   # small sizes: checks the script runs
+    python bench/attention.py --prefill FILE_OR_FOLDER [--lengths "128;100,100,100,100,100;512;1024;3000"]
+
+``--prefill``: whole prefill passes of a model (an ``InferenceModel``, prompts side by side as a
+scheduler packs them, a float16 KV cache), attention through the native kernel (``lml_attend``,
+``model/native_attention.py``, whatever the span) against torch's SDPA, alternated pass by pass;
+the median of the paired ratios torch/ours, per set of prompt lengths.
 
 ``model.transformer.attention`` (SDPA) against ``attention_reference`` (matmul +
 softmax), same inputs, microseconds per call and the ratio. Older torch builds
@@ -35,7 +41,13 @@ CASES = [  # name, B, H, KV, T (new tokens), L (keys), grad
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--prefill", help="a model (GGUF file or folder): its prefill passes, kernel against SDPA")
+    p.add_argument("--lengths", default="128;100,100,100,100,100;512;768;1024;3000",
+                   help="with --prefill: sets of prompt lengths, ';' between sets")
+    p.add_argument("--pairs", type=int, default=6)
     args = p.parse_args()
+    if args.prefill:
+        return prefill_ab(args)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; microseconds per call (forward+backward for training)")
     for dtype in (torch.float32, torch.bfloat16):
         for name, B, H, KV, T, L, grad in CASES:
@@ -60,6 +72,42 @@ def main():
             dname = str(dtype).replace("torch.", "")
             print(f"{dname:9} {name:20} SDPA {sdpa:9.0f}   matmul+softmax {ref:9.0f}   "
                   f"SDPA is {ref / sdpa:4.2f}x as fast", flush=True)
+
+
+def prefill_ab(args) -> None:
+    import statistics
+    import time
+
+    from lmstudio_lite import load_model
+    from lmstudio_lite.memory import keep_freed_memory
+    from lmstudio_lite.model import KVCache, native_attention
+    from lmstudio_lite.model.kv_cache import Packed
+    from timing import machine
+
+    keep_freed_memory()  # the server's allocator policy (cli.main)
+    model = load_model(args.prefill, device="cpu").model
+    print(f"{machine()}; {torch.get_num_threads()} threads; prefill passes of {os.path.basename(args.prefill)}",
+          flush=True)
+    spans = {"sdpa": 0, "kernel": 10 ** 9}  # native_attention.SPAN: the pass's attention on one side or the other
+    for spec in args.lengths.split(";"):
+        lens = [int(n) for n in spec.split(",")]
+        cache = KVCache(model.config, len(lens), max(lens), dtype=torch.float16)
+        ids = torch.randint(100, 1000, (1, sum(lens)), generator=torch.Generator().manual_seed(0))
+        times = {"sdpa": [], "kernel": []}
+        with torch.inference_mode():
+            for i in range(2 * args.pairs + 2):
+                side = ("sdpa", "kernel", "kernel", "sdpa")[i % 4]
+                native_attention.SPAN = spans[side]
+                packed = Packed(list(range(len(lens))), [0] * len(lens), lens)
+                t = time.perf_counter()
+                model.forward_hidden(ids, start_pos=packed, cache=cache)
+                if i >= 2:  # the first pair warms both
+                    times[side].append(time.perf_counter() - t)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        ratio = statistics.median(a / b for a, b in zip(times["sdpa"], times["kernel"]))
+        print(f"prompts {spec:24} SDPA {med['sdpa'] * 1e3:8.1f} ms ({sum(lens) / med['sdpa']:5.0f} tok/s)   kernel "
+              f"{med['kernel'] * 1e3:8.1f} ms ({sum(lens) / med['kernel']:5.0f} tok/s)   SDPA/kernel {ratio:.3f}x",
+              flush=True)
 
 
 if __name__ == "__main__":

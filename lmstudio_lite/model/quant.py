@@ -151,6 +151,12 @@ def kernel_rows():
         _scratch.kernel = before
 
 
+def in_kernel_rows() -> bool:
+    """Whether this thread is within ``kernel_rows()``: an ``InferenceModel``'s prefill, whose other
+    parts (attention: ``native_attention``) take the kernel too."""
+    return getattr(_scratch, "kernel", False)
+
+
 class QuantLinear(nn.Module):
     """``y = x @ W + b`` (logical W [in, out], as ``layers.Linear``) with W held as ggml blocks.
 
@@ -268,7 +274,7 @@ class QuantLinear(nn.Module):
         if self.training and torch.is_grad_enabled():
             raise RuntimeError("a quantized model is for inference only: load it without quantization to train "
                                "or fine-tune it")
-        if self.kernel_fmt is not None and getattr(_scratch, "kernel", False) and x.device.type == "cpu" \
+        if self.kernel_fmt is not None and in_kernel_rows() and x.device.type == "cpu" \
                 and not torch.is_grad_enabled():
             return self._kernel_rows(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)

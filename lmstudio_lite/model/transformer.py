@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .config import ModelConfig
 from .kv_cache import KVCache, Packed, Rows
 from .layers import ACTIVATIONS, Embedding, Linear, RMSNorm, apply_rope, rope_tables
+from .native_attention import attend_segments
 
 
 @functools.lru_cache(maxsize=256)
@@ -108,12 +109,23 @@ class Attention(nn.Module):
             y = torch.cat([attention(q[b:b + 1], *widened(q, k_row, v_row), causal=True)
                            for b, (k_row, v_row) in enumerate(cache.write_rows(layer, start_pos, k, v))])
         elif isinstance(start_pos, Packed):  # sequences side by side: each segment over its own row
+            views = cache.write_packed(layer, start_pos, k, v)
+            y = attend_segments(q.transpose(1, 2), [(k_row, v_row, o, n, at) for (k_row, v_row), o, n, at in zip(
+                views, start_pos.offsets, start_pos.lengths, start_pos.starts)])  # an InferenceModel's, natively
+            if y is not None:
+                return self.o(y)
             parts = [attention(q[:, :, o:o + n], *widened(q, k_row, v_row), causal=True) for (k_row, v_row), o, n
-                     in zip(cache.write_packed(layer, start_pos, k, v), start_pos.offsets, start_pos.lengths)]
+                     in zip(views, start_pos.offsets, start_pos.lengths)]
             y = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
         else:
             if cache is not None:
-                k, v = widened(q, *cache.write(layer, start_pos, k, v))  # [B, KV, L, D]
+                k, v = cache.write(layer, start_pos, k, v)  # [B, KV, L, D]
+                if weights is None:  # the same arithmetic as a packed pass: cached or not, chunked or not
+                    y = attend_segments(q.transpose(1, 2).reshape(1, B * T, H, D),
+                                        [(k[b:b + 1], v[b:b + 1], b * T, T, start_pos) for b in range(B)])
+                    if y is not None:
+                        return self.o(y.view(B, T, H * D))
+                k, v = widened(q, k, v)
             if weights is None:
                 y = attention(q, k, v, causal=True)
             else:

@@ -126,9 +126,12 @@ def load(path: Path) -> ctypes.CDLL:
     lib.lml_simd_level.argtypes = []
     lib.lml_simd_level.restype = i32
     # entries newer than some builds bench/kernel_ab.py compares (an older revision lacks them)
-    for name, argtypes in (("lml_round_fp16", [p, p, p, i64]), ("lml_unpack_x16_rows", [i64, p, i64, i64, p, i64, p])):
+    for name, argtypes, restype in (("lml_round_fp16", [p, p, p, i64], None),
+                                    ("lml_unpack_x16_rows", [i64, p, i64, i64, p, i64, p], None),
+                                    ("lml_attend", [p, i64, i64, i64, i64, i64, p, p, i64, i64, p, p, i32], None),
+                                    ("lml_attend_scratch_floats", [i64, i64, i64, i32], i64)):
         if hasattr(lib, name):
-            getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, None
+            getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, restype
     return lib
 
 

@@ -732,6 +732,38 @@ int64_t lml_scratch_floats(const int64_t *dims, int64_t B, int64_t max_len, int 
 }
 
 /* The most outputs share() gives one thread. */
+/* Prefill's attention of one segment: query t (t < T, at position start + t; q [T, H * D] float32,
+   RoPE applied) over positions 0..start + t of one cache row, whose K and V (kc, vc: [KV, *, D] in
+   type ct, head_stride elements from one KV head to the next) already hold the segment's own; out
+   [T, H * D]. The decode step's attention (attend_heads: a KV head's queries together, each K and V
+   row read once for them, the same sums), chunks of TB queries of one KV head claimed by the
+   threads. torch's SDPA took a fifth of a SmolLM2 prefill pass (five 100-token prompts: 413 against
+   323 ms with it skipped), and each segment's cache prefix was first widened to float32.
+   scratch: lml_attend_scratch_floats(H, KV, start + T, nthreads) floats. */
+#define ATT_TB 4
+void lml_attend(const float *q, int64_t T, int64_t H, int64_t KV, int64_t D, int64_t start, const void *kc,
+                const void *vc, int64_t ct, int64_t head_stride, float *out, float *scratch, int nthreads) {
+    const int64_t G = H / KV, HD = H * D, ld = up16(start + T), blocks = (T + ATT_TB - 1) / ATT_TB;
+    const int64_t esize = ct == CACHE_F32 ? 4 : 2;
+    phase_ctr ctr;
+    memset(&ctr, 0, sizeof ctr);
+#pragma omp parallel num_threads(nthreads)
+    {
+        float *sc = scratch + (int64_t)omp_get_thread_num() * G * ld;
+        EACH_CHUNK(ci, &ctr, KV * blocks) {
+            const int64_t g = ci / blocks, t0 = ci % blocks * ATT_TB, t1 = t0 + ATT_TB < T ? t0 + ATT_TB : T;
+            const char *k = (const char *)kc + g * head_stride * esize, *v = (const char *)vc + g * head_stride * esize;
+            for (int64_t t = t0; t < t1; t++)
+                attend_heads(q + t * HD + g * G * D, G, k, v, (int)ct, start + t, D, sc, ld, out + t * HD + g * G * D,
+                             NULL);
+        }
+    }
+}
+
+int64_t lml_attend_scratch_floats(int64_t H, int64_t KV, int64_t length, int nthreads) {
+    return (int64_t)nthreads * (H / KV) * up16(length) + 16;
+}
+
 static int64_t linear_share(int64_t N, int nt) { return ((N + 15) / 16 + nt - 1) / nt * 16; }
 
 /* out [B, N] = x [B, K] @ one matrix (+ bias): the vocabulary head, and the tests' view of one GEMV.
