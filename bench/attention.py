@@ -3,11 +3,14 @@
     python bench/attention.py           # decode, prefill and a training step; float32 + bfloat16
     python bench/attention.py --quick   # small sizes: checks the script runs
     python bench/attention.py --prefill FILE_OR_FOLDER [--lengths "128;100,100,100,100,100;512;1024;3000"]
+    python bench/attention.py --kernel 128,512,1024,3000,6000   # lml_attend alone against SDPA
 
 ``--prefill``: whole prefill passes of a model (an ``InferenceModel``, prompts side by side as a
 scheduler packs them, a float16 KV cache), attention through the native kernel (``lml_attend``,
 ``model/native_attention.py``, whatever the span) against torch's SDPA, alternated pass by pass;
-the median of the paired ratios torch/ours, per set of prompt lengths.
+the median of the paired ratios torch/ours, per set of prompt lengths. ``--kernel``: one segment of
+each length from position 0 (SmolLM2's 9 heads, 3 KV heads of 64, a float16 cache), ``lml_attend``
+against SDPA on the widened K and V, the best of a few calls each, and GFLOP/s.
 
 ``model.transformer.attention`` (SDPA) against ``attention_reference`` (matmul +
 softmax), same inputs, microseconds per call and the ratio. Older torch builds
@@ -45,9 +48,12 @@ def main():
     p.add_argument("--lengths", default="128;100,100,100,100,100;512;768;1024;3000",
                    help="with --prefill: sets of prompt lengths, ';' between sets")
     p.add_argument("--pairs", type=int, default=6)
+    p.add_argument("--kernel", help="segment lengths, ',' between: lml_attend alone against SDPA")
     args = p.parse_args()
     if args.prefill:
         return prefill_ab(args)
+    if args.kernel:
+        return kernel_vs_sdpa([int(n) for n in args.kernel.split(",")])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; microseconds per call (forward+backward for training)")
     for dtype in (torch.float32, torch.bfloat16):
         for name, B, H, KV, T, L, grad in CASES:
@@ -72,6 +78,45 @@ def main():
             dname = str(dtype).replace("torch.", "")
             print(f"{dname:9} {name:20} SDPA {sdpa:9.0f}   matmul+softmax {ref:9.0f}   "
                   f"SDPA is {ref / sdpa:4.2f}x as fast", flush=True)
+
+
+def kernel_vs_sdpa(lengths: list[int]) -> None:
+    import time
+
+    from lmstudio_lite import native
+    from timing import machine
+
+    lib = native.decode_library()
+    threads = torch.get_num_threads()
+    H, KV, D = 9, 3, 64
+    print(f"{machine()}; {threads} threads; one segment, {H} heads, {KV} KV heads of {D}, float16 cache")
+    for T in lengths:
+        g = torch.Generator().manual_seed(T)
+        q = torch.randn(T, H, D, generator=g)
+        k, v = (torch.randn(KV, T, D, generator=g).half() for _ in range(2))
+        out = torch.empty(T, H * D)
+        scratch = torch.empty(lib.lml_attend_scratch_floats(H, KV, T, threads))
+        qq, kk, vv = q.transpose(0, 1)[None], k.float()[None], v.float()[None]
+
+        def ours():
+            lib.lml_attend(q.data_ptr(), T, H, KV, D, 0, k.data_ptr(), v.data_ptr(), 2, T * D, out.data_ptr(),
+                           scratch.data_ptr(), threads)
+
+        def sdpa():
+            attention(qq, kk, vv, causal=True)
+
+        best = {}
+        for _ in range(3):  # alternated, the best call of each
+            for name, f in (("kernel", ours), ("sdpa", sdpa)):
+                f()
+                n = max(1, 2000 // T)
+                t = time.perf_counter()
+                for _ in range(n):
+                    f()
+                best[name] = min(best.get(name, 1e9), (time.perf_counter() - t) / n)
+        flops = H * T * T / 2 * D * 4  # q.k and p.v over the causal half, a multiply and an add each
+        print(f"{T:6} positions: kernel {best['kernel'] * 1e3:8.2f} ms ({flops / best['kernel'] / 1e9:4.0f} GFLOP/s)   "
+              f"SDPA {best['sdpa'] * 1e3:8.2f} ms ({flops / best['sdpa'] / 1e9:4.0f} GFLOP/s)", flush=True)
 
 
 def prefill_ab(args) -> None:

@@ -290,20 +290,39 @@ LLAMA_CPP_ANSWERS = {
 
 def test_smollm2_answers_as_llama_cpp_does(smollm2):
     """Where the kernel rounds the activations to int8 as llama.cpp does, the published Q4_1 file
-    answers as llama.cpp answers from it, word for word over the tokens below (at "France" the two
-    part after 7 tokens of 32, as float32 sums in another order meet a near tie). The exact build
-    (no VNNI) answers as the float32 weights do: that first token is a near tie between the two
-    answers, "L'" and "The" (float32 says "The capital of France is Paris.")."""
-    int8 = kernel_rounds_activations()
-    for prompt, tokens in (("What is the capital of France?", 7), ("Give me three tips for sleeping well.", 30)):
-        stream = smollm2.generate([{"role": "user", "content": prompt}], max_new_tokens=tokens, temperature=0)
-        text = "".join(stream)
-        assert stream.stats["new_tokens"] == tokens
-        if int8:
-            assert LLAMA_CPP_ANSWERS[prompt].startswith(text), (prompt, text)
-        elif prompt.endswith("France?"):
-            assert "Paris" in text
-
+    follows llama.cpp's own greedy answers from it token by token: fed each answer one token at a
+    time through the decode path (the prompt prefilled first, as a reply is), its greedy choice at
+    each of the 63 positions is llama.cpp's token, or llama.cpp's token is within 0.2 logits of it
+    (logits near 25) at no more than 3 positions. Those are near ties that float32 summation order
+    decides, and no two implementations sum alike: the France answer's first token, "L'" against
+    "The", is 0.03 logits apart. With prefill's attention in torch's SDPA one position differed
+    (0.002), in the kernel's three (0.03, 0.13, 0.13), llama.cpp's attention being neither. The
+    sleeping answer has no tie: its free-running greedy text must be llama.cpp's word for word. The
+    exact build (no VNNI) answers as the float32 weights do ("The capital of France is Paris.")."""
+    if not kernel_rounds_activations():
+        text = "".join(smollm2.generate([{"role": "user", "content": "What is the capital of France?"}],
+                                        max_new_tokens=7, temperature=0))
+        assert "Paris" in text
+        return
+    ties = []
+    for prompt, answer in LLAMA_CPP_ANSWERS.items():
+        ids, want = smollm2.prompt_ids([{"role": "user", "content": prompt}]), smollm2.tokenizer.encode(answer)
+        assert smollm2.tokenizer.decode(want) == answer
+        cache = KVCache(smollm2.model.config, 1, len(ids) + len(want), dtype=torch.float16)
+        with torch.inference_mode():
+            logits = [smollm2.model(torch.tensor([ids]), 0, cache, last_only=True)[0, -1]]
+            logits += [smollm2.model(torch.tensor([[t]]), len(ids) + j, cache)[0, -1] for j, t in enumerate(want[:-1])]
+        for j, (row, t) in enumerate(zip(logits, want)):
+            gap = float(row.max() - row[t])
+            assert gap < 0.2, (prompt, j, smollm2.tokenizer.decode(want[:j + 1]), gap)
+            if gap > 0:
+                ties.append((prompt, j, round(gap, 3)))
+    assert len(ties) <= 3, ties
+    prompt = "Give me three tips for sleeping well."
+    stream = smollm2.generate([{"role": "user", "content": prompt}], max_new_tokens=30, temperature=0)
+    text = "".join(stream)
+    assert stream.stats["new_tokens"] == 30
+    assert LLAMA_CPP_ANSWERS[prompt].startswith(text), text
 
 
 GREEDY_PROMPTS = ["What is the capital of France?", "Give me three tips for sleeping well.",

@@ -1,15 +1,16 @@
 """Prefill's attention through the native kernel (decode.c's ``lml_attend``), where it is measured
 faster than torch's SDPA: an ``InferenceModel``'s prefill (``quant.kernel_rows``) on the CPU in
 float32, with the AVX-512 build, over spans of at most ``SPAN`` positions. Each segment of a packed
-pass reads its cache row as stored (float16, bf16 or float32, widened exactly, as the decode step
-does), so no widened copy of the row is made, and its output lands in the [T, H * D] layout the
-output projection reads.
+pass reads its cache row as stored (float16, bf16 or float32, widened exactly), so no widened copy
+of the row is made in torch, and its output lands in the [T, H * D] layout the output projection
+reads.
 
-Measured (``python bench/attention.py --prefill FILE``), SmolLM2-135M Q4_1 prefill passes at
-2 threads, torch's time over ours: one 128-token prompt 1.11x, five of 100 1.07x, one of 512 1.13x,
-768 1.01x, 1,024 0.98x, 3,000 0.83x. The kernel runs each query over its whole span (a KV head's
-queries together); torch's flash attention multiplies blocks of 32 queries by blocks of keys, which
-pays off on long spans: past ``SPAN`` the pass stays torch's."""
+Measured (``python bench/attention.py --prefill FILE`` and ``--kernel``), 2 threads: SmolLM2-135M
+Q4_1 prefill passes, torch's time over ours, one 40-token prompt 1.02x, one of 128 1.15x, eight of
+40-120 1.10x, one of 512 1.11x, 1,024 1.23x, 3,000 1.04x; the attention alone (9 heads, 3 KV heads of
+64) 91-180 GFLOP/s from 128 to 3,000 positions against SDPA's 63-143, but 173 against 193 at 6,000
+(and 126 against 164 at 8,000): the kernel widens a KV head's whole span first, which then no longer
+fits in L2, while torch's flash attention walks blocks of keys. Past ``SPAN`` the pass stays torch's."""
 from __future__ import annotations
 
 import threading
@@ -22,7 +23,7 @@ from .quant import in_kernel_rows
 
 CACHE_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # decode.c's CACHE_*
 AVX512 = 2  # lml_simd_level(): elsewhere the kernel's attention is scalar loops, and torch's stays
-SPAN = 512  # positions a segment's last query attends over, at most
+SPAN = 3072  # positions a segment's last query attends over, at most
 _scratch = threading.local()
 
 
