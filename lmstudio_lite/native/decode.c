@@ -731,7 +731,6 @@ int64_t lml_scratch_floats(const int64_t *dims, int64_t B, int64_t max_len, int 
            phases(dims) * (int64_t)(sizeof(phase_ctr) / sizeof(float));
 }
 
-/* The most outputs share() gives one thread. */
 /* Prefill's attention of one segment: query t (t < T, at position start + t; q [T, H * D] float32,
    RoPE applied) over positions 0..start + t of one cache row, whose K and V (kc, vc: [KV, *, D] in
    type ct, head_stride elements from one KV head to the next) already hold the segment's own; out
@@ -866,6 +865,7 @@ void lml_attend(const float *q, int64_t T, int64_t H, int64_t KV, int64_t D, int
     }
 }
 
+/* The most outputs share() gives one thread. */
 static int64_t linear_share(int64_t N, int nt) { return ((N + 15) / 16 + nt - 1) / nt * 16; }
 
 /* out [B, N] = x [B, K] @ one matrix (+ bias): the vocabulary head, and the tests' view of one GEMV.
