@@ -95,7 +95,7 @@ def kernel_vs_sdpa(lengths: list[int]) -> None:
         q = torch.randn(T, H, D, generator=g)
         k, v = (torch.randn(KV, T, D, generator=g).half() for _ in range(2))
         out = torch.empty(T, H * D)
-        scratch = torch.empty(lib.lml_attend_scratch_floats(H, KV, T, threads))
+        scratch = torch.empty(lib.lml_attend_scratch_floats(H, KV, D, T, threads))
         qq, kk, vv = q.transpose(0, 1)[None], k.float()[None], v.float()[None]
 
         def ours():

@@ -42,7 +42,7 @@ def test_the_kernel_attends_a_segment_as_sdpa(heads, kv_heads, head_dim, kv_dtyp
     k[:, start + T:] = float("nan")
     v[:, start + T:] = float("nan")
     out = torch.full((T, heads * head_dim), float("nan"))
-    scratch = torch.empty(lib.lml_attend_scratch_floats(heads, kv_heads, start + T, 2))
+    scratch = torch.empty(lib.lml_attend_scratch_floats(heads, kv_heads, head_dim, start + T, 2))
     lib.lml_attend(q.data_ptr(), T, heads, kv_heads, head_dim, start, k.data_ptr(), v.data_ptr(),
                    native_attention.CACHE_TYPES[kv_dtype], room * head_dim, out.data_ptr(), scratch.data_ptr(), 2)
     want = sdpa_segment(q, k.float(), v.float(), start)

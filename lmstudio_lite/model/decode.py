@@ -22,7 +22,7 @@ _NATIVE_ACTS = {"silu": 0, "gelu_new": 1, "gelu_pytorch_tanh": 1, "gelu_fast": 1
 _BLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20}
 MAX_ROWS = 8  # decode.c's MAX_ROWS: the rows one step serves
 _MAX_PARTS = 3  # decode.c's MAX_PARTS: matrices side by side in one projection
-_CACHE_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # decode.c's CACHE_* (dims[D_CACHE])
+CACHE_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # decode.c's CACHE_* (dims[D_CACHE])
 
 
 class NativeDecoder:
@@ -85,7 +85,7 @@ class NativeDecoder:
         dims = [cfg.n_layer, C, cfg.n_head, cfg.n_kv_head, cfg.head_dim, FF, int(model.blocks[0].mlp.gated),
                 int(rope), int(not rope), _NATIVE_ACTS[cfg.act]]
         # then the KV cache's element type (decode.c's D_CACHE), and the vocabulary
-        self._dims = {dtype: torch.tensor(dims + [code, cfg.vocab_size]) for dtype, code in _CACHE_TYPES.items()}
+        self._dims = {dtype: torch.tensor(dims + [code, cfg.vocab_size]) for dtype, code in CACHE_TYPES.items()}
         self._eps = model.blocks[0].norm1.eps
         # a float table (its tensor, like every other weight here) or a quantized embedding's module
         self._emb = emb if hasattr(emb, "blocks") else emb.weight.detach()

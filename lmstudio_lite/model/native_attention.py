@@ -19,9 +19,9 @@ import torch
 
 from ..native import decode_library
 from ..threads import kernel_threads
+from .decode import CACHE_TYPES
 from .quant import in_kernel_rows
 
-CACHE_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # decode.c's CACHE_*
 AVX512 = 2  # lml_simd_level(): elsewhere the kernel's attention is scalar loops, and torch's stays
 SPAN = 3072  # positions a segment's last query attends over, at most
 _scratch = threading.local()
@@ -53,7 +53,7 @@ def attend_segments(q: torch.Tensor, segments: list) -> torch.Tensor | None:
     q = q.contiguous()
     out = torch.empty(1, N, H * D)
     threads = kernel_threads()
-    need = lib.lml_attend_scratch_floats(H, KV, longest, threads)
+    need = lib.lml_attend_scratch_floats(H, KV, D, longest, threads)
     buf = getattr(_scratch, "buf", None)
     if buf is None or buf.numel() < need:
         buf = _scratch.buf = torch.empty(need)

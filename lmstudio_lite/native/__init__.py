@@ -129,7 +129,7 @@ def load(path: Path) -> ctypes.CDLL:
     for name, argtypes, restype in (("lml_round_fp16", [p, p, p, i64], None),
                                     ("lml_unpack_x16_rows", [i64, p, i64, i64, p, i64, p], None),
                                     ("lml_attend", [p, i64, i64, i64, i64, i64, p, p, i64, i64, p, p, i32], None),
-                                    ("lml_attend_scratch_floats", [i64, i64, i64, i32], i64)):
+                                    ("lml_attend_scratch_floats", [i64, i64, i64, i64, i32], i64)):
         if hasattr(lib, name):
             getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, restype
     return lib

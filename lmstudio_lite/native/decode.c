@@ -743,12 +743,12 @@ int64_t lml_scratch_floats(const int64_t *dims, int64_t B, int64_t max_len, int 
    attend_heads, which was also the first version here: K and V read again for every query, about
    100 GFLOP/s and 0.82x torch at 3,000 positions; the blocks run at 91-180 from 128 to 6,000
    positions (bench/attention.py --kernel, SmolLM2's heads, 2 threads).
-   scratch: lml_attend_scratch_floats(H, KV, start + T, nthreads) floats. */
+   scratch: lml_attend_scratch_floats(H, KV, D, start + T, nthreads) floats. */
 #define ATT_TB 4
 #define ATT_VECS 16
-int64_t lml_attend_scratch_floats(int64_t H, int64_t KV, int64_t length, int nthreads) {
+int64_t lml_attend_scratch_floats(int64_t H, int64_t KV, int64_t D, int64_t length, int nthreads) {
     const int64_t n = up16(length), G = H / KV;
-    return 2 * n * 256 + (int64_t)nthreads * ((G > ATT_VECS ? G : ATT_VECS) * n + 256 * ATT_VECS) + 64;
+    return 2 * n * D + (int64_t)nthreads * ((G > ATT_VECS ? G : ATT_VECS) * n + D * ATT_VECS) + 64;
 }
 
 #if defined(LML_AVX512)
@@ -815,7 +815,7 @@ void lml_attend(const float *q, int64_t T, int64_t H, int64_t KV, int64_t D, int
         memset(ctr, 0, sizeof ctr);
 #pragma omp parallel num_threads(nthreads)
         {
-            float *S = priv + (int64_t)omp_get_thread_num() * (ATT_VECS * ld + 256 * ATT_VECS), *qt = S + ATT_VECS * ld;
+            float *S = priv + (int64_t)omp_get_thread_num() * (ATT_VECS * ld + D * ATT_VECS), *qt = S + ATT_VECS * ld;
             for (int64_t g = 0; g < KV; g++) {
                 const char *k = (const char *)kc + g * head_stride * esize, *v = (const char *)vc + g * head_stride * esize;
                 EACH_CHUNK(ci, &ctr[2 * g], widen) {  /* K into [tile][D][16], V into float32 rows */

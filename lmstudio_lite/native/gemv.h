@@ -808,11 +808,10 @@ INLINE void x16_block(const int type, const uint8_t *blk, const uint8_t *rec, co
     const int32_t *off8 = (const int32_t *)(rec + 40 * B);
     /* The rows' dot products side by side, each in two halves (inputs 4 i.. and 4 (i + 4).., the low
        and high nibbles of one load): 16 independent vpdpbusd chains of 4 in flight. Row by row, each
-       row's one chain of 8 waited on its own latency (5 cycles a link), and the rows' operands were
-       a run-time stride apart (56 addresses kept on the stack). Now, on the Xeon at 2 threads
-       (bench/kernel_ab.py --packed --formats q4_1 --rows R --threads 2, SmolLM2's matrices and
-       head): 8 rows 118 -> 148 GMAC/s (1.25x), 64 rows 191 -> 268 (1.40x); a whole 8-row SmolLM2
-       step at position 100 1.21-1.31x (--gguf). */
+       row's one chain of 8 waited on its own latency (5 cycles a link). With X16_REC, on the Xeon
+       at 2 threads (bench/kernel_ab.py --packed --formats q4_1 --rows R --threads 2, SmolLM2's
+       matrices and head): 8 rows 118 -> 148 GMAC/s (1.25x), 64 rows 191 -> 268 (1.40x); a whole
+       8-row SmolLM2 step at position 100 1.21-1.31x (--gguf). */
     __m512i lo[MAX_ROWS], hi[MAX_ROWS];
 #pragma GCC unroll 4
     for (int i = 0; i < 4; i++) {
@@ -1177,10 +1176,8 @@ static void rows_quant_any(int64_t type, const uint8_t *W, int64_t K, const qact
                            float *r, int64_t ldr, int wide) {
 #if defined(LML_X16)
     if (type == T_Q4_0X || type == T_Q4_1X || type == T_Q8_0RX) {
-        switch (type * 16 + B) {  /* the format a constant too: its branches and prefetches unrolled */
-#define CASE(R) case T_Q4_0X * 16 + R: rows_x16(T_Q4_0X, W, K, a, R, j0, n, r, ldr); break; \
-                case T_Q4_1X * 16 + R: rows_x16(T_Q4_1X, W, K, a, R, j0, n, r, ldr); break; \
-                case T_Q8_0RX * 16 + R: rows_x16(T_Q8_0RX, W, K, a, R, j0, n, r, ldr); break;
+        switch (B) {
+#define CASE(R) case R: rows_x16((int)type, W, K, a, R, j0, n, r, ldr); break;
             LML_ROWS_CASES(CASE)
 #undef CASE
         }
