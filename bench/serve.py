@@ -13,7 +13,8 @@ every client is an official openai client streaming one chat completion with a p
 mixed length (short, medium, long in turn; with fewer clients than lengths each client sends
 one request per length, one after the other) and ``--tokens`` new tokens (EOS ignored).
 Reported: aggregate tok/s (all new tokens / wall time), p50 and p95 time to first token,
-median inter-token latency ((last text - first text) / (tokens - 1) per request).
+median inter-token latency ((last text - first text) / (tokens - 1) per request), and the CPU the
+server and the clients (this process's openai clients, on the same cores) used, in cores.
 Then a 10-turn chat (one client; each turn sends the whole conversation so far): the tenth
 turn's time to first token against the first's.
 
@@ -129,6 +130,15 @@ def one_request(client, name: str, messages: list[dict], tokens: int) -> dict:
     return {"ttft": times[0] - t0, "itl": (times[-1] - times[0]) / max(n - 1, 1), "tokens": n, "end": times[-1],
             "text": "".join(text),
             "cached": usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0}
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds so far of process ``pid`` (a server) and of this one (the clients): on the same
+    cores, what the clients' own parsing takes from the server shows beside its figures."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()  # after the command's name, which may hold spaces
+    me = os.times()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), me.user + me.system
 
 
 def load_run(client, name: str, clients: int, tokens: int, lengths: tuple[int, ...], round_: int) -> dict:
@@ -250,16 +260,20 @@ def bench_model(model: str, args) -> list[str]:
         for rep in range(args.repeat):
             for c in args.clients:
                 for mode in modes:  # back to back: drift on a shared machine hits every mode alike
-                    table.setdefault((mode, c), []).append(
-                        load_run(clients[mode], names[mode], c, args.tokens, args.lengths, rep * 1000 + c))
+                    pid, cpu0, t0 = servers[mode][0].pid, cpu_seconds(servers[mode][0].pid), time.perf_counter()
+                    run = load_run(clients[mode], names[mode], c, args.tokens, args.lengths, rep * 1000 + c)
+                    wall = time.perf_counter() - t0
+                    run["server_cores"], run["client_cores"] = ((a - b) / wall for a, b in zip(cpu_seconds(pid), cpu0))
+                    table.setdefault((mode, c), []).append(run)
         med = {key: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for key, runs in table.items()}
-        lines.append("| clients | mode | tok/s | TTFT p50 ms | TTFT p95 ms | ITL ms |")
-        lines.append("|---:|---|---:|---:|---:|---:|")
+        lines.append("| clients | mode | tok/s | TTFT p50 ms | TTFT p95 ms | ITL ms | CPU: server, clients (cores) |")
+        lines.append("|---:|---|---:|---:|---:|---:|---:|")
         for c in args.clients:
             for mode in modes:
                 m = med[(mode, c)]
                 lines.append(f"| {c} | {mode} | {m['tok_s']:.1f} | {m['ttft_p50'] * 1000:.0f} | "
-                             f"{m['ttft_p95'] * 1000:.0f} | {m['itl'] * 1000:.1f} |")
+                             f"{m['ttft_p95'] * 1000:.0f} | {m['itl'] * 1000:.1f} | "
+                             f"{m['server_cores']:.2f}, {m['client_cores']:.2f} |")
         if 1 in args.clients and 8 in args.clients:
             for mode in modes:
                 one, eight = med[(mode, 1)], med[(mode, 8)]

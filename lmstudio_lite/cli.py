@@ -12,6 +12,7 @@ import sys
 
 # model/quant.py's QTYPES, spelled out so that --help never imports torch (a test holds them equal).
 QUANT_CHOICES = ("q8_0", "q4_0", "q4_1")
+STREAM_INTERVAL_MS = 25  # services.STREAM_INTERVAL_S in milliseconds, for --help likewise
 
 
 # -- argument groups ------------------------------------------------------------
@@ -42,6 +43,19 @@ def add_exposure_args(p: argparse.ArgumentParser):
                    help="allow a non-loopback --host (or --share) with no --auth or --api-key")
     p.add_argument("--max-body-mb", type=float, default=None,
                    help="largest request body accepted, in MB (default 4; larger gets HTTP 413)")
+    p.add_argument("--stream-interval-ms", type=_milliseconds, default=None,
+                   help="a streamed API answer sends its text at most this often, joined (default "
+                        f"{STREAM_INTERVAL_MS}; 0: a chunk per token)")
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of milliseconds: {text!r}") from None
+    if not 0 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 10000 ms, not {text}")
+    return value
 
 
 def add_serve_args(p: argparse.ArgumentParser):

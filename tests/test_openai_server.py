@@ -119,6 +119,38 @@ def test_chat_answers_like_the_engine_streamed_or_not(client, services):
     assert len({c.id for c in chunks}) == 1
 
 
+def test_streamed_text_is_joined_between_its_first_and_last(client, services, slow_chat, monkeypatch):  # noqa: F811
+    """The first text goes out at once, the rest at most once per interval, the last when it comes
+    (not an interval later); the text and its logprob entries are those of the unjoined stream."""
+    def content(interval: float) -> tuple[list[str], list]:
+        monkeypatch.setattr(services, "stream_interval_s", interval)
+        chunks = list(chat(client, model="slow-chat", max_tokens=40, logprobs=True, stream=True,
+                           extra_body={"ignore_eos": True}))
+        return [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content], chunks
+
+    each, _ = content(0.0)  # as the tokens come (the slow model: a few ms each)
+    t0 = time.monotonic()
+    joined, chunks = content(30.0)
+    assert time.monotonic() - t0 < 15  # the end went out when it came, not 30 s after the first text
+    assert len(joined) == 2 < len(each) and "".join(joined) == "".join(each)  # the first text, then the rest
+    entries = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert len(entries) == 40 and "".join(t.token for t in entries) == "".join(joined)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+
+
+def test_stream_interval_is_a_command_line_option():
+    from lmstudio_lite.cli import STREAM_INTERVAL_MS, build_parser
+    from lmstudio_lite.services import STREAM_INTERVAL_S
+
+    assert STREAM_INTERVAL_MS == STREAM_INTERVAL_S * 1000  # --help's default is the one used
+    assert build_parser("serve").parse_args(["--stream-interval-ms", "0"]).stream_interval_ms == 0.0
+    assert build_parser("app").parse_args(["--stream-interval-ms", "50"]).stream_interval_ms == 50.0
+    assert build_parser("serve").parse_args([]).stream_interval_ms is None  # None: Services' default stays
+    for bad in ("-1", "nan", "soon", "20000"):
+        with pytest.raises(SystemExit):
+            build_parser("serve").parse_args(["--stream-interval-ms", bad])
+
+
 def test_chat_ends_with_stop_on_eos_or_stop_string(client):
     full = chat(client, max_tokens=40).choices[0].message.content
     word = full.split()[3]

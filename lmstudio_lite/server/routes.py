@@ -32,6 +32,7 @@ from .convert import APIError, GenerateRequest
 
 log = logging.getLogger("lmstudio_lite.server")
 POLL_S = 0.25  # how often a non-streamed request checks that its client is still there
+TIMER_SLACK_S = 0.001  # asyncio may run a timer up to its clock's resolution early: held text is due then
 
 
 def create_api(services) -> APIRouter:
@@ -174,7 +175,7 @@ def _prepare(raw: bytes, kind: str, registry):
 
 async def _generate(request: Request, services, kind: str):
     req, model, streams = await run_in_threadpool(_prepare, await request.body(), kind, services.registry)
-    run = _Run(streams, "logprobs" in req.options)
+    run = _Run(streams, "logprobs" in req.options, services.stream_interval_s if req.stream else 0.0)
     chunks = convert.ChunkMaker(kind, model.name, req.include_usage)
     token_text = _token_text(model)
     if req.stream:
@@ -286,8 +287,8 @@ class _Run:
     calls ``_wake`` (from its own thread), the loop takes what every stream has; leaving
     ``deltas()`` early cancels them all. The model's scheduler decides when each one runs."""
 
-    def __init__(self, streams: list, with_logprobs: bool = False):
-        self.streams, self._with_logprobs = streams, with_logprobs
+    def __init__(self, streams: list, with_logprobs: bool = False, interval: float = 0.0):
+        self.streams, self._with_logprobs, self.interval = streams, with_logprobs, interval
         self._ready = asyncio.Event()
         self._armed = False  # a wake-up is on its way to the loop: later ones until it runs are no-ops
         self._waker = _LoopWaker.of(asyncio.get_running_loop())
@@ -306,7 +307,10 @@ class _Run:
     async def deltas(self, gone: Callable[[], Awaitable[bool]] | None = None
                      ) -> AsyncIterator[tuple[int, str, list | None]]:
         """(choice index, text delta, logprob entries since the last delta or None) as they come;
-        raises what a generation raised. A client already gone never starts generating."""
+        raises what a generation raised. A client already gone never starts generating.
+        With an ``interval``, a choice's first text and its last go out at once, and the text between
+        at most once per ``interval`` seconds, joined (a model slower than that: token by token)."""
+        timer = None
         try:
             if gone is not None and await gone():
                 for stream in self.streams:
@@ -314,25 +318,43 @@ class _Run:
                 return
             for stream in self.streams:
                 stream.watch(self._wake)
-            open_ = set(range(len(self.streams)))
-            seen = [0] * len(self.streams)
+            loop, n = asyncio.get_running_loop(), len(self.streams)
+            open_ = set(range(n))
+            held, covers, seen, sent = [""] * n, [None] * n, [0] * n, [None] * n
+
+            def flush_due():
+                nonlocal timer
+                timer = None
+                self._ready.set()
+
             while open_:
                 await self._ready.wait()
                 # Disarmed before taking: text handed over from now on arms a new wake-up.
                 self._ready.clear()
                 self._armed = False
+                now = loop.time()
                 for i in sorted(open_):
                     text, covered, ended, error = self.streams[i].take()
-                    if text:
+                    held[i] += text
+                    covers[i] = covered if covered is not None else covers[i]
+                    due = (ended or error is not None or sent[i] is None
+                           or now - sent[i] >= self.interval - TIMER_SLACK_S)
+                    if held[i] and due:
                         entries = None
-                        if self._with_logprobs and covered is not None:
-                            entries, seen[i] = self.streams[i].logprobs[seen[i]:covered], covered
+                        if self._with_logprobs and covers[i] is not None:
+                            entries, seen[i] = self.streams[i].logprobs[seen[i]:covers[i]], covers[i]
+                        text, held[i], sent[i] = held[i], "", now
                         yield i, text, entries
                     if error is not None:
                         raise error
                     if ended:
                         open_.discard(i)
+                due_at = [sent[i] + self.interval for i in open_ if held[i]]
+                if due_at and timer is None:  # held text goes out then, even if no token comes by
+                    timer = loop.call_at(min(due_at), flush_due)
         finally:
+            if timer is not None:
+                timer.cancel()
             for stream in self.streams:
                 stream.cancel()  # a no-op when finished; else it stops within one step
 

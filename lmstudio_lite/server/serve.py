@@ -49,8 +49,7 @@ def run_serve(args) -> int:
                               api_key=args.api_key, with_jobs=False, with_chats=False)
     services.access = AccessPolicy(api_key=args.api_key, remote=not is_loopback(args.host),
                                    roots=app_roots(services.paths))
-    if args.max_body_mb:
-        services.max_body_bytes = int(args.max_body_mb * 2**20)
+    services.use_api_options(args.max_body_mb, args.stream_interval_ms)
     registry = services.registry
     if registry.current is not None:
         info = registry.current.info()

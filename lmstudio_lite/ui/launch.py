@@ -101,8 +101,7 @@ def make_services(args, api_key: str | None, policy=None):
         services.registry.last_error = friendly(e)
     if args.share:
         services.max_upload_bytes = min(services.max_upload_bytes, SHARED_UPLOAD_BYTES)
-    if getattr(args, "max_body_mb", None):
-        services.max_body_bytes = int(args.max_body_mb * 2**20)
+    services.use_api_options(getattr(args, "max_body_mb", None), getattr(args, "stream_interval_ms", None))
     services.extra.setdefault("notes", [])
     return services
 
