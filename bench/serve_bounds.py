@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import threading
 import time
 from pathlib import Path
 
@@ -51,9 +52,11 @@ def shared_prefix(prompts: list[list[int]]) -> int:
 def bounds(path: str, args) -> list[str]:
     from lmstudio_lite import load_model
     from lmstudio_lite.generation import Scheduler
+    from lmstudio_lite.generation.scheduler import IDLE_EXIT_S
     from lmstudio_lite.memory import keep_freed_memory
     from lmstudio_lite.model import KVCache
     from lmstudio_lite.model.kv_cache import Packed
+    from lmstudio_lite.threads import release_thread_team
 
     keep_freed_memory()  # the server's allocator policy (cli.main)
     torch.set_num_threads(args.threads)
@@ -87,13 +90,27 @@ def bounds(path: str, args) -> list[str]:
 
     pass_of(list(range(8)), 0, [c] * 8)  # the shared prefix in every row: the warm cache's part
     times: dict[str, list[float]] = {k: [] for k in ("tok_s", "p95", "pass8", "pass1", "step1", "step8")}
+    def driver_gone():
+        """End the idle driver thread now, its OpenMP team with it, rather than IDLE_EXIT_S later: two
+        threads' teams at once make libgomp put every worker to sleep after each region
+        (threads.release_thread_team), which more than doubled this thread's passes beside an idle driver."""
+        scheduler.idle_exit_s = 0.0
+        with scheduler._cond:  # its idle wait starts over, with no time to wait
+            scheduler._cond.notify_all()
+        for t in threading.enumerate():
+            if t.name == "lmstudio-scheduler":
+                t.join()
+        scheduler.idle_exit_s = IDLE_EXIT_S
+
     for i in range(args.repeat + 1):  # one client's round and the floors' timings alternate: drift hits both
         one = _load(request, 1, LENGTHS, i)
+        driver_gone()
         got = {"tok_s": one["tok_s"], "p95": one["ttft_p95"],
                "pass8": pass_of(list(range(8)), c, [len(p) for p in prompts]),
                "pass1": pass_of([longest], c, [len(prompts[longest])]),
                "step1": statistics.median(step(1) for _ in range(5)),
                "step8": statistics.median(step(8) for _ in range(5))}
+        release_thread_team()  # this thread's team goes before the driver's comes back
         if i:  # the first round warms
             for k, v in got.items():
                 times[k].append(v)
