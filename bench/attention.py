@@ -81,8 +81,6 @@ def main():
 
 
 def kernel_vs_sdpa(lengths: list[int]) -> None:
-    import time
-
     from lmstudio_lite import native
     from timing import machine
 
@@ -106,14 +104,9 @@ def kernel_vs_sdpa(lengths: list[int]) -> None:
             attention(qq, kk, vv, causal=True)
 
         best = {}
-        for _ in range(3):  # alternated, the best call of each
+        for _ in range(3):  # alternated, the best of each
             for name, f in (("kernel", ours), ("sdpa", sdpa)):
-                f()
-                n = max(1, 2000 // T)
-                t = time.perf_counter()
-                for _ in range(n):
-                    f()
-                best[name] = min(best.get(name, 1e9), (time.perf_counter() - t) / n)
+                best[name] = min(best.get(name, 1e9), seconds_per_call(f, max(1, 2000 // T), warmup=1))
         flops = H * T * T / 2 * D * 4  # q.k and p.v over the causal half, a multiply and an add each
         print(f"{T:6} positions: kernel {best['kernel'] * 1e3:8.2f} ms ({flops / best['kernel'] / 1e9:4.0f} GFLOP/s)   "
               f"SDPA {best['sdpa'] * 1e3:8.2f} ms ({flops / best['sdpa'] / 1e9:4.0f} GFLOP/s)", flush=True)

@@ -41,18 +41,10 @@ from timing import machine
 LENGTHS = (8, 40, 90)  # serve.py's prompt mix (words)
 
 
-def shared_prefix(prompts: list[list[int]]) -> int:
-    first = prompts[0]
-    n = min(len(p) for p in prompts)
-    for p in prompts[1:]:
-        n = next((i for i in range(n) if p[i] != first[i]), n)
-    return n
-
-
 def bounds(path: str, args) -> list[str]:
     from lmstudio_lite import load_model
     from lmstudio_lite.generation import Scheduler
-    from lmstudio_lite.generation.scheduler import IDLE_EXIT_S
+    from lmstudio_lite.generation.scheduler import IDLE_EXIT_S, _common_prefix
     from lmstudio_lite.memory import keep_freed_memory
     from lmstudio_lite.model import KVCache
     from lmstudio_lite.model.kv_cache import Packed
@@ -66,7 +58,7 @@ def bounds(path: str, args) -> list[str]:
     request = engine_request(loaded, scheduler, n)
     _load(request, 2, LENGTHS, 99)  # warm-up: the prompt cache holds the template's prefix, as in serve.py
     prompts = [loaded.prompt_ids([{"role": "user", "content": prompt_of(LENGTHS[k % 3], k)}]) for k in range(8)]
-    c = shared_prefix(prompts)
+    c = min(_common_prefix(prompts[0], p, len(p)) for p in prompts[1:])  # the scheduler's own measure
     rests = [len(p) - c for p in prompts]
     longest = max(range(8), key=lambda k: len(prompts[k]))
     cache = KVCache(model.config, 8, max(len(p) for p in prompts) + 1, dtype=scheduler.dtype, zeroed=False)
